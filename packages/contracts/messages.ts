@@ -1,0 +1,75 @@
+/**
+ * Kafka message contracts: one schema per message, shared by producer and consumer.
+ *
+ * Commands (saga -> transaction-command-service) and events (command service -> saga) travel
+ * on separate topics; every message is keyed by transfer id so one transfer's messages stay
+ * ordered on one partition. Delivery is at-least-once: every handler is idempotent.
+ */
+import { z } from "zod";
+import { transferIdSchema } from "./ids.ts";
+import { transferSnapshotSchema, transferStatusSchema } from "./transfer.ts";
+
+export function topicNames(prefix: string) {
+  return {
+    commands: `${prefix}transfer.commands`,
+    events: `${prefix}transfer.events`,
+    deadLetters: `${prefix}transfer.dead-letters`,
+  } as const;
+}
+export type TopicNames = ReturnType<typeof topicNames>;
+
+/**
+ * Write the transfer record so that it is at least at `snapshot.status`. Applying it twice,
+ * or applying an older snapshot after a newer one, changes nothing.
+ */
+export const recordTransferCommandSchema = z.object({
+  type: z.literal("RecordTransfer"),
+  message_id: z.uuid(),
+  snapshot: transferSnapshotSchema,
+});
+export type RecordTransferCommand = z.infer<typeof recordTransferCommandSchema>;
+
+/** The record now stands at (at least) `status`. */
+export const transferRecordedEventSchema = z.object({
+  type: z.literal("TransferRecorded"),
+  message_id: z.uuid(),
+  transfer_id: transferIdSchema,
+  status: transferStatusSchema,
+  snapshot: transferSnapshotSchema,
+});
+
+/** The record could not be written and never will be (the command went to dead letters). */
+export const transferRecordRejectedEventSchema = z.object({
+  type: z.literal("TransferRecordRejected"),
+  message_id: z.uuid(),
+  transfer_id: transferIdSchema,
+  status: transferStatusSchema,
+  reason: z.string().max(1000),
+});
+
+export const transferEventSchema = z.discriminatedUnion("type", [
+  transferRecordedEventSchema,
+  transferRecordRejectedEventSchema,
+]);
+export type TransferEvent = z.infer<typeof transferEventSchema>;
+export type TransferRecordedEvent = z.infer<typeof transferRecordedEventSchema>;
+export type TransferRecordRejectedEvent = z.infer<typeof transferRecordRejectedEventSchema>;
+
+/** What lands on the dead-letter topic: the original message untouched, plus why and where from. */
+export const deadLetterSchema = z.object({
+  type: z.literal("DeadLetter"),
+  message_id: z.uuid(),
+  failed_at: z.iso.datetime({ offset: true }),
+  reason: z.string().max(2000),
+  attempts: z.number().int().nonnegative(),
+  origin: z.object({
+    service: z.string(),
+    topic: z.string(),
+    partition: z.number().int().nonnegative(),
+    offset: z.string(),
+    key: z.string().nullable(),
+  }),
+  /** The original value as it was received (a string, since it may not even be valid JSON). */
+  value: z.string(),
+});
+export type DeadLetter = z.infer<typeof deadLetterSchema>;

@@ -1,0 +1,47 @@
+/**
+ * The transfer as the outside world sees it, and as transaction-command-service stores it in
+ * MongoDB. One schema, used by the saga (which builds snapshots), the command service (which
+ * writes them), the query service (which reads them) and the public API (which returns them).
+ */
+import { z } from "zod";
+import { transferIdSchema, userIdSchema } from "./ids.ts";
+import { amountMinorSchema, balanceMinorSchema } from "./money.ts";
+
+export const transferStatuses = ["PENDING", "COMPLETED", "FAILED"] as const;
+export const transferStatusSchema = z.enum(transferStatuses);
+export type TransferStatus = z.infer<typeof transferStatusSchema>;
+
+/** Statuses only move forward: a record at rank r never goes back to a rank below r. */
+export function statusRank(status: TransferStatus): number {
+  return status === "PENDING" ? 1 : 2;
+}
+
+/** Why a transfer failed: machine-readable, stable, documented in the README. */
+export const failureReasons = [
+  "insufficient_funds",
+  "source_not_found",
+  "dest_not_found",
+  "dest_unavailable",
+  "record_rejected",
+  "record_timeout",
+] as const;
+export const failureReasonSchema = z.enum(failureReasons);
+export type FailureReason = z.infer<typeof failureReasonSchema>;
+
+const isoDate = z.iso.datetime({ offset: true });
+
+export const transferSnapshotSchema = z.object({
+  id: transferIdSchema,
+  amount: amountMinorSchema,
+  source_user_id: userIdSchema,
+  dest_user_id: userIdSchema,
+  /** Source balance just before the debit; null when the debit never happened. */
+  source_init_bal: balanceMinorSchema.nullable(),
+  /** Destination balance just before the credit; null until the credit happens. */
+  dest_init_bal: balanceMinorSchema.nullable(),
+  status: transferStatusSchema,
+  failure_reason: failureReasonSchema.nullable(),
+  created_at: isoDate,
+  updated_at: isoDate,
+});
+export type TransferSnapshot = z.infer<typeof transferSnapshotSchema>;

@@ -1,0 +1,243 @@
+/**
+ * Kafka plumbing shared by every service:
+ * - one long-lived idempotent producer per process (acks=all), JSON values, string keys;
+ * - topic creation at start-up (the broker refuses auto-creation, so a typo fails loudly);
+ * - a batch consumer that hands a bounded batch to an idempotent handler and commits the
+ *   offsets only after the handler's effects are durable. A batch whose handler throws is
+ *   retried with capped exponential backoff; if the consumer itself breaks (broker restart)
+ *   it is rebuilt. Delivery is at-least-once by construction.
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  Admin,
+  Consumer,
+  type Message,
+  type MessagesStream,
+  Producer,
+  ProduceAcks,
+  stringDeserializers,
+  stringSerializers,
+} from "@platformatic/kafka";
+import type { Logger } from "#packages/log/index.ts";
+
+export interface OutgoingMessage {
+  topic: string;
+  key: string;
+  value: unknown;
+}
+
+export interface JsonProducer {
+  send(messages: OutgoingMessage[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function createProducer(options: { brokers: string[]; client_id: string; timeout_ms?: number }): JsonProducer {
+  const producer = new Producer({
+    clientId: options.client_id,
+    bootstrapBrokers: options.brokers,
+    serializers: stringSerializers,
+    idempotent: true,
+    acks: ProduceAcks.ALL,
+    timeout: options.timeout_ms ?? 10_000,
+    retries: 5,
+    retryDelay: 250,
+  });
+  return {
+    async send(messages) {
+      if (messages.length === 0) return;
+      await producer.send({
+        messages: messages.map((m) => ({ topic: m.topic, key: m.key, value: JSON.stringify(m.value) })),
+      });
+    },
+    close: () => producer.close(),
+  };
+}
+
+export async function ensureTopics(options: {
+  brokers: string[];
+  topics: string[];
+  partitions: number;
+  logger: Logger;
+}): Promise<void> {
+  const admin = new Admin({ clientId: "topic-setup", bootstrapBrokers: options.brokers, timeout: 10_000 });
+  try {
+    const existing = new Set(await admin.listTopics());
+    const missing = options.topics.filter((t) => !existing.has(t));
+    if (missing.length === 0) return;
+    try {
+      await admin.createTopics({ topics: missing, partitions: options.partitions, replicas: 1 });
+      options.logger.info({ topics: missing }, "created topics");
+    } catch (error) {
+      // Another instance may have created them between our list and create.
+      const now = new Set(await admin.listTopics());
+      if (!missing.every((t) => now.has(t))) throw error;
+    }
+  } finally {
+    await admin.close();
+  }
+}
+
+export async function pingKafka(brokers: string[]): Promise<void> {
+  const admin = new Admin({ clientId: "health", bootstrapBrokers: brokers, timeout: 2_000, retries: 0 });
+  try {
+    await admin.listTopics();
+  } finally {
+    await admin.close().catch(() => {});
+  }
+}
+
+export interface ConsumedMessage {
+  topic: string;
+  partition: number;
+  offset: bigint;
+  key: string | null;
+  value: string;
+}
+
+export interface BatchConsumerOptions {
+  brokers: string[];
+  group_id: string;
+  client_id: string;
+  topics: string[];
+  logger: Logger;
+  /** Upper bound on messages handed to one handleBatch call. */
+  max_batch: number;
+  /** Must be idempotent. Throwing means "nothing was lost, try the same batch again later". */
+  handleBatch(messages: ConsumedMessage[]): Promise<void>;
+}
+
+export interface RunningConsumer {
+  stop(): Promise<void>;
+  /** True when the consumer has a live stream (used by health checks). */
+  isRunning(): boolean;
+}
+
+export function backoff_ms(attempt: number, base_ms = 100, cap_ms = 5_000): number {
+  const exp = Math.min(cap_ms, base_ms * 2 ** Math.min(attempt, 16));
+  return Math.round(exp / 2 + Math.random() * (exp / 2));
+}
+
+export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
+  if (options.max_batch < 1 || options.max_batch > 10_000) throw new Error("invariant: max_batch out of range");
+  let stopped = false;
+  let running = false;
+  let consumer: Consumer<string, string, string, string> | undefined;
+  const stopController = new AbortController();
+
+  const loop = async () => {
+    let failures = 0;
+    while (!stopped) {
+      try {
+        consumer = new Consumer({
+          clientId: options.client_id,
+          groupId: options.group_id,
+          bootstrapBrokers: options.brokers,
+          deserializers: stringDeserializers,
+          sessionTimeout: 10_000,
+          heartbeatInterval: 1_000,
+          rebalanceTimeout: 15_000,
+          timeout: 10_000,
+        });
+        const stream = await consumer.consume({
+          topics: options.topics,
+          autocommit: false,
+          mode: "committed",
+          fallbackMode: "earliest",
+          maxWaitTime: 50,
+          highWaterMark: options.max_batch * 2,
+        });
+        running = true;
+        failures = 0;
+        options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
+        while (!stopped) {
+          const batch = await nextBatch<Message<string, string, string, string>>(stream, options.max_batch, stopController.signal);
+          if (batch.length === 0) continue;
+          await handleWithRetry(batch);
+          await commitBatch(batch);
+        }
+      } catch (error) {
+        if (stopped) break;
+        failures += 1;
+        options.logger.warn({ err: error, failures }, "consumer failed; rebuilding");
+        running = false;
+        await consumer?.close(true).catch(() => {});
+        consumer = undefined;
+        await sleep(backoff_ms(failures, 500, 5_000));
+      }
+    }
+  };
+
+  const handleWithRetry = async (batch: Message<string, string, string, string>[]) => {
+    const messages = batch.map((m) => ({
+      topic: m.topic,
+      partition: m.partition,
+      offset: m.offset,
+      key: m.key ?? null,
+      value: m.value ?? "",
+    }));
+    for (let attempt = 0; ; attempt++) {
+      if (stopped) throw new Error("consumer stopping");
+      try {
+        await options.handleBatch(messages);
+        return;
+      } catch (error) {
+        const delay = backoff_ms(attempt, 100, 5_000);
+        options.logger.warn({ err: error, attempt, delay_ms: delay, size: batch.length }, "batch failed; retrying");
+        await sleep(delay);
+      }
+    }
+  };
+
+  const done = loop();
+
+  return {
+    isRunning: () => running,
+    async stop() {
+      stopped = true;
+      stopController.abort();
+      await consumer?.close(true).catch(() => {});
+      await done;
+    },
+  };
+}
+
+/** Commit the highest offset seen per partition, after the whole batch took effect. */
+async function commitBatch(batch: Message<string, string, string, string>[]): Promise<void> {
+  const last = new Map<string, Message<string, string, string, string>>();
+  for (const message of batch) {
+    const key = `${message.topic}:${message.partition}`;
+    const seen = last.get(key);
+    if (!seen || seen.offset < message.offset) last.set(key, message);
+  }
+  await Promise.all([...last.values()].map((m) => m.commit()));
+}
+
+/** Everything already buffered (up to max), or wait for the first message to arrive. */
+async function nextBatch<T>(stream: MessagesStream<string, string, string, string>, max: number, signal: AbortSignal): Promise<T[]> {
+  const batch: T[] = [];
+  while (batch.length < max) {
+    const message = stream.read() as T | null;
+    if (message !== null) {
+      batch.push(message);
+      continue;
+    }
+    if (batch.length > 0) return batch;
+    await new Promise<void>((resolve, reject) => {
+      const cleanup = () => {
+        stream.off("readable", onReadable);
+        stream.off("error", onError);
+        stream.off("close", onClose);
+        signal.removeEventListener("abort", onAbort);
+      };
+      const onReadable = () => (cleanup(), resolve());
+      const onError = (error: Error) => (cleanup(), reject(error));
+      const onClose = () => (cleanup(), reject(new Error("consumer stream closed")));
+      const onAbort = () => (cleanup(), reject(new Error("consumer stopping")));
+      stream.once("readable", onReadable);
+      stream.once("error", onError);
+      stream.once("close", onClose);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+  return batch;
+}

@@ -1,0 +1,8 @@
+/** Structured JSON logs (pino), one logger per process, named after the service. */
+import { pino, type Logger } from "pino";
+
+export type { Logger };
+
+export function createLogger(service: string, level: string = process.env.LOG_LEVEL ?? "info"): Logger {
+  return pino({ name: service, level, base: { service, pid: process.pid } });
+}

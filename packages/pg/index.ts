@@ -1,0 +1,74 @@
+/**
+ * PostgreSQL plumbing: a bounded pool with statement and connection timeouts, a transaction
+ * helper, and a migration runner that applies a service's numbered .sql files exactly once
+ * (under an advisory lock, so several instances starting together do not race).
+ */
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import pg from "pg";
+
+export type Pool = pg.Pool;
+export type PoolClient = pg.PoolClient;
+
+export function createPool(url: string, options: { max?: number; statement_timeout_ms?: number; application_name: string }): Pool {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 20,
+    connectionTimeoutMillis: 5_000,
+    idleTimeoutMillis: 30_000,
+    statement_timeout: options.statement_timeout_ms ?? 10_000,
+    query_timeout: (options.statement_timeout_ms ?? 10_000) + 1_000,
+    application_name: options.application_name,
+  });
+  // An idle client that loses its connection (PostgreSQL restarted) emits 'error' on the
+  // pool; without a listener that would crash the process. The pool replaces the client.
+  pool.on("error", () => {});
+  return pool;
+}
+
+export async function withTransaction<T>(pool: Pool, fn: (client: PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    const result = await fn(client);
+    await client.query("COMMIT");
+    return result;
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw error;
+  } finally {
+    client.release();
+  }
+}
+
+/** Errors that mean "the database is unreachable or restarting", worth retrying later. */
+export function isTransientPgError(error: unknown): boolean {
+  const code = (error as { code?: string }).code ?? "";
+  if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "57P01", "57P02", "57P03", "53300", "08006", "08001", "08003", "08004", "40001", "40P01"].includes(code)) {
+    return true;
+  }
+  const message = (error as Error).message ?? "";
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|the database system is (starting up|shutting down)/i.test(
+    message,
+  );
+}
+
+export async function migrate(pool: Pool, directory: string): Promise<string[]> {
+  const files = (await readdir(directory)).filter((f) => /^\d{3}_.+\.sql$/.test(f)).sort();
+  const applied: string[] = [];
+  await withTransaction(pool, async (client) => {
+    // One lock id for every migrating instance of every service in this database.
+    await client.query("SELECT pg_advisory_xact_lock(727274)");
+    await client.query(
+      "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    );
+    const done = new Set((await client.query<{ name: string }>("SELECT name FROM schema_migrations")).rows.map((r) => r.name));
+    for (const file of files) {
+      if (done.has(file)) continue;
+      await client.query(await readFile(join(directory, file), "utf8"));
+      await client.query("INSERT INTO schema_migrations (name) VALUES ($1)", [file]);
+      applied.push(file);
+    }
+  });
+  return applied;
+}
