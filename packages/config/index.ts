@@ -7,7 +7,8 @@ import { z } from "zod";
 
 export const env = {
   port: (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback),
-  int: (fallback: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(fallback),
+  int: (fallback: number, min: number, max: number) =>
+    z.coerce.number().int().min(min).max(max).default(fallback),
   url: (fallback: string) => z.url().default(fallback),
   string: (fallback: string) => z.string().default(fallback),
   bool: (fallback: boolean) =>

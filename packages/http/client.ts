@@ -18,7 +18,12 @@ export class UpstreamError extends Error {
 
 export async function callJson(
   url: string,
-  options: { method: "GET" | "POST" | "PUT" | "DELETE"; body?: unknown; timeout_ms: number; headers?: Record<string, string> },
+  options: {
+    method: "GET" | "POST" | "PUT" | "DELETE";
+    body?: unknown;
+    timeout_ms: number;
+    headers?: Record<string, string>;
+  },
 ): Promise<JsonResponse> {
   const headers: Record<string, string> = { accept: "application/json", ...options.headers };
   if (options.body !== undefined) headers["content-type"] = "application/json";
@@ -43,7 +48,10 @@ export async function callJson(
     try {
       body = JSON.parse(text);
     } catch {
-      throw new UpstreamError("bad_response", `${options.method} ${url} answered ${response.status} with non-JSON`);
+      throw new UpstreamError(
+        "bad_response",
+        `${options.method} ${url} answered ${response.status} with non-JSON`,
+      );
     }
   }
   return { status: response.status, body };

@@ -34,7 +34,9 @@ export interface ErrorBody {
 }
 
 export function errorBody(code: string, message: string, details?: Record<string, unknown>): ErrorBody {
-  return details === undefined ? { success: false, message, code } : { success: false, message, code, details };
+  return details === undefined
+    ? { success: false, message, code }
+    : { success: false, message, code, details };
 }
 
 export function ok<T>(data: T): { success: true; data: T } {

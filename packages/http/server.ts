@@ -3,7 +3,7 @@
  * schemas describe the API), the error envelope, body limits, request timeouts and a health
  * route that reports each engine the service depends on.
  */
-import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyError, type FastifyInstance, LogController } from "fastify";
 import {
   hasZodFastifySchemaValidationErrors,
   serializerCompiler,
@@ -34,7 +34,8 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
     requestTimeout: options.request_timeout_ms ?? 30_000,
     connectionTimeout: 60_000,
     keepAliveTimeout: 65_000,
-    disableRequestLogging: true,
+    // Per-request access logs would dominate the output at payment rates; errors are still logged.
+    logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
   }).withTypeProvider<ZodTypeProvider>();
 
@@ -60,7 +61,8 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
     const status = error.statusCode ?? 500;
     if (status >= 400 && status < 500) {
       // Fastify's own client errors: malformed JSON, body too large, wrong content type...
-      const code = status === 413 ? "body_too_large" : status === 415 ? "unsupported_media_type" : "invalid_request";
+      const code =
+        status === 413 ? "body_too_large" : status === 415 ? "unsupported_media_type" : "invalid_request";
       return reply.status(status).send(errorBody(code, error.message));
     }
     request.log.error({ err: error }, "unhandled error");
@@ -68,7 +70,9 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
   });
 
   app.setNotFoundHandler((request, reply) =>
-    reply.status(404).send(errorBody("route_not_found", `no route ${request.method} ${request.url.split("?")[0]}`)),
+    reply
+      .status(404)
+      .send(errorBody("route_not_found", `no route ${request.method} ${request.url.split("?")[0]}`)),
   );
 
   return app;
@@ -80,7 +84,12 @@ export type HealthChecks = Record<string, () => Promise<unknown>>;
  * GET /health answers 200 when every engine answers within its timeout, 503 otherwise, with a
  * line per engine so an operator sees which one is down.
  */
-export function registerHealth(app: HttpServer, service: string, checks: HealthChecks, timeout_ms = 2_000): void {
+export function registerHealth(
+  app: HttpServer,
+  service: string,
+  checks: HealthChecks,
+  timeout_ms = 2_000,
+): void {
   app.get("/health", async (_request, reply) => {
     const results: Record<string, { ok: boolean; error?: string }> = {};
     await Promise.all(
@@ -94,7 +103,9 @@ export function registerHealth(app: HttpServer, service: string, checks: HealthC
       }),
     );
     const healthy = Object.values(results).every((r) => r.ok);
-    return reply.status(healthy ? 200 : 503).send({ success: healthy, data: { service, healthy, engines: results } });
+    return reply
+      .status(healthy ? 200 : 503)
+      .send({ success: healthy, data: { service, healthy, engines: results } });
   });
 }
 

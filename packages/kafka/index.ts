@@ -13,8 +13,8 @@ import {
   Consumer,
   type Message,
   type MessagesStream,
-  Producer,
   ProduceAcks,
+  Producer,
   stringDeserializers,
   stringSerializers,
 } from "@platformatic/kafka";
@@ -31,7 +31,11 @@ export interface JsonProducer {
   close(): Promise<void>;
 }
 
-export function createProducer(options: { brokers: string[]; client_id: string; timeout_ms?: number }): JsonProducer {
+export function createProducer(options: {
+  brokers: string[];
+  client_id: string;
+  timeout_ms?: number;
+}): JsonProducer {
   const producer = new Producer({
     clientId: options.client_id,
     bootstrapBrokers: options.brokers,
@@ -118,7 +122,8 @@ export function backoff_ms(attempt: number, base_ms = 100, cap_ms = 5_000): numb
 }
 
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
-  if (options.max_batch < 1 || options.max_batch > 10_000) throw new Error("invariant: max_batch out of range");
+  if (options.max_batch < 1 || options.max_batch > 10_000)
+    throw new Error("invariant: max_batch out of range");
   let stopped = false;
   let running = false;
   let consumer: Consumer<string, string, string, string> | undefined;
@@ -150,7 +155,11 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         failures = 0;
         options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
         while (!stopped) {
-          const batch = await nextBatch<Message<string, string, string, string>>(stream, options.max_batch, stopController.signal);
+          const batch = await nextBatch<Message<string, string, string, string>>(
+            stream,
+            options.max_batch,
+            stopController.signal,
+          );
           if (batch.length === 0) continue;
           await handleWithRetry(batch);
           await commitBatch(batch);
@@ -182,7 +191,10 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         return;
       } catch (error) {
         const delay = backoff_ms(attempt, 100, 5_000);
-        options.logger.warn({ err: error, attempt, delay_ms: delay, size: batch.length }, "batch failed; retrying");
+        options.logger.warn(
+          { err: error, attempt, delay_ms: delay, size: batch.length },
+          "batch failed; retrying",
+        );
         await sleep(delay);
       }
     }
@@ -213,7 +225,11 @@ async function commitBatch(batch: Message<string, string, string, string>[]): Pr
 }
 
 /** Everything already buffered (up to max), or wait for the first message to arrive. */
-async function nextBatch<T>(stream: MessagesStream<string, string, string, string>, max: number, signal: AbortSignal): Promise<T[]> {
+async function nextBatch<T>(
+  stream: MessagesStream<string, string, string, string>,
+  max: number,
+  signal: AbortSignal,
+): Promise<T[]> {
   const batch: T[] = [];
   while (batch.length < max) {
     const message = stream.read() as T | null;
@@ -229,10 +245,22 @@ async function nextBatch<T>(stream: MessagesStream<string, string, string, strin
         stream.off("close", onClose);
         signal.removeEventListener("abort", onAbort);
       };
-      const onReadable = () => (cleanup(), resolve());
-      const onError = (error: Error) => (cleanup(), reject(error));
-      const onClose = () => (cleanup(), reject(new Error("consumer stream closed")));
-      const onAbort = () => (cleanup(), reject(new Error("consumer stopping")));
+      const onReadable = () => {
+        cleanup();
+        resolve();
+      };
+      const onError = (error: Error) => {
+        cleanup();
+        reject(error);
+      };
+      const onClose = () => {
+        cleanup();
+        reject(new Error("consumer stream closed"));
+      };
+      const onAbort = () => {
+        cleanup();
+        reject(new Error("consumer stopping"));
+      };
       stream.once("readable", onReadable);
       stream.once("error", onError);
       stream.once("close", onClose);

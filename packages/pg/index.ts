@@ -10,7 +10,10 @@ import pg from "pg";
 export type Pool = pg.Pool;
 export type PoolClient = pg.PoolClient;
 
-export function createPool(url: string, options: { max?: number; statement_timeout_ms?: number; application_name: string }): Pool {
+export function createPool(
+  url: string,
+  options: { max?: number; statement_timeout_ms?: number; application_name: string },
+): Pool {
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max ?? 20,
@@ -44,7 +47,24 @@ export async function withTransaction<T>(pool: Pool, fn: (client: PoolClient) =>
 /** Errors that mean "the database is unreachable or restarting", worth retrying later. */
 export function isTransientPgError(error: unknown): boolean {
   const code = (error as { code?: string }).code ?? "";
-  if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "57P01", "57P02", "57P03", "53300", "08006", "08001", "08003", "08004", "40001", "40P01"].includes(code)) {
+  if (
+    [
+      "ECONNREFUSED",
+      "ECONNRESET",
+      "ETIMEDOUT",
+      "EPIPE",
+      "57P01",
+      "57P02",
+      "57P03",
+      "53300",
+      "08006",
+      "08001",
+      "08003",
+      "08004",
+      "40001",
+      "40P01",
+    ].includes(code)
+  ) {
     return true;
   }
   const message = (error as Error).message ?? "";
@@ -62,7 +82,9 @@ export async function migrate(pool: Pool, directory: string): Promise<string[]> 
     await client.query(
       "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
     );
-    const done = new Set((await client.query<{ name: string }>("SELECT name FROM schema_migrations")).rows.map((r) => r.name));
+    const done = new Set(
+      (await client.query<{ name: string }>("SELECT name FROM schema_migrations")).rows.map((r) => r.name),
+    );
     for (const file of files) {
       if (done.has(file)) continue;
       await client.query(await readFile(join(directory, file), "utf8"));

@@ -1,0 +1,46 @@
+/**
+ * Keyset pagination, newest first: the cursor is the (created_at, id) of the last item served,
+ * opaque to clients (base64url JSON). Stable under inserts, no OFFSET scans.
+ */
+import { z } from "zod";
+
+export const PAGE_LIMIT_MAX = 100;
+export const PAGE_LIMIT_DEFAULT = 20;
+
+const cursorPayloadSchema = z.object({ t: z.iso.datetime({ offset: true }), id: z.string().min(1).max(64) });
+export type Cursor = z.infer<typeof cursorPayloadSchema>;
+
+export function encodeCursor(cursor: Cursor): string {
+  return Buffer.from(JSON.stringify(cursor)).toString("base64url");
+}
+
+export function decodeCursor(value: string): Cursor | null {
+  try {
+    const parsed = cursorPayloadSchema.safeParse(
+      JSON.parse(Buffer.from(value, "base64url").toString("utf8")),
+    );
+    return parsed.success ? parsed.data : null;
+  } catch {
+    return null;
+  }
+}
+
+export const listQuerySchema = z.strictObject({
+  limit: z.coerce
+    .number({ error: `must be an integer from 1 to ${PAGE_LIMIT_MAX}` })
+    .int({ error: `must be an integer from 1 to ${PAGE_LIMIT_MAX}` })
+    .min(1, { error: `must be an integer from 1 to ${PAGE_LIMIT_MAX}` })
+    .max(PAGE_LIMIT_MAX, { error: `must be an integer from 1 to ${PAGE_LIMIT_MAX}` })
+    .default(PAGE_LIMIT_DEFAULT),
+  cursor: z
+    .string()
+    .max(512)
+    .refine((v) => decodeCursor(v) !== null, { error: "is not a cursor this API returned" })
+    .optional(),
+});
+
+export const paginationSchema = z.object({
+  limit: z.number().int(),
+  has_more: z.boolean(),
+  next_cursor: z.string().nullable(),
+});

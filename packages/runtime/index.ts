@@ -1,0 +1,66 @@
+/** Process lifecycle shared by the services: start-up retries and graceful shutdown. */
+import { timingSafeEqual } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Logger } from "#packages/log/index.ts";
+
+/**
+ * Engines may still be starting (or restarting) when a service boots: retry a start-up step
+ * with capped backoff instead of crashing into a restart loop. Gives up after max_wait_ms so a
+ * misconfiguration still ends in a clear crash.
+ */
+export async function retryStartup<T>(
+  what: string,
+  logger: Logger,
+  fn: () => Promise<T>,
+  max_wait_ms = 120_000,
+): Promise<T> {
+  const started = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (Date.now() - started > max_wait_ms) throw error;
+      const delay = Math.min(5_000, 200 * 2 ** attempt);
+      logger.warn({ err: error, attempt, delay_ms: delay }, `${what} not ready; retrying`);
+      await sleep(delay);
+    }
+  }
+}
+
+/** Run the closers in order on SIGTERM/SIGINT, then exit; a second signal or a stuck closer forces exit. */
+export function onShutdown(
+  logger: Logger,
+  closers: Array<() => Promise<unknown>>,
+  timeout_ms = 10_000,
+): void {
+  let closing = false;
+  const shutdown = async (signal: string) => {
+    if (closing) process.exit(1);
+    closing = true;
+    logger.info({ signal }, "shutting down");
+    setTimeout(() => {
+      logger.error("shutdown timed out; exiting");
+      process.exit(1);
+    }, timeout_ms).unref();
+    for (const close of closers) {
+      try {
+        await close();
+      } catch (error) {
+        logger.warn({ err: error }, "error while closing");
+      }
+    }
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+/** Operator routes take `Authorization: Bearer <token>`; an empty configured token means open (local dev only). */
+export function bearerMatches(header: string | undefined, token: string): boolean {
+  if (token === "") return true;
+  if (header === undefined) return false;
+  const expected = Buffer.from(`Bearer ${token}`);
+  const given = Buffer.from(header);
+  if (expected.length !== given.length) return false;
+  return timingSafeEqual(expected, given);
+}

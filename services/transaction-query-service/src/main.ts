@@ -1,0 +1,61 @@
+/** transaction-query-service: serves transfer records from MongoDB (the read side of CQRS). */
+import { MongoClient } from "mongodb";
+import { z } from "zod";
+import { commonEnv, engineDefaults, env, loadConfig } from "#packages/config/index.ts";
+import { transferIdSchema, userIdParamSchema } from "#packages/contracts/ids.ts";
+import { decodeCursor, encodeCursor, listQuerySchema } from "#packages/contracts/pagination.ts";
+import { notFound, ok } from "#packages/http/errors.ts";
+import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { createLogger } from "#packages/log/index.ts";
+import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { findTransfer, listUserTransfers } from "./records.ts";
+
+const SERVICE = "transaction-query-service";
+
+const config = loadConfig({
+  ...commonEnv,
+  TRANSACTION_QUERY_SERVICE_PORT: env.port(8002),
+  MONGO_URL: env.string(engineDefaults.MONGO_URL),
+  MONGO_DATABASE: env.string(engineDefaults.MONGO_DATABASE),
+});
+
+const logger = createLogger(SERVICE, config.LOG_LEVEL);
+const mongo = new MongoClient(config.MONGO_URL, {
+  serverSelectionTimeoutMS: 3_000,
+  connectTimeoutMS: 3_000,
+  socketTimeoutMS: 5_000,
+  maxPoolSize: 50,
+  readPreference: "primaryPreferred",
+});
+const db = mongo.db(config.MONGO_DATABASE);
+await retryStartup("mongodb", logger, () => mongo.connect());
+
+const app = createHttpServer({ logger });
+registerHealth(app, SERVICE, { mongodb: () => db.command({ ping: 1 }) });
+
+app.get(
+  "/transactions/:id",
+  { schema: { params: z.strictObject({ id: transferIdSchema }) } },
+  async (request) => {
+    const transaction = await findTransfer(db, request.params.id);
+    if (transaction === null) throw notFound(`transaction ${request.params.id}`);
+    return ok({ transaction });
+  },
+);
+
+app.get(
+  "/transactions/user/:user_id",
+  { schema: { params: z.strictObject({ user_id: userIdParamSchema }), querystring: listQuerySchema } },
+  async (request) => {
+    const { limit, cursor } = request.query;
+    const after = cursor === undefined ? null : decodeCursor(cursor);
+    const page = await listUserTransfers(db, request.params.user_id, limit, after);
+    const last = page.items.at(-1);
+    const next_cursor = page.has_more && last ? encodeCursor({ t: last.created_at, id: last.id }) : null;
+    return ok({ transactions: page.items, pagination: { limit, has_more: page.has_more, next_cursor } });
+  },
+);
+
+onShutdown(logger, [() => app.close(), () => mongo.close()]);
+await app.listen({ host: config.HOST, port: config.TRANSACTION_QUERY_SERVICE_PORT });
+logger.info({ port: config.TRANSACTION_QUERY_SERVICE_PORT }, "ready");

@@ -1,0 +1,117 @@
+/**
+ * Redis in front of the query service. Never the only copy of anything: every miss or Redis
+ * failure falls through to the query service. Entries are versioned by status rank and written
+ * with a compare-and-set script, so a slow reader can never put an older status back over a
+ * newer one; each record event from the writer overwrites the entry at once (invalidation on
+ * change), and a TTL bounds any staleness that slips through. User lists are keyed by a
+ * per-user generation that every event of that user bumps.
+ */
+import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
+import { withTimeout } from "#packages/http/server.ts";
+import type { Logger } from "#packages/log/index.ts";
+
+/** The few Redis commands the cache uses (structural, so any node-redis client type fits). */
+export interface Redis {
+  get(key: string): Promise<string | null>;
+  set(key: string, value: string, options: { PX: number }): Promise<unknown>;
+  incr(key: string): Promise<unknown>;
+  eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+}
+
+const SET_IF_NEWER = `
+local current = redis.call('GET', KEYS[1])
+if current then
+  local rank = tonumber(string.match(current, '^(%d+)|'))
+  if rank and rank > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+return 1`;
+
+export class TransferCache {
+  readonly #redis: Redis;
+  readonly #prefix: string;
+  readonly #logger: Logger;
+  readonly #ttl_pending_ms: number;
+  readonly #ttl_final_ms: number;
+  readonly #ttl_list_ms: number;
+  readonly #timeout_ms: number;
+
+  constructor(
+    redis: Redis,
+    options: {
+      prefix: string;
+      logger: Logger;
+      ttl_pending_ms: number;
+      ttl_final_ms: number;
+      ttl_list_ms: number;
+      timeout_ms: number;
+    },
+  ) {
+    this.#redis = redis;
+    this.#prefix = options.prefix;
+    this.#logger = options.logger;
+    this.#ttl_pending_ms = options.ttl_pending_ms;
+    this.#ttl_final_ms = options.ttl_final_ms;
+    this.#ttl_list_ms = options.ttl_list_ms;
+    this.#timeout_ms = options.timeout_ms;
+  }
+
+  async getTransfer(id: string): Promise<TransferSnapshot | null> {
+    const value = await this.#safe("get", () => this.#redis.get(`${this.#prefix}transfer:${id}`));
+    if (typeof value !== "string") return null;
+    const separator = value.indexOf("|");
+    return JSON.parse(value.slice(separator + 1)) as TransferSnapshot;
+  }
+
+  async putTransfer(snapshot: TransferSnapshot): Promise<void> {
+    const rank = statusRank(snapshot.status);
+    const ttl = snapshot.status === "PENDING" ? this.#ttl_pending_ms : this.#ttl_final_ms;
+    await this.#safe("put", () =>
+      this.#redis.eval(SET_IF_NEWER, {
+        keys: [`${this.#prefix}transfer:${snapshot.id}`],
+        arguments: [String(rank), JSON.stringify(snapshot), String(ttl)],
+      }),
+    );
+  }
+
+  async getList(user_id: number, page_key: string): Promise<unknown | null> {
+    const value = await this.#safe("get list", async () => {
+      const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
+      return this.#redis.get(this.#listKey(user_id, generation, page_key));
+    });
+    return typeof value === "string" ? (JSON.parse(value) as unknown) : null;
+  }
+
+  async putList(user_id: number, page_key: string, body: unknown): Promise<void> {
+    await this.#safe("put list", async () => {
+      const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
+      await this.#redis.set(this.#listKey(user_id, generation, page_key), JSON.stringify(body), {
+        PX: this.#ttl_list_ms,
+      });
+    });
+  }
+
+  /** A transfer of these users changed: their cached lists are stale from now on. */
+  async touchUsers(user_ids: number[]): Promise<void> {
+    await this.#safe("touch users", async () => {
+      for (const id of new Set(user_ids)) await this.#redis.incr(this.#generationKey(id));
+    });
+  }
+
+  #generationKey(user_id: number): string {
+    return `${this.#prefix}user-transfers-gen:${user_id}`;
+  }
+
+  #listKey(user_id: number, generation: string, page_key: string): string {
+    return `${this.#prefix}user-transfers:${user_id}:${generation}:${page_key}`;
+  }
+
+  async #safe<T>(what: string, fn: () => Promise<T>): Promise<T | null> {
+    try {
+      return await withTimeout(fn(), this.#timeout_ms, `redis ${what}`);
+    } catch (error) {
+      this.#logger.warn({ err: error }, `cache ${what} failed; serving without cache`);
+      return null;
+    }
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * transaction-service: the public entry. Accepts transfers, orchestrates the saga (state in
+ * its own PostgreSQL database, messages through a transactional outbox), consumes the record
+ * writer's events, sweeps overdue transfers, and serves reads through Redis.
+ */
+
+import { randomUUID } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { createClient } from "redis";
+import { commonEnv, engineDefaults, env, loadConfig, splitList } from "#packages/config/index.ts";
+import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
+import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
+import { createLogger } from "#packages/log/index.ts";
+import { createPool, migrate } from "#packages/pg/index.ts";
+import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { TransferCache } from "./cache.ts";
+import { registerRoutes } from "./http.ts";
+import { QueryClient } from "./query-client.ts";
+import { createEventHandler } from "./saga/events.ts";
+import { LedgerClient } from "./saga/ledger-client.ts";
+import { startOutboxRelay } from "./saga/outbox-relay.ts";
+import { SagaRunner } from "./saga/runner.ts";
+import { SagaStore } from "./saga/store.ts";
+import { startSweeper } from "./saga/sweeper.ts";
+
+const SERVICE = "transaction-service";
+
+const config = loadConfig({
+  ...commonEnv,
+  TRANSACTION_SERVICE_PORT: env.port(8003),
+  SAGA_DATABASE_URL: env.string(engineDefaults.SAGA_DATABASE_URL),
+  SAGA_DATABASE_POOL_MAX: env.int(20, 2, 200),
+  KAFKA_BROKERS: env.string(engineDefaults.KAFKA_BROKERS),
+  KAFKA_TOPIC_PREFIX: env.string(""),
+  KAFKA_PARTITIONS: env.int(6, 1, 256),
+  REDIS_URL: env.string(engineDefaults.REDIS_URL),
+  REDIS_KEY_PREFIX: env.string(""),
+  USER_SERVICE_URL: env.url(engineDefaults.USER_SERVICE_URL),
+  TRANSACTION_QUERY_SERVICE_URL: env.url(engineDefaults.TRANSACTION_QUERY_SERVICE_URL),
+  LEDGER_TIMEOUT_MS: env.int(3_000, 100, 60_000),
+  QUERY_TIMEOUT_MS: env.int(2_000, 100, 60_000),
+  STEP_TIMEOUT_MS: env.int(5_000, 500, 600_000),
+  RECORD_DEADLINE_MS: env.int(120_000, 1_000, 86_400_000),
+  SWEEP_INTERVAL_MS: env.int(1_000, 50, 60_000),
+  SWEEP_BATCH_MAX: env.int(200, 1, 5_000),
+  OUTBOX_BATCH_MAX: env.int(500, 1, 5_000),
+  EVENT_BATCH_MAX: env.int(500, 1, 5_000),
+  EVENT_CONCURRENCY: env.int(32, 1, 512),
+  CACHE_TTL_PENDING_MS: env.int(30_000, 100, 86_400_000),
+  CACHE_TTL_FINAL_MS: env.int(600_000, 100, 86_400_000),
+  CACHE_TTL_LIST_MS: env.int(5_000, 100, 86_400_000),
+  CACHE_TIMEOUT_MS: env.int(100, 5, 10_000),
+});
+
+const logger = createLogger(SERVICE, config.LOG_LEVEL);
+const brokers = splitList(config.KAFKA_BROKERS);
+const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+
+const pool = createPool(config.SAGA_DATABASE_URL, {
+  max: config.SAGA_DATABASE_POOL_MAX,
+  application_name: SERVICE,
+});
+await retryStartup("saga database", logger, () =>
+  migrate(pool, fileURLToPath(new URL("../migrations", import.meta.url))),
+);
+await retryStartup("kafka topics", logger, () =>
+  ensureTopics({ brokers, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
+);
+
+const redis = createClient({
+  url: config.REDIS_URL,
+  // Fail fast while Redis is away (the cache is optional), reconnect in the background.
+  disableOfflineQueue: true,
+  socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+});
+redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
+redis
+  .connect()
+  .catch((error: unknown) => logger.warn({ err: error }, "redis not reachable yet; serving without cache"));
+
+const cache = new TransferCache(redis, {
+  prefix: config.REDIS_KEY_PREFIX,
+  logger,
+  ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
+  ttl_final_ms: config.CACHE_TTL_FINAL_MS,
+  ttl_list_ms: config.CACHE_TTL_LIST_MS,
+  timeout_ms: config.CACHE_TIMEOUT_MS,
+});
+
+const producer = createProducer({ brokers, client_id: SERVICE });
+const store = new SagaStore(pool);
+const ledger = new LedgerClient(config.USER_SERVICE_URL, config.SERVICE_TOKEN, config.LEDGER_TIMEOUT_MS);
+const runner = new SagaRunner(store, ledger, topics, logger, {
+  step_timeout_ms: config.STEP_TIMEOUT_MS,
+  record_deadline_ms: config.RECORD_DEADLINE_MS,
+});
+
+const relay = startOutboxRelay({
+  pool,
+  producer,
+  logger,
+  batch_max: config.OUTBOX_BATCH_MAX,
+  idle_poll_ms: 500,
+});
+store.onOutbox = () => relay.wake();
+
+const events = startBatchConsumer({
+  brokers,
+  group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
+  client_id: SERVICE,
+  topics: [topics.events],
+  logger,
+  max_batch: config.EVENT_BATCH_MAX,
+  handleBatch: createEventHandler({
+    store,
+    runner,
+    logger,
+    concurrency: config.EVENT_CONCURRENCY,
+    onRecordEvent: async (event) => {
+      if (event.type === "TransferRecorded") {
+        await cache.putTransfer(event.snapshot);
+        await cache.touchUsers([event.snapshot.source_user_id, event.snapshot.dest_user_id]);
+      }
+    },
+    onUnreadable: async (message, reason) => {
+      const letter: DeadLetter = {
+        type: "DeadLetter",
+        message_id: randomUUID(),
+        failed_at: new Date().toISOString(),
+        reason,
+        attempts: 1,
+        origin: {
+          service: SERVICE,
+          topic: message.topic,
+          partition: message.partition,
+          offset: message.offset.toString(),
+          key: message.key,
+        },
+        value: message.value,
+      };
+      await producer.send([{ topic: topics.deadLetters, key: message.key ?? "", value: letter }]);
+    },
+  }),
+});
+
+const sweeper = startSweeper({
+  store,
+  runner,
+  logger,
+  interval_ms: config.SWEEP_INTERVAL_MS,
+  batch_max: config.SWEEP_BATCH_MAX,
+  concurrency: 16,
+  backoff_base_ms: config.STEP_TIMEOUT_MS,
+  backoff_cap_ms: 60_000,
+});
+
+const query = new QueryClient(config.TRANSACTION_QUERY_SERVICE_URL, config.QUERY_TIMEOUT_MS);
+const app = createHttpServer({ logger });
+registerHealth(app, SERVICE, {
+  postgres: () => pool.query("SELECT 1"),
+  kafka: () => pingKafka(brokers),
+  redis: () => redis.ping(),
+  consumer: async () => {
+    if (!events.isRunning()) throw new Error("event consumer is not running");
+  },
+});
+registerRoutes(app, { store, runner, cache, query, logger, step_timeout_ms: config.STEP_TIMEOUT_MS });
+
+onShutdown(logger, [
+  () => app.close(),
+  () => sweeper.stop(),
+  () => events.stop(),
+  () => relay.stop(),
+  () => producer.close(),
+  () => redis.quit(),
+  () => pool.end(),
+]);
+await app.listen({ host: config.HOST, port: config.TRANSACTION_SERVICE_PORT });
+logger.info({ port: config.TRANSACTION_SERVICE_PORT, topics }, "ready");

@@ -1,0 +1,31 @@
+/** Calls to transaction-query-service (the read side), with a timeout on every call. */
+import { callJson, type JsonResponse } from "#packages/http/client.ts";
+
+export class QueryClient {
+  readonly #base_url: string;
+  readonly #timeout_ms: number;
+
+  constructor(base_url: string, timeout_ms: number) {
+    this.#base_url = base_url.replace(/\/$/, "");
+    this.#timeout_ms = timeout_ms;
+  }
+
+  getTransfer(id: string): Promise<JsonResponse> {
+    return callJson(`${this.#base_url}/transactions/${encodeURIComponent(id)}`, {
+      method: "GET",
+      timeout_ms: this.#timeout_ms,
+    });
+  }
+
+  listUserTransfers(
+    user_id: number,
+    query: { limit: number; cursor?: string | undefined },
+  ): Promise<JsonResponse> {
+    const params = new URLSearchParams({ limit: String(query.limit) });
+    if (query.cursor !== undefined) params.set("cursor", query.cursor);
+    return callJson(`${this.#base_url}/transactions/user/${user_id}?${params}`, {
+      method: "GET",
+      timeout_ms: this.#timeout_ms,
+    });
+  }
+}

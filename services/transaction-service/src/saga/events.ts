@@ -1,0 +1,82 @@
+/**
+ * Kafka handler for the record writer's events. Applying an event is a database transition
+ * (retried with the batch if PostgreSQL is down); the ledger step it unlocks is attempted
+ * right away but never blocks the partition: if it fails, the sweep picks it up.
+ */
+import { type TransferEvent, transferEventSchema } from "#packages/contracts/messages.ts";
+import type { ConsumedMessage } from "#packages/kafka/index.ts";
+import type { Logger } from "#packages/log/index.ts";
+import type { SagaRunner } from "./runner.ts";
+import type { SagaStore } from "./store.ts";
+
+export function createEventHandler(deps: {
+  store: SagaStore;
+  runner: SagaRunner;
+  logger: Logger;
+  concurrency: number;
+  onRecordEvent: (event: TransferEvent) => Promise<void>;
+  onUnreadable: (message: ConsumedMessage, reason: string) => Promise<void>;
+}) {
+  const handleOne = async (event: TransferEvent): Promise<void> => {
+    const transfer = await deps.store.get(event.transfer_id);
+    if (transfer === null) {
+      deps.logger.error(
+        { transfer_id: event.transfer_id, type: event.type },
+        "event for an unknown transfer",
+      );
+      return;
+    }
+    const input =
+      event.type === "TransferRecorded"
+        ? ({ kind: "record_written", status: event.status } as const)
+        : ({ kind: "record_rejected", status: event.status } as const);
+    if (event.type === "TransferRecordRejected") {
+      deps.logger.error(
+        { transfer_id: event.transfer_id, reason: event.reason, status: event.status },
+        "record rejected",
+      );
+    }
+    const after = await deps.runner.apply(transfer, input);
+    try {
+      await deps.runner.advance(after);
+    } catch (error) {
+      deps.logger.warn(
+        { err: error, transfer_id: after.id, state: after.state },
+        "saga step failed; the sweep will retry",
+      );
+    }
+  };
+
+  return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
+    // Events of one transfer are applied in order; different transfers run side by side.
+    const byTransfer = new Map<string, TransferEvent[]>();
+    for (const message of messages) {
+      let parsed: ReturnType<typeof transferEventSchema.safeParse>;
+      try {
+        parsed = transferEventSchema.safeParse(JSON.parse(message.value));
+      } catch {
+        await deps.onUnreadable(message, "value is not JSON");
+        continue;
+      }
+      if (!parsed.success) {
+        await deps.onUnreadable(message, `not a valid transfer event: ${parsed.error.message}`);
+        continue;
+      }
+      const list = byTransfer.get(parsed.data.transfer_id) ?? [];
+      list.push(parsed.data);
+      byTransfer.set(parsed.data.transfer_id, list);
+    }
+    const groups = [...byTransfer.values()];
+    let next = 0;
+    const worker = async () => {
+      while (next < groups.length) {
+        const group = groups[next++] as TransferEvent[];
+        for (const event of group) {
+          await handleOne(event);
+          await deps.onRecordEvent(event);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(deps.concurrency, groups.length) }, worker));
+  };
+}

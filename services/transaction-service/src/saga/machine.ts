@@ -1,0 +1,182 @@
+/**
+ * The transfer saga as a pure state machine: no I/O, so every transition can be unit- and
+ * property-tested. The runner (runner.ts) performs the side effects this file asks for and
+ * persists each transition atomically with the message it emits.
+ *
+ *   created ──hold ok──▶ held ──record PENDING──▶ recorded ──post ok──▶ posted ──record COMPLETED──▶ completed
+ *      │                  │                          │
+ *      │ hold rejected    │ record rejected /        │ post rejected (dest closed)
+ *      │ (no money moved) │ record deadline passed   │
+ *      ▼                  ▼                          ▼
+ *   failing ◀──void ok── refunding ◀─────────────────┘
+ *      │
+ *      └──record FAILED──▶ failed
+ *
+ * Money: `held` means A was debited into clearing; `posted` means clearing paid B; `refunding`
+ * means the hold must be voided (clearing -> A). A transfer leaves clearing exactly once
+ * (post xor void), which the ledger enforces too.
+ */
+import type { FailureReason, TransferSnapshot, TransferStatus } from "#packages/contracts/transfer.ts";
+
+export const sagaStates = [
+  "created",
+  "held",
+  "recorded",
+  "posted",
+  "completed",
+  "refunding",
+  "failing",
+  "failed",
+] as const;
+export type SagaState = (typeof sagaStates)[number];
+
+export interface SagaTransfer {
+  id: string;
+  state: SagaState;
+  source_user_id: number;
+  dest_user_id: number;
+  amount: number;
+  source_init_bal: number | null;
+  dest_init_bal: number | null;
+  failure_reason: FailureReason | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export type SagaInput =
+  | { kind: "hold_ok"; source_init_bal: number }
+  | { kind: "hold_rejected"; reason: FailureReason }
+  | { kind: "record_written"; status: TransferStatus }
+  | { kind: "record_rejected"; status: TransferStatus }
+  | { kind: "record_deadline" }
+  | { kind: "post_ok"; dest_init_bal: number }
+  | { kind: "post_rejected"; reason: FailureReason }
+  | { kind: "void_ok" };
+
+export interface Transition {
+  next: SagaTransfer;
+  /** The record snapshot to send to transaction-command-service with this transition, if any. */
+  record: TransferSnapshot | null;
+}
+
+/** What the saga must do next to leave a state: call the ledger, or wait for the record writer. */
+export type NextAction = "hold" | "post" | "void" | "await_record" | "none";
+
+export function nextAction(state: SagaState): NextAction {
+  switch (state) {
+    case "created":
+      return "hold";
+    case "recorded":
+      return "post";
+    case "refunding":
+      return "void";
+    case "held":
+    case "posted":
+    case "failing":
+      return "await_record";
+    case "completed":
+    case "failed":
+      return "none";
+  }
+}
+
+export function isFinal(state: SagaState): boolean {
+  return state === "completed" || state === "failed";
+}
+
+/** The public status: decided as soon as the money is (PENDING while any of it is in flight). */
+export function publicStatus(state: SagaState): TransferStatus {
+  switch (state) {
+    case "posted":
+    case "completed":
+      return "COMPLETED";
+    case "failing":
+    case "failed":
+      return "FAILED";
+    default:
+      return "PENDING";
+  }
+}
+
+export function snapshotOf(transfer: SagaTransfer): TransferSnapshot {
+  return {
+    id: transfer.id,
+    amount: transfer.amount,
+    source_user_id: transfer.source_user_id,
+    dest_user_id: transfer.dest_user_id,
+    source_init_bal: transfer.source_init_bal,
+    dest_init_bal: transfer.dest_init_bal,
+    status: publicStatus(transfer.state),
+    failure_reason: transfer.failure_reason,
+    created_at: transfer.created_at,
+    updated_at: transfer.updated_at,
+  };
+}
+
+/** The record status the saga expects the writer to confirm while it waits in `state`. */
+export function awaitedRecordStatus(state: SagaState): TransferStatus | null {
+  if (state === "held") return "PENDING";
+  if (state === "posted") return "COMPLETED";
+  if (state === "failing") return "FAILED";
+  return null;
+}
+
+/**
+ * Apply one input. Returns null when the input does not apply to the current state: a
+ * duplicate, a stale redelivery or a late answer. Ignoring those is what makes every handler
+ * idempotent; anything that would move money twice is unreachable by construction.
+ */
+export function transition(current: SagaTransfer, input: SagaInput, now: string): Transition | null {
+  const to = (state: SagaState, patch: Partial<SagaTransfer> = {}): SagaTransfer => ({
+    ...current,
+    ...patch,
+    state,
+    updated_at: now,
+  });
+  const withRecord = (next: SagaTransfer): Transition => ({ next, record: snapshotOf(next) });
+
+  switch (current.state) {
+    case "created":
+      if (input.kind === "hold_ok") return withRecord(to("held", { source_init_bal: input.source_init_bal }));
+      if (input.kind === "hold_rejected") return withRecord(to("failing", { failure_reason: input.reason }));
+      return null;
+    case "held":
+      if (input.kind === "record_written" && input.status === "PENDING")
+        return { next: to("recorded"), record: null };
+      if (input.kind === "record_rejected" && input.status === "PENDING") {
+        return { next: to("refunding", { failure_reason: "record_rejected" }), record: null };
+      }
+      if (input.kind === "record_deadline")
+        return { next: to("refunding", { failure_reason: "record_timeout" }), record: null };
+      return null;
+    case "recorded":
+      if (input.kind === "post_ok") return withRecord(to("posted", { dest_init_bal: input.dest_init_bal }));
+      if (input.kind === "post_rejected")
+        return { next: to("refunding", { failure_reason: input.reason }), record: null };
+      return null;
+    case "refunding":
+      if (input.kind === "void_ok") return withRecord(to("failing"));
+      return null;
+    case "posted":
+      // The money has reached B; a record that cannot be written is an operator matter (it is
+      // in dead letters), it never undoes the transfer.
+      if (
+        (input.kind === "record_written" || input.kind === "record_rejected") &&
+        input.status === "COMPLETED"
+      ) {
+        return { next: to("completed"), record: null };
+      }
+      return null;
+    case "failing":
+      if (
+        (input.kind === "record_written" || input.kind === "record_rejected") &&
+        input.status === "FAILED"
+      ) {
+        return { next: to("failed"), record: null };
+      }
+      return null;
+    case "completed":
+    case "failed":
+      return null;
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * The transactional outbox relay: moves committed outbox rows to Kafka, oldest first, in
+ * bounded batches, deleting them only after the broker acknowledged them (acks=all). A crash
+ * between the send and the delete re-sends the batch: consumers are idempotent. Row locks with
+ * SKIP LOCKED let several instances relay side by side without sending a row twice at once.
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import { backoff_ms, type JsonProducer } from "#packages/kafka/index.ts";
+import type { Logger } from "#packages/log/index.ts";
+import { type Pool, withTransaction } from "#packages/pg/index.ts";
+
+export interface OutboxRelay {
+  wake(): void;
+  stop(): Promise<void>;
+}
+
+export function startOutboxRelay(options: {
+  pool: Pool;
+  producer: JsonProducer;
+  logger: Logger;
+  batch_max: number;
+  idle_poll_ms: number;
+}): OutboxRelay {
+  let stopped = false;
+  let wakeUp: (() => void) | null = null;
+  let pendingWake = false;
+
+  const relayOnce = async (): Promise<number> =>
+    withTransaction(options.pool, async (client) => {
+      const rows = await client.query<{ id: string; topic: string; key: string; payload: unknown }>(
+        "SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        [options.batch_max],
+      );
+      if (rows.rows.length === 0) return 0;
+      await options.producer.send(rows.rows.map((r) => ({ topic: r.topic, key: r.key, value: r.payload })));
+      await client.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [rows.rows.map((r) => r.id)]);
+      return rows.rows.length;
+    });
+
+  const loop = async () => {
+    let failures = 0;
+    while (!stopped) {
+      try {
+        pendingWake = false;
+        const sent = await relayOnce();
+        failures = 0;
+        if (sent > 0) continue;
+        if (pendingWake) continue;
+        await new Promise<void>((resolve) => {
+          wakeUp = resolve;
+          setTimeout(resolve, options.idle_poll_ms).unref();
+        });
+        wakeUp = null;
+      } catch (error) {
+        failures += 1;
+        options.logger.warn({ err: error, failures }, "outbox relay failed; retrying");
+        await sleep(backoff_ms(failures, 100, 5_000));
+      }
+    }
+  };
+  const done = loop();
+
+  return {
+    wake() {
+      pendingWake = true;
+      wakeUp?.();
+    },
+    async stop() {
+      stopped = true;
+      wakeUp?.();
+      await done;
+    },
+  };
+}

@@ -1,0 +1,149 @@
+/**
+ * Drives transfers through the state machine. Any instance may advance any transfer at any
+ * time (the POST handler, the Kafka event handler, the recovery sweep): every ledger step is
+ * idempotent by transfer id and every transition is a compare-and-set, so concurrent or
+ * repeated drivers converge on the same result and money moves at most once per step.
+ */
+import { randomUUID } from "node:crypto";
+import type { TopicNames } from "#packages/contracts/messages.ts";
+import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
+import type { OutgoingMessage } from "#packages/kafka/index.ts";
+import type { Logger } from "#packages/log/index.ts";
+import type { LedgerAnswer, LedgerClient } from "./ledger-client.ts";
+import { awaitedRecordStatus, nextAction, type SagaInput, snapshotOf, transition } from "./machine.ts";
+import type { SagaStore, StoredTransfer } from "./store.ts";
+
+export interface SagaTimings {
+  /** How long a step may take before the sweep retries it. */
+  step_timeout_ms: number;
+  /** How long to wait for the record of a debited transfer before refunding it. */
+  record_deadline_ms: number;
+}
+
+export class SagaRunner {
+  readonly #store: SagaStore;
+  readonly #ledger: LedgerClient;
+  readonly #topics: TopicNames;
+  readonly #logger: Logger;
+  readonly #timings: SagaTimings;
+  /** Told about every committed transition (cache invalidation). */
+  onChange: (snapshot: TransferSnapshot) => void = () => {};
+
+  constructor(
+    store: SagaStore,
+    ledger: LedgerClient,
+    topics: TopicNames,
+    logger: Logger,
+    timings: SagaTimings,
+  ) {
+    this.#store = store;
+    this.#ledger = ledger;
+    this.#topics = topics;
+    this.#logger = logger;
+    this.#timings = timings;
+  }
+
+  recordCommand(snapshot: TransferSnapshot): OutgoingMessage {
+    return {
+      topic: this.#topics.commands,
+      key: snapshot.id,
+      value: { type: "RecordTransfer", message_id: randomUUID(), snapshot },
+    };
+  }
+
+  /**
+   * Feed one input to a transfer and persist the result. Returns the transfer as it stands
+   * afterwards (unchanged if the input did not apply).
+   */
+  async apply(transfer: StoredTransfer, input: SagaInput): Promise<StoredTransfer> {
+    let current = transfer;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const step = transition(current, input, new Date().toISOString());
+      if (step === null) return current;
+      const messages = step.record === null ? [] : [this.recordCommand(step.record)];
+      const committed = await this.#store.commitTransition(
+        current.state,
+        step.next,
+        messages,
+        this.#timings.step_timeout_ms,
+      );
+      if (committed !== null) {
+        this.#logger.debug(
+          { transfer_id: current.id, from: current.state, to: committed.state },
+          "saga transition",
+        );
+        this.onChange(snapshotOf(committed));
+        return committed;
+      }
+      const reloaded = await this.#store.get(current.id);
+      if (reloaded === null) throw new Error(`invariant: transfer ${current.id} disappeared`);
+      current = reloaded;
+    }
+    throw new Error(`transfer ${transfer.id}: too much contention applying ${input.kind}`);
+  }
+
+  /**
+   * Perform ledger steps until the transfer waits on the record writer or is final. Throws if
+   * the ledger does not answer; the transfer then stays where it is and the sweep retries it.
+   */
+  async advance(transfer: StoredTransfer): Promise<StoredTransfer> {
+    let current = transfer;
+    for (let steps = 0; steps < 4; steps++) {
+      const action = nextAction(current.state);
+      let answer: LedgerAnswer;
+      if (action === "hold") {
+        answer = await this.#ledger.hold(current.id, {
+          source_user_id: current.source_user_id,
+          dest_user_id: current.dest_user_id,
+          amount: current.amount,
+        });
+        current = await this.apply(
+          current,
+          answer.kind === "ok"
+            ? { kind: "hold_ok", source_init_bal: answer.source_balance_before }
+            : { kind: "hold_rejected", reason: answer.reason },
+        );
+      } else if (action === "post") {
+        answer = await this.#ledger.post(current.id);
+        if (answer.kind === "ok" && answer.dest_balance_before === null) {
+          throw new Error(`invariant: posted transfer ${current.id} has no destination balance`);
+        }
+        current = await this.apply(
+          current,
+          answer.kind === "ok"
+            ? { kind: "post_ok", dest_init_bal: answer.dest_balance_before as number }
+            : { kind: "post_rejected", reason: answer.reason },
+        );
+      } else if (action === "void") {
+        answer = await this.#ledger.void(current.id);
+        if (answer.kind !== "ok") throw new Error(`invariant: void of ${current.id} refused`);
+        current = await this.apply(current, { kind: "void_ok" });
+      } else {
+        return current;
+      }
+    }
+    return current;
+  }
+
+  /** The recovery sweep's treatment of one overdue transfer. */
+  async recover(transfer: StoredTransfer): Promise<void> {
+    const awaited = awaitedRecordStatus(transfer.state);
+    if (awaited === null) {
+      await this.advance(transfer);
+      return;
+    }
+    const waited_ms = Date.now() - Date.parse(transfer.updated_at);
+    if (transfer.state === "held" && waited_ms > this.#timings.record_deadline_ms) {
+      const refunding = await this.apply(transfer, { kind: "record_deadline" });
+      await this.advance(refunding);
+      return;
+    }
+    // The command may have been lost with a crashed consumer's uncommitted batch, or is still
+    // queued behind an outage: send it again (the writer is idempotent).
+    this.#logger.info(
+      { transfer_id: transfer.id, state: transfer.state, attempts: transfer.attempts },
+      "re-sending record command",
+    );
+    await this.#store.enqueue([this.recordCommand(snapshotOf(transfer))]);
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * The recovery sweep: every interval, claim a bounded batch of unfinished transfers whose step
+ * is overdue (a crash, a lost answer, an outage) and drive each one on. Any instance may run
+ * it; SKIP LOCKED keeps two instances off the same rows. This is what makes every transfer
+ * terminate (I4) whatever process died at whatever step.
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Logger } from "#packages/log/index.ts";
+import type { SagaRunner } from "./runner.ts";
+import type { SagaStore } from "./store.ts";
+
+export function startSweeper(options: {
+  store: SagaStore;
+  runner: SagaRunner;
+  logger: Logger;
+  interval_ms: number;
+  batch_max: number;
+  concurrency: number;
+  backoff_base_ms: number;
+  backoff_cap_ms: number;
+}): { stop(): Promise<void> } {
+  let stopped = false;
+  const loop = async () => {
+    while (!stopped) {
+      let claimed = 0;
+      try {
+        const due = await options.store.claimDue(
+          options.batch_max,
+          options.backoff_base_ms,
+          options.backoff_cap_ms,
+        );
+        claimed = due.length;
+        let next = 0;
+        const worker = async () => {
+          while (next < due.length) {
+            const transfer = due[next++];
+            if (transfer === undefined) break;
+            try {
+              await options.runner.recover(transfer);
+            } catch (error) {
+              options.logger.warn(
+                { err: error, transfer_id: transfer.id, state: transfer.state },
+                "recovery step failed",
+              );
+            }
+          }
+        };
+        await Promise.all(Array.from({ length: Math.min(options.concurrency, due.length) }, worker));
+      } catch (error) {
+        options.logger.warn({ err: error }, "sweep failed");
+      }
+      if (claimed < options.batch_max && !stopped) await sleep(options.interval_ms);
+    }
+  };
+  const done = loop();
+  return {
+    async stop() {
+      stopped = true;
+      await done;
+    },
+  };
+}

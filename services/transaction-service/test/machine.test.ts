@@ -1,0 +1,115 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  isFinal,
+  nextAction,
+  publicStatus,
+  type SagaInput,
+  type SagaState,
+  type SagaTransfer,
+  sagaStates,
+  transition,
+} from "../src/saga/machine.ts";
+
+const NOW = "2026-01-01T00:00:00.000Z";
+function must<T>(value: T | null | undefined): T {
+  assert.ok(value !== null && value !== undefined);
+  return value;
+}
+const base = (state: SagaState): SagaTransfer => ({
+  id: "0190b5a8-0000-7000-8000-000000000001",
+  state,
+  source_user_id: 1,
+  dest_user_id: 2,
+  amount: 500,
+  source_init_bal: state === "created" ? null : 1_000,
+  dest_init_bal: null,
+  failure_reason: null,
+  created_at: NOW,
+  updated_at: NOW,
+});
+
+describe("saga state machine", () => {
+  it("walks the happy path and emits a record at each decided point", () => {
+    const held = transition(base("created"), { kind: "hold_ok", source_init_bal: 1_000 }, NOW);
+    assert.equal(held?.next.state, "held");
+    assert.equal(held?.record?.status, "PENDING");
+    assert.equal(held?.record?.source_init_bal, 1_000);
+
+    const recorded = transition(must(held).next, { kind: "record_written", status: "PENDING" }, NOW);
+    assert.equal(recorded?.next.state, "recorded");
+    assert.equal(recorded?.record, null);
+
+    const posted = transition(must(recorded).next, { kind: "post_ok", dest_init_bal: 70 }, NOW);
+    assert.equal(posted?.next.state, "posted");
+    assert.equal(posted?.record?.status, "COMPLETED");
+    assert.equal(posted?.record?.dest_init_bal, 70);
+
+    const completed = transition(must(posted).next, { kind: "record_written", status: "COMPLETED" }, NOW);
+    assert.equal(completed?.next.state, "completed");
+    assert.ok(isFinal("completed"));
+  });
+
+  it("ends a refused debit FAILED with no refund step (no money moved)", () => {
+    const failing = transition(base("created"), { kind: "hold_rejected", reason: "insufficient_funds" }, NOW);
+    assert.equal(failing?.next.state, "failing");
+    assert.equal(failing?.next.failure_reason, "insufficient_funds");
+    assert.equal(failing?.record?.status, "FAILED");
+    assert.equal(nextAction("failing"), "await_record");
+  });
+
+  it("refunds when the record is rejected, times out, or the credit is refused", () => {
+    for (const input of [
+      { kind: "record_rejected", status: "PENDING" },
+      { kind: "record_deadline" },
+    ] as SagaInput[]) {
+      const step = transition(base("held"), input, NOW);
+      assert.equal(step?.next.state, "refunding");
+      assert.equal(nextAction("refunding"), "void");
+    }
+    const refused = transition(base("recorded"), { kind: "post_rejected", reason: "dest_unavailable" }, NOW);
+    assert.equal(refused?.next.state, "refunding");
+    assert.equal(refused?.next.failure_reason, "dest_unavailable");
+    const voided = transition(must(refused).next, { kind: "void_ok" }, NOW);
+    assert.equal(voided?.next.state, "failing");
+    assert.equal(voided?.record?.status, "FAILED");
+  });
+
+  it("ignores inputs that do not apply (duplicates, late answers) in every state", () => {
+    const inputs: SagaInput[] = [
+      { kind: "hold_ok", source_init_bal: 1 },
+      { kind: "hold_rejected", reason: "insufficient_funds" },
+      { kind: "record_written", status: "PENDING" },
+      { kind: "record_written", status: "COMPLETED" },
+      { kind: "record_written", status: "FAILED" },
+      { kind: "record_rejected", status: "PENDING" },
+      { kind: "record_deadline" },
+      { kind: "post_ok", dest_init_bal: 1 },
+      { kind: "post_rejected", reason: "dest_unavailable" },
+      { kind: "void_ok" },
+    ];
+    for (const state of sagaStates) {
+      const applicable = inputs.filter((input) => transition(base(state), input, NOW) !== null);
+      if (isFinal(state)) assert.equal(applicable.length, 0, `${state} must ignore everything`);
+    }
+    // Once posted, nothing can send the transfer to the refund branch.
+    for (const input of inputs) {
+      const next = transition(base("posted"), input, NOW);
+      assert.ok(next === null || next.next.state === "completed");
+    }
+    // Once refunding, nothing can credit B.
+    for (const input of inputs) {
+      const next = transition(base("refunding"), input, NOW);
+      assert.ok(next === null || next.next.state === "failing");
+    }
+  });
+
+  it("reports PENDING until the money is decided", () => {
+    assert.equal(publicStatus("created"), "PENDING");
+    assert.equal(publicStatus("held"), "PENDING");
+    assert.equal(publicStatus("recorded"), "PENDING");
+    assert.equal(publicStatus("refunding"), "PENDING");
+    assert.equal(publicStatus("posted"), "COMPLETED");
+    assert.equal(publicStatus("failing"), "FAILED");
+  });
+});
