@@ -20,9 +20,13 @@ export interface SagaTimings {
   record_deadline_ms: number;
 }
 
+/** What the runner needs from its store and its ledger (the property tests supply models). */
+export type SagaStorePort = Pick<SagaStore, "get" | "commitTransition" | "enqueue">;
+export type LedgerPort = Pick<LedgerClient, "hold" | "post" | "void">;
+
 export class SagaRunner {
-  readonly #store: SagaStore;
-  readonly #ledger: LedgerClient;
+  readonly #store: SagaStorePort;
+  readonly #ledger: LedgerPort;
   readonly #topics: TopicNames;
   readonly #logger: Logger;
   readonly #timings: SagaTimings;
