@@ -34,8 +34,8 @@ export class SagaRunner {
   onChange: (snapshot: TransferSnapshot) => void = () => {};
 
   constructor(
-    store: SagaStore,
-    ledger: LedgerClient,
+    store: SagaStorePort,
+    ledger: LedgerPort,
     topics: TopicNames,
     logger: Logger,
     timings: SagaTimings,
