@@ -23,7 +23,7 @@ import { isFinal, type SagaState, type SagaTransfer } from "../src/saga/machine.
 import { type LedgerPort, SagaRunner, type SagaStorePort } from "../src/saga/runner.ts";
 import type { StoredTransfer } from "../src/saga/store.ts";
 
-const topics = { commands: "c", events: "e", deadLetters: "d" } as const;
+const topics = topicNames("property.");
 const logger = createLogger("saga-property", "silent");
 
 class LostAnswer extends Error {}
