@@ -13,6 +13,7 @@ import {
   type RecordTransferCommand,
   recordTransferCommandSchema,
   type TransferEvent,
+  topicNames,
 } from "#packages/contracts/messages.ts";
 import { statusRank } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
