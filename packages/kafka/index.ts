@@ -154,15 +154,16 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         running = true;
         failures = 0;
         options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
-        while (!stopped) {
-          const batch = await nextBatch<Message<string, string, string, string>>(
-            stream,
-            options.max_batch,
-            stopController.signal,
-          );
-          if (batch.length === 0) continue;
-          await handleWithRetry(batch);
-          await commitBatch(batch);
+        const inbox = new Inbox(stream, options.max_batch);
+        try {
+          while (!stopped) {
+            const batch = await inbox.next(stopController.signal);
+            if (batch.length === 0) continue;
+            await handleWithRetry(batch);
+            await commitBatch(batch);
+          }
+        } finally {
+          inbox.detach();
         }
       } catch (error) {
         if (stopped) break;
@@ -176,7 +177,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
     }
   };
 
-  const handleWithRetry = async (batch: Message<string, string, string, string>[]) => {
+  const handleWithRetry = async (batch: KafkaMessage[]) => {
     const messages = batch.map((m) => ({
       topic: m.topic,
       partition: m.partition,
@@ -224,48 +225,63 @@ async function commitBatch(batch: Message<string, string, string, string>[]): Pr
   await Promise.all([...last.values()].map((m) => m.commit()));
 }
 
-/** Everything already buffered (up to max), or wait for the first message to arrive. */
-async function nextBatch<T>(
-  stream: MessagesStream<string, string, string, string>,
-  max: number,
-  signal: AbortSignal,
-): Promise<T[]> {
-  const batch: T[] = [];
-  while (batch.length < max) {
-    const message = stream.read() as T | null;
-    if (message !== null) {
-      batch.push(message);
-      continue;
-    }
-    if (batch.length > 0) return batch;
-    await new Promise<void>((resolve, reject) => {
-      const cleanup = () => {
-        stream.off("readable", onReadable);
-        stream.off("error", onError);
-        stream.off("close", onClose);
-        signal.removeEventListener("abort", onAbort);
-      };
-      const onReadable = () => {
-        cleanup();
-        resolve();
-      };
-      const onError = (error: Error) => {
-        cleanup();
-        reject(error);
-      };
-      const onClose = () => {
-        cleanup();
-        reject(new Error("consumer stream closed"));
-      };
-      const onAbort = () => {
-        cleanup();
-        reject(new Error("consumer stopping"));
-      };
-      stream.once("readable", onReadable);
-      stream.once("error", onError);
-      stream.once("close", onClose);
-      signal.addEventListener("abort", onAbort, { once: true });
-    });
+type KafkaMessage = Message<string, string, string, string>;
+
+/**
+ * A bounded in-process queue fed by the stream in flowing mode. The client fetches only while
+ * the stream flows, so backpressure is pause() when the queue holds two batches and resume()
+ * once it has drained below one.
+ */
+class Inbox {
+  readonly #stream: MessagesStream<string, string, string, string>;
+  readonly #max: number;
+  readonly #queue: KafkaMessage[] = [];
+  #failure: Error | null = null;
+  #wake: (() => void) | null = null;
+  readonly #onData = (message: KafkaMessage) => {
+    this.#queue.push(message);
+    if (this.#queue.length >= this.#max * 2) this.#stream.pause();
+    this.#wake?.();
+  };
+  readonly #onError = (error: Error) => {
+    this.#failure = error;
+    this.#wake?.();
+  };
+  readonly #onClose = () => {
+    this.#failure ??= new Error("consumer stream closed");
+    this.#wake?.();
+  };
+
+  constructor(stream: MessagesStream<string, string, string, string>, max: number) {
+    this.#stream = stream;
+    this.#max = max;
+    stream.on("data", this.#onData);
+    stream.on("error", this.#onError);
+    stream.on("close", this.#onClose);
   }
-  return batch;
+
+  async next(signal: AbortSignal): Promise<KafkaMessage[]> {
+    while (this.#queue.length === 0) {
+      if (this.#failure) throw this.#failure;
+      if (signal.aborted) throw new Error("consumer stopping");
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.#wake = null;
+          signal.removeEventListener("abort", done);
+          resolve();
+        };
+        this.#wake = done;
+        signal.addEventListener("abort", done, { once: true });
+      });
+    }
+    const batch = this.#queue.splice(0, this.#max);
+    if (this.#stream.isPaused() && this.#queue.length < this.#max) this.#stream.resume();
+    return batch;
+  }
+
+  detach(): void {
+    this.#stream.off("data", this.#onData);
+    this.#stream.off("error", this.#onError);
+    this.#stream.off("close", this.#onClose);
+  }
 }

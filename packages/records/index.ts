@@ -28,11 +28,17 @@ export function recordsCollection(db: Db): Collection<TransferDocument> {
   return db.collection<TransferDocument>(RECORDS_COLLECTION);
 }
 
+const RECORD_INDEXES = [
+  { key: { party_user_ids: 1, created_at: -1, _id: -1 }, name: "party_newest_first" },
+  { key: { status: 1, updated_at: 1 }, name: "status_updated" },
+] as const;
+
 export async function ensureRecordIndexes(db: Db): Promise<void> {
-  await recordsCollection(db).createIndexes([
-    { key: { party_user_ids: 1, created_at: -1, _id: -1 }, name: "party_newest_first" },
-    { key: { status: 1, updated_at: 1 }, name: "status_updated" },
-  ]);
+  // One index per call: FerretDB v1 drops the connection when a multi-index createIndexes
+  // names indexes that already exist (a real MongoDB accepts either form).
+  for (const index of RECORD_INDEXES) {
+    await recordsCollection(db).createIndexes([{ key: { ...index.key }, name: index.name }]);
+  }
 }
 
 export function toDocument(snapshot: TransferSnapshot): TransferDocument {

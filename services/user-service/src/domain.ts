@@ -1,0 +1,216 @@
+/**
+ * Pure logic of user-service: password hashing, input rules, the refusals the API can answer,
+ * and the mapping from database rows to API shapes (the only place a row becomes a response,
+ * so a password hash can never slip into one).
+ */
+import { randomBytes, scrypt, timingSafeEqual } from "node:crypto";
+import { z } from "zod";
+import { userIdSchema } from "#packages/contracts/ids.ts";
+import { assertBalanceMinor, minorFromPg } from "#packages/contracts/money.ts";
+import { ApiError } from "#packages/http/errors.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Passwords: scrypt, salted, stored as `scrypt$N$r$p$salt$hash` (base64) so the cost can be
+// raised later without breaking stored hashes.
+
+const SCRYPT_COST = { N: 16384, r: 8, p: 1 } as const;
+const SALT_BYTES = 16;
+const KEY_BYTES = 32;
+
+function scryptKey(
+  password: string,
+  salt: Buffer,
+  keylen: number,
+  cost: { N: number; r: number; p: number },
+) {
+  return new Promise<Buffer>((resolve, reject) => {
+    // maxmem above scrypt's 128*N*r working set, or Node refuses the larger costs we accept.
+    const maxmem = 256 * cost.N * cost.r + 1024 * 1024;
+    scrypt(password.normalize("NFC"), salt, keylen, { ...cost, maxmem }, (error, key) =>
+      error ? reject(error) : resolve(key),
+    );
+  });
+}
+
+export async function hashPassword(password: string): Promise<string> {
+  const salt = randomBytes(SALT_BYTES);
+  const key = await scryptKey(password, salt, KEY_BYTES, SCRYPT_COST);
+  const { N, r, p } = SCRYPT_COST;
+  return `scrypt$${N}$${r}$${p}$${salt.toString("base64")}$${key.toString("base64")}`;
+}
+
+/**
+ * Checks a password against a stored hash in constant time. A stored value we cannot parse,
+ * or whose cost is out of bounds, is corruption, not a wrong password: it throws.
+ */
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  const parts = stored.split("$");
+  const [scheme, n, r, p, salt64, key64] = parts;
+  const N = Number(n);
+  const R = Number(r);
+  const P = Number(p);
+  const salt = Buffer.from(salt64 ?? "", "base64");
+  const expected = Buffer.from(key64 ?? "", "base64");
+  const sane =
+    parts.length === 6 &&
+    scheme === "scrypt" &&
+    Number.isInteger(N) &&
+    N >= 2 ** 14 &&
+    N <= 2 ** 17 &&
+    (N & (N - 1)) === 0 &&
+    Number.isInteger(R) &&
+    R >= 1 &&
+    R <= 16 &&
+    Number.isInteger(P) &&
+    P >= 1 &&
+    P <= 4 &&
+    salt.length >= 16 &&
+    expected.length >= 16 &&
+    expected.length <= 64;
+  if (!sane) throw new Error("invariant: stored password hash is malformed");
+  const actual = await scryptKey(password, salt, expected.length, { N, r: R, p: P });
+  return timingSafeEqual(actual, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input rules (the database repeats the ones that protect data: username shape, money ranges).
+
+export const usernameSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_.-]{3,64}$/, { error: "must be 3-64 characters: letters, digits, '_', '.', '-'" });
+
+export const passwordSchema = z
+  .string()
+  .min(8, { error: "must be at least 8 characters" })
+  .max(256, { error: "must be at most 256 characters" });
+
+/** Idempotency keys: what clients usually send (UUIDs, ULIDs, hashes), printable ASCII. */
+export const idempotencyKeySchema = z
+  .string()
+  .regex(/^[\x21-\x7e]{1,255}$/, { error: "must be 1-255 printable ASCII characters without spaces" });
+
+/** `?limit=` as it arrives in a query string: digits only, 1..100, default 20. */
+export const pageLimitSchema = z
+  .string()
+  .regex(/^[0-9]{1,3}$/, { error: "must be an integer from 1 to 100" })
+  .transform(Number)
+  .pipe(z.number().int().min(1, { error: "must be at least 1" }).max(100, { error: "must be at most 100" }))
+  .default(20);
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: every business rule the API can answer with, its status and stable code.
+
+const refusalStatus = {
+  user_not_found: 404,
+  username_taken: 409,
+  balance_not_zero: 409,
+  transfers_in_flight: 409,
+  idempotency_key_reused: 409,
+  balance_limit_exceeded: 422,
+  source_not_found: 404,
+  dest_not_found: 404,
+  same_wallet: 422,
+  insufficient_funds: 422,
+  hold_mismatch: 409,
+  hold_not_found: 404,
+  hold_voided: 409,
+  hold_posted: 409,
+  dest_unavailable: 409,
+  source_unavailable: 409,
+  unauthorized: 401,
+} as const;
+export type RefusalCode = keyof typeof refusalStatus;
+
+export function refuse(code: RefusalCode, message: string, headers?: Record<string, string>): ApiError {
+  return new ApiError(refusalStatus[code], code, message, headers ? { headers } : {});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows (as node-postgres returns them: bigint as string, timestamptz as Date) and API shapes.
+
+export interface UserRow {
+  id: string;
+  username: string;
+  balance_minor: string;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface DepositRow {
+  id: string;
+  user_id: string;
+  amount_minor: string;
+  balance_after_minor: string;
+  created_at: Date;
+}
+
+export type HoldState = "held" | "posted" | "voided";
+
+export interface HoldRow {
+  transfer_id: string;
+  source_user_id: string;
+  dest_user_id: string;
+  amount_minor: string;
+  state: HoldState;
+  source_balance_before_minor: string;
+  dest_balance_before_minor: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+/** A database id (bigint, a string from node-postgres) as the API's number. */
+export function idFromPg(value: string | number): number {
+  return userIdSchema.parse(Number(value));
+}
+
+export interface ApiUser {
+  id: number;
+  username: string;
+  balance: number;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Picks fields one by one: whatever else the row holds (a password hash) never leaves. */
+export function toApiUser(row: UserRow): ApiUser {
+  return {
+    id: idFromPg(row.id),
+    username: row.username,
+    balance: assertBalanceMinor(minorFromPg(row.balance_minor)),
+    created_at: row.created_at.toISOString(),
+    updated_at: row.updated_at.toISOString(),
+  };
+}
+
+export function toApiDeposit(row: DepositRow) {
+  return {
+    id: idFromPg(row.id),
+    user_id: idFromPg(row.user_id),
+    amount: minorFromPg(row.amount_minor),
+    balance_after: assertBalanceMinor(minorFromPg(row.balance_after_minor)),
+    created_at: row.created_at.toISOString(),
+  };
+}
+
+export function toApiHold(row: HoldRow) {
+  return {
+    transfer_id: row.transfer_id,
+    state: row.state,
+    source_user_id: idFromPg(row.source_user_id),
+    dest_user_id: idFromPg(row.dest_user_id),
+    amount: minorFromPg(row.amount_minor),
+    source_balance_before: assertBalanceMinor(minorFromPg(row.source_balance_before_minor)),
+    dest_balance_before:
+      row.dest_balance_before_minor === null
+        ? null
+        : assertBalanceMinor(minorFromPg(row.dest_balance_before_minor)),
+    created_at: row.created_at.toISOString(),
+    updated_at: row.updated_at.toISOString(),
+  };
+}
+export type ApiHold = ReturnType<typeof toApiHold>;
+
+/** Crash rather than continue with bad money: a broken invariant means a bug, not bad input. */
+export function invariant(condition: boolean, message: string): asserts condition {
+  if (!condition) throw new Error(`invariant: ${message}`);
+}

@@ -1,0 +1,563 @@
+/**
+ * Data access for the ledger: every function that moves money is one PostgreSQL transaction
+ * that changes at most one wallet row (so there is no lock order to get wrong and no deadlock),
+ * writes a balanced posting in the same transaction, and is keyed so that a retry finds and
+ * returns the first result instead of applying twice.
+ *
+ * Concurrency notes (READ COMMITTED):
+ * - A wallet's row lock is the lock for that user's money. Debits and credits take it with a
+ *   guarded UPDATE (no negative balance, no balance above 2^53-1, no lost update).
+ * - "Is the user still open?" is asked in a statement after the wallet lock is held: that
+ *   statement sees any close that committed while we waited, and a close waits for us.
+ * - A hold's row lock (SELECT ... FOR UPDATE) serialises post and void of the same transfer.
+ */
+import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
+import { ApiError } from "#packages/http/errors.ts";
+import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
+import { type DepositRow, type HoldRow, invariant, refuse, type UserRow } from "./domain.ts";
+
+/** Fixed by migrations/001_init.sql and checked at start by assertSystemAccounts. */
+export const EXTERNAL_ACCOUNT_ID = "1";
+export const CLEARING_ACCOUNT_ID = "2";
+
+const USER_SELECT = `
+  SELECT u.id, u.username, a.balance_minor, u.created_at, greatest(u.updated_at, a.updated_at) AS updated_at
+  FROM users u JOIN accounts a ON a.user_id = u.id`;
+
+type Queryable = Pool | PoolClient;
+
+function isUniqueViolation(error: unknown, constraint: string): boolean {
+  const e = error as { code?: string; constraint?: string };
+  return e.code === "23505" && e.constraint === constraint;
+}
+
+export async function assertSystemAccounts(pool: Pool): Promise<void> {
+  const { rows } = await pool.query<{ id: string; kind: string }>(
+    "SELECT id, kind FROM accounts WHERE kind <> 'wallet' ORDER BY id",
+  );
+  const found = rows.map((r) => `${r.id}:${r.kind}`).join(",");
+  invariant(
+    found === `${EXTERNAL_ACCOUNT_ID}:external,${CLEARING_ACCOUNT_ID}:clearing`,
+    `system accounts are ${found}, expected 1:external,2:clearing`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks (run inside a transaction).
+
+async function liveUser(db: Queryable, user_id: number): Promise<UserRow | null> {
+  const { rows } = await db.query<UserRow>(`${USER_SELECT} WHERE u.id = $1 AND u.deleted_at IS NULL`, [
+    user_id,
+  ]);
+  return rows[0] ?? null;
+}
+
+async function isLive(client: PoolClient, user_id: number | string): Promise<boolean> {
+  const { rowCount } = await client.query("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL", [
+    user_id,
+  ]);
+  return rowCount === 1;
+}
+
+interface WalletChange {
+  account_id: string;
+  balance_after: number;
+}
+
+/** Guarded debit: takes the wallet's row lock; no row when the funds are not there. */
+async function debitWallet(
+  client: PoolClient,
+  user_id: number | string,
+  amount: number,
+): Promise<WalletChange | null> {
+  const { rows } = await client.query<{ id: string; balance_minor: string }>(
+    `UPDATE accounts SET balance_minor = balance_minor - $2::bigint, updated_at = now()
+     WHERE user_id = $1 AND balance_minor >= $2::bigint
+     RETURNING id, balance_minor`,
+    [user_id, amount],
+  );
+  const row = rows[0];
+  return row ? { account_id: row.id, balance_after: minorFromPg(row.balance_minor) } : null;
+}
+
+/** Guarded credit: takes the wallet's row lock; no row when the wallet is missing or would pass 2^53-1. */
+async function creditWallet(
+  client: PoolClient,
+  user_id: number | string,
+  amount: number,
+): Promise<WalletChange | null> {
+  const { rows } = await client.query<{ id: string; balance_minor: string }>(
+    `UPDATE accounts SET balance_minor = balance_minor + $2::bigint, updated_at = now()
+     WHERE user_id = $1 AND balance_minor <= $3::bigint - $2::bigint
+     RETURNING id, balance_minor`,
+    [user_id, amount, MAX_MINOR],
+  );
+  const row = rows[0];
+  return row ? { account_id: row.id, balance_after: minorFromPg(row.balance_minor) } : null;
+}
+
+interface Leg {
+  account_id: string;
+  amount: number;
+  /** The wallet's balance after this leg; null for the system accounts. */
+  balance_after: number | null;
+}
+
+type PostingRef =
+  | { kind: "deposit"; deposit_id: string }
+  | { kind: "hold" | "post" | "void"; transfer_id: string };
+
+/**
+ * Appends one balanced posting. The database checks the balance again at commit (a deferred
+ * trigger); checking here first means a bug crashes before anything is sent.
+ */
+async function journal(client: PoolClient, ref: PostingRef, legs: Leg[]): Promise<void> {
+  const total = legs.reduce((sum, leg) => sum + BigInt(leg.amount), 0n);
+  invariant(legs.length >= 2 && total === 0n, `posting ${JSON.stringify(ref)} does not balance`);
+  const { rowCount } = await client.query(
+    `WITH p AS (INSERT INTO postings (kind, transfer_id, deposit_id) VALUES ($1, $2, $3) RETURNING id)
+     INSERT INTO entries (posting_id, account_id, amount_minor, balance_after_minor)
+     SELECT p.id, e.account_id, e.amount, e.balance_after
+     FROM p, unnest($4::bigint[], $5::bigint[], $6::bigint[]) AS e(account_id, amount, balance_after)`,
+    [
+      ref.kind,
+      ref.kind === "deposit" ? null : ref.transfer_id,
+      ref.kind === "deposit" ? ref.deposit_id : null,
+      legs.map((l) => l.account_id),
+      legs.map((l) => l.amount),
+      legs.map((l) => l.balance_after),
+    ],
+  );
+  invariant(rowCount === legs.length, `posting ${JSON.stringify(ref)} wrote ${rowCount} entries`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users.
+
+export async function createUser(
+  pool: Pool,
+  input: { username: string; password_hash: string; opening_balance: number },
+): Promise<UserRow> {
+  return withTransaction(pool, async (client) => {
+    const inserted = await client
+      .query<{ id: string }>("INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id", [
+        input.username,
+        input.password_hash,
+      ])
+      .catch((error: unknown) => {
+        if (isUniqueViolation(error, "users_username_unique")) {
+          throw refuse("username_taken", `username ${input.username} is taken`);
+        }
+        throw error;
+      });
+    const id = inserted.rows[0]?.id;
+    invariant(id !== undefined, "user insert returned no id");
+    await client.query("INSERT INTO accounts (kind, user_id, balance_minor) VALUES ('wallet', $1, 0)", [id]);
+    // The opening balance is a deposit like any other, journaled in the same transaction.
+    if (input.opening_balance > 0) {
+      await depositIn(client, { user_id: Number(id), amount: input.opening_balance, idempotency_key: null });
+    }
+    const user = await liveUser(client, Number(id));
+    invariant(user !== null, `user ${id} vanished inside its own transaction`);
+    return user;
+  });
+}
+
+export async function getUser(pool: Pool, user_id: number): Promise<UserRow | null> {
+  return liveUser(pool, user_id);
+}
+
+/** Keyset pagination by id: stable under inserts, no OFFSET scans. */
+export async function listUsers(
+  pool: Pool,
+  page: { limit: number; after_id: number },
+): Promise<{ rows: UserRow[]; has_more: boolean }> {
+  const { rows } = await pool.query<UserRow>(
+    `${USER_SELECT} WHERE u.deleted_at IS NULL AND u.id > $1 ORDER BY u.id LIMIT $2`,
+    [page.after_id, page.limit + 1],
+  );
+  return { rows: rows.slice(0, page.limit), has_more: rows.length > page.limit };
+}
+
+export async function updateUser(
+  pool: Pool,
+  user_id: number,
+  change: { username?: string | undefined; password_hash?: string | undefined },
+): Promise<UserRow> {
+  return withTransaction(pool, async (client) => {
+    try {
+      const { rowCount } = await client.query(
+        `UPDATE users SET username = coalesce($2, username), password_hash = coalesce($3, password_hash),
+                          updated_at = now()
+         WHERE id = $1 AND deleted_at IS NULL`,
+        [user_id, change.username ?? null, change.password_hash ?? null],
+      );
+      if (rowCount !== 1) throw refuse("user_not_found", `user ${user_id} not found`);
+    } catch (error) {
+      if (isUniqueViolation(error, "users_username_unique")) {
+        throw refuse("username_taken", `username ${change.username} is taken`);
+      }
+      throw error;
+    }
+    const user = await liveUser(client, user_id);
+    invariant(user !== null, `user ${user_id} vanished inside its own transaction`);
+    return user;
+  });
+}
+
+/**
+ * Closes a user (soft delete). Holding the wallet lock while checking means no deposit, debit
+ * or refund can slip in between the checks and the close.
+ */
+export async function closeUser(pool: Pool, user_id: number): Promise<UserRow & { deleted_at: Date }> {
+  return withTransaction(pool, async (client) => {
+    const wallet = await client.query<{ balance_minor: string }>(
+      "SELECT balance_minor FROM accounts WHERE user_id = $1 FOR UPDATE",
+      [user_id],
+    );
+    const user = await liveUser(client, user_id);
+    const balance = wallet.rows[0]?.balance_minor;
+    if (user === null || balance === undefined) throw refuse("user_not_found", `user ${user_id} not found`);
+    if (minorFromPg(balance) !== 0) {
+      throw refuse(
+        "balance_not_zero",
+        `user ${user_id} still holds ${balance} minor units; withdraw them first`,
+      );
+    }
+    const inFlight = await client.query(
+      "SELECT 1 FROM holds WHERE (source_user_id = $1 OR dest_user_id = $1) AND state = 'held' LIMIT 1",
+      [user_id],
+    );
+    if (inFlight.rowCount !== 0) {
+      throw refuse("transfers_in_flight", `user ${user_id} has transfers in flight; retry when they finish`);
+    }
+    const { rows } = await client.query<{ deleted_at: Date; updated_at: Date }>(
+      "UPDATE users SET deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING deleted_at, updated_at",
+      [user_id],
+    );
+    const closed = rows[0];
+    invariant(closed !== undefined, `user ${user_id} vanished while locked`);
+    return { ...user, updated_at: closed.updated_at, deleted_at: closed.deleted_at };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deposits: external -> wallet.
+
+export interface DepositResult {
+  user: UserRow;
+  deposit: DepositRow;
+  /** True when an earlier deposit with the same idempotency key was found and returned. */
+  replayed: boolean;
+}
+
+export async function deposit(
+  pool: Pool,
+  input: { user_id: number; amount: number; idempotency_key: string | null },
+): Promise<DepositResult> {
+  return withTransaction(pool, (client) => depositIn(client, input));
+}
+
+async function depositIn(
+  client: PoolClient,
+  input: { user_id: number; amount: number; idempotency_key: string | null },
+): Promise<DepositResult> {
+  const { user_id, amount, idempotency_key } = input;
+  if (!(await isLive(client, user_id))) throw refuse("user_not_found", `user ${user_id} not found`);
+
+  // Claim the key first: a concurrent request with the same key waits here for ours to commit,
+  // then finds our row (ON CONFLICT DO NOTHING returns nothing) and replays it.
+  const inserted = await client.query<{ id: string; created_at: Date }>(
+    `INSERT INTO deposits (user_id, amount_minor, idempotency_key) VALUES ($1, $2, $3)
+     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, created_at`,
+    [user_id, amount, idempotency_key],
+  );
+  const claimed = inserted.rows[0];
+  if (claimed === undefined) {
+    invariant(idempotency_key !== null, "a deposit without a key conflicted");
+    const { rows } = await client.query<DepositRow>(
+      `SELECT d.id, d.user_id, d.amount_minor, e.balance_after_minor, d.created_at
+       FROM deposits d JOIN postings p ON p.deposit_id = d.id
+       JOIN entries e ON e.posting_id = p.id AND e.account_id <> $2
+       WHERE d.idempotency_key = $1`,
+      [idempotency_key, EXTERNAL_ACCOUNT_ID],
+    );
+    const first = rows[0];
+    invariant(
+      first !== undefined && rows.length === 1,
+      `deposit with key ${idempotency_key} has no single wallet entry`,
+    );
+    if (Number(first.user_id) !== user_id || minorFromPg(first.amount_minor) !== amount) {
+      throw refuse(
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used for a different deposit (other user or amount)",
+      );
+    }
+    const user = await liveUser(client, user_id);
+    if (user === null) throw refuse("user_not_found", `user ${user_id} not found`);
+    return { user, deposit: first, replayed: true };
+  }
+
+  const credit = await creditWallet(client, user_id, amount);
+  if (credit === null) {
+    throw refuse(
+      "balance_limit_exceeded",
+      `the balance of user ${user_id} would exceed ${MAX_MINOR} minor units`,
+    );
+  }
+  // Asked again now that we hold the wallet lock: a close may have committed while we waited.
+  if (!(await isLive(client, user_id))) throw refuse("user_not_found", `user ${user_id} not found`);
+  await journal(client, { kind: "deposit", deposit_id: claimed.id }, [
+    { account_id: EXTERNAL_ACCOUNT_ID, amount: -amount, balance_after: null },
+    { account_id: credit.account_id, amount, balance_after: credit.balance_after },
+  ]);
+  const user = await liveUser(client, user_id);
+  invariant(user !== null, `user ${user_id} vanished while locked`);
+  return {
+    user,
+    deposit: {
+      id: claimed.id,
+      user_id: String(user_id),
+      amount_minor: String(amount),
+      balance_after_minor: String(credit.balance_after),
+      created_at: claimed.created_at,
+    },
+    replayed: false,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two-phase transfers: hold (source -> clearing), then post (clearing -> dest) or void
+// (clearing -> source). Each is idempotent on the transfer id.
+
+export interface HoldRequest {
+  transfer_id: string;
+  source_user_id: number;
+  dest_user_id: number;
+  amount: number;
+}
+
+async function selectHold(db: Queryable, transfer_id: string, lock: boolean): Promise<HoldRow | null> {
+  const { rows } = await db.query<HoldRow>(
+    `SELECT * FROM holds WHERE transfer_id = $1${lock ? " FOR UPDATE" : ""}`,
+    [transfer_id],
+  );
+  return rows[0] ?? null;
+}
+
+export async function getHold(pool: Pool, transfer_id: string): Promise<HoldRow | null> {
+  return selectHold(pool, transfer_id, false);
+}
+
+export async function holdFunds(pool: Pool, request: HoldRequest): Promise<HoldRow> {
+  if (request.source_user_id === request.dest_user_id) {
+    throw refuse("same_wallet", "source and destination are the same user");
+  }
+  try {
+    return await withTransaction(pool, (client) => holdIn(client, request));
+  } catch (error) {
+    // Our transaction rolled back (nothing moved). If a concurrent copy of this same request
+    // committed first, we failed because of it: on the primary key, or on the funds it took
+    // (insufficient_funds), or on a user it saw still open. A retry must get the hold, not
+    // that refusal, or the saga would fail a transfer whose money sits in clearing.
+    if (!(error instanceof ApiError) && !isUniqueViolation(error, "holds_pkey")) throw error;
+    const existing = await getHold(pool, request.transfer_id);
+    if (existing === null) throw error;
+    return sameHoldOrRefuse(existing, request);
+  }
+}
+
+function sameHoldOrRefuse(existing: HoldRow, request: HoldRequest): HoldRow {
+  const same =
+    Number(existing.source_user_id) === request.source_user_id &&
+    Number(existing.dest_user_id) === request.dest_user_id &&
+    minorFromPg(existing.amount_minor) === request.amount;
+  if (!same)
+    throw refuse("hold_mismatch", `transfer ${request.transfer_id} was held with other parties or amount`);
+  return existing;
+}
+
+async function holdIn(client: PoolClient, request: HoldRequest): Promise<HoldRow> {
+  const { transfer_id, source_user_id, dest_user_id, amount } = request;
+  const existing = await selectHold(client, transfer_id, false);
+  if (existing !== null) return sameHoldOrRefuse(existing, request);
+  if (!(await isLive(client, dest_user_id))) throw refuse("dest_not_found", `user ${dest_user_id} not found`);
+
+  const debit = await debitWallet(client, source_user_id, amount);
+  // Asked after the debit took the wallet lock, so a close that committed meanwhile is seen.
+  if (!(await isLive(client, source_user_id)))
+    throw refuse("source_not_found", `user ${source_user_id} not found`);
+  if (debit === null)
+    throw refuse("insufficient_funds", `user ${source_user_id} has less than ${amount} minor units`);
+
+  const { rows } = await client.query<HoldRow>(
+    `INSERT INTO holds (transfer_id, source_user_id, dest_user_id, amount_minor, state, source_balance_before_minor)
+     VALUES ($1, $2, $3, $4, 'held', $5) RETURNING *`,
+    [transfer_id, source_user_id, dest_user_id, amount, debit.balance_after + amount],
+  );
+  await journal(client, { kind: "hold", transfer_id }, [
+    { account_id: debit.account_id, amount: -amount, balance_after: debit.balance_after },
+    { account_id: CLEARING_ACCOUNT_ID, amount, balance_after: null },
+  ]);
+  const hold = rows[0];
+  invariant(hold !== undefined, `hold ${transfer_id} was not inserted`);
+  return hold;
+}
+
+/** Credit: clearing -> dest. Refused with dest_unavailable (nothing changes) so the saga voids. */
+export async function postHold(pool: Pool, transfer_id: string): Promise<HoldRow> {
+  return withTransaction(pool, async (client) => {
+    const hold = await selectHold(client, transfer_id, true);
+    if (hold === null) throw refuse("hold_not_found", `no hold for transfer ${transfer_id}`);
+    if (hold.state === "posted") return hold;
+    if (hold.state === "voided") throw refuse("hold_voided", `transfer ${transfer_id} was already voided`);
+
+    const amount = minorFromPg(hold.amount_minor);
+    const credit = await creditWallet(client, hold.dest_user_id, amount);
+    if (credit === null || !(await isLive(client, hold.dest_user_id))) {
+      throw refuse(
+        "dest_unavailable",
+        `user ${hold.dest_user_id} cannot be credited (closed or balance limit)`,
+      );
+    }
+    const settled = await settle(client, transfer_id, "posted", credit.balance_after - amount);
+    await journal(client, { kind: "post", transfer_id }, [
+      { account_id: CLEARING_ACCOUNT_ID, amount: -amount, balance_after: null },
+      { account_id: credit.account_id, amount, balance_after: credit.balance_after },
+    ]);
+    return settled;
+  });
+}
+
+/** Refund: clearing -> source. The source cannot be closed while the hold is held. */
+export async function voidHold(pool: Pool, transfer_id: string): Promise<HoldRow> {
+  return withTransaction(pool, async (client) => {
+    const hold = await selectHold(client, transfer_id, true);
+    if (hold === null) throw refuse("hold_not_found", `no hold for transfer ${transfer_id}`);
+    if (hold.state === "voided") return hold;
+    if (hold.state === "posted") throw refuse("hold_posted", `transfer ${transfer_id} was already posted`);
+
+    const amount = minorFromPg(hold.amount_minor);
+    const credit = await creditWallet(client, hold.source_user_id, amount);
+    // Only possible if the source received so much meanwhile that the refund would pass 2^53-1.
+    if (credit === null) {
+      throw refuse("source_unavailable", `user ${hold.source_user_id} cannot be refunded (balance limit)`);
+    }
+    const settled = await settle(client, transfer_id, "voided", null);
+    await journal(client, { kind: "void", transfer_id }, [
+      { account_id: CLEARING_ACCOUNT_ID, amount: -amount, balance_after: null },
+      { account_id: credit.account_id, amount, balance_after: credit.balance_after },
+    ]);
+    return settled;
+  });
+}
+
+/** held -> posted|voided, exactly once: the state guard makes a second attempt match nothing. */
+async function settle(
+  client: PoolClient,
+  transfer_id: string,
+  state: "posted" | "voided",
+  dest_balance_before: number | null,
+): Promise<HoldRow> {
+  const { rows } = await client.query<HoldRow>(
+    `UPDATE holds SET state = $2, dest_balance_before_minor = $3, updated_at = now()
+     WHERE transfer_id = $1 AND state = 'held' RETURNING *`,
+    [transfer_id, state, dest_balance_before],
+  );
+  const settled = rows[0];
+  invariant(settled !== undefined, `hold ${transfer_id} was not held while locked`);
+  return settled;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit: every figure from one repeatable-read snapshot, so they are consistent with each other.
+
+export interface AuditReport {
+  accounts: number;
+  wallets: number;
+  journal_entries: number;
+  postings: number;
+  total_wallet_balance: string;
+  clearing_balance: string;
+  external_balance: string;
+  total_deposited: string;
+  sum_all_entries: string;
+  wallets_mismatching_journal: number[];
+  negative_wallets: number;
+  unbalanced_postings: number;
+  entries_without_account: number;
+  held_amount: string;
+  holds_by_state: { held: number; posted: number; voided: number };
+  /** All of: sum_all_entries = 0, no mismatching or negative wallet, every posting balanced and
+   * pointing at real accounts, held_amount = clearing_balance, external_balance = -total_deposited. */
+  consistent: boolean;
+}
+
+export async function audit(pool: Pool): Promise<AuditReport> {
+  return withTransaction(pool, async (client) => {
+    await client.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    const { rows } = await client.query<Record<string, string>>(
+      `SELECT
+         (SELECT count(*) FROM accounts) AS accounts,
+         (SELECT count(*) FROM accounts WHERE kind = 'wallet') AS wallets,
+         (SELECT count(*) FROM entries) AS journal_entries,
+         (SELECT count(*) FROM postings) AS postings,
+         (SELECT coalesce(sum(balance_minor), 0) FROM accounts WHERE kind = 'wallet')::text AS total_wallet_balance,
+         (SELECT coalesce(sum(amount_minor), 0) FROM entries WHERE account_id = $1)::text AS clearing_balance,
+         (SELECT coalesce(sum(amount_minor), 0) FROM entries WHERE account_id = $2)::text AS external_balance,
+         (SELECT coalesce(sum(amount_minor), 0) FROM deposits)::text AS total_deposited,
+         (SELECT coalesce(sum(amount_minor), 0) FROM entries)::text AS sum_all_entries,
+         (SELECT count(*) FROM accounts WHERE kind = 'wallet' AND balance_minor < 0) AS negative_wallets,
+         (SELECT count(*) FROM (SELECT 1 FROM entries GROUP BY posting_id HAVING sum(amount_minor) <> 0) u)
+           AS unbalanced_postings,
+         (SELECT count(*) FROM entries e WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = e.account_id))
+           AS entries_without_account,
+         (SELECT coalesce(sum(amount_minor), 0) FROM holds WHERE state = 'held')::text AS held_amount,
+         (SELECT count(*) FROM holds WHERE state = 'held') AS holds_held,
+         (SELECT count(*) FROM holds WHERE state = 'posted') AS holds_posted,
+         (SELECT count(*) FROM holds WHERE state = 'voided') AS holds_voided`,
+      [CLEARING_ACCOUNT_ID, EXTERNAL_ACCOUNT_ID],
+    );
+    const mismatching = await client.query<{ user_id: string }>(
+      `SELECT a.user_id FROM accounts a
+       LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM entries GROUP BY account_id) e
+         ON e.account_id = a.id
+       WHERE a.kind = 'wallet' AND a.balance_minor <> coalesce(e.total, 0)
+       ORDER BY a.user_id LIMIT 20`,
+    );
+    const r = rows[0];
+    invariant(r !== undefined, "audit query returned no row");
+    const count = (key: string) => Number(r[key]);
+    const sum = (key: string) => String(r[key]);
+    const report = {
+      accounts: count("accounts"),
+      wallets: count("wallets"),
+      journal_entries: count("journal_entries"),
+      postings: count("postings"),
+      total_wallet_balance: sum("total_wallet_balance"),
+      clearing_balance: sum("clearing_balance"),
+      external_balance: sum("external_balance"),
+      total_deposited: sum("total_deposited"),
+      sum_all_entries: sum("sum_all_entries"),
+      wallets_mismatching_journal: mismatching.rows.map((m) => Number(m.user_id)),
+      negative_wallets: count("negative_wallets"),
+      unbalanced_postings: count("unbalanced_postings"),
+      entries_without_account: count("entries_without_account"),
+      held_amount: sum("held_amount"),
+      holds_by_state: {
+        held: count("holds_held"),
+        posted: count("holds_posted"),
+        voided: count("holds_voided"),
+      },
+    };
+    const consistent =
+      BigInt(report.sum_all_entries) === 0n &&
+      report.wallets_mismatching_journal.length === 0 &&
+      report.negative_wallets === 0 &&
+      report.unbalanced_postings === 0 &&
+      report.entries_without_account === 0 &&
+      BigInt(report.held_amount) === BigInt(report.clearing_balance) &&
+      BigInt(report.external_balance) === -BigInt(report.total_deposited);
+    return { ...report, consistent };
+  });
+}

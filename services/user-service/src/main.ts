@@ -1,0 +1,73 @@
+/**
+ * user-service: users, wallets and the double-entry journal in PostgreSQL, the source of truth
+ * for money. Start: config, migrations, a check of the system accounts, then HTTP.
+ */
+import { join } from "node:path";
+import { commonEnv, engineDefaults, env, loadConfig } from "#packages/config/index.ts";
+import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { createLogger } from "#packages/log/index.ts";
+import { createPool, migrate } from "#packages/pg/index.ts";
+import { registerRoutes } from "./http.ts";
+import { assertSystemAccounts } from "./ledger.ts";
+
+const SERVICE = "user-service";
+
+const configShape = {
+  ...commonEnv,
+  USER_SERVICE_PORT: env.port(8000),
+  LEDGER_DATABASE_URL: env.url(engineDefaults.LEDGER_DATABASE_URL),
+  LEDGER_POOL_MAX: env.int(20, 1, 500),
+};
+
+function readConfig() {
+  try {
+    return loadConfig(configShape);
+  } catch (error) {
+    // The message names each bad variable; a stack trace would only bury it.
+    console.error(`${SERVICE}: ${(error as Error).message}`);
+    process.exit(1);
+  }
+}
+
+const config = readConfig();
+const log = createLogger(SERVICE, config.LOG_LEVEL);
+
+async function main(): Promise<void> {
+  const pool = createPool(config.LEDGER_DATABASE_URL, {
+    max: config.LEDGER_POOL_MAX,
+    application_name: SERVICE,
+  });
+  const applied = await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+  if (applied.length > 0) log.info({ applied }, "migrations applied");
+  await assertSystemAccounts(pool);
+
+  const app = createHttpServer({ logger: log });
+  registerHealth(app, SERVICE, { postgres: () => pool.query("SELECT 1") });
+  registerRoutes(app, { pool, service_token: config.SERVICE_TOKEN });
+  await app.listen({ host: config.HOST, port: config.USER_SERVICE_PORT });
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "shutting down");
+    // Stop taking requests and let the running ones finish (each is one transaction), then
+    // release the database connections.
+    try {
+      await app.close();
+      await pool.end();
+      log.info("stopped");
+      process.exit(0);
+    } catch (error) {
+      log.error({ err: error }, "unclean shutdown");
+      process.exit(1);
+    }
+  };
+  process.on("SIGTERM", (signal) => void stop(signal));
+  process.on("SIGINT", (signal) => void stop(signal));
+}
+
+main().catch((error: unknown) => {
+  log.fatal({ err: error }, "user-service failed to start");
+  process.exit(1);
+});
