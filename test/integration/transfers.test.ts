@@ -133,7 +133,7 @@ describe("transfers", () => {
   it("refunds A and records FAILED when the record cannot be written", async () => {
     const a = await createUser(5_000);
     const b = await createUser(0);
-    const auth = adminToken ? { authorization: `Bearer ${adminToken}` } : {};
+    const auth: Record<string, string> = adminToken ? { authorization: `Bearer ${adminToken}` } : {};
     const fault = await call("PUT", `${urls.command}/ops/faults`, {
       body: { reject_pending_for_source_user_ids: [a.id] },
       headers: auth,
