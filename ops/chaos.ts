@@ -1,0 +1,303 @@
+/**
+ * The bank test (after Jepsen's): wallets with a known total, concurrent random transfers
+ * through the public API, every request with an Idempotency-Key and a share of them sent again
+ * with the same key, while services are killed with SIGKILL and engines are restarted. Then:
+ * wait until every transfer is final, check from the outside that the wallets still hold the
+ * total they started with and that no key made two transfers, and run the audit.
+ *
+ * Faults are driven through the stack's control server (scripts/stack/control.ts).
+ */
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type AuditOptions, type AuditResult, formatAudit, runAudit } from "./audit.ts";
+
+export const faultKinds = [
+  "kill:transaction-service",
+  "restart:kafka",
+  "kill:user-service",
+  "restart:ferretdb",
+  "kill:transaction-command-service",
+  "restart:postgres",
+  "kill:transaction-query-service",
+  "restart:redis",
+] as const;
+export type FaultKind = (typeof faultKinds)[number];
+
+export interface ChaosOptions {
+  user_url: string;
+  transaction_url: string;
+  control_url: string;
+  admin_token: string;
+  wallets: number;
+  opening_balance: number;
+  transfers: number;
+  concurrency: number;
+  faults: number;
+  /** Pause between the end of one fault's recovery and the next fault. */
+  fault_gap_ms: number;
+  quiet_timeout_ms: number;
+  replay_share: number;
+  audit: AuditOptions;
+  log: (line: string) => void;
+}
+
+export interface ChaosReport {
+  sent: number;
+  accepted: number;
+  refused: number;
+  completed: number;
+  failed: number;
+  replays: number;
+  retries: number;
+  faults: string[];
+  run_ms: number;
+  quiet_ms: number;
+  client_total_before: number;
+  client_total_after: number;
+  violations: string[];
+  audit: AuditResult;
+  ok: boolean;
+}
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  // biome-ignore lint/suspicious/noExplicitAny: free-form JSON from the API
+  body: any;
+}
+
+async function call(
+  method: string,
+  url: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+): Promise<Answer> {
+  const response = await fetch(url, {
+    method,
+    headers: body === undefined ? headers : { ...headers, "content-type": "application/json" },
+    body: body === undefined ? null : JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await response.text();
+  return { status: response.status, headers: response.headers, body: text ? JSON.parse(text) : null };
+}
+
+/** Retry a call through outages: network errors, 5xx and 409 in-progress are retried, bounded. */
+async function persist(
+  what: string,
+  fn: () => Promise<Answer>,
+  counters: { retries: number },
+  max_ms = 180_000,
+): Promise<Answer> {
+  const started = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const answer = await fn();
+      if (answer.status < 500 && answer.status !== 409 && answer.status !== 429) return answer;
+    } catch {
+      // the service is down or restarting: retry
+    }
+    if (Date.now() - started > max_ms) throw new Error(`${what}: no answer within ${max_ms} ms`);
+    counters.retries += 1;
+    await sleep(Math.min(2_000, 50 * 2 ** Math.min(attempt, 6)));
+  }
+}
+
+export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
+  const started = Date.now();
+  const counters = { retries: 0 };
+  const violations: string[] = [];
+  const admin: Record<string, string> = options.admin_token
+    ? { authorization: `Bearer ${options.admin_token}` }
+    : {};
+
+  // Wallets with a known total.
+  const wallets: number[] = [];
+  for (let i = 0; i < options.wallets; i++) {
+    const answer = await persist(
+      "create wallet",
+      () =>
+        call(
+          "POST",
+          `${options.user_url}/users`,
+          {
+            username: `chaos_${process.pid}_${Date.now().toString(36)}_${i}`,
+            password: "chaos-password",
+            balance: options.opening_balance,
+          },
+          admin,
+        ),
+      counters,
+    );
+    if (answer.status !== 201)
+      throw new Error(`could not create a wallet: ${answer.status} ${JSON.stringify(answer.body)}`);
+    wallets.push(answer.body.data.user.id);
+  }
+  const walletTotal = async (): Promise<number> => {
+    let total = 0;
+    for (const id of wallets) {
+      const answer = await persist(
+        "read wallet",
+        () => call("GET", `${options.user_url}/users/${id}`, undefined, admin),
+        counters,
+      );
+      total += answer.body.data.user.balance as number;
+    }
+    return total;
+  };
+  const client_total_before = await walletTotal();
+  options.log(`chaos: ${wallets.length} wallets holding ${client_total_before}`);
+
+  // The workload.
+  const accepted = new Map<string, string>(); // idempotency key -> transfer id
+  let sent = 0;
+  let refused = 0;
+  let replays = 0;
+  let faultsDone = false;
+  const worker = async () => {
+    while (sent < options.transfers || !faultsDone) {
+      sent += 1;
+      const source = wallets[Math.floor(Math.random() * wallets.length)] as number;
+      let dest = wallets[Math.floor(Math.random() * wallets.length)] as number;
+      if (dest === source) dest = wallets[(wallets.indexOf(source) + 1) % wallets.length] as number;
+      const body = {
+        source_user_id: source,
+        dest_user_id: dest,
+        amount: 1 + Math.floor(Math.random() * (options.opening_balance / 5)),
+      };
+      const key = randomUUID();
+      const send = () =>
+        call("POST", `${options.transaction_url}/transactions/transfer`, body, { "idempotency-key": key });
+      const answer = await persist("transfer", send, counters);
+      const id: string | undefined =
+        answer.body?.data?.transaction?.id ?? answer.body?.details?.transaction?.id;
+      if (answer.status === 201 && id) accepted.set(key, id);
+      else if ((answer.status === 422 || answer.status === 404) && id) {
+        refused += 1;
+        accepted.set(key, id);
+      } else violations.push(`unexpected answer ${answer.status}: ${JSON.stringify(answer.body)}`);
+      if (Math.random() < options.replay_share) {
+        replays += 1;
+        const again = await persist("replay", send, counters);
+        const againId = again.body?.data?.transaction?.id ?? again.body?.details?.transaction?.id;
+        if (againId !== id) violations.push(`I3: key ${key} made two transfers (${id}, ${againId})`);
+      }
+    }
+  };
+
+  // The faults, one after another, each followed by recovery.
+  const faults: string[] = [];
+  const injector = async () => {
+    await sleep(options.fault_gap_ms);
+    for (let i = 0; i < options.faults; i++) {
+      const fault = faultKinds[i % faultKinds.length] as FaultKind;
+      const [action, target] = fault.split(":") as ["kill" | "restart", string];
+      const url =
+        action === "kill"
+          ? `${options.control_url}/services/${target}/kill?signal=KILL`
+          : `${options.control_url}/engines/${target}/restart`;
+      const t0 = Date.now();
+      const answer = await call("POST", url).catch(
+        (error: Error) => ({ status: 0, body: error.message }) as Answer,
+      );
+      if (answer.status !== 200)
+        violations.push(
+          `fault ${fault} could not be injected: ${answer.status} ${JSON.stringify(answer.body)}`,
+        );
+      await waitHealthy(options.control_url, 120_000);
+      faults.push(`${fault} (${Date.now() - t0} ms to recover)`);
+      options.log(
+        `chaos: fault ${i + 1}/${options.faults} ${fault}, recovered in ${Date.now() - t0} ms; ${sent} transfers sent`,
+      );
+      await sleep(options.fault_gap_ms);
+    }
+    faultsDone = true;
+  };
+
+  await Promise.all([injector(), ...Array.from({ length: options.concurrency }, worker)]);
+  const run_ms = Date.now() - started;
+  options.log(`chaos: workload done: ${sent} sent, ${accepted.size} accepted, waiting for quiet`);
+
+  // Quiet: every transfer final, seen through the public API.
+  const quietStarted = Date.now();
+  let completed = 0;
+  let failed = 0;
+  for (const id of accepted.values()) {
+    for (;;) {
+      const answer = await persist(
+        "read transfer",
+        () => call("GET", `${options.transaction_url}/transactions/${id}`),
+        counters,
+      );
+      const status = answer.body?.data?.transaction?.status;
+      if (status === "COMPLETED") completed += 1;
+      if (status === "FAILED") failed += 1;
+      if (status === "COMPLETED" || status === "FAILED") break;
+      if (Date.now() - quietStarted > options.quiet_timeout_ms) {
+        violations.push(`I4: transfer ${id} still ${status} after ${options.quiet_timeout_ms} ms of quiet`);
+        break;
+      }
+      await sleep(200);
+    }
+  }
+  // The records may trail the public status by a moment: let the saga finish its last steps.
+  let audit = await runAudit({ ...options.audit, quiet: true });
+  while (!audit.ok && Date.now() - quietStarted < options.quiet_timeout_ms) {
+    await sleep(500);
+    audit = await runAudit({ ...options.audit, quiet: true });
+  }
+  const quiet_ms = Date.now() - quietStarted;
+  const client_total_after = await walletTotal();
+  if (client_total_after !== client_total_before) {
+    violations.push(`I1: the wallets held ${client_total_before} and now hold ${client_total_after}`);
+  }
+  return {
+    sent,
+    accepted: accepted.size - refused,
+    refused,
+    completed,
+    failed,
+    replays,
+    retries: counters.retries,
+    faults,
+    run_ms,
+    quiet_ms,
+    client_total_before,
+    client_total_after,
+    violations,
+    audit,
+    ok: violations.length === 0 && audit.ok,
+  };
+}
+
+async function waitHealthy(control_url: string, timeout_ms: number): Promise<void> {
+  const deadline = Date.now() + timeout_ms;
+  for (;;) {
+    try {
+      const status = await call("GET", `${control_url}/status`);
+      const body = status.body as { engines: Array<{ healthy: boolean }>; services: Array<{ url: string }> };
+      const enginesOk = body.engines.every((e) => e.healthy);
+      const health = await Promise.all(
+        body.services.map((s) => call("GET", `${s.url}/health`).catch(() => null)),
+      );
+      if (enginesOk && health.every((h) => h?.status === 200)) return;
+    } catch {
+      // control server busy: retry
+    }
+    if (Date.now() > deadline) throw new Error("the system did not recover in time");
+    await sleep(250);
+  }
+}
+
+export function formatChaos(report: ChaosReport): string {
+  return [
+    `transfers  sent ${report.sent}, accepted ${report.accepted}, refused at once ${report.refused}, completed ${report.completed}, failed ${report.failed}`,
+    `retries    ${report.retries} client retries through outages, ${report.replays} deliberate replays with the same key`,
+    `faults     ${report.faults.length}: ${report.faults.join("; ")}`,
+    `timing     workload ${(report.run_ms / 1000).toFixed(1)} s, time to quiet ${(report.quiet_ms / 1000).toFixed(1)} s`,
+    `wallets    total before ${report.client_total_before}, after ${report.client_total_after}`,
+    ...report.violations.map((v) => `VIOLATION  ${v}`),
+    formatAudit(report.audit),
+    `chaos      ${report.ok ? "OK" : "FAILED"}`,
+  ].join("\n");
+}
