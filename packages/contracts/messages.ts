@@ -73,3 +73,17 @@ export const deadLetterSchema = z.object({
   value: z.string(),
 });
 export type DeadLetter = z.infer<typeof deadLetterSchema>;
+
+/** Written next to a dead letter when an operator sends it back to its origin topic. */
+export const deadLetterReplayedSchema = z.object({
+  type: z.literal("DeadLetterReplayed"),
+  message_id: z.uuid(),
+  letter_id: z.uuid(),
+  replayed_at: z.iso.datetime({ offset: true }),
+});
+export type DeadLetterReplayed = z.infer<typeof deadLetterReplayedSchema>;
+
+export const deadLetterTopicEntrySchema = z.discriminatedUnion("type", [
+  deadLetterSchema,
+  deadLetterReplayedSchema,
+]);

@@ -49,7 +49,7 @@ export function createEventHandler(deps: {
 
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
     // Events of one transfer are applied in order; different transfers run side by side.
-    const byTransfer = new Map<string, TransferEvent[]>();
+    const byTransfer = new Map<string, Array<{ event: TransferEvent; message: ConsumedMessage }>>();
     for (const message of messages) {
       let parsed: ReturnType<typeof transferEventSchema.safeParse>;
       try {
@@ -63,16 +63,16 @@ export function createEventHandler(deps: {
         continue;
       }
       const list = byTransfer.get(parsed.data.transfer_id) ?? [];
-      list.push(parsed.data);
+      list.push({ event: parsed.data, message });
       byTransfer.set(parsed.data.transfer_id, list);
     }
     const groups = [...byTransfer.values()];
     let next = 0;
     const worker = async () => {
       while (next < groups.length) {
-        const group = groups[next++] as TransferEvent[];
-        for (const event of group) {
-          await handleOne(event);
+        const group = groups[next++];
+        for (const { event, message } of group ?? []) {
+          await handleOne(event, message);
           await deps.onRecordEvent(event);
         }
       }
