@@ -17,13 +17,11 @@ export function createEventHandler(deps: {
   onRecordEvent: (event: TransferEvent) => Promise<void>;
   onUnreadable: (message: ConsumedMessage, reason: string) => Promise<void>;
 }) {
-  const handleOne = async (event: TransferEvent): Promise<void> => {
+  const handleOne = async (event: TransferEvent, message: ConsumedMessage): Promise<void> => {
     const transfer = await deps.store.get(event.transfer_id);
     if (transfer === null) {
-      deps.logger.error(
-        { transfer_id: event.transfer_id, type: event.type },
-        "event for an unknown transfer",
-      );
+      deps.logger.error({ transfer_id: event.transfer_id }, "event for an unknown transfer");
+      await deps.onUnreadable(message, `event for an unknown transfer ${event.transfer_id}`);
       return;
     }
     const input =
