@@ -9,7 +9,8 @@
  */
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type AuditOptions, type AuditResult, formatAudit, runAudit } from "./audit.ts";
+import { parseArgs } from "node:util";
+import { type AuditOptions, type AuditResult, auditOptionsFromEnv, formatAudit, runAudit } from "./audit.ts";
 
 export const faultKinds = [
   "kill:transaction-service",
@@ -300,4 +301,56 @@ export function formatChaos(report: ChaosReport): string {
     formatAudit(report.audit),
     `chaos      ${report.ok ? "OK" : "FAILED"}`,
   ].join("\n");
+}
+
+/** Options from the test stack's environment (set by `npm run chaos` / `npm test`) and defaults. */
+export function chaosOptionsFromEnv(
+  env: NodeJS.ProcessEnv,
+  overrides: Partial<ChaosOptions> = {},
+): ChaosOptions {
+  const required = (name: string): string => {
+    const value = env[name];
+    if (!value) throw new Error(`${name} is not set: run through \`npm run chaos\` or \`npm test\``);
+    return value;
+  };
+  return {
+    user_url: required("TEST_USER_SERVICE_URL"),
+    transaction_url: required("TEST_TRANSACTION_SERVICE_URL"),
+    control_url: required("TEST_STACK_CONTROL_URL"),
+    admin_token: env.ADMIN_TOKEN ?? "",
+    wallets: 20,
+    opening_balance: 10_000,
+    transfers: 500,
+    concurrency: 8,
+    faults: faultKinds.length,
+    fault_gap_ms: 1_500,
+    quiet_timeout_ms: 180_000,
+    replay_share: 0.3,
+    audit: auditOptionsFromEnv(env, true),
+    log: (line) => console.log(line),
+    ...overrides,
+  };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: {
+      transfers: { type: "string" },
+      faults: { type: "string" },
+      wallets: { type: "string" },
+      concurrency: { type: "string" },
+    },
+  });
+  const number = (value: string | undefined, fallback: number): number =>
+    value === undefined ? fallback : Number(value);
+  const defaults = chaosOptionsFromEnv(process.env);
+  const report = await runChaos({
+    ...defaults,
+    transfers: number(values.transfers, 5_000),
+    faults: number(values.faults, 24),
+    wallets: number(values.wallets, 50),
+    concurrency: number(values.concurrency, 16),
+  });
+  console.log(formatChaos(report));
+  process.exit(report.ok ? 0 : 1);
 }

@@ -1,0 +1,355 @@
+// `node scripts/stack/cli.ts <command>` (normally through scripts/run.sh, which ensures Node 24 and
+// node_modules). Commands:
+//   start                      engines + the four services under the supervisor, until Ctrl-C
+//   engines up|down|status     the engines only
+//   engines restart|kill9 <name>
+//   test [--no-lint] [--keep-test-data]   lint, unit + integration tests against a test stack
+//   chaos [--transfers N] [--faults N] ... the bank workload under faults, on a fresh test stack
+//   audit [--quiet]            the money guarantees, checked against the running engines
+//   dead-letters list|replay <id>|replay --all
+import { type ChildProcess, spawn } from "node:child_process";
+import { appendFileSync, existsSync, globSync } from "node:fs";
+import type { Server } from "node:http";
+import { join, relative } from "node:path";
+import { deleteKeysWithPrefix } from "./engines/redis.ts";
+import { databaseOf } from "./env.ts";
+import {
+  deleteTopicsWithPrefix,
+  dropMongoDatabase,
+  type EngineName,
+  engineOrder,
+  engines,
+  ensureEnginesDetailed,
+  recreateDatabase,
+  type StackEnv,
+  type Supervisor,
+  servicePorts,
+  setMessageSink,
+  stackEnv,
+  startControlServer,
+  startServices,
+  stopEngines,
+  testEnv,
+} from "./index.ts";
+import { logsDir, repoRoot, secretsFile } from "./paths.ts";
+import { secs } from "./proc.ts";
+
+/** Repo-relative path for display; absolute when it lies outside the repo (DPS_DATA_DIR elsewhere). */
+const rel = (p: string): string => {
+  const r = relative(repoRoot, p);
+  return r === "" ? "." : r.startsWith("..") ? p : r;
+};
+const out = (line = ""): void => void process.stdout.write(`${line}\n`);
+
+function pad(rows: string[][]): string[] {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
+  return rows.map((r) => `  ${r.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ")}`.trimEnd());
+}
+
+async function printEngines(): Promise<boolean> {
+  const rows = [["engine", "state", "address", "pid", "data", "log"]];
+  let allHealthy = true;
+  for (const name of engineOrder) {
+    const e = engines[name];
+    const healthy = await e.isHealthy();
+    allHealthy &&= healthy;
+    const pid = e.pid();
+    const state = healthy ? "healthy" : pid === undefined ? "stopped" : "UNHEALTHY";
+    rows.push([name, state, e.url, String(pid ?? "-"), rel(e.dataDir), rel(e.logFile)]);
+  }
+  out("Engines");
+  for (const line of pad(rows)) out(line);
+  return allHealthy;
+}
+
+function printServices(sup: Supervisor): void {
+  const rows = [["service", "url", "pid", "log"]];
+  for (const s of sup.status()) rows.push([s.name, s.url, String(s.pid ?? "-"), rel(s.logFile)]);
+  out("Services");
+  for (const line of pad(rows)) out(line);
+}
+
+/**
+ * Resolves on the first SIGINT/SIGTERM. Under `npm start` a Ctrl-C arrives twice at once (from the
+ * terminal, and forwarded by npm), so only a signal well after the first one forces exit 130.
+ */
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    let firstAt = 0;
+    const handler = (sig: NodeJS.Signals): void => {
+      if (firstAt === 0) {
+        firstAt = Date.now();
+        resolve(sig);
+      } else if (Date.now() - firstAt > 2000) {
+        out("\nsecond interrupt: exiting now (`npm run stack down` stops the engines)");
+        process.exit(130);
+      }
+    };
+    process.on("SIGINT", handler);
+    process.on("SIGTERM", handler);
+  });
+}
+
+async function cmdStart(args: string[]): Promise<number> {
+  const { env, started } = await ensureEnginesDetailed();
+  const sup = await startServices({ env, skipMissing: true });
+  out();
+  await printEngines();
+  printServices(sup);
+  out(
+    `Secrets: ADMIN_TOKEN and SERVICE_TOKEN are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
+  );
+  out("Ctrl-C stops the services, then the engines this command started.");
+  out();
+
+  const sig = await untilSignal();
+  out(`\n${sig}: stopping services`);
+  await sup.stopAll();
+  // Engines that were already up (`npm run stack up`, a running `npm test`) are not ours to stop.
+  const toStop = args.includes("--stop-engines") ? engineOrder : started;
+  await stopEngines(toStop);
+  const left = engineOrder.filter((n) => !toStop.includes(n));
+  if (left.length > 0)
+    out(`left running (they were up before): ${left.join(", ")}; \`npm run stack down\` stops them`);
+  return 0;
+}
+
+async function cmdEngines(args: string[]): Promise<number> {
+  const [sub, name] = args;
+  const pick = (): EngineName => {
+    if (name === undefined || !(engineOrder as readonly string[]).includes(name)) {
+      throw new Error(`name one of: ${engineOrder.join(", ")}`);
+    }
+    return name as EngineName;
+  };
+  switch (sub) {
+    case "up":
+      await ensureEnginesDetailed();
+      out();
+      return (await printEngines()) ? 0 : 1;
+    case "down":
+      await stopEngines();
+      return 0;
+    case "status":
+    case undefined:
+      return (await printEngines()) ? 0 : 3;
+    case "restart":
+      await engines[pick()].restart();
+      return 0;
+    case "kill9":
+      await engines[pick()].kill9();
+      return 0;
+    default:
+      throw new Error(`unknown: engines ${sub} (up|down|status|restart <name>|kill9 <name>)`);
+  }
+}
+
+interface Inherited extends Promise<{ code: number }> {
+  child: ChildProcess;
+}
+
+/** Runs a command with inherited stdio; resolves with its exit code (and exposes the child to kill). */
+function runInherit(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Inherited {
+  const child = spawn(cmd, args, { cwd: repoRoot, stdio: "inherit", env: env ?? process.env });
+  const done = new Promise<{ code: number }>((resolve) => {
+    child.on("error", (err) => {
+      out(`cannot run ${cmd}: ${err.message}`);
+      resolve({ code: 127 });
+    });
+    child.on("exit", (code, sig) => resolve({ code: code ?? (sig === null ? 1 : 128) }));
+  });
+  return Object.assign(done, { child });
+}
+
+async function lint(): Promise<boolean> {
+  const bin = (name: string): string => join(repoRoot, "node_modules", ".bin", name);
+  const steps: { name: string; config: string[]; cmd: string; args: string[] }[] = [
+    { name: "biome check", config: ["biome.json", "biome.jsonc"], cmd: bin("biome"), args: ["check", "."] },
+    { name: "tsc --noEmit", config: ["tsconfig.json"], cmd: bin("tsc"), args: ["--noEmit", "-p", "."] },
+  ];
+  for (const step of steps) {
+    if (!step.config.some((f) => existsSync(join(repoRoot, f)))) {
+      out(`[test] ${step.name}: skipped (no ${step.config.join(" or ")} yet)`);
+      continue;
+    }
+    const t0 = Date.now();
+    const { code } = await runInherit(step.cmd, step.args);
+    if (code !== 0) {
+      out(`[test] ${step.name} failed (exit ${code}); tests not run`);
+      return false;
+    }
+    out(`[test] ${step.name}: ok (${secs(Date.now() - t0)})`);
+  }
+  return true;
+}
+
+function findTests(patterns: string[]): string[] {
+  const files = patterns.flatMap((p) =>
+    globSync(p, { cwd: repoRoot, exclude: (f) => f.includes("node_modules") }),
+  );
+  return [...new Set(files)].sort();
+}
+
+/** Test runs start from empty test databases, topics and keys, so results do not depend on the last run. */
+async function resetTestData(env: StackEnv): Promise<void> {
+  const dbs = [env.LEDGER_DATABASE_URL, env.SAGA_DATABASE_URL].map((u) => databaseOf(u ?? ""));
+  await Promise.all([
+    ...dbs.map((db) => (db === undefined ? undefined : recreateDatabase(db))),
+    dropMongoDatabase(env.MONGO_DATABASE ?? "dps_test"),
+    deleteTopicsWithPrefix(env.KAFKA_TOPIC_PREFIX ?? "test."),
+    deleteKeysWithPrefix(env.REDIS_KEY_PREFIX ?? "test:"),
+  ]);
+}
+
+async function cmdTest(args: string[]): Promise<number> {
+  if (!args.includes("--no-lint") && !(await lint())) return 1;
+
+  const unit = findTests(["services/**/test/**/*.test.ts", "packages/**/test/**/*.test.ts"]);
+  // The chaos run kills services and restarts engines: it goes last, after the other files.
+  const integration = findTests(["test/integration/**/*.test.ts"]).sort(
+    (a, b) => Number(a.includes("chaos")) - Number(b.includes("chaos")) || a.localeCompare(b),
+  );
+  out(`[test] ${unit.length} unit test file(s), ${integration.length} integration test file(s)`);
+  if (unit.length + integration.length === 0) {
+    out("[test] no test files found: nothing to run");
+    return 0;
+  }
+
+  return withTestStack(
+    { services: integration.length > 0, resetData: !args.includes("--keep-test-data") },
+    (testRunEnv) => {
+      // spec reads best in a terminal; tap (node's own default off a terminal) ends with "# pass N" / "# fail N" for CI.
+      const reporter = process.env.DPS_TEST_REPORTER || (process.stdout.isTTY ? "spec" : "tap");
+      // One runner for unit and integration tests: one summary at the end. Integration tests share
+      // one stack, so files run one at a time.
+      return runInherit(
+        process.execPath,
+        ["--test", `--test-reporter=${reporter}`, "--test-concurrency=1", ...unit, ...integration],
+        testRunEnv,
+      );
+    },
+  );
+}
+
+/**
+ * Bring up the engines (and, if asked, the four services on the test ports with the control
+ * server), run one child process against them, tear the test stack down. Only what this call
+ * started is stopped afterwards.
+ */
+async function withTestStack(
+  options: { services: boolean; resetData: boolean },
+  run: (env: NodeJS.ProcessEnv) => Inherited,
+): Promise<number> {
+  // Once the child runs, the stack's own messages go to this file: the output must end with the
+  // test runner's summary.
+  const stackLog = join(logsDir, "test-stack.log");
+  const toFile = (line: string): void => appendFileSync(stackLog, line);
+
+  const env = testEnv();
+  const controlPort = Number(process.env.DPS_TEST_CONTROL_PORT || 18099);
+  let started: EngineName[] = [];
+  let sup: Supervisor | undefined;
+  let control: Server | undefined;
+  const cleanup = async (): Promise<void> => {
+    setMessageSink(toFile); // nothing may follow the test runner's summary
+    control?.close();
+    await sup?.stopAll();
+    await stopEngines(started);
+  };
+
+  try {
+    const t0 = Date.now();
+    ({ started } = await ensureEnginesDetailed({ env }));
+    if (options.resetData) await resetTestData(env);
+    if (options.services) {
+      sup = await startServices({
+        env,
+        prefix: "test-",
+        skipMissing: true,
+        log: (m) => toFile(`[supervisor] ${m}\n`),
+      });
+      control = await startControlServer({ supervisor: sup, engines, port: controlPort });
+    }
+    const what = sup === undefined ? "engines" : "engines and services (ports 18000-18003)";
+    out(`[test] test stack up in ${secs(Date.now() - t0)}: ${what}; logs in ${rel(logsDir)}/`);
+    // From here on the stack's own messages (a chaos test restarting an engine...) go to a file.
+    setMessageSink(toFile);
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+
+  const url = (name: keyof typeof servicePorts): string =>
+    `http://${env.HOST}:${servicePorts[name].testPort}`;
+  const childEnv: NodeJS.ProcessEnv = {
+    ...process.env,
+    ...env,
+    TEST_USER_SERVICE_URL: url("user-service"),
+    TEST_COMMAND_SERVICE_URL: url("transaction-command-service"),
+    TEST_QUERY_SERVICE_URL: url("transaction-query-service"),
+    TEST_TRANSACTION_SERVICE_URL: url("transaction-service"),
+    TEST_STACK_CONTROL_URL: `http://127.0.0.1:${controlPort}`,
+    // For tests that talk to the engines directly (data-layer tests, invariant checks).
+    TEST_LEDGER_DATABASE_URL: env.LEDGER_DATABASE_URL,
+    TEST_SAGA_DATABASE_URL: env.SAGA_DATABASE_URL,
+    TEST_MONGO_URL: env.MONGO_URL,
+    TEST_MONGO_DATABASE: env.MONGO_DATABASE,
+    TEST_KAFKA_BROKERS: env.KAFKA_BROKERS,
+    TEST_REDIS_URL: env.REDIS_URL,
+  };
+  const interrupted = untilSignal().then(() => 130);
+  const child = run(childEnv);
+  const code = await Promise.race([child.then((r) => r.code), interrupted]);
+  child.child.kill("SIGTERM"); // a no-op when it has exited
+  await cleanup();
+  return code;
+}
+
+/** `npm run chaos`: the bank workload under faults against a fresh test stack (the same one `npm test` uses). */
+async function cmdChaos(args: string[]): Promise<number> {
+  return withTestStack({ services: true, resetData: true }, (env) =>
+    runInherit(process.execPath, [join(repoRoot, "ops", "chaos.ts"), ...args], env),
+  );
+}
+
+/** Operator tools run against the stack that `npm start` runs (or whatever the environment points at). */
+function cmdOps(script: string, args: string[]): Promise<number> {
+  return runInherit(process.execPath, [join(repoRoot, "ops", script), ...args], {
+    ...process.env,
+    ...stackEnv(),
+  }).then((r) => r.code);
+}
+
+async function main(): Promise<number> {
+  const [cmd, ...args] = process.argv.slice(2);
+  switch (cmd) {
+    case "start":
+      return cmdStart(args);
+    case "engines":
+      return cmdEngines(args);
+    case "test":
+      return cmdTest(args);
+    case "chaos":
+      return cmdChaos(args);
+    case "audit":
+      return cmdOps("audit.ts", args);
+    case "dead-letters":
+      return cmdOps("dead-letters.ts", args);
+    default:
+      out("usage: scripts/run.sh start [--stop-engines]");
+      out("       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>");
+      out("       scripts/run.sh test [--no-lint] [--keep-test-data]");
+      out("       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]");
+      out("       scripts/run.sh audit [--quiet]");
+      out("       scripts/run.sh dead-letters list|replay <id>|replay --all");
+      return cmd === undefined || cmd === "help" || cmd === "--help" ? 0 : 2;
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,143 @@
+// FerretDB v1.24.2: a MongoDB wire-protocol server storing its data in our PostgreSQL (database
+// dps_ferretdb). Built from source fetched through the Go module proxy.
+//
+// Two traps make the obvious `go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2` useless:
+// - the proxy refuses that module's version list here (403), which `go install pkg@version` asks for;
+// - even when built as a dependency, the binary panics at start: FerretDB's build/version package
+//   requires a generated build/version/version.txt, which is not in the published module.
+// So: download the exact module version, copy its source, write version.txt into the copy, and
+// build it from a throwaway module that `replace`s FerretDB with that copy.
+import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { MongoClient } from "mongodb";
+import { type Engine, logFileOf, makeEngine, pidFileOf, say } from "../engine.ts";
+import { cacheDir, envPort, logsDir, dataDir as stackDataDir } from "../paths.ts";
+import { readPidFile, removeFile, run, spawnDetached, which, writePidFile } from "../proc.ts";
+import { ensureDatabase, pgUrl } from "./postgres.ts";
+
+export const ferretVersion = "1.24.2";
+export const mongoHost = "127.0.0.1";
+export const mongoPort = envPort("DPS_MONGO_PORT", 57017);
+/** Its HTTP debug/metrics listener; the default 127.0.0.1:8088 would collide with other things. '-' disables it. */
+const debugAddr = process.env.DPS_FERRETDB_DEBUG_ADDR || "127.0.0.1:58088";
+/** FerretDB keeps its own PostgreSQL database, apart from the services' ones. */
+export const ferretPgDatabase = "dps_ferretdb";
+
+const installDir = join(cacheDir, `ferretdb-${ferretVersion}`);
+const binary = join(installDir, "ferretdb");
+const dataDir = join(stackDataDir, "ferretdb"); // its state dir (telemetry state, etc.); documents live in PostgreSQL
+const pidFile = pidFileOf("ferretdb");
+const logFile = logFileOf("ferretdb");
+const mongoUrl = `mongodb://${mongoHost}:${mongoPort}/`;
+
+async function installed(): Promise<boolean> {
+  if (!existsSync(binary)) return false;
+  const res = await run(binary, ["--version"], { allowFailure: true });
+  return res.code === 0 && res.output.includes(`v${ferretVersion}`);
+}
+
+async function install(): Promise<void> {
+  if (await installed()) return;
+  if (which("go") === undefined) {
+    throw new Error(
+      "FerretDB is built from source and needs Go >= 1.24 on PATH (go.dev toolchain; Debian 12 golang is too old)",
+    );
+  }
+  const buildLog = join(logsDir, "install-ferretdb.log");
+  say(
+    "ferretdb",
+    `building FerretDB v${ferretVersion} with Go (a few minutes the first time; log: ${buildLog})`,
+  );
+  const buildDir = join(installDir, "build");
+  rmSync(buildDir, { recursive: true, force: true });
+  mkdirSync(buildDir, { recursive: true });
+  const module = `github.com/FerretDB/FerretDB@v${ferretVersion}`;
+
+  // An exact version needs no version list, so the proxy serves it.
+  const dl = await run("go", ["mod", "download", "-json", module], { cwd: buildDir, logFile: buildLog });
+  const srcDir = (JSON.parse(dl.stdout) as { Dir?: string }).Dir;
+  if (srcDir === undefined) throw new Error(`go mod download ${module} printed no Dir`);
+  // The module cache is read-only: copy it and make the copy writable.
+  await run("cp", ["-r", srcDir, join(buildDir, "src")]);
+  await run("chmod", ["-R", "u+w", join(buildDir, "src")]);
+  writeFileSync(join(buildDir, "src", "build", "version", "version.txt"), `v${ferretVersion}\n`);
+
+  writeFileSync(
+    join(buildDir, "go.mod"),
+    `module local/ferretdb-build\n\ngo 1.24\n\nrequire github.com/FerretDB/FerretDB v${ferretVersion}\n\nreplace github.com/FerretDB/FerretDB => ./src\n`,
+  );
+  // Makes `go mod tidy` keep FerretDB's dependencies.
+  writeFileSync(
+    join(buildDir, "tools.go"),
+    '//go:build tools\n\npackage tools\n\nimport _ "github.com/FerretDB/FerretDB/cmd/ferretdb"\n',
+  );
+  await run("go", ["mod", "tidy"], { cwd: buildDir, logFile: buildLog });
+  const tmp = `${binary}.tmp`;
+  await run("go", ["build", "-trimpath", "-o", tmp, "github.com/FerretDB/FerretDB/cmd/ferretdb"], {
+    cwd: buildDir,
+    logFile: buildLog,
+  });
+  chmodSync(tmp, 0o755);
+  renameSync(tmp, binary);
+  if (!(await installed()))
+    throw new Error(`built ${binary} but \`ferretdb --version\` does not say v${ferretVersion}`);
+}
+
+/** listDatabases goes through to PostgreSQL, so this also proves FerretDB's backend works. */
+async function healthy(): Promise<boolean> {
+  const client = new MongoClient(mongoUrl, {
+    serverSelectionTimeoutMS: 2000,
+    connectTimeoutMS: 2000,
+    directConnection: true,
+  });
+  try {
+    await client.db("admin").command({ listDatabases: 1, nameOnly: true });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.close().catch(() => {});
+  }
+}
+
+/** Drops a MongoDB database (test runs start from empty). */
+export async function dropMongoDatabase(name: string): Promise<void> {
+  const client = new MongoClient(mongoUrl, { serverSelectionTimeoutMS: 5000, directConnection: true });
+  try {
+    await client.db(name).dropDatabase();
+  } finally {
+    await client.close();
+  }
+}
+
+export const ferretdb: Engine = makeEngine({
+  name: "ferretdb",
+  host: mongoHost,
+  port: mongoPort,
+  dataDir,
+  logFile,
+  url: mongoUrl,
+  cmdlineMarker: `--state-dir=${dataDir}`,
+  startTimeoutMs: 30_000,
+  stopTimeoutMs: 15_000,
+  install,
+  launch: async () => {
+    mkdirSync(dataDir, { recursive: true });
+    // Needs PostgreSQL up (ensureEngines starts it first).
+    await ensureDatabase(ferretPgDatabase);
+    const args = [
+      "--handler=postgresql",
+      `--postgresql-url=${pgUrl(ferretPgDatabase)}`,
+      `--listen-addr=${mongoHost}:${mongoPort}`,
+      `--debug-addr=${debugAddr}`,
+      `--state-dir=${dataDir}`,
+      "--telemetry=disable", // otherwise it tries to reach its vendor's server
+      `--log-level=${process.env.DPS_FERRETDB_LOG_LEVEL || "warn"}`,
+      "--log-format=text",
+    ];
+    writePidFile(pidFile, spawnDetached(binary, args, { logFile, cwd: dataDir }));
+  },
+  readPid: () => readPidFile(pidFile),
+  clearPid: () => removeFile(pidFile),
+  healthy,
+});

@@ -1,0 +1,301 @@
+// Runs the services: one child process each, output appended to .data/logs/<name>.log, restarted
+// whenever it exits while it is wanted (a crash, kill -9 included), with a capped backoff so a
+// service that crashes at start does not spin.
+import { type ChildProcess, spawn } from "node:child_process";
+import { closeSync, existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { type ServiceName, type StackEnv, servicePorts } from "./env.ts";
+import { logsDir, repoRoot, runDir } from "./paths.ts";
+import {
+  canConnect,
+  cmdline,
+  isAlive,
+  openAppend,
+  readPidFile,
+  removeFile,
+  secs,
+  signal,
+  signalGroup,
+  tailFile,
+  waitUntil,
+  writePidFile,
+} from "./proc.ts";
+
+export interface ServiceSpec {
+  name: string;
+  host: string;
+  port: number;
+  cmd: string;
+  args: string[];
+  /** Extra variables on top of process.env. */
+  env: StackEnv;
+}
+
+export interface SupervisorOptions {
+  /** Distinguishes log and pid files of parallel stacks: '' for `npm start`, 'test-' for `npm test`. */
+  prefix?: string;
+  /** Where the supervisor's own messages go (default: stdout). */
+  log?: (msg: string) => void;
+}
+
+export interface ServiceStatus {
+  name: string;
+  url: string;
+  pid: number | undefined;
+  restarts: number;
+  logFile: string;
+}
+
+interface Running {
+  spec: ServiceSpec;
+  logFile: string;
+  pidFile: string;
+  child: ChildProcess | undefined;
+  /** False once stop() was asked for: an exit is then expected, not restarted. */
+  wanted: boolean;
+  startedAt: number;
+  backoffMs: number;
+  restarts: number;
+  restartTimer: NodeJS.Timeout | undefined;
+}
+
+const minBackoffMs = 250;
+const maxBackoffMs = 5000;
+/** A service that ran this long before exiting is restarted right away, not with a grown backoff. */
+const stableAfterMs = 10_000;
+const stopGraceMs = 10_000;
+
+export class Supervisor {
+  readonly #services = new Map<string, Running>();
+  readonly #log: (msg: string) => void;
+  readonly #prefix: string;
+  readonly #onExit = (): void => {
+    // Last resort if this process dies without stopAll(): do not leave services behind.
+    for (const r of this.#services.values())
+      if (r.child?.pid !== undefined) signalGroup(r.child.pid, "SIGTERM");
+  };
+
+  constructor(specs: ServiceSpec[], opts: SupervisorOptions = {}) {
+    this.#prefix = opts.prefix ?? "";
+    this.#log = opts.log ?? ((msg) => process.stdout.write(`[supervisor] ${msg}\n`));
+    for (const spec of specs) {
+      this.#services.set(spec.name, {
+        spec,
+        logFile: join(logsDir, `${this.#prefix}${spec.name}.log`),
+        pidFile: join(runDir, "services", `${this.#prefix}${spec.name}.pid`),
+        child: undefined,
+        wanted: false,
+        startedAt: 0,
+        backoffMs: minBackoffMs,
+        restarts: 0,
+        restartTimer: undefined,
+      });
+    }
+    process.on("exit", this.#onExit);
+  }
+
+  names(): string[] {
+    return [...this.#services.keys()];
+  }
+
+  #get(name: string): Running {
+    const r = this.#services.get(name);
+    if (r === undefined) throw new Error(`unknown service ${name} (have: ${this.names().join(", ")})`);
+    return r;
+  }
+
+  url(name: string): string {
+    const { spec } = this.#get(name);
+    return `http://${spec.host}:${spec.port}`;
+  }
+
+  pid(name: string): number | undefined {
+    return this.#get(name).child?.pid;
+  }
+
+  /** Kills a leftover copy from a supervisor that died without cleaning up (pid file + command line match). */
+  async #killLeftover(r: Running): Promise<void> {
+    const pid = readPidFile(r.pidFile);
+    if (pid === undefined || !isAlive(pid) || !cmdline(pid).includes(r.spec.args.join(" "))) return;
+    this.#log(`${r.spec.name}: stopping a leftover instance (pid ${pid})`);
+    signalGroup(pid, "SIGTERM");
+    if (!(await waitUntil(() => !isAlive(pid), stopGraceMs, 100))) signalGroup(pid, "SIGKILL");
+    await waitUntil(() => !isAlive(pid), 2000, 50);
+  }
+
+  #spawn(r: Running): void {
+    const { spec } = r;
+    const fd = openAppend(r.logFile);
+    try {
+      writeFileSync(fd, `\n===== ${new Date().toISOString()} supervisor: starting ${spec.name} =====\n`);
+      // Own process group (detached): a Ctrl-C in the terminal reaches only us, and we stop the
+      // services in order. The handle stays referenced, so we see every exit.
+      const child = spawn(spec.cmd, spec.args, {
+        cwd: repoRoot,
+        env: { ...process.env, ...spec.env },
+        detached: true,
+        stdio: ["ignore", fd, fd],
+      });
+      r.child = child;
+      r.startedAt = Date.now();
+      if (child.pid !== undefined) writePidFile(r.pidFile, child.pid);
+      child.on("error", (err) => this.#log(`${spec.name}: cannot start: ${err.message}`));
+      child.on("exit", (code, sig) => this.#exited(r, child, code, sig));
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  #exited(r: Running, child: ChildProcess, code: number | null, sig: NodeJS.Signals | null): void {
+    if (r.child !== child) return;
+    r.child = undefined;
+    removeFile(r.pidFile);
+    if (!r.wanted) return;
+    const upMs = Date.now() - r.startedAt;
+    // After a stable run: restart at once. In a fast crash loop: double the wait each time (capped).
+    if (upMs >= stableAfterMs) r.backoffMs = minBackoffMs;
+    const delay = r.backoffMs;
+    r.backoffMs = Math.min(maxBackoffMs, r.backoffMs * 2);
+    const why = sig === null ? `exit code ${code}` : `signal ${sig}`;
+    this.#log(`${r.spec.name} exited (${why}) after ${secs(upMs)}; restarting in ${delay} ms`);
+    r.restartTimer = setTimeout(() => {
+      r.restartTimer = undefined;
+      if (r.wanted && r.child === undefined) {
+        r.restarts += 1;
+        this.#spawn(r);
+      }
+    }, delay);
+  }
+
+  /** Starts one service (does not wait for health). A no-op when it already runs. */
+  async start(name: string): Promise<void> {
+    const r = this.#get(name);
+    r.wanted = true;
+    if (r.child !== undefined || r.restartTimer !== undefined) return;
+    await this.#killLeftover(r);
+    if (await canConnect(r.spec.host, r.spec.port)) {
+      r.wanted = false;
+      throw new Error(`${name}: port ${r.spec.port} is already in use (another \`npm start\`?)`);
+    }
+    r.backoffMs = minBackoffMs;
+    this.#spawn(r);
+  }
+
+  /** Waits until GET /health answers 200. */
+  async waitHealthy(name: string, timeoutMs = 60_000): Promise<void> {
+    const r = this.#get(name);
+    const url = `${this.url(name)}/health`;
+    const ok = await waitUntil(async () => {
+      try {
+        const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+        await res.body?.cancel();
+        return res.status === 200;
+      } catch {
+        return false;
+      }
+    }, timeoutMs);
+    if (!ok) {
+      throw new Error(
+        `${name}: ${url} not 200 after ${secs(timeoutMs)}; last lines of ${r.logFile}:\n${tailFile(r.logFile)}`,
+      );
+    }
+  }
+
+  /** Starts every service, then waits for all of them to be healthy. */
+  async startAll(timeoutMs = 60_000): Promise<void> {
+    for (const name of this.names()) await this.start(name);
+    await Promise.all(this.names().map((name) => this.waitHealthy(name, timeoutMs)));
+  }
+
+  /** Sends a signal, as a crash or an operator would; the supervisor restarts it if it exits. */
+  kill(name: string, sig: NodeJS.Signals = "SIGKILL"): number | undefined {
+    const pid = this.pid(name);
+    if (pid !== undefined) signal(pid, sig);
+    return pid;
+  }
+
+  /** Stops one service for good (until start()): SIGTERM, then SIGKILL after 10 s. */
+  async stop(name: string): Promise<void> {
+    const r = this.#get(name);
+    r.wanted = false;
+    if (r.restartTimer !== undefined) {
+      clearTimeout(r.restartTimer);
+      r.restartTimer = undefined;
+    }
+    const child = r.child;
+    if (child?.pid === undefined) return;
+    const pid = child.pid;
+    const gone = new Promise<void>((res) => child.once("exit", () => res()));
+    signal(pid, "SIGTERM");
+    const timer = setTimeout(() => {
+      this.#log(`${name} still running ${secs(stopGraceMs)} after SIGTERM; sending SIGKILL`);
+      signalGroup(pid, "SIGKILL");
+    }, stopGraceMs);
+    await gone;
+    clearTimeout(timer);
+    // Anything it forked shares its process group; do not leave it behind.
+    signalGroup(pid, "SIGKILL");
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all(this.names().map((name) => this.stop(name)));
+    process.off("exit", this.#onExit);
+  }
+
+  status(): ServiceStatus[] {
+    return [...this.#services.values()].map((r) => ({
+      name: r.spec.name,
+      url: `http://${r.spec.host}:${r.spec.port}`,
+      pid: r.child?.pid,
+      restarts: r.restarts,
+      logFile: r.logFile,
+    }));
+  }
+}
+
+export interface StartServicesOptions {
+  env: StackEnv;
+  /** Default: all four. */
+  services?: ServiceName[];
+  prefix?: string;
+  log?: (msg: string) => void;
+  /** Wait for every /health (default true). */
+  wait?: boolean;
+  /** Services whose main.ts does not exist yet are skipped with a note instead of failing. */
+  skipMissing?: boolean;
+}
+
+export function serviceEntry(name: ServiceName): string {
+  return join("services", name, "src", "main.ts");
+}
+
+/** Specs for the project's services: `node services/<name>/src/main.ts`, cwd = repo root. */
+export function serviceSpecs(env: StackEnv, names: readonly ServiceName[]): ServiceSpec[] {
+  return names.map((name) => ({
+    name,
+    host: env.HOST ?? "127.0.0.1",
+    port: Number(env[servicePorts[name].env] ?? servicePorts[name].port),
+    cmd: process.execPath, // the Node 24 that runs us
+    args: [serviceEntry(name)],
+    env,
+  }));
+}
+
+export async function startServices(opts: StartServicesOptions): Promise<Supervisor> {
+  const log = opts.log ?? ((msg: string) => process.stdout.write(`[supervisor] ${msg}\n`));
+  let names = opts.services ?? (Object.keys(servicePorts) as ServiceName[]);
+  if (opts.skipMissing === true) {
+    const missing = names.filter((n) => !existsSync(join(repoRoot, serviceEntry(n))));
+    for (const n of missing) log(`${n}: ${serviceEntry(n)} does not exist yet; skipped`);
+    names = names.filter((n) => !missing.includes(n));
+  }
+  const sup = new Supervisor(serviceSpecs(opts.env, names), { prefix: opts.prefix, log });
+  try {
+    if (opts.wait === false) for (const n of names) await sup.start(n);
+    else await sup.startAll();
+  } catch (err) {
+    await sup.stopAll();
+    throw err;
+  }
+  return sup;
+}
