@@ -31,8 +31,14 @@ fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "[run] npm ci"
   start=$SECONDS
-  npm ci --no-audit --no-fund --loglevel=error
-  echo "[run] npm ci done in $((SECONDS - start)) s"
+  # npm ci insists that every optional platform package in the lock resolves; a registry mirror
+  # that carries only this platform's binaries (biome's, here) makes it refuse. npm install
+  # still follows the lockfile's versions and skips what this platform cannot use.
+  if ! npm ci --no-audit --no-fund --loglevel=error 2>/dev/null; then
+    echo "[run] npm ci refused the lockfile on this registry; npm install with the lockfile instead"
+    npm install --no-audit --no-fund --loglevel=error
+  fi
+  echo "[run] dependencies installed in $((SECONDS - start)) s"
 fi
 
 exec node scripts/stack/cli.ts "$@"
