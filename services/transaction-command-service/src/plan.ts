@@ -1,17 +1,12 @@
 /**
- * Pure decision logic of the record writer: given what the store holds and a batch of
- * RecordTransfer commands, decide what to write. Statuses only move forward; a duplicate or an
- * older snapshot is a no-op that still answers "recorded" (the saga may be waiting for that
- * answer after a redelivery); two different final statuses for one transfer are a saga bug
- * and go to dead letters rather than overwrite money history.
+ * Pure decision logic of the record writer for one batch of RecordTransfer commands: keep the
+ * most advanced snapshot per transfer (statuses only move forward), and refuse a batch that
+ * asks for two different final statuses of one transfer (a saga bug: dead letters, never an
+ * overwrite of money history). What the store already holds is handled by the guarded writes
+ * in records.ts, which report the same kind of conflict.
  */
 import type { RecordTransferCommand } from "#packages/contracts/messages.ts";
-import { statusRank, type TransferSnapshot, type TransferStatus } from "#packages/contracts/transfer.ts";
-
-export interface StoredRecord {
-  rank: number;
-  status: TransferStatus;
-}
+import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
 
 export type Outcome =
   | { kind: "recorded"; command: RecordTransferCommand }
@@ -19,30 +14,23 @@ export type Outcome =
 
 export interface WritePlan {
   /** One write per transfer id: the most advanced snapshot seen in the batch. */
-  writes: Array<{ mode: "insert" | "update"; snapshot: TransferSnapshot }>;
-  /** One outcome per command, in input order. */
+  writes: TransferSnapshot[];
+  /** One outcome per command, in input order (conflicts found in the store are added later). */
   outcomes: Outcome[];
 }
 
-export function planWrites(
-  stored: ReadonlyMap<string, StoredRecord>,
-  commands: RecordTransferCommand[],
-): WritePlan {
-  const view = new Map(stored);
-  const pending = new Map<string, { mode: "insert" | "update"; snapshot: TransferSnapshot }>();
+export function planWrites(commands: RecordTransferCommand[]): WritePlan {
+  const best = new Map<string, TransferSnapshot>();
   const outcomes: Outcome[] = [];
-
   for (const command of commands) {
     const snapshot = command.snapshot;
-    const rank = statusRank(snapshot.status);
-    const current = view.get(snapshot.id);
-    if (current === undefined) {
-      view.set(snapshot.id, { rank, status: snapshot.status });
-      pending.set(snapshot.id, { mode: "insert", snapshot });
-      outcomes.push({ kind: "recorded", command });
-      continue;
-    }
-    if (current.rank === rank && rank === statusRank("COMPLETED") && current.status !== snapshot.status) {
+    const current = best.get(snapshot.id);
+    if (
+      current !== undefined &&
+      statusRank(current.status) === 2 &&
+      statusRank(snapshot.status) === 2 &&
+      current.status !== snapshot.status
+    ) {
       outcomes.push({
         kind: "conflict",
         command,
@@ -50,12 +38,9 @@ export function planWrites(
       });
       continue;
     }
-    if (rank > current.rank) {
-      view.set(snapshot.id, { rank, status: snapshot.status });
-      const mode = pending.get(snapshot.id)?.mode ?? "update";
-      pending.set(snapshot.id, { mode, snapshot });
-    }
+    if (current === undefined || statusRank(snapshot.status) > statusRank(current.status))
+      best.set(snapshot.id, snapshot);
     outcomes.push({ kind: "recorded", command });
   }
-  return { writes: [...pending.values()], outcomes };
+  return { writes: [...best.values()], outcomes };
 }

@@ -1,27 +1,59 @@
-/** MongoDB access of the record writer: read current ranks, apply a plan with guarded writes. */
-import type { AnyBulkWriteOperation, Db } from "mongodb";
-import { recordsCollection, type TransferDocument, toDocument } from "#packages/records/index.ts";
-import type { StoredRecord, WritePlan } from "./plan.ts";
+/**
+ * MongoDB access of the record writer. Only operations whose filter is an equality on `_id`
+ * (and `rank`) are used, because FerretDB v1 runs anything else as a scan of the whole
+ * collection in its own process: records are inserted when new and upgraded with
+ * `{_id, rank: 1}` (PENDING is the only status below a final one), so a record never moves
+ * backwards, even with two writers racing during a consumer rebalance.
+ */
+import type { Db } from "mongodb";
+import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
+import { recordsCollection, toDocument } from "#packages/records/index.ts";
 
-export async function readStored(db: Db, ids: string[]): Promise<Map<string, StoredRecord>> {
-  const found = await recordsCollection(db)
-    .find({ _id: { $in: ids } }, { projection: { rank: 1, status: 1 } })
-    .toArray();
-  return new Map(found.map((doc) => [doc._id, { rank: doc.rank, status: doc.status }]));
+const DUPLICATE_KEY = 11000;
+const FINAL_WRITE_CONCURRENCY = 16;
+
+function isDuplicateKey(error: unknown): boolean {
+  return (error as { code?: number }).code === DUPLICATE_KEY;
 }
 
-/**
- * Inserts for new records, updates guarded by `rank < new rank` for existing ones, so a
- * concurrent writer (another instance during a rebalance) can never move a record backwards.
- * Any write error makes the caller re-read and re-plan: the retry is idempotent.
- */
-export async function applyPlan(db: Db, plan: WritePlan): Promise<void> {
-  if (plan.writes.length === 0) return;
-  const operations: AnyBulkWriteOperation<TransferDocument>[] = plan.writes.map(({ mode, snapshot }) => {
-    const doc = toDocument(snapshot);
-    if (mode === "insert") return { insertOne: { document: doc } };
-    const { _id, ...fields } = doc;
-    return { updateOne: { filter: { _id, rank: { $lt: doc.rank } }, update: { $set: fields } } };
-  });
-  await recordsCollection(db).bulkWrite(operations, { ordered: false });
+/** Apply the snapshots; returns the transfer ids whose stored final status conflicts, with why. */
+export async function applySnapshots(db: Db, snapshots: TransferSnapshot[]): Promise<Map<string, string>> {
+  const records = recordsCollection(db);
+  const conflicts = new Map<string, string>();
+
+  const pending = snapshots.filter((s) => statusRank(s.status) === 1).map(toDocument);
+  if (pending.length > 0) {
+    try {
+      await records.insertMany(pending, { ordered: false });
+    } catch (error) {
+      // A duplicate means the record exists, at PENDING or beyond: that is the goal.
+      const writeErrors = (error as { writeErrors?: unknown[] }).writeErrors;
+      if (writeErrors === undefined || writeErrors.length === 0 || !writeErrors.every(isDuplicateKey))
+        throw error;
+    }
+  }
+
+  const finals = snapshots.filter((s) => statusRank(s.status) === 2);
+  let next = 0;
+  const worker = async () => {
+    while (next < finals.length) {
+      const snapshot = finals[next++] as TransferSnapshot;
+      const { _id, ...fields } = toDocument(snapshot);
+      const upgraded = await records.updateOne({ _id, rank: 1 }, { $set: fields });
+      if (upgraded.matchedCount === 1) continue;
+      try {
+        await records.insertOne({ _id, ...fields });
+      } catch (error) {
+        if (!isDuplicateKey(error)) throw error;
+        const stored = await records.findOne({ _id }, { projection: { status: 1 } });
+        if (stored === null) throw new Error(`record ${_id} neither upgraded, inserted nor found; retrying`);
+        if (stored.status === "PENDING") throw new Error(`record ${_id} raced back to PENDING; retrying`);
+        if (stored.status !== snapshot.status) {
+          conflicts.set(_id, `record ${_id} is ${stored.status}; refusing to make it ${snapshot.status}`);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(FINAL_WRITE_CONCURRENCY, finals.length) }, worker));
+  return conflicts;
 }

@@ -23,7 +23,7 @@ import {
 import type { ConsumedMessage, JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Outcome, planWrites } from "./plan.ts";
-import { applyPlan, readStored } from "./records.ts";
+import { applySnapshots } from "./records.ts";
 
 export interface Faults {
   /** Test hook (only with FAULT_INJECTION=true): PENDING records of these payers are refused for good. */
@@ -103,13 +103,15 @@ export function createRecordWriter(deps: WriterDeps) {
   }
 
   async function applyAll(parsed: Parsed[]): Promise<Outcome[]> {
-    const stored = await readStored(deps.db, [...new Set(parsed.map((p) => p.command.snapshot.id))]);
-    const plan = planWrites(
-      stored,
-      parsed.map((p) => p.command),
-    );
-    await applyPlan(deps.db, plan);
-    return plan.outcomes;
+    const plan = planWrites(parsed.map((p) => p.command));
+    const conflicts = await applySnapshots(deps.db, plan.writes);
+    return plan.outcomes.map((outcome) => {
+      const reason = conflicts.get(outcome.command.snapshot.id);
+      const final = outcome.command.snapshot.status !== "PENDING";
+      return outcome.kind === "recorded" && final && reason !== undefined
+        ? { kind: "conflict", command: outcome.command, reason }
+        : outcome;
+    });
   }
 
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { RecordTransferCommand } from "#packages/contracts/messages.ts";
 import type { TransferStatus } from "#packages/contracts/transfer.ts";
-import { planWrites, type StoredRecord } from "../src/plan.ts";
+import { planWrites } from "../src/plan.ts";
 
 const command = (id: string, status: TransferStatus): RecordTransferCommand => ({
   type: "RecordTransfer",
@@ -24,37 +24,32 @@ const A = "0190b5a8-0000-7000-8000-000000000001";
 const B = "0190b5a8-0000-7000-8000-000000000002";
 
 describe("record writer plan", () => {
-  it("inserts new records and upgrades existing ones, one write per record", () => {
-    const stored = new Map<string, StoredRecord>([[B, { rank: 1, status: "PENDING" }]]);
-    const plan = planWrites(stored, [
+  it("keeps the most advanced snapshot per record, one write each", () => {
+    const plan = planWrites([
       command(A, "PENDING"),
       command(A, "COMPLETED"),
-      command(B, "COMPLETED"),
+      command(B, "PENDING"),
+      command(A, "PENDING"),
     ]);
     assert.deepEqual(
-      plan.writes.map((w) => [w.mode, w.snapshot.id, w.snapshot.status]),
+      plan.writes.map((w) => [w.id, w.status]),
       [
-        ["insert", A, "COMPLETED"],
-        ["update", B, "COMPLETED"],
+        [A, "COMPLETED"],
+        [B, "PENDING"],
       ],
     );
     assert.ok(plan.outcomes.every((o) => o.kind === "recorded"));
   });
 
-  it("never moves a record backwards, and still acknowledges the stale command", () => {
-    const stored = new Map<string, StoredRecord>([[A, { rank: 2, status: "COMPLETED" }]]);
-    const plan = planWrites(stored, [command(A, "PENDING"), command(A, "COMPLETED")]);
-    assert.equal(plan.writes.length, 0);
+  it("refuses two different final statuses for one record in a batch", () => {
+    const plan = planWrites([command(A, "COMPLETED"), command(A, "FAILED")]);
+    assert.deepEqual(
+      plan.writes.map((w) => w.status),
+      ["COMPLETED"],
+    );
     assert.deepEqual(
       plan.outcomes.map((o) => o.kind),
-      ["recorded", "recorded"],
+      ["recorded", "conflict"],
     );
-  });
-
-  it("refuses to turn a COMPLETED record FAILED (or back)", () => {
-    const stored = new Map<string, StoredRecord>([[A, { rank: 2, status: "COMPLETED" }]]);
-    const plan = planWrites(stored, [command(A, "FAILED")]);
-    assert.equal(plan.writes.length, 0);
-    assert.equal(plan.outcomes[0]?.kind, "conflict");
   });
 });

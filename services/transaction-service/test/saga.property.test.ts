@@ -15,10 +15,10 @@ import {
   type TransferEvent,
   topicNames,
 } from "#packages/contracts/messages.ts";
-import { statusRank } from "#packages/contracts/transfer.ts";
+import { statusRank, type TransferStatus } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
-import { planWrites, type StoredRecord } from "../../transaction-command-service/src/plan.ts";
+import { planWrites } from "../../transaction-command-service/src/plan.ts";
 import type { LedgerAnswer } from "../src/saga/ledger-client.ts";
 import { isFinal, type SagaState, type SagaTransfer } from "../src/saga/machine.ts";
 import { type LedgerPort, SagaRunner, type SagaStorePort } from "../src/saga/runner.ts";
@@ -144,7 +144,7 @@ class ModelStore implements SagaStorePort {
 
 /** The record writer: real plan, model store; refuses PENDING records of "poisoned" transfers. */
 class ModelWriter {
-  records = new Map<string, StoredRecord>();
+  records = new Map<string, { rank: number; status: TransferStatus }>();
   poisoned = new Set<string>();
 
   handle(command: RecordTransferCommand): TransferEvent {
@@ -158,15 +158,18 @@ class ModelWriter {
         reason: "poisoned",
       };
     }
-    const plan = planWrites(this.records, [command]);
+    // The real batch plan, then the store's guarded writes as records.ts performs them.
+    const plan = planWrites([command]);
     for (const write of plan.writes) {
-      this.records.set(write.snapshot.id, {
-        rank: statusRank(write.snapshot.status),
-        status: write.snapshot.status,
-      });
+      const stored = this.records.get(write.id);
+      const rank = statusRank(write.status);
+      assert.ok(
+        !(stored && stored.rank === 2 && rank === 2 && stored.status !== write.status),
+        "the saga must never ask for conflicting final statuses",
+      );
+      if (!stored || stored.rank < rank) this.records.set(write.id, { rank, status: write.status });
     }
-    const outcome = plan.outcomes[0];
-    assert.equal(outcome?.kind, "recorded", "the saga must never ask for conflicting final statuses");
+    assert.equal(plan.outcomes[0]?.kind, "recorded");
     return {
       type: "TransferRecorded",
       message_id: command.message_id,
