@@ -60,6 +60,8 @@ export interface ChaosReport {
   ok: boolean;
 }
 
+const CHAOS_PASSWORD = "chaos-password";
+
 interface Answer {
   status: number;
   headers: Headers;
@@ -72,12 +74,13 @@ async function call(
   url: string,
   body?: unknown,
   headers: Record<string, string> = {},
+  timeout_ms = 10_000,
 ): Promise<Answer> {
   const response = await fetch(url, {
     method,
     headers: body === undefined ? headers : { ...headers, "content-type": "application/json" },
     body: body === undefined ? null : JSON.stringify(body),
-    signal: AbortSignal.timeout(10_000),
+    signal: AbortSignal.timeout(timeout_ms),
   });
   const text = await response.text();
   return { status: response.status, headers: response.headers, body: text ? JSON.parse(text) : null };
@@ -114,7 +117,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
 
   // Wallets with a known total.
   const wallets: number[] = [];
+  const usernames = new Map<number, string>();
   for (let i = 0; i < options.wallets; i++) {
+    const username = `chaos_${process.pid}_${Date.now().toString(36)}_${i}`;
     const answer = await persist(
       "create wallet",
       () =>
@@ -122,8 +127,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
           "POST",
           `${options.user_url}/users`,
           {
-            username: `chaos_${process.pid}_${Date.now().toString(36)}_${i}`,
-            password: "chaos-password",
+            username,
+            password: CHAOS_PASSWORD,
             balance: options.opening_balance,
           },
           admin,
@@ -133,7 +138,28 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     if (answer.status !== 201)
       throw new Error(`could not create a wallet: ${answer.status} ${JSON.stringify(answer.body)}`);
     wallets.push(answer.body.data.user.id);
+    usernames.set(answer.body.data.user.id, username);
   }
+  // Each transfer is sent with its payer's own access token (only the owner may spend), logged in
+  // once and again shortly before it expires. A login that fails (user-service down) throws, so
+  // the call that needed it is retried like any other.
+  const tokens = new Map<number, { token: string; renew_at_ms: number }>();
+  const tokenFor = async (user_id: number): Promise<Record<string, string>> => {
+    const cached = tokens.get(user_id);
+    if (cached !== undefined && Date.now() < cached.renew_at_ms)
+      return { authorization: `Bearer ${cached.token}` };
+    const answer = await call("POST", `${options.user_url}/auth/login`, {
+      username: usernames.get(user_id),
+      password: CHAOS_PASSWORD,
+    });
+    if (answer.status !== 200) throw new Error(`login of ${user_id}: ${answer.status}`);
+    const { access_token, expires_in } = answer.body.data as { access_token: string; expires_in: number };
+    tokens.set(user_id, {
+      token: access_token,
+      renew_at_ms: Date.now() + Math.max(1, expires_in - 60) * 1_000,
+    });
+    return { authorization: `Bearer ${access_token}` };
+  };
   const walletTotal = async (): Promise<number> => {
     let total = 0;
     for (const id of wallets) {
@@ -164,11 +190,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       const body = {
         source_user_id: source,
         dest_user_id: dest,
-        amount: 1 + Math.floor(Math.random() * (options.opening_balance / 5)),
+        amount: 1 + Math.floor(Math.random() * (options.opening_balance / 20)),
       };
       const key = randomUUID();
-      const send = () =>
-        call("POST", `${options.transaction_url}/transactions/transfer`, body, { "idempotency-key": key });
+      const send = async () =>
+        call("POST", `${options.transaction_url}/transactions/transfer`, body, {
+          ...(await tokenFor(source)),
+          "idempotency-key": key,
+        });
       const answer = await persist("transfer", send, counters);
       const id: string | undefined =
         answer.body?.data?.transaction?.id ?? answer.body?.details?.transaction?.id;
@@ -198,7 +227,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
           ? `${options.control_url}/services/${target}/kill?signal=KILL`
           : `${options.control_url}/engines/${target}/restart`;
       const t0 = Date.now();
-      const answer = await call("POST", url).catch(
+      // An engine restart answers once the engine is healthy again (Kafka takes ~15 s).
+      const answer = await call("POST", url, undefined, {}, 120_000).catch(
         (error: Error) => ({ status: 0, body: error.message }) as Answer,
       );
       if (answer.status !== 200)
@@ -223,24 +253,30 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const quietStarted = Date.now();
   let completed = 0;
   let failed = 0;
-  for (const id of accepted.values()) {
-    for (;;) {
-      const answer = await persist(
-        "read transfer",
-        () => call("GET", `${options.transaction_url}/transactions/${id}`),
-        counters,
-      );
-      const status = answer.body?.data?.transaction?.status;
-      if (status === "COMPLETED") completed += 1;
-      if (status === "FAILED") failed += 1;
-      if (status === "COMPLETED" || status === "FAILED") break;
-      if (Date.now() - quietStarted > options.quiet_timeout_ms) {
-        violations.push(`I4: transfer ${id} still ${status} after ${options.quiet_timeout_ms} ms of quiet`);
-        break;
+  const ids = [...accepted.values()];
+  let nextId = 0;
+  const poller = async () => {
+    while (nextId < ids.length) {
+      const id = ids[nextId++] as string;
+      for (;;) {
+        const answer = await persist(
+          "read transfer",
+          () => call("GET", `${options.transaction_url}/transactions/${id}`, undefined, admin),
+          counters,
+        );
+        const status = answer.body?.data?.transaction?.status;
+        if (status === "COMPLETED") completed += 1;
+        if (status === "FAILED") failed += 1;
+        if (status === "COMPLETED" || status === "FAILED") break;
+        if (Date.now() - quietStarted > options.quiet_timeout_ms) {
+          violations.push(`I4: transfer ${id} still ${status} after ${options.quiet_timeout_ms} ms of quiet`);
+          break;
+        }
+        await sleep(200);
       }
-      await sleep(200);
     }
-  }
+  };
+  await Promise.all(Array.from({ length: 16 }, poller));
   // The records may trail the public status by a moment: let the saga finish its last steps.
   let audit = await runAudit({ ...options.audit, quiet: true });
   while (!audit.ok && Date.now() - quietStarted < options.quiet_timeout_ms) {

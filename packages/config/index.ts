@@ -21,10 +21,23 @@ export const env = {
 export const commonEnv = {
   HOST: env.string("127.0.0.1"),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
-  /** Operator credential (deposits, opening balances, dead-letter replay). */
+  /**
+   * Operator credential (opening balances, deposits, listing users, reading anything, ops routes),
+   * sent as `Authorization: Bearer <ADMIN_TOKEN>`. Required where a service accepts it (see
+   * packages/http/auth.ts), unless ALLOW_INSECURE_DEV=true.
+   */
   ADMIN_TOKEN: env.string(""),
-  /** Credential that services present to each other on internal routes. */
+  /** Credential that services present to each other on internal routes. Required likewise. */
   SERVICE_TOKEN: env.string(""),
+  /** HMAC key (HS256) of the users' access tokens: user-service signs, transaction-service verifies. */
+  AUTH_TOKEN_SECRET: env.string(""),
+  /** Lifetime of a user access token, in seconds. */
+  AUTH_TOKEN_TTL_S: env.int(900, 30, 86_400),
+  /**
+   * Local development only: start without the secrets above, using fixed, publicly known values
+   * instead (a loud warning is logged). Never set it anywhere reachable by others.
+   */
+  ALLOW_INSECURE_DEV: env.bool(false),
 };
 
 export const engineDefaults = {

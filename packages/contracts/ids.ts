@@ -24,9 +24,13 @@ export const userIdSchema = z
   .positive({ error: "must be a user id (a positive integer)" })
   .max(Number.MAX_SAFE_INTEGER, { error: "must be a user id (a positive integer)" });
 
-/** The same id as it appears in a URL path: digits only, so "1e3", " 7" or "0x10" are refused. */
+/**
+ * The same id as it appears in a URL path: digits only, so "1e3", " 7" or "0x10" are refused.
+ * At most 15 digits, so that every string the pattern (as published in the OpenAPI document)
+ * admits is also a safe integer.
+ */
 export const userIdParamSchema = z
   .string()
-  .regex(/^[1-9][0-9]{0,15}$/, { error: "must be a user id (a positive integer)" })
+  .regex(/^[1-9][0-9]{0,14}$/, { error: "must be a user id (a positive integer)" })
   .transform(Number)
   .pipe(userIdSchema);

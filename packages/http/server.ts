@@ -3,14 +3,23 @@
  * schemas describe the API), the error envelope, body limits, request timeouts and a health
  * route that reports each engine the service depends on.
  */
-import Fastify, { type FastifyError, type FastifyInstance, LogController } from "fastify";
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from "fastify";
 import {
   hasZodFastifySchemaValidationErrors,
   serializerCompiler,
   validatorCompiler,
   type ZodTypeProvider,
 } from "fastify-type-provider-zod";
+import { z } from "zod";
 import type { Logger } from "#packages/log/index.ts";
+import { isTransientPgError } from "#packages/pg/index.ts";
+import { UpstreamError } from "./client.ts";
 import { ApiError, errorBody } from "./errors.ts";
 
 export interface HttpServerOptions {
@@ -28,21 +37,81 @@ export type HttpServer = FastifyInstance<
 >;
 
 export function createHttpServer(options: HttpServerOptions): HttpServer {
+  const bodyLimit = options.body_limit_bytes ?? 64 * 1024;
   const app = Fastify({
     loggerInstance: options.logger,
-    bodyLimit: options.body_limit_bytes ?? 64 * 1024,
+    bodyLimit,
     requestTimeout: options.request_timeout_ms ?? 30_000,
     connectionTimeout: 60_000,
     keepAliveTimeout: 65_000,
     // Per-request access logs would dominate the output at payment rates; errors are still logged.
     logController: new LogController({ disableRequestLogging: true }),
-    return503OnClosing: true,
+    // Fastify's own 503 while closing has a body of its own; the hook below answers in the envelope.
+    return503OnClosing: false,
   }).withTypeProvider<ZodTypeProvider>();
+
+  // A shutting-down instance refuses new requests (on kept-alive connections) with 503, so the
+  // client retries on another instance, while the running ones finish.
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+  });
+  app.addHook("onRequest", async (_request, reply) => {
+    if (!closing) return;
+    reply.header("connection", "close");
+    throw new ApiError(503, "shutting_down", "this instance is shutting down; retry", {
+      headers: { "retry-after": "1" },
+    });
+  });
 
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+  // Every body is JSON: without this, a text/plain body would be parsed as a string and answered
+  // 400 by the schema; it is the wrong media type, 415.
+  app.removeContentTypeParser("text/plain");
+
+  // Which methods each path answers, so a known path with another method gets 405 and an Allow
+  // header (RFC 9110) instead of 404.
+  const paths = new Map<string, { pattern: RegExp; methods: Set<string> }>();
+  app.addHook("onRoute", (route) => {
+    if ((route.config as { refusal?: boolean } | undefined)?.refusal === true) return;
+    let entry = paths.get(route.url);
+    if (entry === undefined) {
+      const pattern = route.url
+        .split(/(:[A-Za-z0-9_]+|\*)/)
+        .map((part) =>
+          part === "*" ? ".*" : part.startsWith(":") ? "[^/]+" : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"),
+        )
+        .join("");
+      entry = { pattern: new RegExp(`^${pattern}$`), methods: new Set() };
+      paths.set(route.url, entry);
+    }
+    for (const method of [route.method].flat()) entry.methods.add(method);
+  });
+
+  /** No route for this method and path: 405 with Allow when the path exists, 404 otherwise. */
+  const noRoute = (request: FastifyRequest, reply: FastifyReply) => {
+    const path = request.url.split("?")[0] ?? "";
+    // The router prefers static segments to parameters: so does this (/transactions/transfer is
+    // not /transactions/:id).
+    const matches = [...paths.entries()].filter(([, { pattern }]) => pattern.test(path));
+    const fewest = Math.min(...matches.map(([url]) => (url.match(/:|\*/g) ?? []).length));
+    const allowed = new Set<string>();
+    for (const [url, { methods }] of matches) {
+      if ((url.match(/:|\*/g) ?? []).length === fewest) for (const method of methods) allowed.add(method);
+    }
+    if (allowed.size > 0) {
+      return reply
+        .status(405)
+        .header("allow", [...allowed].sort().join(", "))
+        .send(errorBody("method_not_allowed", `${request.method} is not allowed on ${path}`));
+    }
+    return reply.status(404).send(errorBody("route_not_found", `no route ${request.method} ${path}`));
+  };
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
+    // A body that cannot be parsed for a route that does not exist: the route is the problem.
+    if (request.is404) return noRoute(request, reply);
     if (error instanceof ApiError) {
       if (error.headers) reply.headers(error.headers);
       return reply.status(error.status).send(errorBody(error.code, error.message, error.details));
@@ -63,19 +132,67 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
       // Fastify's own client errors: malformed JSON, body too large, wrong content type...
       const code =
         status === 413 ? "body_too_large" : status === 415 ? "unsupported_media_type" : "invalid_request";
-      return reply.status(status).send(errorBody(code, error.message));
+      const message =
+        status === 413
+          ? `the request body is larger than the limit of ${bodyLimit} bytes`
+          : status === 415
+            ? "the request body must be JSON (Content-Type: application/json)"
+            : error.message;
+      return reply.status(status).send(errorBody(code, message));
+    }
+    if (isEngineUnavailable(error)) {
+      request.log.warn({ err: error }, "engine unavailable");
+      reply.header("retry-after", "1");
+      return reply
+        .status(503)
+        .send(errorBody("engine_unavailable", "a storage engine is temporarily unavailable; retry later"));
     }
     request.log.error({ err: error }, "unhandled error");
     return reply.status(500).send(errorBody("internal_error", "internal error"));
   });
 
-  app.setNotFoundHandler((request, reply) =>
-    reply
-      .status(404)
-      .send(errorBody("route_not_found", `no route ${request.method} ${request.url.split("?")[0]}`)),
-  );
+  app.setNotFoundHandler((request, reply) => noRoute(request, reply));
 
   return app;
+}
+
+/**
+ * A static path that a parameterised route would capture for `method` (GET /transactions/transfer
+ * would be GET /transactions/:id): answer 405 with its real methods instead of a confusing 400.
+ */
+export function refuseMethod(
+  app: HttpServer,
+  method: "GET" | "DELETE" | "PUT",
+  url: string,
+  allow: string[],
+): void {
+  app.route({
+    method,
+    url,
+    config: { refusal: true },
+    schema: { hide: true },
+    handler: async () => {
+      throw new ApiError(405, "method_not_allowed", `${method} is not allowed on ${url}`, {
+        headers: { allow: allow.join(", ") },
+      });
+    },
+  });
+}
+
+/**
+ * An engine that did not answer (PostgreSQL restarting, MongoDB unreachable, a service call that
+ * timed out): the request may succeed on retry, so 503 with Retry-After rather than 500.
+ */
+export function isEngineUnavailable(error: unknown): boolean {
+  if (error instanceof UpstreamError) return true;
+  if (isTransientPgError(error)) return true;
+  const name = (error as { name?: unknown }).name;
+  return (
+    typeof name === "string" &&
+    /^Mongo(ServerSelection|Network|NetworkTimeout|NotConnected|TopologyClosed|PoolCleared|PoolClosed)Error$/.test(
+      name,
+    )
+  );
 }
 
 export type HealthChecks = Record<string, () => Promise<unknown>>;
@@ -90,7 +207,24 @@ export function registerHealth(
   checks: HealthChecks,
   timeout_ms = 2_000,
 ): void {
-  app.get("/health", async (_request, reply) => {
+  const engineSchema = z.object({ ok: z.boolean(), error: z.string().optional() });
+  const healthSchema = z.object({
+    success: z.boolean(),
+    data: z.object({
+      service: z.string(),
+      healthy: z.boolean(),
+      engines: z.record(z.string(), engineSchema),
+    }),
+  });
+  const schema = {
+    summary: "Whether this service's engines answer",
+    tags: ["health"],
+    response: {
+      200: healthSchema.describe("Every engine answered"),
+      503: healthSchema.describe("At least one engine did not answer (see `engines`)"),
+    },
+  };
+  app.get("/health", { schema }, async (_request, reply) => {
     const results: Record<string, { ok: boolean; error?: string }> = {};
     await Promise.all(
       Object.entries(checks).map(async ([name, check]) => {

@@ -1,5 +1,4 @@
 /** Process lifecycle shared by the services: start-up retries and graceful shutdown. */
-import { timingSafeEqual } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "#packages/log/index.ts";
 
@@ -53,14 +52,4 @@ export function onShutdown(
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
-}
-
-/** Operator routes take `Authorization: Bearer <token>`; an empty configured token means open (local dev only). */
-export function bearerMatches(header: string | undefined, token: string): boolean {
-  if (token === "") return true;
-  if (header === undefined) return false;
-  const expected = Buffer.from(`Bearer ${token}`);
-  const given = Buffer.from(header);
-  if (expected.length !== given.length) return false;
-  return timingSafeEqual(expected, given);
 }

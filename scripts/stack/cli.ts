@@ -3,12 +3,13 @@
 //   start                      engines + the four services under the supervisor, until Ctrl-C
 //   engines up|down|status     the engines only
 //   engines restart|kill9 <name>
-//   test [--no-lint] [--keep-test-data]   lint, unit + integration tests against a test stack
+//   test [--no-lint] [--keep-test-data] [--no-schemathesis]
+//                              lint, schemathesis, unit + integration tests against a test stack
 //   chaos [--transfers N] [--faults N] ... the bank workload under faults, on a fresh test stack
 //   audit [--quiet]            the money guarantees, checked against the running engines
 //   dead-letters list|replay <id>|replay --all
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, existsSync, globSync } from "node:fs";
+import { appendFileSync, closeSync, existsSync, globSync, openSync } from "node:fs";
 import type { Server } from "node:http";
 import { join, relative } from "node:path";
 import { deleteKeysWithPrefix } from "./engines/redis.ts";
@@ -97,7 +98,7 @@ async function cmdStart(args: string[]): Promise<number> {
   await printEngines();
   printServices(sup);
   out(
-    `Secrets: ADMIN_TOKEN and SERVICE_TOKEN are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
+    `Secrets: ADMIN_TOKEN, SERVICE_TOKEN and AUTH_TOKEN_SECRET are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
   );
   out("Ctrl-C stops the services, then the engines this command started.");
   out();
@@ -161,6 +162,23 @@ function runInherit(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Inher
   return Object.assign(done, { child });
 }
 
+/** Like runInherit, but stdout and stderr go to a file. */
+function runToFile(cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): Inherited {
+  const fd = openSync(logFile, "w");
+  const child = spawn(cmd, args, { cwd: repoRoot, stdio: ["ignore", fd, fd], env });
+  const done = new Promise<{ code: number }>((resolve) => {
+    child.on("error", (err) => {
+      out(`cannot run ${cmd}: ${err.message}`);
+      resolve({ code: 127 });
+    });
+    child.on("exit", (code, sig) => {
+      closeSync(fd);
+      resolve({ code: code ?? (sig === null ? 1 : 128) });
+    });
+  });
+  return Object.assign(done, { child });
+}
+
 async function lint(): Promise<boolean> {
   const bin = (name: string): string => join(repoRoot, "node_modules", ".bin", name);
   const steps: { name: string; config: string[]; cmd: string; args: string[] }[] = [
@@ -215,18 +233,33 @@ async function cmdTest(args: string[]): Promise<number> {
     return 0;
   }
 
+  const withSchemathesis = integration.length > 0 && !args.includes("--no-schemathesis");
   return withTestStack(
     { services: integration.length > 0, resetData: !args.includes("--keep-test-data") },
-    (testRunEnv) => {
+    async (testRunEnv, spawnChild) => {
+      // Schemathesis first: it changes data as any client could (it must never run alongside
+      // the tests), and its output goes to a file so that node's summary stays the last output.
+      let schemathesisCode = 0;
+      if (withSchemathesis) {
+        const log = join(logsDir, "schemathesis.log");
+        const t0 = Date.now();
+        const script = join(repoRoot, "scripts", "schemathesis.sh");
+        schemathesisCode = (await spawnChild("bash", [script], testRunEnv, log)).code;
+        const verdict = schemathesisCode === 0 ? "no failures" : `FAILED (exit ${schemathesisCode})`;
+        out(
+          `[test] schemathesis on the four OpenAPI documents: ${verdict} in ${secs(Date.now() - t0)}; log ${rel(log)}`,
+        );
+      }
       // spec reads best in a terminal; tap (node's own default off a terminal) ends with "# pass N" / "# fail N" for CI.
       const reporter = process.env.DPS_TEST_REPORTER || (process.stdout.isTTY ? "spec" : "tap");
       // One runner for unit and integration tests: one summary at the end. Integration tests share
       // one stack, so files run one at a time.
-      return runInherit(
+      const { code } = await spawnChild(
         process.execPath,
         ["--test", `--test-reporter=${reporter}`, "--test-concurrency=1", ...unit, ...integration],
         testRunEnv,
       );
+      return code !== 0 ? code : schemathesisCode;
     },
   );
 }
@@ -236,9 +269,11 @@ async function cmdTest(args: string[]): Promise<number> {
  * server), run one child process against them, tear the test stack down. Only what this call
  * started is stopped afterwards.
  */
+type SpawnChild = (cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile?: string) => Inherited;
+
 async function withTestStack(
   options: { services: boolean; resetData: boolean },
-  run: (env: NodeJS.ProcessEnv) => Inherited,
+  run: (env: NodeJS.ProcessEnv, spawnChild: SpawnChild) => Promise<number>,
 ): Promise<number> {
   // Once the child runs, the stack's own messages go to this file: the output must end with the
   // test runner's summary.
@@ -297,19 +332,26 @@ async function withTestStack(
     TEST_KAFKA_BROKERS: env.KAFKA_BROKERS,
     TEST_REDIS_URL: env.REDIS_URL,
   };
+  // Children run one at a time; on Ctrl-C the current one is stopped.
+  let current: ChildProcess | undefined;
+  const spawnChild: SpawnChild = (cmd, args, env, logFile) => {
+    const child = logFile === undefined ? runInherit(cmd, args, env) : runToFile(cmd, args, env, logFile);
+    current = child.child;
+    return child;
+  };
   const interrupted = untilSignal().then(() => 130);
-  const child = run(childEnv);
-  const code = await Promise.race([child.then((r) => r.code), interrupted]);
-  child.child.kill("SIGTERM"); // a no-op when it has exited
+  const code = await Promise.race([run(childEnv, spawnChild), interrupted]);
+  current?.kill("SIGTERM"); // a no-op when it has exited
   await cleanup();
   return code;
 }
 
 /** `npm run chaos`: the bank workload under faults against a fresh test stack (the same one `npm test` uses). */
 async function cmdChaos(args: string[]): Promise<number> {
-  return withTestStack({ services: true, resetData: true }, (env) =>
-    runInherit(process.execPath, [join(repoRoot, "ops", "chaos.ts"), ...args], env),
-  );
+  return withTestStack({ services: true, resetData: true }, async (env, spawnChild) => {
+    const { code } = await spawnChild(process.execPath, [join(repoRoot, "ops", "chaos.ts"), ...args], env);
+    return code;
+  });
 }
 
 /** Operator tools run against the stack that `npm start` runs (or whatever the environment points at). */
@@ -338,7 +380,7 @@ async function main(): Promise<number> {
     default:
       out("usage: scripts/run.sh start [--stop-engines]");
       out("       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>");
-      out("       scripts/run.sh test [--no-lint] [--keep-test-data]");
+      out("       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis]");
       out("       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]");
       out("       scripts/run.sh audit [--quiet]");
       out("       scripts/run.sh dead-letters list|replay <id>|replay --all");

@@ -32,10 +32,14 @@ export function isServiceName(name: string): name is ServiceName {
 export type StackEnv = Record<string, string>;
 
 /**
- * ADMIN_TOKEN / SERVICE_TOKEN: from the caller's env, else from .data/secrets.env, else generated
+ * ADMIN_TOKEN / SERVICE_TOKEN / AUTH_TOKEN_SECRET: from the caller's env, else from .data/secrets.env, else generated
  * once and saved there (mode 600) so restarts and other tools see the same values.
  */
-function secrets(base: NodeJS.ProcessEnv): { ADMIN_TOKEN: string; SERVICE_TOKEN: string } {
+function secrets(base: NodeJS.ProcessEnv): {
+  ADMIN_TOKEN: string;
+  SERVICE_TOKEN: string;
+  AUTH_TOKEN_SECRET: string;
+} {
   const saved: Record<string, string> = {};
   if (existsSync(secretsFile)) {
     for (const line of readFileSync(secretsFile, "utf8").split("\n")) {
@@ -44,7 +48,7 @@ function secrets(base: NodeJS.ProcessEnv): { ADMIN_TOKEN: string; SERVICE_TOKEN:
     }
   }
   let changed = false;
-  for (const key of ["ADMIN_TOKEN", "SERVICE_TOKEN"]) {
+  for (const key of ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"]) {
     if (saved[key] === undefined || saved[key] === "") {
       saved[key] = randomBytes(24).toString("base64url");
       changed = true;
@@ -63,6 +67,7 @@ function secrets(base: NodeJS.ProcessEnv): { ADMIN_TOKEN: string; SERVICE_TOKEN:
   return {
     ADMIN_TOKEN: base.ADMIN_TOKEN || (saved.ADMIN_TOKEN as string),
     SERVICE_TOKEN: base.SERVICE_TOKEN || (saved.SERVICE_TOKEN as string),
+    AUTH_TOKEN_SECRET: base.AUTH_TOKEN_SECRET || (saved.AUTH_TOKEN_SECRET as string),
   };
 }
 

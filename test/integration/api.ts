@@ -11,6 +11,16 @@ export const urls = {
 
 export const adminToken = process.env.ADMIN_TOKEN ?? "";
 export const serviceToken = process.env.SERVICE_TOKEN ?? "";
+if (adminToken === "" || serviceToken === "") {
+  throw new Error("the integration tests need ADMIN_TOKEN and SERVICE_TOKEN (as given to the services)");
+}
+
+/** `Authorization: Bearer <token>` as a header map. */
+export function bearer(token: string): Record<string, string> {
+  return { authorization: `Bearer ${token}` };
+}
+export const asAdmin = (): Record<string, string> => bearer(adminToken);
+export const asService = (): Record<string, string> => bearer(serviceToken);
 
 export interface Answer {
   status: number;
@@ -53,36 +63,58 @@ export function uniqueName(prefix: string): string {
   return `${prefix}_${process.pid}_${Date.now().toString(36)}_${counter}`;
 }
 
-export async function createUser(balance = 0): Promise<{ id: number; username: string }> {
-  const answer = await call("POST", `${urls.user}/users`, {
-    body: { username: uniqueName("u"), password: "correct horse battery", balance },
-    headers: adminToken ? { authorization: `Bearer ${adminToken}` } : {},
-  });
-  assert.equal(answer.status, 201, JSON.stringify(answer.body));
-  return answer.body.data.user;
+export const PASSWORD = "correct horse battery";
+
+export interface TestUser {
+  id: number;
+  username: string;
+  /** A fresh access token of this user (from POST /auth/login). */
+  token: string;
+}
+
+/** Public sign-up (an empty wallet), an operator deposit when `balance` > 0, then a login. */
+export async function createUser(balance = 0): Promise<TestUser> {
+  const username = uniqueName("u");
+  const signUp = await call("POST", `${urls.user}/users`, { body: { username, password: PASSWORD } });
+  assert.equal(signUp.status, 201, JSON.stringify(signUp.body));
+  const id: number = signUp.body.data.user.id;
+  if (balance > 0) {
+    const deposit = await call("POST", `${urls.user}/users/${id}/balance/add`, {
+      body: { amount: balance },
+      headers: asAdmin(),
+    });
+    assert.equal(deposit.status, 200, JSON.stringify(deposit.body));
+  }
+  return { id, username, token: await login(username, PASSWORD) };
+}
+
+export async function login(username: string, password: string): Promise<string> {
+  const answer = await call("POST", `${urls.user}/auth/login`, { body: { username, password } });
+  assert.equal(answer.status, 200, JSON.stringify(answer.body));
+  assert.equal(answer.body.data.token_type, "Bearer");
+  return answer.body.data.access_token;
 }
 
 export async function balanceOf(user_id: number): Promise<number> {
-  const answer = await call("GET", `${urls.user}/users/${user_id}`, {
-    headers: adminToken ? { authorization: `Bearer ${adminToken}` } : {},
-  });
+  const answer = await call("GET", `${urls.user}/users/${user_id}`, { headers: asAdmin() });
   assert.equal(answer.status, 200, JSON.stringify(answer.body));
   return answer.body.data.user.balance;
 }
 
-export function transfer(body: unknown, key?: string): Promise<Answer> {
+/** POST /transactions/transfer as the holder of `token`, with an optional Idempotency-Key. */
+export function transfer(body: unknown, key: string | undefined, token: string): Promise<Answer> {
   return call("POST", `${urls.transaction}/transactions/transfer`, {
     body,
-    headers: key === undefined ? {} : { "idempotency-key": key },
+    headers: key === undefined ? bearer(token) : { ...bearer(token), "idempotency-key": key },
   });
 }
 
-/** Poll the public read API until the transfer leaves PENDING. */
+/** Poll the public read API (as the holder of `token`) until the transfer leaves PENDING. */
 // biome-ignore lint/suspicious/noExplicitAny: free-form JSON
-export async function settled(id: string, timeout_ms = 30_000): Promise<any> {
+export async function settled(id: string, token: string, timeout_ms = 30_000): Promise<any> {
   const deadline = Date.now() + timeout_ms;
   for (;;) {
-    const answer = await call("GET", `${urls.transaction}/transactions/${id}`);
+    const answer = await call("GET", `${urls.transaction}/transactions/${id}`, { headers: bearer(token) });
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
     const transaction = answer.body.data.transaction;
     if (transaction.status !== "PENDING") return transaction;
@@ -94,9 +126,7 @@ export async function settled(id: string, timeout_ms = 30_000): Promise<any> {
 /** The ledger's own consistency figures (I1, I2, I6). */
 // biome-ignore lint/suspicious/noExplicitAny: free-form JSON
 export async function ledgerAudit(): Promise<any> {
-  const answer = await call("GET", `${urls.user}/internal/audit`, {
-    headers: serviceToken ? { authorization: `Bearer ${serviceToken}` } : {},
-  });
+  const answer = await call("GET", `${urls.user}/internal/audit`, { headers: asService() });
   assert.equal(answer.status, 200, JSON.stringify(answer.body));
   return answer.body.data;
 }

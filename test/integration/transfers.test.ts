@@ -4,8 +4,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
-  adminToken,
+  asAdmin,
   balanceOf,
+  bearer,
   call,
   createUser,
   ledgerAudit,
@@ -30,6 +31,7 @@ describe("transfers", () => {
     const answer = await transfer(
       { source_user_id: a.id, dest_user_id: b.id, amount: 2_500 },
       uniqueName("key"),
+      a.token,
     );
     assert.equal(answer.status, 201, JSON.stringify(answer.body));
     assert.equal(answer.body.success, true);
@@ -37,7 +39,7 @@ describe("transfers", () => {
     assert.equal(created.status, "PENDING");
     assert.equal(created.source_init_bal, 10_000);
 
-    const done = await settled(created.id);
+    const done = await settled(created.id, a.token);
     assert.equal(done.status, "COMPLETED");
     assert.equal(done.amount, 2_500);
     assert.equal(done.source_user_id, a.id);
@@ -50,8 +52,9 @@ describe("transfers", () => {
     assert.equal(await balanceOf(a.id), 7_500);
     assert.equal(await balanceOf(b.id), 2_800);
 
-    // The record reached the read side (MongoDB) too.
-    const record = await call("GET", `${urls.query}/transactions/${created.id}`);
+    // The payee reads it too, and the record reached the read side (MongoDB).
+    assert.equal((await settled(created.id, b.token)).status, "COMPLETED");
+    const record = await call("GET", `${urls.query}/transactions/${created.id}`, { headers: asAdmin() });
     assert.equal(record.status, 200);
     assert.equal(record.body.data.transaction.status, "COMPLETED");
   });
@@ -59,7 +62,11 @@ describe("transfers", () => {
   it("refuses a transfer beyond the balance: FAILED insufficient_funds, no money moved", async () => {
     const a = await createUser(100);
     const b = await createUser(0);
-    const answer = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 101 });
+    const answer = await transfer(
+      { source_user_id: a.id, dest_user_id: b.id, amount: 101 },
+      undefined,
+      a.token,
+    );
     assert.equal(answer.status, 422, JSON.stringify(answer.body));
     assert.equal(answer.body.success, false);
     assert.equal(answer.body.code, "insufficient_funds");
@@ -68,7 +75,7 @@ describe("transfers", () => {
     assert.equal(failed.status, "FAILED");
     assert.equal(failed.failure_reason, "insufficient_funds");
     assert.equal(failed.source_init_bal, null);
-    assert.equal((await settled(failed.id)).status, "FAILED");
+    assert.equal((await settled(failed.id, a.token)).status, "FAILED");
     assert.equal(await balanceOf(a.id), 100);
     assert.equal(await balanceOf(b.id), 0);
   });
@@ -76,10 +83,22 @@ describe("transfers", () => {
   it("answers 404 for an unknown payer or payee and moves nothing", async () => {
     const a = await createUser(1_000);
     const missing = 9_000_000_000_000;
-    const toNowhere = await transfer({ source_user_id: a.id, dest_user_id: missing, amount: 10 });
+    const toNowhere = await transfer(
+      { source_user_id: a.id, dest_user_id: missing, amount: 10 },
+      undefined,
+      a.token,
+    );
     assert.equal(toNowhere.status, 404, JSON.stringify(toNowhere.body));
     assert.equal(toNowhere.body.code, "dest_not_found");
-    const fromNowhere = await transfer({ source_user_id: missing, dest_user_id: a.id, amount: 10 });
+    // Only an owner may pay, so an unknown payer is one whose wallet closed while their token lives.
+    const gone = await createUser(0);
+    const closed = await call("DELETE", `${urls.user}/users/${gone.id}`, { headers: bearer(gone.token) });
+    assert.equal(closed.status, 200, JSON.stringify(closed.body));
+    const fromNowhere = await transfer(
+      { source_user_id: gone.id, dest_user_id: a.id, amount: 10 },
+      undefined,
+      gone.token,
+    );
     assert.equal(fromNowhere.status, 404, JSON.stringify(fromNowhere.body));
     assert.equal(fromNowhere.body.code, "source_not_found");
     assert.equal(await balanceOf(a.id), 1_000);
@@ -87,10 +106,16 @@ describe("transfers", () => {
 
   it("refuses a transfer to oneself before anything happens", async () => {
     const a = await createUser(1_000);
-    const answer = await transfer({ source_user_id: a.id, dest_user_id: a.id, amount: 10 });
+    const answer = await transfer(
+      { source_user_id: a.id, dest_user_id: a.id, amount: 10 },
+      undefined,
+      a.token,
+    );
     assert.equal(answer.status, 422);
     assert.equal(answer.body.code, "same_wallet");
-    const list = await call("GET", `${urls.transaction}/transactions/user/${a.id}`);
+    const list = await call("GET", `${urls.transaction}/transactions/user/${a.id}`, {
+      headers: bearer(a.token),
+    });
     assert.equal(list.body.data.transactions.length, 0);
     assert.equal(await balanceOf(a.id), 1_000);
   });
@@ -109,7 +134,7 @@ describe("transfers", () => {
       { source_user_id: a.id, dest_user_id: b.id, amount: 1, extra: true },
     ];
     for (const body of bad) {
-      const answer = await transfer(body);
+      const answer = await transfer(body, undefined, a.token);
       assert.equal(
         answer.status,
         400,
@@ -118,13 +143,21 @@ describe("transfers", () => {
       assert.equal(answer.body.success, false);
       assert.ok(answer.body.message.length > 0);
     }
-    const notJson = await call("POST", `${urls.transaction}/transactions/transfer`, { raw: "{not json" });
+    const notJson = await call("POST", `${urls.transaction}/transactions/transfer`, {
+      raw: "{not json",
+      headers: bearer(a.token),
+    });
     assert.equal(notJson.status, 400);
-    const badId = await call("GET", `${urls.transaction}/transactions/not-a-uuid`);
+    const badId = await call("GET", `${urls.transaction}/transactions/not-a-uuid`, {
+      headers: bearer(a.token),
+    });
     assert.equal(badId.status, 400);
     const unknownId = await call(
       "GET",
       `${urls.transaction}/transactions/0190b5a8-0000-7000-8000-000000000000`,
+      {
+        headers: bearer(a.token),
+      },
     );
     assert.equal(unknownId.status, 404);
     assert.equal(await balanceOf(a.id), 1_000);
@@ -133,21 +166,25 @@ describe("transfers", () => {
   it("refunds A and records FAILED when the record cannot be written", async () => {
     const a = await createUser(5_000);
     const b = await createUser(0);
-    const auth: Record<string, string> = adminToken ? { authorization: `Bearer ${adminToken}` } : {};
+    const auth = asAdmin();
     const fault = await call("PUT", `${urls.command}/ops/faults`, {
       body: { reject_pending_for_source_user_ids: [a.id] },
       headers: auth,
     });
     assert.equal(fault.status, 200, "fault injection must be enabled for the tests");
     try {
-      const answer = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 1_200 });
+      const answer = await transfer(
+        { source_user_id: a.id, dest_user_id: b.id, amount: 1_200 },
+        undefined,
+        a.token,
+      );
       assert.equal(answer.status, 201);
-      const done = await settled(answer.body.data.transaction.id);
+      const done = await settled(answer.body.data.transaction.id, a.token);
       assert.equal(done.status, "FAILED");
       assert.equal(done.failure_reason, "record_rejected");
       assert.equal(await balanceOf(a.id), 5_000);
       assert.equal(await balanceOf(b.id), 0);
-      const record = await call("GET", `${urls.query}/transactions/${done.id}`);
+      const record = await call("GET", `${urls.query}/transactions/${done.id}`, { headers: auth });
       assert.equal(record.body.data.transaction.status, "FAILED");
     } finally {
       await call("PUT", `${urls.command}/ops/faults`, {
@@ -160,9 +197,13 @@ describe("transfers", () => {
   it("refunds A when B cannot be credited", async () => {
     const a = await createUser(1_000);
     const b = await createUser(Number.MAX_SAFE_INTEGER - 5);
-    const answer = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 10 });
+    const answer = await transfer(
+      { source_user_id: a.id, dest_user_id: b.id, amount: 10 },
+      undefined,
+      a.token,
+    );
     assert.equal(answer.status, 201, JSON.stringify(answer.body));
-    const done = await settled(answer.body.data.transaction.id);
+    const done = await settled(answer.body.data.transaction.id, a.token);
     assert.equal(done.status, "FAILED");
     assert.equal(done.failure_reason, "dest_unavailable");
     assert.equal(await balanceOf(a.id), 1_000);
@@ -172,13 +213,18 @@ describe("transfers", () => {
   it("shows a cached transfer's new status as soon as it changes", async () => {
     const a = await createUser(1_000);
     const b = await createUser(0);
-    const answer = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 1 });
+    const answer = await transfer(
+      { source_user_id: a.id, dest_user_id: b.id, amount: 1 },
+      undefined,
+      a.token,
+    );
     const id = answer.body.data.transaction.id;
     // Read repeatedly while it is in flight, so a PENDING copy is likely cached; it must not stick.
-    for (let i = 0; i < 5; i++) await call("GET", `${urls.transaction}/transactions/${id}`);
-    const done = await settled(id, 10_000);
+    for (let i = 0; i < 5; i++)
+      await call("GET", `${urls.transaction}/transactions/${id}`, { headers: bearer(a.token) });
+    const done = await settled(id, a.token, 10_000);
     assert.equal(done.status, "COMPLETED");
-    const again = await call("GET", `${urls.transaction}/transactions/${id}`);
+    const again = await call("GET", `${urls.transaction}/transactions/${id}`, { headers: bearer(a.token) });
     assert.equal(again.body.data.transaction.status, "COMPLETED");
   });
 
@@ -187,24 +233,34 @@ describe("transfers", () => {
     const b = await createUser(0);
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) {
-      const answer = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 1 + i });
+      const answer = await transfer(
+        { source_user_id: a.id, dest_user_id: b.id, amount: 1 + i },
+        undefined,
+        a.token,
+      );
       ids.push(answer.body.data.transaction.id);
     }
-    for (const id of ids) await settled(id);
+    for (const id of ids) await settled(id, b.token);
     const seen: string[] = [];
     let cursor: string | null = null;
     do {
       const query: string = cursor === null ? "limit=2" : `limit=2&cursor=${cursor}`;
-      const page = await call("GET", `${urls.transaction}/transactions/user/${b.id}?${query}`);
+      const page = await call("GET", `${urls.transaction}/transactions/user/${b.id}?${query}`, {
+        headers: bearer(b.token),
+      });
       assert.equal(page.status, 200, JSON.stringify(page.body));
       assert.ok(page.body.data.transactions.length <= 2);
       seen.push(...page.body.data.transactions.map((t: { id: string }) => t.id));
       cursor = page.body.data.pagination.next_cursor;
     } while (cursor !== null);
     assert.deepEqual(seen, [...ids].reverse());
-    const badLimit = await call("GET", `${urls.transaction}/transactions/user/${b.id}?limit=1000`);
+    const badLimit = await call("GET", `${urls.transaction}/transactions/user/${b.id}?limit=1000`, {
+      headers: bearer(b.token),
+    });
     assert.equal(badLimit.status, 400);
-    const badCursor = await call("GET", `${urls.transaction}/transactions/user/${b.id}?cursor=nonsense`);
+    const badCursor = await call("GET", `${urls.transaction}/transactions/user/${b.id}?cursor=nonsense`, {
+      headers: bearer(b.token),
+    });
     assert.equal(badCursor.status, 400);
   });
 
@@ -224,10 +280,10 @@ describe("idempotency keys", () => {
     const b = await createUser(0);
     const key = uniqueName("key");
     const body = { source_user_id: a.id, dest_user_id: b.id, amount: 100 };
-    const first = await transfer(body, key);
+    const first = await transfer(body, key, a.token);
     assert.equal(first.status, 201);
-    await settled(first.body.data.transaction.id);
-    const second = await transfer(body, key);
+    await settled(first.body.data.transaction.id, a.token);
+    const second = await transfer(body, key, a.token);
     assert.equal(second.status, first.status);
     assert.equal(second.headers.get("idempotent-replayed"), "true");
     assert.deepEqual(second.body, first.body);
@@ -238,12 +294,12 @@ describe("idempotency keys", () => {
     const a = await createUser(1_000);
     const b = await createUser(0);
     const key = uniqueName("key");
-    const first = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 100 }, key);
+    const first = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 100 }, key, a.token);
     assert.equal(first.status, 201);
-    const other = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 101 }, key);
+    const other = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 101 }, key, a.token);
     assert.equal(other.status, 422);
     assert.equal(other.body.code, "idempotency_key_reused");
-    await settled(first.body.data.transaction.id);
+    await settled(first.body.data.transaction.id, a.token);
     assert.equal(await balanceOf(a.id), 900);
   });
 
@@ -252,11 +308,11 @@ describe("idempotency keys", () => {
     const b = await createUser(0);
     const key = uniqueName("key");
     const body = { source_user_id: a.id, dest_user_id: b.id, amount: 250 };
-    const answers = await Promise.all(Array.from({ length: 12 }, () => transfer(body, key)));
+    const answers = await Promise.all(Array.from({ length: 12 }, () => transfer(body, key, a.token)));
     const ids = new Set(answers.filter((x) => x.status === 201).map((x) => x.body.data.transaction.id));
     assert.equal(ids.size, 1, JSON.stringify(answers.map((x) => [x.status, x.body])));
     for (const answer of answers) assert.ok([201, 409].includes(answer.status), `${answer.status}`);
-    await settled([...ids][0] as string);
+    await settled([...ids][0] as string, a.token);
     assert.equal(await balanceOf(a.id), 750);
     assert.equal(await balanceOf(b.id), 250);
   });
@@ -265,11 +321,11 @@ describe("idempotency keys", () => {
     const a = await createUser(1_000);
     const b = await createUser(0);
     const body = { source_user_id: a.id, dest_user_id: b.id, amount: 100 };
-    const one = await transfer(body);
-    const two = await transfer(body);
+    const one = await transfer(body, undefined, a.token);
+    const two = await transfer(body, undefined, a.token);
     assert.notEqual(one.body.data.transaction.id, two.body.data.transaction.id);
-    await settled(one.body.data.transaction.id);
-    await settled(two.body.data.transaction.id);
+    await settled(one.body.data.transaction.id, a.token);
+    await settled(two.body.data.transaction.id, a.token);
     assert.equal(await balanceOf(a.id), 800);
   });
 });

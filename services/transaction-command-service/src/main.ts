@@ -6,12 +6,16 @@ import { MongoClient } from "mongodb";
 import { z } from "zod";
 import { commonEnv, engineDefaults, env, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
-import { ApiError, ok } from "#packages/http/errors.ts";
+import { Authenticator, secretsOrExit, securityFor } from "#packages/http/auth.ts";
+import { registerCrashRoute } from "#packages/http/crash-route.ts";
+import { ok } from "#packages/http/errors.ts";
+import { BODY_ERRORS, envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
-import { bearerMatches, onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { CrashSwitch } from "#packages/runtime/faults.ts";
+import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { createRecordWriter, type Faults } from "./writer.ts";
 
 const SERVICE = "transaction-command-service";
@@ -30,6 +34,7 @@ const config = loadConfig({
 });
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
+const auth = new Authenticator(secretsOrExit(SERVICE, config, ["ADMIN_TOKEN"], logger));
 const brokers = splitList(config.KAFKA_BROKERS);
 const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
 
@@ -42,6 +47,7 @@ const mongo = new MongoClient(config.MONGO_URL, {
 const db = mongo.db(config.MONGO_DATABASE);
 const producer = createProducer({ brokers, client_id: SERVICE });
 const faults: Faults = { reject_pending_for_source_user_ids: new Set() };
+const crashes = new CrashSwitch(logger);
 
 await retryStartup("mongodb", logger, async () => {
   await mongo.connect();
@@ -66,10 +72,16 @@ const consumer = startBatchConsumer({
     faults,
     max_attempts: config.RECORD_MAX_ATTEMPTS,
     service: SERVICE,
+    crashes,
   }),
 });
 
 const app = createHttpServer({ logger });
+await registerOpenApi(app, {
+  service: SERVICE,
+  description:
+    "The only writer of transfer records: a Kafka worker. HTTP for health and, with FAULT_INJECTION=true, test faults (operator only).",
+});
 registerHealth(app, SERVICE, {
   mongodb: () => db.command({ ping: 1 }),
   kafka: () => pingKafka(brokers),
@@ -79,25 +91,45 @@ registerHealth(app, SERVICE, {
 });
 
 if (config.FAULT_INJECTION) {
-  const faultsBody = z.strictObject({
-    reject_pending_for_source_user_ids: z.array(z.number().int().positive()).max(1_000),
+  registerCrashRoute(app, auth, crashes, ["after_record_write"]);
+  const faultsSchema = z.strictObject({
+    reject_pending_for_source_user_ids: z
+      .array(z.number().int().positive().max(Number.MAX_SAFE_INTEGER))
+      .max(1_000),
   });
-  app.addHook("onRequest", async (request) => {
-    if (
-      request.url.startsWith("/ops/") &&
-      !bearerMatches(request.headers.authorization, config.ADMIN_TOKEN)
-    ) {
-      throw new ApiError(401, "unauthorized", "operator credential required");
-    }
-  });
-  app.get("/ops/faults", async () =>
-    ok({ faults: { reject_pending_for_source_user_ids: [...faults.reject_pending_for_source_user_ids] } }),
+  const faultsResponse = envelope(z.object({ faults: faultsSchema })).describe("The faults now injected");
+  const ops = { onRequest: auth.guard("admin") };
+  const opsSchema = { tags: ["ops"], security: securityFor("admin") };
+  app.get(
+    "/ops/faults",
+    {
+      ...ops,
+      schema: {
+        ...opsSchema,
+        summary: "The injected faults (test builds only)",
+        response: { 200: faultsResponse, ...errorResponses(401, 403) },
+      },
+    },
+    async () =>
+      ok({ faults: { reject_pending_for_source_user_ids: [...faults.reject_pending_for_source_user_ids] } }),
   );
-  app.put("/ops/faults", { schema: { body: faultsBody } }, async (request) => {
-    faults.reject_pending_for_source_user_ids = new Set(request.body.reject_pending_for_source_user_ids);
-    logger.warn({ faults: request.body }, "fault injection changed");
-    return ok({ faults: request.body });
-  });
+  app.put(
+    "/ops/faults",
+    {
+      ...ops,
+      schema: {
+        ...opsSchema,
+        summary: "Reject the PENDING record of transfers from these users (test builds only)",
+        body: faultsSchema,
+        response: { 200: faultsResponse, ...errorResponses(BODY_ERRORS, 401, 403) },
+      },
+    },
+    async (request) => {
+      faults.reject_pending_for_source_user_ids = new Set(request.body.reject_pending_for_source_user_ids);
+      logger.warn({ faults: request.body }, "fault injection changed");
+      return ok({ faults: request.body });
+    },
+  );
 }
 
 onShutdown(logger, [() => app.close(), () => consumer.stop(), () => producer.close(), () => mongo.close()]);

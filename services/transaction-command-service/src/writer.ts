@@ -22,6 +22,7 @@ import {
 } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage, JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { type Outcome, planWrites } from "./plan.ts";
 import { applySnapshots } from "./records.ts";
 
@@ -38,6 +39,7 @@ export interface WriterDeps {
   faults: Faults;
   max_attempts: number;
   service: string;
+  crashes?: CrashHook;
 }
 
 interface Parsed {
@@ -185,6 +187,7 @@ export function createRecordWriter(deps: WriterDeps) {
         out.push(deadLetter(parsed.message, outcome.reason, 1), rejected(outcome.command, outcome.reason));
       }
     }
+    (deps.crashes ?? noCrashes).reached("after_record_write");
     await deps.producer.send(out);
   };
 }

@@ -3,8 +3,16 @@ import { MongoClient } from "mongodb";
 import { z } from "zod";
 import { commonEnv, engineDefaults, env, loadConfig } from "#packages/config/index.ts";
 import { transferIdSchema, userIdParamSchema } from "#packages/contracts/ids.ts";
-import { decodeCursor, encodeCursor, listQuerySchema } from "#packages/contracts/pagination.ts";
+import {
+  decodeCursor,
+  encodeCursor,
+  listQuerySchema,
+  paginationSchema,
+} from "#packages/contracts/pagination.ts";
+import { transferSnapshotSchema } from "#packages/contracts/transfer.ts";
+import { Authenticator, secretsOrExit, securityFor } from "#packages/http/auth.ts";
 import { notFound, ok } from "#packages/http/errors.ts";
+import { envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
@@ -20,6 +28,11 @@ const config = loadConfig({
 });
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
+// The read side serves transaction-service (service credential) and the operator, never users
+// directly: the public reads, with their per-user checks, go through transaction-service.
+const auth = new Authenticator(secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN"], logger));
+const serviceOrAdmin = auth.guard("service", "admin");
+const security = securityFor("service", "admin");
 const mongo = new MongoClient(config.MONGO_URL, {
   serverSelectionTimeoutMS: 3_000,
   connectTimeoutMS: 3_000,
@@ -31,11 +44,28 @@ const db = mongo.db(config.MONGO_DATABASE);
 await retryStartup("mongodb", logger, () => mongo.connect());
 
 const app = createHttpServer({ logger });
+await registerOpenApi(app, {
+  service: SERVICE,
+  description:
+    "The read side (CQRS): transfer records from MongoDB, for transaction-service and the operator.",
+});
 registerHealth(app, SERVICE, { mongodb: () => db.command({ ping: 1 }) });
 
 app.get(
   "/transactions/:id",
-  { schema: { params: z.strictObject({ id: transferIdSchema }) } },
+  {
+    onRequest: serviceOrAdmin,
+    schema: {
+      summary: "Read a transfer record",
+      tags: ["transactions"],
+      security,
+      params: z.strictObject({ id: transferIdSchema }),
+      response: {
+        200: envelope(z.object({ transaction: transferSnapshotSchema })).describe("The record"),
+        ...errorResponses(400, 401, 403, { 404: "No record for this transfer (yet)" }),
+      },
+    },
+  },
   async (request) => {
     const transaction = await findTransfer(db, request.params.id);
     if (transaction === null) throw notFound(`transaction ${request.params.id}`);
@@ -45,7 +75,22 @@ app.get(
 
 app.get(
   "/transactions/user/:user_id",
-  { schema: { params: z.strictObject({ user_id: userIdParamSchema }), querystring: listQuerySchema } },
+  {
+    onRequest: serviceOrAdmin,
+    schema: {
+      summary: "A user's transfer records, sent and received, newest first",
+      tags: ["transactions"],
+      security,
+      params: z.strictObject({ user_id: userIdParamSchema }),
+      querystring: listQuerySchema,
+      response: {
+        200: envelope(
+          z.object({ transactions: z.array(transferSnapshotSchema), pagination: paginationSchema }),
+        ).describe("A page; pass `pagination.next_cursor` as `cursor` for the next one"),
+        ...errorResponses(400, 401, 403),
+      },
+    },
+  },
   async (request) => {
     const { limit, cursor } = request.query;
     const after = cursor === undefined ? null : decodeCursor(cursor);

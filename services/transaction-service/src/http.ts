@@ -4,16 +4,31 @@
  * or the query service cannot answer, so a client can always read back what it just created.
  */
 import { createHash } from "node:crypto";
+import type { FastifyReply } from "fastify";
 import { z } from "zod";
 import { transferIdSchema, userIdParamSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
 import { amountMinorSchema } from "#packages/contracts/money.ts";
-import { listQuerySchema } from "#packages/contracts/pagination.ts";
-import { type FailureReason, transferSnapshotSchema } from "#packages/contracts/transfer.ts";
+import { listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
+import {
+  type FailureReason,
+  type TransferSnapshot,
+  transferSnapshotSchema,
+} from "#packages/contracts/transfer.ts";
+import {
+  type Authenticator,
+  forbidden,
+  type Principal,
+  requirePrincipal,
+  requireSelfOrAdmin,
+  securityFor,
+} from "#packages/http/auth.ts";
 import { ApiError, errorBody, notFound, ok } from "#packages/http/errors.ts";
-import type { HttpServer } from "#packages/http/server.ts";
+import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
+import { type HttpServer, refuseMethod } from "#packages/http/server.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { TransferCache } from "./cache.ts";
 import type { QueryClient } from "./query-client.ts";
+import type { RateLimiter } from "./rate-limit.ts";
 import { snapshotOf } from "./saga/machine.ts";
 import type { SagaRunner } from "./saga/runner.ts";
 import type { SagaStore, StoredTransfer } from "./saga/store.ts";
@@ -61,6 +76,30 @@ export function responseFor(transfer: StoredTransfer): { status: number; body: u
   return { status: 201, body: ok({ transaction }) };
 }
 
+/** A user sees a transfer only if they sent or received it; the operator sees all. */
+function requireParty(principal: Principal, transaction: TransferSnapshot): void {
+  if (principal.kind === "admin") return;
+  if (
+    principal.kind === "user" &&
+    (principal.user_id === transaction.source_user_id || principal.user_id === transaction.dest_user_id)
+  )
+    return;
+  throw forbidden(`transaction ${transaction.id} belongs to other users`);
+}
+
+const transactionResponse = envelope(z.object({ transaction: transferSnapshotSchema }));
+const listResponse = envelope(
+  z.object({ transactions: z.array(transferSnapshotSchema), pagination: paginationSchema }),
+);
+
+/**
+ * A transfer answer whose status is decided at run time (201, or a refusal with the transfer in
+ * `details`), or replayed as first given: the route's response schemas still check it on the way out.
+ */
+function sendAs(reply: FastifyReply, status: number, body: unknown) {
+  return (reply as unknown as FastifyReply).status(status).send(body);
+}
+
 export function registerRoutes(
   app: HttpServer,
   deps: {
@@ -70,22 +109,55 @@ export function registerRoutes(
     query: QueryClient;
     logger: Logger;
     step_timeout_ms: number;
+    auth: Authenticator;
+    limiter: RateLimiter;
   },
 ): void {
+  // Authentication first (before the body is read), then the per-user rate limit.
+  const limited = deps.limiter.hook();
+  const userOrAdmin = [deps.auth.guard("user", "admin"), limited];
+
   app.post(
     "/transactions/transfer",
     {
+      // Only the owner's token spends from a wallet: the operator credential is refused (403)
+      // here, so every debit is traceable to the user who authorised it.
+      onRequest: [deps.auth.guard("user"), limited],
       schema: {
+        summary: "Transfer from the caller's wallet to another user's (optional Idempotency-Key)",
+        description:
+          "Idempotency keys are scoped to the caller: the same key and body replay the first answer " +
+          "(header Idempotent-Replayed: true); the same key with another body is refused with 422.",
+        tags: ["transactions"],
+        security: securityFor("user"),
         body: transferBodySchema,
         headers: z.object({ "idempotency-key": idempotencyKeySchema.optional() }),
+        response: {
+          201: transactionResponse.describe(
+            "Accepted: the transfer (PENDING, or already final); poll GET /transactions/{id}",
+          ),
+          ...errorResponses(BODY_ERRORS, 401, 429, {
+            403: "`source_user_id` is not the caller's wallet, or the credential is not a user's token",
+            404: "The payer or payee does not exist (`details.transaction` is the FAILED transfer)",
+            409: "A request with this Idempotency-Key is still in progress (Retry-After)",
+            422: "Insufficient funds (`details.transaction`), the same wallet on both sides, or an Idempotency-Key reused with another body",
+          }),
+        },
       },
     },
     async (request, reply) => {
+      const principal = requirePrincipal(request);
       const body = request.body;
+      if (principal.kind !== "user" || principal.user_id !== body.source_user_id) {
+        throw forbidden(`only the owner of wallet ${body.source_user_id} may transfer from it`);
+      }
       if (body.source_user_id === body.dest_user_id) {
         throw new ApiError(422, "same_wallet", "source_user_id and dest_user_id must differ");
       }
-      const key = request.headers["idempotency-key"] ?? null;
+      const given = request.headers["idempotency-key"];
+      // Keys are scoped to the user (as Stripe scopes them to an account): another user's key
+      // can neither collide with nor reveal this one.
+      const key = given === undefined ? null : `user:${principal.user_id}:${given}`;
       const print = fingerprint(body);
       const { created, transfer } = await deps.store.createOrGet({
         id: uuidv7(),
@@ -109,7 +181,7 @@ export function registerRoutes(
         }
         reply.header("idempotent-replayed", "true");
         if (transfer.response_status !== null)
-          return reply.status(transfer.response_status).send(transfer.response_body);
+          return sendAs(reply, transfer.response_status, transfer.response_body);
         if (
           transfer.state === "created" &&
           Date.now() - Date.parse(transfer.created_at) < IN_PROGRESS_WINDOW_MS
@@ -124,7 +196,7 @@ export function registerRoutes(
           );
         }
         const replay = responseFor(transfer);
-        return reply.status(replay.status).send(replay.body);
+        return sendAs(reply, replay.status, replay.body);
       }
 
       let current = transfer;
@@ -139,17 +211,38 @@ export function registerRoutes(
       }
       const response = responseFor(current);
       await deps.store.saveResponse(current.id, response.status, response.body);
-      return reply.status(response.status).send(response.body);
+      return sendAs(reply, response.status, response.body);
     },
   );
 
+  refuseMethod(app, "GET", "/transactions/transfer", ["POST"]);
+
   app.get(
     "/transactions/:id",
-    { schema: { params: z.strictObject({ id: transferIdSchema }) } },
+    {
+      onRequest: userOrAdmin,
+      schema: {
+        summary: "Read a transfer (its payer or payee, or the operator)",
+        tags: ["transactions"],
+        security: securityFor("user", "admin"),
+        params: z.strictObject({ id: transferIdSchema }),
+        response: {
+          200: transactionResponse.describe("The transfer"),
+          ...errorResponses(400, 401, 429, {
+            403: "The transfer is between other users",
+            404: "No such transfer",
+          }),
+        },
+      },
+    },
     async (request) => {
+      const principal = requirePrincipal(request);
       const id = request.params.id;
       const cached = await deps.cache.getTransfer(id);
-      if (cached !== null) return ok({ transaction: cached });
+      if (cached !== null) {
+        requireParty(principal, cached);
+        return ok({ transaction: cached });
+      }
       try {
         const answer = await deps.query.getTransfer(id);
         if (answer.status === 200) {
@@ -157,6 +250,7 @@ export function registerRoutes(
             (answer.body as { data: { transaction: unknown } }).data.transaction,
           );
           await deps.cache.putTransfer(transaction);
+          requireParty(principal, transaction);
           return ok({ transaction });
         }
         if (answer.status !== 404)
@@ -166,18 +260,37 @@ export function registerRoutes(
       }
       const transfer = await deps.store.get(id);
       if (transfer === null) throw notFound(`transaction ${id}`);
-      return ok({ transaction: snapshotOf(transfer) });
+      const transaction = snapshotOf(transfer);
+      requireParty(principal, transaction);
+      return ok({ transaction });
     },
   );
 
   app.get(
     "/transactions/user/:user_id",
-    { schema: { params: z.strictObject({ user_id: userIdParamSchema }), querystring: listQuerySchema } },
-    async (request, reply) => {
+    {
+      onRequest: userOrAdmin,
+      schema: {
+        summary: "A user's transfers, sent and received, newest first (the user, or the operator)",
+        tags: ["transactions"],
+        security: securityFor("user", "admin"),
+        params: z.strictObject({ user_id: userIdParamSchema }),
+        querystring: listQuerySchema,
+        response: {
+          200: listResponse.describe("A page; pass `pagination.next_cursor` as `cursor` for the next one"),
+          ...errorResponses(400, 401, 429, {
+            403: "Another user's transfers",
+            503: "The transfer history is temporarily unavailable (Retry-After)",
+          }),
+        },
+      },
+    },
+    async (request) => {
       const user_id = request.params.user_id;
+      requireSelfOrAdmin(requirePrincipal(request), user_id, `the transfer history of user ${user_id}`);
       const page_key = `${request.query.limit}:${request.query.cursor ?? ""}`;
-      const cached = await deps.cache.getList(user_id, page_key);
-      if (cached !== null) return cached;
+      const cached = listResponse.safeParse(await deps.cache.getList(user_id, page_key));
+      if (cached.success) return cached.data;
       const unavailable = new ApiError(
         503,
         "query_unavailable",
@@ -190,12 +303,13 @@ export function registerRoutes(
         request.log.warn({ err: error }, "query service unreachable on list");
         throw unavailable;
       });
-      if (answer.status !== 200) {
+      const page = listResponse.safeParse(answer.body);
+      if (answer.status !== 200 || !page.success) {
         request.log.warn({ status: answer.status }, "query service error on list");
         throw unavailable;
       }
-      await deps.cache.putList(user_id, page_key, answer.body);
-      return reply.send(answer.body);
+      await deps.cache.putList(user_id, page_key, page.data);
+      return page.data;
     },
   );
 }

@@ -9,14 +9,19 @@ import { fileURLToPath } from "node:url";
 import { createClient } from "redis";
 import { commonEnv, engineDefaults, env, loadConfig, splitList } from "#packages/config/index.ts";
 import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
+import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
+import { registerCrashRoute } from "#packages/http/crash-route.ts";
+import { registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
+import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { TransferCache } from "./cache.ts";
 import { registerRoutes } from "./http.ts";
 import { QueryClient } from "./query-client.ts";
+import { RateLimiter } from "./rate-limit.ts";
 import { createEventHandler } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
 import { startOutboxRelay } from "./saga/outbox-relay.ts";
@@ -51,9 +56,14 @@ const config = loadConfig({
   CACHE_TTL_FINAL_MS: env.int(600_000, 100, 86_400_000),
   CACHE_TTL_LIST_MS: env.int(5_000, 100, 86_400_000),
   CACHE_TIMEOUT_MS: env.int(100, 5, 10_000),
+  FAULT_INJECTION: env.bool(false),
+  /** Requests per user per window (0 = no limit); generous, so tests and benchmarks are not throttled. */
+  RATE_LIMIT_MAX: env.int(100, 0, 1_000_000),
+  RATE_LIMIT_WINDOW_MS: env.int(1_000, 100, 3_600_000),
 });
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
+const secrets = secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"], logger);
 const brokers = splitList(config.KAFKA_BROKERS);
 const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
 
@@ -90,11 +100,19 @@ const cache = new TransferCache(redis, {
 
 const producer = createProducer({ brokers, client_id: SERVICE });
 const store = new SagaStore(pool);
-const ledger = new LedgerClient(config.USER_SERVICE_URL, config.SERVICE_TOKEN, config.LEDGER_TIMEOUT_MS);
+const ledger = new LedgerClient(
+  config.USER_SERVICE_URL,
+  secrets.service_token ?? "",
+  config.LEDGER_TIMEOUT_MS,
+);
 const runner = new SagaRunner(store, ledger, topics, logger, {
   step_timeout_ms: config.STEP_TIMEOUT_MS,
   record_deadline_ms: config.RECORD_DEADLINE_MS,
 });
+
+// Fault tests only (FAULT_INJECTION=true): crash points armed through PUT /ops/crash.
+const crashes = new CrashSwitch(logger);
+if (config.FAULT_INJECTION) runner.crashes = crashes;
 
 const relay = startOutboxRelay({
   pool,
@@ -102,6 +120,7 @@ const relay = startOutboxRelay({
   logger,
   batch_max: config.OUTBOX_BATCH_MAX,
   idle_poll_ms: 500,
+  crashes: config.FAULT_INJECTION ? crashes : noCrashes,
 });
 store.onOutbox = () => relay.wake();
 
@@ -155,8 +174,25 @@ const sweeper = startSweeper({
   backoff_cap_ms: 60_000,
 });
 
-const query = new QueryClient(config.TRANSACTION_QUERY_SERVICE_URL, config.QUERY_TIMEOUT_MS);
+const query = new QueryClient(
+  config.TRANSACTION_QUERY_SERVICE_URL,
+  secrets.service_token ?? "",
+  config.QUERY_TIMEOUT_MS,
+);
+const limiter = new RateLimiter(redis, {
+  prefix: config.REDIS_KEY_PREFIX,
+  max: config.RATE_LIMIT_MAX,
+  window_ms: config.RATE_LIMIT_WINDOW_MS,
+  timeout_ms: config.CACHE_TIMEOUT_MS,
+  logger,
+});
 const app = createHttpServer({ logger });
+await registerOpenApi(app, {
+  service: SERVICE,
+  description:
+    "The public entry: transfers (a crash-safe saga) and reads of transfers. Amounts are integer minor units. " +
+    "Log in at user-service `POST /auth/login` and send the token as `Authorization: Bearer <token>`.",
+});
 registerHealth(app, SERVICE, {
   postgres: () => pool.query("SELECT 1"),
   kafka: () => pingKafka(brokers),
@@ -165,7 +201,20 @@ registerHealth(app, SERVICE, {
     if (!events.isRunning()) throw new Error("event consumer is not running");
   },
 });
-registerRoutes(app, { store, runner, cache, query, logger, step_timeout_ms: config.STEP_TIMEOUT_MS });
+const auth = new Authenticator(secrets);
+registerRoutes(app, {
+  store,
+  runner,
+  cache,
+  query,
+  logger,
+  step_timeout_ms: config.STEP_TIMEOUT_MS,
+  auth,
+  limiter,
+});
+if (config.FAULT_INJECTION) {
+  registerCrashRoute(app, auth, crashes, ["after_hold", "after_post", "after_void", "after_outbox_send"]);
+}
 
 onShutdown(logger, [
   () => app.close(),

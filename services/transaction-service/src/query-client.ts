@@ -1,19 +1,25 @@
-/** Calls to transaction-query-service (the read side), with a timeout on every call. */
+/**
+ * Calls to transaction-query-service (the read side), with a timeout on every call and the
+ * service credential on every call (the query service serves services and the operator only).
+ */
 import { callJson, type JsonResponse } from "#packages/http/client.ts";
 
 export class QueryClient {
   readonly #base_url: string;
   readonly #timeout_ms: number;
+  readonly #headers: Record<string, string>;
 
-  constructor(base_url: string, timeout_ms: number) {
+  constructor(base_url: string, service_token: string, timeout_ms: number) {
     this.#base_url = base_url.replace(/\/$/, "");
     this.#timeout_ms = timeout_ms;
+    this.#headers = { authorization: `Bearer ${service_token}` };
   }
 
   getTransfer(id: string): Promise<JsonResponse> {
     return callJson(`${this.#base_url}/transactions/${encodeURIComponent(id)}`, {
       method: "GET",
       timeout_ms: this.#timeout_ms,
+      headers: this.#headers,
     });
   }
 
@@ -26,6 +32,7 @@ export class QueryClient {
     return callJson(`${this.#base_url}/transactions/user/${user_id}?${params}`, {
       method: "GET",
       timeout_ms: this.#timeout_ms,
+      headers: this.#headers,
     });
   }
 }

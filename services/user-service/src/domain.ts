@@ -92,7 +92,7 @@ export const idempotencyKeySchema = z
 /** `?limit=` as it arrives in a query string: digits only, 1..100, default 20. */
 export const pageLimitSchema = z
   .string()
-  .regex(/^[0-9]{1,3}$/, { error: "must be an integer from 1 to 100" })
+  .regex(/^(100|[1-9][0-9]?)$/, { error: "must be an integer from 1 to 100" })
   .transform(Number)
   .pipe(z.number().int().min(1, { error: "must be at least 1" }).max(100, { error: "must be at most 100" }))
   .default(20);

@@ -3,13 +3,21 @@
  * fields refused), and describe every success response, so the serializer drops anything a
  * handler did not mean to send. Refusals are ApiErrors, rendered by the shared error handler.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
-import type { FastifyRequest } from "fastify";
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { transferIdSchema, userIdParamSchema, userIdSchema } from "#packages/contracts/ids.ts";
 import { amountMinorSchema, balanceMinorSchema } from "#packages/contracts/money.ts";
-import { ok } from "#packages/http/errors.ts";
+import {
+  type Authenticator,
+  forbidden,
+  issuedTokenSchema,
+  principalOf,
+  requirePrincipal,
+  requireSelfOrAdmin,
+  securityFor,
+} from "#packages/http/auth.ts";
+import { ApiError, ok } from "#packages/http/errors.ts";
+import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import type { HttpServer } from "#packages/http/server.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import {
@@ -22,12 +30,14 @@ import {
   toApiHold,
   toApiUser,
   usernameSchema,
+  verifyPassword,
 } from "./domain.ts";
 import {
   audit,
   closeUser,
   createUser,
   deposit,
+  findCredentials,
   getHold,
   getUser,
   holdFunds,
@@ -91,10 +101,6 @@ const auditSchema = z.object({
   consistent: z.boolean(),
 });
 
-function envelope<T extends z.ZodType>(data: T) {
-  return z.object({ success: z.literal(true), data });
-}
-
 // ---------------------------------------------------------------------------------------------
 // Request shapes.
 
@@ -111,7 +117,9 @@ const updateUserBody = z
   .strictObject({ username: usernameSchema.optional(), password: passwordSchema.optional() })
   .refine((body) => body.username !== undefined || body.password !== undefined, {
     error: "give username, password or both",
-  });
+  })
+  // The refinement, as the OpenAPI document can say it.
+  .meta({ minProperties: 1 });
 
 const listUsersQuery = z.strictObject({
   limit: pageLimitSchema,
@@ -127,51 +135,95 @@ const holdBody = z.strictObject({
   dest_user_id: userIdSchema,
   amount: amountMinorSchema,
 });
-// post and void take no input but the path (Fastify gives null for no body); `{}` is accepted too.
-const noBody = z.strictObject({}).nullish();
-
-// ---------------------------------------------------------------------------------------------
-// The service credential seam for /internal routes.
+// post and void take no input but the path; their body is `{}` (what the OpenAPI document can say:
+// with a body schema, a request body is required).
+const emptyBody = z.strictObject({});
 
 /**
- * When SERVICE_TOKEN is set, /internal routes require `Authorization: Bearer <token>`; when it
- * is empty (local development) they are open. Runs on onRequest, before the body is parsed or
- * validated, so an unauthenticated caller learns nothing about the inputs. Digests are compared
- * so the comparison is constant-time whatever the lengths.
+ * Login takes any username and password up to the sign-up limits: a malformed one simply matches
+ * nobody, and is answered like any wrong credential (401), so the rules leak nothing either.
  */
-export function requireServiceCredential(service_token: string) {
-  const expected =
-    service_token === "" ? null : createHash("sha256").update(`Bearer ${service_token}`).digest();
-  return async (request: FastifyRequest): Promise<void> => {
-    if (expected === null) return;
-    const given = createHash("sha256")
-      .update(request.headers.authorization ?? "")
-      .digest();
-    if (!timingSafeEqual(given, expected)) {
-      throw refuse("unauthorized", "a valid service credential is required", {
-        "www-authenticate": "Bearer",
-      });
-    }
-  };
-}
+const loginBody = z.strictObject({
+  username: z.string().min(1).max(256),
+  password: z.string().min(1).max(256),
+});
 
 // ---------------------------------------------------------------------------------------------
 // Routes.
 
 export interface RouteDeps {
   pool: Pool;
-  service_token: string;
+  auth: Authenticator;
 }
 
+/**
+ * Who may do what:
+ * - anyone: sign up (`POST /users`, zero balance) and log in (`POST /auth/login`);
+ * - a user (their access token): read, change and close their own record;
+ * - the operator (ADMIN_TOKEN): all of that for any user, plus opening balances, deposits and
+ *   the user list;
+ * - transaction-service (SERVICE_TOKEN): the two-phase ledger under /internal, and nobody else.
+ */
 export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
-  const { pool } = deps;
+  const { pool, auth } = deps;
   const userResponse = envelope(z.object({ user: userSchema }));
+  const userOrAdmin = auth.guard("user", "admin");
+  const adminOnly = auth.guard("admin");
+  // A wrong password costs one scrypt; so does an unknown username (against this dummy hash),
+  // so the answer time does not tell which usernames exist.
+  const dummyHash = hashPassword(`no user ${Math.random()}`);
+
+  app.post(
+    "/auth/login",
+    {
+      schema: {
+        summary: "Exchange a username and password for a short-lived access token",
+        tags: ["auth"],
+        body: loginBody,
+        response: {
+          200: envelope(issuedTokenSchema.extend({ user_id: userIdSchema })).describe(
+            "An access token to send as `Authorization: Bearer <access_token>`",
+          ),
+          ...errorResponses(BODY_ERRORS, { 401: "Unknown username or wrong password (one answer for both)" }),
+        },
+      },
+    },
+    async (request) => {
+      const { username, password } = request.body;
+      // A username that breaks the sign-up rule matches nobody: not even asked of the database.
+      const found = usernameSchema.safeParse(username).success ? await findCredentials(pool, username) : null;
+      const valid = await verifyPassword(password, found?.password_hash ?? (await dummyHash));
+      if (found === null || !valid) {
+        throw new ApiError(401, "invalid_credentials", "invalid username or password");
+      }
+      const token = await auth.issueUserToken(found.id);
+      return ok({ ...token, user_id: found.id });
+    },
+  );
 
   app.post(
     "/users",
-    { schema: { body: createUserBody, response: { 201: userResponse } } },
+    {
+      onRequest: auth.optional(),
+      schema: {
+        summary: "Sign up: a user and an empty wallet (an opening balance needs the operator credential)",
+        tags: ["users"],
+        security: [{}, ...securityFor("admin")],
+        body: createUserBody,
+        response: {
+          201: userResponse.describe("The new user (never a password or its hash)"),
+          ...errorResponses(BODY_ERRORS, 401, {
+            403: "`balance` given without the operator credential",
+            409: "The username is taken (case-insensitively)",
+          }),
+        },
+      },
+    },
     async (request, reply) => {
       const { username, password, balance } = request.body;
+      if (balance !== undefined && principalOf(request)?.kind !== "admin") {
+        throw forbidden("an opening balance needs the operator credential; sign-up opens an empty wallet");
+      }
       const password_hash = await hashPassword(password);
       const row = await createUser(pool, { username, password_hash, opening_balance: balance ?? 0 });
       return reply.status(201).send(ok({ user: toApiUser(row) }));
@@ -181,7 +233,11 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
   app.get(
     "/users",
     {
+      onRequest: adminOnly,
       schema: {
+        summary: "List users by id (operator only)",
+        tags: ["users"],
+        security: securityFor("admin"),
         querystring: listUsersQuery,
         response: {
           200: envelope(
@@ -193,7 +249,8 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
                 has_more: z.boolean(),
               }),
             }),
-          ),
+          ).describe("A page of users; pass `next_cursor` as `cursor` for the next one"),
+          ...errorResponses(400, 401, 403),
         },
       },
     },
@@ -210,8 +267,21 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
 
   app.get(
     "/users/:id",
-    { schema: { params: userParams, response: { 200: userResponse } } },
+    {
+      onRequest: userOrAdmin,
+      schema: {
+        summary: "Read a user and their balance (the user themselves, or the operator)",
+        tags: ["users"],
+        security: securityFor("user", "admin"),
+        params: userParams,
+        response: {
+          200: userResponse.describe("The user"),
+          ...errorResponses(400, 401, 403, { 404: "No such user (or closed)" }),
+        },
+      },
+    },
     async (request) => {
+      requireSelfOrAdmin(requirePrincipal(request), request.params.id, `user ${request.params.id}`);
       const row = await getUser(pool, request.params.id);
       if (row === null) throw refuse("user_not_found", `user ${request.params.id} not found`);
       return ok({ user: toApiUser(row) });
@@ -220,8 +290,25 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
 
   app.put(
     "/users/:id",
-    { schema: { params: userParams, body: updateUserBody, response: { 200: userResponse } } },
+    {
+      onRequest: userOrAdmin,
+      schema: {
+        summary: "Change the username or password (the user themselves, or the operator)",
+        tags: ["users"],
+        security: securityFor("user", "admin"),
+        params: userParams,
+        body: updateUserBody,
+        response: {
+          200: userResponse.describe("The user as changed"),
+          ...errorResponses(BODY_ERRORS, 401, 403, {
+            404: "No such user (or closed)",
+            409: "The username is taken",
+          }),
+        },
+      },
+    },
     async (request) => {
+      requireSelfOrAdmin(requirePrincipal(request), request.params.id, `user ${request.params.id}`);
       const { username, password } = request.body;
       const password_hash = password === undefined ? undefined : await hashPassword(password);
       const row = await updateUser(pool, request.params.id, { username, password_hash });
@@ -232,12 +319,23 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
   app.delete(
     "/users/:id",
     {
+      onRequest: userOrAdmin,
       schema: {
+        summary: "Close a user with a zero balance (the user themselves, or the operator)",
+        tags: ["users"],
+        security: securityFor("user", "admin"),
         params: userParams,
-        response: { 200: envelope(z.object({ user: userSchema, deleted_at: isoDate })) },
+        response: {
+          200: envelope(z.object({ user: userSchema, deleted_at: isoDate })).describe("The closed user"),
+          ...errorResponses(400, 401, 403, {
+            404: "No such user (or already closed)",
+            409: "The balance is not zero, or transfers are in flight",
+          }),
+        },
       },
     },
     async (request) => {
+      requireSelfOrAdmin(requirePrincipal(request), request.params.id, `user ${request.params.id}`);
       const row = await closeUser(pool, request.params.id);
       return ok({ user: toApiUser(row), deleted_at: row.deleted_at.toISOString() });
     },
@@ -246,11 +344,24 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
   app.post(
     "/users/:id/balance/add",
     {
+      onRequest: adminOnly,
       schema: {
+        summary: "Deposit (top-up), journaled; operator only; optional Idempotency-Key",
+        tags: ["users"],
+        security: securityFor("admin"),
         params: userParams,
         headers: depositHeaders,
         body: depositBody,
-        response: { 200: envelope(z.object({ user: userSchema, deposit: depositSchema })) },
+        response: {
+          200: envelope(z.object({ user: userSchema, deposit: depositSchema })).describe(
+            "The deposit and the user's new balance (header Idempotent-Replayed: true on a replay)",
+          ),
+          ...errorResponses(BODY_ERRORS, 401, 403, {
+            404: "No such user (or closed)",
+            409: "The Idempotency-Key was used for another deposit",
+            422: "The balance would exceed 2^53-1",
+          }),
+        },
       },
     },
     async (request, reply) => {
@@ -269,12 +380,28 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
     async (plugin) => {
       // A plugin scope starts without the type provider; this restores typed zod requests.
       const internal = plugin.withTypeProvider<ZodTypeProvider>();
-      internal.addHook("onRequest", requireServiceCredential(deps.service_token));
-      const holdResponse = envelope(z.object({ hold: holdSchema }));
+      // The service credential only: a user's token or the operator's cannot move money here.
+      internal.addHook("onRequest", auth.guard("service"));
+      const holdResponse = envelope(z.object({ hold: holdSchema })).describe("The hold as it now stands");
+      const internalSchema = { tags: ["internal"], security: securityFor("service") };
+      const holdErrors = {
+        404: "No such hold, source or destination (see `code`)",
+        409: "The hold is in another state, or does not match (see `code`)",
+        422: "Insufficient funds, or source and destination are the same wallet",
+      };
 
       internal.post(
         "/transfers/:transfer_id/hold",
-        { schema: { params: transferParams, body: holdBody, response: { 200: holdResponse } } },
+        {
+          schema: {
+            ...internalSchema,
+            summary:
+              "Saga step: move the amount from the source wallet to clearing (idempotent by transfer id)",
+            params: transferParams,
+            body: holdBody,
+            response: { 200: holdResponse, ...errorResponses(BODY_ERRORS, 401, 403, holdErrors) },
+          },
+        },
         async (request) => {
           const hold = await holdFunds(pool, { transfer_id: request.params.transfer_id, ...request.body });
           return ok({ hold: toApiHold(hold) });
@@ -283,19 +410,45 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
 
       internal.post(
         "/transfers/:transfer_id/post",
-        { schema: { params: transferParams, body: noBody, response: { 200: holdResponse } } },
+        {
+          schema: {
+            ...internalSchema,
+            summary: "Saga step: move the held amount from clearing to the destination (idempotent)",
+            params: transferParams,
+            body: emptyBody,
+            response: { 200: holdResponse, ...errorResponses(BODY_ERRORS, 401, 403, holdErrors) },
+          },
+        },
         async (request) => ok({ hold: toApiHold(await postHold(pool, request.params.transfer_id)) }),
       );
 
       internal.post(
         "/transfers/:transfer_id/void",
-        { schema: { params: transferParams, body: noBody, response: { 200: holdResponse } } },
+        {
+          schema: {
+            ...internalSchema,
+            summary: "Saga step: give the held amount back to the source (idempotent)",
+            params: transferParams,
+            body: emptyBody,
+            response: { 200: holdResponse, ...errorResponses(BODY_ERRORS, 401, 403, holdErrors) },
+          },
+        },
         async (request) => ok({ hold: toApiHold(await voidHold(pool, request.params.transfer_id)) }),
       );
 
       internal.get(
         "/transfers/:transfer_id",
-        { schema: { params: transferParams, response: { 200: holdResponse } } },
+        {
+          schema: {
+            ...internalSchema,
+            summary: "Read a transfer's hold",
+            params: transferParams,
+            response: {
+              200: holdResponse,
+              ...errorResponses(400, 401, 403, { 404: "No hold for this transfer" }),
+            },
+          },
+        },
         async (request) => {
           const hold = await getHold(pool, request.params.transfer_id);
           if (hold === null)
@@ -304,8 +457,16 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
         },
       );
 
-      internal.get("/audit", { schema: { response: { 200: envelope(auditSchema) } } }, async () =>
-        ok(await audit(pool)),
+      internal.get(
+        "/audit",
+        {
+          schema: {
+            ...internalSchema,
+            summary: "The ledger's consistency figures (I1, I2, I6) from one snapshot",
+            response: { 200: envelope(auditSchema).describe("The figures"), ...errorResponses(401, 403) },
+          },
+        },
+        async () => ok(await audit(pool)),
       );
     },
     { prefix: "/internal" },

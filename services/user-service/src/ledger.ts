@@ -167,6 +167,23 @@ export async function getUser(pool: Pool, user_id: number): Promise<UserRow | nu
   return liveUser(pool, user_id);
 }
 
+/**
+ * What a login checks: the id and password hash of the live user with this username (matched
+ * case-insensitively, as the unique index is). The hash stays inside user-service: it is read
+ * here only, and never mapped into an API shape.
+ */
+export async function findCredentials(
+  pool: Pool,
+  username: string,
+): Promise<{ id: number; password_hash: string } | null> {
+  const { rows } = await pool.query<{ id: string; password_hash: string }>(
+    "SELECT id, password_hash FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL",
+    [username],
+  );
+  const row = rows[0];
+  return row === undefined ? null : { id: Number(row.id), password_hash: row.password_hash };
+}
+
 /** Keyset pagination by id: stable under inserts, no OFFSET scans. */
 export async function listUsers(
   pool: Pool,

@@ -4,6 +4,8 @@
  */
 import { join } from "node:path";
 import { commonEnv, engineDefaults, env, loadConfig } from "#packages/config/index.ts";
+import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
+import { registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
@@ -31,6 +33,7 @@ function readConfig() {
 
 const config = readConfig();
 const log = createLogger(SERVICE, config.LOG_LEVEL);
+const secrets = secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"], log);
 
 async function main(): Promise<void> {
   const pool = createPool(config.LEDGER_DATABASE_URL, {
@@ -42,8 +45,13 @@ async function main(): Promise<void> {
   await assertSystemAccounts(pool);
 
   const app = createHttpServer({ logger: log });
+  await registerOpenApi(app, {
+    service: SERVICE,
+    description:
+      "Users, wallets and the double-entry journal: the source of truth for money. Amounts are integer minor units.",
+  });
   registerHealth(app, SERVICE, { postgres: () => pool.query("SELECT 1") });
-  registerRoutes(app, { pool, service_token: config.SERVICE_TOKEN });
+  registerRoutes(app, { pool, auth: new Authenticator(secrets) });
   await app.listen({ host: config.HOST, port: config.USER_SERVICE_PORT });
 
   let stopping = false;

@@ -36,7 +36,7 @@ export class LedgerClient {
   constructor(base_url: string, service_token: string, timeout_ms: number) {
     this.#base_url = base_url.replace(/\/$/, "");
     this.#timeout_ms = timeout_ms;
-    this.#headers = service_token === "" ? {} : { authorization: `Bearer ${service_token}` };
+    this.#headers = { authorization: `Bearer ${service_token}` };
   }
 
   hold(

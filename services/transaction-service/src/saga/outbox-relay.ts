@@ -8,6 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { backoff_ms, type JsonProducer } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
+import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 
 export interface OutboxRelay {
   wake(): void;
@@ -20,7 +21,9 @@ export function startOutboxRelay(options: {
   logger: Logger;
   batch_max: number;
   idle_poll_ms: number;
+  crashes?: CrashHook;
 }): OutboxRelay {
+  const crashes = options.crashes ?? noCrashes;
   let stopped = false;
   let wakeUp: (() => void) | null = null;
   let pendingWake = false;
@@ -33,6 +36,7 @@ export function startOutboxRelay(options: {
       );
       if (rows.rows.length === 0) return 0;
       await options.producer.send(rows.rows.map((r) => ({ topic: r.topic, key: r.key, value: r.payload })));
+      crashes.reached("after_outbox_send");
       await client.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [rows.rows.map((r) => r.id)]);
       return rows.rows.length;
     });

@@ -9,6 +9,7 @@ import type { TopicNames } from "#packages/contracts/messages.ts";
 import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import type { LedgerAnswer, LedgerClient } from "./ledger-client.ts";
 import { awaitedRecordStatus, nextAction, type SagaInput, snapshotOf, transition } from "./machine.ts";
 import type { SagaStore, StoredTransfer } from "./store.ts";
@@ -32,6 +33,8 @@ export class SagaRunner {
   readonly #timings: SagaTimings;
   /** Told about every committed transition (cache invalidation). */
   onChange: (snapshot: TransferSnapshot) => void = () => {};
+  /** Fault tests: die between a ledger effect and its transition. */
+  crashes: CrashHook = noCrashes;
 
   constructor(
     store: SagaStorePort,
@@ -101,6 +104,7 @@ export class SagaRunner {
           dest_user_id: current.dest_user_id,
           amount: current.amount,
         });
+        this.crashes.reached("after_hold");
         current = await this.apply(
           current,
           answer.kind === "ok"
@@ -109,6 +113,7 @@ export class SagaRunner {
         );
       } else if (action === "post") {
         answer = await this.#ledger.post(current.id);
+        this.crashes.reached("after_post");
         if (answer.kind === "ok" && answer.dest_balance_before === null) {
           throw new Error(`invariant: posted transfer ${current.id} has no destination balance`);
         }
@@ -120,6 +125,7 @@ export class SagaRunner {
         );
       } else if (action === "void") {
         answer = await this.#ledger.void(current.id);
+        this.crashes.reached("after_void");
         if (answer.kind !== "ok") throw new Error(`invariant: void of ${current.id} refused`);
         current = await this.apply(current, { kind: "void_ok" });
       } else {

@@ -1,0 +1,49 @@
+/**
+ * Crash points for fault tests: named places in a step where a process can be made to die with
+ * SIGKILL, at the worst moment (an effect done, its record not yet written). Only reachable
+ * when a service runs with FAULT_INJECTION=true, armed one-shot through its /ops/crash route;
+ * the supervisor then restarts the process and recovery must finish the work.
+ */
+import type { Logger } from "#packages/log/index.ts";
+
+export const crashPoints = [
+  /** transaction-service: the ledger debited A, the saga has not recorded it. */
+  "after_hold",
+  /** transaction-service: the ledger credited B, the saga has not recorded it. */
+  "after_post",
+  /** transaction-service: the ledger refunded A, the saga has not recorded it. */
+  "after_void",
+  /** transaction-service: the outbox batch reached Kafka, its rows are not deleted. */
+  "after_outbox_send",
+  /** transaction-command-service: records written to MongoDB, no event sent, no offset committed. */
+  "after_record_write",
+] as const;
+export type CrashPoint = (typeof crashPoints)[number];
+
+export class CrashSwitch {
+  readonly #armed = new Set<CrashPoint>();
+  readonly #logger: Logger;
+
+  constructor(logger: Logger) {
+    this.#logger = logger;
+  }
+
+  arm(point: CrashPoint): void {
+    this.#armed.add(point);
+  }
+
+  armed(): CrashPoint[] {
+    return [...this.#armed];
+  }
+
+  /** Die here, now, if this point is armed. */
+  reached(point: CrashPoint): void {
+    if (!this.#armed.has(point)) return;
+    this.#logger.fatal({ point }, "crash point reached: SIGKILL");
+    process.kill(process.pid, "SIGKILL");
+  }
+}
+
+/** A switch that never fires, for code paths built without fault injection. */
+export const noCrashes = { reached: (_point: CrashPoint): void => {} };
+export type CrashHook = Pick<CrashSwitch, "reached">;

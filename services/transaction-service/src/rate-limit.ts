@@ -1,0 +1,116 @@
+/**
+ * Per-user rate limit, kept in Redis so every instance of transaction-service shares one count:
+ * a fixed window (RATE_LIMIT_WINDOW_MS) of at most RATE_LIMIT_MAX requests per user; over it,
+ * 429 with Retry-After (seconds until the window ends). Every limited answer carries
+ * RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (IETF draft names).
+ *
+ * Redis is a cache here, never a gate: when it does not answer in time, the request is let
+ * through (logged), so a Redis outage degrades the limit, not the payments.
+ */
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { principalOf } from "#packages/http/auth.ts";
+import { ApiError } from "#packages/http/errors.ts";
+import { withTimeout } from "#packages/http/server.ts";
+import type { Logger } from "#packages/log/index.ts";
+
+/** The one Redis command the limiter uses (structural, so any node-redis client fits). */
+export interface RateLimitRedis {
+  eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+}
+
+// One round trip: count this request in its window, and start the window's expiry on its first.
+const COUNT = `
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n`;
+
+export interface RateLimitOptions {
+  prefix: string;
+  /** Requests per window per user; 0 turns the limit off. */
+  max: number;
+  window_ms: number;
+  timeout_ms: number;
+  logger: Logger;
+}
+
+export interface RateDecision {
+  allowed: boolean;
+  limit: number;
+  remaining: number;
+  /** Milliseconds until the current window ends. */
+  reset_ms: number;
+}
+
+export class RateLimiter {
+  readonly #redis: RateLimitRedis;
+  readonly #options: RateLimitOptions;
+  #last_warning_ms = 0;
+
+  constructor(redis: RateLimitRedis, options: RateLimitOptions) {
+    if (!Number.isInteger(options.max) || options.max < 0) throw new Error("invariant: bad rate limit");
+    if (!Number.isInteger(options.window_ms) || options.window_ms < 1)
+      throw new Error("invariant: bad window");
+    this.#redis = redis;
+    this.#options = options;
+  }
+
+  get enabled(): boolean {
+    return this.#options.max > 0;
+  }
+
+  /** Count one request of `subject`; null when the limit is off or Redis did not answer. */
+  async take(subject: string, now_ms: number = Date.now()): Promise<RateDecision | null> {
+    const { max, window_ms, prefix, timeout_ms } = this.#options;
+    if (max === 0) return null;
+    const window = Math.floor(now_ms / window_ms);
+    const reset_ms = (window + 1) * window_ms - now_ms;
+    const key = `${prefix}ratelimit:${subject}:${window}`;
+    let count: number;
+    try {
+      // The key outlives its window a little, so an instance whose clock lags still finds it.
+      const answer = await withTimeout(
+        this.#redis.eval(COUNT, { keys: [key], arguments: [String(window_ms + 2_000)] }),
+        timeout_ms,
+        "rate limit",
+      );
+      count = Number(answer);
+      if (!Number.isSafeInteger(count) || count < 1) throw new Error(`unexpected INCR answer ${answer}`);
+    } catch (error) {
+      const now = Date.now();
+      if (now - this.#last_warning_ms > 10_000) {
+        this.#last_warning_ms = now;
+        this.#options.logger.warn({ err: error }, "rate limit unavailable (Redis); letting requests through");
+      }
+      return null;
+    }
+    return { allowed: count <= max, limit: max, remaining: Math.max(0, max - count), reset_ms };
+  }
+
+  /**
+   * onRequest hook, after the authentication guard: limits each user (by their token's subject).
+   * The operator and services are not limited.
+   */
+  hook() {
+    return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+      const principal = principalOf(request);
+      if (principal?.kind !== "user" || !this.enabled) return;
+      const decision = await this.take(`user:${principal.user_id}`);
+      if (decision === null) return;
+      const reset_s = Math.max(1, Math.ceil(decision.reset_ms / 1000));
+      const headers = {
+        "ratelimit-limit": String(decision.limit),
+        "ratelimit-remaining": String(decision.remaining),
+        "ratelimit-reset": String(reset_s),
+      };
+      if (!decision.allowed) {
+        throw new ApiError(
+          429,
+          "rate_limited",
+          `too many requests: at most ${decision.limit} per ${this.#options.window_ms} ms per user`,
+          { headers: { ...headers, "retry-after": String(reset_s) } },
+        );
+      }
+      reply.headers(headers);
+    };
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * The per-user rate limiter against a real Redis (TEST_REDIS_URL or REDIS_URL; skipped when
+ * neither is set), with its own key prefix so it touches nothing else.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { createClient } from "redis";
+import { Authenticator } from "#packages/http/auth.ts";
+import { ApiError } from "#packages/http/errors.ts";
+import { createLogger } from "#packages/log/index.ts";
+import { RateLimiter } from "../src/rate-limit.ts";
+
+const url = process.env.TEST_REDIS_URL ?? process.env.REDIS_URL;
+const logger = createLogger("rate-limit-test", "silent");
+const prefix = `${process.env.REDIS_KEY_PREFIX ?? ""}rl-test-${randomUUID()}:`;
+
+describe("per-user rate limit (real Redis)", {
+  skip: url === undefined ? "no TEST_REDIS_URL or REDIS_URL" : false,
+}, () => {
+  const redis = createClient({ url: url ?? "", socket: { connectTimeout: 2_000 } });
+  before(async () => {
+    await redis.connect();
+  });
+  after(async () => {
+    const keys = await redis.keys(`${prefix}*`);
+    if (keys.length > 0) await redis.del(keys);
+    await redis.quit();
+  });
+
+  const limiter = (max: number, window_ms = 1_000) =>
+    new RateLimiter(redis, { prefix, max, window_ms, timeout_ms: 1_000, logger });
+
+  it("allows max requests per window, refuses the next, and counts users apart", async () => {
+    const rl = limiter(3, 60_000);
+    const t = 60_000 * 1_000_000 + 10_000; // 10 s into a window
+    const decisions = [];
+    for (let i = 0; i < 5; i++) decisions.push(await rl.take("user:1", t));
+    assert.deepEqual(
+      decisions.map((d) => d?.allowed),
+      [true, true, true, false, false],
+    );
+    assert.deepEqual(
+      decisions.map((d) => d?.remaining),
+      [2, 1, 0, 0, 0],
+    );
+    assert.equal(decisions[3]?.reset_ms, 50_000);
+    assert.equal((await rl.take("user:2", t))?.allowed, true);
+    // The next window starts afresh.
+    assert.equal((await rl.take("user:1", t + 50_000))?.allowed, true);
+  });
+
+  it("shares one count between instances and expires its keys", async () => {
+    const a = limiter(2, 1_000);
+    const b = limiter(2, 1_000);
+    const t = Date.now();
+    assert.equal((await a.take("user:9", t))?.allowed, true);
+    assert.equal((await b.take("user:9", t))?.allowed, true);
+    assert.equal((await a.take("user:9", t))?.allowed, false);
+    const keys = await redis.keys(`${prefix}ratelimit:user:9:*`);
+    assert.equal(keys.length, 1);
+    const ttl = await redis.pTTL(keys[0] as string);
+    assert.ok(ttl > 0 && ttl <= 3_000, `ttl ${ttl}`);
+  });
+
+  it("answers 429 with Retry-After and RateLimit headers through its hook", async () => {
+    const auth = new Authenticator({ token_secret: "unit-test-secret-unit-test-secret-xx" });
+    const token = (await auth.issueUserToken(77)).access_token;
+    const rl = limiter(2, 5_000);
+    const guard = auth.guard("user");
+    const hook = rl.hook();
+    const headers: Record<string, string> = {};
+    const reply = {
+      headers: (h: Record<string, string>) => Object.assign(headers, h),
+    } as unknown as FastifyReply;
+    const send = async () => {
+      const request = { headers: { authorization: `Bearer ${token}` } } as unknown as FastifyRequest;
+      await guard(request);
+      await hook(request, reply);
+    };
+    await send();
+    assert.equal(headers["ratelimit-limit"], "2");
+    assert.equal(headers["ratelimit-remaining"], "1");
+    await send();
+    try {
+      await send();
+      assert.fail("expected a 429");
+    } catch (error) {
+      assert.ok(error instanceof ApiError);
+      assert.equal(error.status, 429);
+      assert.equal(error.code, "rate_limited");
+      const retryAfter = Number(error.headers?.["retry-after"]);
+      assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 5, `${retryAfter}`);
+      assert.equal(error.headers?.["ratelimit-remaining"], "0");
+    }
+  });
+
+  it("does not limit the operator, and is off at max 0", async () => {
+    const auth = new Authenticator({ admin_token: "admin-token-for-the-unit-test" });
+    const request = {
+      headers: { authorization: "Bearer admin-token-for-the-unit-test" },
+    } as unknown as FastifyRequest;
+    await auth.guard("admin")(request);
+    const hook = limiter(1, 60_000).hook();
+    const reply = {
+      headers: () => assert.fail("no rate-limit headers for the operator"),
+    } as unknown as FastifyReply;
+    for (let i = 0; i < 3; i++) await hook(request, reply);
+    const off = limiter(0);
+    assert.equal(off.enabled, false);
+    assert.equal(await off.take("user:1"), null);
+  });
+});
+
+describe("per-user rate limit without Redis", () => {
+  it("lets requests through when Redis fails or hangs", async () => {
+    const failing = { eval: () => Promise.reject(new Error("connection refused")) };
+    const hanging = { eval: () => new Promise<unknown>(() => {}) };
+    for (const redis of [failing, hanging]) {
+      const rl = new RateLimiter(redis, { prefix: "x:", max: 1, window_ms: 1_000, timeout_ms: 50, logger });
+      assert.equal(await rl.take("user:1"), null);
+      assert.equal(await rl.take("user:1"), null);
+    }
+  });
+});

@@ -1,0 +1,536 @@
+/**
+ * The API contract and its security, through HTTP on the real services: OpenAPI documents,
+ * authentication (login, tokens), authorization (own wallet only, operator and service
+ * credentials), validation (400/413/415/422, SQL-looking input stored literally), idempotency
+ * key reuse, and the per-user rate limit.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { SignJWT } from "jose";
+import {
+  type Answer,
+  asAdmin,
+  asService,
+  bearer,
+  call,
+  createUser,
+  login,
+  PASSWORD,
+  settled,
+  transfer,
+  uniqueName,
+  urls,
+} from "./api.ts";
+
+const services = {
+  "user-service": urls.user,
+  "transaction-command-service": urls.command,
+  "transaction-query-service": urls.query,
+  "transaction-service": urls.transaction,
+};
+
+/** Every body a test saw, to check afterwards that no password or hash ever left user-service. */
+const seen: string[] = [];
+function remember(answer: Answer): Answer {
+  seen.push(JSON.stringify(answer.body));
+  return answer;
+}
+
+function assertError(answer: Answer, status: number, code?: string): void {
+  assert.equal(answer.status, status, JSON.stringify(answer.body));
+  assert.equal(answer.body.success, false);
+  assert.equal(typeof answer.body.message, "string");
+  assert.ok(answer.body.message.length > 0);
+  assert.equal(typeof answer.body.code, "string");
+  if (code !== undefined) assert.equal(answer.body.code, code, JSON.stringify(answer.body));
+}
+
+async function raw(
+  method: string,
+  url: string,
+  body: string | Uint8Array,
+  headers: Record<string, string>,
+): Promise<Answer> {
+  const response = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(15_000) });
+  const text = await response.text();
+  return { status: response.status, headers: response.headers, body: text ? JSON.parse(text) : null };
+}
+
+describe("API contract", () => {
+  for (const [name, base] of Object.entries(services)) {
+    it(`${name} serves its OpenAPI document and a browsable page with local assets`, async () => {
+      const doc = await call("GET", `${base}/openapi.json`);
+      assert.equal(doc.status, 200);
+      assert.match(doc.body.openapi, /^3\./);
+      assert.equal(doc.body.info.title, name);
+      assert.ok(doc.body.paths["/health"], "health is documented");
+      assert.ok(doc.body.components.securitySchemes.adminToken);
+      for (const [path, operations] of Object.entries(doc.body.paths)) {
+        for (const [method, operation] of Object.entries(operations as Record<string, unknown>)) {
+          const responses = (operation as { responses: Record<string, unknown> }).responses;
+          assert.ok(
+            Object.keys(responses).some((s) => s.startsWith("2")),
+            `${method} ${path}: a success`,
+          );
+          if (path !== "/health")
+            assert.ok(responses["400"] || responses["401"], `${method} ${path}: errors`);
+        }
+      }
+      const page = await fetch(`${base}/docs/`);
+      assert.equal(page.status, 200);
+      const html = await page.text();
+      assert.match(html, /swagger-ui/);
+      assert.doesNotMatch(html, /(src|href)="https?:/, "no asset from another host");
+      const bundle = await fetch(`${base}/docs/static/swagger-ui-bundle.js`);
+      assert.equal(bundle.status, 200);
+      await bundle.arrayBuffer();
+    });
+  }
+
+  it("documents each route's credential", async () => {
+    const doc = (await call("GET", `${urls.transaction}/openapi.json`)).body;
+    assert.deepEqual(doc.paths["/transactions/transfer"].post.security, [{ userToken: [] }]);
+    const user = (await call("GET", `${urls.user}/openapi.json`)).body;
+    assert.deepEqual(user.paths["/users"].get.security, [{ adminToken: [] }]);
+    assert.ok(user.paths["/auth/login"].post.responses["401"]);
+  });
+});
+
+describe("authentication", () => {
+  it("logs in with a username and password and returns a short-lived bearer token", async () => {
+    const username = uniqueName("login");
+    remember(await call("POST", `${urls.user}/users`, { body: { username, password: PASSWORD } }));
+    const answer = remember(
+      await call("POST", `${urls.user}/auth/login`, {
+        body: { username: username.toUpperCase(), password: PASSWORD },
+      }),
+    );
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    assert.equal(answer.body.data.token_type, "Bearer");
+    assert.ok(answer.body.data.expires_in > 0 && answer.body.data.expires_in <= 86_400);
+    assert.match(answer.body.data.access_token, /^[\w-]+\.[\w-]+\.[\w-]+$/);
+    const me = await call("GET", `${urls.user}/users/${answer.body.data.user_id}`, {
+      headers: bearer(answer.body.data.access_token),
+    });
+    assert.equal(me.status, 200);
+    assert.equal(me.body.data.user.username, username);
+  });
+
+  it("answers a wrong password and an unknown user alike: 401, one generic message", async () => {
+    const a = await createUser();
+    const wrong = remember(
+      await call("POST", `${urls.user}/auth/login`, {
+        body: { username: a.username, password: "not the password" },
+      }),
+    );
+    const unknown = remember(
+      await call("POST", `${urls.user}/auth/login`, {
+        body: { username: uniqueName("nobody"), password: PASSWORD },
+      }),
+    );
+    assertError(wrong, 401);
+    assertError(unknown, 401);
+    assert.deepEqual(wrong.body, unknown.body);
+    const missing = await call("POST", `${urls.user}/auth/login`, { body: { username: a.username } });
+    assertError(missing, 400);
+  });
+
+  it("refuses requests without a token, or with a malformed, forged or expired one: 401", async () => {
+    const a = await createUser(100);
+    const b = await createUser();
+    const routes: Array<[string, string, unknown?]> = [
+      [
+        "POST",
+        `${urls.transaction}/transactions/transfer`,
+        { source_user_id: a.id, dest_user_id: b.id, amount: 1 },
+      ],
+      ["GET", `${urls.transaction}/transactions/0190b5a8-0000-7000-8000-000000000000`],
+      ["GET", `${urls.transaction}/transactions/user/${a.id}`],
+      ["GET", `${urls.user}/users/${a.id}`],
+      ["GET", `${urls.user}/users`],
+      ["PUT", `${urls.user}/users/${a.id}`, { username: uniqueName("x") }],
+      ["DELETE", `${urls.user}/users/${b.id}`],
+      ["POST", `${urls.user}/users/${a.id}/balance/add`, { amount: 5 }],
+      ["GET", `${urls.user}/internal/audit`],
+      ["POST", `${urls.user}/internal/transfers/0190b5a8-0000-7000-8000-000000000000/void`, {}],
+      ["GET", `${urls.query}/transactions/user/${a.id}`],
+      ["GET", `${urls.command}/ops/faults`],
+    ];
+    const [header, payload, signature] = a.token.split(".") as [string, string, string];
+    const claims = JSON.parse(Buffer.from(payload, "base64url").toString());
+    const otherSub = Buffer.from(JSON.stringify({ ...claims, sub: String(b.id) })).toString("base64url");
+    const none = Buffer.from(JSON.stringify({ alg: "none", typ: "at+jwt" })).toString("base64url");
+    const wrongKey = await new SignJWT({})
+      .setProtectedHeader({ alg: "HS256", typ: "at+jwt" })
+      .setIssuer(claims.iss)
+      .setAudience(claims.aud)
+      .setSubject(String(a.id))
+      .setIssuedAt()
+      .setExpirationTime("5m")
+      .sign(new TextEncoder().encode("not-the-secret-not-the-secret-not-the-secret"));
+    const credentials: Array<Record<string, string>> = [
+      {},
+      { authorization: "" },
+      { authorization: `Basic ${Buffer.from("admin:admin").toString("base64")}` },
+      { authorization: "Bearer" },
+      bearer("garbage"),
+      bearer(`${header}.${otherSub}.${signature}`), // tampered subject
+      bearer(`${none}.${payload}.`), // alg none
+      bearer(wrongKey),
+    ];
+    const secret = process.env.AUTH_TOKEN_SECRET;
+    if (secret) {
+      const expired = await new SignJWT({})
+        .setProtectedHeader({ alg: "HS256", typ: "at+jwt" })
+        .setIssuer(claims.iss)
+        .setAudience(claims.aud)
+        .setSubject(String(a.id))
+        .setIssuedAt(Math.floor(Date.now() / 1000) - 3_600)
+        .setExpirationTime(Math.floor(Date.now() / 1000) - 60)
+        .sign(new TextEncoder().encode(secret));
+      credentials.push(bearer(expired));
+    }
+    for (const [method, url, body] of routes) {
+      for (const headers of credentials) {
+        const answer = await call(method, url, body === undefined ? { headers } : { body, headers });
+        assertError(answer, 401, "unauthorized");
+        assert.match(answer.headers.get("www-authenticate") ?? "", /^Bearer/);
+      }
+    }
+    assert.equal(
+      (await call("GET", `${urls.user}/users/${a.id}`, { headers: asAdmin() })).body.data.user.balance,
+      100,
+    );
+  });
+});
+
+describe("authorization", () => {
+  it("lets only the owner spend from a wallet: 403 for another user's wallet and for the operator", async () => {
+    const a = await createUser(1_000);
+    const b = await createUser(1_000);
+    const fromB = { source_user_id: b.id, dest_user_id: a.id, amount: 10 };
+    assertError(await transfer(fromB, undefined, a.token), 403, "forbidden");
+    assertError(await transfer(fromB, undefined, process.env.ADMIN_TOKEN ?? ""), 403, "forbidden");
+    assertError(await transfer(fromB, undefined, process.env.SERVICE_TOKEN ?? ""), 403, "forbidden");
+    const own = await transfer(fromB, uniqueName("key"), b.token);
+    assert.equal(own.status, 201, JSON.stringify(own.body));
+    assert.equal((await settled(own.body.data.transaction.id, b.token)).status, "COMPLETED");
+    const balances = await call("GET", `${urls.user}/users/${b.id}`, { headers: asAdmin() });
+    assert.equal(balances.body.data.user.balance, 990);
+  });
+
+  it("lets a user read only their own record and transfers; the operator reads all", async () => {
+    const a = await createUser(1_000);
+    const b = await createUser();
+    const c = await createUser();
+    const sent = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 7 }, undefined, a.token);
+    const id = sent.body.data.transaction.id;
+    await settled(id, a.token);
+
+    assertError(
+      await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(c.token) }),
+      403,
+      "forbidden",
+    );
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: "takeover-attempt" },
+        headers: bearer(c.token),
+      }),
+      403,
+    );
+    assertError(await call("DELETE", `${urls.user}/users/${b.id}`, { headers: bearer(c.token) }), 403);
+    assertError(await call("GET", `${urls.user}/users`, { headers: bearer(a.token) }), 403);
+    assertError(
+      await call("GET", `${urls.transaction}/transactions/${id}`, { headers: bearer(c.token) }),
+      403,
+    );
+    assertError(
+      await call("GET", `${urls.transaction}/transactions/user/${a.id}`, { headers: bearer(c.token) }),
+      403,
+    );
+    // An id that does not exist is as forbidden as another user's: nothing to learn by probing.
+    assertError(await call("GET", `${urls.user}/users/9000000000000`, { headers: bearer(c.token) }), 403);
+
+    for (const token of [a.token, b.token, process.env.ADMIN_TOKEN ?? ""]) {
+      const read = await call("GET", `${urls.transaction}/transactions/${id}`, { headers: bearer(token) });
+      assert.equal(read.status, 200, JSON.stringify(read.body));
+    }
+    const history = await call("GET", `${urls.transaction}/transactions/user/${b.id}`, {
+      headers: bearer(b.token),
+    });
+    assert.deepEqual(
+      history.body.data.transactions.map((t: { id: string }) => t.id),
+      [id],
+    );
+    assert.equal((await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(a.token) })).status, 200);
+    assert.equal((await call("GET", `${urls.user}/users/${a.id}`, { headers: asAdmin() })).status, 200);
+    const list = remember(await call("GET", `${urls.user}/users?limit=5`, { headers: asAdmin() }));
+    assert.equal(list.status, 200);
+    assert.ok(list.body.data.users.length > 0);
+  });
+
+  it("gives public sign-up an empty wallet; opening balances and deposits take the operator credential", async () => {
+    const body = { username: uniqueName("rich"), password: PASSWORD, balance: 1_000_000 };
+    assertError(await call("POST", `${urls.user}/users`, { body }), 403, "forbidden");
+    const a = await createUser();
+    assertError(await call("POST", `${urls.user}/users`, { body, headers: bearer(a.token) }), 403);
+    const deposit = { body: { amount: 1_000_000 } };
+    assertError(
+      await call("POST", `${urls.user}/users/${a.id}/balance/add`, { ...deposit, headers: bearer(a.token) }),
+      403,
+    );
+    assert.equal(
+      (await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(a.token) })).body.data.user.balance,
+      0,
+    );
+    const opened = remember(await call("POST", `${urls.user}/users`, { body, headers: asAdmin() }));
+    assert.equal(opened.status, 201, JSON.stringify(opened.body));
+    assert.equal(opened.body.data.user.balance, 1_000_000);
+    const topUp = remember(
+      await call("POST", `${urls.user}/users/${a.id}/balance/add`, { ...deposit, headers: asAdmin() }),
+    );
+    assert.equal(topUp.status, 200, JSON.stringify(topUp.body));
+    assert.equal(topUp.body.data.user.balance, 1_000_000);
+  });
+
+  it("keeps service-to-service routes to the service credential", async () => {
+    const a = await createUser(1_000);
+    const b = await createUser();
+    const hold = `${urls.user}/internal/transfers/0190b5a8-0000-7000-8000-00000000abcd/hold`;
+    const body = { source_user_id: a.id, dest_user_id: b.id, amount: 1_000 };
+    assertError(await call("POST", hold, { body, headers: bearer(a.token) }), 403, "forbidden");
+    assertError(await call("POST", hold, { body, headers: asAdmin() }), 403, "forbidden");
+    assertError(await call("GET", `${urls.user}/internal/audit`, { headers: bearer(a.token) }), 403);
+    assertError(
+      await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: bearer(a.token) }),
+      401,
+    );
+    // The read side does not hold the key of user tokens, nor the command service that or the
+    // service credential: to them those are no credential at all (401).
+    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: bearer(a.token) }), 401);
+    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: asService() }), 401);
+    const asSvc = await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: asService() });
+    assert.equal(asSvc.status, 200, JSON.stringify(asSvc.body));
+    assert.equal(
+      (await call("GET", `${urls.user}/users/${a.id}`, { headers: asAdmin() })).body.data.user.balance,
+      1_000,
+    );
+  });
+});
+
+describe("validation", () => {
+  it("never returns a password or its hash", async () => {
+    const a = await createUser(10);
+    const username = uniqueName("secretive");
+    const password = "p4ssw0rd-that-must-not-leak";
+    const created = remember(await call("POST", `${urls.user}/users`, { body: { username, password } }));
+    const id = created.body.data.user.id;
+    const token = await login(username, password);
+    remember(await call("GET", `${urls.user}/users/${id}`, { headers: bearer(token) }));
+    remember(
+      await call("PUT", `${urls.user}/users/${id}`, {
+        body: { password: `${password}-2` },
+        headers: bearer(token),
+      }),
+    );
+    remember(await call("GET", `${urls.user}/users?limit=100`, { headers: asAdmin() }));
+    remember(
+      await call("POST", `${urls.user}/users/${a.id}/balance/add`, {
+        body: { amount: 1 },
+        headers: asAdmin(),
+      }),
+    );
+    remember(await call("DELETE", `${urls.user}/users/${id}`, { headers: asAdmin() }));
+    assert.ok(seen.length >= 6);
+    for (const body of seen) {
+      assert.doesNotMatch(body, /"password(_hash)?"|"hash"|scrypt\$|p4ssw0rd|correct horse/i, body);
+    }
+  });
+
+  it("stores SQL-looking input literally, and refuses it where the rules say no", async () => {
+    // The username rule refuses quotes: 400, nothing created.
+    const quoted = await call("POST", `${urls.user}/users`, {
+      body: { username: "o'neil", password: PASSWORD },
+    });
+    assertError(quoted, 400, "invalid_request");
+    assert.match(quoted.body.message, /username/);
+    // A password takes any characters: stored (hashed) literally, so only the exact string logs in.
+    const username = uniqueName("bobby");
+    const password = "x' OR '1'='1'; DROP TABLE users; --";
+    assert.equal((await call("POST", `${urls.user}/users`, { body: { username, password } })).status, 201);
+    await login(username, password);
+    for (const guess of ["' OR '1'='1", "x' OR '1'='1", "x"]) {
+      assertError(
+        await call("POST", `${urls.user}/auth/login`, { body: { username, password: guess } }),
+        401,
+      );
+    }
+    assertError(
+      await call("POST", `${urls.user}/auth/login`, {
+        body: { username: "' OR '1'='1' --", password: "' OR ''='" },
+      }),
+      401,
+    );
+    // Ids are checked before any query.
+    const a = await createUser(100);
+    for (const id of ["1%20OR%201=1", "1;DROP%20TABLE%20users", "0x10", "1e3", "-1", "%20%207"]) {
+      assertError(await call("GET", `${urls.user}/users/${id}`, { headers: asAdmin() }), 400);
+      assertError(
+        await call("GET", `${urls.transaction}/transactions/user/${id}`, { headers: bearer(a.token) }),
+        400,
+      );
+    }
+    assertError(
+      await call("GET", `${urls.transaction}/transactions/1%20OR%201=1`, { headers: bearer(a.token) }),
+      400,
+    );
+    // An idempotency key with SQL in it is just a key: replayed as such.
+    const b = await createUser();
+    const key = "';DELETE-FROM-transfers;--";
+    const body = { source_user_id: a.id, dest_user_id: b.id, amount: 3 };
+    const first = await transfer(body, key, a.token);
+    assert.equal(first.status, 201, JSON.stringify(first.body));
+    const again = await transfer(body, key, a.token);
+    assert.equal(again.body.data.transaction.id, first.body.data.transaction.id);
+    assertError(await transfer(body, "has spaces ' OR 1=1", a.token), 400);
+    await settled(first.body.data.transaction.id, a.token);
+  });
+
+  it("answers a 2 MB body with 413, invalid JSON with 400 and another media type with 415", async () => {
+    const a = await createUser(100);
+    const big = JSON.stringify({ username: "x".repeat(2 * 1024 * 1024), password: PASSWORD });
+    const json = { "content-type": "application/json" };
+    assertError(await raw("POST", `${urls.user}/users`, big, json), 413, "body_too_large");
+    assertError(
+      await raw("POST", `${urls.transaction}/transactions/transfer`, big, { ...json, ...bearer(a.token) }),
+      413,
+      "body_too_large",
+    );
+    for (const text of ["{not json", "", "[1,", '{"username": "a"', "null"]) {
+      assertError(await raw("POST", `${urls.user}/users`, text, json), 400);
+      assertError(
+        await raw("POST", `${urls.transaction}/transactions/transfer`, text, { ...json, ...bearer(a.token) }),
+        400,
+      );
+    }
+    const form = { "content-type": "application/x-www-form-urlencoded" };
+    assertError(
+      await raw("POST", `${urls.user}/users`, "username=a&password=b", form),
+      415,
+      "unsupported_media_type",
+    );
+    assertError(
+      await raw("POST", `${urls.user}/auth/login`, JSON.stringify({ username: "a", password: "b" }), {
+        "content-type": "text/plain",
+      }),
+      415,
+    );
+    assertError(
+      await raw("POST", `${urls.transaction}/transactions/transfer`, "{}", {
+        "content-type": "text/xml",
+        ...bearer(a.token),
+      }),
+      415,
+    );
+  });
+
+  it("refuses amounts that are not positive integers up to 2^53-1: 400, and nothing moves", async () => {
+    const a = await createUser(1_000);
+    const b = await createUser();
+    const amounts: unknown[] = [0, -1, -0.5, 1.5, "10", "1e3", 2 ** 53, 1e300, null, true, [1], { n: 1 }];
+    for (const amount of amounts) {
+      const answer = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount }, undefined, a.token);
+      assertError(answer, 400, "invalid_request");
+      assert.match(answer.body.message, /amount/);
+      assertError(
+        await call("POST", `${urls.user}/users/${b.id}/balance/add`, {
+          body: { amount },
+          headers: asAdmin(),
+        }),
+        400,
+      );
+    }
+    // 2^53 in JSON text parses to a number beyond the safe range: refused, not rounded.
+    const beyond = `{"source_user_id":${a.id},"dest_user_id":${b.id},"amount":9007199254740993}`;
+    assertError(
+      await raw("POST", `${urls.transaction}/transactions/transfer`, beyond, {
+        "content-type": "application/json",
+        ...bearer(a.token),
+      }),
+      400,
+    );
+    const balances = await Promise.all(
+      [a, b].map((u) => call("GET", `${urls.user}/users/${u.id}`, { headers: asAdmin() })),
+    );
+    assert.deepEqual(
+      balances.map((x) => x.body.data.user.balance),
+      [1_000, 0],
+    );
+  });
+
+  it("refuses an idempotency key reused with another body (422), scoped to its user", async () => {
+    const a = await createUser(1_000);
+    const b = await createUser(1_000);
+    const key = uniqueName("shared-key");
+    const first = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 5 }, key, a.token);
+    assert.equal(first.status, 201);
+    const other = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 6 }, key, a.token);
+    assertError(other, 422, "idempotency_key_reused");
+    // The same key from another user is another user's request, not a collision.
+    const theirs = await transfer({ source_user_id: b.id, dest_user_id: a.id, amount: 6 }, key, b.token);
+    assert.equal(theirs.status, 201, JSON.stringify(theirs.body));
+    assert.notEqual(theirs.body.data.transaction.id, first.body.data.transaction.id);
+    await settled(first.body.data.transaction.id, a.token);
+    await settled(theirs.body.data.transaction.id, b.token);
+  });
+});
+
+describe("limits", () => {
+  it("rate-limits each user: 429 with Retry-After past the per-window limit", async (t) => {
+    const a = await createUser();
+    const b = await createUser();
+    // A request that passes the limiter and is then refused cheaply (limit=1000 is out of range).
+    const url = `${urls.transaction}/transactions/user/${a.id}?limit=1000`;
+    const probe = await call("GET", url, { headers: bearer(a.token) });
+    assertError(probe, 400);
+    const limit = Number(probe.headers.get("ratelimit-limit"));
+    if (!(limit > 0)) {
+      t.skip("the rate limit is off (RATE_LIMIT_MAX=0)");
+      return;
+    }
+    if (limit > 500) {
+      t.skip(`the rate limit (${limit}) is too high to reach here; the limiter has its own unit test`);
+      return;
+    }
+    // 2*limit+1 requests at once fall in at most two windows, so at least one window overflows.
+    const answers = await Promise.all(
+      Array.from({ length: 2 * limit + 1 }, () => call("GET", url, { headers: bearer(a.token) })),
+    );
+    const limited = answers.filter((x) => x.status === 429);
+    assert.ok(limited.length > 0, `no 429 among ${answers.length} requests (limit ${limit})`);
+    for (const answer of limited) {
+      assertError(answer, 429, "rate_limited");
+      const retryAfter = Number(answer.headers.get("retry-after"));
+      assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1, `Retry-After ${retryAfter}`);
+    }
+    // Another user is not affected.
+    const other = await call("GET", `${urls.transaction}/transactions/user/${b.id}`, {
+      headers: bearer(b.token),
+    });
+    assert.equal(other.status, 200, JSON.stringify(other.body));
+  });
+
+  it("caps page sizes", async () => {
+    const a = await createUser();
+    assertError(await call("GET", `${urls.user}/users?limit=101`, { headers: asAdmin() }), 400);
+    assertError(
+      await call("GET", `${urls.query}/transactions/user/${a.id}?limit=101`, { headers: asAdmin() }),
+      400,
+    );
+    const max = await call("GET", `${urls.transaction}/transactions/user/${a.id}?limit=100`, {
+      headers: bearer(a.token),
+    });
+    assert.equal(max.status, 200);
+  });
+});
