@@ -31,16 +31,25 @@ export function createPool(
 
 export async function withTransaction<T>(pool: Pool, fn: (client: PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  // A checked-out client whose connection dies (PostgreSQL restarting) emits 'error' besides
+  // failing its query; unhandled, that event would crash the process. The failed query is
+  // what the caller acts on.
+  const onError = () => {};
+  client.on("error", onError);
+  let broken: unknown;
   try {
     await client.query("BEGIN");
     const result = await fn(client);
     await client.query("COMMIT");
     return result;
   } catch (error) {
+    broken = isTransientPgError(error) ? error : undefined;
     await client.query("ROLLBACK").catch(() => {});
     throw error;
   } finally {
-    client.release();
+    client.off("error", onError);
+    // A client whose connection failed is destroyed, not handed to the next caller.
+    client.release(broken instanceof Error ? broken : undefined);
   }
 }
 

@@ -223,10 +223,9 @@ async function cmdTest(args: string[]): Promise<number> {
   if (!args.includes("--no-lint") && !(await lint())) return 1;
 
   const unit = findTests(["services/**/test/**/*.test.ts", "packages/**/test/**/*.test.ts"]);
-  // The chaos run kills services and restarts engines: it goes last, after the other files.
-  const integration = findTests(["test/integration/**/*.test.ts"]).sort(
-    (a, b) => Number(a.includes("chaos")) - Number(b.includes("chaos")) || a.localeCompare(b),
-  );
+  // Fault tests (test/resilience: crash points, chaos) kill services and restart engines; the
+  // runner orders files by path, so they run after test/integration.
+  const integration = findTests(["test/integration/**/*.test.ts", "test/resilience/**/*.test.ts"]);
   out(`[test] ${unit.length} unit test file(s), ${integration.length} integration test file(s)`);
   if (unit.length + integration.length === 0) {
     out("[test] no test files found: nothing to run");

@@ -227,6 +227,7 @@ async function runScenario(input: {
   const writer = new ModelWriter();
   const runner = new SagaRunner(store, ledger, topics, logger, {
     step_timeout_ms: 1,
+    record_resend_ms: 1,
     record_deadline_ms: input.deadline_ms,
   });
 

@@ -15,8 +15,10 @@ import { awaitedRecordStatus, nextAction, type SagaInput, snapshotOf, transition
 import type { SagaStore, StoredTransfer } from "./store.ts";
 
 export interface SagaTimings {
-  /** How long a step may take before the sweep retries it. */
+  /** How long a ledger step may take before the sweep retries it. */
   step_timeout_ms: number;
+  /** How long to wait for the record writer's answer before sending the command again. */
+  record_resend_ms: number;
   /** How long to wait for the record of a debited transfer before refunding it. */
   record_deadline_ms: number;
 }
@@ -68,12 +70,13 @@ export class SagaRunner {
       const step = transition(current, input, new Date().toISOString());
       if (step === null) return current;
       const messages = step.record === null ? [] : [this.recordCommand(step.record)];
-      const committed = await this.#store.commitTransition(
-        current.state,
-        step.next,
-        messages,
-        this.#timings.step_timeout_ms,
-      );
+      // A ledger step is retried soon; a wait on the record writer is given longer before the
+      // command is sent again (a broker or consumer restart takes seconds, not milliseconds).
+      const wait_ms =
+        awaitedRecordStatus(step.next.state) === null
+          ? this.#timings.step_timeout_ms
+          : this.#timings.record_resend_ms;
+      const committed = await this.#store.commitTransition(current.state, step.next, messages, wait_ms);
       if (committed !== null) {
         this.#logger.debug(
           { transfer_id: current.id, from: current.state, to: committed.state },

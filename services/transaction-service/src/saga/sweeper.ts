@@ -17,6 +17,7 @@ export function startSweeper(options: {
   batch_max: number;
   concurrency: number;
   backoff_base_ms: number;
+  resend_base_ms: number;
   backoff_cap_ms: number;
 }): { stop(): Promise<void> } {
   let stopped = false;
@@ -24,11 +25,11 @@ export function startSweeper(options: {
     while (!stopped) {
       let claimed = 0;
       try {
-        const due = await options.store.claimDue(
-          options.batch_max,
-          options.backoff_base_ms,
-          options.backoff_cap_ms,
-        );
+        const due = await options.store.claimDue(options.batch_max, {
+          step_base_ms: options.backoff_base_ms,
+          resend_base_ms: options.resend_base_ms,
+          cap_ms: options.backoff_cap_ms,
+        });
         claimed = due.length;
         let next = 0;
         const worker = async () => {

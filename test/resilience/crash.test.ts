@@ -17,11 +17,12 @@ import {
   transfer,
   uniqueName,
   urls,
-} from "./api.ts";
+} from "../integration/api.ts";
 
 type Service = "transaction" | "command";
 
 async function arm(service: Service, point: string): Promise<void> {
+  await healthy(service);
   const answer = await call("PUT", `${urls[service]}/ops/crash`, { body: { point }, headers: asAdmin() });
   assert.equal(answer.status, 200, `arming ${point}: ${JSON.stringify(answer.body)}`);
 }
@@ -53,6 +54,20 @@ async function transferThroughCrash(a: TestUser, b: TestUser, amount: number): P
   }
 }
 
+/** Poll until final, riding out the moment the armed service dies (connection errors are retried). */
+// biome-ignore lint/suspicious/noExplicitAny: free-form JSON
+async function settledThroughCrash(id: string, token: string, timeout_ms = 90_000): Promise<any> {
+  const deadline = Date.now() + timeout_ms;
+  for (;;) {
+    try {
+      return await settled(id, token, Math.max(1_000, deadline - Date.now()));
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await sleep(250);
+    }
+  }
+}
+
 async function expectMoney(a: TestUser, b: TestUser, a_balance: number, b_balance: number): Promise<void> {
   assert.equal(await balanceOf(a.id), a_balance);
   assert.equal(await balanceOf(b.id), b_balance);
@@ -68,7 +83,7 @@ describe("crash at every step", { timeout: 600_000 }, () => {
     await arm("transaction", "after_hold");
     const id = await transferThroughCrash(a, b, 300);
     await healthy("transaction");
-    const done = await settled(id, a.token, 90_000);
+    const done = await settledThroughCrash(id, a.token);
     assert.equal(done.status, "COMPLETED");
     assert.equal(done.source_init_bal, 1_000);
     await expectMoney(a, b, 700, 300);
@@ -80,7 +95,7 @@ describe("crash at every step", { timeout: 600_000 }, () => {
     await arm("transaction", "after_post");
     const id = await transferThroughCrash(a, b, 300);
     await healthy("transaction");
-    const done = await settled(id, a.token, 90_000);
+    const done = await settledThroughCrash(id, a.token);
     assert.equal(done.status, "COMPLETED");
     assert.equal(done.dest_init_bal, 50, "the retried credit returns the first credit's balance");
     await expectMoney(a, b, 700, 350);
@@ -98,7 +113,7 @@ describe("crash at every step", { timeout: 600_000 }, () => {
       await arm("transaction", "after_void");
       const id = await transferThroughCrash(a, b, 300);
       await healthy("transaction");
-      const done = await settled(id, a.token, 90_000);
+      const done = await settledThroughCrash(id, a.token);
       assert.equal(done.status, "FAILED");
       assert.equal(done.failure_reason, "record_rejected");
       await expectMoney(a, b, 1_000, 0);
@@ -116,7 +131,7 @@ describe("crash at every step", { timeout: 600_000 }, () => {
     await arm("transaction", "after_outbox_send");
     const id = await transferThroughCrash(a, b, 300);
     await healthy("transaction");
-    const done = await settled(id, a.token, 90_000);
+    const done = await settledThroughCrash(id, a.token);
     assert.equal(done.status, "COMPLETED");
     await expectMoney(a, b, 700, 300);
   });
@@ -127,7 +142,7 @@ describe("crash at every step", { timeout: 600_000 }, () => {
     await arm("command", "after_record_write");
     const id = await transferThroughCrash(a, b, 300);
     await healthy("command");
-    const done = await settled(id, a.token, 90_000);
+    const done = await settledThroughCrash(id, a.token);
     assert.equal(done.status, "COMPLETED");
     await expectMoney(a, b, 700, 300);
     const record = await call("GET", `${urls.query}/transactions/${id}`, { headers: asAdmin() });
