@@ -155,12 +155,23 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         failures = 0;
         options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
         const inbox = new Inbox(stream, options.max_batch);
+        let idleWithLag = 0;
         try {
           while (!stopped) {
-            const batch = await inbox.next(stopController.signal);
-            if (batch.length === 0) continue;
+            const batch = await inbox.next(stopController.signal, IDLE_CHECK_MS);
+            if (batch.length === 0) {
+              // Nothing arrived for a while. If the group is behind on our partitions twice in a
+              // row, the stream has stopped fetching (seen after broker and group upheavals):
+              // rebuild the consumer rather than sit on a backlog forever.
+              idleWithLag = (await hasLag(consumer, options.topics)) ? idleWithLag + 1 : 0;
+              if (idleWithLag >= 2) throw new Error("consumer idle while its partitions have lag");
+              continue;
+            }
+            idleWithLag = 0;
             await handleWithRetry(batch);
-            await commitBatch(batch);
+            // A commit that never answers (the coordinator moved during a broker restart) must
+            // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
+            await withDeadline(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
           }
         } finally {
           inbox.detach();
@@ -232,6 +243,35 @@ type KafkaMessage = Message<string, string, string, string>;
  * the stream flows, so backpressure is pause() when the queue holds two batches and resume()
  * once it has drained below one.
  */
+const IDLE_CHECK_MS = 10_000;
+const COMMIT_TIMEOUT_MS = 15_000;
+
+async function hasLag(
+  consumer: Consumer<string, string, string, string>,
+  topics: string[],
+): Promise<boolean> {
+  try {
+    const lag = await withDeadline(consumer.getLag({ topics }), 5_000, "lag check");
+    return [...lag.values()].some((partitions) => partitions.some((l) => l > 0n));
+  } catch {
+    return false; // no answer about lag is no evidence of a stall
+  }
+}
+
+async function withDeadline<T>(promise: Promise<T>, timeout_ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} timed out after ${timeout_ms} ms`)), timeout_ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 class Inbox {
   readonly #stream: MessagesStream<string, string, string, string>;
   readonly #max: number;
@@ -260,16 +300,22 @@ class Inbox {
     stream.on("close", this.#onClose);
   }
 
-  async next(signal: AbortSignal): Promise<KafkaMessage[]> {
+  /** The next batch, or an empty one when nothing arrived within idle_ms. */
+  async next(signal: AbortSignal, idle_ms: number): Promise<KafkaMessage[]> {
+    const idleUntil = Date.now() + idle_ms;
     while (this.#queue.length === 0) {
       if (this.#failure) throw this.#failure;
       if (signal.aborted) throw new Error("consumer stopping");
+      const wait_ms = idleUntil - Date.now();
+      if (wait_ms <= 0) return [];
       await new Promise<void>((resolve) => {
         const done = () => {
+          clearTimeout(timer);
           this.#wake = null;
           signal.removeEventListener("abort", done);
           resolve();
         };
+        const timer = setTimeout(done, wait_ms);
         this.#wake = done;
         signal.addEventListener("abort", done, { once: true });
       });

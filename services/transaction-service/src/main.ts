@@ -46,8 +46,8 @@ const config = loadConfig({
   LEDGER_TIMEOUT_MS: env.int(3_000, 100, 60_000),
   QUERY_TIMEOUT_MS: env.int(2_000, 100, 60_000),
   STEP_TIMEOUT_MS: env.int(5_000, 500, 600_000),
-  RECORD_RESEND_MS: env.int(30_000, 500, 3_600_000),
-  RECORD_DEADLINE_MS: env.int(120_000, 1_000, 86_400_000),
+  RECORD_RESEND_MS: env.int(60_000, 500, 3_600_000),
+  RECORD_DEADLINE_MS: env.int(300_000, 1_000, 86_400_000),
   SWEEP_INTERVAL_MS: env.int(1_000, 50, 60_000),
   SWEEP_BATCH_MAX: env.int(200, 1, 5_000),
   OUTBOX_BATCH_MAX: env.int(500, 1, 5_000),
@@ -174,6 +174,7 @@ const sweeper = startSweeper({
   concurrency: 16,
   backoff_base_ms: config.STEP_TIMEOUT_MS,
   resend_base_ms: config.RECORD_RESEND_MS,
+  resend_cap_ms: 600_000,
   backoff_cap_ms: 60_000,
 });
 

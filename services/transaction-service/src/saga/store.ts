@@ -169,18 +169,20 @@ export class SagaStore {
 
   /**
    * Claim unfinished transfers whose step is overdue, pushing their next attempt out with
-   * capped exponential backoff so a transfer that keeps failing does not hog the sweep.
+   * capped exponential backoff so a transfer that keeps failing does not hog the sweep. Waits on
+   * the record writer back off further: a re-sent command only helps if one was lost, and a
+   * flood of re-sends would deepen the very backlog that made the answer late.
    */
   async claimDue(
     limit: number,
-    backoff: { step_base_ms: number; resend_base_ms: number; cap_ms: number },
+    backoff: { step_base_ms: number; step_cap_ms: number; resend_base_ms: number; resend_cap_ms: number },
   ): Promise<StoredTransfer[]> {
     const result = await this.pool.query<TransferRow>(
       `UPDATE transfers t
           SET attempts = t.attempts + 1,
-              next_attempt_at = now() + (least($3::float8,
-                  (CASE WHEN t.state IN ('held', 'posted', 'failing') THEN $4::float8 ELSE $2::float8 END)
-                  * power(2, least(t.attempts, 20))) * interval '1 millisecond')
+              next_attempt_at = now() + ((CASE WHEN t.state IN ('held', 'posted', 'failing')
+                    THEN least($5::float8, $4::float8 * power(2, least(t.attempts, 20)))
+                    ELSE least($3::float8, $2::float8 * power(2, least(t.attempts, 20))) END) * interval '1 millisecond')
          FROM (SELECT id FROM transfers
                 WHERE state NOT IN ('completed', 'failed') AND next_attempt_at <= now()
                 ORDER BY next_attempt_at
@@ -190,7 +192,7 @@ export class SagaStore {
       RETURNING ${COLUMNS.split(", ")
         .map((c) => `t.${c}`)
         .join(", ")}`,
-      [limit, backoff.step_base_ms, backoff.cap_ms, backoff.resend_base_ms],
+      [limit, backoff.step_base_ms, backoff.step_cap_ms, backoff.resend_base_ms, backoff.resend_cap_ms],
     );
     return result.rows.map(fromRow);
   }

@@ -18,6 +18,7 @@ export function startSweeper(options: {
   concurrency: number;
   backoff_base_ms: number;
   resend_base_ms: number;
+  resend_cap_ms: number;
   backoff_cap_ms: number;
 }): { stop(): Promise<void> } {
   let stopped = false;
@@ -27,8 +28,9 @@ export function startSweeper(options: {
       try {
         const due = await options.store.claimDue(options.batch_max, {
           step_base_ms: options.backoff_base_ms,
+          step_cap_ms: options.backoff_cap_ms,
           resend_base_ms: options.resend_base_ms,
-          cap_ms: options.backoff_cap_ms,
+          resend_cap_ms: options.resend_cap_ms,
         });
         claimed = due.length;
         let next = 0;
