@@ -309,19 +309,31 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
 
 async function waitHealthy(control_url: string, timeout_ms: number): Promise<void> {
   const deadline = Date.now() + timeout_ms;
+  let unhealthy = "the control server";
   for (;;) {
     try {
       const status = await call("GET", `${control_url}/status`);
-      const body = status.body as { engines: Array<{ healthy: boolean }>; services: Array<{ url: string }> };
-      const enginesOk = body.engines.every((e) => e.healthy);
+      const body = status.body as {
+        engines: Array<{ name: string; healthy: boolean }>;
+        services: Array<{ name: string; url: string }>;
+      };
+      const sick = body.engines.filter((e) => !e.healthy).map((e) => e.name);
       const health = await Promise.all(
-        body.services.map((s) => call("GET", `${s.url}/health`).catch(() => null)),
+        body.services.map(async (s) => ({
+          s,
+          answer: await call("GET", `${s.url}/health`).catch(() => null),
+        })),
       );
-      if (enginesOk && health.every((h) => h?.status === 200)) return;
+      for (const { s, answer } of health) {
+        if (answer?.status !== 200)
+          sick.push(`${s.name} ${JSON.stringify(answer?.body?.data?.engines ?? "down")}`);
+      }
+      if (sick.length === 0) return;
+      unhealthy = sick.join("; ");
     } catch {
       // control server busy: retry
     }
-    if (Date.now() > deadline) throw new Error("the system did not recover in time");
+    if (Date.now() > deadline) throw new Error(`the system did not recover in time: ${unhealthy}`);
     await sleep(250);
   }
 }

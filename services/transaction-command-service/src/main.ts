@@ -73,6 +73,10 @@ const consumer = startBatchConsumer({
     max_attempts: config.RECORD_MAX_ATTEMPTS,
     service: SERVICE,
     crashes,
+    resetStore: async () => {
+      await mongo.close(true);
+      await mongo.connect();
+    },
   }),
 });
 

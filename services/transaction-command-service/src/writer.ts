@@ -40,6 +40,20 @@ export interface WriterDeps {
   max_attempts: number;
   service: string;
   crashes?: CrashHook;
+  /** Drop and reopen the store's connections (a pooled connection can stay broken after FerretDB restarts). */
+  resetStore?: () => Promise<void>;
+}
+
+/** After this many failed batches in a row on network errors, the writer reopens its store connections. */
+const NETWORK_FAILURES_BEFORE_RESET = 3;
+
+function isNetworkError(error: unknown): boolean {
+  const name = (error as Error).name ?? "";
+  const message = (error as Error).message ?? "";
+  return (
+    /MongoNetwork|MongoServerSelection|MongoNotConnected/.test(name) ||
+    /connection \d+ to .* (closed|timed out)/.test(message)
+  );
 }
 
 interface Parsed {
@@ -51,6 +65,7 @@ const ATTEMPTS_TRACKED_MAX = 10_000;
 
 export function createRecordWriter(deps: WriterDeps) {
   const attempts = new Map<string, number>();
+  let networkFailures = 0;
 
   const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage => {
     const letter: DeadLetter = {
@@ -147,10 +162,27 @@ export function createRecordWriter(deps: WriterDeps) {
 
     let outcomes: Array<{ parsed: Parsed; outcome: Outcome }> = [];
     try {
-      const all = await applyAll(valid);
+      const all = await applyAll(valid).catch(async (error: unknown) => {
+        if (isNetworkError(error)) {
+          networkFailures += 1;
+          if (networkFailures >= NETWORK_FAILURES_BEFORE_RESET && deps.resetStore) {
+            deps.logger.warn(
+              { err: error, failures: networkFailures },
+              "store connections keep failing; reopening them",
+            );
+            networkFailures = 0;
+            await deps
+              .resetStore()
+              .catch((reset: unknown) => deps.logger.warn({ err: reset }, "store reset failed"));
+          }
+          throw error; // the batch is retried as a whole, uncounted: the store, not the message, failed
+        }
+        throw error;
+      });
+      networkFailures = 0;
       outcomes = all.map((outcome, i) => ({ parsed: valid[i] as Parsed, outcome }));
     } catch (batchError) {
-      if (!(await storeReachable())) throw batchError;
+      if (isNetworkError(batchError) || !(await storeReachable())) throw batchError;
       // The store answers but the batch failed: isolate the command that fails.
       outcomes = [];
       for (const parsed of valid) {
