@@ -108,6 +108,11 @@ export interface BatchConsumerOptions {
   max_batch: number;
   /** Must be idempotent. Throwing means "nothing was lost, try the same batch again later". */
   handleBatch(messages: ConsumedMessage[]): Promise<void>;
+  /**
+   * Liveness: if the loop makes no progress at all (no batch, no retry, no idle check) for this
+   * long, the process exits so that its supervisor starts it afresh. Default 120 s.
+   */
+  stall_exit_ms?: number;
 }
 
 export interface RunningConsumer {
@@ -128,6 +133,24 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
   let running = false;
   let consumer: Consumer<string, string, string, string> | undefined;
   const stopController = new AbortController();
+
+  // The client can wedge in ways no call reports (a commit or close that never settles, a member
+  // that keeps its partitions without fetching). Every loop step marks progress; a process whose
+  // consumer stops progressing exits, and its supervisor restarts it with fresh consumers.
+  let progressAt = Date.now();
+  const progress = () => {
+    progressAt = Date.now();
+  };
+  const stall_ms = options.stall_exit_ms ?? 120_000;
+  const watchdog = setInterval(() => {
+    if (stopped || Date.now() - progressAt < stall_ms) return;
+    options.logger.fatal(
+      { group: options.group_id, stalled_ms: Date.now() - progressAt },
+      "consumer stalled; exiting",
+    );
+    process.exit(70);
+  }, 5_000);
+  watchdog.unref();
 
   const loop = async () => {
     let failures = 0;
@@ -159,6 +182,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         try {
           while (!stopped) {
             const batch = await inbox.next(stopController.signal, IDLE_CHECK_MS);
+            progress();
             if (batch.length === 0) {
               // Nothing arrived for a while. If the group is behind on our partitions twice in a
               // row, the stream has stopped fetching (seen after broker and group upheavals):
@@ -172,6 +196,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
             // A commit that never answers (the coordinator moved during a broker restart) must
             // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
             await withDeadline(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
+            progress();
           }
         } finally {
           inbox.detach();
@@ -181,8 +206,11 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         failures += 1;
         options.logger.warn({ err: error, failures }, "consumer failed; rebuilding");
         running = false;
-        await consumer?.close(true).catch(() => {});
+        await withDeadline(consumer?.close(true) ?? Promise.resolve(), 10_000, "consumer close").catch(
+          () => {},
+        );
         consumer = undefined;
+        progress();
         await sleep(backoff_ms(failures, 500, 5_000));
       }
     }
@@ -198,6 +226,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
     }));
     for (let attempt = 0; ; attempt++) {
       if (stopped) throw new Error("consumer stopping");
+      progress();
       try {
         await options.handleBatch(messages);
         return;
@@ -218,6 +247,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
     isRunning: () => running,
     async stop() {
       stopped = true;
+      clearInterval(watchdog);
       stopController.abort();
       await consumer?.close(true).catch(() => {});
       await done;
