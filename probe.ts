@@ -1,13 +1,14 @@
-import { Admin } from "@platformatic/kafka";
-const admin = new Admin({ clientId: "probe", bootstrapBrokers: ["127.0.0.1:59092"] });
-const ends = await admin.listOffsets({ topics: [{ name: "test.transfer.commands", partitions: [0,1,2,3,4,5].map((p) => ({ partitionIndex: p, timestamp: -1n })) }, { name: "test.transfer.events", partitions: [0,1,2,3,4,5].map((p) => ({ partitionIndex: p, timestamp: -1n })) }] } as never);
-const end = new Map<string, number>();
-for (const t of ends as Array<{ name: string; partitions: Array<{ partitionIndex: number; offset: bigint }> }>) for (const p of t.partitions) end.set(`${t.name}:${p.partitionIndex}`, Number(p.offset));
-for (const [g, topic] of [["test.transaction-command-service", "test.transfer.commands"], ["test.transaction-service", "test.transfer.events"]]) {
-  const [o] = await admin.listConsumerGroupOffsets({ groups: [g as string] });
-  const lags = (o?.topics[0]?.partitions ?? []).map((p) => `${p.partitionIndex}:${end.get(`${topic}:${p.partitionIndex}`)! - Number(p.committedOffset)}`);
-  console.log(g, lags.join(" "));
-}
-const groups = await admin.describeGroups({ groups: ["test.transaction-command-service", "test.transaction-service"] });
-for (const [id, g] of groups) console.log(id, (g as { state?: string }).state, (g as { members?: Map<string, unknown> }).members?.size);
-await admin.close();
+import { MongoClient } from "mongodb";
+import { Consumer, stringDeserializers } from "@platformatic/kafka";
+const id = "01a20b40-007c-7c00-a89d-db8728e06c8c";
+const c = new MongoClient("mongodb://127.0.0.1:57017/", { serverSelectionTimeoutMS: 3000 });
+await c.connect();
+console.log(JSON.stringify(await c.db("dps_test").collection<{ _id: string }>("transfers").findOne({ _id: id })));
+await c.close();
+const consumer = new Consumer({ clientId: "probe", groupId: `probe-${Date.now()}`, bootstrapBrokers: ["127.0.0.1:59092"], deserializers: stringDeserializers });
+const stream = await consumer.consume({ topics: ["test.transfer.events", "test.transfer.commands"], mode: "earliest", autocommit: false, maxWaitTime: 200 });
+await new Promise<void>((resolve) => {
+  let idle = setTimeout(resolve, 5000);
+  stream.on("data", (m) => { clearTimeout(idle); idle = setTimeout(resolve, 2000); if (m.key === id) { const v = JSON.parse(m.value ?? "{}"); console.log(m.topic, m.partition, String(m.offset), new Date(Number(m.timestamp)).toISOString(), v.type, v.status ?? v.snapshot?.status); } });
+});
+await stream.close(); await consumer.close(true);

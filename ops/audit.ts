@@ -98,6 +98,22 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
     }
     if (ledger.unbalanced_postings > 0) note(`I1: ${ledger.unbalanced_postings} postings do not sum to zero`);
 
+    // Read order matters on a system that is still moving. The saga is read first, then the
+    // ledger holds and the records: a transfer the saga saw completed had its hold posted and
+    // its record written before that (both only move forward), so they are seen too. (Reading
+    // the records first would report a transfer that completed in between as a mismatch.)
+    type SagaRow = { id: string; state: string; amount_minor: string; failure_reason: string | null };
+    const sagaPages: SagaRow[][] = [];
+    let after = "00000000-0000-0000-0000-000000000000";
+    for (;;) {
+      const page = await sagaPool.query<SagaRow>(
+        "SELECT id, state, amount_minor, failure_reason FROM transfers WHERE id > $1 ORDER BY id LIMIT $2",
+        [after, PAGE],
+      );
+      if (page.rows.length === 0) break;
+      sagaPages.push(page.rows);
+      after = page.rows[page.rows.length - 1]?.id as string;
+    }
     // One pass over the records (FerretDB v1 would scan the collection for every `$in` page).
     const allRecords = new Map<string, { status: string; amount: number }>();
     for await (const doc of records.find({}, { projection: { status: 1, amount: 1 }, batchSize: 10_000 })) {
@@ -105,20 +121,9 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
     }
     const transfers = { total: 0, completed: 0, failed: 0, in_flight: 0 };
     const matched = { records: 0, holds: 0 };
-    let after = "00000000-0000-0000-0000-000000000000";
-    for (;;) {
-      const page = await sagaPool.query<{
-        id: string;
-        state: string;
-        amount_minor: string;
-        failure_reason: string | null;
-      }>("SELECT id, state, amount_minor, failure_reason FROM transfers WHERE id > $1 ORDER BY id LIMIT $2", [
-        after,
-        PAGE,
-      ]);
-      if (page.rows.length === 0) break;
-      const ids = page.rows.map((r) => r.id);
-      after = ids[ids.length - 1] as string;
+    for (const rows of sagaPages) {
+      const page = { rows };
+      const ids = rows.map((r) => r.id);
       const holds = new Map(
         (
           await ledgerPool.query<{ transfer_id: string; state: string; amount_minor: string }>(
