@@ -7,6 +7,8 @@
  *   retried with capped exponential backoff; if the consumer itself breaks (broker restart)
  *   it is rebuilt. Delivery is at-least-once by construction.
  */
+
+import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   Admin,
@@ -18,6 +20,7 @@ import {
   stringDeserializers,
   stringSerializers,
 } from "@platformatic/kafka";
+import type { DeadLetter } from "#packages/contracts/messages.ts";
 import type { Logger } from "#packages/log/index.ts";
 
 export interface OutgoingMessage {
@@ -96,6 +99,32 @@ export interface ConsumedMessage {
   offset: bigint;
   key: string | null;
   value: string;
+}
+
+/** The dead letter for a consumed message a service gives up on: the original value, why, and where from. */
+export function deadLetterFor(
+  deadLetterTopic: string,
+  service: string,
+  message: ConsumedMessage,
+  reason: string,
+  attempts: number,
+): OutgoingMessage {
+  const letter: DeadLetter = {
+    type: "DeadLetter",
+    message_id: randomUUID(),
+    failed_at: new Date().toISOString(),
+    reason,
+    attempts,
+    origin: {
+      service,
+      topic: message.topic,
+      partition: message.partition,
+      offset: message.offset.toString(),
+      key: message.key,
+    },
+    value: message.value,
+  };
+  return { topic: deadLetterTopic, key: message.key ?? "", value: letter };
 }
 
 export interface BatchConsumerOptions {

@@ -14,13 +14,17 @@
 import { randomUUID } from "node:crypto";
 import type { Db } from "mongodb";
 import {
-  type DeadLetter,
   type RecordTransferCommand,
   recordTransferCommandSchema,
   type TopicNames,
   type TransferEvent,
 } from "#packages/contracts/messages.ts";
-import type { ConsumedMessage, JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
+import {
+  type ConsumedMessage,
+  deadLetterFor,
+  type JsonProducer,
+  type OutgoingMessage,
+} from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { type Outcome, planWrites } from "./plan.ts";
@@ -67,24 +71,8 @@ export function createRecordWriter(deps: WriterDeps) {
   const attempts = new Map<string, number>();
   let networkFailures = 0;
 
-  const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage => {
-    const letter: DeadLetter = {
-      type: "DeadLetter",
-      message_id: randomUUID(),
-      failed_at: new Date().toISOString(),
-      reason,
-      attempts: tries,
-      origin: {
-        service: deps.service,
-        topic: message.topic,
-        partition: message.partition,
-        offset: message.offset.toString(),
-        key: message.key,
-      },
-      value: message.value,
-    };
-    return { topic: deps.topics.deadLetters, key: message.key ?? "", value: letter };
-  };
+  const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage =>
+    deadLetterFor(deps.topics.deadLetters, deps.service, message, reason, tries);
 
   const event = (value: TransferEvent): OutgoingMessage => ({
     topic: deps.topics.events,

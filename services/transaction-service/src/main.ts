@@ -4,16 +4,21 @@
  * writer's events, sweeps overdue transfers, and serves reads through Redis.
  */
 
-import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { createClient } from "redis";
 import { commonEnv, engineDefaults, env, loadConfig, splitList } from "#packages/config/index.ts";
-import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
+import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
-import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
+import {
+  createProducer,
+  deadLetterFor,
+  ensureTopics,
+  pingKafka,
+  startBatchConsumer,
+} from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
@@ -145,22 +150,7 @@ const events = startBatchConsumer({
       }
     },
     onUnreadable: async (message, reason) => {
-      const letter: DeadLetter = {
-        type: "DeadLetter",
-        message_id: randomUUID(),
-        failed_at: new Date().toISOString(),
-        reason,
-        attempts: 1,
-        origin: {
-          service: SERVICE,
-          topic: message.topic,
-          partition: message.partition,
-          offset: message.offset.toString(),
-          key: message.key,
-        },
-        value: message.value,
-      };
-      await producer.send([{ topic: topics.deadLetters, key: message.key ?? "", value: letter }]);
+      await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
     },
   }),
 });
