@@ -19,6 +19,7 @@ import {
 import { z } from "zod";
 import type { Logger } from "#packages/log/index.ts";
 import { isTransientPgError } from "#packages/pg/index.ts";
+import { withTimeout } from "#packages/runtime/index.ts";
 import { UpstreamError } from "./client.ts";
 import { ApiError, errorBody } from "./errors.ts";
 
@@ -241,16 +242,4 @@ export function registerHealth(
       .status(healthy ? 200 : 503)
       .send({ success: healthy, data: { service, healthy, engines: results } });
   });
-}
-
-export async function withTimeout<T>(promise: Promise<T>, timeout_ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${timeout_ms} ms`)), timeout_ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

@@ -22,6 +22,7 @@ import {
 } from "@platformatic/kafka";
 import type { DeadLetter } from "#packages/contracts/messages.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
 
 export interface OutgoingMessage {
   topic: string;
@@ -150,11 +151,6 @@ export interface RunningConsumer {
   isRunning(): boolean;
 }
 
-export function backoff_ms(attempt: number, base_ms = 100, cap_ms = 5_000): number {
-  const exp = Math.min(cap_ms, base_ms * 2 ** Math.min(attempt, 16));
-  return Math.round(exp / 2 + Math.random() * (exp / 2));
-}
-
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
   if (options.max_batch < 1 || options.max_batch > 10_000)
     throw new Error("invariant: max_batch out of range");
@@ -224,7 +220,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
             await handleWithRetry(batch);
             // A commit that never answers (the coordinator moved during a broker restart) must
             // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
-            await withDeadline(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
+            await withTimeout(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
             progress();
           }
         } finally {
@@ -235,7 +231,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         failures += 1;
         options.logger.warn({ err: error, failures }, "consumer failed; rebuilding");
         running = false;
-        await withDeadline(consumer?.close(true) ?? Promise.resolve(), 10_000, "consumer close").catch(
+        await withTimeout(consumer?.close(true) ?? Promise.resolve(), 10_000, "consumer close").catch(
           () => {},
         );
         consumer = undefined;
@@ -310,24 +306,10 @@ async function hasLag(
   topics: string[],
 ): Promise<boolean> {
   try {
-    const lag = await withDeadline(consumer.getLag({ topics }), 5_000, "lag check");
+    const lag = await withTimeout(consumer.getLag({ topics }), 5_000, "lag check");
     return [...lag.values()].some((partitions) => partitions.some((l) => l > 0n));
   } catch {
     return false; // no answer about lag is no evidence of a stall
-  }
-}
-
-async function withDeadline<T>(promise: Promise<T>, timeout_ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} timed out after ${timeout_ms} ms`)), timeout_ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -53,3 +53,22 @@ export function onShutdown(
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
 }
+
+/** Reject if the promise has not settled within timeout_ms: every wait on an engine or peer is bounded. */
+export async function withTimeout<T>(promise: Promise<T>, timeout_ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${timeout_ms} ms`)), timeout_ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Capped exponential backoff with jitter (half fixed, half random). */
+export function backoff_ms(attempt: number, base_ms = 100, cap_ms = 5_000): number {
+  const exp = Math.min(cap_ms, base_ms * 2 ** Math.min(attempt, 16));
+  return Math.round(exp / 2 + Math.random() * (exp / 2));
+}

@@ -7,8 +7,8 @@
  * per-user generation that every event of that user bumps.
  */
 import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
-import { withTimeout } from "#packages/http/server.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { withTimeout } from "#packages/runtime/index.ts";
 
 /** The few Redis commands the cache uses (structural, so any node-redis client type fits). */
 export interface Redis {

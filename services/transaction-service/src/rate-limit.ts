@@ -10,8 +10,8 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { principalOf } from "#packages/http/auth.ts";
 import { ApiError } from "#packages/http/errors.ts";
-import { withTimeout } from "#packages/http/server.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { withTimeout } from "#packages/runtime/index.ts";
 
 /** The one Redis command the limiter uses (structural, so any node-redis client fits). */
 export interface RateLimitRedis {

@@ -5,10 +5,11 @@
  * SKIP LOCKED let several instances relay side by side without sending a row twice at once.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { backoff_ms, type JsonProducer } from "#packages/kafka/index.ts";
+import type { JsonProducer } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
+import { backoff_ms } from "#packages/runtime/index.ts";
 
 export interface OutboxRelay {
   wake(): void;
