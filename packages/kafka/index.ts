@@ -231,9 +231,12 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         failures += 1;
         options.logger.warn({ err: error, failures }, "consumer failed; rebuilding");
         running = false;
-        await withTimeout(consumer?.close(true) ?? Promise.resolve(), 10_000, "consumer close").catch(
-          () => {},
-        );
+        if (consumer !== undefined && !(await leaveGroup(consumer))) {
+          // A consumer that could not leave stays a member of the group, heartbeating and holding
+          // partitions that nobody fetches. Only a fresh process is sure to be rid of it.
+          options.logger.fatal({ group: options.group_id }, "consumer could not leave its group; exiting");
+          process.exit(70);
+        }
         consumer = undefined;
         progress();
         await sleep(backoff_ms(failures, 500, 5_000));
@@ -299,6 +302,22 @@ type KafkaMessage = Message<string, string, string, string>;
  * once it has drained below one.
  */
 const IDLE_CHECK_MS = 10_000;
+
+/**
+ * Close a consumer so that it really leaves its group. The client reports a failed leave (the
+ * coordinator unreachable during a broker restart) by staying open, so the close is retried.
+ */
+async function leaveGroup(consumer: Consumer<string, string, string, string>): Promise<boolean> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      await withTimeout(consumer.close(true), 10_000, "consumer close");
+      return true;
+    } catch {
+      await sleep(backoff_ms(attempt, 500, 5_000));
+    }
+  }
+  return false;
+}
 const COMMIT_TIMEOUT_MS = 15_000;
 
 async function hasLag(
