@@ -6,24 +6,28 @@
 //   test [--no-lint] [--keep-test-data] [--no-schemathesis]
 //                              lint, schemathesis, unit + integration tests against a test stack
 //   chaos [--transfers N] [--faults N] ... the bank workload under faults, on a fresh test stack
+//   bench [--quick] [--profile] ...  throughput and latency against a pgbench baseline (ops/bench)
 //   audit [--quiet]            the money guarantees, checked against the running engines
 //   dead-letters list|replay <id>|replay --all
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, closeSync, existsSync, globSync, openSync } from "node:fs";
+import { appendFileSync, closeSync, existsSync, globSync, openSync, rmSync } from "node:fs";
 import type { Server } from "node:http";
 import { join, relative } from "node:path";
 import { deleteKeysWithPrefix } from "./engines/redis.ts";
 import { databaseOf } from "./env.ts";
 import {
+  benchEnv,
   deleteTopicsWithPrefix,
   dropMongoDatabase,
   type EngineName,
   engineOrder,
   engines,
   ensureEnginesDetailed,
+  pgbenchPath,
   recreateDatabase,
   type StackEnv,
   type Supervisor,
+  serviceNames,
   servicePorts,
   setMessageSink,
   stackEnv,
@@ -208,9 +212,14 @@ function findTests(patterns: string[]): string[] {
   return [...new Set(files)].sort();
 }
 
-/** Test runs start from empty test databases, topics and keys, so results do not depend on the last run. */
-async function resetTestData(env: StackEnv): Promise<void> {
-  const dbs = [env.LEDGER_DATABASE_URL, env.SAGA_DATABASE_URL].map((u) => databaseOf(u ?? ""));
+/**
+ * Test and benchmark runs start from empty databases, topics and keys, so results do not depend
+ * on the last run.
+ */
+async function resetTestData(env: StackEnv, extra_databases: string[] = []): Promise<void> {
+  const dbs = [env.LEDGER_DATABASE_URL, env.SAGA_DATABASE_URL]
+    .map((u) => databaseOf(u ?? ""))
+    .concat(extra_databases);
   await Promise.all([
     ...dbs.map((db) => (db === undefined ? undefined : recreateDatabase(db))),
     dropMongoDatabase(env.MONGO_DATABASE ?? "dps_test"),
@@ -222,7 +231,11 @@ async function resetTestData(env: StackEnv): Promise<void> {
 async function cmdTest(args: string[]): Promise<number> {
   if (!args.includes("--no-lint") && !(await lint())) return 1;
 
-  const unit = findTests(["services/**/test/**/*.test.ts", "packages/**/test/**/*.test.ts"]);
+  const unit = findTests([
+    "services/**/test/**/*.test.ts",
+    "packages/**/test/**/*.test.ts",
+    "ops/**/test/**/*.test.ts",
+  ]);
   // Fault tests (test/resilience: crash points, chaos) kill services and restart engines; the
   // runner orders files by path, so they run after test/integration.
   const integration = findTests(["test/integration/**/*.test.ts", "test/resilience/**/*.test.ts"]);
@@ -270,16 +283,30 @@ async function cmdTest(args: string[]): Promise<number> {
  */
 type SpawnChild = (cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile?: string) => Inherited;
 
+interface TestStackOptions {
+  services: boolean;
+  resetData: boolean;
+  /** Default: the test stack (testEnv, "test-" log and pid files). */
+  env?: StackEnv;
+  prefix?: string;
+  /** Databases to recreate besides the services' own. */
+  extra_databases?: string[];
+  node_args?: string[];
+  /** The control server through which fault tests kill and restart (default true). */
+  control?: boolean;
+}
+
 async function withTestStack(
-  options: { services: boolean; resetData: boolean },
-  run: (env: NodeJS.ProcessEnv, spawnChild: SpawnChild) => Promise<number>,
+  options: TestStackOptions,
+  run: (env: NodeJS.ProcessEnv, spawnChild: SpawnChild, sup: Supervisor | undefined) => Promise<number>,
 ): Promise<number> {
+  const prefix = options.prefix ?? "test-";
   // Once the child runs, the stack's own messages go to this file: the output must end with the
   // test runner's summary.
-  const stackLog = join(logsDir, "test-stack.log");
+  const stackLog = join(logsDir, `${prefix}stack.log`);
   const toFile = (line: string): void => appendFileSync(stackLog, line);
 
-  const env = testEnv();
+  const env = options.env ?? testEnv();
   const controlPort = Number(process.env.DPS_TEST_CONTROL_PORT || 18099);
   let started: EngineName[] = [];
   let sup: Supervisor | undefined;
@@ -293,19 +320,24 @@ async function withTestStack(
 
   try {
     const t0 = Date.now();
-    ({ started } = await ensureEnginesDetailed({ env }));
-    if (options.resetData) await resetTestData(env);
+    ({ started } = await ensureEnginesDetailed({ env, databases: options.extra_databases }));
+    if (options.resetData) await resetTestData(env, options.extra_databases);
     if (options.services) {
       sup = await startServices({
         env,
-        prefix: "test-",
+        prefix,
         skipMissing: true,
         log: (m) => toFile(`[supervisor] ${m}\n`),
+        node_args: options.node_args,
       });
-      control = await startControlServer({ supervisor: sup, engines, port: controlPort });
+      if (options.control !== false)
+        control = await startControlServer({ supervisor: sup, engines, port: controlPort });
     }
-    const what = sup === undefined ? "engines" : "engines and services (ports 18000-18003)";
-    out(`[test] test stack up in ${secs(Date.now() - t0)}: ${what}; logs in ${rel(logsDir)}/`);
+    const ports = serviceNames.map((n) => env[servicePorts[n].env]).join(", ");
+    const what = sup === undefined ? "engines" : `engines and services (ports ${ports})`;
+    out(
+      `[${prefix.replace(/-$/, "")}] stack up in ${secs(Date.now() - t0)}: ${what}; logs in ${rel(logsDir)}/`,
+    );
     // From here on the stack's own messages (a chaos test restarting an engine...) go to a file.
     setMessageSink(toFile);
   } catch (err) {
@@ -314,7 +346,7 @@ async function withTestStack(
   }
 
   const url = (name: keyof typeof servicePorts): string =>
-    `http://${env.HOST}:${servicePorts[name].testPort}`;
+    `http://${env.HOST}:${env[servicePorts[name].env]}`;
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
     ...env,
@@ -339,7 +371,7 @@ async function withTestStack(
     return child;
   };
   const interrupted = untilSignal().then(() => 130);
-  const code = await Promise.race([run(childEnv, spawnChild), interrupted]);
+  const code = await Promise.race([run(childEnv, spawnChild, sup), interrupted]);
   current?.kill("SIGTERM"); // a no-op when it has exited
   await cleanup();
   return code;
@@ -351,6 +383,40 @@ async function cmdChaos(args: string[]): Promise<number> {
     const { code } = await spawnChild(process.execPath, [join(repoRoot, "ops", "chaos.ts"), ...args], env);
     return code;
   });
+}
+
+/**
+ * `npm run bench`: engines reused or started, a fresh bench stack (its own ports, databases,
+ * topics and keys), then ops/bench/main.ts drives it. `--profile` runs the services under
+ * `--cpu-prof`; their profiles are written when they stop, and summarised into the report.
+ */
+async function cmdBench(args: string[]): Promise<number> {
+  const profile = args.includes("--profile");
+  const profile_dir = join(repoRoot, ".data", "bench", "profiles");
+  const node_args = profile
+    ? ["--cpu-prof", `--cpu-prof-dir=${profile_dir}`, "--cpu-prof-name={name}.cpuprofile"]
+    : [];
+  if (profile) rmSync(profile_dir, { recursive: true, force: true });
+  const benchArgs = [join(repoRoot, "ops", "bench", "main.ts"), ...args];
+  let code = await withTestStack(
+    {
+      services: true,
+      resetData: true,
+      env: benchEnv(),
+      prefix: "bench-",
+      control: false,
+      extra_databases: ["dps_bench_baseline"],
+      node_args,
+    },
+    async (env, spawnChild, sup) => {
+      const pids = Object.fromEntries((sup?.status() ?? []).map((s) => [s.name, s.pid ?? 0]));
+      const childEnv = { ...env, BENCH_SERVICE_PIDS: JSON.stringify(pids), BENCH_PGBENCH: pgbenchPath };
+      return (await spawnChild(process.execPath, [...benchArgs, "--phase", "run"], childEnv)).code;
+    },
+  );
+  // The services have stopped, so their profiles are on disk: the report takes them in.
+  if (code === 0) code = (await runInherit(process.execPath, [...benchArgs, "--phase", "report"])).code;
+  return code;
 }
 
 /** Operator tools run against the stack that `npm start` runs (or whatever the environment points at). */
@@ -372,6 +438,8 @@ async function main(): Promise<number> {
       return cmdTest(args);
     case "chaos":
       return cmdChaos(args);
+    case "bench":
+      return cmdBench(args);
     case "audit":
       return cmdOps("audit.ts", args);
     case "dead-letters":
@@ -381,6 +449,7 @@ async function main(): Promise<number> {
       out("       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>");
       out("       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis]");
       out("       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]");
+      out("       scripts/run.sh bench [--quick] [--profile] [--long] [--out DIR]");
       out("       scripts/run.sh audit [--quiet]");
       out("       scripts/run.sh dead-letters list|replay <id>|replay --all");
       return cmd === undefined || cmd === "help" || cmd === "--help" ? 0 : 2;

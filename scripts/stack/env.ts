@@ -119,6 +119,33 @@ export function testEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
   };
 }
 
+/**
+ * The environment for `npm run bench`: its own ports (28000-28003), databases, topics and keys, so
+ * a benchmark neither touches `npm start`'s data nor collides with a test run. No fault
+ * injection, and a rate limit high enough that the load generator measures the system, not the
+ * limiter (which still runs: its Redis round trip is part of every request's cost).
+ */
+export function benchEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
+  const host = base.HOST || "127.0.0.1";
+  const p = (name: ServiceName): string => String(servicePorts[name].testPort + 10_000);
+  return {
+    ...stackEnv(base),
+    USER_SERVICE_PORT: p("user-service"),
+    TRANSACTION_COMMAND_SERVICE_PORT: p("transaction-command-service"),
+    TRANSACTION_QUERY_SERVICE_PORT: p("transaction-query-service"),
+    TRANSACTION_SERVICE_PORT: p("transaction-service"),
+    LEDGER_DATABASE_URL: pgUrl("dps_bench_ledger"),
+    SAGA_DATABASE_URL: pgUrl("dps_bench_saga"),
+    MONGO_DATABASE: "dps_bench",
+    KAFKA_TOPIC_PREFIX: "bench.",
+    REDIS_KEY_PREFIX: "bench:",
+    RATE_LIMIT_MAX: "1000000",
+    LOG_LEVEL: base.LOG_LEVEL || "warn",
+    USER_SERVICE_URL: `http://${host}:${p("user-service")}`,
+    TRANSACTION_QUERY_SERVICE_URL: `http://${host}:${p("transaction-query-service")}`,
+  };
+}
+
 /** Database name from a postgres:// URL (the path), or undefined. */
 export function databaseOf(url: string): string | undefined {
   try {

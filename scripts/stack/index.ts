@@ -17,8 +17,9 @@ export { startControlServer } from "./control.ts";
 export { type Engine, type EngineName, setMessageSink } from "./engine.ts";
 export { dropMongoDatabase } from "./engines/ferretdb.ts";
 export { deleteTopicsWithPrefix } from "./engines/kafka.ts";
-export { ensureDatabase, recreateDatabase } from "./engines/postgres.ts";
+export { ensureDatabase, pgbenchPath, recreateDatabase } from "./engines/postgres.ts";
 export {
+  benchEnv,
   isServiceName,
   type ServiceName,
   type StackEnv,

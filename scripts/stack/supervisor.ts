@@ -263,6 +263,8 @@ export interface StartServicesOptions {
   wait?: boolean;
   /** Services whose main.ts does not exist yet are skipped with a note instead of failing. */
   skipMissing?: boolean;
+  /** Extra Node options before the entry point (the benchmark's `--cpu-prof`). */
+  node_args?: string[];
 }
 
 export function serviceEntry(name: ServiceName): string {
@@ -270,13 +272,17 @@ export function serviceEntry(name: ServiceName): string {
 }
 
 /** Specs for the project's services: `node services/<name>/src/main.ts`, cwd = repo root. */
-export function serviceSpecs(env: StackEnv, names: readonly ServiceName[]): ServiceSpec[] {
+export function serviceSpecs(
+  env: StackEnv,
+  names: readonly ServiceName[],
+  node_args: readonly string[] = [],
+): ServiceSpec[] {
   return names.map((name) => ({
     name,
     host: env.HOST ?? "127.0.0.1",
     port: Number(env[servicePorts[name].env] ?? servicePorts[name].port),
     cmd: process.execPath, // the Node 24 that runs us
-    args: [serviceEntry(name)],
+    args: [...node_args.map((a) => a.replaceAll("{name}", name)), serviceEntry(name)],
     env,
   }));
 }
@@ -289,7 +295,7 @@ export async function startServices(opts: StartServicesOptions): Promise<Supervi
     for (const n of missing) log(`${n}: ${serviceEntry(n)} does not exist yet; skipped`);
     names = names.filter((n) => !missing.includes(n));
   }
-  const sup = new Supervisor(serviceSpecs(opts.env, names), { prefix: opts.prefix, log });
+  const sup = new Supervisor(serviceSpecs(opts.env, names, opts.node_args), { prefix: opts.prefix, log });
   try {
     if (opts.wait === false) for (const n of names) await sup.start(n);
     else await sup.startAll();

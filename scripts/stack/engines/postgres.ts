@@ -19,6 +19,8 @@ import { envPort, logsDir, runDir, dataDir as stackDataDir } from "../paths.ts";
 import { isAlive, isRoot, openAppend, run, signal } from "../proc.ts";
 
 const binDir = process.env.DPS_PG_BIN_DIR || "/usr/lib/postgresql/15/bin";
+/** pgbench ships with the server package; the benchmark's baseline runs it. */
+export const pgbenchPath = join(binDir, "pgbench");
 export const pgHost = "127.0.0.1";
 export const pgPort = envPort("DPS_PG_PORT", 55432);
 /** The application role. A superuser is fine on a local dev/test cluster (FerretDB creates schemas). */

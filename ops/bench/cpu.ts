@@ -1,0 +1,80 @@
+/**
+ * CPU used by each part of the system during a phase, from /proc (user + system time): the four
+ * services, PostgreSQL by database (its backends name their database in their process title),
+ * Kafka, FerretDB, Redis, pgbench and this load generator. Processes are found afresh at every
+ * sample, so a restarted one is still counted from its own start.
+ */
+import { readdirSync, readFileSync } from "node:fs";
+
+const CLOCK_TICKS_PER_S = 100; // USER_HZ: 100 on every Linux that Node supports
+
+export type CpuTicks = Map<string, Map<number, number>>;
+
+function readText(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return null; // the process exited between the listing and the read
+  }
+}
+
+/** Which part of the system a process belongs to, or null when it is none of ours. */
+export function groupOf(
+  pid: number,
+  cmdline: string,
+  service_pids: ReadonlyMap<number, string>,
+): string | null {
+  const service = service_pids.get(pid);
+  if (service !== undefined) return service;
+  if (pid === process.pid) return "load generator";
+  const service_entry = /services\/([a-z-]+)\/src\/main\.ts/.exec(cmdline);
+  if (service_entry?.[1] !== undefined) return service_entry[1];
+  if (cmdline.startsWith("postgres: ")) {
+    // "postgres: dps dps_bench_saga 127.0.0.1(5432) idle", or a background worker.
+    const backend = /^postgres: \S+ (\S+) \d+\.\d+\.\d+\.\d+\(\d+\)/.exec(cmdline);
+    return backend?.[1] !== undefined ? `postgres (${backend[1]})` : "postgres (background)";
+  }
+  if (/\/postgres(\s|$)/.test(cmdline)) return "postgres (background)";
+  if (cmdline.includes("pgbench")) return "pgbench";
+  if (cmdline.includes("redis-server")) return "redis";
+  if (cmdline.includes("kafka.Kafka") || cmdline.includes("kafka-server")) return "kafka";
+  if (cmdline.includes("ferretdb")) return "ferretdb";
+  return null;
+}
+
+/** Ticks used so far by every process of ours, per group and pid. */
+export function sampleCpu(service_pids: ReadonlyMap<number, string>): CpuTicks {
+  const sample: CpuTicks = new Map();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    const cmdline = readText(`/proc/${pid}/cmdline`)?.replaceAll("\0", " ").trim();
+    if (cmdline === undefined || cmdline === "") continue;
+    const group = groupOf(pid, cmdline, service_pids);
+    if (group === null) continue;
+    const stat = readText(`/proc/${pid}/stat`);
+    if (stat === null) continue;
+    // Fields after the ")" that closes the command name: utime and stime are the 12th and 13th.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    if (!Number.isFinite(ticks)) continue;
+    let pids = sample.get(group);
+    if (pids === undefined) {
+      pids = new Map();
+      sample.set(group, pids);
+    }
+    pids.set(pid, ticks);
+  }
+  return sample;
+}
+
+/** CPU seconds per group between two samples (a process that is new in `after` counts in full). */
+export function cpuSecondsBetween(before: CpuTicks, after: CpuTicks): Record<string, number> {
+  const used: Record<string, number> = {};
+  for (const [group, pids] of after) {
+    let ticks = 0;
+    for (const [pid, now] of pids) ticks += now - (before.get(group)?.get(pid) ?? 0);
+    if (ticks > 0) used[group] = Math.round((ticks / CLOCK_TICKS_PER_S) * 100) / 100;
+  }
+  return used;
+}

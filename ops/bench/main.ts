@@ -1,0 +1,560 @@
+/**
+ * `npm run bench [-- --quick | --long] [--profile] [--out DIR]`: end-to-end transfer throughput
+ * and latency of the system through its public API, side by side with the monolithic baseline
+ * (pgbench, one PostgreSQL transaction per transfer) in the same run, on the same engines.
+ *
+ * scripts/stack/cli.ts starts a fresh bench stack and runs this file twice:
+ *   --phase run     drive the load, write results.json into the output folder;
+ *   --phase report  (after the services stopped and wrote their CPU profiles, if --profile)
+ *                   write report.md and the PNG charts, print the summary and, last, one line
+ *                   `RESULT {json}`.
+ *
+ * The phases of a run:
+ *   1. wallets: 1,000 opened in bulk (and as many in the baseline's table);
+ *   2. throughput against concurrency: closed-loop clients, then pgbench at the same concurrency;
+ *   3. a hot wallet in 10% of the transfers, at the concurrency where the system peaked;
+ *   4. POST latency at half the peak rate (open loop);
+ *   5. cached GET /transactions/:id latency;
+ *   6. 100,000 wallets (1,000,000 with --long), at the peak concurrency;
+ *   7. the audit, once every transfer is final: the money guarantees still hold.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { join, relative, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { parseArgs } from "node:util";
+import { Authenticator } from "#packages/http/auth.ts";
+import { createPool } from "#packages/pg/index.ts";
+import { hashPassword } from "../../services/user-service/src/domain.ts";
+import { openWalletsInBulk } from "../../services/user-service/src/ledger.ts";
+import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
+import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
+import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
+import { cpuSecondsBetween, sampleCpu } from "./cpu.ts";
+import {
+  ApiClient,
+  cachedReads,
+  closedLoop,
+  type Latency,
+  type LoadResult,
+  type LoadTarget,
+  type Mix,
+  openLoop,
+} from "./load.ts";
+import { summariseProfile, summaryMarkdown } from "./profile.ts";
+
+const repoRoot = resolve(import.meta.dirname, "..", "..");
+const OPENING_BALANCE_MINOR = 100_000_000;
+const AMOUNT_MAX_MINOR = 1_000;
+const HOT_SHARE = 0.1;
+
+interface Mode {
+  name: "quick" | "full" | "long";
+  concurrency: number[];
+  warmup_s: number;
+  duration_s: number;
+  wallets_small: number;
+  wallets_large: number[];
+}
+
+const modes: Record<Mode["name"], Mode> = {
+  quick: {
+    name: "quick",
+    concurrency: [8, 32, 64],
+    warmup_s: 2,
+    duration_s: 8,
+    wallets_small: 1_000,
+    wallets_large: [100_000],
+  },
+  full: {
+    name: "full",
+    concurrency: [1, 4, 16, 32, 64, 128],
+    warmup_s: 5,
+    duration_s: 20,
+    wallets_small: 1_000,
+    wallets_large: [100_000],
+  },
+  long: {
+    name: "long",
+    concurrency: [1, 4, 16, 32, 64, 128],
+    warmup_s: 5,
+    duration_s: 30,
+    wallets_small: 1_000,
+    wallets_large: [100_000, 1_000_000],
+  },
+};
+
+interface Case {
+  name: string;
+  wallets: number;
+  hot_share: number;
+  concurrency: number;
+  ours: Omit<LoadResult, "completed_transfers">;
+  baseline: BaselineResult;
+  /** CPU seconds used per group while each side ran, over windows of these wall-clock lengths. */
+  cpu_ours_s: Record<string, number>;
+  cpu_baseline_s: Record<string, number>;
+  cpu_window_ours_s: number;
+  cpu_window_baseline_s: number;
+}
+
+interface Results {
+  mode: Mode["name"];
+  started_at: string;
+  machine: { cpus: number; cpu_model: string; memory_gib: number; node: string };
+  sweep: Case[];
+  hot: Case;
+  scale: Case[];
+  half_rate: { rate_tps: number; result: Omit<LoadResult, "completed_transfers"> & { dropped: number } };
+  cached_get: { reads: number; errors: number; get: Latency };
+  audit: { ok: boolean; summary: string; wait_for_quiet_s: number };
+  baseline_money_conserved: boolean;
+  profiled: boolean;
+}
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (value === undefined || value === "")
+    throw new Error(`${name} must be set (run through \`npm run bench\`)`);
+  return value;
+}
+
+const say = (line: string): void => void process.stdout.write(`[bench] ${line}\n`);
+const withoutIds = (r: LoadResult): Omit<LoadResult, "completed_transfers"> => {
+  const { completed_transfers: _, ...rest } = r;
+  return rest;
+};
+
+async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise<void> {
+  const started_at = new Date().toISOString();
+  const transaction_url = required("TEST_TRANSACTION_SERVICE_URL");
+  const ledger_url = required("LEDGER_DATABASE_URL");
+  const baseline_url = ledger_url.replace(/\/[^/]+$/, "/dps_bench_baseline");
+  const pgbench = required("BENCH_PGBENCH");
+  const service_pids = new Map(
+    Object.entries(JSON.parse(required("BENCH_SERVICE_PIDS")) as Record<string, number>).map(
+      ([name, pid]) => [pid, name],
+    ),
+  );
+  const auth = new Authenticator({ token_secret: required("AUTH_TOKEN_SECRET"), token_ttl_s: 4 * 3600 });
+  const tokens = new Map<number, Promise<string>>();
+  const max_concurrency = Math.max(...mode.concurrency);
+  const api = new ApiClient(transaction_url, max_concurrency * 2, 30_000);
+  const target: LoadTarget = {
+    api,
+    tokenFor(user_id) {
+      let token = tokens.get(user_id);
+      if (token === undefined) {
+        token = auth.issueUserToken(user_id).then((t) => t.access_token);
+        tokens.set(user_id, token);
+      }
+      return token;
+    },
+    amount_max_minor: AMOUNT_MAX_MINOR,
+    final_timeout_ms: 60_000,
+  };
+
+  // 1. Wallets, opened in bulk through the ledger's own journal (one deposit each).
+  const ledger = createPool(ledger_url, { max: 2, application_name: "bench", statement_timeout_ms: 600_000 });
+  const password_hash = await hashPassword("bench-password");
+  const wallets: number[] = [];
+  const openWallets = async (count: number): Promise<void> => {
+    const t0 = Date.now();
+    for (let first = wallets.length; first < count; first += 50_000) {
+      const batch = Math.min(50_000, count - first);
+      wallets.push(
+        ...(await openWalletsInBulk(ledger, {
+          username_prefix: "bench_",
+          first,
+          count: batch,
+          password_hash,
+          opening_balance: OPENING_BALANCE_MINOR,
+        })),
+      );
+    }
+    // Fresh statistics after a bulk load, or the planner takes the new tables for empty ones
+    // (the audit's joins then run for minutes).
+    await ledger.query("VACUUM ANALYZE users, accounts, deposits, postings, entries");
+    await ensureBaselineWallets(baseline_url, count, OPENING_BALANCE_MINOR);
+    say(`${count} wallets ready (system and baseline) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  };
+  await openWallets(mode.wallets_small);
+
+  const runCase = async (
+    name: string,
+    wallet_count: number,
+    hot_share: number,
+    concurrency: number,
+  ): Promise<Case> => {
+    const mix: Mix = { wallets: wallets.slice(0, wallet_count), hot_share };
+    const before = sampleCpu(service_pids);
+    const t_before = performance.now();
+    const ours = await closedLoop(target, mix, {
+      concurrency,
+      warmup_s: mode.warmup_s,
+      duration_s: mode.duration_s,
+    });
+    const middle = sampleCpu(service_pids);
+    const t_middle = performance.now();
+    await sleep(1_000); // let the last records settle before the baseline takes the machine
+    const mid_settled = sampleCpu(service_pids);
+    const t_mid_settled = performance.now();
+    const baseline = await runBaseline({
+      pgbench,
+      database_url: baseline_url,
+      concurrency,
+      duration_s: mode.duration_s,
+      wallets: wallet_count,
+      hot_share,
+      amount_max_minor: AMOUNT_MAX_MINOR,
+      timeout_ms: (mode.duration_s + 60) * 1000,
+    });
+    const after = sampleCpu(service_pids);
+    const t_after = performance.now();
+    say(
+      `${name.padEnd(22)} c=${String(concurrency).padStart(3)}  ours ${ours.throughput_tps.toFixed(0).padStart(6)} tps ` +
+        `(POST p99 ${ours.post.p99_ms} ms, done p99 ${ours.completion.p99_ms} ms, ${ours.errors} errors)  ` +
+        `baseline ${baseline.throughput_tps.toFixed(0).padStart(6)} tps (p99 ${baseline.latency.p99_ms} ms)  ` +
+        `ratio ${(ours.throughput_tps / baseline.throughput_tps).toFixed(3)}`,
+    );
+    lastCompleted = ours.completed_transfers.length > 0 ? ours.completed_transfers : lastCompleted;
+    return {
+      name,
+      wallets: wallet_count,
+      hot_share,
+      concurrency,
+      ours: withoutIds(ours),
+      baseline,
+      cpu_ours_s: cpuSecondsBetween(before, middle),
+      cpu_baseline_s: cpuSecondsBetween(mid_settled, after),
+      cpu_window_ours_s: (t_middle - t_before) / 1000,
+      cpu_window_baseline_s: (t_after - t_mid_settled) / 1000,
+    };
+  };
+  let lastCompleted: { id: string; reader: number }[] = [];
+
+  // 2. Throughput against concurrency, uniform over the small set of wallets.
+  const sweep: Case[] = [];
+  for (const concurrency of mode.concurrency) {
+    sweep.push(await runCase(`${mode.wallets_small} wallets`, mode.wallets_small, 0, concurrency));
+  }
+  const peak = sweep.reduce((best, c) => (c.ours.throughput_tps > best.ours.throughput_tps ? c : best));
+  const cached_sample = lastCompleted;
+
+  // 3. A hot wallet.
+  const hot = await runCase(
+    `${mode.wallets_small} wallets, hot`,
+    mode.wallets_small,
+    HOT_SHARE,
+    peak.concurrency,
+  );
+
+  // 4. POST latency at half the peak rate.
+  const rate_tps = Math.max(1, Math.round(peak.ours.throughput_tps / 2));
+  const half = await openLoop(
+    target,
+    { wallets: wallets.slice(0, mode.wallets_small), hot_share: 0 },
+    { rate_tps, duration_s: mode.duration_s, max_in_flight: max_concurrency * 8 },
+  );
+  say(
+    `half the peak rate     ${rate_tps} tps offered: POST p50 ${half.post.p50_ms} / p95 ${half.post.p95_ms} / p99 ${half.post.p99_ms} ms; ` +
+      `done p99 ${half.completion.p99_ms} ms; ${half.dropped} dropped, ${half.errors} errors`,
+  );
+
+  // 5. Cached reads of final transfers.
+  const cached_get = await cachedReads(target, cached_sample, {
+    concurrency: 8,
+    duration_s: Math.min(10, mode.duration_s),
+  });
+  say(
+    `cached GET             p50 ${cached_get.get.p50_ms} ms, p99 ${cached_get.get.p99_ms} ms over ${cached_get.reads} reads`,
+  );
+
+  // 6. More wallets.
+  const scale: Case[] = [];
+  for (const count of mode.wallets_large) {
+    await openWallets(count);
+    scale.push(await runCase(`${count} wallets`, count, 0, peak.concurrency));
+  }
+  api.close();
+
+  // 7. The audit, once nothing is in flight.
+  const quiet_t0 = Date.now();
+  let audit = await runAudit(auditOptionsFromEnv(process.env, true));
+  while (!audit.ok && audit.transfers.in_flight > 0 && Date.now() - quiet_t0 < 120_000) {
+    await sleep(2_000);
+    audit = await runAudit(auditOptionsFromEnv(process.env, true));
+  }
+  const wait_for_quiet_s = Math.round((Date.now() - quiet_t0) / 100) / 10;
+  say(`audit: ${audit.ok ? "OK" : "VIOLATIONS"} (${audit.transfers.total} transfers; ${wait_for_quiet_s} s)`);
+  // The baseline moves money too: its wallets must still hold exactly what they were opened with.
+  const baseline_money_conserved =
+    (await baselineTotal(baseline_url)) === BigInt(wallets.length) * BigInt(OPENING_BALANCE_MINOR);
+  if (!baseline_money_conserved)
+    say("the baseline's wallets do not add up: its numbers are not to be trusted");
+  await ledger.end();
+
+  const results: Results = {
+    mode: mode.name,
+    started_at,
+    machine: {
+      cpus: cpus().length,
+      cpu_model: cpus()[0]?.model ?? "unknown",
+      memory_gib: Math.round(totalmem() / 2 ** 30),
+      node: process.version,
+    },
+    sweep,
+    hot,
+    scale,
+    half_rate: { rate_tps, result: { ...withoutIds(half), dropped: half.dropped } },
+    cached_get,
+    audit: { ok: audit.ok, summary: formatAudit(audit), wait_for_quiet_s },
+    baseline_money_conserved,
+    profiled,
+  };
+  mkdirSync(out_dir, { recursive: true });
+  writeFileSync(join(out_dir, "results.json"), `${JSON.stringify(results, null, 2)}\n`);
+  if (!audit.ok) {
+    process.stdout.write(`${formatAudit(audit)}\n`);
+    process.exitCode = 1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+
+const fmt = (n: number, digits = 0): string =>
+  n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+function cpuTable(c: Case): string[] {
+  const groups = [...new Set([...Object.keys(c.cpu_ours_s), ...Object.keys(c.cpu_baseline_s)])].sort();
+  // Cores busy over the window, divided by the steady throughput: CPU per completed transfer.
+  const per = (cores: number, tps: number): string => (tps === 0 ? "-" : fmt((cores / tps) * 1e6, 0));
+  const rows = groups.map((g) => {
+    const ours = c.cpu_ours_s[g] ?? 0;
+    const base = c.cpu_baseline_s[g] ?? 0;
+    const ours_cores = ours / c.cpu_window_ours_s;
+    const base_cores = base / c.cpu_window_baseline_s;
+    return `| ${g} | ${fmt(ours_cores, 2)} | ${per(ours_cores, c.ours.throughput_tps)} | ${fmt(base_cores, 2)} | ${per(base_cores, c.baseline.throughput_tps)} |`;
+  });
+  return [
+    "| process | ours: cores busy | ours: CPU µs per transfer | baseline: cores busy | baseline: CPU µs per transfer |",
+    "|---|--:|--:|--:|--:|",
+    ...rows,
+  ];
+}
+
+function caseRow(c: Case): string {
+  const o = c.ours;
+  return (
+    `| ${c.name} | ${c.concurrency} | **${fmt(o.throughput_tps, 1)}** | ${fmt(c.baseline.throughput_tps, 1)} | ` +
+    `${(o.throughput_tps / c.baseline.throughput_tps).toFixed(3)} | ${o.post.p50_ms} / ${o.post.p95_ms} / ${o.post.p99_ms} | ` +
+    `${o.completion.p50_ms} / ${o.completion.p99_ms} | ${c.baseline.latency.p50_ms} / ${c.baseline.latency.p99_ms} | ` +
+    `${o.completed} | ${o.failed} | ${o.errors + o.unfinished} |`
+  );
+}
+
+const CASE_HEADER = [
+  "| case | clients | ours (tps) | baseline (tps) | ratio | POST p50 / p95 / p99 (ms) | done p50 / p99 (ms) | baseline p50 / p99 (ms) | completed | refused | errors |",
+  "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+];
+
+async function reportPhase(out_dir: string): Promise<void> {
+  const results = JSON.parse(readFileSync(join(out_dir, "results.json"), "utf8")) as Results;
+  const mode = modes[results.mode];
+  const peak = results.sweep.reduce((best, c) =>
+    c.ours.throughput_tps > best.ours.throughput_tps ? c : best,
+  );
+  const baseline_peak = results.sweep.reduce((best, c) =>
+    c.baseline.throughput_tps > best.baseline.throughput_tps ? c : best,
+  );
+  const small = results.sweep.find((c) => c.concurrency === peak.concurrency) ?? peak;
+  const large = results.scale[0];
+
+  // Charts.
+  const throughputPng = await renderLineChartPng({
+    title: "Completed transfers per second against concurrency",
+    x_label: "concurrent clients",
+    y_label: "transfers per second",
+    x_log: true,
+    series: [
+      {
+        name: "this system (saga)",
+        points: results.sweep.map((c) => ({ x: c.concurrency, y: c.ours.throughput_tps })),
+      },
+      {
+        name: "baseline (pgbench)",
+        points: results.sweep.map((c) => ({ x: c.concurrency, y: c.baseline.throughput_tps })),
+      },
+    ],
+  });
+  writeFileSync(join(out_dir, "throughput.png"), throughputPng);
+  const latencyPng = await renderLineChartPng({
+    title: "Latency percentiles against concurrency",
+    x_label: "concurrent clients",
+    y_label: "milliseconds",
+    x_log: true,
+    series: [
+      { name: "POST p50", points: results.sweep.map((c) => ({ x: c.concurrency, y: c.ours.post.p50_ms })) },
+      { name: "POST p99", points: results.sweep.map((c) => ({ x: c.concurrency, y: c.ours.post.p99_ms })) },
+      {
+        name: "to COMPLETED p50",
+        points: results.sweep.map((c) => ({ x: c.concurrency, y: c.ours.completion.p50_ms })),
+      },
+      {
+        name: "to COMPLETED p99",
+        points: results.sweep.map((c) => ({ x: c.concurrency, y: c.ours.completion.p99_ms })),
+      },
+      {
+        name: "baseline p99",
+        points: results.sweep.map((c) => ({ x: c.concurrency, y: c.baseline.latency.p99_ms })),
+      },
+    ],
+  });
+  writeFileSync(join(out_dir, "latency.png"), latencyPng);
+  const cases = [small, results.hot, ...results.scale];
+  const scalePng = await renderBarChartPng({
+    title: `Throughput by workload at ${peak.concurrency} clients`,
+    y_label: "transfers per second",
+    bars: cases.flatMap((c) => [
+      { group: c.name, name: "this system", value: c.ours.throughput_tps },
+      { group: c.name, name: "baseline", value: c.baseline.throughput_tps },
+    ]),
+  });
+  writeFileSync(join(out_dir, "workloads.png"), scalePng);
+
+  // Profiles, when the services ran under --cpu-prof.
+  const profile_dir = join(repoRoot, ".data", "bench", "profiles");
+  const profile_sections: string[] = [];
+  if (results.profiled && existsSync(profile_dir)) {
+    for (const file of readdirSync(profile_dir)
+      .filter((f) => f.endsWith(".cpuprofile"))
+      .sort()) {
+      const summary = summariseProfile(join(profile_dir, file), { top: 12, repo_root: repoRoot });
+      profile_sections.push(summaryMarkdown(file.replace(/\.cpuprofile$/, ""), summary, 12));
+    }
+  }
+
+  const ratio = peak.ours.throughput_tps / baseline_peak.baseline.throughput_tps;
+  const hot_vs_uniform = results.hot.ours.throughput_tps / small.ours.throughput_tps;
+  const large_vs_small = large === undefined ? null : large.ours.throughput_tps / small.ours.throughput_tps;
+  const half = results.half_rate.result;
+  const target = (ok: boolean): string => (ok ? "met" : "**not met**");
+  const lines = [
+    `# Benchmark: ${results.mode} run of ${results.started_at}`,
+    "",
+    `Machine: ${results.machine.cpus} × ${results.machine.cpu_model}, ${results.machine.memory_gib} GiB, Node ${results.machine.node}. ` +
+      "Every engine, every service, the load generator and pgbench share these cores: both sides pay for their clients.",
+    `Each case: ${mode.warmup_s} s warm-up, then ${mode.duration_s} s measured for the system, then ${mode.duration_s} s of pgbench at the same concurrency.` +
+      (results.profiled ? " **Services ran under --cpu-prof (slower than usual).**" : ""),
+    "",
+    "## Summary",
+    "",
+    "| figure | value | target |",
+    "|---|--:|---|",
+    `| peak throughput (completed, seen through the API) | ${fmt(peak.ours.throughput_tps, 1)} tps at ${peak.concurrency} clients | |`,
+    `| baseline peak (pgbench, one transaction per transfer) | ${fmt(baseline_peak.baseline.throughput_tps, 1)} tps at ${baseline_peak.concurrency} clients | |`,
+    `| ratio (peak / baseline peak) | ${ratio.toFixed(3)} | ≥ 1.0: ${target(ratio >= 1)} |`,
+    `| POST p99 at half the peak rate (${results.half_rate.rate_tps} tps offered) | ${half.post.p99_ms} ms | ≤ 25 ms: ${target(half.post.p99_ms <= 25)} |`,
+    `| cached GET /transactions/:id p99 | ${results.cached_get.get.p99_ms} ms (p50 ${results.cached_get.get.p50_ms} ms) | ≤ 3 ms: ${target(results.cached_get.get.p99_ms <= 3)} |`,
+    large_vs_small === null || large === undefined
+      ? ""
+      : `| ${fmt(large.wallets)} wallets / ${fmt(small.wallets)} wallets | ${(large_vs_small * 100).toFixed(0)} % | ≥ 80 %: ${target(large_vs_small >= 0.8)} |`,
+    `| hot wallet (10% of transfers) / uniform | ${(hot_vs_uniform * 100).toFixed(0)} % | ≥ 50 %: ${target(hot_vs_uniform >= 0.5)} |`,
+    `| audit after the run | ${results.audit.ok ? "OK" : "VIOLATIONS"} | OK |`,
+    `| baseline's money conserved | ${results.baseline_money_conserved ? "yes" : "NO"} | yes |`,
+    "",
+    "## Throughput against concurrency",
+    "",
+    "![throughput](throughput.png)",
+    "",
+    ...CASE_HEADER,
+    ...results.sweep.map(caseRow),
+    "",
+    "![latency](latency.png)",
+    "",
+    "## Workloads: more wallets, a hot wallet",
+    "",
+    "![workloads](workloads.png)",
+    "",
+    ...CASE_HEADER,
+    ...cases.map(caseRow),
+    "",
+    "## Latency at half the peak rate (open loop)",
+    "",
+    `${results.half_rate.rate_tps} transfers per second offered for ${fmt(half.duration_s, 1)} s, latency counted from the intended send time.`,
+    "",
+    "| | p50 | p95 | p99 | max |",
+    "|---|--:|--:|--:|--:|",
+    `| POST /transactions/transfer (ms) | ${half.post.p50_ms} | ${half.post.p95_ms} | ${half.post.p99_ms} | ${half.post.max_ms} |`,
+    `| to COMPLETED through the API (ms) | ${half.completion.p50_ms} | ${half.completion.p95_ms} | ${half.completion.p99_ms} | ${half.completion.max_ms} |`,
+    `| GET while polling (ms) | ${half.poll_get.p50_ms} | ${half.poll_get.p95_ms} | ${half.poll_get.p99_ms} | ${half.poll_get.max_ms} |`,
+    "",
+    `Completed ${half.completed}, refused ${half.failed}, errors ${half.errors}, not final in time ${half.unfinished}, dropped (more than ${mode.concurrency.at(-1)} × 8 in flight) ${half.dropped}.`,
+    "",
+    "## Cached reads",
+    "",
+    `GET /transactions/:id of final transfers by 8 readers: ${results.cached_get.reads} reads, p50 ${results.cached_get.get.p50_ms} ms, p95 ${results.cached_get.get.p95_ms} ms, p99 ${results.cached_get.get.p99_ms} ms, ${results.cached_get.errors} errors.`,
+    "",
+    `## CPU by process at the peak (${peak.concurrency} clients, ${fmt(small.wallets)} wallets)`,
+    "",
+    ...cpuTable(small),
+    "",
+    "## Audit after the run",
+    "",
+    "```",
+    results.audit.summary,
+    "```",
+    "",
+    ...(profile_sections.length > 0 ? ["## CPU profiles of the services", "", ...profile_sections] : []),
+    "## Reproduce",
+    "",
+    `\`npm run bench${results.mode === "full" ? "" : ` -- --${results.mode}`}${results.profiled ? " --profile" : ""}\` (see the README's Benchmark section).`,
+    "",
+  ];
+  writeFileSync(
+    join(out_dir, "report.md"),
+    lines.filter((l, i, all) => !(l === "" && all[i - 1] === "")).join("\n"),
+  );
+
+  const result = {
+    mode: results.mode,
+    throughput_tps: peak.ours.throughput_tps,
+    baseline_tps: baseline_peak.baseline.throughput_tps,
+    ratio: Math.round(ratio * 1000) / 1000,
+    post_p99_ms: half.post.p99_ms,
+    peak_concurrency: peak.concurrency,
+    completion_p99_ms: peak.ours.completion.p99_ms,
+    cached_get_p99_ms: results.cached_get.get.p99_ms,
+    hot_over_uniform: Math.round(hot_vs_uniform * 1000) / 1000,
+    large_over_small: large_vs_small === null ? null : Math.round(large_vs_small * 1000) / 1000,
+    audit_ok: results.audit.ok,
+  };
+  say(`report: ${relative(process.cwd(), join(out_dir, "report.md"))} (charts beside it)`);
+  process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: "boolean", default: false },
+      long: { type: "boolean", default: false },
+      profile: { type: "boolean", default: false },
+      out: { type: "string" },
+      phase: { type: "string", default: "run" },
+    },
+  });
+  const mode = modes[values.quick ? "quick" : values.long ? "long" : "full"];
+  const out_dir = resolve(
+    repoRoot,
+    values.out ??
+      (mode.name === "full" && !values.profile
+        ? "docs/benchmark"
+        : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}`),
+  );
+  if (values.phase === "run") await runPhase(mode, out_dir, values.profile);
+  else if (values.phase === "report") await reportPhase(out_dir);
+  else throw new Error(`unknown phase ${values.phase}`);
+}
+
+await main();
