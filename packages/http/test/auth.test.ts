@@ -64,6 +64,21 @@ describe("user access tokens", () => {
     assert.equal(payload.exp - payload.iat, 900);
   });
 
+  it("remembers a verified token only until it expires", async (t) => {
+    const fresh = new Authenticator(secrets);
+    // Issued so that it expires 2 s from now (the ttl is 900 s).
+    const issued = await fresh.issueUserToken(7, now() - 898);
+    const header = `Bearer ${issued.access_token}`;
+    assert.deepEqual(await fresh.authenticate(header), { kind: "user", user_id: 7 });
+    assert.deepEqual(await fresh.authenticate(header), { kind: "user", user_id: 7 });
+    // A token with one changed signature byte is not the remembered one.
+    const forged = `${issued.access_token.slice(0, -2)}${issued.access_token.endsWith("A") ? "BB" : "AA"}`;
+    assert.equal((await refusal(fresh.authenticate(`Bearer ${forged}`))).status, 401);
+    // Past its expiry (and jose's 5 s of clock tolerance) the remembered token is refused too.
+    t.mock.timers.enable({ apis: ["Date"], now: Date.now() + 10_000 });
+    assert.equal((await refusal(fresh.authenticate(header))).status, 401);
+  });
+
   it("refuses an expired token with 401", async () => {
     const old = await auth.issueUserToken(42, now() - 1_000);
     const error = await refusal(auth.authenticate(`Bearer ${old.access_token}`));
