@@ -49,7 +49,9 @@ export function startOutboxRelay(options: {
         pendingWake = false;
         const sent = await relayOnce();
         failures = 0;
-        if (sent > 0) continue;
+        // A full batch means more may be waiting; a partial one emptied the outbox as of its
+        // read, and any commit since then has called wake() (pendingWake): no need to ask again.
+        if (sent === options.batch_max) continue;
         if (pendingWake) continue;
         await new Promise<void>((resolve) => {
           wakeUp = resolve;
