@@ -29,9 +29,9 @@ import type { Logger } from "#packages/log/index.ts";
 import type { TransferCache } from "./cache.ts";
 import type { QueryClient } from "./query-client.ts";
 import type { RateLimiter } from "./rate-limit.ts";
-import { snapshotOf } from "./saga/machine.ts";
+import { type SagaTransfer, snapshotOf } from "./saga/machine.ts";
 import type { SagaRunner } from "./saga/runner.ts";
-import type { SagaStore, StoredTransfer } from "./saga/store.ts";
+import type { SagaStore } from "./saga/store.ts";
 
 export const transferBodySchema = z.strictObject({
   source_user_id: userIdSchema,
@@ -61,7 +61,7 @@ export function fingerprint(body: z.infer<typeof transferBodySchema>): string {
 }
 
 /** The response a transfer request gets, given where the saga stands once the request is done with it. */
-export function responseFor(transfer: StoredTransfer): { status: number; body: unknown } {
+export function responseFor(transfer: SagaTransfer): { status: number; body: unknown } {
   const transaction = snapshotOf(transfer);
   const refused = transfer.failure_reason === null ? undefined : refusalStatus[transfer.failure_reason];
   if (transfer.source_init_bal === null && refused !== undefined && transfer.failure_reason !== null) {
@@ -201,7 +201,7 @@ export function registerRoutes(
 
       let current = transfer;
       try {
-        current = await deps.runner.advance(transfer);
+        current = await deps.runner.advance(transfer, responseFor);
       } catch (error) {
         // Accepted but not yet debited (the ledger did not answer): the sweep finishes it.
         request.log.warn(
@@ -209,6 +209,10 @@ export function registerRoutes(
           "debit not confirmed in time; left to the sweep",
         );
       }
+      // Usually kept by the transition itself; else (no transition, or another driver's won the
+      // race) kept now. Either way the answer is the one a replay will get.
+      if (current.response_status !== null)
+        return sendAs(reply, current.response_status, current.response_body);
       const response = responseFor(current);
       await deps.store.saveResponse(current.id, response.status, response.body);
       return sendAs(reply, response.status, response.body);

@@ -117,6 +117,10 @@ const runner = new SagaRunner(store, ledger, topics, logger, {
   record_deadline_ms: config.RECORD_DEADLINE_MS,
 });
 
+// Write-through: the cache holds the newest status of a transfer from its first transition on
+// (versioned, so a late record event never puts an older status back; failures only log).
+runner.onChange = (snapshot) => void cache.putTransfer(snapshot);
+
 // Fault tests only (FAULT_INJECTION=true): crash points armed through PUT /ops/crash.
 const crashes = new CrashSwitch(logger);
 if (config.FAULT_INJECTION) runner.crashes = crashes;

@@ -11,7 +11,15 @@ import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import type { LedgerAnswer, LedgerClient } from "./ledger-client.ts";
-import { awaitedRecordStatus, nextAction, type SagaInput, snapshotOf, transition } from "./machine.ts";
+import {
+  awaitedRecordStatus,
+  nextAction,
+  publicStatus,
+  type SagaInput,
+  type SagaTransfer,
+  snapshotOf,
+  transition,
+} from "./machine.ts";
 import type { SagaStore, StoredTransfer } from "./store.ts";
 
 export interface SagaTimings {
@@ -25,6 +33,8 @@ export interface SagaTimings {
 
 /** What the runner needs from its store and its ledger (the property tests supply models). */
 export type SagaStorePort = Pick<SagaStore, "get" | "commitTransition" | "enqueue">;
+/** The answer a request gets for a transfer in a given state (http.ts's responseFor). */
+export type RespondWith = (transfer: SagaTransfer) => { status: number; body: unknown };
 export type LedgerPort = Pick<LedgerClient, "hold" | "post" | "void">;
 
 export class SagaRunner {
@@ -33,7 +43,11 @@ export class SagaRunner {
   readonly #topics: TopicNames;
   readonly #logger: Logger;
   readonly #timings: SagaTimings;
-  /** Told about every committed transition (cache invalidation). */
+  /**
+   * Told about every committed transition that changes what a client sees (the first one, and
+   * each change of public status), so the read cache is written through at once: a client sees
+   * COMPLETED as soon as the money has moved, not one record round trip later.
+   */
   onChange: (snapshot: TransferSnapshot) => void = () => {};
   /** Fault tests: die between a ledger effect and its transition. */
   crashes: CrashHook = noCrashes;
@@ -64,7 +78,7 @@ export class SagaRunner {
    * Feed one input to a transfer and persist the result. Returns the transfer as it stands
    * afterwards (unchanged if the input did not apply).
    */
-  async apply(transfer: StoredTransfer, input: SagaInput): Promise<StoredTransfer> {
+  async apply(transfer: StoredTransfer, input: SagaInput, respond?: RespondWith): Promise<StoredTransfer> {
     let current = transfer;
     for (let attempt = 0; attempt < 5; attempt++) {
       const step = transition(current, input, new Date().toISOString());
@@ -76,13 +90,22 @@ export class SagaRunner {
         awaitedRecordStatus(step.next.state) === null
           ? this.#timings.step_timeout_ms
           : this.#timings.record_resend_ms;
-      const committed = await this.#store.commitTransition(current.state, step.next, messages, wait_ms);
+      const response = respond === undefined ? null : respond(step.next);
+      const committed = await this.#store.commitTransition(
+        current.state,
+        step.next,
+        messages,
+        wait_ms,
+        response,
+      );
       if (committed !== null) {
         this.#logger.debug(
           { transfer_id: current.id, from: current.state, to: committed.state },
           "saga transition",
         );
-        this.onChange(snapshotOf(committed));
+        if (current.state === "created" || publicStatus(current.state) !== publicStatus(committed.state)) {
+          this.onChange(snapshotOf(committed));
+        }
         return committed;
       }
       const reloaded = await this.#store.get(current.id);
@@ -95,8 +118,10 @@ export class SagaRunner {
   /**
    * Perform ledger steps until the transfer waits on the record writer or is final. Throws if
    * the ledger does not answer; the transfer then stays where it is and the sweep retries it.
+   * `respond` (the POST handler's) gives the request's answer for a state, kept with the first
+   * transition that this call commits, so the answer costs no statement of its own.
    */
-  async advance(transfer: StoredTransfer): Promise<StoredTransfer> {
+  async advance(transfer: StoredTransfer, respond?: RespondWith): Promise<StoredTransfer> {
     let current = transfer;
     for (let steps = 0; steps < 4; steps++) {
       const action = nextAction(current.state);
@@ -113,6 +138,7 @@ export class SagaRunner {
           answer.kind === "ok"
             ? { kind: "hold_ok", source_init_bal: answer.source_balance_before }
             : { kind: "hold_rejected", reason: answer.reason },
+          respond,
         );
       } else if (action === "post") {
         answer = await this.#ledger.post(current.id);
@@ -125,12 +151,13 @@ export class SagaRunner {
           answer.kind === "ok"
             ? { kind: "post_ok", dest_init_bal: answer.dest_balance_before as number }
             : { kind: "post_rejected", reason: answer.reason },
+          respond,
         );
       } else if (action === "void") {
         answer = await this.#ledger.void(current.id);
         this.crashes.reached("after_void");
         if (answer.kind !== "ok") throw new Error(`invariant: void of ${current.id} refused`);
-        current = await this.apply(current, { kind: "void_ok" });
+        current = await this.apply(current, { kind: "void_ok" }, respond);
       } else {
         return current;
       }

@@ -7,7 +7,7 @@
 import { minorFromPg } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
-import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
+import type { Pool } from "#packages/pg/index.ts";
 import type { SagaState, SagaTransfer } from "./machine.ts";
 
 interface TransferRow {
@@ -117,40 +117,53 @@ export class SagaStore {
   }
 
   /**
-   * Compare-and-set the state and enqueue the messages in one transaction. Returns the new row,
-   * or null if another actor moved the transfer first (the caller reloads and re-decides).
+   * Compare-and-set the state and enqueue the messages, atomically: one statement (the outbox
+   * rows are inserted only if the update matched), so a transition costs one round trip instead
+   * of four (BEGIN, UPDATE, INSERT, COMMIT). Returns the new row, or null if another actor moved
+   * the transfer first (the caller reloads and re-decides). `response`, if given, is kept as
+   * the request's first answer unless one is already kept.
    */
   async commitTransition(
     expected: SagaState,
     next: SagaTransfer,
     messages: OutgoingMessage[],
     step_timeout_ms: number,
+    response: { status: number; body: unknown } | null = null,
   ): Promise<StoredTransfer | null> {
-    const result = await withTransaction(this.pool, async (client) => {
-      const updated = await client.query<TransferRow>(
-        `UPDATE transfers
+    const updated = await this.pool.query<TransferRow>(
+      `WITH moved AS (
+         UPDATE transfers
             SET state = $3, failure_reason = $4, source_init_bal = $5, dest_init_bal = $6, updated_at = $7,
-                attempts = 0, next_attempt_at = now() + ($8 * interval '1 millisecond')
+                attempts = 0, next_attempt_at = now() + ($8 * interval '1 millisecond'),
+                response_status = coalesce(response_status, $12),
+                response_body = CASE WHEN response_status IS NULL THEN $13::jsonb ELSE response_body END
           WHERE id = $1 AND state = $2
-        RETURNING ${COLUMNS}`,
-        [
-          next.id,
-          expected,
-          next.state,
-          next.failure_reason,
-          next.source_init_bal,
-          next.dest_init_bal,
-          next.updated_at,
-          step_timeout_ms,
-        ],
-      );
-      const row = updated.rows[0];
-      if (row === undefined) return null;
-      await insertOutbox(client, messages);
-      return fromRow(row);
-    });
-    if (result !== null && messages.length > 0) this.onOutbox();
-    return result;
+        RETURNING ${COLUMNS}),
+       queued AS (
+         INSERT INTO outbox (topic, key, payload)
+         SELECT m.topic, m.key, m.payload FROM unnest($9::text[], $10::text[], $11::jsonb[]) AS m(topic, key, payload)
+          WHERE EXISTS (SELECT 1 FROM moved))
+       SELECT * FROM moved`,
+      [
+        next.id,
+        expected,
+        next.state,
+        next.failure_reason,
+        next.source_init_bal,
+        next.dest_init_bal,
+        next.updated_at,
+        step_timeout_ms,
+        messages.map((m) => m.topic),
+        messages.map((m) => m.key),
+        messages.map((m) => JSON.stringify(m.value)),
+        response?.status ?? null,
+        response === null ? null : JSON.stringify(response.body),
+      ],
+    );
+    const row = updated.rows[0];
+    if (row === undefined) return null;
+    if (messages.length > 0) this.onOutbox();
+    return fromRow(row);
   }
 
   /** Remember the first response given for a request, for idempotent replays. */
@@ -163,7 +176,7 @@ export class SagaStore {
 
   async enqueue(messages: OutgoingMessage[]): Promise<void> {
     if (messages.length === 0) return;
-    await withTransaction(this.pool, (client) => insertOutbox(client, messages));
+    await insertOutbox(this.pool, messages);
     this.onOutbox();
   }
 
@@ -206,9 +219,10 @@ export class SagaStore {
   }
 }
 
-async function insertOutbox(client: PoolClient, messages: OutgoingMessage[]): Promise<void> {
+/** One multi-row INSERT: atomic on its own. */
+async function insertOutbox(db: Pool, messages: OutgoingMessage[]): Promise<void> {
   if (messages.length === 0) return;
-  await client.query(
+  await db.query(
     "INSERT INTO outbox (topic, key, payload) SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])",
     [messages.map((m) => m.topic), messages.map((m) => m.key), messages.map((m) => JSON.stringify(m.value))],
   );
