@@ -78,3 +78,13 @@ export function cpuSecondsBetween(before: CpuTicks, after: CpuTicks): Record<str
   }
   return used;
 }
+
+/** Busy CPU time of the whole machine so far, in seconds (every process, ours or not). */
+export function machineBusySeconds(): number {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
+  // cpu user nice system idle iowait irq softirq steal ...
+  const ticks = line.trim().split(/\s+/).slice(1).map(Number);
+  const idle = (ticks[3] ?? 0) + (ticks[4] ?? 0);
+  const total = ticks.slice(0, 8).reduce((sum, t) => sum + t, 0);
+  return (total - idle) / CLOCK_TICKS_PER_S;
+}

@@ -30,7 +30,7 @@ import { openWalletsInBulk } from "../../services/user-service/src/ledger.ts";
 import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
-import { cpuSecondsBetween, sampleCpu } from "./cpu.ts";
+import { cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import {
   ApiClient,
   cachedReads,
@@ -96,6 +96,9 @@ interface Case {
   cpu_baseline_s: Record<string, number>;
   cpu_window_ours_s: number;
   cpu_window_baseline_s: number;
+  /** Whole-machine CPU over the same windows, in cores busy. */
+  machine_cores_ours: number;
+  machine_cores_baseline: number;
 }
 
 interface Results {
@@ -188,6 +191,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
   ): Promise<Case> => {
     const mix: Mix = { wallets: wallets.slice(0, wallet_count), hot_share };
     const before = sampleCpu(service_pids);
+    const machine_before = machineBusySeconds();
     const t_before = performance.now();
     const ours = await closedLoop(target, mix, {
       concurrency,
@@ -195,10 +199,24 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
       duration_s: mode.duration_s,
     });
     const middle = sampleCpu(service_pids);
+    const machine_middle = machineBusySeconds();
     const t_middle = performance.now();
     await sleep(1_000); // let the last records settle before the baseline takes the machine
     const mid_settled = sampleCpu(service_pids);
+    const machine_mid_settled = machineBusySeconds();
     const t_mid_settled = performance.now();
+    // pgbench and its connections are gone once it exits: sample them just before it ends.
+    let late = mid_settled;
+    let machine_late = machine_mid_settled;
+    let t_late = t_mid_settled;
+    const late_timer = setTimeout(
+      () => {
+        late = sampleCpu(service_pids);
+        machine_late = machineBusySeconds();
+        t_late = performance.now();
+      },
+      Math.max(500, (mode.duration_s - 1) * 1000),
+    );
     const baseline = await runBaseline({
       pgbench,
       database_url: baseline_url,
@@ -209,8 +227,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
       amount_max_minor: AMOUNT_MAX_MINOR,
       timeout_ms: (mode.duration_s + 60) * 1000,
     });
-    const after = sampleCpu(service_pids);
-    const t_after = performance.now();
+    clearTimeout(late_timer);
     say(
       `${name.padEnd(22)} c=${String(concurrency).padStart(3)}  ours ${ours.throughput_tps.toFixed(0).padStart(6)} tps ` +
         `(POST p99 ${ours.post.p99_ms} ms, done p99 ${ours.completion.p99_ms} ms, ${ours.errors} errors)  ` +
@@ -226,9 +243,11 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
       ours: withoutIds(ours),
       baseline,
       cpu_ours_s: cpuSecondsBetween(before, middle),
-      cpu_baseline_s: cpuSecondsBetween(mid_settled, after),
+      cpu_baseline_s: cpuSecondsBetween(mid_settled, late),
       cpu_window_ours_s: (t_middle - t_before) / 1000,
-      cpu_window_baseline_s: (t_after - t_mid_settled) / 1000,
+      cpu_window_baseline_s: (t_late - t_mid_settled) / 1000,
+      machine_cores_ours: (machine_middle - machine_before) / ((t_middle - t_before) / 1000),
+      machine_cores_baseline: (machine_late - machine_mid_settled) / ((t_late - t_mid_settled) / 1000),
     };
   };
   let lastCompleted: { id: string; reader: number }[] = [];
@@ -337,10 +356,12 @@ function cpuTable(c: Case): string[] {
     const base_cores = base / c.cpu_window_baseline_s;
     return `| ${g} | ${fmt(ours_cores, 2)} | ${per(ours_cores, c.ours.throughput_tps)} | ${fmt(base_cores, 2)} | ${per(base_cores, c.baseline.throughput_tps)} |`;
   });
+  const machine = `| **whole machine** | ${fmt(c.machine_cores_ours, 2)} | ${per(c.machine_cores_ours, c.ours.throughput_tps)} | ${fmt(c.machine_cores_baseline, 2)} | ${per(c.machine_cores_baseline, c.baseline.throughput_tps)} |`;
   return [
     "| process | ours: cores busy | ours: CPU µs per transfer | baseline: cores busy | baseline: CPU µs per transfer |",
     "|---|--:|--:|--:|--:|",
     ...rows,
+    machine,
   ];
 }
 
