@@ -98,51 +98,49 @@ export function stackEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
   return env;
 }
 
-/** The environment for `npm test`: test ports and databases, prefixed topics and keys, fault injection on. */
-export function testEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
+/**
+ * A stack of its own beside `npm start`'s: its ports, `dps_<name>_*` databases, MongoDB database
+ * `dps_<name>`, topics prefixed `<name>.` and Redis keys prefixed `<name>:`.
+ */
+function isolatedEnv(
+  base: NodeJS.ProcessEnv,
+  name: string,
+  portOf: (service: ServiceName) => number,
+): StackEnv {
   const host = base.HOST || "127.0.0.1";
-  const p = (name: ServiceName): string => String(servicePorts[name].testPort);
+  const p = (service: ServiceName): string => String(portOf(service));
   return {
     ...stackEnv(base),
     USER_SERVICE_PORT: p("user-service"),
     TRANSACTION_COMMAND_SERVICE_PORT: p("transaction-command-service"),
     TRANSACTION_QUERY_SERVICE_PORT: p("transaction-query-service"),
     TRANSACTION_SERVICE_PORT: p("transaction-service"),
-    LEDGER_DATABASE_URL: pgUrl("dps_test_ledger"),
-    SAGA_DATABASE_URL: pgUrl("dps_test_saga"),
-    MONGO_DATABASE: "dps_test",
-    KAFKA_TOPIC_PREFIX: "test.",
-    REDIS_KEY_PREFIX: "test:",
-    FAULT_INJECTION: "true",
+    LEDGER_DATABASE_URL: pgUrl(`dps_${name}_ledger`),
+    SAGA_DATABASE_URL: pgUrl(`dps_${name}_saga`),
+    MONGO_DATABASE: `dps_${name}`,
+    KAFKA_TOPIC_PREFIX: `${name}.`,
+    REDIS_KEY_PREFIX: `${name}:`,
     USER_SERVICE_URL: `http://${host}:${p("user-service")}`,
     TRANSACTION_QUERY_SERVICE_URL: `http://${host}:${p("transaction-query-service")}`,
   };
 }
 
+/** The environment for `npm test`: test ports (18000-18003) and data, fault injection on. */
+export function testEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
+  return { ...isolatedEnv(base, "test", (s) => servicePorts[s].testPort), FAULT_INJECTION: "true" };
+}
+
 /**
- * The environment for `npm run bench`: its own ports (28000-28003), databases, topics and keys, so
- * a benchmark neither touches `npm start`'s data nor collides with a test run. No fault
- * injection, and a rate limit high enough that the load generator measures the system, not the
- * limiter (which still runs: its Redis round trip is part of every request's cost).
+ * The environment for `npm run bench`: its own ports (28000-28003) and data, so a benchmark
+ * neither touches `npm start`'s data nor collides with a test run. No fault injection, and a rate
+ * limit high enough that the load generator measures the system, not the limiter (which still
+ * runs: its Redis round trip is part of every request's cost).
  */
 export function benchEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
-  const host = base.HOST || "127.0.0.1";
-  const p = (name: ServiceName): string => String(servicePorts[name].testPort + 10_000);
   return {
-    ...stackEnv(base),
-    USER_SERVICE_PORT: p("user-service"),
-    TRANSACTION_COMMAND_SERVICE_PORT: p("transaction-command-service"),
-    TRANSACTION_QUERY_SERVICE_PORT: p("transaction-query-service"),
-    TRANSACTION_SERVICE_PORT: p("transaction-service"),
-    LEDGER_DATABASE_URL: pgUrl("dps_bench_ledger"),
-    SAGA_DATABASE_URL: pgUrl("dps_bench_saga"),
-    MONGO_DATABASE: "dps_bench",
-    KAFKA_TOPIC_PREFIX: "bench.",
-    REDIS_KEY_PREFIX: "bench:",
+    ...isolatedEnv(base, "bench", (s) => servicePorts[s].testPort + 10_000),
     RATE_LIMIT_MAX: "1000000",
     LOG_LEVEL: base.LOG_LEVEL || "warn",
-    USER_SERVICE_URL: `http://${host}:${p("user-service")}`,
-    TRANSACTION_QUERY_SERVICE_URL: `http://${host}:${p("transaction-query-service")}`,
   };
 }
 
