@@ -23,6 +23,7 @@ import type { Pool } from "#packages/pg/index.ts";
 import {
   hashPassword,
   idempotencyKeySchema,
+  invariant,
   pageLimitSchema,
   passwordSchema,
   refuse,
@@ -33,6 +34,7 @@ import {
   verifyPassword,
 } from "./domain.ts";
 import {
+  applyBatch,
   audit,
   closeUser,
   createUser,
@@ -41,6 +43,8 @@ import {
   getHold,
   getUser,
   holdFunds,
+  LEDGER_BATCH_MAX,
+  type LedgerOperation,
   listUsers,
   postHold,
   updateUser,
@@ -79,6 +83,20 @@ const holdSchema = z.object({
   created_at: isoDate,
   updated_at: isoDate,
 });
+
+const ledgerOpSchema = z.enum(["hold", "post", "void"]);
+
+/** One step's answer in a batch: the hold as it now stands, or the refusal (same codes as the single-step routes). */
+const batchResultSchema = z.discriminatedUnion("ok", [
+  z.object({ transfer_id: transferIdSchema, op: ledgerOpSchema, ok: z.literal(true), hold: holdSchema }),
+  z.object({
+    transfer_id: transferIdSchema,
+    op: ledgerOpSchema,
+    ok: z.literal(false),
+    code: z.string(),
+    message: z.string(),
+  }),
+]);
 
 const count = z.number().int().nonnegative();
 const bigSum = z.string().regex(/^-?[0-9]+$/);
@@ -134,6 +152,35 @@ const holdBody = z.strictObject({
   source_user_id: userIdSchema,
   dest_user_id: userIdSchema,
   amount: amountMinorSchema,
+});
+const batchBody = z.strictObject({
+  operations: z
+    .array(
+      z.discriminatedUnion("op", [
+        holdBody.extend({ op: z.literal("hold"), transfer_id: transferIdSchema }),
+        z.strictObject({ op: z.literal("post"), transfer_id: transferIdSchema }),
+        z.strictObject({ op: z.literal("void"), transfer_id: transferIdSchema }),
+      ]),
+    )
+    .min(1)
+    .max(LEDGER_BATCH_MAX)
+    // One step per transfer: two steps of one transfer in one transaction would need an order
+    // between them that the batch's lock order does not give.
+    .superRefine((operations, ctx) => {
+      const first = new Map<string, number>();
+      operations.forEach((operation, index) => {
+        // UUIDs are equal whatever the case of their hex digits.
+        const id = operation.transfer_id.toLowerCase();
+        const earlier = first.get(id);
+        if (earlier === undefined) first.set(id, index);
+        else
+          ctx.addIssue({
+            code: "custom",
+            path: [index, "transfer_id"],
+            message: `transfer ${operation.transfer_id} already appears at operations.${earlier}; one step per transfer per batch`,
+          });
+      });
+    }),
 });
 // post and void take no input but the path; their body is `{}` (what the OpenAPI document can say:
 // with a body schema, a request body is required).
@@ -434,6 +481,36 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
           },
         },
         async (request) => ok({ hold: toApiHold(await voidHold(pool, request.params.transfer_id)) }),
+      );
+
+      internal.post(
+        "/transfers/batch",
+        {
+          schema: {
+            ...internalSchema,
+            summary: `Saga steps in one transaction: up to ${LEDGER_BATCH_MAX} holds, posts and voids, one result each (one step per transfer)`,
+            body: batchBody,
+            response: {
+              200: envelope(z.object({ results: z.array(batchResultSchema) })).describe(
+                "One result per operation, in input order: the hold as it now stands, or the refusal (`code` as the single-step routes answer it). A refusal changes nothing and does not affect the other operations. The operations are applied in lock order (by wallet, then transfer id), not in input order: none may count on another of its batch",
+              ),
+              ...errorResponses(BODY_ERRORS, 401, 403),
+            },
+          },
+        },
+        async (request) => {
+          const operations: LedgerOperation[] = request.body.operations;
+          const results = await applyBatch(pool, operations);
+          return ok({
+            results: operations.map(({ transfer_id, op }, index) => {
+              const result = results[index];
+              invariant(result !== undefined, `operation ${index} of the batch has no result`);
+              return result.ok
+                ? { transfer_id, op, ok: true as const, hold: toApiHold(result.hold) }
+                : { transfer_id, op, ok: false as const, code: result.code, message: result.message };
+            }),
+          });
+        },
       );
 
       internal.get(

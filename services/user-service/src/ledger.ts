@@ -1,20 +1,32 @@
 /**
- * Data access for the ledger: every function that moves money is one PostgreSQL transaction
- * that changes at most one wallet row (so there is no lock order to get wrong and no deadlock),
- * writes a balanced posting in the same transaction, and is keyed so that a retry finds and
- * returns the first result instead of applying twice.
+ * Data access for the ledger. Every function that moves money is one PostgreSQL transaction that
+ * writes a balanced posting for each movement, and is keyed so that a retry finds and returns the
+ * first result instead of applying twice.
  *
  * Concurrency notes (READ COMMITTED):
- * - A wallet's row lock is the lock for that user's money. Debits and credits take it with a
- *   guarded UPDATE (no negative balance, no balance above 2^53-1, no lost update).
+ * - A wallet's row lock is the lock for that user's money. Deposits take it with a guarded
+ *   UPDATE; the saga's steps with SELECT ... FOR UPDATE before any check (no negative balance,
+ *   no balance above 2^53-1, no lost update).
  * - "Is the user still open?" is asked in a statement after the wallet lock is held: that
  *   statement sees any close that committed while we waited, and a close waits for us.
  * - A hold's row lock (SELECT ... FOR UPDATE) serialises post and void of the same transfer.
+ * - The saga's steps (hold, post, void) run server-side, in the functions of
+ *   migrations/002_ledger_batch.sql: one step is one round trip, and a batch of them is one
+ *   statement and one commit. A batch locks many wallets, so it takes its locks in one global
+ *   order (the transfers' advisory locks by key, then the wallets by user id): two batches cannot
+ *   deadlock. Deposits and closes lock one wallet only.
  */
 import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
-import { ApiError } from "#packages/http/errors.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
-import { type DepositRow, type HoldRow, invariant, refuse, type UserRow } from "./domain.ts";
+import {
+  type DepositRow,
+  type HoldRow,
+  type HoldState,
+  invariant,
+  type RefusalCode,
+  refuse,
+  type UserRow,
+} from "./domain.ts";
 
 /** Fixed by migrations/001_init.sql and checked at start by assertSystemAccounts. */
 export const EXTERNAL_ACCOUNT_ID = "1";
@@ -64,22 +76,6 @@ interface WalletChange {
   balance_after: number;
 }
 
-/** Guarded debit: takes the wallet's row lock; no row when the funds are not there. */
-async function debitWallet(
-  client: PoolClient,
-  user_id: number | string,
-  amount: number,
-): Promise<WalletChange | null> {
-  const { rows } = await client.query<{ id: string; balance_minor: string }>(
-    `UPDATE accounts SET balance_minor = balance_minor - $2::bigint, updated_at = now()
-     WHERE user_id = $1 AND balance_minor >= $2::bigint
-     RETURNING id, balance_minor`,
-    [user_id, amount],
-  );
-  const row = rows[0];
-  return row ? { account_id: row.id, balance_after: minorFromPg(row.balance_minor) } : null;
-}
-
 /** Guarded credit: takes the wallet's row lock; no row when the wallet is missing or would pass 2^53-1. */
 async function creditWallet(
   client: PoolClient,
@@ -103,9 +99,8 @@ interface Leg {
   balance_after: number | null;
 }
 
-type PostingRef =
-  | { kind: "deposit"; deposit_id: string }
-  | { kind: "hold" | "post" | "void"; transfer_id: string };
+/** The saga's steps journal server-side (ledger_journal in 002); only deposits journal from here. */
+type PostingRef = { kind: "deposit"; deposit_id: string };
 
 /**
  * Appends one balanced posting. The database checks the balance again at commit (a deferred
@@ -115,14 +110,13 @@ async function journal(client: PoolClient, ref: PostingRef, legs: Leg[]): Promis
   const total = legs.reduce((sum, leg) => sum + BigInt(leg.amount), 0n);
   invariant(legs.length >= 2 && total === 0n, `posting ${JSON.stringify(ref)} does not balance`);
   const { rowCount } = await client.query(
-    `WITH p AS (INSERT INTO postings (kind, transfer_id, deposit_id) VALUES ($1, $2, $3) RETURNING id)
+    `WITH p AS (INSERT INTO postings (kind, deposit_id) VALUES ($1, $2) RETURNING id)
      INSERT INTO entries (posting_id, account_id, amount_minor, balance_after_minor)
      SELECT p.id, e.account_id, e.amount, e.balance_after
-     FROM p, unnest($4::bigint[], $5::bigint[], $6::bigint[]) AS e(account_id, amount, balance_after)`,
+     FROM p, unnest($3::bigint[], $4::bigint[], $5::bigint[]) AS e(account_id, amount, balance_after)`,
     [
       ref.kind,
-      ref.kind === "deposit" ? null : ref.transfer_id,
-      ref.kind === "deposit" ? ref.deposit_id : null,
+      ref.deposit_id,
       legs.map((l) => l.account_id),
       legs.map((l) => l.amount),
       legs.map((l) => l.balance_after),
@@ -393,7 +387,9 @@ async function depositIn(
 
 // ---------------------------------------------------------------------------------------------
 // Two-phase transfers: hold (source -> clearing), then post (clearing -> dest) or void
-// (clearing -> source). Each is idempotent on the transfer id.
+// (clearing -> source). Each is idempotent on the transfer id. The steps run server-side (the
+// functions of migrations/002_ledger_batch.sql); this side validates, sends one statement, and
+// turns the answers into results and messages.
 
 export interface HoldRequest {
   transfer_id: string;
@@ -402,136 +398,219 @@ export interface HoldRequest {
   amount: number;
 }
 
-async function selectHold(db: Queryable, transfer_id: string, lock: boolean): Promise<HoldRow | null> {
-  const { rows } = await db.query<HoldRow>(
-    `SELECT * FROM holds WHERE transfer_id = $1${lock ? " FOR UPDATE" : ""}`,
-    [transfer_id],
+export type LedgerOperation =
+  | ({ op: "hold" } & HoldRequest)
+  | { op: "post"; transfer_id: string }
+  | { op: "void"; transfer_id: string };
+
+/** The refusals each step can answer with (the saga maps these codes: keep them). */
+const STEP_REFUSALS = {
+  hold: ["same_wallet", "source_not_found", "dest_not_found", "insufficient_funds", "hold_mismatch"],
+  post: ["hold_not_found", "hold_voided", "dest_unavailable"],
+  void: ["hold_not_found", "hold_posted", "source_unavailable"],
+} as const satisfies Record<LedgerOperation["op"], readonly RefusalCode[]>;
+export type StepRefusalCode = (typeof STEP_REFUSALS)[keyof typeof STEP_REFUSALS][number];
+
+export type LedgerOperationResult =
+  | { ok: true; hold: HoldRow }
+  | { ok: false; code: StepRefusalCode; message: string };
+
+/**
+ * The most operations one batch may carry. A batch is one transaction: it holds one advisory
+ * lock per transfer (PostgreSQL's shared lock table) and its wallet locks until it commits, so a
+ * large one makes the transfers that queue behind it wait longer. 100 amortises the round trip
+ * and the commit almost fully. (The SQL function refuses more than 1000, a backstop.)
+ */
+export const LEDGER_BATCH_MAX = 100;
+
+/** A row of ledger_apply_batch: the step's input position (from 1), its result, and the hold. */
+interface StepRow {
+  ordinal: number;
+  result: string;
+  transfer_id: string | null;
+  source_user_id: string | null;
+  dest_user_id: string | null;
+  amount_minor: string | null;
+  state: HoldState | null;
+  source_balance_before_minor: string | null;
+  dest_balance_before_minor: string | null;
+  created_at: Date | null;
+  updated_at: Date | null;
+}
+
+/**
+ * Applies up to LEDGER_BATCH_MAX saga steps in one transaction: one statement, one round trip,
+ * one commit. Each step succeeds or is refused on its own (a refusal changes nothing and does not
+ * affect the others); an engine failure applies none of them. Results come in input order, but
+ * the steps are applied in lock order (by the wallet each locks, then by transfer id), so a step
+ * must not count on another of its batch (a refund funding a hold): send such steps in turn.
+ * A transfer may appear once per batch (the HTTP layer answers 400 before calling).
+ */
+export async function applyBatch(
+  pool: Pool,
+  operations: readonly LedgerOperation[],
+): Promise<LedgerOperationResult[]> {
+  invariant(
+    operations.length >= 1 && operations.length <= LEDGER_BATCH_MAX,
+    `a batch holds 1..${LEDGER_BATCH_MAX} operations, got ${operations.length}`,
   );
-  return rows[0] ?? null;
+  // UUIDs compare case-insensitively in PostgreSQL: so must the duplicate check.
+  const ids = operations.map((o) => o.transfer_id.toLowerCase());
+  invariant(new Set(ids).size === ids.length, "a transfer appears more than once in one batch");
+  for (const o of operations) {
+    if (o.op !== "hold") continue;
+    invariant(
+      Number.isSafeInteger(o.amount) && o.amount > 0 && o.amount <= MAX_MINOR,
+      `hold ${o.transfer_id}: amount ${o.amount} is not 1..${MAX_MINOR} minor units`,
+    );
+    invariant(
+      Number.isSafeInteger(o.source_user_id) && o.source_user_id > 0,
+      `hold ${o.transfer_id}: bad source ${o.source_user_id}`,
+    );
+    invariant(
+      Number.isSafeInteger(o.dest_user_id) && o.dest_user_id > 0,
+      `hold ${o.transfer_id}: bad destination ${o.dest_user_id}`,
+    );
+  }
+
+  const hold = (o: LedgerOperation) => (o.op === "hold" ? o : null);
+  const { rows } = await pool.query<StepRow>(
+    "SELECT * FROM ledger_apply_batch($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[])",
+    [
+      operations.map((o) => o.op),
+      operations.map((o) => o.transfer_id),
+      operations.map((o) => hold(o)?.source_user_id ?? null),
+      operations.map((o) => hold(o)?.dest_user_id ?? null),
+      operations.map((o) => hold(o)?.amount ?? null),
+    ],
+  );
+  invariant(rows.length === operations.length, `${operations.length} steps answered ${rows.length} rows`);
+
+  // Rows come in the order the steps were applied (wallet order); put them back in input order.
+  const results: (LedgerOperationResult | undefined)[] = operations.map(() => undefined);
+  for (const row of rows) {
+    const index = row.ordinal - 1;
+    const operation = operations[index];
+    invariant(
+      operation !== undefined && results[index] === undefined,
+      `step ordinal ${row.ordinal} is out of range or answered twice`,
+    );
+    results[index] = toResult(operation, row);
+  }
+  return results.map((result, index) => {
+    invariant(result !== undefined, `step ${index + 1} was not answered`);
+    return result;
+  });
+}
+
+function toResult(operation: LedgerOperation, row: StepRow): LedgerOperationResult {
+  if (row.result === "ok") {
+    const hold = holdOf(row);
+    invariant(hold !== null, `step ${operation.op} ${operation.transfer_id} succeeded without a hold`);
+    invariant(
+      hold.transfer_id === operation.transfer_id.toLowerCase(),
+      `step ${operation.op} ${operation.transfer_id} answered with hold ${hold.transfer_id}`,
+    );
+    return { ok: true, hold };
+  }
+  const code = (STEP_REFUSALS[operation.op] as readonly string[]).includes(row.result)
+    ? (row.result as StepRefusalCode)
+    : null;
+  invariant(code !== null, `step ${operation.op} ${operation.transfer_id} answered '${row.result}'`);
+  return { ok: false, code, message: refusalMessage(operation, code, holdOf(row)) };
+}
+
+/** The hold columns of a step row, or null when the step found no hold. */
+function holdOf(row: StepRow): HoldRow | null {
+  const {
+    transfer_id,
+    source_user_id,
+    dest_user_id,
+    amount_minor,
+    state,
+    source_balance_before_minor,
+    created_at,
+    updated_at,
+  } = row;
+  if (transfer_id === null) return null;
+  invariant(
+    source_user_id !== null &&
+      dest_user_id !== null &&
+      amount_minor !== null &&
+      state !== null &&
+      source_balance_before_minor !== null &&
+      created_at !== null &&
+      updated_at !== null,
+    `hold ${transfer_id} came back with missing columns`,
+  );
+  return {
+    transfer_id,
+    source_user_id,
+    dest_user_id,
+    amount_minor,
+    state,
+    source_balance_before_minor,
+    dest_balance_before_minor: row.dest_balance_before_minor,
+    created_at,
+    updated_at,
+  };
+}
+
+/** The messages the single-step API has always answered with. */
+function refusalMessage(operation: LedgerOperation, code: StepRefusalCode, hold: HoldRow | null): string {
+  const { transfer_id } = operation;
+  const input = operation.op === "hold" ? operation : null;
+  switch (code) {
+    case "same_wallet":
+      return "source and destination are the same user";
+    case "source_not_found":
+      return `user ${input?.source_user_id} not found`;
+    case "dest_not_found":
+      return `user ${input?.dest_user_id} not found`;
+    case "insufficient_funds":
+      return `user ${input?.source_user_id} has less than ${input?.amount} minor units`;
+    case "hold_mismatch":
+      return `transfer ${transfer_id} was held with other parties or amount`;
+    case "hold_not_found":
+      return `no hold for transfer ${transfer_id}`;
+    case "hold_voided":
+      return `transfer ${transfer_id} was already voided`;
+    case "hold_posted":
+      return `transfer ${transfer_id} was already posted`;
+    case "dest_unavailable":
+      return `user ${hold?.dest_user_id} cannot be credited (closed or balance limit)`;
+    case "source_unavailable":
+      return `user ${hold?.source_user_id} cannot be refunded (balance limit)`;
+  }
+}
+
+/** One step as a batch of one; a refusal is thrown as the ApiError the single-step routes answer. */
+async function applyOne(pool: Pool, operation: LedgerOperation): Promise<HoldRow> {
+  const [result] = await applyBatch(pool, [operation]);
+  invariant(result !== undefined, `step ${operation.op} ${operation.transfer_id} was not answered`);
+  if (!result.ok) throw refuse(result.code, result.message);
+  return result.hold;
 }
 
 export async function getHold(pool: Pool, transfer_id: string): Promise<HoldRow | null> {
-  return selectHold(pool, transfer_id, false);
+  const { rows } = await pool.query<HoldRow>("SELECT * FROM holds WHERE transfer_id = $1", [transfer_id]);
+  return rows[0] ?? null;
 }
 
+/** Debit: source -> clearing. A retry (also a concurrent one) answers with the first hold. */
 export async function holdFunds(pool: Pool, request: HoldRequest): Promise<HoldRow> {
-  if (request.source_user_id === request.dest_user_id) {
-    throw refuse("same_wallet", "source and destination are the same user");
-  }
-  try {
-    return await withTransaction(pool, (client) => holdIn(client, request));
-  } catch (error) {
-    // Our transaction rolled back (nothing moved). If a concurrent copy of this same request
-    // committed first, we failed because of it: on the primary key, or on the funds it took
-    // (insufficient_funds), or on a user it saw still open. A retry must get the hold, not
-    // that refusal, or the saga would fail a transfer whose money sits in clearing.
-    if (!(error instanceof ApiError) && !isUniqueViolation(error, "holds_pkey")) throw error;
-    const existing = await getHold(pool, request.transfer_id);
-    if (existing === null) throw error;
-    return sameHoldOrRefuse(existing, request);
-  }
-}
-
-function sameHoldOrRefuse(existing: HoldRow, request: HoldRequest): HoldRow {
-  const same =
-    Number(existing.source_user_id) === request.source_user_id &&
-    Number(existing.dest_user_id) === request.dest_user_id &&
-    minorFromPg(existing.amount_minor) === request.amount;
-  if (!same)
-    throw refuse("hold_mismatch", `transfer ${request.transfer_id} was held with other parties or amount`);
-  return existing;
-}
-
-async function holdIn(client: PoolClient, request: HoldRequest): Promise<HoldRow> {
   const { transfer_id, source_user_id, dest_user_id, amount } = request;
-  const existing = await selectHold(client, transfer_id, false);
-  if (existing !== null) return sameHoldOrRefuse(existing, request);
-  if (!(await isLive(client, dest_user_id))) throw refuse("dest_not_found", `user ${dest_user_id} not found`);
-
-  const debit = await debitWallet(client, source_user_id, amount);
-  // Asked after the debit took the wallet lock, so a close that committed meanwhile is seen.
-  if (!(await isLive(client, source_user_id)))
-    throw refuse("source_not_found", `user ${source_user_id} not found`);
-  if (debit === null)
-    throw refuse("insufficient_funds", `user ${source_user_id} has less than ${amount} minor units`);
-
-  const { rows } = await client.query<HoldRow>(
-    `INSERT INTO holds (transfer_id, source_user_id, dest_user_id, amount_minor, state, source_balance_before_minor)
-     VALUES ($1, $2, $3, $4, 'held', $5) RETURNING *`,
-    [transfer_id, source_user_id, dest_user_id, amount, debit.balance_after + amount],
-  );
-  await journal(client, { kind: "hold", transfer_id }, [
-    { account_id: debit.account_id, amount: -amount, balance_after: debit.balance_after },
-    { account_id: CLEARING_ACCOUNT_ID, amount, balance_after: null },
-  ]);
-  const hold = rows[0];
-  invariant(hold !== undefined, `hold ${transfer_id} was not inserted`);
-  return hold;
+  return applyOne(pool, { op: "hold", transfer_id, source_user_id, dest_user_id, amount });
 }
 
 /** Credit: clearing -> dest. Refused with dest_unavailable (nothing changes) so the saga voids. */
 export async function postHold(pool: Pool, transfer_id: string): Promise<HoldRow> {
-  return withTransaction(pool, async (client) => {
-    const hold = await selectHold(client, transfer_id, true);
-    if (hold === null) throw refuse("hold_not_found", `no hold for transfer ${transfer_id}`);
-    if (hold.state === "posted") return hold;
-    if (hold.state === "voided") throw refuse("hold_voided", `transfer ${transfer_id} was already voided`);
-
-    const amount = minorFromPg(hold.amount_minor);
-    const credit = await creditWallet(client, hold.dest_user_id, amount);
-    if (credit === null || !(await isLive(client, hold.dest_user_id))) {
-      throw refuse(
-        "dest_unavailable",
-        `user ${hold.dest_user_id} cannot be credited (closed or balance limit)`,
-      );
-    }
-    const settled = await settle(client, transfer_id, "posted", credit.balance_after - amount);
-    await journal(client, { kind: "post", transfer_id }, [
-      { account_id: CLEARING_ACCOUNT_ID, amount: -amount, balance_after: null },
-      { account_id: credit.account_id, amount, balance_after: credit.balance_after },
-    ]);
-    return settled;
-  });
+  return applyOne(pool, { op: "post", transfer_id });
 }
 
 /** Refund: clearing -> source. The source cannot be closed while the hold is held. */
 export async function voidHold(pool: Pool, transfer_id: string): Promise<HoldRow> {
-  return withTransaction(pool, async (client) => {
-    const hold = await selectHold(client, transfer_id, true);
-    if (hold === null) throw refuse("hold_not_found", `no hold for transfer ${transfer_id}`);
-    if (hold.state === "voided") return hold;
-    if (hold.state === "posted") throw refuse("hold_posted", `transfer ${transfer_id} was already posted`);
-
-    const amount = minorFromPg(hold.amount_minor);
-    const credit = await creditWallet(client, hold.source_user_id, amount);
-    // Only possible if the source received so much meanwhile that the refund would pass 2^53-1.
-    if (credit === null) {
-      throw refuse("source_unavailable", `user ${hold.source_user_id} cannot be refunded (balance limit)`);
-    }
-    const settled = await settle(client, transfer_id, "voided", null);
-    await journal(client, { kind: "void", transfer_id }, [
-      { account_id: CLEARING_ACCOUNT_ID, amount: -amount, balance_after: null },
-      { account_id: credit.account_id, amount, balance_after: credit.balance_after },
-    ]);
-    return settled;
-  });
-}
-
-/** held -> posted|voided, exactly once: the state guard makes a second attempt match nothing. */
-async function settle(
-  client: PoolClient,
-  transfer_id: string,
-  state: "posted" | "voided",
-  dest_balance_before: number | null,
-): Promise<HoldRow> {
-  const { rows } = await client.query<HoldRow>(
-    `UPDATE holds SET state = $2, dest_balance_before_minor = $3, updated_at = now()
-     WHERE transfer_id = $1 AND state = 'held' RETURNING *`,
-    [transfer_id, state, dest_balance_before],
-  );
-  const settled = rows[0];
-  invariant(settled !== undefined, `hold ${transfer_id} was not held while locked`);
-  return settled;
+  return applyOne(pool, { op: "void", transfer_id });
 }
 
 // ---------------------------------------------------------------------------------------------

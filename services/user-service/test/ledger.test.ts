@@ -10,6 +10,7 @@ import { after, before, describe, it } from "node:test";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import {
+  applyBatch,
   assertSystemAccounts,
   audit,
   closeUser,
@@ -17,6 +18,9 @@ import {
   deposit,
   getHold,
   holdFunds,
+  LEDGER_BATCH_MAX,
+  type LedgerOperation,
+  type LedgerOperationResult,
   postHold,
   voidHold,
 } from "../src/ledger.ts";
@@ -27,6 +31,9 @@ const FAKE_HASH = "scrypt$not-a-real-hash"; // hashing is unit-tested; here it w
 
 let pool: Pool;
 let admin: Pool;
+/** A pool of its own name, so a test can see in pg_stat_activity when its query waits for a lock. */
+let racer: Pool;
+const RACER_NAME = `racer_${process.pid}_${Date.now()}`;
 let nameCounter = 0;
 
 function refusal(code: string) {
@@ -80,6 +87,54 @@ async function assertConsistent(): Promise<void> {
   assert.equal(report.consistent, true, JSON.stringify(report));
 }
 
+const hold = (transfer_id: string, source_user_id: number, dest_user_id: number, amount: number) =>
+  ({ op: "hold", transfer_id, source_user_id, dest_user_id, amount }) as const satisfies LedgerOperation;
+const post = (transfer_id: string) => ({ op: "post", transfer_id }) as const satisfies LedgerOperation;
+const voiding = (transfer_id: string) => ({ op: "void", transfer_id }) as const satisfies LedgerOperation;
+
+/** The results' shape without the rows: what a reader of a batch's answer checks first. */
+function outcomes(results: LedgerOperationResult[]): string[] {
+  return results.map((r) => (r.ok ? `ok:${r.hold.state}` : r.code));
+}
+
+function okHold(result: LedgerOperationResult | undefined) {
+  assert.ok(result?.ok, `expected ok, got ${JSON.stringify(result)}`);
+  return result.hold;
+}
+
+/** Waits until a query of the racer pool is blocked on a lock (bounded: fails after 5 s). */
+async function racerBlocked(): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    const { rowCount } = await admin.query(
+      "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+      [RACER_NAME],
+    );
+    if (rowCount !== 0) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.fail("the racer never waited for the lock");
+}
+
+/** What a refused step must leave alone: these wallets and holds, and the journal's size. */
+async function snapshot(user_ids: number[], transfer_ids: string[]) {
+  const wallets = await pool.query(
+    "SELECT user_id, balance_minor, updated_at FROM accounts WHERE user_id = ANY($1) ORDER BY user_id",
+    [user_ids],
+  );
+  const holds = await pool.query(
+    "SELECT * FROM holds WHERE transfer_id = ANY($1::uuid[]) ORDER BY transfer_id",
+    [transfer_ids],
+  );
+  const sizes = await pool.query(
+    "SELECT (SELECT count(*) FROM postings) AS postings, (SELECT count(*) FROM entries) AS entries",
+  );
+  return {
+    wallets: wallets.rows,
+    holds: holds.rows,
+    sizes: sizes.rows[0] as { postings: string; entries: string },
+  };
+}
+
 describe("ledger on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_LEDGER_DATABASE_URL is not set" : false,
 }, () => {
@@ -89,12 +144,14 @@ describe("ledger on PostgreSQL", {
     const url = new URL(BASE_URL);
     url.searchParams.set("options", `-c search_path=${SCHEMA}`);
     pool = createPool(url.toString(), { max: 30, application_name: "user-service-test" });
+    racer = createPool(url.toString(), { max: 2, application_name: RACER_NAME });
     await migrate(pool, join(import.meta.dirname, "..", "migrations"));
     await assertSystemAccounts(pool);
   });
 
   after(async () => {
     await pool?.end();
+    await racer?.end();
     await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
     await admin?.end();
   });
@@ -340,6 +397,352 @@ describe("ledger on PostgreSQL", {
     const total =
       BigInt(report.total_wallet_balance) + BigInt(report.clearing_balance) + BigInt(report.external_balance);
     assert.equal(total, 0n);
+    await assertConsistent();
+  });
+  // -------------------------------------------------------------------------------------------
+  // Batches: many steps in one statement and one commit.
+
+  it("a mixed batch answers each step in input order, and the journal stays consistent", async () => {
+    const a = await newUser(1000);
+    const b = await newUser(0);
+    const c = await newUser(50);
+    const toPost = randomUUID();
+    const toVoid = randomUUID();
+    await holdFunds(pool, { transfer_id: toPost, source_user_id: a, dest_user_id: b, amount: 200 });
+    await holdFunds(pool, { transfer_id: toVoid, source_user_id: a, dest_user_id: c, amount: 300 });
+    assert.equal(await balanceOf(a), 500);
+
+    const fresh = randomUUID();
+    const missing = randomUUID();
+    const missingToo = randomUUID();
+    const results = await applyBatch(pool, [
+      hold(fresh, a, b, 100),
+      hold(randomUUID(), c, b, 51),
+      post(toPost),
+      voiding(toVoid),
+      hold(randomUUID(), a, a, 1),
+      post(missing),
+      hold(randomUUID(), a, 987654321, 1),
+      voiding(missingToo),
+    ]);
+    assert.deepEqual(outcomes(results), [
+      "ok:held",
+      "insufficient_funds",
+      "ok:posted",
+      "ok:voided",
+      "same_wallet",
+      "hold_not_found",
+      "dest_not_found",
+      "hold_not_found",
+    ]);
+    // The single-step API's messages, word for word.
+    assert.deepEqual(
+      results.flatMap((r) => (r.ok ? [] : [r.message])),
+      [
+        `user ${c} has less than 51 minor units`,
+        "source and destination are the same user",
+        `no hold for transfer ${missing}`,
+        "user 987654321 not found",
+        `no hold for transfer ${missingToo}`,
+      ],
+    );
+    const held = okHold(results[0]);
+    assert.equal(held.transfer_id, fresh);
+    // Steps run in lock order (wallet, then transfer id), not input order: the void of toVoid
+    // refunds a before or after this hold debits a, as their transfer ids sort.
+    assert.equal(held.source_balance_before_minor, fresh < toVoid ? "500" : "800");
+    assert.equal(okHold(results[2]).dest_balance_before_minor, "0");
+    assert.equal(await balanceOf(a), 500 - 100 + 300);
+    assert.equal(await balanceOf(b), 200);
+    assert.equal(await balanceOf(c), 50);
+    assert.deepEqual(await postingsFor(fresh), { hold: 1 });
+    assert.deepEqual(await postingsFor(toPost), { hold: 1, post: 1 });
+    assert.deepEqual(await postingsFor(toVoid), { hold: 1, void: 1 });
+    for (const user of [a, b, c]) assert.equal(await balanceOf(user), await journalSumOf(user));
+    // The single-step readers see what the batch wrote.
+    assert.deepEqual(await getHold(pool, fresh), held);
+    await assertConsistent();
+  });
+
+  it("refusals in a batch change nothing and do not stop the other steps", async () => {
+    const a = await newUser(100);
+    const b = await newUser(0);
+    const gone = await newUser(0); // closed below: as a source and as a destination
+    const e = await newUser(10);
+    const posted = randomUUID();
+    const voided = randomUUID();
+    const toGone = randomUUID();
+    await holdFunds(pool, { transfer_id: posted, source_user_id: a, dest_user_id: b, amount: 10 });
+    await postHold(pool, posted);
+    await holdFunds(pool, { transfer_id: voided, source_user_id: a, dest_user_id: b, amount: 10 });
+    await voidHold(pool, voided);
+    await holdFunds(pool, { transfer_id: toGone, source_user_id: a, dest_user_id: gone, amount: 10 });
+    const mismatched = randomUUID();
+    await holdFunds(pool, { transfer_id: mismatched, source_user_id: a, dest_user_id: b, amount: 5 });
+    // The close race, simulated directly (closeUser would refuse: a transfer is in flight).
+    await pool.query("UPDATE users SET deleted_at = now() WHERE id = $1", [gone]);
+
+    const watched = [a, b, gone];
+    const transfers = [posted, voided, toGone, mismatched];
+    const before = await snapshot(watched, transfers);
+    const applied = randomUUID();
+    const results = await applyBatch(pool, [
+      hold(randomUUID(), a, b, 76), // a has 75 left
+      hold(randomUUID(), a, a, 1),
+      hold(randomUUID(), a, gone, 1),
+      hold(randomUUID(), gone, b, 1),
+      hold(applied, e, b, 10), // the one that goes through
+      hold(mismatched, a, b, 6),
+      post(voided),
+      voiding(posted),
+      post(toGone),
+      post(randomUUID()),
+      voiding(randomUUID()),
+    ]);
+    assert.deepEqual(outcomes(results), [
+      "insufficient_funds",
+      "same_wallet",
+      "dest_not_found",
+      "source_not_found",
+      "ok:held",
+      "hold_mismatch",
+      "hold_voided",
+      "hold_posted",
+      "dest_unavailable",
+      "hold_not_found",
+      "hold_not_found",
+    ]);
+    const messages = results.map((r) => (r.ok ? "" : r.message));
+    assert.equal(messages[5], `transfer ${mismatched} was held with other parties or amount`);
+    assert.equal(messages[6], `transfer ${voided} was already voided`);
+    assert.equal(messages[7], `transfer ${posted} was already posted`);
+    assert.equal(messages[8], `user ${gone} cannot be credited (closed or balance limit)`);
+
+    const after = await snapshot(watched, transfers);
+    assert.deepEqual(after.wallets, before.wallets);
+    assert.deepEqual(after.holds, before.holds);
+    // Exactly the one hold that went through was journaled: one posting, two entries.
+    assert.equal(Number(after.sizes.postings), Number(before.sizes.postings) + 1);
+    assert.equal(Number(after.sizes.entries), Number(before.sizes.entries) + 2);
+    assert.equal(await balanceOf(e), 0);
+    assert.deepEqual(await postingsFor(applied), { hold: 1 });
+    await assertConsistent();
+  });
+
+  it("a replayed batch answers as the first time and moves no money twice", async () => {
+    const a = await newUser(1000);
+    const b = await newUser(0);
+    const c = await newUser(0);
+    const t1 = randomUUID();
+    const t2 = randomUUID();
+    const t3 = randomUUID();
+    const first = await applyBatch(pool, [hold(t1, a, b, 100), hold(t2, a, c, 200), hold(t3, b, c, 1)]);
+    assert.deepEqual(outcomes(first), ["ok:held", "ok:held", "insufficient_funds"]);
+    assert.deepEqual(
+      await applyBatch(pool, [hold(t1, a, b, 100), hold(t2, a, c, 200), hold(t3, b, c, 1)]),
+      first,
+    );
+
+    const settle = [post(t1), voiding(t2), hold(randomUUID(), c, a, 5)];
+    const second = await applyBatch(pool, settle);
+    assert.deepEqual(outcomes(second), ["ok:posted", "ok:voided", "insufficient_funds"]);
+    const balances = [await balanceOf(a), await balanceOf(b), await balanceOf(c)];
+    assert.deepEqual(balances, [900, 100, 0]);
+    for (let replay = 0; replay < 3; replay++) {
+      assert.deepEqual(await applyBatch(pool, settle), second);
+      // A hold retried after its post or void answers with the hold as it now stands.
+      assert.deepEqual(outcomes(await applyBatch(pool, [hold(t1, a, b, 100), hold(t2, a, c, 200)])), [
+        "ok:posted",
+        "ok:voided",
+      ]);
+    }
+    assert.deepEqual([await balanceOf(a), await balanceOf(b), await balanceOf(c)], balances);
+    assert.deepEqual(await postingsFor(t1), { hold: 1, post: 1 });
+    assert.deepEqual(await postingsFor(t2), { hold: 1, void: 1 });
+    assert.deepEqual(await postingsFor(t3), {});
+    await assertConsistent();
+  });
+
+  it("a hold retried in a batch with another amount or other parties is refused hold_mismatch", async () => {
+    const a = await newUser(1000);
+    const b = await newUser(0);
+    const c = await newUser(0);
+    const t = randomUUID();
+    await holdFunds(pool, { transfer_id: t, source_user_id: a, dest_user_id: b, amount: 100 });
+    const other = randomUUID();
+    const results = await applyBatch(pool, [hold(t, a, b, 101), hold(other, a, c, 1)]);
+    assert.deepEqual(outcomes(results), ["hold_mismatch", "ok:held"]);
+    for (const retry of [hold(t, a, c, 100), hold(t, c, b, 100), hold(t.toUpperCase(), a, b, 99)]) {
+      assert.deepEqual(outcomes(await applyBatch(pool, [retry])), ["hold_mismatch"]);
+    }
+    // The same hold with the id in capitals is the same transfer (a UUID), not a new one.
+    assert.equal(okHold((await applyBatch(pool, [hold(t.toUpperCase(), a, b, 100)]))[0]).transfer_id, t);
+    assert.equal(await balanceOf(a), 1000 - 100 - 1);
+    assert.deepEqual(await postingsFor(t), { hold: 1 });
+    await assertConsistent();
+  });
+
+  it("copies of one hold in two concurrent batches move the money once", async () => {
+    for (let round = 0; round < 10; round++) {
+      const a = await newUser(300);
+      const b = await newUser(0);
+      const c = await newUser(10);
+      const t = randomUUID();
+      // Each batch also moves other money, so the copies meet inside bigger transactions.
+      const [left, right] = await Promise.all([
+        applyBatch(pool, [hold(randomUUID(), c, b, 1), hold(t, a, b, 300)]),
+        applyBatch(pool, [hold(t, a, b, 300), hold(randomUUID(), c, a, 1)]),
+      ]);
+      assert.deepEqual(outcomes(left), ["ok:held", "ok:held"]);
+      assert.deepEqual(outcomes(right), ["ok:held", "ok:held"]);
+      assert.deepEqual(okHold(left[1]), okHold(right[0]));
+      assert.equal(okHold(left[1]).source_balance_before_minor, "300");
+      assert.deepEqual(await postingsFor(t), { hold: 1 });
+      // a: 300 held once, 1 received on hold (still in clearing): 0 in the wallet.
+      assert.equal(await balanceOf(a), 0);
+      assert.equal(await balanceOf(c), 8);
+    }
+    await assertConsistent();
+  });
+
+  it("two batches over the same wallets in opposite orders neither deadlock nor break the audit", async () => {
+    const wallets = await Promise.all(Array.from({ length: 5 }, () => newUser(10_000)));
+    const pairs = wallets.flatMap((s) => wallets.filter((d) => d !== s).map((d) => [s, d] as const));
+    let previous: string[] = [];
+    for (let round = 0; round < 15; round++) {
+      const forward = pairs.map(([s, d]) => hold(randomUUID(), s, d, 1 + round));
+      const backward = pairs.map(([s, d]) => hold(randomUUID(), d, s, 2)).reverse();
+      // The previous round's holds: one batch posts them while the other voids them, listed in
+      // opposite orders, so that (without the global lock order) the two would lock the same
+      // holds and wallets in opposite orders.
+      const left = [...forward, ...previous.map(post)];
+      const right = [...previous.map(voiding).reverse(), ...backward];
+      assert.ok(left.length <= LEDGER_BATCH_MAX && right.length <= LEDGER_BATCH_MAX);
+      const [l, r] = await Promise.all([applyBatch(pool, left), applyBatch(pool, right)]);
+      for (const result of [...l.slice(0, forward.length), ...r.slice(-backward.length)]) okHold(result);
+      // Each earlier hold was posted or voided, exactly once: one batch won, the other was refused.
+      previous.forEach((transfer_id, i) => {
+        const posted = l[forward.length + i];
+        const voided = r[previous.length - 1 - i];
+        const won = [posted, voided].filter((x) => x?.ok);
+        assert.equal(
+          won.length,
+          1,
+          `transfer ${transfer_id}: ${outcomes([posted, voided].flatMap((x) => (x ? [x] : [])))}`,
+        );
+        const loser = [posted, voided].find((x) => x !== undefined && !x.ok);
+        assert.match(loser?.ok === false ? loser.code : "", /^hold_(posted|voided)$/);
+      });
+      previous = [...forward, ...backward].map((h) => h.transfer_id);
+    }
+    let total = 0n;
+    for (const user of wallets) total += BigInt(await balanceOf(user));
+    const { rows } = await pool.query<{ held: string }>(
+      "SELECT coalesce(sum(amount_minor), 0) AS held FROM holds WHERE transfer_id = ANY($1::uuid[])",
+      [previous],
+    );
+    // Money only moved among these wallets: what they hold plus their last round in clearing.
+    assert.equal(total + BigInt(rows[0]?.held ?? "NaN"), 50_000n);
+    await assertConsistent();
+  });
+
+  it("a user closed while a step waits for their wallet is seen: no debit or credit after the close", async () => {
+    // Source: the close holds the wallet lock and commits while the hold waits for it.
+    const s = await newUser(100);
+    const d = await newUser(0);
+    const closer = await pool.connect();
+    try {
+      await closer.query("BEGIN");
+      await closer.query("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", [s]);
+      // closeUser would refuse a non-zero balance; the point is a close committing meanwhile.
+      await closer.query("UPDATE users SET deleted_at = now() WHERE id = $1", [s]);
+      const pending = applyBatch(racer, [hold(randomUUID(), s, d, 10)]);
+      await racerBlocked();
+      await closer.query("COMMIT");
+      assert.deepEqual(outcomes(await pending), ["source_not_found"]);
+    } finally {
+      closer.release();
+    }
+    assert.equal(await balanceOf(s), 100);
+
+    // Destination: closed while the post waits for its wallet; the post is refused, the void works.
+    const s2 = await newUser(100);
+    const d2 = await newUser(0);
+    const t = randomUUID();
+    await holdFunds(pool, { transfer_id: t, source_user_id: s2, dest_user_id: d2, amount: 10 });
+    const closer2 = await pool.connect();
+    try {
+      await closer2.query("BEGIN");
+      await closer2.query("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", [d2]);
+      await closer2.query("UPDATE users SET deleted_at = now() WHERE id = $1", [d2]);
+      const pending = applyBatch(racer, [post(t)]);
+      await racerBlocked();
+      await closer2.query("COMMIT");
+      assert.deepEqual(outcomes(await pending), ["dest_unavailable"]);
+    } finally {
+      closer2.release();
+    }
+    assert.equal(await balanceOf(d2), 0);
+    assert.equal((await getHold(pool, t))?.state, "held");
+    assert.deepEqual(outcomes(await applyBatch(pool, [voiding(t)])), ["ok:voided"]);
+    assert.equal(await balanceOf(s2), 100);
+
+    // And the real closeUser racing a hold and its post: a closed user never ends with money.
+    for (let round = 0; round < 20; round++) {
+      const source = await newUser(100);
+      const dest = await newUser(0);
+      const transfer = randomUUID();
+      const [closed] = await Promise.allSettled([
+        closeUser(pool, dest),
+        (async () => {
+          const [held] = await applyBatch(pool, [hold(transfer, source, dest, 10)]);
+          if (!held?.ok) return;
+          const [posted] = await applyBatch(pool, [post(transfer)]);
+          if (!posted?.ok) await applyBatch(pool, [voiding(transfer)]);
+        })(),
+      ]);
+      if (closed.status === "fulfilled") {
+        assert.equal(await balanceOf(dest), 0);
+        assert.equal(await journalSumOf(dest), 0);
+      } else {
+        assert.match(
+          String((closed.reason as { code?: string }).code),
+          /^(transfers_in_flight|balance_not_zero)$/,
+        );
+      }
+      assert.equal((await balanceOf(source)) + (await balanceOf(dest)), 100);
+    }
+    await assertConsistent();
+  });
+
+  it("a batch is 1..LEDGER_BATCH_MAX steps, one per transfer; a full one commits once", async () => {
+    const a = await newUser(LEDGER_BATCH_MAX);
+    const b = await newUser(0);
+    await assert.rejects(applyBatch(pool, []), /invariant/);
+    const t = randomUUID();
+    await assert.rejects(applyBatch(pool, [post(t), voiding(t)]), /more than once/);
+    await assert.rejects(applyBatch(pool, [post(t), voiding(t.toUpperCase())]), /more than once/);
+    const full = Array.from({ length: LEDGER_BATCH_MAX }, () => hold(randomUUID(), a, b, 1));
+    await assert.rejects(applyBatch(pool, [...full, hold(randomUUID(), a, b, 1)]), /invariant/);
+    const results = await applyBatch(pool, full);
+    assert.deepEqual(new Set(outcomes(results)), new Set(["ok:held"]));
+    assert.deepEqual(
+      results.map((r) => okHold(r).transfer_id),
+      full.map((h) => h.transfer_id),
+    );
+    // One wallet debited a hundred times in one transaction: each saw the balance the one before left.
+    const befores = results.map((r) => Number(okHold(r).source_balance_before_minor)).sort((x, y) => y - x);
+    assert.deepEqual(
+      befores,
+      Array.from({ length: LEDGER_BATCH_MAX }, (_, i) => LEDGER_BATCH_MAX - i),
+    );
+    assert.equal(await balanceOf(a), 0);
+    const outcome = await applyBatch(
+      pool,
+      full.map((h) => post(h.transfer_id)),
+    );
+    assert.equal(outcome.filter((r) => r.ok).length, LEDGER_BATCH_MAX);
+    assert.equal(await balanceOf(b), LEDGER_BATCH_MAX);
     await assertConsistent();
   });
 });

@@ -1,0 +1,222 @@
+/**
+ * POST /internal/transfers/batch end to end through Fastify (inject, no socket) against a real
+ * PostgreSQL (TEST_LEDGER_DATABASE_URL; skipped when unset), in a fresh schema of its own: the
+ * request contract (service credential, one step per transfer, 1..LEDGER_BATCH_MAX steps), the
+ * answer's shape and order, and the single-step routes on the same functions.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Authenticator } from "#packages/http/auth.ts";
+import { registerOpenApi } from "#packages/http/openapi.ts";
+import { createHttpServer, type HttpServer } from "#packages/http/server.ts";
+import { createLogger } from "#packages/log/index.ts";
+import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { registerRoutes } from "../src/http.ts";
+import { assertSystemAccounts, audit, createUser, LEDGER_BATCH_MAX } from "../src/ledger.ts";
+
+const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
+const SCHEMA = `user_service_http_test_${process.pid}_${Date.now()}`;
+const SERVICE_TOKEN = "test-service-token-0123456789";
+const ADMIN_TOKEN = "test-admin-token-0123456789";
+
+let pool: Pool;
+let admin: Pool;
+let app: HttpServer;
+let nameCounter = 0;
+
+async function newUser(balance: number): Promise<number> {
+  nameCounter += 1;
+  const row = await createUser(pool, {
+    username: `http${nameCounter}`,
+    password_hash: "scrypt$not-a-real-hash",
+    opening_balance: balance,
+  });
+  return Number(row.id);
+}
+
+async function call(url: string, body: unknown, token: string | null = SERVICE_TOKEN) {
+  const response = await app.inject({
+    method: "POST",
+    url,
+    headers: token === null ? {} : { authorization: `Bearer ${token}` },
+    payload: body as Record<string, unknown>,
+  });
+  return { status: response.statusCode, body: response.json() };
+}
+
+const batch = (operations: unknown[], token?: string | null) =>
+  call("/internal/transfers/batch", { operations }, token);
+
+describe("POST /internal/transfers/batch", {
+  skip: BASE_URL === "" ? "TEST_LEDGER_DATABASE_URL is not set" : false,
+}, () => {
+  before(async () => {
+    admin = createPool(BASE_URL, { max: 1, application_name: "user-service-http-test" });
+    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
+    const url = new URL(BASE_URL);
+    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
+    pool = createPool(url.toString(), { max: 5, application_name: "user-service-http-test" });
+    await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+    await assertSystemAccounts(pool);
+    app = createHttpServer({ logger: createLogger("user-service-test", "silent") });
+    await registerOpenApi(app, { service: "user-service", description: "test" });
+    registerRoutes(app, {
+      pool,
+      auth: new Authenticator({
+        admin_token: ADMIN_TOKEN,
+        service_token: SERVICE_TOKEN,
+        token_secret: "test-token-secret-0123456789-0123456789",
+      }),
+    });
+    await app.ready();
+  });
+
+  after(async () => {
+    await app?.close();
+    await pool?.end();
+    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
+    await admin?.end();
+  });
+
+  it("answers one result per operation, in input order, with the single-step routes' hold and codes", async () => {
+    const a = await newUser(1000);
+    const b = await newUser(0);
+    const empty = await newUser(0);
+    const t1 = randomUUID();
+    const t2 = randomUUID();
+    const single = await call(`/internal/transfers/${t2}/hold`, {
+      source_user_id: a,
+      dest_user_id: b,
+      amount: 50,
+    });
+    assert.equal(single.status, 200, JSON.stringify(single.body));
+
+    const missing = randomUUID();
+    const answer = await batch([
+      { op: "hold", transfer_id: t1, source_user_id: a, dest_user_id: b, amount: 100 },
+      { op: "hold", transfer_id: randomUUID(), source_user_id: empty, dest_user_id: a, amount: 1 },
+      { op: "post", transfer_id: t2 },
+      { op: "void", transfer_id: missing },
+    ]);
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    assert.equal(answer.body.success, true);
+    const results = answer.body.data.results;
+    assert.equal(results.length, 4);
+    const [held, refused, posted, notFound] = results;
+    assert.deepEqual(Object.keys(held).sort(), ["hold", "ok", "op", "transfer_id"]);
+    assert.equal(held.ok, true);
+    assert.equal(held.op, "hold");
+    assert.equal(held.transfer_id, t1);
+    assert.deepEqual(
+      { ...held.hold, created_at: "", updated_at: "" },
+      {
+        transfer_id: t1,
+        state: "held",
+        source_user_id: a,
+        dest_user_id: b,
+        amount: 100,
+        source_balance_before: 950,
+        dest_balance_before: null,
+        created_at: "",
+        updated_at: "",
+      },
+    );
+    assert.deepEqual(refused, {
+      transfer_id: refused.transfer_id,
+      op: "hold",
+      ok: false,
+      code: "insufficient_funds",
+      message: `user ${empty} has less than 1 minor units`,
+    });
+    assert.equal(posted.ok, true);
+    assert.equal(posted.hold.state, "posted");
+    assert.equal(posted.hold.dest_balance_before, 0);
+    assert.deepEqual(notFound, {
+      transfer_id: missing,
+      op: "void",
+      ok: false,
+      code: "hold_not_found",
+      message: `no hold for transfer ${missing}`,
+    });
+
+    // The single-step routes read and answer the same holds.
+    const read = await app.inject({
+      method: "GET",
+      url: `/internal/transfers/${t2}`,
+      headers: { authorization: `Bearer ${SERVICE_TOKEN}` },
+    });
+    assert.deepEqual(read.json().data.hold, posted.hold);
+    const voided = await call(`/internal/transfers/${t1}/void`, {});
+    assert.equal(voided.status, 200);
+    assert.equal(voided.body.data.hold.state, "voided");
+    const again = await call(`/internal/transfers/${t1}/post`, {});
+    assert.equal(again.status, 409);
+    assert.equal(again.body.code, "hold_voided");
+    assert.equal((await audit(pool)).consistent, true);
+  });
+
+  it("refuses a transfer twice in one batch, whatever the case of its id, and applies nothing", async () => {
+    const a = await newUser(10);
+    const b = await newUser(0);
+    const t = randomUUID();
+    const answer = await batch([
+      { op: "hold", transfer_id: t, source_user_id: a, dest_user_id: b, amount: 1 },
+      { op: "post", transfer_id: randomUUID() },
+      { op: "post", transfer_id: t.toUpperCase() },
+    ]);
+    assert.equal(answer.status, 400);
+    assert.equal(answer.body.code, "invalid_request");
+    assert.match(answer.body.message, /operations\.2\.transfer_id: .*already appears at operations\.0/);
+    const { rowCount } = await pool.query("SELECT 1 FROM holds WHERE transfer_id = $1", [t]);
+    assert.equal(rowCount, 0);
+  });
+
+  it("validates the body: 1..LEDGER_BATCH_MAX known operations with exactly their fields", async () => {
+    const ok = { op: "post", transfer_id: randomUUID() };
+    const cases: Array<[string, unknown]> = [
+      ["empty", []],
+      [
+        "too many",
+        Array.from({ length: LEDGER_BATCH_MAX + 1 }, () => ({ ...ok, transfer_id: randomUUID() })),
+      ],
+      ["unknown op", [{ op: "refund", transfer_id: randomUUID() }]],
+      [
+        "hold without amount",
+        [{ op: "hold", transfer_id: randomUUID(), source_user_id: 1, dest_user_id: 2 }],
+      ],
+      ["post with an amount", [{ ...ok, amount: 1 }]],
+      ["not a uuid", [{ op: "void", transfer_id: "t-1" }]],
+      [
+        "negative amount",
+        [{ op: "hold", transfer_id: randomUUID(), source_user_id: 1, dest_user_id: 2, amount: -1 }],
+      ],
+    ];
+    for (const [what, operations] of cases) {
+      const answer = await call("/internal/transfers/batch", { operations });
+      assert.equal(answer.status, 400, `${what}: ${JSON.stringify(answer.body)}`);
+    }
+    assert.equal((await call("/internal/transfers/batch", { operations: [ok], extra: 1 })).status, 400);
+    const full = Array.from({ length: LEDGER_BATCH_MAX }, () => ({ ...ok, transfer_id: randomUUID() }));
+    const answer = await batch(full);
+    assert.equal(answer.status, 200);
+    assert.equal(answer.body.data.results.length, LEDGER_BATCH_MAX);
+  });
+
+  it("takes the service credential only", async () => {
+    const operations = [{ op: "post", transfer_id: randomUUID() }];
+    assert.equal((await batch(operations, null)).status, 401);
+    assert.equal((await batch(operations, ADMIN_TOKEN)).status, 403);
+    assert.equal((await batch(operations, SERVICE_TOKEN)).status, 200);
+  });
+
+  it("is described in the OpenAPI document", async () => {
+    const response = await app.inject({ method: "GET", url: "/openapi.json" });
+    assert.equal(response.statusCode, 200);
+    const route = response.json().paths["/internal/transfers/batch"]?.post;
+    assert.ok(route, "no POST /internal/transfers/batch in the document");
+    assert.match(route.summary, /one transaction/);
+    assert.ok(route.responses["200"] && route.responses["400"] && route.responses["503"]);
+  });
+});
