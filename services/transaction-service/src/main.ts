@@ -49,6 +49,12 @@ const config = loadConfig({
   USER_SERVICE_URL: env.url(engineDefaults.USER_SERVICE_URL),
   TRANSACTION_QUERY_SERVICE_URL: env.url(engineDefaults.TRANSACTION_QUERY_SERVICE_URL),
   LEDGER_TIMEOUT_MS: env.int(3_000, 100, 60_000),
+  /** Most saga steps per ledger call (concurrent steps share one call and one ledger commit). */
+  LEDGER_BATCH_MAX: env.int(100, 1, 100),
+  LEDGER_CALLS_IN_FLIGHT_MAX: env.int(4, 1, 64),
+  /** Most transfers per saga statement (concurrent inserts and transitions share one commit). */
+  SAGA_WRITE_BATCH_MAX: env.int(100, 1, 1_000),
+  SAGA_WRITES_IN_FLIGHT_MAX: env.int(4, 1, 64),
   QUERY_TIMEOUT_MS: env.int(2_000, 100, 60_000),
   STEP_TIMEOUT_MS: env.int(5_000, 500, 600_000),
   RECORD_RESEND_MS: env.int(300_000, 500, 3_600_000),
@@ -105,12 +111,17 @@ const cache = new TransferCache(redis, {
 });
 
 const producer = createProducer({ brokers, client_id: SERVICE });
-const store = new SagaStore(pool);
-const ledger = new LedgerClient(
-  config.USER_SERVICE_URL,
-  secrets.service_token ?? "",
-  config.LEDGER_TIMEOUT_MS,
-);
+const store = new SagaStore(pool, {
+  write_batch_max: config.SAGA_WRITE_BATCH_MAX,
+  writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
+  writes_waiting_max: 10_000,
+});
+const ledger = new LedgerClient(config.USER_SERVICE_URL, secrets.service_token ?? "", {
+  timeout_ms: config.LEDGER_TIMEOUT_MS,
+  batch_max: config.LEDGER_BATCH_MAX,
+  in_flight_max: config.LEDGER_CALLS_IN_FLIGHT_MAX,
+  waiting_max: 10_000,
+});
 const runner = new SagaRunner(store, ledger, topics, logger, {
   step_timeout_ms: config.STEP_TIMEOUT_MS,
   record_resend_ms: config.RECORD_RESEND_MS,

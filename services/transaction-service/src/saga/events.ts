@@ -7,7 +7,7 @@ import { type TransferEvent, transferEventSchema } from "#packages/contracts/mes
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { SagaRunner } from "./runner.ts";
-import type { SagaStore } from "./store.ts";
+import type { SagaStore, StoredTransfer } from "./store.ts";
 
 export function createEventHandler(deps: {
   store: SagaStore;
@@ -17,12 +17,19 @@ export function createEventHandler(deps: {
   onRecordEvent: (event: TransferEvent) => Promise<void>;
   onUnreadable: (message: ConsumedMessage, reason: string) => Promise<void>;
 }) {
-  const handleOne = async (event: TransferEvent, message: ConsumedMessage): Promise<void> => {
-    const transfer = await deps.store.get(event.transfer_id);
+  /**
+   * Applies one event to `transfer` (as last seen: a stale copy only costs a reload, since every
+   * transition is a compare-and-set). Returns the transfer as this handler left it.
+   */
+  const handleOne = async (
+    event: TransferEvent,
+    message: ConsumedMessage,
+    transfer: StoredTransfer | null,
+  ): Promise<StoredTransfer | null> => {
     if (transfer === null) {
       deps.logger.error({ transfer_id: event.transfer_id }, "event for an unknown transfer");
       await deps.onUnreadable(message, `event for an unknown transfer ${event.transfer_id}`);
-      return;
+      return null;
     }
     const input =
       event.type === "TransferRecorded"
@@ -36,12 +43,13 @@ export function createEventHandler(deps: {
     }
     const after = await deps.runner.apply(transfer, input);
     try {
-      await deps.runner.advance(after);
+      return await deps.runner.advance(after);
     } catch (error) {
       deps.logger.warn(
         { err: error, transfer_id: after.id, state: after.state },
         "saga step failed; the sweep will retry",
       );
+      return after;
     }
   };
 
@@ -64,13 +72,17 @@ export function createEventHandler(deps: {
       list.push({ event: parsed.data, message });
       byTransfer.set(parsed.data.transfer_id, list);
     }
-    const groups = [...byTransfer.values()];
+    const groups = [...byTransfer.entries()];
+    // The batch's transfers in one read; the transitions and ledger steps they lead to are
+    // batched across transfers by the store and the ledger client.
+    const loaded = await deps.store.getMany(groups.map(([id]) => id));
     let next = 0;
     const worker = async () => {
       while (next < groups.length) {
-        const group = groups[next++];
-        for (const { event, message } of group ?? []) {
-          await handleOne(event, message);
+        const [id, group] = groups[next++] as (typeof groups)[number];
+        let transfer = loaded.get(id) ?? null;
+        for (const { event, message } of group) {
+          transfer = await handleOne(event, message, transfer);
           await deps.onRecordEvent(event);
         }
       }

@@ -1,25 +1,33 @@
 /**
  * The saga's calls to user-service's two-phase ledger (hold, post, void), keyed by transfer id
- * so any retry returns the first result. An answer is one of: done (with the balances the
+ * so any retry returns the first result. Concurrent steps of different transfers travel as one
+ * batch (`POST /internal/transfers/batch`: one HTTP call, one ledger transaction); a lone step
+ * goes at once as a batch of one. Each step's answer is one of: done (with the balances the
  * record needs), a definitive refusal (the saga moves to its failure branch), or no answer
- * (timeout, 5xx, network) which leaves the saga where it is for a later retry.
+ * (timeout, 5xx, network: the whole batch) which leaves the saga where it is for a later retry.
  */
 import { z } from "zod";
 import { balanceMinorSchema } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import { callJson } from "#packages/http/client.ts";
+import { Batcher } from "#packages/runtime/batcher.ts";
 
-const holdBodySchema = z.object({
+const holdSchema = z.object({
+  state: z.enum(["held", "posted", "voided"]),
+  source_balance_before: balanceMinorSchema,
+  dest_balance_before: balanceMinorSchema.nullable().optional(),
+});
+const batchBodySchema = z.object({
   success: z.literal(true),
   data: z.object({
-    hold: z.object({
-      state: z.enum(["held", "posted", "voided"]),
-      source_balance_before: balanceMinorSchema,
-      dest_balance_before: balanceMinorSchema.nullable().optional(),
-    }),
+    results: z.array(
+      z.discriminatedUnion("ok", [
+        z.object({ transfer_id: z.string(), ok: z.literal(true), hold: holdSchema }),
+        z.object({ transfer_id: z.string(), ok: z.literal(false), code: z.string(), message: z.string() }),
+      ]),
+    ),
   }),
 });
-const errorBodySchema = z.object({ success: z.literal(false), code: z.string(), message: z.string() });
 
 export type LedgerAnswer =
   | { kind: "ok"; source_balance_before: number; dest_balance_before: number | null }
@@ -28,75 +36,117 @@ export type LedgerAnswer =
 /** The ledger said something the saga's state rules out: a bug, never retried into money movement. */
 export class LedgerInvariantError extends Error {}
 
+type Step =
+  | { op: "hold"; transfer_id: string; source_user_id: number; dest_user_id: number; amount: number }
+  | { op: "post"; transfer_id: string }
+  | { op: "void"; transfer_id: string };
+
+/** The refusals each step may answer with, and what the saga makes of them; any other is a bug. */
+const refusals: Record<Step["op"], Record<string, FailureReason>> = {
+  hold: {
+    insufficient_funds: "insufficient_funds",
+    source_not_found: "source_not_found",
+    dest_not_found: "dest_not_found",
+  },
+  post: { dest_unavailable: "dest_unavailable" },
+  void: {},
+};
+
+const settledState = { hold: null, post: "posted", void: "voided" } as const;
+
+export interface LedgerLimits {
+  timeout_ms: number;
+  /** Most steps per call (user-service accepts at most 100). */
+  batch_max: number;
+  /** Most calls running at once. */
+  in_flight_max: number;
+  /** Most steps waiting for a call before callers are refused. */
+  waiting_max: number;
+}
+
 export class LedgerClient {
-  readonly #base_url: string;
+  readonly #url: string;
   readonly #timeout_ms: number;
   readonly #headers: Record<string, string>;
+  readonly #steps: Batcher<Step, LedgerAnswer | Error>;
 
-  constructor(base_url: string, service_token: string, timeout_ms: number) {
-    this.#base_url = base_url.replace(/\/$/, "");
-    this.#timeout_ms = timeout_ms;
+  constructor(base_url: string, service_token: string, limits: LedgerLimits) {
+    this.#url = `${base_url.replace(/\/$/, "")}/internal/transfers/batch`;
+    this.#timeout_ms = limits.timeout_ms;
     this.#headers = { authorization: `Bearer ${service_token}` };
+    this.#steps = new Batcher({
+      name: "ledger steps",
+      max_batch: limits.batch_max,
+      max_in_flight: limits.in_flight_max,
+      max_waiting: limits.waiting_max,
+      key: (step) => step.transfer_id,
+      run: (steps) => this.#call(steps),
+    });
   }
 
   hold(
     transfer_id: string,
     body: { source_user_id: number; dest_user_id: number; amount: number },
   ): Promise<LedgerAnswer> {
-    return this.#call(transfer_id, "hold", body, {
-      insufficient_funds: "insufficient_funds",
-      source_not_found: "source_not_found",
-      dest_not_found: "dest_not_found",
-    });
+    return this.#step({ op: "hold", transfer_id, ...body });
   }
 
   post(transfer_id: string): Promise<LedgerAnswer> {
-    return this.#call(transfer_id, "post", {}, { dest_unavailable: "dest_unavailable" });
+    return this.#step({ op: "post", transfer_id });
   }
 
   void(transfer_id: string): Promise<LedgerAnswer> {
-    return this.#call(transfer_id, "void", {}, {});
+    return this.#step({ op: "void", transfer_id });
   }
 
-  async #call(
-    transfer_id: string,
-    step: "hold" | "post" | "void",
-    body: unknown,
-    refusals: Record<string, FailureReason>,
-  ): Promise<LedgerAnswer> {
-    const url = `${this.#base_url}/internal/transfers/${transfer_id}/${step}`;
-    const response = await callJson(url, {
+  async #step(step: Step): Promise<LedgerAnswer> {
+    const answer = await this.#steps.submit(step);
+    if (answer instanceof Error) throw answer;
+    return answer;
+  }
+
+  /** One call for the batch; per step, its answer or the error that step alone raises. */
+  async #call(steps: Step[]): Promise<Array<LedgerAnswer | Error>> {
+    const response = await callJson(this.#url, {
       method: "POST",
-      body,
+      body: { operations: steps },
       timeout_ms: this.#timeout_ms,
       headers: this.#headers,
     });
-    if (response.status === 200) {
-      const parsed = holdBodySchema.safeParse(response.body);
-      if (!parsed.success)
-        throw new LedgerInvariantError(
-          `${step} ${transfer_id}: unexpected answer ${JSON.stringify(response.body)}`,
+    if (response.status !== 200) {
+      const what = `ledger batch of ${steps.length} answered ${response.status} ${JSON.stringify(response.body)}`;
+      // 5xx: the ledger (or its database) could not answer; the saga retries. A 4xx refuses the
+      // whole request (credentials, or a batch the client should never build): a bug.
+      if (response.status >= 500) throw new Error(what);
+      throw new LedgerInvariantError(what);
+    }
+    const parsed = batchBodySchema.safeParse(response.body);
+    if (!parsed.success || parsed.data.data.results.length !== steps.length) {
+      throw new LedgerInvariantError(`ledger batch: unexpected answer ${JSON.stringify(response.body)}`);
+    }
+    const results = parsed.data.data.results;
+    return steps.map((step, i) => {
+      const result = results[i];
+      if (result === undefined || result.transfer_id !== step.transfer_id) {
+        return new LedgerInvariantError(`ledger batch: answer ${i} is not for transfer ${step.transfer_id}`);
+      }
+      if (!result.ok) {
+        const reason = refusals[step.op][result.code];
+        if (reason !== undefined) return { kind: "rejected", reason };
+        // A refusal the saga never expects (hold_voided, hold_mismatch...): never retried into money.
+        return new LedgerInvariantError(
+          `${step.op} ${step.transfer_id}: ledger refused ${result.code}: ${result.message}`,
         );
-      const hold = parsed.data.data.hold;
-      const expected = step === "hold" ? null : step === "post" ? "posted" : "voided";
-      if (expected !== null && hold.state !== expected) {
-        throw new LedgerInvariantError(`${step} ${transfer_id}: hold is ${hold.state}`);
+      }
+      const expected = settledState[step.op];
+      if (expected !== null && result.hold.state !== expected) {
+        return new LedgerInvariantError(`${step.op} ${step.transfer_id}: hold is ${result.hold.state}`);
       }
       return {
         kind: "ok",
-        source_balance_before: hold.source_balance_before,
-        dest_balance_before: hold.dest_balance_before ?? null,
+        source_balance_before: result.hold.source_balance_before,
+        dest_balance_before: result.hold.dest_balance_before ?? null,
       };
-    }
-    if (response.status >= 400 && response.status < 500) {
-      const error = errorBodySchema.safeParse(response.body);
-      const reason = error.success ? refusals[error.data.code] : undefined;
-      if (reason !== undefined) return { kind: "rejected", reason };
-      // 401/403 (credentials) or a refusal the saga never expects (hold_voided, hold_mismatch...).
-      throw new LedgerInvariantError(
-        `${step} ${transfer_id}: ledger answered ${response.status} ${JSON.stringify(response.body)}`,
-      );
-    }
-    throw new Error(`${step} ${transfer_id}: ledger answered ${response.status}`);
+    });
   }
 }

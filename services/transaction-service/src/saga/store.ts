@@ -8,6 +8,7 @@ import { minorFromPg } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
+import { Batcher } from "#packages/runtime/batcher.ts";
 import type { SagaState, SagaTransfer } from "./machine.ts";
 
 interface TransferRow {
@@ -70,44 +71,108 @@ export interface NewTransfer {
   step_timeout_ms: number;
 }
 
+/** A transition waiting to be committed (see commitTransition). */
+interface PendingTransition {
+  expected: SagaState;
+  next: SagaTransfer;
+  messages: OutgoingMessage[];
+  wait_ms: number;
+  response: { status: number; body: unknown } | null;
+}
+
+export interface SagaStoreLimits {
+  /** Most transfers per batched statement (inserts, transitions). */
+  write_batch_max: number;
+  /** Most batched statements of each kind running at once. */
+  writes_in_flight_max: number;
+  /** Most writes waiting for a batch before callers are refused (back-pressure). */
+  writes_waiting_max: number;
+}
+
+export const defaultStoreLimits: SagaStoreLimits = {
+  write_batch_max: 100,
+  writes_in_flight_max: 4,
+  writes_waiting_max: 10_000,
+};
+
 export class SagaStore {
   readonly pool: Pool;
   /** Called after a commit that added outbox rows, so the relay wakes at once instead of polling. */
   onOutbox: () => void = () => {};
+  readonly #inserts: Batcher<NewTransfer, { created: boolean; transfer: StoredTransfer }>;
+  readonly #transitions: Batcher<PendingTransition, StoredTransfer | null>;
 
-  constructor(pool: Pool) {
+  constructor(pool: Pool, limits: SagaStoreLimits = defaultStoreLimits) {
     this.pool = pool;
+    // Concurrent requests and event handlers share statements (and commits): see Batcher. A
+    // batch holds each transfer (and each idempotency key) at most once.
+    const batching = {
+      max_batch: limits.write_batch_max,
+      max_in_flight: limits.writes_in_flight_max,
+      max_waiting: limits.writes_waiting_max,
+    };
+    this.#inserts = new Batcher({
+      name: "saga inserts",
+      ...batching,
+      key: (input) => input.idempotency_key ?? input.id,
+      run: (inputs) => this.#createOrGetMany(inputs),
+    });
+    this.#transitions = new Batcher({
+      name: "saga transitions",
+      ...batching,
+      key: (pending) => pending.next.id,
+      run: (pending) => this.#commitMany(pending),
+    });
   }
 
   /** Insert the intent, or return the transfer that already holds this idempotency key. */
-  async createOrGet(input: NewTransfer): Promise<{ created: boolean; transfer: StoredTransfer }> {
+  createOrGet(input: NewTransfer): Promise<{ created: boolean; transfer: StoredTransfer }> {
+    return this.#inserts.submit(input);
+  }
+
+  async #createOrGetMany(
+    inputs: NewTransfer[],
+  ): Promise<Array<{ created: boolean; transfer: StoredTransfer }>> {
     const inserted = await this.pool.query<TransferRow>(
       `INSERT INTO transfers (id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor,
                               state, next_attempt_at, created_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, 'created', $7::timestamptz + ($8 * interval '1 millisecond'), $7, $7)
+       SELECT i.id, i.idempotency_key, i.request_fingerprint, i.source_user_id, i.dest_user_id, i.amount_minor,
+              'created', i.now + (i.step_timeout_ms * interval '1 millisecond'), i.now, i.now
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::timestamptz[], $8::float8[])
+           AS i(id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor, now,
+                step_timeout_ms)
        ON CONFLICT (idempotency_key) DO NOTHING
        RETURNING ${COLUMNS}`,
       [
-        input.id,
-        input.idempotency_key,
-        input.request_fingerprint,
-        input.source_user_id,
-        input.dest_user_id,
-        input.amount,
-        input.now,
-        input.step_timeout_ms,
+        inputs.map((i) => i.id),
+        inputs.map((i) => i.idempotency_key),
+        inputs.map((i) => i.request_fingerprint),
+        inputs.map((i) => i.source_user_id),
+        inputs.map((i) => i.dest_user_id),
+        inputs.map((i) => i.amount),
+        inputs.map((i) => i.now),
+        inputs.map((i) => i.step_timeout_ms),
       ],
     );
-    const row = inserted.rows[0];
-    if (row !== undefined) return { created: true, transfer: fromRow(row) };
-    if (input.idempotency_key === null) throw new Error("invariant: insert without a key cannot conflict");
-    const existing = await this.pool.query<TransferRow>(
-      `SELECT ${COLUMNS} FROM transfers WHERE idempotency_key = $1`,
-      [input.idempotency_key],
-    );
-    const found = existing.rows[0];
-    if (found === undefined) throw new Error("invariant: conflicting idempotency key vanished");
-    return { created: false, transfer: fromRow(found) };
+    const created = new Map(inserted.rows.map((row) => [row.id, fromRow(row)]));
+    const taken = inputs.filter((i) => !created.has(i.id)).map((i) => i.idempotency_key);
+    if (taken.some((key) => key === null)) throw new Error("invariant: insert without a key cannot conflict");
+    const existing = new Map<string, StoredTransfer>();
+    if (taken.length > 0) {
+      const found = await this.pool.query<TransferRow>(
+        `SELECT ${COLUMNS} FROM transfers WHERE idempotency_key = ANY($1::text[])`,
+        [taken],
+      );
+      for (const row of found.rows) existing.set(row.idempotency_key as string, fromRow(row));
+    }
+    return inputs.map((input) => {
+      const mine = created.get(input.id);
+      if (mine !== undefined) return { created: true, transfer: mine };
+      const theirs = existing.get(input.idempotency_key as string);
+      if (theirs === undefined) throw new Error("invariant: conflicting idempotency key vanished");
+      return { created: false, transfer: theirs };
+    });
   }
 
   async get(id: string): Promise<StoredTransfer | null> {
@@ -116,54 +181,81 @@ export class SagaStore {
     return row === undefined ? null : fromRow(row);
   }
 
+  /** Several transfers in one round trip (an event batch's), by id; missing ids are absent. */
+  async getMany(ids: string[]): Promise<Map<string, StoredTransfer>> {
+    if (ids.length === 0) return new Map();
+    const result = await this.pool.query<TransferRow>(
+      `SELECT ${COLUMNS} FROM transfers WHERE id = ANY($1::uuid[])`,
+      [ids],
+    );
+    return new Map(result.rows.map((row) => [row.id, fromRow(row)]));
+  }
+
   /**
-   * Compare-and-set the state and enqueue the messages, atomically: one statement (the outbox
-   * rows are inserted only if the update matched), so a transition costs one round trip instead
-   * of four (BEGIN, UPDATE, INSERT, COMMIT). Returns the new row, or null if another actor moved
-   * the transfer first (the caller reloads and re-decides). `response`, if given, is kept as
-   * the request's first answer unless one is already kept.
+   * Compare-and-set the state and enqueue the messages, atomically: the outbox rows are inserted
+   * in the same statement, and only if the update matched. Concurrent transitions of different
+   * transfers share one statement (one commit). Returns the new row, or null if another actor
+   * moved the transfer first (the caller reloads and re-decides). `response`, if given, is kept
+   * as the request's first answer unless one is already kept.
    */
-  async commitTransition(
+  commitTransition(
     expected: SagaState,
     next: SagaTransfer,
     messages: OutgoingMessage[],
-    step_timeout_ms: number,
+    wait_ms: number,
     response: { status: number; body: unknown } | null = null,
   ): Promise<StoredTransfer | null> {
+    return this.#transitions.submit({ expected, next, messages, wait_ms, response });
+  }
+
+  async #commitMany(batch: PendingTransition[]): Promise<Array<StoredTransfer | null>> {
+    // Rows are locked in id order, so two batches that share transfers cannot deadlock.
+    const pending = [...batch].sort((a, b) => (a.next.id < b.next.id ? -1 : a.next.id > b.next.id ? 1 : 0));
+    const messages = pending.flatMap((p) => p.messages.map((m) => ({ transfer_id: p.next.id, ...m })));
     const updated = await this.pool.query<TransferRow>(
       `WITH moved AS (
-         UPDATE transfers
-            SET state = $3, failure_reason = $4, source_init_bal = $5, dest_init_bal = $6, updated_at = $7,
-                attempts = 0, next_attempt_at = now() + ($8 * interval '1 millisecond'),
-                response_status = coalesce(response_status, $12),
-                response_body = CASE WHEN response_status IS NULL THEN $13::jsonb ELSE response_body END
-          WHERE id = $1 AND state = $2
-        RETURNING ${COLUMNS}),
+         UPDATE transfers t
+            SET state = i.state, failure_reason = i.failure_reason, source_init_bal = i.source_init_bal,
+                dest_init_bal = i.dest_init_bal, updated_at = i.updated_at, attempts = 0,
+                next_attempt_at = now() + (i.wait_ms * interval '1 millisecond'),
+                response_status = coalesce(t.response_status, i.response_status),
+                response_body = CASE WHEN t.response_status IS NULL THEN i.response_body ELSE t.response_body END
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                       $7::timestamptz[], $8::float8[], $9::integer[], $10::jsonb[])
+             AS i(id, expected, state, failure_reason, source_init_bal, dest_init_bal, updated_at, wait_ms,
+                  response_status, response_body)
+          WHERE t.id = i.id AND t.state = i.expected
+        RETURNING ${COLUMNS.split(", ")
+          .map((c) => `t.${c}`)
+          .join(", ")}),
        queued AS (
          INSERT INTO outbox (topic, key, payload)
-         SELECT m.topic, m.key, m.payload FROM unnest($9::text[], $10::text[], $11::jsonb[]) AS m(topic, key, payload)
-          WHERE EXISTS (SELECT 1 FROM moved))
+         SELECT m.topic, m.key, m.payload
+           FROM unnest($11::uuid[], $12::text[], $13::text[], $14::jsonb[]) WITH ORDINALITY
+             AS m(transfer_id, topic, key, payload, n)
+          WHERE m.transfer_id IN (SELECT id FROM moved)
+          ORDER BY m.n)
        SELECT * FROM moved`,
       [
-        next.id,
-        expected,
-        next.state,
-        next.failure_reason,
-        next.source_init_bal,
-        next.dest_init_bal,
-        next.updated_at,
-        step_timeout_ms,
+        pending.map((p) => p.next.id),
+        pending.map((p) => p.expected),
+        pending.map((p) => p.next.state),
+        pending.map((p) => p.next.failure_reason),
+        pending.map((p) => p.next.source_init_bal),
+        pending.map((p) => p.next.dest_init_bal),
+        pending.map((p) => p.next.updated_at),
+        pending.map((p) => p.wait_ms),
+        pending.map((p) => p.response?.status ?? null),
+        pending.map((p) => (p.response === null ? null : JSON.stringify(p.response.body))),
+        messages.map((m) => m.transfer_id),
         messages.map((m) => m.topic),
         messages.map((m) => m.key),
         messages.map((m) => JSON.stringify(m.value)),
-        response?.status ?? null,
-        response === null ? null : JSON.stringify(response.body),
       ],
     );
-    const row = updated.rows[0];
-    if (row === undefined) return null;
-    if (messages.length > 0) this.onOutbox();
-    return fromRow(row);
+    const moved = new Map(updated.rows.map((row) => [row.id, fromRow(row)]));
+    if (messages.some((m) => moved.has(m.transfer_id))) this.onOutbox();
+    return batch.map((p) => moved.get(p.next.id) ?? null);
   }
 
   /** Remember the first response given for a request, for idempotent replays. */

@@ -1,0 +1,125 @@
+/**
+ * Group commit for round trips: callers submit one item each and await its own result, while
+ * the batcher sends whatever has queued up as one batch (one statement, one HTTP call, one
+ * commit for many transfers). Nothing waits on a timer: an idle batcher runs an item at once
+ * (a batch of one, no added latency); only while `max_in_flight` batches are already running
+ * do new items queue, and the queue then leaves as the next batch. So batches grow with load,
+ * which is when the saved round trips matter.
+ */
+
+export interface BatcherOptions<In, Out> {
+  /** What the batches are of, for error messages. */
+  name: string;
+  /** Most items in one batch. */
+  max_batch: number;
+  /** Most batches running at once. */
+  max_in_flight: number;
+  /** Most items waiting; a submit beyond it is refused at once (back-pressure, not an unbounded queue). */
+  max_waiting: number;
+  /**
+   * Items with equal keys never share a batch (they wait for the next one), for batch statements
+   * that must see each row at most once, such as a compare-and-set per transfer.
+   */
+  key?: (item: In) => string;
+  /** Runs one batch; returns one result per item, in order. A throw fails every item of the batch. */
+  run: (items: In[]) => Promise<Out[]>;
+}
+
+export class BatcherOverloadedError extends Error {}
+
+interface Waiting<In, Out> {
+  item: In;
+  resolve: (out: Out) => void;
+  reject: (error: unknown) => void;
+}
+
+export class Batcher<In, Out> {
+  readonly #options: BatcherOptions<In, Out>;
+  #waiting: Array<Waiting<In, Out>> = [];
+  #in_flight = 0;
+
+  constructor(options: BatcherOptions<In, Out>) {
+    if (!(options.max_batch >= 1 && options.max_in_flight >= 1 && options.max_waiting >= 1)) {
+      throw new Error(`batcher ${options.name}: limits must be at least 1`);
+    }
+    this.#options = options;
+  }
+
+  /** Items waiting for a batch (not counting the ones running). */
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  submit(item: In): Promise<Out> {
+    if (this.#waiting.length >= this.#options.max_waiting) {
+      return Promise.reject(
+        new BatcherOverloadedError(
+          `${this.#options.name}: ${this.#waiting.length} items already wait for a batch`,
+        ),
+      );
+    }
+    return new Promise<Out>((resolve, reject) => {
+      this.#waiting.push({ item, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    while (this.#in_flight < this.#options.max_in_flight && this.#waiting.length > 0) {
+      this.#start(this.#take());
+    }
+  }
+
+  /** The next batch: oldest first, skipping (and keeping, in order) items whose key is taken. */
+  #take(): Array<Waiting<In, Out>> {
+    const key = this.#options.key;
+    if (key === undefined) return this.#waiting.splice(0, this.#options.max_batch);
+    const batch: Array<Waiting<In, Out>> = [];
+    const left: Array<Waiting<In, Out>> = [];
+    const keys = new Set<string>();
+    for (const entry of this.#waiting) {
+      const k = key(entry.item);
+      if (batch.length < this.#options.max_batch && !keys.has(k)) {
+        keys.add(k);
+        batch.push(entry);
+      } else {
+        left.push(entry);
+      }
+    }
+    this.#waiting = left;
+    return batch;
+  }
+
+  #start(batch: Array<Waiting<In, Out>>): void {
+    this.#in_flight += 1;
+    let results: Promise<Out[]>;
+    try {
+      results = this.#options.run(batch.map((entry) => entry.item));
+    } catch (error) {
+      results = Promise.reject(error);
+    }
+    results
+      .then(
+        (outs) => {
+          if (outs.length !== batch.length) {
+            throw new Error(
+              `invariant: batch ${this.#options.name} of ${batch.length} returned ${outs.length} results`,
+            );
+          }
+          batch.forEach((entry, i) => {
+            entry.resolve(outs[i] as Out);
+          });
+        },
+        (error: unknown) => {
+          for (const entry of batch) entry.reject(error);
+        },
+      )
+      .catch((error: unknown) => {
+        for (const entry of batch) entry.reject(error);
+      })
+      .finally(() => {
+        this.#in_flight -= 1;
+        this.#pump();
+      });
+  }
+}

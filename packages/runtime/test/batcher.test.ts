@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Batcher, BatcherOverloadedError } from "../batcher.ts";
+
+/** A batcher whose batches finish only when the test says so. */
+function gated(options: {
+  max_batch?: number;
+  max_in_flight?: number;
+  max_waiting?: number;
+  keyed?: boolean;
+}) {
+  const batches: number[][] = [];
+  const gates: Array<() => void> = [];
+  const batcher = new Batcher<number, number>({
+    name: "test",
+    max_batch: options.max_batch ?? 100,
+    max_in_flight: options.max_in_flight ?? 1,
+    max_waiting: options.max_waiting ?? 1_000,
+    ...(options.keyed ? { key: (n: number) => String(n % 10) } : {}),
+    run: async (items) => {
+      batches.push(items);
+      await new Promise<void>((resolve) => gates.push(resolve));
+      return items.map((n) => n * 2);
+    },
+  });
+  const release = async () => {
+    const gate = gates.shift();
+    assert.ok(gate, "a batch is running");
+    gate();
+    await new Promise((resolve) => setImmediate(resolve));
+  };
+  return { batcher, batches, release };
+}
+
+describe("Batcher", () => {
+  it("runs an item at once when idle, and queued items as one batch after it", async () => {
+    const { batcher, batches, release } = gated({});
+    const first = batcher.submit(1);
+    assert.deepEqual(batches, [[1]]);
+    const rest = [2, 3, 4].map((n) => batcher.submit(n));
+    assert.equal(batcher.waiting, 3);
+    await release();
+    assert.equal(await first, 2);
+    assert.deepEqual(batches, [[1], [2, 3, 4]]);
+    await release();
+    assert.deepEqual(await Promise.all(rest), [4, 6, 8]);
+  });
+
+  it("keeps batches within max_batch and runs max_in_flight of them side by side", async () => {
+    const { batcher, batches, release } = gated({ max_batch: 2, max_in_flight: 2 });
+    const all = [1, 2, 3, 4, 5, 6].map((n) => batcher.submit(n));
+    assert.deepEqual(batches, [[1], [2]]);
+    await release();
+    assert.deepEqual(batches, [[1], [2], [3, 4]]);
+    await release();
+    await release();
+    await release();
+    assert.deepEqual(batches, [[1], [2], [3, 4], [5, 6]]);
+    assert.deepEqual(await Promise.all(all), [2, 4, 6, 8, 10, 12]);
+  });
+
+  it("never puts two items with one key in the same batch, and keeps their order", async () => {
+    const { batcher, batches, release } = gated({ keyed: true });
+    const all = [100, 1, 11, 2, 21, 12].map((n) => batcher.submit(n));
+    await release();
+    assert.deepEqual(batches[1], [1, 2]);
+    await release();
+    assert.deepEqual(batches[2], [11, 12]);
+    await release();
+    assert.deepEqual(batches[3], [21]);
+    await release();
+    assert.deepEqual(await Promise.all(all), [200, 2, 22, 4, 42, 24]);
+  });
+
+  it("fails every item of a failed batch and goes on with the next", async () => {
+    let calls = 0;
+    const batcher = new Batcher<number, number>({
+      name: "test",
+      max_batch: 10,
+      max_in_flight: 1,
+      max_waiting: 10,
+      run: async (items) => {
+        calls += 1;
+        if (calls === 2) throw new Error("engine down");
+        return items;
+      },
+    });
+    const first = batcher.submit(1);
+    const failing = [batcher.submit(2), batcher.submit(3)];
+    assert.equal(await first, 1);
+    for (const item of failing) await assert.rejects(item, /engine down/);
+    assert.equal(await batcher.submit(4), 4);
+  });
+
+  it("fails a batch whose run returns the wrong number of results", async () => {
+    const batcher = new Batcher<number, number>({
+      name: "short",
+      max_batch: 10,
+      max_in_flight: 1,
+      max_waiting: 10,
+      run: async () => [],
+    });
+    await assert.rejects(batcher.submit(1), /invariant: batch short of 1 returned 0 results/);
+  });
+
+  it("refuses at once beyond max_waiting", async () => {
+    const { batcher, release } = gated({ max_waiting: 2 });
+    const running = batcher.submit(1);
+    const queued = [batcher.submit(2), batcher.submit(3)];
+    await assert.rejects(batcher.submit(4), BatcherOverloadedError);
+    await release();
+    await release();
+    assert.equal(await running, 2);
+    assert.deepEqual(await Promise.all(queued), [4, 6]);
+  });
+});
