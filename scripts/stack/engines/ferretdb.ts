@@ -10,6 +10,7 @@
 import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MongoClient } from "mongodb";
+import pg from "pg";
 import { type Engine, logFileOf, makeEngine, pidFileOf, say } from "../engine.ts";
 import { cacheDir, envPort, logsDir, dataDir as stackDataDir } from "../paths.ts";
 import { readPidFile, removeFile, run, spawnDetached, which, writePidFile } from "../proc.ts";
@@ -100,6 +101,66 @@ async function healthy(): Promise<boolean> {
   }
 }
 
+/**
+ * FerretDB v1.24 pushes an equality filter down as `_jsonb->$1 @> $2`, which its own unique btree
+ * index on (_jsonb->'_id') cannot serve (a btree knows `=`, not `@>`): every findOne, updateOne,
+ * replaceOne or deleteOne by _id reads the whole collection, so the record writer's cost grew with
+ * the collection. A GIN index (jsonb_path_ops) on the same expression serves `@>`; an event trigger
+ * gives one to every collection table FerretDB creates (and the launch to those that exist).
+ * `force_custom_plan`: FerretDB's statements name the field as a parameter (`_jsonb->$1`), so a
+ * cached generic plan can never use an expression index and would fall back to a sequential scan.
+ */
+const FERRET_PG_TUNING = `
+CREATE OR REPLACE FUNCTION public.dps_ferretdb_id_index(rel regclass) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  name text;
+BEGIN
+  SELECT left(c.relname, 40) || '_id_gin_' || c.oid INTO name FROM pg_class c WHERE c.oid = rel;
+  EXECUTE format(
+    'CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((_jsonb -> %L) jsonb_path_ops) WITH (fastupdate = off)',
+    name, rel, '_id');
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.dps_ferretdb_on_create_table() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  rel oid;
+BEGIN
+  FOR rel IN
+    SELECT c.oid FROM pg_event_trigger_ddl_commands() cmd JOIN pg_class c ON c.oid = cmd.objid
+     WHERE cmd.object_type = 'table' AND NOT starts_with(c.relname, '_ferretdb_')
+       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = '_jsonb')
+  LOOP
+    PERFORM public.dps_ferretdb_id_index(rel);
+  END LOOP;
+END
+$fn$;
+
+DROP EVENT TRIGGER IF EXISTS dps_ferretdb_id_index;
+CREATE EVENT TRIGGER dps_ferretdb_id_index ON ddl_command_end
+  WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION public.dps_ferretdb_on_create_table();
+
+SELECT public.dps_ferretdb_id_index(c.oid)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND NOT starts_with(c.relname, '_ferretdb_')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = '_jsonb');
+`;
+
+/** Before FerretDB connects: its database's settings apply to new connections only. */
+export async function tuneFerretPgDatabase(database: string): Promise<void> {
+  const client = new pg.Client({ connectionString: pgUrl(database) });
+  await client.connect();
+  try {
+    await client.query(`ALTER DATABASE "${database}" SET plan_cache_mode = force_custom_plan`);
+    await client.query(FERRET_PG_TUNING);
+  } finally {
+    await client.end();
+  }
+}
+
 /** Drops a MongoDB database (test runs start from empty). */
 export async function dropMongoDatabase(name: string): Promise<void> {
   const client = new MongoClient(mongoUrl, { serverSelectionTimeoutMS: 5000, directConnection: true });
@@ -125,6 +186,7 @@ export const ferretdb: Engine = makeEngine({
     mkdirSync(dataDir, { recursive: true });
     // Needs PostgreSQL up (ensureEngines starts it first).
     await ensureDatabase(ferretPgDatabase);
+    await tuneFerretPgDatabase(ferretPgDatabase);
     const args = [
       "--handler=postgresql",
       `--postgresql-url=${pgUrl(ferretPgDatabase)}`,
