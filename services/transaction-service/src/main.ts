@@ -51,10 +51,10 @@ const config = loadConfig({
   LEDGER_TIMEOUT_MS: env.int(3_000, 100, 60_000),
   /** Most saga steps per ledger call (concurrent steps share one call and one ledger commit). */
   LEDGER_BATCH_MAX: env.int(100, 1, 100),
-  LEDGER_CALLS_IN_FLIGHT_MAX: env.int(4, 1, 64),
+  LEDGER_CALLS_IN_FLIGHT_MAX: env.int(2, 1, 64),
   /** Most transfers per saga statement (concurrent inserts and transitions share one commit). */
   SAGA_WRITE_BATCH_MAX: env.int(100, 1, 1_000),
-  SAGA_WRITES_IN_FLIGHT_MAX: env.int(4, 1, 64),
+  SAGA_WRITES_IN_FLIGHT_MAX: env.int(2, 1, 64),
   QUERY_TIMEOUT_MS: env.int(2_000, 100, 60_000),
   STEP_TIMEOUT_MS: env.int(5_000, 500, 600_000),
   RECORD_RESEND_MS: env.int(300_000, 500, 3_600_000),

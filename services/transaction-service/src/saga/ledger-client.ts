@@ -58,7 +58,7 @@ export interface LedgerLimits {
   timeout_ms: number;
   /** Most steps per call (user-service accepts at most 100). */
   batch_max: number;
-  /** Most calls running at once. */
+  /** Most calls running at once, per lane (holds; posts and voids). */
   in_flight_max: number;
   /** Most steps waiting for a call before callers are refused. */
   waiting_max: number;
@@ -68,20 +68,29 @@ export class LedgerClient {
   readonly #url: string;
   readonly #timeout_ms: number;
   readonly #headers: Record<string, string>;
-  readonly #steps: Batcher<Step, LedgerAnswer | Error>;
+  /**
+   * Two lanes: holds (a client's POST waits on them) and settlements (post and void, driven by
+   * record events, which arrive in large batches). Apart, a POST never queues behind a batch of
+   * settlements.
+   */
+  readonly #holds: Batcher<Step, LedgerAnswer | Error>;
+  readonly #settlements: Batcher<Step, LedgerAnswer | Error>;
 
   constructor(base_url: string, service_token: string, limits: LedgerLimits) {
     this.#url = `${base_url.replace(/\/$/, "")}/internal/transfers/batch`;
     this.#timeout_ms = limits.timeout_ms;
     this.#headers = { authorization: `Bearer ${service_token}` };
-    this.#steps = new Batcher({
-      name: "ledger steps",
-      max_batch: limits.batch_max,
-      max_in_flight: limits.in_flight_max,
-      max_waiting: limits.waiting_max,
-      key: (step) => step.transfer_id,
-      run: (steps) => this.#call(steps),
-    });
+    const lane = (name: string) =>
+      new Batcher<Step, LedgerAnswer | Error>({
+        name,
+        max_batch: limits.batch_max,
+        max_in_flight: limits.in_flight_max,
+        max_waiting: limits.waiting_max,
+        key: (step) => step.transfer_id,
+        run: (steps) => this.#call(steps),
+      });
+    this.#holds = lane("ledger holds");
+    this.#settlements = lane("ledger settlements");
   }
 
   hold(
@@ -100,7 +109,7 @@ export class LedgerClient {
   }
 
   async #step(step: Step): Promise<LedgerAnswer> {
-    const answer = await this.#steps.submit(step);
+    const answer = await (step.op === "hold" ? this.#holds : this.#settlements).submit(step);
     if (answer instanceof Error) throw answer;
     return answer;
   }

@@ -83,7 +83,7 @@ interface PendingTransition {
 export interface SagaStoreLimits {
   /** Most transfers per batched statement (inserts, transitions). */
   write_batch_max: number;
-  /** Most batched statements of each kind running at once. */
+  /** Most batched statements of each kind (and lane) running at once. */
   writes_in_flight_max: number;
   /** Most writes waiting for a batch before callers are refused (back-pressure). */
   writes_waiting_max: number;
@@ -100,7 +100,9 @@ export class SagaStore {
   /** Called after a commit that added outbox rows, so the relay wakes at once instead of polling. */
   onOutbox: () => void = () => {};
   readonly #inserts: Batcher<NewTransfer, { created: boolean; transfer: StoredTransfer }>;
-  readonly #transitions: Batcher<PendingTransition, StoredTransfer | null>;
+  /** Two lanes: the first transition (a client's POST waits on it), and all later ones. */
+  readonly #first_transitions: Batcher<PendingTransition, StoredTransfer | null>;
+  readonly #later_transitions: Batcher<PendingTransition, StoredTransfer | null>;
 
   constructor(pool: Pool, limits: SagaStoreLimits = defaultStoreLimits) {
     this.pool = pool;
@@ -117,12 +119,15 @@ export class SagaStore {
       key: (input) => input.idempotency_key ?? input.id,
       run: (inputs) => this.#createOrGetMany(inputs),
     });
-    this.#transitions = new Batcher({
-      name: "saga transitions",
-      ...batching,
-      key: (pending) => pending.next.id,
-      run: (pending) => this.#commitMany(pending),
-    });
+    const transitions = (name: string) =>
+      new Batcher<PendingTransition, StoredTransfer | null>({
+        name,
+        ...batching,
+        key: (pending) => pending.next.id,
+        run: (pending) => this.#commitMany(pending),
+      });
+    this.#first_transitions = transitions("saga first transitions");
+    this.#later_transitions = transitions("saga later transitions");
   }
 
   /** Insert the intent, or return the transfer that already holds this idempotency key. */
@@ -205,7 +210,8 @@ export class SagaStore {
     wait_ms: number,
     response: { status: number; body: unknown } | null = null,
   ): Promise<StoredTransfer | null> {
-    return this.#transitions.submit({ expected, next, messages, wait_ms, response });
+    const lane = expected === "created" ? this.#first_transitions : this.#later_transitions;
+    return lane.submit({ expected, next, messages, wait_ms, response });
   }
 
   async #commitMany(batch: PendingTransition[]): Promise<Array<StoredTransfer | null>> {
