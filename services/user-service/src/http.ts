@@ -18,7 +18,7 @@ import {
 } from "#packages/http/auth.ts";
 import { ApiError, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
-import type { HttpServer } from "#packages/http/server.ts";
+import { type HttpServer, refuseMethod } from "#packages/http/server.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import {
   hashPassword,
@@ -548,4 +548,6 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
     },
     { prefix: "/internal" },
   );
+  // GET /internal/transfers/batch would otherwise be read as the hold of transfer "batch".
+  refuseMethod(app, "GET", "/internal/transfers/batch", ["POST"]);
 }

@@ -211,6 +211,16 @@ describe("POST /internal/transfers/batch", {
     assert.equal((await batch(operations, SERVICE_TOKEN)).status, 200);
   });
 
+  it("answers GET with 405 and the allowed method, not as the hold of a transfer named batch", async () => {
+    const response = await app.inject({
+      method: "GET",
+      url: "/internal/transfers/batch",
+      headers: { authorization: `Bearer ${SERVICE_TOKEN}` },
+    });
+    assert.equal(response.statusCode, 405);
+    assert.equal(response.headers.allow, "POST");
+  });
+
   it("is described in the OpenAPI document", async () => {
     const response = await app.inject({ method: "GET", url: "/openapi.json" });
     assert.equal(response.statusCode, 200);
