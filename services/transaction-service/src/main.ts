@@ -160,8 +160,11 @@ const events = startBatchConsumer({
     concurrency: config.EVENT_CONCURRENCY,
     onRecordEvent: async (event) => {
       if (event.type === "TransferRecorded") {
-        await cache.putTransfer(event.snapshot);
-        await cache.touchUsers([event.snapshot.source_user_id, event.snapshot.dest_user_id]);
+        // Independent writes, so sent together: one round trip to Redis instead of three.
+        await Promise.all([
+          cache.putTransfer(event.snapshot),
+          cache.touchUsers([event.snapshot.source_user_id, event.snapshot.dest_user_id]),
+        ]);
       }
     },
     onUnreadable: async (message, reason) => {
