@@ -662,12 +662,14 @@ export async function audit(pool: Pool): Promise<AuditReport> {
          (SELECT count(*) FROM holds WHERE state = 'voided') AS holds_voided`,
       [CLEARING_ACCOUNT_ID, EXTERNAL_ACCOUNT_ID],
     );
-    const mismatching = await client.query<{ user_id: string }>(
-      `SELECT a.user_id FROM accounts a
+    // The first 20 wallets whose balance is not their journal's sum. Aggregated rather than
+    // ORDER BY ... LIMIT: with a LIMIT the planner may pick a nested loop over the per-account
+    // sums, quadratic in the wallets (7 minutes at 100k wallets, against 0.2 s this way).
+    const mismatching = await client.query<{ user_ids: string[] | null }>(
+      `SELECT (array_agg(a.user_id ORDER BY a.user_id))[1:20] AS user_ids FROM accounts a
        LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM entries GROUP BY account_id) e
          ON e.account_id = a.id
-       WHERE a.kind = 'wallet' AND a.balance_minor <> coalesce(e.total, 0)
-       ORDER BY a.user_id LIMIT 20`,
+       WHERE a.kind = 'wallet' AND a.balance_minor <> coalesce(e.total, 0)`,
     );
     const r = rows[0];
     invariant(r !== undefined, "audit query returned no row");
@@ -683,7 +685,7 @@ export async function audit(pool: Pool): Promise<AuditReport> {
       external_balance: sum("external_balance"),
       total_deposited: sum("total_deposited"),
       sum_all_entries: sum("sum_all_entries"),
-      wallets_mismatching_journal: mismatching.rows.map((m) => Number(m.user_id)),
+      wallets_mismatching_journal: (mismatching.rows[0]?.user_ids ?? []).map(Number),
       negative_wallets: count("negative_wallets"),
       unbalanced_postings: count("unbalanced_postings"),
       entries_without_account: count("entries_without_account"),

@@ -163,6 +163,19 @@ describe("ledger on PostgreSQL", {
     await assertConsistent();
   });
 
+  it("the audit names a wallet whose balance is not its journal's sum", async () => {
+    const user = await newUser(100);
+    await pool.query("UPDATE accounts SET balance_minor = balance_minor + 1 WHERE user_id = $1", [user]);
+    try {
+      const report = await audit(pool);
+      assert.deepEqual(report.wallets_mismatching_journal, [user]);
+      assert.equal(report.consistent, false);
+    } finally {
+      await pool.query("UPDATE accounts SET balance_minor = balance_minor - 1 WHERE user_id = $1", [user]);
+    }
+    await assertConsistent();
+  });
+
   it("hold, post and void apply exactly once under retries", async () => {
     const a = await newUser(1000);
     const b = await newUser(0);
