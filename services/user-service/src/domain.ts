@@ -117,6 +117,7 @@ const refusalStatus = {
   hold_posted: 409,
   dest_unavailable: 409,
   source_unavailable: 409,
+  transfer_repeated_in_batch: 422,
   unauthorized: 401,
 } as const;
 export type RefusalCode = keyof typeof refusalStatus;

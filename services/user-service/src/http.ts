@@ -163,24 +163,7 @@ const batchBody = z.strictObject({
       ]),
     )
     .min(1)
-    .max(LEDGER_BATCH_MAX)
-    // One step per transfer: two steps of one transfer in one transaction would need an order
-    // between them that the batch's lock order does not give.
-    .superRefine((operations, ctx) => {
-      const first = new Map<string, number>();
-      operations.forEach((operation, index) => {
-        // UUIDs are equal whatever the case of their hex digits.
-        const id = operation.transfer_id.toLowerCase();
-        const earlier = first.get(id);
-        if (earlier === undefined) first.set(id, index);
-        else
-          ctx.addIssue({
-            code: "custom",
-            path: [index, "transfer_id"],
-            message: `transfer ${operation.transfer_id} already appears at operations.${earlier}; one step per transfer per batch`,
-          });
-      });
-    }),
+    .max(LEDGER_BATCH_MAX),
 });
 // post and void take no input but the path; their body is `{}` (what the OpenAPI document can say:
 // with a body schema, a request body is required).
@@ -494,12 +477,28 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
               200: envelope(z.object({ results: z.array(batchResultSchema) })).describe(
                 "One result per operation, in input order: the hold as it now stands, or the refusal (`code` as the single-step routes answer it). A refusal changes nothing and does not affect the other operations. The operations are applied in lock order (by wallet, then transfer id), not in input order: none may count on another of its batch",
               ),
-              ...errorResponses(BODY_ERRORS, 401, 403),
+              ...errorResponses(BODY_ERRORS, 401, 403, {
+                422: "A transfer appears more than once (one step per transfer per batch); nothing was applied",
+              }),
             },
           },
         },
         async (request) => {
           const operations: LedgerOperation[] = request.body.operations;
+          // One step per transfer: two steps of one transfer in one transaction would need an
+          // order between them that the batch's lock order does not give. Well-formed, so 422.
+          const first = new Map<string, number>();
+          for (const [index, operation] of operations.entries()) {
+            // UUIDs are equal whatever the case of their hex digits.
+            const earlier = first.get(operation.transfer_id.toLowerCase());
+            if (earlier !== undefined) {
+              throw refuse(
+                "transfer_repeated_in_batch",
+                `operations.${index}.transfer_id: transfer ${operation.transfer_id} already appears at operations.${earlier}; one step per transfer per batch`,
+              );
+            }
+            first.set(operation.transfer_id.toLowerCase(), index);
+          }
           const results = await applyBatch(pool, operations);
           return ok({
             results: operations.map(({ transfer_id, op }, index) => {

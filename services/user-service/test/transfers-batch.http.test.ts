@@ -166,8 +166,8 @@ describe("POST /internal/transfers/batch", {
       { op: "post", transfer_id: randomUUID() },
       { op: "post", transfer_id: t.toUpperCase() },
     ]);
-    assert.equal(answer.status, 400);
-    assert.equal(answer.body.code, "invalid_request");
+    assert.equal(answer.status, 422);
+    assert.equal(answer.body.code, "transfer_repeated_in_batch");
     assert.match(answer.body.message, /operations\.2\.transfer_id: .*already appears at operations\.0/);
     const { rowCount } = await pool.query("SELECT 1 FROM holds WHERE transfer_id = $1", [t]);
     assert.equal(rowCount, 0);
