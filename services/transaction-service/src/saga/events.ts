@@ -80,7 +80,8 @@ export function createEventHandler(deps: {
     const worker = async () => {
       while (next < groups.length) {
         const [id, group] = groups[next++] as (typeof groups)[number];
-        let transfer = loaded.get(id) ?? null;
+        // PostgreSQL answers with lower-case UUIDs, whatever case the event used.
+        let transfer = loaded.get(id.toLowerCase()) ?? null;
         for (const { event, message } of group) {
           transfer = await handleOne(event, message, transfer);
           await deps.onRecordEvent(event);

@@ -186,7 +186,7 @@ export class SagaStore {
     return row === undefined ? null : fromRow(row);
   }
 
-  /** Several transfers in one round trip (an event batch's), by id; missing ids are absent. */
+  /** Several transfers in one round trip (an event batch's), keyed by lower-case id; missing ids are absent. */
   async getMany(ids: string[]): Promise<Map<string, StoredTransfer>> {
     if (ids.length === 0) return new Map();
     const result = await this.pool.query<TransferRow>(
