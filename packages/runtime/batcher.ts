@@ -99,21 +99,17 @@ export class Batcher<In, Out> {
       results = Promise.reject(error);
     }
     results
-      .then(
-        (outs) => {
-          if (outs.length !== batch.length) {
-            throw new Error(
-              `invariant: batch ${this.#options.name} of ${batch.length} returned ${outs.length} results`,
-            );
-          }
-          batch.forEach((entry, i) => {
-            entry.resolve(outs[i] as Out);
-          });
-        },
-        (error: unknown) => {
-          for (const entry of batch) entry.reject(error);
-        },
-      )
+      .then((outs) => {
+        if (outs.length !== batch.length) {
+          throw new Error(
+            `invariant: batch ${this.#options.name} of ${batch.length} returned ${outs.length} results`,
+          );
+        }
+        batch.forEach((entry, i) => {
+          entry.resolve(outs[i] as Out);
+        });
+      })
+      // A failed run, or a wrong count (checked before any item is resolved): every item fails.
       .catch((error: unknown) => {
         for (const entry of batch) entry.reject(error);
       })

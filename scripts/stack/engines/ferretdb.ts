@@ -150,7 +150,7 @@ SELECT public.dps_ferretdb_id_index(c.oid)
 `;
 
 /** Before FerretDB connects: its database's settings apply to new connections only. */
-export async function tuneFerretPgDatabase(database: string): Promise<void> {
+async function tuneFerretPgDatabase(database: string): Promise<void> {
   const client = new pg.Client({ connectionString: pgUrl(database) });
   await client.connect();
   try {
