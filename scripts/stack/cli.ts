@@ -3,7 +3,7 @@
 //   start                      engines + the four services under the supervisor, until Ctrl-C
 //   engines up|down|status     the engines only
 //   engines restart|kill9 <name>
-//   test [--no-lint] [--keep-test-data] [--no-schemathesis]
+//   test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...
 //                              lint, schemathesis, unit + integration tests against a test stack
 //   chaos [--transfers N] [--faults N] ... the bank workload under faults, on a fresh test stack
 //   bench [--quick] [--profile] ...  throughput and latency against a pgbench baseline (ops/bench)
@@ -231,14 +231,16 @@ async function resetTestData(env: StackEnv, extra_databases: string[] = []): Pro
 async function cmdTest(args: string[]): Promise<number> {
   if (!args.includes("--no-lint") && !(await lint())) return 1;
 
-  const unit = findTests([
-    "services/**/test/**/*.test.ts",
-    "packages/**/test/**/*.test.ts",
-    "ops/**/test/**/*.test.ts",
-  ]);
+  // `--only <text>` (repeatable): just the test files whose path contains one of the texts.
+  const only = args.flatMap((arg, i) => (args[i - 1] === "--only" ? [arg] : []));
+  const chosen = (files: string[]): string[] =>
+    only.length === 0 ? files : files.filter((f) => only.some((text) => f.includes(text)));
+  const unit = chosen(
+    findTests(["services/**/test/**/*.test.ts", "packages/**/test/**/*.test.ts", "ops/**/test/**/*.test.ts"]),
+  );
   // Fault tests (test/resilience: crash points, chaos) kill services and restart engines; the
   // runner orders files by path, so they run after test/integration.
-  const integration = findTests(["test/integration/**/*.test.ts", "test/resilience/**/*.test.ts"]);
+  const integration = chosen(findTests(["test/integration/**/*.test.ts", "test/resilience/**/*.test.ts"]));
   out(`[test] ${unit.length} unit test file(s), ${integration.length} integration test file(s)`);
   if (unit.length + integration.length === 0) {
     out("[test] no test files found: nothing to run");
@@ -447,7 +449,9 @@ async function main(): Promise<number> {
     default:
       out("usage: scripts/run.sh start [--stop-engines]");
       out("       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>");
-      out("       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis]");
+      out(
+        "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
+      );
       out("       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]");
       out("       scripts/run.sh bench [--quick] [--profile] [--long] [--out DIR]");
       out("       scripts/run.sh audit [--quiet]");

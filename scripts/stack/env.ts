@@ -6,7 +6,7 @@ import { mongoHost, mongoPort } from "./engines/ferretdb.ts";
 import { kafkaHost, kafkaPort } from "./engines/kafka.ts";
 import { pgUrl } from "./engines/postgres.ts";
 import { redisHost, redisPort } from "./engines/redis.ts";
-import { dataDir, secretsFile } from "./paths.ts";
+import { dataDir, envPort, secretsFile } from "./paths.ts";
 
 export const serviceNames = [
   "user-service",
@@ -17,11 +17,22 @@ export const serviceNames = [
 export type ServiceName = (typeof serviceNames)[number];
 
 /** The variable that carries each service's port, and the seed's default port. */
+/** The test stack's first port (18000: services on 18000-18003); parallel checkouts may move it. */
+const testPortBase = envPort("DPS_TEST_PORT_BASE", 18000);
+
 export const servicePorts: Record<ServiceName, { env: string; port: number; testPort: number }> = {
-  "user-service": { env: "USER_SERVICE_PORT", port: 8000, testPort: 18000 },
-  "transaction-command-service": { env: "TRANSACTION_COMMAND_SERVICE_PORT", port: 8001, testPort: 18001 },
-  "transaction-query-service": { env: "TRANSACTION_QUERY_SERVICE_PORT", port: 8002, testPort: 18002 },
-  "transaction-service": { env: "TRANSACTION_SERVICE_PORT", port: 8003, testPort: 18003 },
+  "user-service": { env: "USER_SERVICE_PORT", port: 8000, testPort: testPortBase },
+  "transaction-command-service": {
+    env: "TRANSACTION_COMMAND_SERVICE_PORT",
+    port: 8001,
+    testPort: testPortBase + 1,
+  },
+  "transaction-query-service": {
+    env: "TRANSACTION_QUERY_SERVICE_PORT",
+    port: 8002,
+    testPort: testPortBase + 2,
+  },
+  "transaction-service": { env: "TRANSACTION_SERVICE_PORT", port: 8003, testPort: testPortBase + 3 },
 };
 
 export function isServiceName(name: string): name is ServiceName {
@@ -32,23 +43,28 @@ export function isServiceName(name: string): name is ServiceName {
 export type StackEnv = Record<string, string>;
 
 /**
- * ADMIN_TOKEN / SERVICE_TOKEN / AUTH_TOKEN_SECRET: from the caller's env, else from .data/secrets.env, else generated
- * once and saved there (mode 600) so restarts and other tools see the same values.
+ * Every secret the stack generates, one line each in .data/secrets.env (mode 600). Each is taken
+ * from the caller's environment if set there, else from the file, else generated once and saved,
+ * so restarts and other tools (tests, audit, dead letters) see the same values. What each service
+ * is handed of them is decided by serviceEnv(): only what it needs.
  */
-function secrets(base: NodeJS.ProcessEnv): {
-  ADMIN_TOKEN: string;
-  SERVICE_TOKEN: string;
-  AUTH_TOKEN_SECRET: string;
-} {
+export const secretNames = ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"] as const;
+export type SecretName = (typeof secretNames)[number];
+
+function readSecretsFile(): Record<string, string> {
   const saved: Record<string, string> = {};
-  if (existsSync(secretsFile)) {
-    for (const line of readFileSync(secretsFile, "utf8").split("\n")) {
-      const m = /^([A-Z_]+)=(.*)$/.exec(line.trim());
-      if (m?.[1] !== undefined && m[2] !== undefined) saved[m[1]] = m[2];
-    }
+  if (!existsSync(secretsFile)) return saved;
+  for (const line of readFileSync(secretsFile, "utf8").split("\n")) {
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
+    if (m?.[1] !== undefined && m[2] !== undefined) saved[m[1]] = m[2];
   }
+  return saved;
+}
+
+function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
+  const saved = readSecretsFile();
   let changed = false;
-  for (const key of ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"]) {
+  for (const key of secretNames) {
     if (saved[key] === undefined || saved[key] === "") {
       saved[key] = randomBytes(24).toString("base64url");
       changed = true;
@@ -64,11 +80,19 @@ function secrets(base: NodeJS.ProcessEnv): {
     });
     chmodSync(secretsFile, 0o600);
   }
-  return {
-    ADMIN_TOKEN: base.ADMIN_TOKEN || (saved.ADMIN_TOKEN as string),
-    SERVICE_TOKEN: base.SERVICE_TOKEN || (saved.SERVICE_TOKEN as string),
-    AUTH_TOKEN_SECRET: base.AUTH_TOKEN_SECRET || (saved.AUTH_TOKEN_SECRET as string),
-  };
+  return Object.fromEntries(secretNames.map((key) => [key, base[key] || (saved[key] as string)])) as Record<
+    SecretName,
+    string
+  >;
+}
+
+/**
+ * What one service is handed of the stack's environment (the supervisor starts each service with
+ * its own). Least privilege: a service gets the credentials it presents and the digests of those
+ * it only checks, never another service's.
+ */
+export function serviceEnv(_name: ServiceName, env: StackEnv): StackEnv {
+  return { ...env };
 }
 
 /** The environment for `npm start`: seed ports, the main databases. */

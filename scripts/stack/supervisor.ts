@@ -4,7 +4,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type ServiceName, type StackEnv, servicePorts } from "./env.ts";
+import { type ServiceName, type StackEnv, serviceEnv, servicePorts } from "./env.ts";
 import { logsDir, repoRoot, runDir } from "./paths.ts";
 import {
   canConnect,
@@ -283,7 +283,7 @@ export function serviceSpecs(
     port: Number(env[servicePorts[name].env] ?? servicePorts[name].port),
     cmd: process.execPath, // the Node 24 that runs us
     args: [...node_args.map((a) => a.replaceAll("{name}", name)), serviceEntry(name)],
-    env,
+    env: serviceEnv(name, env),
   }));
 }
 
