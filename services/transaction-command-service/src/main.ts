@@ -4,7 +4,7 @@
  */
 import { MongoClient } from "mongodb";
 import { z } from "zod";
-import { commonEnv, engineDefaults, env, loadConfig, splitList } from "#packages/config/index.ts";
+import { loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, secretsOrExit, securityFor } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
@@ -16,22 +16,12 @@ import { createLogger } from "#packages/log/index.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
 import { CrashSwitch } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { configShape } from "./config.ts";
 import { createRecordWriter, type Faults } from "./writer.ts";
 
 const SERVICE = "transaction-command-service";
 
-const config = loadConfig({
-  ...commonEnv,
-  TRANSACTION_COMMAND_SERVICE_PORT: env.port(8001),
-  MONGO_URL: env.string(engineDefaults.MONGO_URL),
-  MONGO_DATABASE: env.string(engineDefaults.MONGO_DATABASE),
-  KAFKA_BROKERS: env.string(engineDefaults.KAFKA_BROKERS),
-  KAFKA_TOPIC_PREFIX: env.string(""),
-  KAFKA_PARTITIONS: env.int(6, 1, 256),
-  RECORD_BATCH_MAX: env.int(500, 1, 5_000),
-  RECORD_MAX_ATTEMPTS: env.int(5, 1, 100),
-  FAULT_INJECTION: env.bool(false),
-});
+const config = loadConfig(configShape);
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
 const auth = new Authenticator(secretsOrExit(SERVICE, config, ["ADMIN_TOKEN"], logger));

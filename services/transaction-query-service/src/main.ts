@@ -1,7 +1,7 @@
 /** transaction-query-service: serves transfer records from MongoDB (the read side of CQRS). */
 import { MongoClient } from "mongodb";
 import { z } from "zod";
-import { commonEnv, engineDefaults, env, loadConfig } from "#packages/config/index.ts";
+import { loadConfig } from "#packages/config/index.ts";
 import { transferIdSchema, userIdParamSchema } from "#packages/contracts/ids.ts";
 import {
   decodeCursor,
@@ -16,16 +16,12 @@ import { envelope, errorResponses, registerOpenApi } from "#packages/http/openap
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { configShape } from "./config.ts";
 import { findTransfer, listUserTransfers } from "./records.ts";
 
 const SERVICE = "transaction-query-service";
 
-const config = loadConfig({
-  ...commonEnv,
-  TRANSACTION_QUERY_SERVICE_PORT: env.port(8002),
-  MONGO_URL: env.string(engineDefaults.MONGO_URL),
-  MONGO_DATABASE: env.string(engineDefaults.MONGO_DATABASE),
-});
+const config = loadConfig(configShape);
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
 // The read side serves transaction-service (service credential) and the operator, never users

@@ -3,23 +3,17 @@
  * for money. Start: config, migrations, a check of the system accounts, then HTTP.
  */
 import { join } from "node:path";
-import { commonEnv, engineDefaults, env, loadConfig } from "#packages/config/index.ts";
+import { loadConfig } from "#packages/config/index.ts";
 import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
+import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
 import { assertSystemAccounts } from "./ledger.ts";
 
 const SERVICE = "user-service";
-
-const configShape = {
-  ...commonEnv,
-  USER_SERVICE_PORT: env.port(8000),
-  LEDGER_DATABASE_URL: env.url(engineDefaults.LEDGER_DATABASE_URL),
-  LEDGER_POOL_MAX: env.int(20, 1, 500),
-};
 
 function readConfig() {
   try {

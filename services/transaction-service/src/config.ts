@@ -1,0 +1,43 @@
+/**
+ * What transaction-service reads from its environment, with the defaults `npm start` uses. Kept apart from
+ * main.ts so that tests (and the README's check) can read the shape without starting the service.
+ */
+import { commonEnv, engineDefaults, env } from "#packages/config/index.ts";
+
+export const configShape = {
+  ...commonEnv,
+  TRANSACTION_SERVICE_PORT: env.port(8003),
+  SAGA_DATABASE_URL: env.string(engineDefaults.SAGA_DATABASE_URL),
+  SAGA_DATABASE_POOL_MAX: env.int(20, 2, 200),
+  KAFKA_BROKERS: env.string(engineDefaults.KAFKA_BROKERS),
+  KAFKA_TOPIC_PREFIX: env.string(""),
+  KAFKA_PARTITIONS: env.int(6, 1, 256),
+  REDIS_URL: env.string(engineDefaults.REDIS_URL),
+  REDIS_KEY_PREFIX: env.string(""),
+  USER_SERVICE_URL: env.url(engineDefaults.USER_SERVICE_URL),
+  TRANSACTION_QUERY_SERVICE_URL: env.url(engineDefaults.TRANSACTION_QUERY_SERVICE_URL),
+  LEDGER_TIMEOUT_MS: env.int(3_000, 100, 60_000),
+  /** Most saga steps per ledger call (concurrent steps share one call and one ledger commit). */
+  LEDGER_BATCH_MAX: env.int(100, 1, 100),
+  LEDGER_CALLS_IN_FLIGHT_MAX: env.int(2, 1, 64),
+  /** Most transfers per saga statement (concurrent inserts and transitions share one commit). */
+  SAGA_WRITE_BATCH_MAX: env.int(100, 1, 1_000),
+  SAGA_WRITES_IN_FLIGHT_MAX: env.int(2, 1, 64),
+  QUERY_TIMEOUT_MS: env.int(2_000, 100, 60_000),
+  STEP_TIMEOUT_MS: env.int(5_000, 500, 600_000),
+  RECORD_RESEND_MS: env.int(300_000, 500, 3_600_000),
+  RECORD_DEADLINE_MS: env.int(600_000, 1_000, 86_400_000),
+  SWEEP_INTERVAL_MS: env.int(1_000, 50, 60_000),
+  SWEEP_BATCH_MAX: env.int(200, 1, 5_000),
+  OUTBOX_BATCH_MAX: env.int(500, 1, 5_000),
+  EVENT_BATCH_MAX: env.int(500, 1, 5_000),
+  EVENT_CONCURRENCY: env.int(32, 1, 512),
+  CACHE_TTL_PENDING_MS: env.int(30_000, 100, 86_400_000),
+  CACHE_TTL_FINAL_MS: env.int(600_000, 100, 86_400_000),
+  CACHE_TTL_LIST_MS: env.int(5_000, 100, 86_400_000),
+  CACHE_TIMEOUT_MS: env.int(100, 5, 10_000),
+  FAULT_INJECTION: env.bool(false),
+  /** Requests per user per window (0 = no limit); generous, so tests and benchmarks are not throttled. */
+  RATE_LIMIT_MAX: env.int(100, 0, 1_000_000),
+  RATE_LIMIT_WINDOW_MS: env.int(1_000, 100, 3_600_000),
+};
