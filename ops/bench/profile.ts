@@ -110,18 +110,15 @@ export function summariseProfile(
   const selfUsByKey = new Map<string, number>();
   const selfUsByOrigin = new Map<string, number>();
   const infoByKey = new Map<string, FunctionInfo>();
-  let idleUs = 0;
   let gcUs = 0;
   for (const [id, selfUs] of selfUsById) {
     const info = infoById.get(id);
     if (!info) continue;
-    if (info.origin === IDLE) idleUs += selfUs;
-    else {
-      if (info.origin === GC) gcUs += selfUs;
-      infoByKey.set(info.key, info);
-      addTo(selfUsByKey, info.key, selfUs);
-      addTo(selfUsByOrigin, info.origin, selfUs);
-    }
+    if (info.origin === IDLE) continue;
+    if (info.origin === GC) gcUs += selfUs;
+    infoByKey.set(info.key, info);
+    addTo(selfUsByKey, info.key, selfUs);
+    addTo(selfUsByOrigin, info.origin, selfUs);
   }
 
   // Inclusive time per function: a recursive function would otherwise be counted once per frame
@@ -148,7 +145,10 @@ export function summariseProfile(
   for (const node of profile.nodes) if (!childIds.has(node.id)) inclusiveUs(node.id);
 
   const totalUs = profile.endTime - profile.startTime;
-  const busyUs = totalUs - idleUs;
+  // Busy is what the samples attribute to code, so the origins add up to it exactly: the stretch
+  // after the last sample (up to endTime) belongs to no frame, and on a loaded machine it is
+  // several milliseconds.
+  const busyUs = [...selfUsByOrigin.values()].reduce((sum, us) => sum + us, 0);
   const ms = (us: number) => Math.round(us) / 1000;
   const pctOfBusy = (us: number) => (busyUs > 0 ? Math.round((10000 * us) / busyUs) / 100 : 0);
   const descending = (map: Map<string, number>) => [...map].sort((a, b) => b[1] - a[1]);
