@@ -195,6 +195,18 @@ export class Metrics {
 
   // --- Dead letters ------------------------------------------------------------------------------
 
+  /**
+   * The topics this process may dead-letter from, shown at 0 from the start: a counter that
+   * appears only with its first dead letter would hide that one from increase() in the alerts.
+   */
+  declareDeadLetterTopics(topics: readonly string[]): void {
+    for (const topic of topics) {
+      const labels = this.#bound("dead_letters", { topic });
+      this.#dead_letters.inc(labels, 0);
+      this.#dead_letters_replayed.inc(labels, 0);
+    }
+  }
+
   /** A message from `topic` was sent to the dead-letter topic. */
   deadLettered(topic: string): void {
     this.#dead_letters.inc(this.#bound("dead_letters", { topic }));

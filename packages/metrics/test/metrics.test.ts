@@ -143,6 +143,16 @@ describe("metrics: recorders", () => {
     assert.equal(sample(text, "dps_webhook_deliveries_total", { result: "delivered" }), 1);
   });
 
+  it("shows declared dead-letter topics at 0 before their first dead letter", async () => {
+    const metrics = quiet();
+    metrics.declareDeadLetterTopics(["transfer.commands", "transfer.events"]);
+    metrics.deadLettered("transfer.events");
+    const text = await metrics.exposition();
+    assert.equal(sample(text, "dps_dead_letters_total", { topic: "transfer.commands" }), 0);
+    assert.equal(sample(text, "dps_dead_letters_total", { topic: "transfer.events" }), 1);
+    assert.equal(sample(text, "dps_dead_letters_replayed_total", { topic: "transfer.commands" }), 0);
+  });
+
   it("keeps at most label_values_max values per label and counts the rest as other", async () => {
     const metrics = createMetrics({ default_metrics: false, label_values_max: 3 });
     for (const result of ["a", "b", "c", "d", "e", "a"]) metrics.recordWrite(result);
