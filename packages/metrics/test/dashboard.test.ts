@@ -1,10 +1,14 @@
 // The Grafana dashboard: a Prometheus datasource variable, and PromQL that names only metrics the
 // services expose, covering every metric of the catalogue.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { withTimeout } from "#packages/runtime/index.ts";
 import { repoRoot } from "../../../scripts/stack/paths.ts";
+import { run } from "../../../scripts/stack/proc.ts";
+import { ensurePrometheus } from "../../../scripts/tools/prometheus.ts";
 import { metricNames } from "../index.ts";
 import { exposedMetricNames, known, metricsIn } from "./promql.ts";
 
@@ -40,6 +44,11 @@ function allPanels(panels: Panel[]): Panel[] {
 
 /** Grafana's reference to the datasource variable (a plain string, not a template literal). */
 const DATASOURCE_VARIABLE = ["$", "{datasource}"].join("");
+
+/** What Grafana puts in place of its variables before it sends a query. */
+function substituteVariables(expr: string): string {
+  return expr.replaceAll("$__rate_interval", "1m").replaceAll("$job", ".*");
+}
 
 const graphs = allPanels(dashboard.panels).filter((panel) => panel.type !== "row");
 
@@ -80,5 +89,31 @@ describe("the Grafana dashboard", () => {
     }
     const missing = metricNames.filter((name) => !used.has(name));
     assert.deepEqual(missing, [], "every catalogue metric has a panel");
+  });
+
+  it("queries valid PromQL: promtool parses every query as a recording rule", {
+    timeout: 15 * 60_000,
+  }, async () => {
+    const tools = await ensurePrometheus();
+    const exprs = graphs.flatMap((panel) =>
+      (panel.targets ?? []).map((target) => substituteVariables(target.expr)),
+    );
+    const rules = exprs.map(
+      (expr, i) => `      - record: dashboard:query_${i}\n        expr: ${JSON.stringify(expr)}`,
+    );
+    const dir = mkdtempSync(join(tmpdir(), "dps-dashboard-"));
+    try {
+      const file = join(dir, "queries.yml");
+      writeFileSync(file, `groups:\n  - name: dashboard\n    rules:\n${rules.join("\n")}\n`);
+      const result = await withTimeout(
+        run(tools.promtool, ["check", "rules", file], { allowFailure: true }),
+        60_000,
+        "promtool check rules",
+      );
+      assert.equal(result.code, 0, result.output);
+      assert.match(result.output, new RegExp(`SUCCESS: ${exprs.length} rules found`));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
