@@ -1,12 +1,13 @@
 // Prometheus and promtool from Debian's `prometheus` package, installed on first use. The package
 // would run a system-wide Prometheus on :9090 with its own configuration; the project runs its own
 // instance with deploy/prometheus/prometheus.yml, so that service is stopped and disabled.
-import { existsSync } from "node:fs";
+import { type ChildProcess, spawn } from "node:child_process";
+import { closeSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { backoff_ms } from "#packages/runtime/index.ts";
 import { logsDir } from "../stack/paths.ts";
-import { isRoot, run, which } from "../stack/proc.ts";
+import { isRoot, openAppend, run, waitUntil, which } from "../stack/proc.ts";
 
 export interface PrometheusTools {
   prometheus: string;
@@ -93,6 +94,100 @@ async function stopSystemService(logFile: string): Promise<void> {
     await run(`/etc/init.d/${PACKAGE}`, ["stop"], quiet);
     if (which("update-rc.d") !== undefined) await run("update-rc.d", [PACKAGE, "disable"], quiet);
   }
+}
+
+export interface PrometheusServerOptions {
+  config_file: string;
+  /** Loopback port of its web API. */
+  port: number;
+  /** Its TSDB; a fresh directory gives a Prometheus with no history. */
+  data_dir: string;
+  log_file: string;
+  ready_timeout_ms?: number;
+}
+
+export interface PromSample {
+  metric: Record<string, string>;
+  value: number;
+}
+
+export interface PrometheusServer {
+  url: string;
+  pid: number;
+  /** An instant query through the HTTP API (/api/v1/query). */
+  query(promql: string): Promise<PromSample[]>;
+  /** Any GET under /api/v1, as parsed JSON `data`. */
+  api<T>(path: string): Promise<T>;
+  stop(): Promise<void>;
+}
+
+const API_TIMEOUT_MS = 10_000;
+
+/** Start a Prometheus of our own on loopback and wait until it reports ready. */
+export async function startPrometheus(options: PrometheusServerOptions): Promise<PrometheusServer> {
+  const tools = await ensurePrometheus();
+  const url = `http://127.0.0.1:${options.port}`;
+  const child = spawnLogged(tools.prometheus, options.log_file, [
+    `--config.file=${options.config_file}`,
+    `--storage.tsdb.path=${options.data_dir}`,
+    `--web.listen-address=127.0.0.1:${options.port}`,
+  ]);
+  const server = prometheusServer(url, child);
+  const ready = await waitUntil(async () => {
+    if (child.exitCode !== null)
+      throw new Error(`prometheus exited (${child.exitCode}); see ${options.log_file}`);
+    return (
+      (await fetch(`${url}/-/ready`, { signal: AbortSignal.timeout(1_000) }).catch(() => undefined))?.ok ===
+      true
+    );
+  }, options.ready_timeout_ms ?? 30_000);
+  if (!ready) {
+    await server.stop();
+    throw new Error(`prometheus not ready on ${url}; see ${options.log_file}`);
+  }
+  return server;
+}
+
+function spawnLogged(cmd: string, log_file: string, args: string[]): ChildProcess & { pid: number } {
+  const fd = openAppend(log_file);
+  try {
+    const child = spawn(cmd, args, { stdio: ["ignore", fd, fd] });
+    if (child.pid === undefined) throw new Error(`cannot start ${cmd}`);
+    return child as ChildProcess & { pid: number };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function prometheusServer(url: string, child: ChildProcess & { pid: number }): PrometheusServer {
+  const api = async <T>(path: string): Promise<T> => {
+    const response = await fetch(`${url}/api/v1/${path}`, { signal: AbortSignal.timeout(API_TIMEOUT_MS) });
+    const body = (await response.json()) as { status: string; data: T; error?: string };
+    if (body.status !== "success") throw new Error(`prometheus ${path}: ${body.error ?? response.status}`);
+    return body.data;
+  };
+  return {
+    url,
+    pid: child.pid,
+    api,
+    query: async (promql) => {
+      const data = await api<{ result: Array<{ metric: Record<string, string>; value: [number, string] }> }>(
+        `query?query=${encodeURIComponent(promql)}`,
+      );
+      return data.result.map((r) => ({ metric: r.metric, value: Number(r.value[1]) }));
+    },
+    stop: () => stopChild(child),
+  };
+}
+
+/** SIGTERM (Prometheus flushes its head block), SIGKILL if it has not exited within 10 s. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  await exited;
+  clearTimeout(timer);
 }
 
 function existing(path: string): string | undefined {
