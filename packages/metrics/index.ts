@@ -21,6 +21,8 @@ export interface MetricsOptions {
   collect_timeout_ms?: number;
   /** Distinct values one label may take before further values are counted as "other". */
   label_values_max?: number;
+  /** Told why a scrape-time collector failed (the service logs it); the failure is counted anyway. */
+  on_collect_error?: (collector: string, error: unknown) => void;
 }
 
 /** Transfers not yet final, per saga state, as the saga's table has them at scrape time. */
@@ -65,6 +67,7 @@ export class Metrics {
   readonly registry = new Registry();
   readonly #collect_timeout_ms: number;
   readonly #label_values_max: number;
+  readonly #on_collect_error: (collector: string, error: unknown) => void;
   readonly #seen = new Map<string, Set<string>>();
   readonly #collectors = new Map<string, () => Promise<void>>();
   readonly #unlabelled = new WeakSet<Gauge>();
@@ -97,6 +100,7 @@ export class Metrics {
   constructor(options: MetricsOptions = {}) {
     this.#collect_timeout_ms = options.collect_timeout_ms ?? 2_000;
     this.#label_values_max = options.label_values_max ?? 100;
+    this.#on_collect_error = options.on_collect_error ?? (() => {});
     if (options.default_metrics ?? true) collectDefaultMetrics({ register: this.registry });
     const c = catalogue;
     this.#http_requests = this.#counter(c.http_requests);
@@ -147,6 +151,8 @@ export class Metrics {
   /** A transfer reached its final state; created_at is when it was created. */
   transferFinished(outcome: string, created_at: Date | string, now_ms = Date.now()): void {
     const age_ms = Math.max(0, now_ms - new Date(created_at).getTime());
+    // An unreadable timestamp would add NaN to the histogram's sum for good.
+    if (!Number.isFinite(age_ms)) return;
     this.#transfer_duration.observe(this.#bound("saga", { outcome }), age_ms / 1000);
   }
 
@@ -287,9 +293,10 @@ export class Metrics {
         const value = await withTimeout(query(), this.#collect_timeout_ms, `metrics collector ${name}`);
         for (const gauge of gauges) this.#clear(gauge);
         apply(value);
-      } catch {
+      } catch (error) {
         for (const gauge of gauges) this.#clear(gauge);
         this.#collect_errors.inc({ collector: name });
+        this.#on_collect_error(name, error);
       }
     });
   }

@@ -99,6 +99,7 @@ describe("metrics: recorders", () => {
     const now_ms = Date.parse("2026-01-01T00:00:10Z");
     metrics.transferFinished("completed", "2026-01-01T00:00:08.500Z", now_ms);
     metrics.transferFinished("failed", new Date("2026-01-01T00:00:00Z"), now_ms);
+    metrics.transferFinished("failed", "not a timestamp", now_ms);
     const text = await metrics.exposition();
     assert.equal(sample(text, "dps_transfer_transitions_total", { state: "created" }), 2);
     assert.equal(sample(text, "dps_transfer_transitions_total", { state: "held" }), 1);
@@ -109,6 +110,7 @@ describe("metrics: recorders", () => {
     assert.equal(sample(text, "dps_transfer_duration_seconds_sum", { outcome: "completed" }), 1.5);
     assert.equal(bucket("failed", "5"), 0);
     assert.equal(bucket("failed", "10"), 1);
+    assert.equal(sample(text, "dps_transfer_duration_seconds_sum", { outcome: "failed" }), 10, "no NaN");
   });
 
   it("records Kafka handling, dead letters, ledger commits, record writes, cache, refusals and webhooks", async () => {
@@ -204,7 +206,12 @@ describe("metrics: scrape-time collectors", () => {
   });
 
   it("leaves a failed or slow collector's gauges out of the scrape, counts it, and still answers", async () => {
-    const metrics = createMetrics({ default_metrics: false, collect_timeout_ms: 200 });
+    const failures: string[] = [];
+    const metrics = createMetrics({
+      default_metrics: false,
+      collect_timeout_ms: 200,
+      on_collect_error: (collector, error) => failures.push(`${collector}: ${(error as Error).message}`),
+    });
     let fail = false;
     metrics.collectOutbox(async () => {
       if (fail) throw new Error("connection refused");
@@ -221,5 +228,10 @@ describe("metrics: scrape-time collectors", () => {
     text = await metrics.exposition();
     assert.equal(sample(text, "dps_outbox_depth", { outbox: "saga" }), undefined, "no stale figure");
     assert.equal(sample(text, "dps_metrics_collect_errors_total", { collector: "outbox" }), 1);
+    assert.deepEqual(failures.sort(), [
+      "clearing: metrics collector clearing timed out after 200 ms",
+      "clearing: metrics collector clearing timed out after 200 ms",
+      "outbox: connection refused",
+    ]);
   });
 });
