@@ -4,8 +4,13 @@
  * (harmlessly: the writer is idempotent and records only move forward).
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
+import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
 import { asAdmin, balanceOf, call, createUser, settled, transfer, urls } from "./api.ts";
 
@@ -49,7 +54,10 @@ describe("dead letters", () => {
     assert.equal(letter.letter.origin.topic, `${options.topic_prefix}transfer.commands`);
     assert.equal(JSON.parse(letter.letter.value).snapshot.id, id);
 
-    assert.equal(await replayDeadLetters(options, [letter]), 1);
+    assert.deepEqual(await replayDeadLetters(options, [letter]), {
+      replayed: [letter.letter.message_id],
+      skipped: [],
+    });
     const after = (await listDeadLetters(options)).find(
       (entry) => entry.letter.message_id === letter.letter.message_id,
     );
@@ -60,5 +68,62 @@ describe("dead letters", () => {
     assert.equal(record.body.data.transaction.status, "FAILED");
     assert.equal(await balanceOf(a.id), 2_000);
     assert.equal(await balanceOf(b.id), 0);
+  });
+
+  it("replay --all skips and reports letters that cannot be replayed, and replays the rest", async () => {
+    const topics = topicNames(options.topic_prefix);
+    const transfer_id = "0190b5a8-0000-7000-8000-0000000d1e77";
+    // Letters as a consumer writes them for what it could not read: not JSON, and JSON that is
+    // not a command; then one that is a valid command (for an unknown transfer: the saga
+    // ignores its event).
+    const command = {
+      type: "RecordTransfer",
+      message_id: crypto.randomUUID(),
+      snapshot: {
+        id: transfer_id,
+        amount: 5,
+        source_user_id: 1,
+        dest_user_id: 2,
+        source_init_bal: 10,
+        dest_init_bal: null,
+        status: "PENDING",
+        failure_reason: null,
+        created_at: new Date().toISOString(),
+        updated_at: new Date().toISOString(),
+      },
+    };
+    const values = ["{not json", JSON.stringify({ type: "RecordTransfer" }), JSON.stringify(command)];
+    const letters = values.map((value, i) => {
+      const origin = { topic: topics.commands, partition: 0, offset: BigInt(i), key: transfer_id, value };
+      return deadLetterFor(topics.deadLetters, "transaction-command-service", origin, "test letter", 1);
+    });
+    const producer = createProducer({ brokers: options.brokers, client_id: "dead-letters-test" });
+    try {
+      await producer.send(letters);
+    } finally {
+      await producer.close();
+    }
+    const [unreadable, notACommand, good] = letters.map((l) => (l.value as DeadLetter).message_id);
+
+    const run = await promisify(execFile)(
+      process.execPath,
+      [fileURLToPath(new URL("../../ops/dead-letters.ts", import.meta.url)), "replay", "--all"],
+      {
+        env: {
+          ...process.env,
+          KAFKA_BROKERS: options.brokers.join(","),
+          KAFKA_TOPIC_PREFIX: options.topic_prefix,
+        },
+        timeout: 120_000,
+      },
+    );
+    assert.match(run.stderr, new RegExp(`skipped ${unreadable}: value is not JSON`));
+    assert.match(run.stderr, new RegExp(`skipped ${notACommand}: value is not a valid message`));
+    assert.match(run.stdout, /replayed \d+, skipped \d+/);
+
+    const after = new Map((await listDeadLetters(options)).map((e) => [e.letter.message_id, e.replayed_at]));
+    assert.equal(after.get(unreadable as string), null, "a letter that cannot be replayed stays open");
+    assert.equal(after.get(notACommand as string), null);
+    assert.ok(after.get(good as string), "the replayable letter behind them was replayed");
   });
 });
