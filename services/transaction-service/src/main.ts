@@ -26,9 +26,10 @@ import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
+import { registerEventCountersRoute } from "./ops.ts";
 import { QueryClient } from "./query-client.ts";
 import { RateLimiter } from "./rate-limit.ts";
-import { createEventHandler } from "./saga/events.ts";
+import { createEventHandler, type EventCounters } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
 import { startOutboxRelay } from "./saga/outbox-relay.ts";
 import { SagaRunner } from "./saga/runner.ts";
@@ -111,6 +112,7 @@ const relay = startOutboxRelay({
 });
 store.onOutbox = () => relay.wake();
 
+const eventCounters: EventCounters = { unknown_transfer_events: 0 };
 const events = startBatchConsumer({
   brokers,
   group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
@@ -123,15 +125,10 @@ const events = startBatchConsumer({
     runner,
     logger,
     concurrency: config.EVENT_CONCURRENCY,
-    onRecordEvent: async (event) => {
-      if (event.type === "TransferRecorded") {
-        // Independent writes, so sent together: one round trip to Redis instead of three.
-        await Promise.all([
-          cache.putTransfer(event.snapshot),
-          cache.touchUsers([event.snapshot.source_user_id, event.snapshot.dest_user_id]),
-        ]);
-      }
-    },
+    counters: eventCounters,
+    // Invalidation only: the transfer entry is written through from the saga's own row (onChange
+    // above), never from the event's snapshot, which a stale or forged message could carry.
+    onRecordEvent: (transfer) => cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
     onUnreadable: async (message, reason) => {
       await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
     },
@@ -189,6 +186,7 @@ registerRoutes(app, {
   auth,
   limiter,
 });
+registerEventCountersRoute(app, auth, eventCounters);
 if (config.FAULT_INJECTION) {
   registerCrashRoute(app, auth, crashes, ["after_hold", "after_post", "after_void", "after_outbox_send"]);
 }
