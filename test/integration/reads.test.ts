@@ -151,6 +151,34 @@ describe("cache", () => {
     }
   });
 
+  it("drops a cached entry that is behind the saga when a record event comes", async () => {
+    const { a, id } = await completedTransfer();
+    const seen = await readAs(id, asAdmin());
+    // What a read caches when the record lagged the saga: an older status.
+    const stale = { ...seen, status: "PENDING", dest_init_bal: null };
+    await redis.set(`${redisPrefix}transfer:${id}`, `1|${JSON.stringify(stale)}`, { PX: 120_000 });
+    assert.equal((await readAs(id, bearer(a.token))).status, "PENDING");
+    // A redelivered record event (the writer's own, unchanged) makes the saga look again.
+    await producer.send([
+      {
+        topic: topics.events,
+        key: id,
+        value: {
+          type: "TransferRecorded",
+          message_id: crypto.randomUUID(),
+          transfer_id: id,
+          status: "COMPLETED",
+          snapshot: seen,
+        },
+      },
+    ]);
+    const deadline = Date.now() + 20_000;
+    while ((await readAs(id, bearer(a.token))).status !== "COMPLETED") {
+      assert.ok(Date.now() < deadline, "the stale entry outlived the record event");
+      await sleep(100);
+    }
+  });
+
   it("drops and counts an event for a transfer the saga does not know", async () => {
     const count = async (): Promise<number> => {
       const answer = await call("GET", `${urls.transaction}/ops/events`, { headers: asAdmin() });

@@ -29,6 +29,14 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1`;
 
+const DELETE_IF_OLDER = `
+local current = redis.call('GET', KEYS[1])
+if current then
+  local rank = tonumber(string.match(current, '^(%d+)|'))
+  if rank and rank < tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+end
+return 0`;
+
 export class TransferCache {
   readonly #redis: Redis;
   readonly #prefix: string;
@@ -72,6 +80,19 @@ export class TransferCache {
       this.#redis.eval(SET_IF_NEWER, {
         keys: [this.#transferKey(snapshot.id)],
         arguments: [String(rank), JSON.stringify(snapshot), String(ttl)],
+      }),
+    );
+  }
+
+  /**
+   * The saga holds this transfer at `status`: drop a cached entry that is behind it (e.g. a read
+   * that cached the record while the record lagged the saga), so the next read fetches afresh.
+   */
+  async invalidateOlder(id: string, status: TransferSnapshot["status"]): Promise<void> {
+    await this.#safe("invalidate", () =>
+      this.#redis.eval(DELETE_IF_OLDER, {
+        keys: [this.#transferKey(id)],
+        arguments: [String(statusRank(status))],
       }),
     );
   }

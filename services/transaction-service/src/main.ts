@@ -31,6 +31,7 @@ import { QueryClient } from "./query-client.ts";
 import { RateLimiter } from "./rate-limit.ts";
 import { createEventHandler, type EventCounters } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
+import { publicStatus } from "./saga/machine.ts";
 import { startOutboxRelay } from "./saga/outbox-relay.ts";
 import { SagaRunner } from "./saga/runner.ts";
 import { SagaStore } from "./saga/store.ts";
@@ -128,7 +129,13 @@ const events = startBatchConsumer({
     counters: eventCounters,
     // Invalidation only: the transfer entry is written through from the saga's own row (onChange
     // above), never from the event's snapshot, which a stale or forged message could carry.
-    onRecordEvent: (transfer) => cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+    // Sent together: one round trip to Redis.
+    onRecordEvent: async (transfer) => {
+      await Promise.all([
+        cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
+        cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+      ]);
+    },
     onUnreadable: async (message, reason) => {
       await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
     },
