@@ -74,7 +74,7 @@ function isTimeout(error: unknown): boolean {
   const name = (error as Error).name ?? "";
   const message = (error as Error).message ?? "";
   return (
-    /MongoNetworkTimeout|MongoOperationTimeout|MongoWriteConcern/.test(name) ||
+    /MongoNetworkTimeout|MongoOperationTimeout/.test(name) ||
     /connection \d+ to .* timed out|operation exceeded time limit/i.test(message)
   );
 }
