@@ -146,6 +146,18 @@ describe("record writer failure policy", () => {
     assert.equal(sent.length, 0, "nothing is dead-lettered during an outage");
   });
 
+  it("treats a broken connection as an outage even when a ping answers: uncounted, connections reopened", async () => {
+    const closed = () =>
+      Object.assign(new Error("connection 3 to 127.0.0.1:57017 closed"), { name: "MongoNetworkError" });
+    const { db } = fakeStore(new Set([idOf(1)]), closed);
+    const { sent, producer } = fakeProducer();
+    let resets = 0;
+    const handle = writer(db, producer, { resetStore: async () => void resets++ });
+    for (let i = 0; i < 10; i++) await assert.rejects(handle([message(idOf(1))]));
+    assert.equal(sent.length, 0, "a restart of the store dead-letters nothing");
+    assert.ok(resets >= 3, `${resets} resets`);
+  });
+
   it("does not forget a failing command's attempts while other commands make progress", async () => {
     const poison = idOf(1000);
     const flaky = new Set<string>();
