@@ -9,6 +9,7 @@ import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { uuidv7 } from "#packages/contracts/ids.ts";
 import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
 import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
@@ -72,30 +73,25 @@ describe("dead letters", () => {
 
   it("replay --all skips and reports letters that cannot be replayed, and replays the rest", async () => {
     const topics = topicNames(options.topic_prefix);
-    const transfer_id = "0190b5a8-0000-7000-8000-0000000d1e77";
-    // Letters as a consumer writes them for what it could not read: not JSON, and JSON that is
-    // not a command; then one that is a valid command (for an unknown transfer: the saga
-    // ignores its event).
-    const command = {
-      type: "RecordTransfer",
+    const transfer_id = uuidv7();
+    // Letters as a consumer writes them for what it could not read: two commands (not JSON, and
+    // JSON that is not a command), then a valid event (for a transfer nobody knows, so the saga
+    // drops it when it comes back: the replay changes nothing).
+    const event = {
+      type: "TransferRecordRejected",
       message_id: crypto.randomUUID(),
-      snapshot: {
-        id: transfer_id,
-        amount: 5,
-        source_user_id: 1,
-        dest_user_id: 2,
-        source_init_bal: 10,
-        dest_init_bal: null,
-        status: "PENDING",
-        failure_reason: null,
-        created_at: new Date().toISOString(),
-        updated_at: new Date().toISOString(),
-      },
+      transfer_id,
+      status: "PENDING",
+      reason: "test letter",
     };
-    const values = ["{not json", JSON.stringify({ type: "RecordTransfer" }), JSON.stringify(command)];
-    const letters = values.map((value, i) => {
-      const origin = { topic: topics.commands, partition: 0, offset: BigInt(i), key: transfer_id, value };
-      return deadLetterFor(topics.deadLetters, "transaction-command-service", origin, "test letter", 1);
+    const origins = [
+      { topic: topics.commands, value: "{not json" },
+      { topic: topics.commands, value: JSON.stringify({ type: "RecordTransfer" }) },
+      { topic: topics.events, value: JSON.stringify(event) },
+    ];
+    const letters = origins.map(({ topic, value }, i) => {
+      const origin = { topic, partition: 0, offset: BigInt(i), key: transfer_id, value };
+      return deadLetterFor(topics.deadLetters, "test", origin, "test letter", 1);
     });
     const producer = createProducer({ brokers: options.brokers, client_id: "dead-letters-test" });
     try {

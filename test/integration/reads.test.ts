@@ -6,8 +6,10 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient } from "redis";
+import { uuidv7 } from "#packages/contracts/ids.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { createProducer, type JsonProducer } from "#packages/kafka/index.ts";
+import { listDeadLetters } from "../../ops/dead-letters.ts";
 import { asAdmin, bearer, call, createUser, settled, type TestUser, transfer, urls } from "./api.ts";
 
 const redisPrefix = process.env.REDIS_KEY_PREFIX ?? "test:";
@@ -189,7 +191,7 @@ describe("cache", () => {
     const refused = await call("GET", `${urls.transaction}/ops/events`, { headers: bearer(a.token) });
     assert.equal(refused.status, 403);
     const before = await count();
-    const unknown = "0190b5a8-0000-7000-8000-00000000abcd";
+    const unknown = uuidv7();
     const now = new Date().toISOString();
     await producer.send([
       {
@@ -222,6 +224,11 @@ describe("cache", () => {
     }
     const read = await call("GET", `${urls.transaction}/transactions/${unknown}`, { headers: asAdmin() });
     assert.equal(read.status, 404, "nothing about it reached the reads");
+    const letters = await listDeadLetters({
+      brokers,
+      topic_prefix: process.env.KAFKA_TOPIC_PREFIX ?? "test.",
+    });
+    assert.equal(letters.filter((l) => l.letter.origin.key === unknown).length, 0, "not a dead letter");
   });
 
   it("shares one entry between the upper- and lower-case spelling of a transfer id", async () => {
