@@ -4,13 +4,20 @@
  * Dead letters are messages a consumer gave up on after bounded retries (or could not read at
  * all). They stay on the dead-letter topic for good; this tool lists them and sends one or all
  * back to the topic they came from, unchanged, keyed as before. Consumers are idempotent, so a
- * replay is safe even if the original was applied after all. Each replay is recorded on the
+ * replay is safe even if the original was applied after all. A letter whose value its topic's
+ * consumer cannot accept (not JSON, not a valid message) is skipped and reported, never sent. Each replay is recorded on the
  * dead-letter topic as a DeadLetterReplayed marker, so the list shows what is still open.
  */
 import { randomUUID } from "node:crypto";
 import { Consumer, stringDeserializers } from "@platformatic/kafka";
 import { engineDefaults, splitList } from "#packages/config/index.ts";
-import { type DeadLetter, deadLetterTopicEntrySchema, topicNames } from "#packages/contracts/messages.ts";
+import {
+  type DeadLetter,
+  deadLetterTopicEntrySchema,
+  recordTransferCommandSchema,
+  topicNames,
+  transferEventSchema,
+} from "#packages/contracts/messages.ts";
 import { createProducer } from "#packages/kafka/index.ts";
 
 export interface DeadLetterEntry {
@@ -30,6 +37,15 @@ export function deadLetterOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): 
     brokers: splitList(env.KAFKA_BROKERS ?? engineDefaults.KAFKA_BROKERS),
     topic_prefix: env.KAFKA_TOPIC_PREFIX ?? "",
   };
+}
+
+/** The parsed value, or undefined when it is not JSON (an entry nobody can read is passed over). */
+function parseJson(value: string): unknown {
+  try {
+    return JSON.parse(value);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Read the whole dead-letter topic (a private consumer group, from the beginning). */
@@ -56,7 +72,7 @@ export async function listDeadLetters(options: DeadLetterOptions): Promise<DeadL
       stream.on("data", (message) => {
         clearTimeout(idle);
         idle = setTimeout(resolve, options.idle_ms ?? 1_000);
-        const parsed = deadLetterTopicEntrySchema.safeParse(JSON.parse(message.value ?? "null"));
+        const parsed = deadLetterTopicEntrySchema.safeParse(parseJson(message.value ?? "null"));
         if (!parsed.success) return;
         if (parsed.data.type === "DeadLetter")
           letters.set(parsed.data.message_id, { letter: parsed.data, replayed_at: null });
@@ -75,14 +91,51 @@ export async function listDeadLetters(options: DeadLetterOptions): Promise<DeadL
   return [...letters.values()];
 }
 
+export interface ReplayReport {
+  /** Letter ids sent back to their topic. */
+  replayed: string[];
+  /** Letters left open, with why: replaying them could only make another dead letter. */
+  skipped: Array<{ letter_id: string; reason: string }>;
+}
+
+/** Why a letter cannot be replayed (its value is not a message its origin topic's consumer accepts), or null. */
+export function whyNotReplayable(letter: DeadLetter, topic_prefix: string): string | null {
+  const topics = topicNames(topic_prefix);
+  const schema =
+    letter.origin.topic === topics.commands
+      ? recordTransferCommandSchema
+      : letter.origin.topic === topics.events
+        ? transferEventSchema
+        : null;
+  if (schema === null) return `origin topic ${letter.origin.topic} is not one this tool replays to`;
+  let value: unknown;
+  try {
+    value = JSON.parse(letter.value);
+  } catch {
+    return "value is not JSON";
+  }
+  const parsed = schema.safeParse(value);
+  return parsed.success ? null : `value is not a valid message for ${letter.origin.topic}`;
+}
+
+/**
+ * Send the letters back to their topics, each followed by its DeadLetterReplayed marker. A
+ * letter that cannot be replayed is skipped and reported, and the others still go.
+ */
 export async function replayDeadLetters(
   options: DeadLetterOptions,
   entries: DeadLetterEntry[],
-): Promise<number> {
+): Promise<ReplayReport> {
   const topic = topicNames(options.topic_prefix).deadLetters;
+  const report: ReplayReport = { replayed: [], skipped: [] };
   const producer = createProducer({ brokers: options.brokers, client_id: "dead-letters" });
   try {
     for (const { letter } of entries) {
+      const reason = whyNotReplayable(letter, options.topic_prefix);
+      if (reason !== null) {
+        report.skipped.push({ letter_id: letter.message_id, reason });
+        continue;
+      }
       // The original message, unchanged, back where it came from; then the marker.
       await producer.send([
         { topic: letter.origin.topic, key: letter.origin.key ?? "", value: JSON.parse(letter.value) },
@@ -99,11 +152,17 @@ export async function replayDeadLetters(
           },
         },
       ]);
+      report.replayed.push(letter.message_id);
     }
-    return entries.length;
+    return report;
   } finally {
     await producer.close();
   }
+}
+
+function printReport(report: ReplayReport): void {
+  for (const skip of report.skipped) console.error(`skipped ${skip.letter_id}: ${skip.reason}`);
+  console.log(`replayed ${report.replayed.length}, skipped ${report.skipped.length}`);
 }
 
 function describe(entry: DeadLetterEntry): string {
@@ -123,16 +182,20 @@ if (import.meta.main) {
     );
     for (const entry of entries) console.log(describe(entry));
   } else if (command === "replay" && target === "--all") {
-    const open = entries.filter((e) => e.replayed_at === null);
-    console.log(`replayed ${await replayDeadLetters(options, open)} open dead letters`);
+    const report = await replayDeadLetters(
+      options,
+      entries.filter((e) => e.replayed_at === null),
+    );
+    printReport(report);
   } else if (command === "replay" && target !== undefined) {
     const entry = entries.find((e) => e.letter.message_id === target);
     if (!entry) {
       console.error(`no dead letter ${target}`);
       process.exit(2);
     }
-    await replayDeadLetters(options, [entry]);
-    console.log(`replayed ${target} to ${entry.letter.origin.topic}`);
+    const report = await replayDeadLetters(options, [entry]);
+    printReport(report);
+    if (report.skipped.length > 0) process.exit(1);
   } else {
     console.error("usage: dead-letters list | replay <letter id> | replay --all");
     process.exit(2);

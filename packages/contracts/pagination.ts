@@ -14,15 +14,28 @@ export function encodeCursor(cursor: Cursor): string {
   return Buffer.from(JSON.stringify(cursor)).toString("base64url");
 }
 
+/**
+ * The cursor in its one canonical form (time in UTC ISO form, id in lower case), or null when it
+ * is not one this API returned: spellings of the same position read, and cache, as one page.
+ */
 export function decodeCursor(value: string): Cursor | null {
   try {
     const parsed = cursorPayloadSchema.safeParse(
       JSON.parse(Buffer.from(value, "base64url").toString("utf8")),
     );
-    return parsed.success ? parsed.data : null;
+    if (!parsed.success) return null;
+    const t = new Date(parsed.data.t);
+    if (Number.isNaN(t.getTime())) return null;
+    return { t: t.toISOString(), id: parsed.data.id.toLowerCase() };
   } catch {
     return null;
   }
+}
+
+/** The canonical spelling of a cursor (see decodeCursor), or null when it is not a cursor. */
+export function canonicalCursor(value: string): string | null {
+  const cursor = decodeCursor(value);
+  return cursor === null ? null : encodeCursor(cursor);
 }
 
 export const listQuerySchema = z.strictObject({

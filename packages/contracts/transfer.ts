@@ -45,3 +45,22 @@ export const transferSnapshotSchema = z.object({
   updated_at: isoDate,
 });
 export type TransferSnapshot = z.infer<typeof transferSnapshotSchema>;
+
+/** Who reads a transfer (structurally, an authenticated principal). */
+export type TransferViewer = { kind: "admin" } | { kind: "service" } | { kind: "user"; user_id: number };
+
+/**
+ * The transfer as `viewer` may see it. A party's balance before the transfer is that party's
+ * business alone: `source_init_bal` is shown only to the payer, `dest_init_bal` only to the
+ * payee, both to the operator. Applied to every transfer that leaves transaction-service toward
+ * a client; stores and caches keep the whole snapshot.
+ */
+export function redactFor(viewer: TransferViewer, transfer: TransferSnapshot): TransferSnapshot {
+  if (viewer.kind === "admin") return transfer;
+  const user_id = viewer.kind === "user" ? viewer.user_id : null;
+  return {
+    ...transfer,
+    source_init_bal: user_id === transfer.source_user_id ? transfer.source_init_bal : null,
+    dest_init_bal: user_id === transfer.dest_user_id ? transfer.dest_init_bal : null,
+  };
+}

@@ -4,8 +4,14 @@
  * (harmlessly: the writer is idempotent and records only move forward).
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { uuidv7 } from "#packages/contracts/ids.ts";
+import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
+import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
 import { asAdmin, balanceOf, call, createUser, settled, transfer, urls } from "./api.ts";
 
@@ -49,7 +55,10 @@ describe("dead letters", () => {
     assert.equal(letter.letter.origin.topic, `${options.topic_prefix}transfer.commands`);
     assert.equal(JSON.parse(letter.letter.value).snapshot.id, id);
 
-    assert.equal(await replayDeadLetters(options, [letter]), 1);
+    assert.deepEqual(await replayDeadLetters(options, [letter]), {
+      replayed: [letter.letter.message_id],
+      skipped: [],
+    });
     const after = (await listDeadLetters(options)).find(
       (entry) => entry.letter.message_id === letter.letter.message_id,
     );
@@ -60,5 +69,57 @@ describe("dead letters", () => {
     assert.equal(record.body.data.transaction.status, "FAILED");
     assert.equal(await balanceOf(a.id), 2_000);
     assert.equal(await balanceOf(b.id), 0);
+  });
+
+  it("replay --all skips and reports letters that cannot be replayed, and replays the rest", async () => {
+    const topics = topicNames(options.topic_prefix);
+    const transfer_id = uuidv7();
+    // Letters as a consumer writes them for what it could not read: two commands (not JSON, and
+    // JSON that is not a command), then a valid event (for a transfer nobody knows, so the saga
+    // drops it when it comes back: the replay changes nothing).
+    const event = {
+      type: "TransferRecordRejected",
+      message_id: crypto.randomUUID(),
+      transfer_id,
+      status: "PENDING",
+      reason: "test letter",
+    };
+    const origins = [
+      { topic: topics.commands, value: "{not json" },
+      { topic: topics.commands, value: JSON.stringify({ type: "RecordTransfer" }) },
+      { topic: topics.events, value: JSON.stringify(event) },
+    ];
+    const letters = origins.map(({ topic, value }, i) => {
+      const origin = { topic, partition: 0, offset: BigInt(i), key: transfer_id, value };
+      return deadLetterFor(topics.deadLetters, "test", origin, "test letter", 1);
+    });
+    const producer = createProducer({ brokers: options.brokers, client_id: "dead-letters-test" });
+    try {
+      await producer.send(letters);
+    } finally {
+      await producer.close();
+    }
+    const [unreadable, notACommand, good] = letters.map((l) => (l.value as DeadLetter).message_id);
+
+    const run = await promisify(execFile)(
+      process.execPath,
+      [fileURLToPath(new URL("../../ops/dead-letters.ts", import.meta.url)), "replay", "--all"],
+      {
+        env: {
+          ...process.env,
+          KAFKA_BROKERS: options.brokers.join(","),
+          KAFKA_TOPIC_PREFIX: options.topic_prefix,
+        },
+        timeout: 120_000,
+      },
+    );
+    assert.match(run.stderr, new RegExp(`skipped ${unreadable}: value is not JSON`));
+    assert.match(run.stderr, new RegExp(`skipped ${notACommand}: value is not a valid message`));
+    assert.match(run.stdout, /replayed \d+, skipped \d+/);
+
+    const after = new Map((await listDeadLetters(options)).map((e) => [e.letter.message_id, e.replayed_at]));
+    assert.equal(after.get(unreadable as string), null, "a letter that cannot be replayed stays open");
+    assert.equal(after.get(notACommand as string), null);
+    assert.ok(after.get(good as string), "the replayable letter behind them was replayed");
   });
 });

@@ -45,15 +45,18 @@ describe("transfers", () => {
     assert.equal(done.source_user_id, a.id);
     assert.equal(done.dest_user_id, b.id);
     assert.equal(done.source_init_bal, 10_000);
-    assert.equal(done.dest_init_bal, 300);
+    assert.equal(done.dest_init_bal, null, "the payee's balance is not the payer's to see");
     assert.equal(done.failure_reason, null);
     for (const field of ["created_at", "updated_at"]) assert.ok(Date.parse(done[field]) > 0, field);
 
     assert.equal(await balanceOf(a.id), 7_500);
     assert.equal(await balanceOf(b.id), 2_800);
 
-    // The payee reads it too, and the record reached the read side (MongoDB).
-    assert.equal((await settled(created.id, b.token)).status, "COMPLETED");
+    // The payee reads it too (with their own balance only), and the record reached the read side (MongoDB).
+    const seenByPayee = await settled(created.id, b.token);
+    assert.equal(seenByPayee.status, "COMPLETED");
+    assert.equal(seenByPayee.source_init_bal, null);
+    assert.equal(seenByPayee.dest_init_bal, 300);
     const record = await call("GET", `${urls.query}/transactions/${created.id}`, { headers: asAdmin() });
     assert.equal(record.status, 200);
     assert.equal(record.body.data.transaction.status, "COMPLETED");

@@ -95,7 +95,8 @@ describe("crash at every step", { timeout: 600_000 }, () => {
     await arm("transaction", "after_post");
     const id = await transferThroughCrash(a, b, 300);
     await healthy("transaction");
-    const done = await settledThroughCrash(id, a.token);
+    // Read as the payee: dest_init_bal is shown to them only.
+    const done = await settledThroughCrash(id, b.token);
     assert.equal(done.status, "COMPLETED");
     assert.equal(done.dest_init_bal, 50, "the retried credit returns the first credit's balance");
     await expectMoney(a, b, 700, 350);

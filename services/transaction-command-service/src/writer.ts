@@ -5,11 +5,15 @@
  *
  * Failure policy:
  * - a message that is not a valid command can never succeed: dead letters at once;
- * - MongoDB unreachable: an outage, not the message's fault; the batch is retried (uncounted)
- *   until the store is back, so nothing is dead-lettered because an engine restarted;
- * - MongoDB reachable but one command keeps failing: counted, retried with backoff, and after
- *   max_attempts it goes to dead letters with its reason, and the saga is told (Rejected) so it
- *   can refund.
+ * - MongoDB unreachable (it does not answer a ping): an outage, not the message's fault; the
+ *   batch is retried (uncounted) until the store is back, so nothing is dead-lettered because
+ *   an engine restarted;
+ * - writes that time out while MongoDB answers pings: a command may be too costly for the
+ *   store. After a repeated timeout the batch is halved (kept across retries), down to one
+ *   command, which then counts attempts like any failing command;
+ * - MongoDB reachable but one command keeps failing: counted (by the command, not by where it
+ *   sits in the batch), retried with backoff, and after max_attempts it goes to dead letters
+ *   with its reason, and the saga is told (Rejected) so it can refund.
  */
 import { randomUUID } from "node:crypto";
 import type { Db } from "mongodb";
@@ -46,10 +50,15 @@ export interface WriterDeps {
   crashes?: CrashHook;
   /** Drop and reopen the store's connections (a pooled connection can stay broken after FerretDB restarts). */
   resetStore?: () => Promise<void>;
+  /** Bound on the failing commands whose attempts are remembered (default 10,000). */
+  attempts_tracked_max?: number;
 }
 
 /** After this many failed batches in a row on network errors, the writer reopens its store connections. */
 const NETWORK_FAILURES_BEFORE_RESET = 3;
+/** Timeouts in a row (store answering pings) before the failing part of a batch is halved. */
+const TIMEOUTS_BEFORE_SPLIT = 2;
+const ATTEMPTS_TRACKED_MAX = 10_000;
 
 function isNetworkError(error: unknown): boolean {
   const name = (error as Error).name ?? "";
@@ -60,16 +69,52 @@ function isNetworkError(error: unknown): boolean {
   );
 }
 
+/** A write that did not finish in time (as opposed to a connection that broke or was refused). */
+function isTimeout(error: unknown): boolean {
+  const name = (error as Error).name ?? "";
+  const message = (error as Error).message ?? "";
+  return (
+    /MongoNetworkTimeout|MongoOperationTimeout/.test(name) ||
+    /connection \d+ to .* timed out|operation exceeded time limit/i.test(message)
+  );
+}
+
 interface Parsed {
   message: ConsumedMessage;
   command: RecordTransferCommand;
 }
 
-const ATTEMPTS_TRACKED_MAX = 10_000;
+interface Applied {
+  parsed: Parsed;
+  outcome: Outcome;
+}
+
+/** What one batch sends, and the commands it gives up on (forgotten once the letters are sent). */
+interface BatchOut {
+  messages: OutgoingMessage[];
+  given_up: string[];
+}
+
+/** A command's failures are counted by what it asks for, so a redelivery at another offset keeps its count. */
+function attemptKey(command: RecordTransferCommand): string {
+  return `${command.snapshot.id.toLowerCase()}:${command.snapshot.status}`;
+}
+
+function chunksOf<T>(items: T[], size: number): T[][] {
+  const chunks: T[][] = [];
+  for (let i = 0; i < items.length; i += size) chunks.push(items.slice(i, i + size));
+  return chunks;
+}
 
 export function createRecordWriter(deps: WriterDeps) {
+  const attempts_tracked_max = deps.attempts_tracked_max ?? ATTEMPTS_TRACKED_MAX;
   const attempts = new Map<string, number>();
   let networkFailures = 0;
+  // Bisection state, kept across the consumer's retries of one batch: commands are written in
+  // chunks of at most chunk_max; a chunk that keeps timing out halves it. Reset once a whole
+  // batch went through.
+  let chunk_max = Number.POSITIVE_INFINITY;
+  let timeoutsInARow = 0;
 
   const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage =>
     deadLetterFor(deps.topics.deadLetters, deps.service, message, reason, tries);
@@ -107,33 +152,112 @@ export function createRecordWriter(deps: WriterDeps) {
     }
   }
 
-  async function applyAll(parsed: Parsed[]): Promise<Outcome[]> {
+  async function applyAll(parsed: Parsed[]): Promise<Applied[]> {
     const plan = planWrites(parsed.map((p) => p.command));
     const conflicts = await applySnapshots(deps.db, plan.writes);
-    return plan.outcomes.map((outcome) => {
+    return plan.outcomes.map((outcome, i) => {
       const reason = conflicts.get(outcome.command.snapshot.id);
       const final = outcome.command.snapshot.status !== "PENDING";
-      return outcome.kind === "recorded" && final && reason !== undefined
-        ? { kind: "conflict", command: outcome.command, reason }
-        : outcome;
+      return {
+        parsed: parsed[i] as Parsed,
+        outcome:
+          outcome.kind === "recorded" && final && reason !== undefined
+            ? { kind: "conflict", command: outcome.command, reason }
+            : outcome,
+      };
     });
   }
 
-  return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
-    const out: OutgoingMessage[] = [];
-    const valid: Parsed[] = [];
+  /** One more failure of this command; the oldest tracked command is forgotten first when full. */
+  function countFailure(command: RecordTransferCommand): number {
+    const key = attemptKey(command);
+    const tries = (attempts.get(key) ?? 0) + 1;
+    attempts.delete(key);
+    if (attempts.size >= attempts_tracked_max) {
+      const oldest = attempts.keys().next().value;
+      if (oldest !== undefined) attempts.delete(oldest);
+    }
+    attempts.set(key, tries);
+    return tries;
+  }
 
+  /** Broken or stuck connections: after a few in a row, reopen them (a pool can stay broken after a restart). */
+  async function noteNetworkFailure(error: unknown): Promise<void> {
+    if (!isNetworkError(error)) return;
+    networkFailures += 1;
+    if (networkFailures < NETWORK_FAILURES_BEFORE_RESET || !deps.resetStore) return;
+    deps.logger.warn(
+      { err: error, failures: networkFailures },
+      "store connections keep failing; reopening them",
+    );
+    networkFailures = 0;
+    await deps.resetStore().catch((reset: unknown) => deps.logger.warn({ err: reset }, "store reset failed"));
+  }
+
+  /** One command failed while the store answers: retry it later, or give up on it for good. */
+  function failOne(parsed: Parsed, error: unknown, out: BatchOut): void {
+    const tries = countFailure(parsed.command);
+    if (tries < deps.max_attempts) throw error;
+    // Still counted until its letter is sent: if this batch fails later on, a retry gives up at once.
+    out.given_up.push(attemptKey(parsed.command));
+    const reason = `record write failed ${tries} times: ${(error as Error).message}`;
+    deps.logger.error({ transfer_id: parsed.command.snapshot.id, reason }, "record dead-lettered");
+    out.messages.push(deadLetter(parsed.message, reason, tries), rejected(parsed.command, reason));
+  }
+
+  /** A chunk of several commands timed out while the store answers: halve it once it repeats. */
+  function splitOnRepeat(chunk: Parsed[], error: unknown): never {
+    timeoutsInARow += 1;
+    if (timeoutsInARow >= TIMEOUTS_BEFORE_SPLIT) {
+      timeoutsInARow = 0;
+      chunk_max = Math.ceil(chunk.length / 2);
+      deps.logger.warn({ err: error, chunk_max }, "record writes keep timing out; halving the batch");
+    }
+    throw error;
+  }
+
+  async function applyChunk(chunk: Parsed[], out: BatchOut): Promise<Applied[]> {
+    try {
+      const applied = await applyAll(chunk);
+      networkFailures = 0;
+      for (const { parsed } of applied) attempts.delete(attemptKey(parsed.command));
+      return applied;
+    } catch (error) {
+      await noteNetworkFailure(error);
+      // An outage (no ping, or a connection that broke) is retried as a whole, uncounted.
+      if (!(await storeReachable()) || (isNetworkError(error) && !isTimeout(error))) throw error;
+      if (chunk.length === 1) {
+        failOne(chunk[0] as Parsed, error, out);
+        return [];
+      }
+      if (isTimeout(error)) splitOnRepeat(chunk, error);
+      return isolate(chunk, out);
+    }
+  }
+
+  /** The store answers but the chunk failed quickly: find the command that fails, one by one. */
+  async function isolate(chunk: Parsed[], out: BatchOut): Promise<Applied[]> {
+    const applied: Applied[] = [];
+    for (const parsed of chunk) applied.push(...(await applyChunk([parsed], out)));
+    return applied;
+  }
+
+  /** Commands that can never succeed (unreadable, or refused by an injected fault) are given up on at once. */
+  function parseAll(messages: ConsumedMessage[], out: BatchOut): Parsed[] {
+    const valid: Parsed[] = [];
     for (const message of messages) {
       let json: unknown;
       try {
         json = JSON.parse(message.value);
       } catch {
-        out.push(deadLetter(message, "value is not JSON", 1));
+        out.messages.push(deadLetter(message, "value is not JSON", 1));
         continue;
       }
       const result = recordTransferCommandSchema.safeParse(json);
       if (!result.success) {
-        out.push(deadLetter(message, `not a valid RecordTransfer command: ${result.error.message}`, 1));
+        out.messages.push(
+          deadLetter(message, `not a valid RecordTransfer command: ${result.error.message}`, 1),
+        );
         continue;
       }
       const command = result.data;
@@ -142,72 +266,39 @@ export function createRecordWriter(deps: WriterDeps) {
         deps.faults.reject_pending_for_source_user_ids.has(command.snapshot.source_user_id)
       ) {
         const reason = "injected fault: record refused";
-        out.push(deadLetter(message, reason, 1), rejected(command, reason));
+        out.messages.push(deadLetter(message, reason, 1), rejected(command, reason));
         continue;
       }
       valid.push({ message, command });
     }
+    return valid;
+  }
 
-    let outcomes: Array<{ parsed: Parsed; outcome: Outcome }> = [];
-    try {
-      const all = await applyAll(valid).catch(async (error: unknown) => {
-        if (isNetworkError(error)) {
-          networkFailures += 1;
-          if (networkFailures >= NETWORK_FAILURES_BEFORE_RESET && deps.resetStore) {
-            deps.logger.warn(
-              { err: error, failures: networkFailures },
-              "store connections keep failing; reopening them",
-            );
-            networkFailures = 0;
-            await deps
-              .resetStore()
-              .catch((reset: unknown) => deps.logger.warn({ err: reset }, "store reset failed"));
-          }
-          throw error; // the batch is retried as a whole, uncounted: the store, not the message, failed
-        }
-        throw error;
-      });
-      networkFailures = 0;
-      outcomes = all.map((outcome, i) => ({ parsed: valid[i] as Parsed, outcome }));
-    } catch (batchError) {
-      if (isNetworkError(batchError) || !(await storeReachable())) throw batchError;
-      // The store answers but the batch failed: isolate the command that fails.
-      outcomes = [];
-      for (const parsed of valid) {
-        const key = `${parsed.message.topic}:${parsed.message.partition}:${parsed.message.offset}`;
-        try {
-          const [outcome] = await applyAll([parsed]);
-          if (outcome === undefined) throw new Error("invariant: one command yields one outcome");
-          outcomes.push({ parsed, outcome });
-          attempts.delete(key);
-        } catch (error) {
-          if (!(await storeReachable())) throw error;
-          const tries = (attempts.get(key) ?? 0) + 1;
-          if (tries < deps.max_attempts) {
-            if (attempts.size >= ATTEMPTS_TRACKED_MAX) attempts.clear();
-            attempts.set(key, tries);
-            throw error;
-          }
-          attempts.delete(key);
-          const reason = `record write failed ${tries} times: ${(error as Error).message}`;
-          deps.logger.error({ transfer_id: parsed.command.snapshot.id, reason }, "record dead-lettered");
-          out.push(deadLetter(parsed.message, reason, tries), rejected(parsed.command, reason));
-        }
-      }
-    }
+  return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
+    const out: BatchOut = { messages: [], given_up: [] };
+    const valid = parseAll(messages, out);
+
+    const outcomes: Applied[] = [];
+    for (const chunk of chunksOf(valid, chunk_max)) outcomes.push(...(await applyChunk(chunk, out)));
+    chunk_max = Number.POSITIVE_INFINITY;
+    timeoutsInARow = 0;
 
     for (const { parsed, outcome } of outcomes) {
       if (outcome.kind === "recorded") {
-        out.push(recorded(outcome.command));
+        out.messages.push(recorded(outcome.command));
       } else {
         deps.logger.error(
           { transfer_id: outcome.command.snapshot.id, reason: outcome.reason },
           "conflicting record",
         );
-        out.push(deadLetter(parsed.message, outcome.reason, 1), rejected(outcome.command, outcome.reason));
+        out.messages.push(
+          deadLetter(parsed.message, outcome.reason, 1),
+          rejected(outcome.command, outcome.reason),
+        );
       }
     }
     (deps.crashes ?? noCrashes).reached("after_record_write");
-    await deps.producer.send(out);
+    await deps.producer.send(out.messages);
+    for (const key of out.given_up) attempts.delete(key);
   };
 }

@@ -2,9 +2,11 @@
  * Redis in front of the query service. Never the only copy of anything: every miss or Redis
  * failure falls through to the query service. Entries are versioned by status rank and written
  * with a compare-and-set script, so a slow reader can never put an older status back over a
- * newer one; each record event from the writer overwrites the entry at once (invalidation on
- * change), and a TTL bounds any staleness that slips through. User lists are keyed by a
- * per-user generation that every event of that user bumps.
+ * newer one. What goes in is the saga's own view (written through on every change of public
+ * status) or the query service's record, never a snapshot carried by a message: a forged or
+ * stale event cannot put anything here. A TTL bounds any staleness that slips through. User
+ * lists are keyed by a per-user generation that every record event of that user bumps. Keys
+ * are canonical: transfer ids in lower case, list pages by their canonical query.
  */
 import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { Logger } from "#packages/log/index.ts";
@@ -26,6 +28,14 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1`;
+
+const DELETE_IF_OLDER = `
+local current = redis.call('GET', KEYS[1])
+if current then
+  local rank = tonumber(string.match(current, '^(%d+)|'))
+  if rank and rank < tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+end
+return 0`;
 
 export class TransferCache {
   readonly #redis: Redis;
@@ -57,7 +67,7 @@ export class TransferCache {
   }
 
   async getTransfer(id: string): Promise<TransferSnapshot | null> {
-    const value = await this.#safe("get", () => this.#redis.get(`${this.#prefix}transfer:${id}`));
+    const value = await this.#safe("get", () => this.#redis.get(this.#transferKey(id)));
     if (typeof value !== "string") return null;
     const separator = value.indexOf("|");
     return JSON.parse(value.slice(separator + 1)) as TransferSnapshot;
@@ -68,8 +78,21 @@ export class TransferCache {
     const ttl = snapshot.status === "PENDING" ? this.#ttl_pending_ms : this.#ttl_final_ms;
     await this.#safe("put", () =>
       this.#redis.eval(SET_IF_NEWER, {
-        keys: [`${this.#prefix}transfer:${snapshot.id}`],
+        keys: [this.#transferKey(snapshot.id)],
         arguments: [String(rank), JSON.stringify(snapshot), String(ttl)],
+      }),
+    );
+  }
+
+  /**
+   * The saga holds this transfer at `status`: drop a cached entry that is behind it (e.g. a read
+   * that cached the record while the record lagged the saga), so the next read fetches afresh.
+   */
+  async invalidateOlder(id: string, status: TransferSnapshot["status"]): Promise<void> {
+    await this.#safe("invalidate", () =>
+      this.#redis.eval(DELETE_IF_OLDER, {
+        keys: [this.#transferKey(id)],
+        arguments: [String(statusRank(status))],
       }),
     );
   }
@@ -97,6 +120,11 @@ export class TransferCache {
     await this.#safe("touch users", () =>
       Promise.all([...new Set(user_ids)].map((id) => this.#redis.incr(this.#generationKey(id)))),
     );
+  }
+
+  /** One entry per transfer, however its id is spelled: ids are compared in lower case everywhere. */
+  #transferKey(id: string): string {
+    return `${this.#prefix}transfer:${id.toLowerCase()}`;
   }
 
   #generationKey(user_id: number): string {

@@ -4,13 +4,14 @@
  * or the query service cannot answer, so a client can always read back what it just created.
  */
 import { createHash } from "node:crypto";
-import type { FastifyReply } from "fastify";
+import type { FastifyBaseLogger, FastifyReply } from "fastify";
 import { z } from "zod";
 import { transferIdSchema, userIdParamSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
 import { amountMinorSchema } from "#packages/contracts/money.ts";
-import { listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
+import { canonicalCursor, listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
 import {
   type FailureReason,
+  redactFor,
   type TransferSnapshot,
   transferSnapshotSchema,
 } from "#packages/contracts/transfer.ts";
@@ -62,7 +63,8 @@ export function fingerprint(body: z.infer<typeof transferBodySchema>): string {
 
 /** The response a transfer request gets, given where the saga stands once the request is done with it. */
 export function responseFor(transfer: SagaTransfer): { status: number; body: unknown } {
-  const transaction = snapshotOf(transfer);
+  // The answer goes to the payer: the payee's balance is not theirs to see.
+  const transaction = redactFor({ kind: "user", user_id: transfer.source_user_id }, snapshotOf(transfer));
   const refused = transfer.failure_reason === null ? undefined : refusalStatus[transfer.failure_reason];
   if (transfer.source_init_bal === null && refused !== undefined && transfer.failure_reason !== null) {
     const message =
@@ -241,32 +243,10 @@ export function registerRoutes(
     },
     async (request) => {
       const principal = requirePrincipal(request);
-      const id = request.params.id;
-      const cached = await deps.cache.getTransfer(id);
-      if (cached !== null) {
-        requireParty(principal, cached);
-        return ok({ transaction: cached });
-      }
-      try {
-        const answer = await deps.query.getTransfer(id);
-        if (answer.status === 200) {
-          const transaction = transferSnapshotSchema.parse(
-            (answer.body as { data: { transaction: unknown } }).data.transaction,
-          );
-          await deps.cache.putTransfer(transaction);
-          requireParty(principal, transaction);
-          return ok({ transaction });
-        }
-        if (answer.status !== 404)
-          request.log.warn({ status: answer.status }, "query service error; reading the saga row");
-      } catch (error) {
-        request.log.warn({ err: error }, "query service unreachable; reading the saga row");
-      }
-      const transfer = await deps.store.get(id);
-      if (transfer === null) throw notFound(`transaction ${id}`);
-      const transaction = snapshotOf(transfer);
+      // Transfer ids are lower-case UUIDs everywhere (cache keys, records, the saga's rows).
+      const transaction = await readTransfer(deps, request.params.id.toLowerCase(), request.log);
       requireParty(principal, transaction);
-      return ok({ transaction });
+      return ok({ transaction: redactFor(principal, transaction) });
     },
   );
 
@@ -291,29 +271,78 @@ export function registerRoutes(
     },
     async (request) => {
       const user_id = request.params.user_id;
-      requireSelfOrAdmin(requirePrincipal(request), user_id, `the transfer history of user ${user_id}`);
-      const page_key = `${request.query.limit}:${request.query.cursor ?? ""}`;
-      const cached = listResponse.safeParse(await deps.cache.getList(user_id, page_key));
-      if (cached.success) return cached.data;
-      const unavailable = new ApiError(
-        503,
-        "query_unavailable",
-        "transaction history is temporarily unavailable",
-        {
-          headers: { "retry-after": "1" },
-        },
-      );
-      const answer = await deps.query.listUserTransfers(user_id, request.query).catch((error: unknown) => {
-        request.log.warn({ err: error }, "query service unreachable on list");
-        throw unavailable;
-      });
-      const page = listResponse.safeParse(answer.body);
-      if (answer.status !== 200 || !page.success) {
-        request.log.warn({ status: answer.status }, "query service error on list");
-        throw unavailable;
-      }
-      await deps.cache.putList(user_id, page_key, page.data);
-      return page.data;
+      const principal = requirePrincipal(request);
+      requireSelfOrAdmin(principal, user_id, `the transfer history of user ${user_id}`);
+      const page = await readPage(deps, user_id, canonicalQuery(request.query), request.log);
+      return {
+        ...page,
+        data: { ...page.data, transactions: page.data.transactions.map((t) => redactFor(principal, t)) },
+      };
     },
   );
+}
+
+type ReadDeps = { cache: TransferCache; query: QueryClient; store: SagaStore };
+
+/** The transfer from Redis, else the query service (then cached), else the saga's own row. */
+async function readTransfer(deps: ReadDeps, id: string, log: FastifyBaseLogger): Promise<TransferSnapshot> {
+  const cached = await deps.cache.getTransfer(id);
+  if (cached !== null) return cached;
+  try {
+    const answer = await deps.query.getTransfer(id);
+    if (answer.status === 200) {
+      const transaction = transferSnapshotSchema.parse(
+        (answer.body as { data: { transaction: unknown } }).data.transaction,
+      );
+      await deps.cache.putTransfer(transaction);
+      return transaction;
+    }
+    if (answer.status !== 404)
+      log.warn({ status: answer.status }, "query service error; reading the saga row");
+  } catch (error) {
+    log.warn({ err: error }, "query service unreachable; reading the saga row");
+  }
+  const transfer = await deps.store.get(id);
+  if (transfer === null) throw notFound(`transaction ${id}`);
+  return snapshotOf(transfer);
+}
+
+type ListQuery = { limit: number; cursor?: string | undefined };
+type Page = z.infer<typeof listResponse>;
+
+/** One spelling per page (the cursor re-encoded), so the cache and the query service see one query. */
+function canonicalQuery(query: ListQuery): ListQuery {
+  const cursor = query.cursor === undefined ? null : canonicalCursor(query.cursor);
+  return cursor === null ? { limit: query.limit } : { limit: query.limit, cursor };
+}
+
+/** A page of a user's transfers, whole (redaction is the caller's): from Redis, else the query service. */
+async function readPage(
+  deps: ReadDeps,
+  user_id: number,
+  query: ListQuery,
+  log: FastifyBaseLogger,
+): Promise<Page> {
+  const page_key = `${query.limit}:${query.cursor ?? ""}`;
+  const cached = listResponse.safeParse(await deps.cache.getList(user_id, page_key));
+  if (cached.success) return cached.data;
+  const unavailable = new ApiError(
+    503,
+    "query_unavailable",
+    "transaction history is temporarily unavailable",
+    {
+      headers: { "retry-after": "1" },
+    },
+  );
+  const answer = await deps.query.listUserTransfers(user_id, query).catch((error: unknown) => {
+    log.warn({ err: error }, "query service unreachable on list");
+    throw unavailable;
+  });
+  const page = listResponse.safeParse(answer.body);
+  if (answer.status !== 200 || !page.success) {
+    log.warn({ status: answer.status }, "query service error on list");
+    throw unavailable;
+  }
+  await deps.cache.putList(user_id, page_key, page.data);
+  return page.data;
 }

@@ -26,10 +26,12 @@ import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
+import { registerEventCountersRoute } from "./ops.ts";
 import { QueryClient } from "./query-client.ts";
 import { RateLimiter } from "./rate-limit.ts";
-import { createEventHandler } from "./saga/events.ts";
+import { createEventHandler, type EventCounters } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
+import { publicStatus } from "./saga/machine.ts";
 import { startOutboxRelay } from "./saga/outbox-relay.ts";
 import { SagaRunner } from "./saga/runner.ts";
 import { SagaStore } from "./saga/store.ts";
@@ -111,6 +113,7 @@ const relay = startOutboxRelay({
 });
 store.onOutbox = () => relay.wake();
 
+const eventCounters: EventCounters = { unknown_transfer_events: 0 };
 const events = startBatchConsumer({
   brokers,
   group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
@@ -123,14 +126,15 @@ const events = startBatchConsumer({
     runner,
     logger,
     concurrency: config.EVENT_CONCURRENCY,
-    onRecordEvent: async (event) => {
-      if (event.type === "TransferRecorded") {
-        // Independent writes, so sent together: one round trip to Redis instead of three.
-        await Promise.all([
-          cache.putTransfer(event.snapshot),
-          cache.touchUsers([event.snapshot.source_user_id, event.snapshot.dest_user_id]),
-        ]);
-      }
+    counters: eventCounters,
+    // Invalidation only: the transfer entry is written through from the saga's own row (onChange
+    // above), never from the event's snapshot, which a stale or forged message could carry.
+    // Sent together: one round trip to Redis.
+    onRecordEvent: async (transfer) => {
+      await Promise.all([
+        cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
+        cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+      ]);
     },
     onUnreadable: async (message, reason) => {
       await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
@@ -189,6 +193,7 @@ registerRoutes(app, {
   auth,
   limiter,
 });
+registerEventCountersRoute(app, auth, eventCounters);
 if (config.FAULT_INJECTION) {
   registerCrashRoute(app, auth, crashes, ["after_hold", "after_post", "after_void", "after_outbox_send"]);
 }

@@ -2,6 +2,11 @@
  * Kafka handler for the record writer's events. Applying an event is a database transition
  * (retried with the batch if PostgreSQL is down); the ledger step it unlocks is attempted
  * right away but never blocks the partition: if it fails, the sweep picks it up.
+ *
+ * An event names a transfer; what the transfer is comes from the saga's own row, never from
+ * the event. An event for a transfer the saga does not know (another environment's, a
+ * forgery, or a transfer from before a database reset) is dropped, counted and logged: it can
+ * neither be applied nor ever become applicable, and it says nothing a replay could fix.
  */
 import { type TransferEvent, transferEventSchema } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
@@ -9,12 +14,19 @@ import type { Logger } from "#packages/log/index.ts";
 import type { SagaRunner } from "./runner.ts";
 import type { SagaStore, StoredTransfer } from "./store.ts";
 
+/** What the handler saw since the process started (shown to the operator). */
+export interface EventCounters {
+  unknown_transfer_events: number;
+}
+
 export function createEventHandler(deps: {
   store: SagaStore;
   runner: SagaRunner;
   logger: Logger;
   concurrency: number;
-  onRecordEvent: (event: TransferEvent) => Promise<void>;
+  counters: EventCounters;
+  /** A record event was handled for this transfer (as the saga now holds it): readers' copies may be stale. */
+  onRecordEvent: (transfer: StoredTransfer) => Promise<void>;
   onUnreadable: (message: ConsumedMessage, reason: string) => Promise<void>;
 }) {
   /**
@@ -23,12 +35,14 @@ export function createEventHandler(deps: {
    */
   const handleOne = async (
     event: TransferEvent,
-    message: ConsumedMessage,
     transfer: StoredTransfer | null,
   ): Promise<StoredTransfer | null> => {
     if (transfer === null) {
-      deps.logger.error({ transfer_id: event.transfer_id }, "event for an unknown transfer");
-      await deps.onUnreadable(message, `event for an unknown transfer ${event.transfer_id}`);
+      deps.counters.unknown_transfer_events += 1;
+      deps.logger.warn(
+        { transfer_id: event.transfer_id, type: event.type },
+        "event for an unknown transfer; dropped",
+      );
       return null;
     }
     const input =
@@ -55,7 +69,7 @@ export function createEventHandler(deps: {
 
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
     // Events of one transfer are applied in order; different transfers run side by side.
-    const byTransfer = new Map<string, Array<{ event: TransferEvent; message: ConsumedMessage }>>();
+    const byTransfer = new Map<string, TransferEvent[]>();
     for (const message of messages) {
       let parsed: ReturnType<typeof transferEventSchema.safeParse>;
       try {
@@ -69,7 +83,7 @@ export function createEventHandler(deps: {
         continue;
       }
       const list = byTransfer.get(parsed.data.transfer_id) ?? [];
-      list.push({ event: parsed.data, message });
+      list.push(parsed.data);
       byTransfer.set(parsed.data.transfer_id, list);
     }
     const groups = [...byTransfer.entries()];
@@ -82,9 +96,9 @@ export function createEventHandler(deps: {
         const [id, group] = groups[next++] as (typeof groups)[number];
         // PostgreSQL answers with lower-case UUIDs, whatever case the event used.
         let transfer = loaded.get(id.toLowerCase()) ?? null;
-        for (const { event, message } of group) {
-          transfer = await handleOne(event, message, transfer);
-          await deps.onRecordEvent(event);
+        for (const event of group) {
+          transfer = await handleOne(event, transfer);
+          if (transfer !== null) await deps.onRecordEvent(transfer);
         }
       }
     };
