@@ -8,9 +8,10 @@
  * dead-letter topic as a DeadLetterReplayed marker, so the list shows what is still open.
  */
 import { randomUUID } from "node:crypto";
-import { Consumer, stringDeserializers } from "@platformatic/kafka";
+import { Consumer, type SASLOptions, stringDeserializers } from "@platformatic/kafka";
 import { engineDefaults, splitList } from "#packages/config/index.ts";
 import { type DeadLetter, deadLetterTopicEntrySchema, topicNames } from "#packages/contracts/messages.ts";
+import { deadLetterReaderGroupPrefix, operatorKafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer } from "#packages/kafka/index.ts";
 
 export interface DeadLetterEntry {
@@ -20,6 +21,8 @@ export interface DeadLetterEntry {
 
 export interface DeadLetterOptions {
   brokers: string[];
+  /** The operator's credentials (undefined against a broker without SASL). */
+  sasl: SASLOptions | undefined;
   topic_prefix: string;
   /** Stop reading after this long without a new message. */
   idle_ms?: number;
@@ -28,6 +31,7 @@ export interface DeadLetterOptions {
 export function deadLetterOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): DeadLetterOptions {
   return {
     brokers: splitList(env.KAFKA_BROKERS ?? engineDefaults.KAFKA_BROKERS),
+    sasl: operatorKafkaSasl(env),
     topic_prefix: env.KAFKA_TOPIC_PREFIX ?? "",
   };
 }
@@ -37,8 +41,9 @@ export async function listDeadLetters(options: DeadLetterOptions): Promise<DeadL
   const topic = topicNames(options.topic_prefix).deadLetters;
   const consumer = new Consumer({
     clientId: "dead-letters",
-    groupId: `dead-letters-reader-${randomUUID()}`,
+    groupId: `${deadLetterReaderGroupPrefix}${randomUUID()}`,
     bootstrapBrokers: options.brokers,
+    ...(options.sasl === undefined ? {} : { sasl: options.sasl }),
     deserializers: stringDeserializers,
     timeout: 10_000,
   });
@@ -80,7 +85,11 @@ export async function replayDeadLetters(
   entries: DeadLetterEntry[],
 ): Promise<number> {
   const topic = topicNames(options.topic_prefix).deadLetters;
-  const producer = createProducer({ brokers: options.brokers, client_id: "dead-letters" });
+  const producer = createProducer({
+    brokers: options.brokers,
+    sasl: options.sasl,
+    client_id: "dead-letters",
+  });
   try {
     for (const { letter } of entries) {
       // The original message, unchanged, back where it came from; then the marker.

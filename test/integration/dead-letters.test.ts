@@ -7,10 +7,12 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
+import { operatorKafkaSasl } from "../../packages/kafka/access.ts";
 import { asAdmin, balanceOf, call, createUser, settled, transfer, urls } from "./api.ts";
 
 const options: DeadLetterOptions = {
   brokers: (process.env.TEST_KAFKA_BROKERS ?? "127.0.0.1:59092").split(","),
+  sasl: operatorKafkaSasl(),
   topic_prefix: process.env.KAFKA_TOPIC_PREFIX ?? "test.",
 };
 
