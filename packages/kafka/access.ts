@@ -144,3 +144,32 @@ export function kafkaAcls(prefixes: readonly string[]): Acl[] {
   acls.push(allow("group", deadLetterReaderGroupPrefix, AclOperations.READ, "operator", false));
   return acls;
 }
+
+function aclKey(acl: Acl): string {
+  return [
+    acl.resourceType,
+    acl.resourceName,
+    acl.resourcePatternType,
+    acl.principal,
+    acl.host,
+    acl.operation,
+    acl.permissionType,
+  ].join("\u0000");
+}
+
+/**
+ * What to change so that the broker holds exactly `wanted` on the resources `wanted` names: the
+ * missing bindings, and the bindings on those resources that are no longer wanted (a grant taken
+ * out of kafkaGrants is revoked at the next start). Bindings on other resources are left alone.
+ */
+export function aclChanges(existing: Acl[], wanted: Acl[]): { create: Acl[]; remove: Acl[] } {
+  const resource = (acl: Acl) =>
+    `${acl.resourceType}\u0000${acl.resourceName}\u0000${acl.resourcePatternType}`;
+  const managed = new Set(wanted.map(resource));
+  const wantedKeys = new Set(wanted.map(aclKey));
+  const existingKeys = new Set(existing.map(aclKey));
+  return {
+    create: wanted.filter((acl) => !existingKeys.has(aclKey(acl))),
+    remove: existing.filter((acl) => managed.has(resource(acl)) && !wantedKeys.has(aclKey(acl))),
+  };
+}

@@ -10,13 +10,18 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, wri
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
+  type Acl,
+  AclOperations,
+  AclPermissionTypes,
   Admin,
   AuthenticationError,
   alterUserScramCredentialsV0,
   Connection,
+  ResourcePatternTypes,
+  ResourceTypes,
   type SASLOptions,
 } from "@platformatic/kafka";
-import { kafkaAcls, kafkaPasswordVariable, kafkaPrincipals } from "#packages/kafka/access.ts";
+import { aclChanges, kafkaAcls, kafkaPasswordVariable, kafkaPrincipals } from "#packages/kafka/access.ts";
 import { aptInstall, type Engine, logFileOf, makeEngine, pidFileOf, say } from "../engine.ts";
 import { secrets } from "../env.ts";
 import { cacheDir, confDir, envPort, logsDir, repoRoot, dataDir as stackDataDir } from "../paths.ts";
@@ -296,7 +301,32 @@ function topicPrefixes(): string[] {
   return ["", "test.", "bench.", process.env.KAFKA_TOPIC_PREFIX ?? ""];
 }
 
-/** Credentials, then ACLs (creating an ACL that exists changes nothing). Runs after every start. */
+/** Every ACL binding on the broker, one entry per binding. */
+async function allAcls(admin: Admin): Promise<Acl[]> {
+  const { ANY } = ResourceTypes;
+  const resources = await admin.describeAcls({
+    filter: {
+      resourceType: ANY,
+      resourceName: null,
+      resourcePatternType: ResourcePatternTypes.ANY,
+      principal: null,
+      host: null,
+      operation: AclOperations.ANY,
+      permissionType: AclPermissionTypes.ANY,
+    },
+  });
+  return resources.flatMap(({ acls, ...target }) => acls.map((permission) => ({ ...target, ...permission })));
+}
+
+async function syncAcls(admin: Admin): Promise<void> {
+  const { create, remove } = aclChanges(await allAcls(admin), kafkaAcls(topicPrefixes()));
+  if (remove.length > 0) await admin.deleteAcls({ filters: remove });
+  if (create.length > 0) await admin.createAcls({ creations: create });
+  if (remove.length + create.length > 0)
+    say("kafka", `ACLs: ${create.length} granted, ${remove.length} revoked`);
+}
+
+/** Credentials, then ACLs brought to exactly what packages/kafka/access.ts grants. Runs after every start. */
 async function ensureAccess(): Promise<void> {
   await upsertScramCredentials();
   // The broker learns the credentials from the metadata log a moment later.
@@ -304,7 +334,7 @@ async function ensureAccess(): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     const admin = adminClient("dps-stack-acls", { timeout: 10_000 });
     try {
-      await admin.createAcls({ creations: kafkaAcls(topicPrefixes()) });
+      await syncAcls(admin);
       return;
     } catch (error) {
       if (Date.now() > deadline) throw error;
