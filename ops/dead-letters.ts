@@ -80,11 +80,27 @@ export async function listDeadLetters(options: DeadLetterOptions): Promise<DeadL
   return [...letters.values()];
 }
 
+/**
+ * Only refused commands go back: the operator may write transfer.commands, but transfer events
+ * come only from the record writer (the broker's ACLs refuse anyone else), and an event that
+ * transaction-service could not read or place would be refused the same way again.
+ */
+export function isReplayable(options: DeadLetterOptions, entry: DeadLetterEntry): boolean {
+  return entry.letter.origin.topic === topicNames(options.topic_prefix).commands;
+}
+
 export async function replayDeadLetters(
   options: DeadLetterOptions,
   entries: DeadLetterEntry[],
 ): Promise<number> {
   const topic = topicNames(options.topic_prefix).deadLetters;
+  const refused = entries.filter((entry) => !isReplayable(options, entry));
+  if (refused.length > 0) {
+    const ids = refused.map((e) => `${e.letter.message_id} (from ${e.letter.origin.topic})`).join(", ");
+    throw new Error(
+      `only dead letters from ${topicNames(options.topic_prefix).commands} can be replayed: ${ids}`,
+    );
+  }
   const producer = createProducer({
     brokers: options.brokers,
     sasl: options.sasl,
@@ -133,11 +149,23 @@ if (import.meta.main) {
     for (const entry of entries) console.log(describe(entry));
   } else if (command === "replay" && target === "--all") {
     const open = entries.filter((e) => e.replayed_at === null);
-    console.log(`replayed ${await replayDeadLetters(options, open)} open dead letters`);
+    const replayable = open.filter((e) => isReplayable(options, e));
+    console.log(`replayed ${await replayDeadLetters(options, replayable)} open dead letters`);
+    if (replayable.length < open.length) {
+      console.log(
+        `left ${open.length - replayable.length} open dead letters of other topics (not replayable)`,
+      );
+    }
   } else if (command === "replay" && target !== undefined) {
     const entry = entries.find((e) => e.letter.message_id === target);
     if (!entry) {
       console.error(`no dead letter ${target}`);
+      process.exit(2);
+    }
+    if (!isReplayable(options, entry)) {
+      console.error(
+        `dead letter ${target} came from ${entry.letter.origin.topic}; only commands can be replayed`,
+      );
       process.exit(2);
     }
     await replayDeadLetters(options, [entry]);
