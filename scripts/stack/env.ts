@@ -104,10 +104,14 @@ export function serviceEnv(name: ServiceName, env: StackEnv): StackEnv {
   return withKafkaCredentials(name, { ...env });
 }
 
-/** A service that talks to Kafka gets its own principal's password as KAFKA_USERNAME/PASSWORD; nobody gets the others'. */
+/**
+ * A service that talks to Kafka gets its own principal's password as KAFKA_USERNAME/PASSWORD;
+ * nobody gets the others'. They are blanked rather than left out, because the supervisor lays a
+ * service's environment over its own, which may hold them (a sourced secrets.env).
+ */
 function withKafkaCredentials(name: ServiceName, env: StackEnv): StackEnv {
-  const out: StackEnv = { ...env };
-  for (const principal of kafkaPrincipals) delete out[kafkaPasswordVariable(principal)];
+  const out: StackEnv = { ...env, KAFKA_USERNAME: "", KAFKA_PASSWORD: "" };
+  for (const principal of kafkaPrincipals) out[kafkaPasswordVariable(principal)] = "";
   if (name === "transaction-service" || name === "transaction-command-service") {
     out.KAFKA_USERNAME = name;
     out.KAFKA_PASSWORD = env[kafkaPasswordVariable(name)] ?? "";
