@@ -20,8 +20,16 @@ import {
   ResourcePatternTypes,
   ResourceTypes,
   type SASLOptions,
+  ScramMechanisms,
 } from "@platformatic/kafka";
-import { aclChanges, kafkaAcls, kafkaPasswordVariable, kafkaPrincipals } from "#packages/kafka/access.ts";
+import {
+  aclChanges,
+  type KafkaPrincipal,
+  kafkaAcls,
+  kafkaPasswordVariable,
+  kafkaPrincipals,
+} from "#packages/kafka/access.ts";
+import { backoff_ms } from "#packages/runtime/index.ts";
 import { aptInstall, type Engine, logFileOf, makeEngine, pidFileOf, say } from "../engine.ts";
 import { secrets } from "../env.ts";
 import { cacheDir, confDir, envPort, logsDir, repoRoot, dataDir as stackDataDir } from "../paths.ts";
@@ -80,7 +88,7 @@ async function install(): Promise<void> {
 }
 
 /** The password of one principal, from the stack's secrets (.data/secrets.env or the environment). */
-function passwordOf(principal: (typeof kafkaPrincipals)[number]): string {
+function passwordOf(principal: KafkaPrincipal): string {
   const password = (secrets(process.env) as Record<string, string>)[kafkaPasswordVariable(principal)] ?? "";
   // It is written into JAAS lines between double quotes: keep it to characters that need no escaping.
   if (!/^[A-Za-z0-9_.~+/-]{16,}$/.test(password)) {
@@ -261,8 +269,6 @@ async function healthy(): Promise<boolean> {
   }
 }
 
-/** SCRAM-SHA-512 mechanism id in the AlterUserScramCredentials request. */
-const scramSha512 = 2;
 const scramIterations = 8192;
 
 /**
@@ -282,7 +288,13 @@ async function upsertScramCredentials(): Promise<void> {
       const salt = randomBytes(32);
       // SCRAM's Hi() is PBKDF2 with the mechanism's HMAC (RFC 5802); the broker stores only this.
       const saltedPassword = pbkdf2Sync(passwordOf(name), salt, scramIterations, 64, "sha512");
-      return { name, mechanism: scramSha512, iterations: scramIterations, salt, saltedPassword };
+      return {
+        name,
+        mechanism: ScramMechanisms.SCRAM_SHA_512,
+        iterations: scramIterations,
+        salt,
+        saltedPassword,
+      };
     });
     const answer = await alterUserScramCredentialsV0.api.async(connection, [], upsertions);
     const failed = answer.results.filter((r) => r.errorCode !== 0);
@@ -338,7 +350,7 @@ async function ensureAccess(): Promise<void> {
       return;
     } catch (error) {
       if (Date.now() > deadline) throw error;
-      await sleep(Math.min(200 * attempt, 2000));
+      await sleep(backoff_ms(attempt, 200, 2000));
     } finally {
       await admin.close().catch(() => {});
     }
