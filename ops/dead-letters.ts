@@ -9,15 +9,15 @@
  * dead-letter topic as a DeadLetterReplayed marker, so the list shows what is still open.
  */
 import { randomUUID } from "node:crypto";
-import { Consumer, stringDeserializers } from "@platformatic/kafka";
+import { Consumer, type SASLOptions, stringDeserializers } from "@platformatic/kafka";
 import { engineDefaults, splitList } from "#packages/config/index.ts";
 import {
   type DeadLetter,
   deadLetterTopicEntrySchema,
   recordTransferCommandSchema,
   topicNames,
-  transferEventSchema,
 } from "#packages/contracts/messages.ts";
+import { deadLetterReaderGroupPrefix, operatorKafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer } from "#packages/kafka/index.ts";
 
 export interface DeadLetterEntry {
@@ -27,6 +27,8 @@ export interface DeadLetterEntry {
 
 export interface DeadLetterOptions {
   brokers: string[];
+  /** The operator's credentials (undefined against a broker without SASL). */
+  sasl: SASLOptions | undefined;
   topic_prefix: string;
   /** Stop reading after this long without a new message. */
   idle_ms?: number;
@@ -35,6 +37,7 @@ export interface DeadLetterOptions {
 export function deadLetterOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): DeadLetterOptions {
   return {
     brokers: splitList(env.KAFKA_BROKERS ?? engineDefaults.KAFKA_BROKERS),
+    sasl: operatorKafkaSasl(env),
     topic_prefix: env.KAFKA_TOPIC_PREFIX ?? "",
   };
 }
@@ -53,8 +56,9 @@ export async function listDeadLetters(options: DeadLetterOptions): Promise<DeadL
   const topic = topicNames(options.topic_prefix).deadLetters;
   const consumer = new Consumer({
     clientId: "dead-letters",
-    groupId: `dead-letters-reader-${randomUUID()}`,
+    groupId: `${deadLetterReaderGroupPrefix}${randomUUID()}`,
     bootstrapBrokers: options.brokers,
+    ...(options.sasl === undefined ? {} : { sasl: options.sasl }),
     deserializers: stringDeserializers,
     timeout: 10_000,
   });
@@ -100,21 +104,20 @@ export interface ReplayReport {
 
 /** Why a letter cannot be replayed (its value is not a message its origin topic's consumer accepts), or null. */
 export function whyNotReplayable(letter: DeadLetter, topic_prefix: string): string | null {
-  const topics = topicNames(topic_prefix);
-  const schema =
-    letter.origin.topic === topics.commands
-      ? recordTransferCommandSchema
-      : letter.origin.topic === topics.events
-        ? transferEventSchema
-        : null;
-  if (schema === null) return `origin topic ${letter.origin.topic} is not one this tool replays to`;
+  // Only refused commands go back: the operator may write transfer.commands, but transfer events
+  // come only from the record writer (the broker's ACLs refuse anyone else), and an event that
+  // transaction-service could not read or place would be refused the same way again.
+  const commands = topicNames(topic_prefix).commands;
+  if (letter.origin.topic !== commands) {
+    return `came from ${letter.origin.topic}; only letters from ${commands} are replayed`;
+  }
   let value: unknown;
   try {
     value = JSON.parse(letter.value);
   } catch {
     return "value is not JSON";
   }
-  const parsed = schema.safeParse(value);
+  const parsed = recordTransferCommandSchema.safeParse(value);
   return parsed.success ? null : `value is not a valid message for ${letter.origin.topic}`;
 }
 
@@ -128,7 +131,11 @@ export async function replayDeadLetters(
 ): Promise<ReplayReport> {
   const topic = topicNames(options.topic_prefix).deadLetters;
   const report: ReplayReport = { replayed: [], skipped: [] };
-  const producer = createProducer({ brokers: options.brokers, client_id: "dead-letters" });
+  const producer = createProducer({
+    brokers: options.brokers,
+    sasl: options.sasl,
+    client_id: "dead-letters",
+  });
   try {
     for (const { letter } of entries) {
       const reason = whyNotReplayable(letter, options.topic_prefix);

@@ -17,6 +17,7 @@ import {
   type MessagesStream,
   ProduceAcks,
   Producer,
+  type SASLOptions,
   stringDeserializers,
   stringSerializers,
 } from "@platformatic/kafka";
@@ -35,14 +36,19 @@ export interface JsonProducer {
   close(): Promise<void>;
 }
 
+/** SASL credentials for the broker (see access.ts); undefined = a plain broker without authentication. */
+export type KafkaSasl = SASLOptions | undefined;
+
 export function createProducer(options: {
   brokers: string[];
+  sasl: KafkaSasl;
   client_id: string;
   timeout_ms?: number;
 }): JsonProducer {
   const producer = new Producer({
     clientId: options.client_id,
     bootstrapBrokers: options.brokers,
+    ...saslOption(options.sasl),
     serializers: stringSerializers,
     idempotent: true,
     acks: ProduceAcks.ALL,
@@ -61,13 +67,24 @@ export function createProducer(options: {
   };
 }
 
+/** The client option for SASL, or none at all (the client rejects an explicit undefined). */
+function saslOption(sasl: KafkaSasl): { sasl?: SASLOptions } {
+  return sasl === undefined ? {} : { sasl };
+}
+
 export async function ensureTopics(options: {
   brokers: string[];
+  sasl: KafkaSasl;
   topics: string[];
   partitions: number;
   logger: Logger;
 }): Promise<void> {
-  const admin = new Admin({ clientId: "topic-setup", bootstrapBrokers: options.brokers, timeout: 10_000 });
+  const admin = new Admin({
+    clientId: "topic-setup",
+    bootstrapBrokers: options.brokers,
+    ...saslOption(options.sasl),
+    timeout: 10_000,
+  });
   try {
     const existing = new Set(await admin.listTopics());
     const missing = options.topics.filter((t) => !existing.has(t));
@@ -85,8 +102,14 @@ export async function ensureTopics(options: {
   }
 }
 
-export async function pingKafka(brokers: string[]): Promise<void> {
-  const admin = new Admin({ clientId: "health", bootstrapBrokers: brokers, timeout: 2_000, retries: 0 });
+export async function pingKafka(brokers: string[], sasl: KafkaSasl): Promise<void> {
+  const admin = new Admin({
+    clientId: "health",
+    bootstrapBrokers: brokers,
+    ...saslOption(sasl),
+    timeout: 2_000,
+    retries: 0,
+  });
   try {
     await admin.listTopics();
   } finally {
@@ -130,6 +153,7 @@ export function deadLetterFor(
 
 export interface BatchConsumerOptions {
   brokers: string[];
+  sasl: KafkaSasl;
   group_id: string;
   client_id: string;
   topics: string[];
@@ -185,6 +209,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
           clientId: options.client_id,
           groupId: options.group_id,
           bootstrapBrokers: options.brokers,
+          ...saslOption(options.sasl),
           deserializers: stringDeserializers,
           sessionTimeout: 10_000,
           heartbeatInterval: 1_000,

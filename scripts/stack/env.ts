@@ -2,6 +2,7 @@
 // shared secrets. Every value can be overridden from the caller's environment.
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { kafkaPasswordVariable, kafkaPrincipals } from "#packages/kafka/access.ts";
 import { mongoHost, mongoPort } from "./engines/ferretdb.ts";
 import { kafkaHost, kafkaPort } from "./engines/kafka.ts";
 import { pgUrl } from "./engines/postgres.ts";
@@ -48,7 +49,15 @@ export type StackEnv = Record<string, string>;
  * so restarts and other tools (tests, audit, dead letters) see the same values. What each service
  * is handed of them is decided by serviceEnv(): only what it needs.
  */
-export const secretNames = ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"] as const;
+export const secretNames = [
+  "ADMIN_TOKEN",
+  "SERVICE_TOKEN",
+  "AUTH_TOKEN_SECRET",
+  "KAFKA_PASSWORD_TRANSACTION_SERVICE",
+  "KAFKA_PASSWORD_TRANSACTION_COMMAND_SERVICE",
+  "KAFKA_PASSWORD_OPERATOR",
+  "KAFKA_PASSWORD_ADMIN",
+] as const;
 export type SecretName = (typeof secretNames)[number];
 
 function readSecretsFile(): Record<string, string> {
@@ -61,7 +70,7 @@ function readSecretsFile(): Record<string, string> {
   return saved;
 }
 
-function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
+export function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
   const saved = readSecretsFile();
   let changed = false;
   for (const key of secretNames) {
@@ -91,8 +100,23 @@ function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
  * its own). Least privilege: a service gets the credentials it presents and the digests of those
  * it only checks, never another service's.
  */
-export function serviceEnv(_name: ServiceName, env: StackEnv): StackEnv {
-  return { ...env };
+export function serviceEnv(name: ServiceName, env: StackEnv): StackEnv {
+  return withKafkaCredentials(name, { ...env });
+}
+
+/**
+ * A service that talks to Kafka gets its own principal's password as KAFKA_USERNAME/PASSWORD;
+ * nobody gets the others'. They are blanked rather than left out, because the supervisor lays a
+ * service's environment over its own, which may hold them (a sourced secrets.env).
+ */
+function withKafkaCredentials(name: ServiceName, env: StackEnv): StackEnv {
+  const out: StackEnv = { ...env, KAFKA_USERNAME: "", KAFKA_PASSWORD: "" };
+  for (const principal of kafkaPrincipals) out[kafkaPasswordVariable(principal)] = "";
+  if (name === "transaction-service" || name === "transaction-command-service") {
+    out.KAFKA_USERNAME = name;
+    out.KAFKA_PASSWORD = env[kafkaPasswordVariable(name)] ?? "";
+  }
+  return out;
 }
 
 /** The environment for `npm start`: seed ports, the main databases. */
@@ -111,6 +135,7 @@ export function stackEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
     MONGO_DATABASE: base.MONGO_DATABASE || "dps",
     KAFKA_BROKERS: base.KAFKA_BROKERS || `${kafkaHost}:${kafkaPort}`,
     KAFKA_TOPIC_PREFIX: base.KAFKA_TOPIC_PREFIX ?? "",
+    KAFKA_SASL_MECHANISM: base.KAFKA_SASL_MECHANISM ?? "scram-sha-512",
     REDIS_URL: base.REDIS_URL || `redis://${redisHost}:${redisPort}/0`,
     REDIS_KEY_PREFIX: base.REDIS_KEY_PREFIX ?? "",
     USER_SERVICE_URL: base.USER_SERVICE_URL || `http://${host}:${port("user-service")}`,

@@ -9,14 +9,15 @@ import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { uuidv7 } from "#packages/contracts/ids.ts";
 import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
 import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
+import { operatorKafkaSasl } from "../../packages/kafka/access.ts";
 import { asAdmin, balanceOf, call, createUser, settled, transfer, urls } from "./api.ts";
 
 const options: DeadLetterOptions = {
   brokers: (process.env.TEST_KAFKA_BROKERS ?? "127.0.0.1:59092").split(","),
+  sasl: operatorKafkaSasl(),
   topic_prefix: process.env.KAFKA_TOPIC_PREFIX ?? "test.",
 };
 
@@ -73,10 +74,24 @@ describe("dead letters", () => {
 
   it("replay --all skips and reports letters that cannot be replayed, and replays the rest", async () => {
     const topics = topicNames(options.topic_prefix);
-    const transfer_id = uuidv7();
-    // Letters as a consumer writes them for what it could not read: two commands (not JSON, and
-    // JSON that is not a command), then a valid event (for a transfer nobody knows, so the saga
-    // drops it when it comes back: the replay changes nothing).
+    // A completed transfer: its record command, sent again, changes nothing (records only move
+    // forward and the saga is final), so it is the harmless letter that must be replayed.
+    const a = await createUser(1_000);
+    const b = await createUser(0);
+    const made = await transfer(
+      { source_user_id: a.id, dest_user_id: b.id, amount: 100 },
+      undefined,
+      a.token,
+    );
+    assert.equal(made.status, 201);
+    const transfer_id: string = made.body.data.transaction.id;
+    assert.equal((await settled(transfer_id, a.token)).status, "COMPLETED");
+    const record = await call("GET", `${urls.query}/transactions/${transfer_id}`, { headers: asAdmin() });
+    const command = {
+      type: "RecordTransfer",
+      message_id: crypto.randomUUID(),
+      snapshot: record.body.data.transaction,
+    };
     const event = {
       type: "TransferRecordRejected",
       message_id: crypto.randomUUID(),
@@ -84,22 +99,30 @@ describe("dead letters", () => {
       status: "PENDING",
       reason: "test letter",
     };
+    // Letters as consumers write them for what they could not take: two commands (not JSON, and
+    // JSON that is not a command), an event (only the record writer may write events), then a
+    // valid command.
     const origins = [
       { topic: topics.commands, value: "{not json" },
       { topic: topics.commands, value: JSON.stringify({ type: "RecordTransfer" }) },
       { topic: topics.events, value: JSON.stringify(event) },
+      { topic: topics.commands, value: JSON.stringify(command) },
     ];
     const letters = origins.map(({ topic, value }, i) => {
       const origin = { topic, partition: 0, offset: BigInt(i), key: transfer_id, value };
       return deadLetterFor(topics.deadLetters, "test", origin, "test letter", 1);
     });
-    const producer = createProducer({ brokers: options.brokers, client_id: "dead-letters-test" });
+    const producer = createProducer({
+      brokers: options.brokers,
+      sasl: options.sasl,
+      client_id: "dead-letters-test",
+    });
     try {
       await producer.send(letters);
     } finally {
       await producer.close();
     }
-    const [unreadable, notACommand, good] = letters.map((l) => (l.value as DeadLetter).message_id);
+    const [unreadable, notACommand, anEvent, good] = letters.map((l) => (l.value as DeadLetter).message_id);
 
     const run = await promisify(execFile)(
       process.execPath,
@@ -115,11 +138,15 @@ describe("dead letters", () => {
     );
     assert.match(run.stderr, new RegExp(`skipped ${unreadable}: value is not JSON`));
     assert.match(run.stderr, new RegExp(`skipped ${notACommand}: value is not a valid message`));
+    assert.match(run.stderr, new RegExp(`skipped ${anEvent}: came from ${topics.events}`));
     assert.match(run.stdout, /replayed \d+, skipped \d+/);
 
     const after = new Map((await listDeadLetters(options)).map((e) => [e.letter.message_id, e.replayed_at]));
     assert.equal(after.get(unreadable as string), null, "a letter that cannot be replayed stays open");
     assert.equal(after.get(notACommand as string), null);
+    assert.equal(after.get(anEvent as string), null);
     assert.ok(after.get(good as string), "the replayable letter behind them was replayed");
+    assert.equal((await settled(transfer_id, a.token)).status, "COMPLETED");
+    assert.equal(await balanceOf(b.id), 100);
   });
 });

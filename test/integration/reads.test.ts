@@ -8,6 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { createClient } from "redis";
 import { uuidv7 } from "#packages/contracts/ids.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
+import { kafkaPasswordVariable, operatorKafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, type JsonProducer } from "#packages/kafka/index.ts";
 import { listDeadLetters } from "../../ops/dead-letters.ts";
 import { asAdmin, bearer, call, createUser, settled, type TestUser, transfer, urls } from "./api.ts";
@@ -20,7 +21,19 @@ let producer: JsonProducer;
 
 before(async () => {
   await redis.connect();
-  producer = createProducer({ brokers, client_id: "reads-test" });
+  // Events come only from the record writer's principal (the broker refuses anyone else): a
+  // forged one is sent as that principal, as a bug or a compromise of the writer would send it.
+  const mechanism = process.env.KAFKA_SASL_MECHANISM === "scram-sha-256" ? "SCRAM-SHA-256" : "SCRAM-SHA-512";
+  const writer = {
+    mechanism,
+    username: "transaction-command-service",
+    password: process.env[kafkaPasswordVariable("transaction-command-service")] ?? "",
+  } as const;
+  producer = createProducer({
+    brokers,
+    sasl: process.env.KAFKA_SASL_MECHANISM ? writer : undefined,
+    client_id: "reads-test",
+  });
 });
 after(async () => {
   await producer.close();
@@ -226,6 +239,7 @@ describe("cache", () => {
     assert.equal(read.status, 404, "nothing about it reached the reads");
     const letters = await listDeadLetters({
       brokers,
+      sasl: operatorKafkaSasl(),
       topic_prefix: process.env.KAFKA_TOPIC_PREFIX ?? "test.",
     });
     assert.equal(letters.filter((l) => l.letter.origin.key === unknown).length, 0, "not a dead letter");

@@ -1,11 +1,37 @@
 // Apache Kafka 4.1.1, single node in KRaft mode (broker + controller in one JVM), run straight from
 // the jars Maven fetches (scripts/stack/kafka-pom.xml) with the machine's Java 17.
-import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+//
+// Nobody is trusted blindly: clients authenticate with SASL/SCRAM-SHA-512 (one principal per
+// service, see packages/kafka/access.ts), and the StandardAuthorizer denies whatever no ACL
+// allows. The controller listener takes SASL/PLAIN as `admin`, with the password in the broker's
+// own (mode 600) config, so the stack can set SCRAM credentials even in a data dir that has none.
+import { createHash, pbkdf2Sync, randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Admin } from "@platformatic/kafka";
+import {
+  type Acl,
+  AclOperations,
+  AclPermissionTypes,
+  Admin,
+  AuthenticationError,
+  alterUserScramCredentialsV0,
+  Connection,
+  ResourcePatternTypes,
+  ResourceTypes,
+  type SASLOptions,
+  ScramMechanisms,
+} from "@platformatic/kafka";
+import {
+  aclChanges,
+  type KafkaPrincipal,
+  kafkaAcls,
+  kafkaPasswordVariable,
+  kafkaPrincipals,
+} from "#packages/kafka/access.ts";
+import { backoff_ms } from "#packages/runtime/index.ts";
 import { aptInstall, type Engine, logFileOf, makeEngine, pidFileOf, say } from "../engine.ts";
+import { secrets } from "../env.ts";
 import { cacheDir, confDir, envPort, logsDir, repoRoot, dataDir as stackDataDir } from "../paths.ts";
 import { canConnect, readPidFile, removeFile, run, spawnDetached, which, writePidFile } from "../proc.ts";
 
@@ -61,6 +87,39 @@ async function install(): Promise<void> {
   writeFileSync(stampFile, `${pomHash()}\n`);
 }
 
+/** The password of one principal, from the stack's secrets (.data/secrets.env or the environment). */
+function passwordOf(principal: KafkaPrincipal): string {
+  const password = (secrets(process.env) as Record<string, string>)[kafkaPasswordVariable(principal)] ?? "";
+  // It is written into JAAS lines between double quotes: keep it to characters that need no escaping.
+  if (!/^[A-Za-z0-9_.~+/-]{16,}$/.test(password)) {
+    throw new Error(`${kafkaPasswordVariable(principal)} must be 16+ characters of A-Z a-z 0-9 _ . ~ + / -`);
+  }
+  return password;
+}
+
+/** The broker's super user, as the stack's own clients present it (health, topic resets, ACL setup). */
+function adminSasl(): SASLOptions {
+  return { mechanism: "SCRAM-SHA-512", username: "admin", password: passwordOf("admin") };
+}
+
+function securityProps(): Record<string, string> {
+  const admin = passwordOf("admin");
+  return {
+    "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+    "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+    "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+    "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": `org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="${admin}";`,
+    // SCRAM credentials live in the metadata log, which the controller listener cannot depend on:
+    // PLAIN with the one admin user, both as the broker's client and as the controller's check.
+    "sasl.mechanism.controller.protocol": "PLAIN",
+    "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+    "listener.name.controller.plain.sasl.jaas.config": `org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="${admin}" user_admin="${admin}";`,
+    "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "allow.everyone.if.no.acl.found": "false",
+    "super.users": "User:admin",
+  };
+}
+
 function writeConfig(): void {
   mkdirSync(kafkaConfDir, { recursive: true });
   mkdirSync(dataDir, { recursive: true });
@@ -69,11 +128,11 @@ function writeConfig(): void {
     "node.id": 1,
     // Static quorum of one: nothing to bootstrap, and `format` needs no --standalone.
     "controller.quorum.voters": `1@${kafkaHost}:${controllerPort}`,
-    listeners: `PLAINTEXT://${kafkaHost}:${kafkaPort},CONTROLLER://${kafkaHost}:${controllerPort}`,
-    "advertised.listeners": `PLAINTEXT://${kafkaHost}:${kafkaPort}`,
+    listeners: `SASL_PLAINTEXT://${kafkaHost}:${kafkaPort},CONTROLLER://${kafkaHost}:${controllerPort}`,
+    "advertised.listeners": `SASL_PLAINTEXT://${kafkaHost}:${kafkaPort}`,
     "controller.listener.names": "CONTROLLER",
-    "inter.broker.listener.name": "PLAINTEXT",
-    "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    "inter.broker.listener.name": "SASL_PLAINTEXT",
+    ...securityProps(),
     "log.dirs": dataDir,
     "num.partitions": 6,
     "default.replication.factor": 1,
@@ -100,10 +159,13 @@ function writeConfig(): void {
   const text = Object.entries(props)
     .map(([k, v]) => `${k}=${v}`)
     .join("\n");
+  // It holds the admin password.
   writeFileSync(
     serverProps,
     `# Written by scripts/stack/engines/kafka.ts at every start; edits are overwritten.\n${text}\n`,
+    { mode: 0o600 },
   );
+  chmodSync(serverProps, 0o600);
 
   // Kafka's logging goes to .data/logs/kafka.log (rolled), never to the terminal.
   writeFileSync(
@@ -170,30 +232,135 @@ async function formatOnce(): Promise<void> {
   say("kafka", `formatted ${dataDir} (cluster id ${clusterId})`);
 }
 
-/** A real metadata round trip, not just an open port. */
+function adminClient(clientId: string, extra: { retries?: number; timeout?: number } = {}): Admin {
+  return new Admin({
+    clientId,
+    bootstrapBrokers: [`${kafkaHost}:${kafkaPort}`],
+    sasl: adminSasl(),
+    connectTimeout: 2000,
+    ...extra,
+  });
+}
+
+/** True for the client's refusal of our credentials (the broker answered, it just does not know them yet). */
+function isAuthFailure(error: unknown): boolean {
+  if (typeof error !== "object" || error === null) return false;
+  const e = error as { code?: unknown; cause?: unknown; errors?: unknown };
+  if (e.code === AuthenticationError.code) return true;
+  if (Array.isArray(e.errors) && e.errors.some(isAuthFailure)) return true;
+  return isAuthFailure(e.cause);
+}
+
+/**
+ * A real metadata round trip as admin, not just an open port. A broker that refuses the admin's
+ * SCRAM login is up too: a data dir formatted before the credentials existed has none until
+ * afterStart sets them.
+ */
 async function healthy(): Promise<boolean> {
   if (!(await canConnect(kafkaHost, kafkaPort))) return false;
-  const admin = new Admin({
-    clientId: "dps-stack-health",
-    bootstrapBrokers: [`${kafkaHost}:${kafkaPort}`],
-    retries: 0,
-    timeout: 3000,
-    connectTimeout: 2000,
-  });
+  const admin = adminClient("dps-stack-health", { retries: 0, timeout: 3000 });
   try {
     await admin.listTopics();
     return true;
-  } catch {
-    return false;
+  } catch (error) {
+    return isAuthFailure(error);
   } finally {
     await admin.close().catch(() => {});
+  }
+}
+
+const scramIterations = 8192;
+
+/**
+ * Sets every principal's SCRAM-SHA-512 credential to the password in the stack's secrets, through
+ * the controller listener (PLAIN as admin), so it works whether or not the data dir already has
+ * credentials, and a changed password in secrets.env takes effect at the next start.
+ */
+async function upsertScramCredentials(): Promise<void> {
+  const connection = new Connection("dps-stack-scram", {
+    connectTimeout: 5000,
+    requestTimeout: 10_000,
+    sasl: { mechanism: "PLAIN", username: "admin", password: passwordOf("admin") },
+  });
+  try {
+    await connection.connect(kafkaHost, controllerPort);
+    const upsertions = kafkaPrincipals.map((name) => {
+      const salt = randomBytes(32);
+      // SCRAM's Hi() is PBKDF2 with the mechanism's HMAC (RFC 5802); the broker stores only this.
+      const saltedPassword = pbkdf2Sync(passwordOf(name), salt, scramIterations, 64, "sha512");
+      return {
+        name,
+        mechanism: ScramMechanisms.SCRAM_SHA_512,
+        iterations: scramIterations,
+        salt,
+        saltedPassword,
+      };
+    });
+    const answer = await alterUserScramCredentialsV0.api.async(connection, [], upsertions);
+    const failed = answer.results.filter((r) => r.errorCode !== 0);
+    if (failed.length > 0) {
+      throw new Error(
+        `kafka refused SCRAM credentials: ${failed.map((r) => `${r.user}: ${r.errorMessage}`).join("; ")}`,
+      );
+    }
+  } finally {
+    await connection.close().catch(() => {});
+  }
+}
+
+/** The topic prefixes whose topics the principals may use: `npm start`'s, the test and bench stacks', and the caller's. */
+function topicPrefixes(): string[] {
+  return ["", "test.", "bench.", process.env.KAFKA_TOPIC_PREFIX ?? ""];
+}
+
+/** Every ACL binding on the broker, one entry per binding. */
+async function allAcls(admin: Admin): Promise<Acl[]> {
+  const { ANY } = ResourceTypes;
+  const resources = await admin.describeAcls({
+    filter: {
+      resourceType: ANY,
+      resourceName: null,
+      resourcePatternType: ResourcePatternTypes.ANY,
+      principal: null,
+      host: null,
+      operation: AclOperations.ANY,
+      permissionType: AclPermissionTypes.ANY,
+    },
+  });
+  return resources.flatMap(({ acls, ...target }) => acls.map((permission) => ({ ...target, ...permission })));
+}
+
+async function syncAcls(admin: Admin): Promise<void> {
+  const { create, remove } = aclChanges(await allAcls(admin), kafkaAcls(topicPrefixes()));
+  if (remove.length > 0) await admin.deleteAcls({ filters: remove });
+  if (create.length > 0) await admin.createAcls({ creations: create });
+  if (remove.length + create.length > 0)
+    say("kafka", `ACLs: ${create.length} granted, ${remove.length} revoked`);
+}
+
+/** Credentials, then ACLs brought to exactly what packages/kafka/access.ts grants. Runs after every start. */
+async function ensureAccess(): Promise<void> {
+  await upsertScramCredentials();
+  // The broker learns the credentials from the metadata log a moment later.
+  const deadline = Date.now() + 30_000;
+  for (let attempt = 1; ; attempt++) {
+    const admin = adminClient("dps-stack-acls", { timeout: 10_000 });
+    try {
+      await syncAcls(admin);
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await sleep(backoff_ms(attempt, 200, 2000));
+    } finally {
+      await admin.close().catch(() => {});
+    }
   }
 }
 
 /** Deletes every topic whose name starts with prefix, and waits until they are gone (test resets). */
 export async function deleteTopicsWithPrefix(prefix: string): Promise<string[]> {
   if (prefix === "") throw new Error("refusing to delete every topic");
-  const admin = new Admin({ clientId: "dps-stack-admin", bootstrapBrokers: [`${kafkaHost}:${kafkaPort}`] });
+  const admin = adminClient("dps-stack-admin");
   try {
     const doomed = (await admin.listTopics()).filter((t) => t.startsWith(prefix));
     if (doomed.length === 0) return [];
@@ -233,4 +400,5 @@ export const kafka: Engine = makeEngine({
   readPid: () => readPidFile(pidFile),
   clearPid: () => removeFile(pidFile),
   healthy,
+  afterStart: ensureAccess,
 });

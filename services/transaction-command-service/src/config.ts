@@ -3,6 +3,7 @@
  * main.ts so that tests (and the README's check) can read the shape without starting the service.
  */
 import { commonEnv, engineDefaults, env } from "#packages/config/index.ts";
+import { kafkaAuthEnv } from "#packages/kafka/access.ts";
 
 export const configShape = {
   ...commonEnv,
@@ -12,6 +13,7 @@ export const configShape = {
   KAFKA_BROKERS: env.string(engineDefaults.KAFKA_BROKERS),
   KAFKA_TOPIC_PREFIX: env.string(""),
   KAFKA_PARTITIONS: env.int(6, 1, 256),
+  ...kafkaAuthEnv,
   RECORD_BATCH_MAX: env.int(500, 1, 5_000),
   RECORD_MAX_ATTEMPTS: env.int(5, 1, 100),
   FAULT_INJECTION: env.bool(false),

@@ -11,6 +11,7 @@ import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { kafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
@@ -26,6 +27,7 @@ const config = loadConfig(configShape);
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
 const auth = new Authenticator(secretsOrExit(SERVICE, config, ["ADMIN_TOKEN"], logger));
 const brokers = splitList(config.KAFKA_BROKERS);
+const sasl = kafkaSasl(config);
 const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
 
 const mongo = new MongoClient(config.MONGO_URL, {
@@ -35,7 +37,7 @@ const mongo = new MongoClient(config.MONGO_URL, {
   maxPoolSize: 20,
 });
 const db = mongo.db(config.MONGO_DATABASE);
-const producer = createProducer({ brokers, client_id: SERVICE });
+const producer = createProducer({ brokers, sasl, client_id: SERVICE });
 const faults: Faults = { reject_pending_for_source_user_ids: new Set() };
 const crashes = new CrashSwitch(logger);
 
@@ -44,11 +46,12 @@ await retryStartup("mongodb", logger, async () => {
   await ensureRecordIndexes(db);
 });
 await retryStartup("kafka topics", logger, () =>
-  ensureTopics({ brokers, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
+  ensureTopics({ brokers, sasl, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
 );
 
 const consumer = startBatchConsumer({
   brokers,
+  sasl,
   group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
   client_id: SERVICE,
   topics: [topics.commands],
@@ -78,7 +81,7 @@ await registerOpenApi(app, {
 });
 registerHealth(app, SERVICE, {
   mongodb: () => db.command({ ping: 1 }),
-  kafka: () => pingKafka(brokers),
+  kafka: () => pingKafka(brokers, sasl),
   consumer: async () => {
     if (!consumer.isRunning()) throw new Error("consumer is not running");
   },

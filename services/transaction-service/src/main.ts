@@ -12,6 +12,7 @@ import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
 import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { kafkaSasl } from "#packages/kafka/access.ts";
 import {
   createProducer,
   deadLetterFor,
@@ -44,6 +45,7 @@ const config = loadConfig(configShape);
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
 const secrets = secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"], logger);
 const brokers = splitList(config.KAFKA_BROKERS);
+const sasl = kafkaSasl(config);
 const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
 
 const pool = createPool(config.SAGA_DATABASE_URL, {
@@ -54,7 +56,7 @@ await retryStartup("saga database", logger, () =>
   migrate(pool, fileURLToPath(new URL("../migrations", import.meta.url))),
 );
 await retryStartup("kafka topics", logger, () =>
-  ensureTopics({ brokers, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
+  ensureTopics({ brokers, sasl, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
 );
 
 const redis = createClient({
@@ -77,7 +79,7 @@ const cache = new TransferCache(redis, {
   timeout_ms: config.CACHE_TIMEOUT_MS,
 });
 
-const producer = createProducer({ brokers, client_id: SERVICE });
+const producer = createProducer({ brokers, sasl, client_id: SERVICE });
 const store = new SagaStore(pool, {
   write_batch_max: config.SAGA_WRITE_BATCH_MAX,
   writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
@@ -116,6 +118,7 @@ store.onOutbox = () => relay.wake();
 const eventCounters: EventCounters = { unknown_transfer_events: 0 };
 const events = startBatchConsumer({
   brokers,
+  sasl,
   group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
   client_id: SERVICE,
   topics: [topics.events],
@@ -176,7 +179,7 @@ await registerOpenApi(app, {
 });
 registerHealth(app, SERVICE, {
   postgres: () => pool.query("SELECT 1"),
-  kafka: () => pingKafka(brokers),
+  kafka: () => pingKafka(brokers, sasl),
   redis: () => redis.ping(),
   consumer: async () => {
     if (!events.isRunning()) throw new Error("event consumer is not running");
