@@ -7,14 +7,15 @@
 import { readFileSync } from "node:fs";
 
 const timeout_ms = 3_000;
-const ports: Record<string, { env: string; port: number }> = {
+/** Each service's port variable and default (the stack's servicePorts; a test keeps them equal). */
+export const ports: Record<string, { env: string; port: number }> = {
   "user-service": { env: "USER_SERVICE_PORT", port: 8000 },
   "transaction-command-service": { env: "TRANSACTION_COMMAND_SERVICE_PORT", port: 8001 },
   "transaction-query-service": { env: "TRANSACTION_QUERY_SERVICE_PORT", port: 8002 },
   "transaction-service": { env: "TRANSACTION_SERVICE_PORT", port: 8003 },
 };
 
-function runningService(cmdline: string): string | undefined {
+export function runningService(cmdline: string): string | undefined {
   return /services\/([a-z-]+)\/src\/main\.ts/.exec(cmdline)?.[1];
 }
 
@@ -38,4 +39,4 @@ async function main(): Promise<number> {
   return 1;
 }
 
-process.exit(await main());
+if (import.meta.main) process.exit(await main());
