@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -264,6 +265,12 @@ describe("docker compose", () => {
     assert.doesNotMatch(composeText, /^version:/m);
   });
 
+  test("every variable is required or has a default: none silently becomes empty", () => {
+    const uses = [...composeText.matchAll(/\$\{[^}]*\}/g)].map((m) => m[0]);
+    assert.ok(uses.length > 0);
+    for (const use of uses) assert.match(use, /^\$\{[A-Z][A-Z0-9_]*:[?-][^}]+\}$/, use);
+  });
+
   test("fails loudly, naming it, when any required variable is missing", () => {
     const names = requiredNames(composeText);
     assert.ok(names.length >= 10, `only ${names.length} required variables`);
@@ -275,6 +282,25 @@ describe("docker compose", () => {
       assert.notEqual(res.code, 0, `compose config resolved without ${name}`);
       assert.match(res.stderr, new RegExp(`required variable ${name} is missing`));
     }
+  });
+
+  test("the documented generator writes every required variable once, private, with matching digests", () => {
+    const file = join(scratch, "generated.env");
+    const generate = (): string =>
+      ok(run(process.execPath, ["scripts/deploy/compose-env.ts", "compose.yaml", file]), "compose-env");
+    generate();
+    const first = readFileSync(file, "utf8");
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    generate();
+    assert.equal(readFileSync(file, "utf8"), first, "a second run changed the secrets");
+    const values = new Map(first.split("\n").map((l) => l.split("=", 2) as [string, string]));
+    for (const name of requiredNames(composeText)) assert.ok(values.get(name), `${name} not generated`);
+    for (const [name, value] of values) {
+      if (!name.endsWith("_SHA256")) continue;
+      const base = values.get(name.slice(0, -"_SHA256".length)) ?? "";
+      assert.equal(value, createHash("sha256").update(base).digest("hex"), name);
+    }
+    ok(composeConfig(["compose.yaml"], file), "compose config with the generated file");
   });
 
   test("the engines on their official images, data in named volumes", () => {
@@ -365,6 +391,42 @@ describe("the Helm chart", () => {
     const res = helm(["template", "dps", chart, "--kube-version", kubeVersions[0] as string]);
     assert.notEqual(res.code, 0);
     assert.match(res.stderr, /is required/);
+  });
+
+  test("Secrets made elsewhere replace the chart's own", () => {
+    const rendered = ok(
+      helm([
+        "template",
+        "dps",
+        chart,
+        "-f",
+        chartValues,
+        "--kube-version",
+        kubeVersions[0] as string,
+        "--set",
+        "credentials.existingSecrets.user-service=ledger-from-vault",
+      ]),
+      "helm template",
+    );
+    const docs = yamlDocuments(rendered) as Manifest[];
+    assert.ok(!docs.some((m) => m.kind === "Secret" && m.metadata.name === "dps-user-service"));
+    assert.match(rendered, /secretRef:\s+name: ledger-from-vault/);
+  });
+
+  test("more Kafka workers than partitions is refused", () => {
+    const res = helm([
+      "template",
+      "dps",
+      chart,
+      "-f",
+      chartValues,
+      "--kube-version",
+      kubeVersions[0] as string,
+      "--set",
+      "services.transaction-command-service.autoscaling.maxReplicas=7",
+    ]);
+    assert.notEqual(res.code, 0);
+    assert.match(res.stderr, /must not exceed engines.kafkaPartitions/);
   });
 
   test("per service: a Deployment probed on /health, with resources, a PDB, an HPA, a ConfigMap and a Secret", () => {
