@@ -17,6 +17,8 @@ import { after, before, describe, test } from "node:test";
 const root = join(import.meta.dirname, "..", "..");
 const chart = join(root, "deploy", "helm", "distributed-payment-service");
 const chartValues = join(chart, "ci", "complete-values.yaml");
+const examples = join(root, "deploy", "examples");
+const exampleValues = join(examples, "values-production.yaml");
 /** The chart's kubeVersion floor and the newest schemas kubernetes-validate bundles. */
 const kubeVersions = ["1.27.0", "1.37.0"];
 const run_timeout_ms = 120_000;
@@ -30,6 +32,7 @@ const { secretNames, serviceNames, servicePorts, serviceEnv, stackEnv } = await 
 const { serviceSpecs } = await import("../../scripts/stack/supervisor.ts");
 const { ports: healthcheckPorts, runningService } = await import("../../scripts/deploy/healthcheck.ts");
 const { composeEnv, requiredNames } = await import("../../scripts/deploy/compose-env.ts");
+const { topicNames } = await import("../../packages/contracts/messages.ts");
 
 type ServiceName = (typeof serviceNames)[number];
 const configShapes: Record<ServiceName, Record<string, unknown>> = {
@@ -367,23 +370,26 @@ describe("the Helm chart", () => {
     manifests = yamlDocuments(rendered) as Manifest[];
   });
 
-  test("helm lint --strict passes", () => {
-    ok(
-      helm(["lint", chart, "--strict", "-f", chartValues, "--kube-version", kubeVersions[0] as string]),
-      "helm lint",
-    );
+  test("helm lint --strict passes, with the test values and the production example", () => {
+    for (const values of [chartValues, exampleValues]) {
+      ok(
+        helm(["lint", chart, "--strict", "-f", values, "--kube-version", kubeVersions[0] as string]),
+        `lint ${values}`,
+      );
+    }
   });
 
   test("the manifests pass strict validation against the Kubernetes JSON schemas", () => {
+    const example = ok(
+      helm(["template", "dps", chart, "-f", exampleValues, "--kube-version", kubeVersions[0] as string]),
+      "helm template (production example)",
+    );
+    writeFileSync(join(scratch, "rendered-example.yaml"), example);
     for (const version of kubeVersions) {
-      const res = run(tool("kubernetes-validate"), [
-        "--strict",
-        "--quiet",
-        "-k",
-        version,
-        join(scratch, "rendered.yaml"),
-      ]);
-      ok(res, `kubernetes-validate ${version}`);
+      for (const file of ["rendered.yaml", "rendered-example.yaml"]) {
+        const args = ["--strict", "--quiet", "-k", version, join(scratch, file)];
+        ok(run(tool("kubernetes-validate"), args), `kubernetes-validate ${version} ${file}`);
+      }
     }
   });
 
@@ -470,6 +476,55 @@ describe("the Helm chart", () => {
         keysOf(compose.services[name]?.environment),
         `${name}: helm and compose differ`,
       );
+    }
+  });
+});
+
+describe("the engines' example resources", () => {
+  const topics = Object.values(topicNames(""));
+  const load = (file: string): Record<string, unknown>[] =>
+    yamlDocuments(readFileSync(join(examples, file), "utf8"));
+
+  test("each is a named resource of the operator it is for", () => {
+    const expected: Record<string, string[]> = {
+      "kafka-strimzi.yaml": ["kafka.strimzi.io/"],
+      "postgres-cloudnativepg.yaml": ["postgresql.cnpg.io/", "v1"],
+      "mongodb-community.yaml": ["mongodbcommunity.mongodb.com/", "v1"],
+    };
+    for (const [file, groups] of Object.entries(expected)) {
+      for (const doc of load(file) as { apiVersion: string; kind: string; metadata: { name: string } }[]) {
+        assert.ok(
+          groups.some((g) => doc.apiVersion.startsWith(g)),
+          `${file}: ${doc.apiVersion}`,
+        );
+        assert.ok(doc.kind !== "" && doc.metadata.name !== "", `${file}: unnamed ${doc.kind}`);
+      }
+    }
+    assert.equal((load("redis-values.yaml")[0] as { auth: { enabled: boolean } }).auth.enabled, true);
+  });
+
+  test("Kafka's topics are the services' topics, made by the init job and by Strimzi alike", () => {
+    const strimzi = load("kafka-strimzi.yaml") as {
+      kind: string;
+      spec: { topicName: string; partitions: number };
+    }[];
+    const made = strimzi.filter((d) => d.kind === "KafkaTopic");
+    assert.deepEqual(made.map((t) => t.spec.topicName).sort(), [...topics].sort());
+    const values = yamlDocuments(readFileSync(join(chart, "values.yaml"), "utf8"))[0] as {
+      engines: { kafkaPartitions: number };
+    };
+    for (const t of made) assert.equal(t.spec.partitions, values.engines.kafkaPartitions, t.spec.topicName);
+    const init = readFileSync(join(root, "deploy", "compose", "kafka-init.sh"), "utf8");
+    for (const topic of topics) assert.ok(init.includes(topic), `kafka-init.sh does not make ${topic}`);
+  });
+
+  test("Kafka's users are the principals of the services' consumer groups", () => {
+    const users = (
+      load("kafka-strimzi.yaml") as { kind: string; metadata: { name: string }; spec: unknown }[]
+    ).filter((d) => d.kind === "KafkaUser");
+    for (const service of ["transaction-service", "transaction-command-service"]) {
+      const user = users.find((u) => u.metadata.name === service);
+      assert.ok(JSON.stringify(user?.spec).includes(`{"type":"group","name":"${service}"}`), service);
     }
   });
 });

@@ -82,7 +82,7 @@ secret:
   MONGO_URL: {{ include "dps.required" (dict "name" "engines.mongoUrl" "value" $e.mongoUrl) | quote }}
   KAFKA_PASSWORD: {{ include "dps.required" (dict "name" "credentials.kafkaPasswordTransactionCommandService" "value" $c.kafkaPasswordTransactionCommandService) | quote }}
   {{- else if eq .service "transaction-query-service" }}
-  MONGO_URL: {{ include "dps.required" (dict "name" "engines.mongoUrl" "value" $e.mongoUrl) | quote }}
+  MONGO_URL: {{ include "dps.required" (dict "name" "engines.mongoUrl" "value" ($e.mongoReadUrl | default $e.mongoUrl)) | quote }}
   QUERY_TOKEN_SHA256: {{ include "dps.required" (dict "name" "credentials.queryToken" "value" $c.queryToken) | sha256sum | quote }}
   {{- else if eq .service "transaction-service" }}
   SAGA_DATABASE_URL: {{ include "dps.required" (dict "name" "engines.sagaDatabaseUrl" "value" $e.sagaDatabaseUrl) | quote }}
