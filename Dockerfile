@@ -14,8 +14,8 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
   && npm cache clean --force
 
 FROM ${NODE_IMAGE} AS runtime
-ENV NODE_ENV=production \
-  HOST=0.0.0.0 \
+# Listen on the container's interfaces; which ports are reachable is the platform's choice.
+ENV HOST=0.0.0.0 \
   INTERNAL_HOST=0.0.0.0
 # The repository's layout, so that the entry points and migrations sit where the tests start them.
 WORKDIR /app

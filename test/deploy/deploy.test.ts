@@ -135,7 +135,7 @@ function keysOf(obj: object | undefined): string[] {
  * must be given too, and so must its credentials once the stack picks them per service (while it
  * hands every service every secret, that says nothing about what one service needs).
  */
-function assertEnvMatchesCode(service: ServiceName, given: string[], where: string): void {
+function assertEnvMatchesCode(service: ServiceName, given: string[], where: string, complete = true): void {
   const reads = new Set(Object.keys(configShapes[service]));
   const readAnywhere = new Set(serviceNames.flatMap((s) => Object.keys(configShapes[s])));
   for (const key of given) {
@@ -145,6 +145,7 @@ function assertEnvMatchesCode(service: ServiceName, given: string[], where: stri
       `${where}: ${service} is given ${key}, which its config.ts does not read`,
     );
   }
+  if (!complete) return;
   const fromStack = Object.keys(serviceEnv(service, stackEnv({ ...process.env })));
   const secrets = new Set<string>(secretNames);
   const picksSecrets = [...secrets].some((name) => !fromStack.includes(name));
@@ -196,6 +197,12 @@ describe("the image", () => {
     const fromBase = "$" + "{NODE_IMAGE}";
     assert.ok(all("FROM").every((f) => f.startsWith(fromBase)));
     assert.ok(all("RUN").some((r) => /npm ci .*--omit=dev/.test(r)));
+  });
+
+  test("its environment is only variables every service reads", () => {
+    const keys = all("ENV").flatMap((e) => [...e.matchAll(/([A-Z][A-Z0-9_]*)=/g)].map((m) => m[1] as string));
+    assert.ok(keys.length > 0);
+    for (const name of serviceNames) assertEnvMatchesCode(name, keys, "Dockerfile ENV", false);
   });
 
   test("runs as a non-root user and has a HEALTHCHECK", () => {
