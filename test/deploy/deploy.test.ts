@@ -427,6 +427,19 @@ describe("the Helm chart", () => {
     assert.match(res.stderr, /is required/);
   });
 
+  test("a misspelled or out-of-range value is refused by the chart's schema", () => {
+    for (const [set, complaint] of [
+      ["engines.redisURL=redis://x", /additional properties 'redisURL' not allowed/],
+      ["engines.kafkaPartitions=0", /kafkaPartitions.*minimum/],
+      ["services.transaction-service.replica=3", /additional properties 'replica' not allowed/],
+    ] as const) {
+      const args = ["template", "dps", chart, "-f", chartValues, "--set", set];
+      const res = helm([...args, "--kube-version", kubeVersions[0] as string]);
+      assert.notEqual(res.code, 0, set);
+      assert.match(res.stderr, complaint);
+    }
+  });
+
   test("Secrets made elsewhere replace the chart's own", () => {
     const rendered = ok(
       helm([
