@@ -236,7 +236,13 @@ async function cmdTest(args: string[]): Promise<number> {
   const chosen = (files: string[]): string[] =>
     only.length === 0 ? files : files.filter((f) => only.some((text) => f.includes(text)));
   const unit = chosen(
-    findTests(["services/**/test/**/*.test.ts", "packages/**/test/**/*.test.ts", "ops/**/test/**/*.test.ts"]),
+    findTests([
+      "services/**/test/**/*.test.ts",
+      "packages/**/test/**/*.test.ts",
+      "ops/**/test/**/*.test.ts",
+      // The deploy files against real validators (installed and cached on first use) and the code.
+      "test/deploy/**/*.test.ts",
+    ]),
   );
   // Fault tests (test/resilience: crash points, chaos) kill services and restart engines; the
   // runner orders files by path, so they run after test/integration.
