@@ -133,30 +133,30 @@ export class SagaRunner {
           amount: current.amount,
         });
         this.crashes.reached("after_hold");
-        current = await this.apply(
-          current,
-          answer.kind === "ok"
-            ? { kind: "hold_ok", source_init_bal: answer.source_balance_before }
-            : { kind: "hold_rejected", reason: answer.reason },
-          respond,
-        );
+        current = await this.apply(current, holdInput(current.id, answer), respond);
+        if (current.state === "voiding") {
+          this.#logger.error(
+            { transfer_id: current.id, failure_reason: current.failure_reason },
+            "a hold succeeded for a transfer that had already failed; voiding it",
+          );
+        }
       } else if (action === "post") {
         answer = await this.#ledger.post(current.id);
         this.crashes.reached("after_post");
-        if (answer.kind === "ok" && answer.dest_balance_before === null) {
-          throw new Error(`invariant: posted transfer ${current.id} has no destination balance`);
-        }
-        current = await this.apply(
-          current,
-          answer.kind === "ok"
-            ? { kind: "post_ok", dest_init_bal: answer.dest_balance_before as number }
-            : { kind: "post_rejected", reason: answer.reason },
-          respond,
-        );
+        current = await this.apply(current, postInput(current.id, answer), respond);
       } else if (action === "void") {
         answer = await this.#ledger.void(current.id);
         this.crashes.reached("after_void");
-        if (answer.kind !== "ok") throw new Error(`invariant: void of ${current.id} refused`);
+        if (answer.kind === "already_posted" && current.state === "refunding") {
+          // A post went through after all: ask for it again (idempotent) for the balance the
+          // COMPLETED record needs, and complete the transfer.
+          this.#logger.warn({ transfer_id: current.id }, "refund found the transfer credited; completing it");
+          answer = await this.#ledger.post(current.id);
+          current = await this.apply(current, postInput(current.id, answer), respond);
+          continue;
+        }
+        if (answer.kind !== "ok")
+          throw new Error(`invariant: void of ${current.id} refused (${answer.kind})`);
         current = await this.apply(current, { kind: "void_ok" }, respond);
       } else {
         return current;
@@ -186,4 +186,18 @@ export class SagaRunner {
     );
     await this.#store.enqueue([this.recordCommand(snapshotOf(transfer))]);
   }
+}
+
+function holdInput(id: string, answer: LedgerAnswer): SagaInput {
+  if (answer.kind === "ok") return { kind: "hold_ok", source_init_bal: answer.source_balance_before };
+  if (answer.kind === "rejected") return { kind: "hold_rejected", reason: answer.reason };
+  throw new Error(`invariant: hold of ${id} answered ${answer.kind}`);
+}
+
+function postInput(id: string, answer: LedgerAnswer): SagaInput {
+  if (answer.kind === "rejected") return { kind: "post_rejected", reason: answer.reason };
+  if (answer.kind !== "ok" || answer.dest_balance_before === null) {
+    throw new Error(`invariant: post of ${id} answered ${answer.kind} without a destination balance`);
+  }
+  return { kind: "post_ok", dest_init_bal: answer.dest_balance_before };
 }
