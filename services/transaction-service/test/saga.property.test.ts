@@ -22,7 +22,7 @@ import { planWrites } from "../../transaction-command-service/src/plan.ts";
 import type { LedgerAnswer } from "../src/saga/ledger-client.ts";
 import { isFinal, type SagaState, type SagaTransfer } from "../src/saga/machine.ts";
 import { type LedgerPort, SagaRunner, type SagaStorePort } from "../src/saga/runner.ts";
-import type { StoredTransfer } from "../src/saga/store.ts";
+import type { DueTransfer, StoredTransfer } from "../src/saga/store.ts";
 
 const topics = topicNames("property.");
 const logger = createLogger("saga-property", "silent");
@@ -118,6 +118,12 @@ class ModelLedger implements LedgerPort {
     return { kind: "ok", source_balance_before: hold.source_before, dest_balance_before: null };
   }
 }
+
+/** A claimed transfer as the store hands it to the sweep; the model's clock is this process's. */
+const due = (row: StoredTransfer): DueTransfer => ({
+  ...row,
+  waited_ms: Date.now() - Date.parse(row.updated_at),
+});
 
 class ModelStore implements SagaStorePort {
   rows = new Map<string, StoredTransfer>();
@@ -306,7 +312,7 @@ async function runScenario(input: {
       }
     } else if (step.op === "sweep" && ids.length > 0) {
       const row = await store.get(ids[step.pick % ids.length] as string);
-      if (row && !isFinal(row.state)) await swallow(() => runner.recover(row));
+      if (row && !isFinal(row.state)) await swallow(() => runner.recover(due(row)));
     } else if (step.op === "lose") {
       ledger.lose = step.when;
     } else if (step.op === "close_wallet") {
@@ -323,7 +329,7 @@ async function runScenario(input: {
     while (store.network.length > 0) await deliver(0);
     const open = [...store.rows.values()].filter((r) => !isFinal(r.state));
     if (open.length === 0) break;
-    for (const row of open) await runner.recover(row);
+    for (const row of open) await runner.recover(due(row));
     check();
   }
 

@@ -20,7 +20,7 @@ import {
   snapshotOf,
   transition,
 } from "./machine.ts";
-import type { SagaStore, StoredTransfer } from "./store.ts";
+import type { DueTransfer, SagaStore, StoredTransfer } from "./store.ts";
 
 export interface SagaTimings {
   /** How long a ledger step may take before the sweep retries it. */
@@ -81,6 +81,8 @@ export class SagaRunner {
   async apply(transfer: StoredTransfer, input: SagaInput, respond?: RespondWith): Promise<StoredTransfer> {
     let current = transfer;
     for (let attempt = 0; attempt < 5; attempt++) {
+      // This clock only stamps the record's snapshot; the row's times, and every due time and
+      // deadline, are PostgreSQL's (store.ts).
       const step = transition(current, input, new Date().toISOString());
       if (step === null) return current;
       const messages = step.record === null ? [] : [this.recordCommand(step.record)];
@@ -165,15 +167,17 @@ export class SagaRunner {
     return current;
   }
 
-  /** The recovery sweep's treatment of one overdue transfer. */
-  async recover(transfer: StoredTransfer): Promise<void> {
+  /**
+   * The recovery sweep's treatment of one overdue transfer. How long it has waited is measured
+   * by PostgreSQL (DueTransfer.waited_ms), never against this process's clock, which may be skewed.
+   */
+  async recover(transfer: DueTransfer): Promise<void> {
     const awaited = awaitedRecordStatus(transfer.state);
     if (awaited === null) {
       await this.advance(transfer);
       return;
     }
-    const waited_ms = Date.now() - Date.parse(transfer.updated_at);
-    if (transfer.state === "held" && waited_ms > this.#timings.record_deadline_ms) {
+    if (transfer.state === "held" && transfer.waited_ms > this.#timings.record_deadline_ms) {
       const refunding = await this.apply(transfer, { kind: "record_deadline" });
       await this.advance(refunding);
       return;
