@@ -326,4 +326,32 @@ describe("saga store on PostgreSQL", {
     assert.equal(await faulty.commitTransition("held", refunding, [command("late")], 1_000), null);
     assert.deepEqual(await outboxKeys(), [transfer.id]);
   });
+
+  it("a record's snapshot carries the transition's time on PostgreSQL's clock", async () => {
+    await pool.query("DELETE FROM outbox");
+    const { transfer } = await store.createOrGet(newTransfer());
+    const snapshot = {
+      id: transfer.id,
+      created_at: transfer.created_at,
+      updated_at: "2000-01-01T00:00:00.000Z",
+    };
+    const held = await withSkewedClock(SKEW_MS, () =>
+      store.commitTransition(
+        "created",
+        heldFrom(transfer, 5),
+        [{ topic: "commands", key: transfer.id, value: { type: "RecordTransfer", snapshot } }],
+        1_000,
+      ),
+    );
+    assert.ok(held !== null);
+    const { rows } = await pool.query<{ payload: { snapshot: { updated_at: string; created_at: string } } }>(
+      "SELECT payload FROM outbox",
+    );
+    assert.equal(rows[0]?.payload.snapshot.updated_at, held.updated_at);
+    assert.equal(rows[0]?.payload.snapshot.created_at, transfer.created_at);
+    assert.ok(
+      Math.abs(Date.parse(held.updated_at) - Date.now()) < 60_000,
+      "the row's time is not the skewed one",
+    );
+  });
 });

@@ -363,10 +363,15 @@ export class SagaStore {
           .join(", ")}),
        queued AS (
          INSERT INTO outbox (topic, key, payload)
-         SELECT m.topic, m.key, m.payload
+         SELECT m.topic, m.key,
+                -- A record's snapshot carries the transition's time on PostgreSQL's clock, as the row does.
+                CASE WHEN m.payload ? 'snapshot'
+                     THEN jsonb_set(m.payload, '{snapshot,updated_at}',
+                                    to_jsonb(to_char(mv.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+                     ELSE m.payload END
            FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[]) WITH ORDINALITY
              AS m(transfer_id, topic, key, payload, n)
-          WHERE m.transfer_id IN (SELECT id FROM moved)
+           JOIN moved mv ON mv.id = m.transfer_id
           ORDER BY m.n)
        SELECT * FROM moved`,
       [
