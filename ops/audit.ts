@@ -168,9 +168,12 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
             created: [undefined, "held"],
             held: ["held"],
             recorded: ["held"],
-            refunding: ["held", "voided"],
+            // posted: a late credit went through; the saga completes the transfer.
+            refunding: ["held", "voided", "posted"],
             posted: ["posted"],
             failing: [undefined, "voided"],
+            // A hold that succeeded after the transfer failed, being voided.
+            voiding: ["held", "voided"],
           };
           if (!(expected[row.state] ?? []).includes(hold?.state))
             note(`I5: ${row.id} is ${row.state} but its hold is ${hold?.state ?? "missing"}`);

@@ -32,7 +32,7 @@ import type { QueryClient } from "./query-client.ts";
 import type { RateLimiter } from "./rate-limit.ts";
 import { type SagaTransfer, snapshotOf } from "./saga/machine.ts";
 import type { SagaRunner } from "./saga/runner.ts";
-import type { SagaStore } from "./saga/store.ts";
+import { type SagaStore, TransferOutcomeUnknownError } from "./saga/store.ts";
 
 export const transferBodySchema = z.strictObject({
   source_user_id: userIdSchema,
@@ -54,6 +54,21 @@ const refusalStatus: Partial<Record<FailureReason, number>> = {
 };
 
 const IN_PROGRESS_WINDOW_MS = 10_000;
+
+/**
+ * The answer when PostgreSQL failed around the commit of a new transfer and reading it back did
+ * not tell whether it exists: not a plain "retry" (a keyless retry could pay twice), but its id,
+ * so the client can look before sending it again.
+ */
+function outcomeUnknown(transfer_id: string): ApiError {
+  return new ApiError(
+    503,
+    "transfer_outcome_unknown",
+    `transfer ${transfer_id} may have been created: read GET /transactions/${transfer_id} before sending ` +
+      "the request again (404 there means it was not created); an Idempotency-Key makes retries safe",
+    { details: { transaction_id: transfer_id } },
+  );
+}
 
 export function fingerprint(body: z.infer<typeof transferBodySchema>): string {
   return createHash("sha256")
@@ -143,6 +158,7 @@ export function registerRoutes(
             404: "The payer or payee does not exist (`details.transaction` is the FAILED transfer)",
             409: "A request with this Idempotency-Key is still in progress (Retry-After)",
             422: "Insufficient funds (`details.transaction`), the same wallet on both sides, or an Idempotency-Key reused with another body",
+            503: "PostgreSQL failed around the commit and the transfer may exist (`details.transaction_id`): read it before sending again",
           }),
         },
       },
@@ -161,16 +177,20 @@ export function registerRoutes(
       // can neither collide with nor reveal this one.
       const key = given === undefined ? null : `user:${principal.user_id}:${given}`;
       const print = fingerprint(body);
-      const { created, transfer } = await deps.store.createOrGet({
-        id: uuidv7(),
-        idempotency_key: key,
-        request_fingerprint: print,
-        source_user_id: body.source_user_id,
-        dest_user_id: body.dest_user_id,
-        amount: body.amount,
-        now: new Date().toISOString(),
-        step_timeout_ms: deps.step_timeout_ms,
-      });
+      const { created, transfer, age_ms } = await deps.store
+        .createOrGet({
+          id: uuidv7(),
+          idempotency_key: key,
+          request_fingerprint: print,
+          source_user_id: body.source_user_id,
+          dest_user_id: body.dest_user_id,
+          amount: body.amount,
+          step_timeout_ms: deps.step_timeout_ms,
+        })
+        .catch((error: unknown) => {
+          if (error instanceof TransferOutcomeUnknownError) throw outcomeUnknown(error.transfer_id);
+          throw error;
+        });
 
       if (!created) {
         if (transfer.request_fingerprint !== print) {
@@ -184,10 +204,7 @@ export function registerRoutes(
         reply.header("idempotent-replayed", "true");
         if (transfer.response_status !== null)
           return sendAs(reply, transfer.response_status, transfer.response_body);
-        if (
-          transfer.state === "created" &&
-          Date.now() - Date.parse(transfer.created_at) < IN_PROGRESS_WINDOW_MS
-        ) {
+        if (transfer.state === "created" && age_ms < IN_PROGRESS_WINDOW_MS) {
           throw new ApiError(
             409,
             "request_in_progress",
@@ -216,7 +233,11 @@ export function registerRoutes(
       if (current.response_status !== null)
         return sendAs(reply, current.response_status, current.response_body);
       const response = responseFor(current);
-      await deps.store.saveResponse(current.id, response.status, response.body);
+      // The transfer exists whatever happens now: an error here must not become a 5xx that a
+      // client without a key would answer by paying again.
+      await deps.store.saveResponse(current.id, response.status, response.body).catch((error: unknown) => {
+        request.log.warn({ err: error, transfer_id: current.id }, "could not keep the first answer");
+      });
       return sendAs(reply, response.status, response.body);
     },
   );

@@ -97,10 +97,40 @@ describe("saga state machine", () => {
       const next = transition(base("posted"), input, NOW);
       assert.ok(next === null || next.next.state === "completed");
     }
-    // Once refunding, nothing can credit B.
+    // Once refunding, only the ledger's word that B was already credited leads to posted.
     for (const input of inputs) {
       const next = transition(base("refunding"), input, NOW);
-      assert.ok(next === null || next.next.state === "failing");
+      assert.ok(next === null || next.next.state === (input.kind === "post_ok" ? "posted" : "failing"));
+    }
+  });
+
+  it("completes a refund that finds the hold already posted: the money reached B", () => {
+    const refunding = { ...base("refunding"), failure_reason: "dest_unavailable" as const };
+    const posted = transition(refunding, { kind: "post_ok", dest_init_bal: 7 }, NOW);
+    assert.equal(posted?.next.state, "posted");
+    assert.equal(posted?.next.failure_reason, null);
+    assert.equal(posted?.next.dest_init_bal, 7);
+    assert.equal(posted?.record?.status, "COMPLETED");
+  });
+
+  it("voids a hold that succeeds after the transfer failed without one, and stays FAILED", () => {
+    for (const state of ["failing", "failed"] as const) {
+      const refused = {
+        ...base(state),
+        source_init_bal: null,
+        failure_reason: "insufficient_funds" as const,
+      };
+      const voiding = transition(refused, { kind: "hold_ok", source_init_bal: 900 }, NOW);
+      assert.equal(voiding?.next.state, "voiding");
+      assert.equal(voiding?.record, null);
+      assert.equal(nextAction("voiding"), "void");
+      assert.equal(publicStatus("voiding"), "FAILED");
+      const failing = transition(must(voiding).next, { kind: "void_ok" }, NOW);
+      assert.equal(failing?.next.state, "failing");
+      assert.equal(failing?.record?.status, "FAILED");
+      assert.equal(failing?.next.failure_reason, "insufficient_funds");
+      // A duplicate hold_ok for a transfer that did hold (and was refunded) changes nothing.
+      assert.equal(transition(base(state), { kind: "hold_ok", source_init_bal: 900 }, NOW), null);
     }
   });
 

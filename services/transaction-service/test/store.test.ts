@@ -8,11 +8,15 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { after, before, describe, it, mock } from "node:test";
 import { uuidv7 } from "#packages/contracts/ids.ts";
+import { topicNames } from "#packages/contracts/messages.ts";
+import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import type { SagaTransfer } from "../src/saga/machine.ts";
-import { type NewTransfer, SagaStore } from "../src/saga/store.ts";
+import type { LedgerPort } from "../src/saga/runner.ts";
+import { SagaRunner } from "../src/saga/runner.ts";
+import { type NewTransfer, SagaStore, TransferOutcomeUnknownError } from "../src/saga/store.ts";
 
 const BASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
 const SCHEMA = `saga_store_test_${process.pid}_${Date.now()}`;
@@ -29,7 +33,6 @@ function newTransfer(key: string | null = randomUUID()): NewTransfer {
     source_user_id: 1,
     dest_user_id: 2,
     amount: 100,
-    now: new Date().toISOString(),
     step_timeout_ms: 5_000,
   };
 }
@@ -39,6 +42,42 @@ function heldFrom(transfer: SagaTransfer, source_init_bal: number): SagaTransfer
 }
 
 const command = (id: string) => ({ topic: "commands", key: id, value: { id } });
+
+const SKEW_MS = 10 * 60_000;
+const BACKOFF = { step_base_ms: 1_000, step_cap_ms: 1_000, resend_base_ms: 1_000, resend_cap_ms: 1_000 };
+
+/** Runs `work` with this process's Date (Date.now, new Date()) shifted by skew_ms, PostgreSQL's clock untouched. */
+async function withSkewedClock<T>(skew_ms: number, work: () => Promise<T>): Promise<T> {
+  mock.timers.enable({ apis: ["Date"], now: Date.now() + skew_ms });
+  try {
+    return await work();
+  } finally {
+    mock.timers.reset();
+  }
+}
+
+/** A ledger that agrees to everything. */
+const agreeingLedger: LedgerPort = {
+  hold: async () => ({ kind: "ok", source_balance_before: 1_000, dest_balance_before: null }),
+  post: async () => ({ kind: "ok", source_balance_before: 1_000, dest_balance_before: 0 }),
+  void: async () => ({ kind: "ok", source_balance_before: 1_000, dest_balance_before: null }),
+};
+
+/**
+ * The pool, except that statements matching `fails` run (and commit) and then throw, as when the
+ * connection drops after COMMIT was sent; and, while `reads_fail`, every other statement throws.
+ */
+function faultyPool(fails: RegExp, state: { reads_fail: boolean }): Pool {
+  const query = async (text: string, values?: unknown[]) => {
+    if (fails.test(text)) {
+      await pool.query(text, values);
+      throw new Error("Connection terminated unexpectedly");
+    }
+    if (state.reads_fail) throw new Error("connect ECONNREFUSED");
+    return pool.query(text, values);
+  };
+  return new Proxy(pool, { get: (target, name) => (name === "query" ? query : Reflect.get(target, name)) });
+}
 
 async function outboxKeys(): Promise<string[]> {
   const { rows } = await pool.query<{ key: string }>("SELECT key FROM outbox ORDER BY id");
@@ -149,5 +188,170 @@ describe("saga store on PostgreSQL", {
     const ids = made.map((m) => m.transfer.id);
     const found = await store.getMany([...ids, randomUUID()]);
     assert.deepEqual([...found.keys()].sort(), [...ids].sort());
+  });
+
+  it("a fresh transfer is due after its step timeout on PostgreSQL's clock, whatever the service's says", async () => {
+    for (const skew_ms of [-SKEW_MS, SKEW_MS]) {
+      const { transfer } = await withSkewedClock(skew_ms, () => store.createOrGet(newTransfer()));
+      const { rows } = await pool.query<{ due_in_s: number; age_s: number }>(
+        `SELECT extract(epoch FROM next_attempt_at - now()) AS due_in_s,
+                extract(epoch FROM now() - created_at) AS age_s FROM transfers WHERE id = $1`,
+        [transfer.id],
+      );
+      const due_in_s = Number(rows[0]?.due_in_s);
+      assert.ok(due_in_s > 3 && due_in_s <= 5, `due in ${due_in_s} s with the clock ${skew_ms} ms off`);
+      assert.ok(Math.abs(Number(rows[0]?.age_s)) < 5, `created ${rows[0]?.age_s} s ago`);
+      const claimed = await store.claimDue(1_000, BACKOFF);
+      assert.ok(!claimed.some((t) => t.id === transfer.id), "a fresh transfer was re-driven at once");
+    }
+  });
+
+  it("the record deadline is measured on PostgreSQL's clock: a skewed service neither refunds early nor late", async () => {
+    const runner = new SagaRunner(
+      store,
+      agreeingLedger,
+      topicNames("test."),
+      createLogger("store-test", "silent"),
+      {
+        step_timeout_ms: 1_000,
+        record_resend_ms: 1_000,
+        record_deadline_ms: 60_000,
+      },
+    );
+    const held = async (waited: string) => {
+      const { transfer } = await store.createOrGet(newTransfer());
+      const moved = await store.commitTransition("created", heldFrom(transfer, 1_000), [], 1_000);
+      assert.ok(moved !== null);
+      await pool.query(
+        `UPDATE transfers SET updated_at = now() - $2::interval, next_attempt_at = now() - interval '1 second'
+          WHERE id = $1`,
+        [transfer.id, waited],
+      );
+      const claimed = (await store.claimDue(1_000, BACKOFF)).find((t) => t.id === transfer.id);
+      assert.ok(claimed !== undefined, "the held transfer is due");
+      return claimed;
+    };
+    // Waiting 2 s of a 60 s deadline, on a service 10 min fast: the command is re-sent, no refund.
+    const fresh = await held("2 seconds");
+    await withSkewedClock(SKEW_MS, () => runner.recover(fresh));
+    assert.equal((await store.get(fresh.id))?.state, "held");
+    // Waiting 2 min, on a service 10 min slow: refunded now, not 10 min later.
+    const overdue = await held("2 minutes");
+    await withSkewedClock(-SKEW_MS, () => runner.recover(overdue));
+    const refunded = await store.get(overdue.id);
+    assert.equal(refunded?.state, "failing");
+    assert.equal(refunded?.failure_reason, "record_timeout");
+  });
+
+  it("an insert that fails after its commit still tells every request of the batch its own outcome", async () => {
+    const faulty = new SagaStore(faultyPool(/INSERT INTO transfers/, { reads_fail: false }), {
+      write_batch_max: 10,
+      writes_in_flight_max: 1,
+      writes_waiting_max: 100,
+    });
+    const existing = await store.createOrGet(newTransfer());
+    const inputs = [
+      newTransfer(null),
+      newTransfer(null),
+      newTransfer(),
+      { ...newTransfer(), idempotency_key: existing.transfer.idempotency_key },
+    ];
+    const results = await Promise.all(inputs.map((input) => faulty.createOrGet(input)));
+    for (const [i, result] of results.slice(0, 3).entries()) {
+      assert.equal(result.created, true);
+      assert.equal(result.transfer.id, inputs[i]?.id);
+      assert.equal(result.transfer.state, "created");
+    }
+    assert.equal(results[3]?.created, false);
+    assert.equal(results[3]?.transfer.id, existing.transfer.id);
+    const { rows } = await pool.query<{ n: string }>(
+      "SELECT count(*) AS n FROM transfers WHERE id = ANY($1::uuid[])",
+      [inputs.map((i) => i.id)],
+    );
+    assert.equal(rows[0]?.n, "3", "each request's transfer exists once; the replay made none");
+  });
+
+  it("when a failed insert cannot be read back, a keyless request learns its transfer may exist", async () => {
+    const state = { reads_fail: true };
+    const faulty = new SagaStore(faultyPool(/INSERT INTO transfers/, state), {
+      write_batch_max: 10,
+      writes_in_flight_max: 1,
+      writes_waiting_max: 100,
+    });
+    const keyless = newTransfer(null);
+    await assert.rejects(faulty.createOrGet(keyless), (error: unknown) => {
+      assert.ok(error instanceof TransferOutcomeUnknownError, String(error));
+      assert.equal(error.transfer_id, keyless.id);
+      return true;
+    });
+    assert.equal((await store.get(keyless.id))?.state, "created", "it did commit");
+    // With a key, a retry is safe (the key finds the transfer): the plain error is the answer.
+    const keyed = newTransfer();
+    await assert.rejects(
+      faulty.createOrGet(keyed),
+      (error: unknown) => !(error instanceof TransferOutcomeUnknownError),
+    );
+    state.reads_fail = false;
+    const retried = await store.createOrGet({ ...newTransfer(), idempotency_key: keyed.idempotency_key });
+    assert.equal(retried.created, false);
+    assert.equal(retried.transfer.id, keyed.id);
+  });
+
+  it("a transition that fails after its commit is answered as committed, with its message queued once", async () => {
+    await pool.query("DELETE FROM outbox");
+    const faulty = new SagaStore(faultyPool(/WITH moved AS/, { reads_fail: false }));
+    const { transfer } = await store.createOrGet(newTransfer());
+    const moved = await faulty.commitTransition(
+      "created",
+      heldFrom(transfer, 7),
+      [command(transfer.id)],
+      1_000,
+    );
+    assert.equal(moved?.state, "held");
+    assert.equal(moved?.source_init_bal, 7);
+    assert.deepEqual(await outboxKeys(), [transfer.id]);
+    // The same failure on a compare-and-set that another actor won answers null, as a lost race.
+    const recorded = await store.commitTransition(
+      "held",
+      { ...(moved as SagaTransfer), state: "recorded" },
+      [],
+      1_000,
+    );
+    assert.equal(recorded?.state, "recorded");
+    const refunding: SagaTransfer = {
+      ...(moved as SagaTransfer),
+      state: "refunding",
+      failure_reason: "record_timeout",
+    };
+    assert.equal(await faulty.commitTransition("held", refunding, [command("late")], 1_000), null);
+    assert.deepEqual(await outboxKeys(), [transfer.id]);
+  });
+
+  it("a record's snapshot carries the transition's time on PostgreSQL's clock", async () => {
+    await pool.query("DELETE FROM outbox");
+    const { transfer } = await store.createOrGet(newTransfer());
+    const snapshot = {
+      id: transfer.id,
+      created_at: transfer.created_at,
+      updated_at: "2000-01-01T00:00:00.000Z",
+    };
+    const held = await withSkewedClock(SKEW_MS, () =>
+      store.commitTransition(
+        "created",
+        heldFrom(transfer, 5),
+        [{ topic: "commands", key: transfer.id, value: { type: "RecordTransfer", snapshot } }],
+        1_000,
+      ),
+    );
+    assert.ok(held !== null);
+    const { rows } = await pool.query<{ payload: { snapshot: { updated_at: string; created_at: string } } }>(
+      "SELECT payload FROM outbox",
+    );
+    assert.equal(rows[0]?.payload.snapshot.updated_at, held.updated_at);
+    assert.equal(rows[0]?.payload.snapshot.created_at, transfer.created_at);
+    assert.ok(
+      Math.abs(Date.parse(held.updated_at) - Date.now()) < 60_000,
+      "the row's time is not the skewed one",
+    );
   });
 });

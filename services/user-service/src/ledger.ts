@@ -76,15 +76,21 @@ interface WalletChange {
   balance_after: number;
 }
 
-/** Guarded credit: takes the wallet's row lock; no row when the wallet is missing or would pass 2^53-1. */
+/**
+ * Guarded credit: no row when the wallet is missing or has no room. Room counts the money held
+ * out of the wallet (holds not yet posted or voided) as if it were back, so that a refund always
+ * fits (migrations/003). The wallet's row lock is taken first, in a statement of its own, so the
+ * guard's count of held-out money is read after it: a new hold out of this wallet needs the lock.
+ */
 async function creditWallet(
   client: PoolClient,
   user_id: number | string,
   amount: number,
 ): Promise<WalletChange | null> {
+  await client.query("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", [user_id]);
   const { rows } = await client.query<{ id: string; balance_minor: string }>(
     `UPDATE accounts SET balance_minor = balance_minor + $2::bigint, updated_at = now()
-     WHERE user_id = $1 AND balance_minor <= $3::bigint - $2::bigint
+     WHERE user_id = $1 AND balance_minor::numeric + ledger_held_out($1) + $2::bigint <= $3::bigint
      RETURNING id, balance_minor`,
     [user_id, amount, MAX_MINOR],
   );
@@ -407,7 +413,7 @@ export type LedgerOperation =
 const STEP_REFUSALS = {
   hold: ["same_wallet", "source_not_found", "dest_not_found", "insufficient_funds", "hold_mismatch"],
   post: ["hold_not_found", "hold_voided", "dest_unavailable"],
-  void: ["hold_not_found", "hold_posted", "source_unavailable"],
+  void: ["hold_not_found", "hold_posted"],
 } as const satisfies Record<LedgerOperation["op"], readonly RefusalCode[]>;
 export type StepRefusalCode = (typeof STEP_REFUSALS)[keyof typeof STEP_REFUSALS][number];
 
@@ -579,8 +585,6 @@ function refusalMessage(operation: LedgerOperation, code: StepRefusalCode, hold:
       return `transfer ${transfer_id} was already posted`;
     case "dest_unavailable":
       return `user ${hold?.dest_user_id} cannot be credited (closed or balance limit)`;
-    case "source_unavailable":
-      return `user ${hold?.source_user_id} cannot be refunded (balance limit)`;
   }
 }
 

@@ -327,7 +327,7 @@ describe("ledger on PostgreSQL", {
       refusal("dest_not_found"),
     );
     await assert.rejects(
-      holdFunds(pool, { ...hold, source_user_id: c, dest_user_id: a }),
+      holdFunds(pool, { ...hold, transfer_id: randomUUID(), source_user_id: c, dest_user_id: a }),
       refusal("source_not_found"),
     );
     await assertConsistent();
@@ -756,6 +756,112 @@ describe("ledger on PostgreSQL", {
     );
     assert.equal(outcome.filter((r) => r.ok).length, LEDGER_BATCH_MAX);
     assert.equal(await balanceOf(b), LEDGER_BATCH_MAX);
+    await assertConsistent();
+  });
+
+  it("a refused hold is final: a copy that waited behind another batch's lock cannot debit later", async () => {
+    // The saga's lost-answer race, replayed step by step: hold 1 waits behind another batch; its
+    // retry, hold 2, is refused and the transfer ends FAILED; the payer is topped up; hold 1
+    // resumes. It must answer as hold 2 did and take nothing.
+    const a = await newUser(50);
+    const b = await newUser(0);
+    const c = await newUser(10);
+    const t = randomUUID();
+    const keyOf = async (id: string) =>
+      Number((await pool.query<{ k: number }>("SELECT ledger_transfer_lock_key($1) AS k", [id])).rows[0]?.k);
+    // A transfer whose advisory lock comes before t's in the batch's lock order.
+    let blocker = randomUUID();
+    while ((await keyOf(blocker)) >= (await keyOf(t))) blocker = randomUUID();
+
+    const holder = await pool.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query("SELECT ledger_lock_transfer($1)", [blocker]);
+      // 1. Hold 1 shares a batch with the blocked transfer, so it waits before reaching t.
+      const first = applyBatch(racer, [hold(blocker, c, b, 1), hold(t, a, b, 100)]);
+      await racerBlocked();
+      // 2. Hold 2 is refused: the saga ends the transfer FAILED.
+      const [second] = await applyBatch(pool, [hold(t, a, b, 100)]);
+      assert.equal(second?.ok === false && second.code, "insufficient_funds");
+      // 3. The payer is topped up.
+      await deposit(pool, { user_id: a, amount: 100, idempotency_key: null });
+      // 4. Hold 1 resumes.
+      await holder.query("COMMIT");
+      const [, resumed] = await first;
+      assert.equal(resumed?.ok === false && resumed.code, "insufficient_funds");
+    } finally {
+      await holder.query("ROLLBACK").catch(() => {});
+      holder.release();
+    }
+    assert.equal(await balanceOf(a), 150, "no money left the payer");
+    assert.equal(await getHold(pool, t), null);
+    assert.deepEqual(await postingsFor(t), {});
+    // A sweep's retry, and a retry with other terms, get the same final word.
+    await assert.rejects(
+      holdFunds(pool, { transfer_id: t, source_user_id: a, dest_user_id: b, amount: 100 }),
+      refusal("insufficient_funds"),
+    );
+    await assert.rejects(
+      holdFunds(pool, { transfer_id: t, source_user_id: a, dest_user_id: b, amount: 99 }),
+      refusal("hold_mismatch"),
+    );
+    await assertConsistent();
+  });
+
+  it("remembers every final hold refusal, and a refused batch's rollback forgets it", async () => {
+    const a = await newUser(10);
+    const b = await newUser(0);
+    const missing = 987_654_321;
+    const [noDest, noSource] = [randomUUID(), randomUUID()];
+    const first = await applyBatch(pool, [hold(noDest, a, missing, 1), hold(noSource, missing, b, 1)]);
+    assert.deepEqual(outcomes(first), ["dest_not_found", "source_not_found"]);
+    assert.deepEqual(outcomes(await applyBatch(pool, [hold(noDest, a, missing, 1)])), ["dest_not_found"]);
+    assert.deepEqual(outcomes(await applyBatch(pool, [hold(noSource, missing, b, 1)])), ["source_not_found"]);
+
+    // A refusal inside a transaction that fails is not remembered: nobody was told it.
+    const t = randomUUID();
+    const client = await pool.connect();
+    try {
+      await client.query("BEGIN");
+      const { rows } = await client.query<{ result: string }>(
+        "SELECT (ledger_hold($1, $2, $3, 1000)).result",
+        [t, a, b],
+      );
+      assert.equal(rows[0]?.result, "insufficient_funds");
+      await client.query("ROLLBACK");
+    } finally {
+      client.release();
+    }
+    await deposit(pool, { user_id: a, amount: 1000, idempotency_key: null });
+    assert.deepEqual(outcomes(await applyBatch(pool, [hold(t, a, b, 1000)])), ["ok:held"]);
+    await assert.rejects(pool.query("DELETE FROM hold_refusals"), /forbidden/);
+    await assertConsistent();
+  });
+
+  it("a refund always fits: credits leave room for the money held out of a wallet", async () => {
+    const MAX = Number.MAX_SAFE_INTEGER;
+    const a = await newUser(100);
+    const b = await newUser(0);
+    const c = await newUser(1);
+    const t = randomUUID();
+    okHold((await applyBatch(pool, [hold(t, a, b, 100)]))[0]);
+    // a's 100 is out in clearing: a deposit may bring a to MAX - 100, not one more.
+    await deposit(pool, { user_id: a, amount: MAX - 100, idempotency_key: null });
+    await assert.rejects(
+      deposit(pool, { user_id: a, amount: 1, idempotency_key: null }),
+      refusal("balance_limit_exceeded"),
+    );
+    // Nor can a payment to a take that room.
+    const toA = randomUUID();
+    okHold((await applyBatch(pool, [hold(toA, c, a, 1)]))[0]);
+    assert.deepEqual(outcomes(await applyBatch(pool, [post(toA)])), ["dest_unavailable"]);
+    // So the refund lands, whatever a received meanwhile.
+    assert.deepEqual(outcomes(await applyBatch(pool, [voiding(t), voiding(toA)])), [
+      "ok:voided",
+      "ok:voided",
+    ]);
+    assert.equal(await balanceOf(a), MAX);
+    assert.equal(await balanceOf(c), 1);
     await assertConsistent();
   });
 });

@@ -31,7 +31,9 @@ const batchBodySchema = z.object({
 
 export type LedgerAnswer =
   | { kind: "ok"; source_balance_before: number; dest_balance_before: number | null }
-  | { kind: "rejected"; reason: FailureReason };
+  | { kind: "rejected"; reason: FailureReason }
+  /** A void found the hold posted: the money reached B (a post the saga had lost track of). */
+  | { kind: "already_posted" };
 
 /** The ledger said something the saga's state rules out: a bug, never retried into money movement. */
 export class LedgerInvariantError extends Error {}
@@ -140,6 +142,7 @@ export class LedgerClient {
         return new LedgerInvariantError(`ledger batch: answer ${i} is not for transfer ${step.transfer_id}`);
       }
       if (!result.ok) {
+        if (step.op === "void" && result.code === "hold_posted") return { kind: "already_posted" };
         const reason = refusals[step.op][result.code];
         if (reason !== undefined) return { kind: "rejected", reason };
         // A refusal the saga never expects (hold_voided, hold_mismatch...): never retried into money.

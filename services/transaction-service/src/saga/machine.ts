@@ -9,12 +9,20 @@
  *      │ (no money moved) │ record deadline passed   │
  *      ▼                  ▼                          ▼
  *   failing ◀──void ok── refunding ◀─────────────────┘
- *      │
- *      └──record FAILED──▶ failed
+ *    │  ▲                  │ void finds the hold posted (a late post went through)
+ *    │  │                  └─────────────────────────▶ posted
+ *    │  └──void ok── voiding ◀── hold ok arriving late, in failing or failed, no hold known
+ *    └──record FAILED──▶ failed
  *
  * Money: `held` means A was debited into clearing; `posted` means clearing paid B; `refunding`
  * means the hold must be voided (clearing -> A). A transfer leaves clearing exactly once
  * (post xor void), which the ledger enforces too.
+ *
+ * `voiding` is a second line of defence: the ledger keeps a hold's refusal final for its
+ * transfer id, so a hold cannot succeed after the saga was told it was refused. Should one ever
+ * succeed anyway, the transfer is already FAILED and stays so: the saga voids that hold (its
+ * money goes back to A) and confirms the FAILED record again. A durable state rather than a
+ * one-off void, so that a crash or an unanswered void is retried by the sweep like any step.
  */
 import type { FailureReason, TransferSnapshot, TransferStatus } from "#packages/contracts/transfer.ts";
 
@@ -27,6 +35,7 @@ export const sagaStates = [
   "refunding",
   "failing",
   "failed",
+  "voiding",
 ] as const;
 export type SagaState = (typeof sagaStates)[number];
 
@@ -69,6 +78,7 @@ export function nextAction(state: SagaState): NextAction {
     case "recorded":
       return "post";
     case "refunding":
+    case "voiding":
       return "void";
     case "held":
     case "posted":
@@ -92,6 +102,7 @@ export function publicStatus(state: SagaState): TransferStatus {
       return "COMPLETED";
     case "failing":
     case "failed":
+    case "voiding":
       return "FAILED";
     default:
       return "PENDING";
@@ -156,6 +167,13 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
       return null;
     case "refunding":
       if (input.kind === "void_ok") return withRecord(to("failing"));
+      // The void found the hold posted: an earlier post, whose answer was lost or late, went
+      // through. The money reached B, so the transfer completes; the refund reason no longer holds.
+      if (input.kind === "post_ok")
+        return withRecord(to("posted", { dest_init_bal: input.dest_init_bal, failure_reason: null }));
+      return null;
+    case "voiding":
+      if (input.kind === "void_ok") return withRecord(to("failing"));
       return null;
     case "posted":
       // The money has reached B; a record that cannot be written is an operator matter (it is
@@ -174,9 +192,24 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
       ) {
         return { next: to("failed"), record: null };
       }
-      return null;
-    case "completed":
+      return lateHold(current, input, to);
     case "failed":
+      return lateHold(current, input, to);
+    case "completed":
       return null;
   }
+}
+
+/**
+ * A hold that succeeded for a transfer already FAILED without one (its hold was refused): never
+ * expected (the ledger keeps refusals final), voided if it happens. A hold_ok for a transfer
+ * that did hold (and was refunded) is a duplicate and is ignored.
+ */
+function lateHold(
+  current: SagaTransfer,
+  input: SagaInput,
+  to: (state: SagaState, patch?: Partial<SagaTransfer>) => SagaTransfer,
+): Transition | null {
+  if (input.kind !== "hold_ok" || current.source_init_bal !== null) return null;
+  return { next: to("voiding"), record: null };
 }

@@ -20,7 +20,7 @@ import {
   snapshotOf,
   transition,
 } from "./machine.ts";
-import type { SagaStore, StoredTransfer } from "./store.ts";
+import type { DueTransfer, SagaStore, StoredTransfer } from "./store.ts";
 
 export interface SagaTimings {
   /** How long a ledger step may take before the sweep retries it. */
@@ -81,6 +81,8 @@ export class SagaRunner {
   async apply(transfer: StoredTransfer, input: SagaInput, respond?: RespondWith): Promise<StoredTransfer> {
     let current = transfer;
     for (let attempt = 0; attempt < 5; attempt++) {
+      // This clock only stamps the record's snapshot; the row's times, and every due time and
+      // deadline, are PostgreSQL's (store.ts).
       const step = transition(current, input, new Date().toISOString());
       if (step === null) return current;
       const messages = step.record === null ? [] : [this.recordCommand(step.record)];
@@ -133,30 +135,30 @@ export class SagaRunner {
           amount: current.amount,
         });
         this.crashes.reached("after_hold");
-        current = await this.apply(
-          current,
-          answer.kind === "ok"
-            ? { kind: "hold_ok", source_init_bal: answer.source_balance_before }
-            : { kind: "hold_rejected", reason: answer.reason },
-          respond,
-        );
+        current = await this.apply(current, holdInput(current.id, answer), respond);
+        if (current.state === "voiding") {
+          this.#logger.error(
+            { transfer_id: current.id, failure_reason: current.failure_reason },
+            "a hold succeeded for a transfer that had already failed; voiding it",
+          );
+        }
       } else if (action === "post") {
         answer = await this.#ledger.post(current.id);
         this.crashes.reached("after_post");
-        if (answer.kind === "ok" && answer.dest_balance_before === null) {
-          throw new Error(`invariant: posted transfer ${current.id} has no destination balance`);
-        }
-        current = await this.apply(
-          current,
-          answer.kind === "ok"
-            ? { kind: "post_ok", dest_init_bal: answer.dest_balance_before as number }
-            : { kind: "post_rejected", reason: answer.reason },
-          respond,
-        );
+        current = await this.apply(current, postInput(current.id, answer), respond);
       } else if (action === "void") {
         answer = await this.#ledger.void(current.id);
         this.crashes.reached("after_void");
-        if (answer.kind !== "ok") throw new Error(`invariant: void of ${current.id} refused`);
+        if (answer.kind === "already_posted" && current.state === "refunding") {
+          // A post went through after all: ask for it again (idempotent) for the balance the
+          // COMPLETED record needs, and complete the transfer.
+          this.#logger.warn({ transfer_id: current.id }, "refund found the transfer credited; completing it");
+          answer = await this.#ledger.post(current.id);
+          current = await this.apply(current, postInput(current.id, answer), respond);
+          continue;
+        }
+        if (answer.kind !== "ok")
+          throw new Error(`invariant: void of ${current.id} refused (${answer.kind})`);
         current = await this.apply(current, { kind: "void_ok" }, respond);
       } else {
         return current;
@@ -165,15 +167,17 @@ export class SagaRunner {
     return current;
   }
 
-  /** The recovery sweep's treatment of one overdue transfer. */
-  async recover(transfer: StoredTransfer): Promise<void> {
+  /**
+   * The recovery sweep's treatment of one overdue transfer. How long it has waited is measured
+   * by PostgreSQL (DueTransfer.waited_ms), never against this process's clock, which may be skewed.
+   */
+  async recover(transfer: DueTransfer): Promise<void> {
     const awaited = awaitedRecordStatus(transfer.state);
     if (awaited === null) {
       await this.advance(transfer);
       return;
     }
-    const waited_ms = Date.now() - Date.parse(transfer.updated_at);
-    if (transfer.state === "held" && waited_ms > this.#timings.record_deadline_ms) {
+    if (transfer.state === "held" && transfer.waited_ms > this.#timings.record_deadline_ms) {
       const refunding = await this.apply(transfer, { kind: "record_deadline" });
       await this.advance(refunding);
       return;
@@ -186,4 +190,18 @@ export class SagaRunner {
     );
     await this.#store.enqueue([this.recordCommand(snapshotOf(transfer))]);
   }
+}
+
+function holdInput(id: string, answer: LedgerAnswer): SagaInput {
+  if (answer.kind === "ok") return { kind: "hold_ok", source_init_bal: answer.source_balance_before };
+  if (answer.kind === "rejected") return { kind: "hold_rejected", reason: answer.reason };
+  throw new Error(`invariant: hold of ${id} answered ${answer.kind}`);
+}
+
+function postInput(id: string, answer: LedgerAnswer): SagaInput {
+  if (answer.kind === "rejected") return { kind: "post_rejected", reason: answer.reason };
+  if (answer.kind !== "ok" || answer.dest_balance_before === null) {
+    throw new Error(`invariant: post of ${id} answered ${answer.kind} without a destination balance`);
+  }
+  return { kind: "post_ok", dest_init_bal: answer.dest_balance_before };
 }

@@ -9,7 +9,20 @@ import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
+import { backoff_ms } from "#packages/runtime/index.ts";
 import type { SagaState, SagaTransfer } from "./machine.ts";
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A batch item's own error, thrown to its caller alone. */
+function unwrap<T>(result: T | Error): T {
+  if (result instanceof Error) throw result;
+  return result;
+}
+
+function toError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
 
 interface TransferRow {
   id: string;
@@ -60,6 +73,10 @@ function fromRow(row: TransferRow): StoredTransfer {
   };
 }
 
+/**
+ * A transfer to create. Its times (created_at, updated_at, next_attempt_at) are PostgreSQL's,
+ * like every due time and deadline of the saga: one clock, whatever the services' clocks say.
+ */
 export interface NewTransfer {
   id: string;
   idempotency_key: string | null;
@@ -67,9 +84,37 @@ export interface NewTransfer {
   source_user_id: number;
   dest_user_id: number;
   amount: number;
-  now: string;
   step_timeout_ms: number;
 }
+
+export interface CreateResult {
+  created: boolean;
+  transfer: StoredTransfer;
+  /** How long ago the transfer was created, on PostgreSQL's clock. */
+  age_ms: number;
+}
+
+/** A transfer the sweep claimed, with how long it has waited in its state (PostgreSQL's clock). */
+export interface DueTransfer extends StoredTransfer {
+  waited_ms: number;
+}
+
+/**
+ * A write failed in a way that may have come after its commit (the connection dropped, the
+ * server restarted) and re-reading could not tell whether this transfer was created. It may
+ * exist: the caller must say so, with its id, and never ask for a plain retry (a keyless retry
+ * would pay twice).
+ */
+export class TransferOutcomeUnknownError extends Error {
+  readonly transfer_id: string;
+  constructor(transfer_id: string, cause: unknown) {
+    super(`the creation of transfer ${transfer_id} may or may not have committed`, { cause });
+    this.transfer_id = transfer_id;
+  }
+}
+
+/** Attempts, with backoff, to learn a failed write's outcome by reading it back. */
+const REREAD_ATTEMPTS = 4;
 
 /** A transition waiting to be committed (see commitTransition). */
 interface PendingTransition {
@@ -99,10 +144,11 @@ export class SagaStore {
   readonly pool: Pool;
   /** Called after a commit that added outbox rows, so the relay wakes at once instead of polling. */
   onOutbox: () => void = () => {};
-  readonly #inserts: Batcher<NewTransfer, { created: boolean; transfer: StoredTransfer }>;
+  /** Per item, its result or the error that item alone raises (an outcome a re-read could not learn). */
+  readonly #inserts: Batcher<NewTransfer, CreateResult | Error>;
   /** Two lanes: the first transition (a client's POST waits on it), and all later ones. */
-  readonly #first_transitions: Batcher<PendingTransition, StoredTransfer | null>;
-  readonly #later_transitions: Batcher<PendingTransition, StoredTransfer | null>;
+  readonly #first_transitions: Batcher<PendingTransition, StoredTransfer | null | Error>;
+  readonly #later_transitions: Batcher<PendingTransition, StoredTransfer | null | Error>;
 
   constructor(pool: Pool, limits: SagaStoreLimits = defaultStoreLimits) {
     this.pool = pool;
@@ -120,7 +166,7 @@ export class SagaStore {
       run: (inputs) => this.#createOrGetMany(inputs),
     });
     const transitions = (name: string) =>
-      new Batcher<PendingTransition, StoredTransfer | null>({
+      new Batcher<PendingTransition, StoredTransfer | null | Error>({
         name,
         ...batching,
         key: (pending) => pending.next.id,
@@ -130,25 +176,35 @@ export class SagaStore {
     this.#later_transitions = transitions("saga later transitions");
   }
 
-  /** Insert the intent, or return the transfer that already holds this idempotency key. */
-  createOrGet(input: NewTransfer): Promise<{ created: boolean; transfer: StoredTransfer }> {
-    return this.#inserts.submit(input);
+  /**
+   * Insert the intent, or return the transfer that already holds this idempotency key. Throws
+   * TransferOutcomeUnknownError when the insert failed and its outcome could not be learnt.
+   */
+  async createOrGet(input: NewTransfer): Promise<CreateResult> {
+    return unwrap(await this.#inserts.submit(input));
   }
 
-  async #createOrGetMany(
-    inputs: NewTransfer[],
-  ): Promise<Array<{ created: boolean; transfer: StoredTransfer }>> {
-    const inserted = await this.pool.query<TransferRow>(
+  async #createOrGetMany(inputs: NewTransfer[]): Promise<Array<CreateResult | Error>> {
+    try {
+      return await this.#insertMany(inputs);
+    } catch (error) {
+      // The statement may have committed before it failed (a restart between the insert and
+      // its answer, a connection lost after COMMIT): every request learns its own outcome.
+      return this.#learnInserts(inputs, error);
+    }
+  }
+
+  async #insertMany(inputs: NewTransfer[]): Promise<Array<CreateResult | Error>> {
+    const inserted = await this.pool.query<TransferRow & { age_ms: number }>(
       `INSERT INTO transfers (id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor,
                               state, next_attempt_at, created_at, updated_at)
        SELECT i.id, i.idempotency_key, i.request_fingerprint, i.source_user_id, i.dest_user_id, i.amount_minor,
-              'created', i.now + (i.step_timeout_ms * interval '1 millisecond'), i.now, i.now
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                     $7::timestamptz[], $8::float8[])
-           AS i(id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor, now,
+              'created', now() + (i.step_timeout_ms * interval '1 millisecond'), now(), now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::float8[])
+           AS i(id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor,
                 step_timeout_ms)
        ON CONFLICT (idempotency_key) DO NOTHING
-       RETURNING ${COLUMNS}`,
+       RETURNING ${COLUMNS}, 0::float8 AS age_ms`,
       [
         inputs.map((i) => i.id),
         inputs.map((i) => i.idempotency_key),
@@ -156,28 +212,68 @@ export class SagaStore {
         inputs.map((i) => i.source_user_id),
         inputs.map((i) => i.dest_user_id),
         inputs.map((i) => i.amount),
-        inputs.map((i) => i.now),
         inputs.map((i) => i.step_timeout_ms),
       ],
     );
-    const created = new Map(inserted.rows.map((row) => [row.id, fromRow(row)]));
-    const taken = inputs.filter((i) => !created.has(i.id)).map((i) => i.idempotency_key);
-    if (taken.some((key) => key === null)) throw new Error("invariant: insert without a key cannot conflict");
-    const existing = new Map<string, StoredTransfer>();
-    if (taken.length > 0) {
-      const found = await this.pool.query<TransferRow>(
-        `SELECT ${COLUMNS} FROM transfers WHERE idempotency_key = ANY($1::text[])`,
-        [taken],
-      );
-      for (const row of found.rows) existing.set(row.idempotency_key as string, fromRow(row));
-    }
-    return inputs.map((input) => {
-      const mine = created.get(input.id);
-      if (mine !== undefined) return { created: true, transfer: mine };
-      const theirs = existing.get(input.idempotency_key as string);
-      if (theirs === undefined) throw new Error("invariant: conflicting idempotency key vanished");
-      return { created: false, transfer: theirs };
+    const created = new Set(inserted.rows.map((row) => row.id));
+    const taken = inputs.filter((i) => !created.has(i.id));
+    if (taken.some((i) => i.idempotency_key === null))
+      throw new Error("invariant: insert without a key cannot conflict");
+    const found = taken.length === 0 ? [] : await this.#readCreated(taken);
+    return this.#resultsOf(inputs, [...inserted.rows, ...found], (input) => {
+      throw new Error(`invariant: the transfer holding idempotency key of ${input.id} vanished`);
     });
+  }
+
+  /** The transfers with these inputs' ids or keys, with their age on PostgreSQL's clock. */
+  async #readCreated(inputs: NewTransfer[]): Promise<Array<TransferRow & { age_ms: number }>> {
+    const { rows } = await this.pool.query<TransferRow & { age_ms: number }>(
+      `SELECT ${COLUMNS}, extract(epoch FROM now() - created_at) * 1000 AS age_ms FROM transfers
+        WHERE id = ANY($1::uuid[]) OR idempotency_key = ANY($2::text[])`,
+      [
+        inputs.map((i) => i.id),
+        inputs.flatMap((i) => (i.idempotency_key === null ? [] : [i.idempotency_key])),
+      ],
+    );
+    return rows;
+  }
+
+  /** Each input's transfer: its own (created), the key's holder (not created), else `missing`. */
+  #resultsOf(
+    inputs: NewTransfer[],
+    rows: Array<TransferRow & { age_ms: number }>,
+    missing: (input: NewTransfer) => CreateResult | Error,
+  ): Array<CreateResult | Error> {
+    const byId = new Map(rows.map((row) => [row.id, row]));
+    const byKey = new Map(rows.map((row) => [row.idempotency_key, row]));
+    return inputs.map((input) => {
+      const mine = byId.get(input.id);
+      if (mine !== undefined) return { created: true, transfer: fromRow(mine), age_ms: Number(mine.age_ms) };
+      const theirs = input.idempotency_key === null ? undefined : byKey.get(input.idempotency_key);
+      if (theirs !== undefined)
+        return { created: false, transfer: fromRow(theirs), age_ms: Number(theirs.age_ms) };
+      return missing(input);
+    });
+  }
+
+  /**
+   * After a failed insert: read back by id and key, retrying while PostgreSQL is away. A transfer
+   * found is answered as if the insert had answered. One not found was not created, or its
+   * statement is still finishing: a keyed request may safely retry (the key finds it), a keyless
+   * one is told its transfer may exist.
+   */
+  async #learnInserts(inputs: NewTransfer[], failure: unknown): Promise<Array<CreateResult | Error>> {
+    const unknown = (input: NewTransfer) =>
+      input.idempotency_key === null ? new TransferOutcomeUnknownError(input.id, failure) : toError(failure);
+    for (let attempt = 0; attempt < REREAD_ATTEMPTS; attempt++) {
+      if (attempt > 0) await sleep(backoff_ms(attempt, 100, 1_000));
+      try {
+        return this.#resultsOf(inputs, await this.#readCreated(inputs), unknown);
+      } catch {
+        // PostgreSQL still away: try again, then give up below.
+      }
+    }
+    return inputs.map(unknown);
   }
 
   async get(id: string): Promise<StoredTransfer | null> {
@@ -203,7 +299,7 @@ export class SagaStore {
    * moved the transfer first (the caller reloads and re-decides). `response`, if given, is kept
    * as the request's first answer unless one is already kept.
    */
-  commitTransition(
+  async commitTransition(
     expected: SagaState,
     next: SagaTransfer,
     messages: OutgoingMessage[],
@@ -211,10 +307,41 @@ export class SagaStore {
     response: { status: number; body: unknown } | null = null,
   ): Promise<StoredTransfer | null> {
     const lane = expected === "created" ? this.#first_transitions : this.#later_transitions;
-    return lane.submit({ expected, next, messages, wait_ms, response });
+    return unwrap(await lane.submit({ expected, next, messages, wait_ms, response }));
   }
 
-  async #commitMany(batch: PendingTransition[]): Promise<Array<StoredTransfer | null>> {
+  async #commitMany(batch: PendingTransition[]): Promise<Array<StoredTransfer | null | Error>> {
+    try {
+      return await this.#updateMany(batch);
+    } catch (error) {
+      return this.#learnTransitions(batch, error);
+    }
+  }
+
+  /**
+   * After a failed batch of transitions: each one is read back. In its target state, it is taken
+   * as committed (by this batch, or by a driver that made the same move: either way the state
+   * and its message are in); still in the expected state, it did not commit and its caller gets
+   * the error (a compare-and-set is safe to retry); elsewhere, another actor moved it (null).
+   */
+  async #learnTransitions(
+    batch: PendingTransition[],
+    failure: unknown,
+  ): Promise<Array<StoredTransfer | null | Error>> {
+    let rows: Map<string, StoredTransfer>;
+    try {
+      rows = await this.getMany(batch.map((p) => p.next.id));
+    } catch {
+      return batch.map(() => toError(failure));
+    }
+    return batch.map((p) => {
+      const row = rows.get(p.next.id.toLowerCase());
+      if (row === undefined || row.state === p.expected) return toError(failure);
+      return row.state === p.next.state ? row : null;
+    });
+  }
+
+  async #updateMany(batch: PendingTransition[]): Promise<Array<StoredTransfer | null>> {
     // Rows are locked in id order, so two batches that share transfers cannot deadlock.
     const pending = [...batch].sort((a, b) => (a.next.id < b.next.id ? -1 : a.next.id > b.next.id ? 1 : 0));
     const messages = pending.flatMap((p) => p.messages.map((m) => ({ transfer_id: p.next.id, ...m })));
@@ -222,13 +349,13 @@ export class SagaStore {
       `WITH moved AS (
          UPDATE transfers t
             SET state = i.state, failure_reason = i.failure_reason, source_init_bal = i.source_init_bal,
-                dest_init_bal = i.dest_init_bal, updated_at = i.updated_at, attempts = 0,
+                dest_init_bal = i.dest_init_bal, updated_at = now(), attempts = 0,
                 next_attempt_at = now() + (i.wait_ms * interval '1 millisecond'),
                 response_status = coalesce(t.response_status, i.response_status),
                 response_body = CASE WHEN t.response_status IS NULL THEN i.response_body ELSE t.response_body END
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                       $7::timestamptz[], $8::float8[], $9::integer[], $10::jsonb[])
-             AS i(id, expected, state, failure_reason, source_init_bal, dest_init_bal, updated_at, wait_ms,
+                       $7::float8[], $8::integer[], $9::jsonb[])
+             AS i(id, expected, state, failure_reason, source_init_bal, dest_init_bal, wait_ms,
                   response_status, response_body)
           WHERE t.id = i.id AND t.state = i.expected
         RETURNING ${COLUMNS.split(", ")
@@ -236,10 +363,15 @@ export class SagaStore {
           .join(", ")}),
        queued AS (
          INSERT INTO outbox (topic, key, payload)
-         SELECT m.topic, m.key, m.payload
-           FROM unnest($11::uuid[], $12::text[], $13::text[], $14::jsonb[]) WITH ORDINALITY
+         SELECT m.topic, m.key,
+                -- A record's snapshot carries the transition's time on PostgreSQL's clock, as the row does.
+                CASE WHEN m.payload ? 'snapshot'
+                     THEN jsonb_set(m.payload, '{snapshot,updated_at}',
+                                    to_jsonb(to_char(mv.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+                     ELSE m.payload END
+           FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[]) WITH ORDINALITY
              AS m(transfer_id, topic, key, payload, n)
-          WHERE m.transfer_id IN (SELECT id FROM moved)
+           JOIN moved mv ON mv.id = m.transfer_id
           ORDER BY m.n)
        SELECT * FROM moved`,
       [
@@ -249,7 +381,6 @@ export class SagaStore {
         pending.map((p) => p.next.failure_reason),
         pending.map((p) => p.next.source_init_bal),
         pending.map((p) => p.next.dest_init_bal),
-        pending.map((p) => p.next.updated_at),
         pending.map((p) => p.wait_ms),
         pending.map((p) => p.response?.status ?? null),
         pending.map((p) => (p.response === null ? null : JSON.stringify(p.response.body))),
@@ -287,8 +418,8 @@ export class SagaStore {
   async claimDue(
     limit: number,
     backoff: { step_base_ms: number; step_cap_ms: number; resend_base_ms: number; resend_cap_ms: number },
-  ): Promise<StoredTransfer[]> {
-    const result = await this.pool.query<TransferRow>(
+  ): Promise<DueTransfer[]> {
+    const result = await this.pool.query<TransferRow & { waited_ms: number }>(
       `UPDATE transfers t
           SET attempts = t.attempts + 1,
               next_attempt_at = now() + ((CASE WHEN t.state IN ('held', 'posted', 'failing')
@@ -302,10 +433,10 @@ export class SagaStore {
         WHERE t.id = due.id
       RETURNING ${COLUMNS.split(", ")
         .map((c) => `t.${c}`)
-        .join(", ")}`,
+        .join(", ")}, extract(epoch FROM now() - t.updated_at) * 1000 AS waited_ms`,
       [limit, backoff.step_base_ms, backoff.step_cap_ms, backoff.resend_base_ms, backoff.resend_cap_ms],
     );
-    return result.rows.map(fromRow);
+    return result.rows.map((row) => ({ ...fromRow(row), waited_ms: Number(row.waited_ms) }));
   }
 
   /** Counts by state, for health and tests. */
