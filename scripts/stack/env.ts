@@ -1,6 +1,6 @@
 // The environment every service gets: where each engine is, where the other services are, and the
 // shared secrets. Every value can be overridden from the caller's environment.
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { mongoHost, mongoPort } from "./engines/ferretdb.ts";
 import { kafkaHost, kafkaPort } from "./engines/kafka.ts";
@@ -20,20 +20,38 @@ export type ServiceName = (typeof serviceNames)[number];
 /** The test stack's first port (18000: services on 18000-18003); parallel checkouts may move it. */
 const testPortBase = envPort("DPS_TEST_PORT_BASE", 18000);
 
-export const servicePorts: Record<ServiceName, { env: string; port: number; testPort: number }> = {
-  "user-service": { env: "USER_SERVICE_PORT", port: 8000, testPort: testPortBase },
+export const servicePorts: Record<
+  ServiceName,
+  { env: string; internalEnv: string; port: number; testPort: number }
+> = {
+  "user-service": {
+    env: "USER_SERVICE_PORT",
+    internalEnv: "USER_SERVICE_INTERNAL_PORT",
+    port: 8000,
+    testPort: testPortBase,
+  },
   "transaction-command-service": {
     env: "TRANSACTION_COMMAND_SERVICE_PORT",
+    internalEnv: "TRANSACTION_COMMAND_SERVICE_INTERNAL_PORT",
     port: 8001,
     testPort: testPortBase + 1,
   },
   "transaction-query-service": {
     env: "TRANSACTION_QUERY_SERVICE_PORT",
+    internalEnv: "TRANSACTION_QUERY_SERVICE_INTERNAL_PORT",
     port: 8002,
     testPort: testPortBase + 2,
   },
-  "transaction-service": { env: "TRANSACTION_SERVICE_PORT", port: 8003, testPort: testPortBase + 3 },
+  "transaction-service": {
+    env: "TRANSACTION_SERVICE_PORT",
+    internalEnv: "TRANSACTION_SERVICE_INTERNAL_PORT",
+    port: 8003,
+    testPort: testPortBase + 3,
+  },
 };
+
+/** Every service's internal listener is its public port + 1000 (loopback): 9000-9003, 19000-19003... */
+export const INTERNAL_PORT_OFFSET = 1000;
 
 export function isServiceName(name: string): name is ServiceName {
   return (serviceNames as readonly string[]).includes(name);
@@ -48,7 +66,7 @@ export type StackEnv = Record<string, string>;
  * so restarts and other tools (tests, audit, dead letters) see the same values. What each service
  * is handed of them is decided by serviceEnv(): only what it needs.
  */
-export const secretNames = ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"] as const;
+export const secretNames = ["ADMIN_TOKEN", "LEDGER_TOKEN", "QUERY_TOKEN", "AUTH_TOKEN_SECRET"] as const;
 export type SecretName = (typeof secretNames)[number];
 
 function readSecretsFile(): Record<string, string> {
@@ -91,8 +109,40 @@ function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
  * its own). Least privilege: a service gets the credentials it presents and the digests of those
  * it only checks, never another service's.
  */
-export function serviceEnv(_name: ServiceName, env: StackEnv): StackEnv {
-  return { ...env };
+export function serviceEnv(name: ServiceName, env: StackEnv): StackEnv {
+  const own: StackEnv = { ...env };
+  for (const secret of secretNames) delete own[secret];
+  const { presents, checks } = credentialsOf[name];
+  for (const secret of presents) own[secret] = env[secret] ?? "";
+  for (const secret of checks) own[`${secret}_SHA256`] = sha256Hex(env[secret] ?? "");
+  return own;
+}
+
+const sha256Hex = (text: string): string => createHash("sha256").update(text).digest("hex");
+
+/**
+ * Per service: the secrets it presents or uses (handed as such) and the credentials it only checks
+ * (handed as their SHA-256). Only transaction-service holds LEDGER_TOKEN, the one credential the
+ * ledger's saga steps accept.
+ */
+const credentialsOf: Record<ServiceName, { presents: SecretName[]; checks: SecretName[] }> = {
+  "user-service": { presents: ["AUTH_TOKEN_SECRET"], checks: ["ADMIN_TOKEN", "LEDGER_TOKEN"] },
+  "transaction-command-service": { presents: [], checks: ["ADMIN_TOKEN"] },
+  "transaction-query-service": { presents: [], checks: ["ADMIN_TOKEN", "QUERY_TOKEN"] },
+  "transaction-service": {
+    presents: ["LEDGER_TOKEN", "QUERY_TOKEN", "AUTH_TOKEN_SECRET"],
+    checks: ["ADMIN_TOKEN"],
+  },
+};
+
+/** `<SERVICE>_INTERNAL_PORT` of each service (public + 1000) and user-service's internal URL. */
+function internalEnv(host: string, portOf: (service: ServiceName) => string): StackEnv {
+  const env: StackEnv = {};
+  for (const name of serviceNames) {
+    env[servicePorts[name].internalEnv] = String(Number(portOf(name)) + INTERNAL_PORT_OFFSET);
+  }
+  env.USER_SERVICE_INTERNAL_URL = `http://${host}:${env[servicePorts["user-service"].internalEnv]}`;
+  return env;
 }
 
 /** The environment for `npm start`: seed ports, the main databases. */
@@ -113,7 +163,8 @@ export function stackEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
     KAFKA_TOPIC_PREFIX: base.KAFKA_TOPIC_PREFIX ?? "",
     REDIS_URL: base.REDIS_URL || `redis://${redisHost}:${redisPort}/0`,
     REDIS_KEY_PREFIX: base.REDIS_KEY_PREFIX ?? "",
-    USER_SERVICE_URL: base.USER_SERVICE_URL || `http://${host}:${port("user-service")}`,
+    INTERNAL_HOST: base.INTERNAL_HOST || "127.0.0.1",
+    ...internalEnv(base.INTERNAL_HOST || "127.0.0.1", port),
     TRANSACTION_QUERY_SERVICE_URL:
       base.TRANSACTION_QUERY_SERVICE_URL || `http://${host}:${port("transaction-query-service")}`,
     ...secrets(base),
@@ -144,7 +195,7 @@ function isolatedEnv(
     MONGO_DATABASE: `dps_${name}`,
     KAFKA_TOPIC_PREFIX: `${name}.`,
     REDIS_KEY_PREFIX: `${name}:`,
-    USER_SERVICE_URL: `http://${host}:${p("user-service")}`,
+    ...internalEnv(base.INTERNAL_HOST || "127.0.0.1", p),
     TRANSACTION_QUERY_SERVICE_URL: `http://${host}:${p("transaction-query-service")}`,
   };
 }

@@ -10,10 +10,12 @@ import { SignJWT } from "jose";
 import {
   type Answer,
   asAdmin,
-  asService,
+  asLedger,
+  asQuery,
   bearer,
   call,
   createUser,
+  internalUrls,
   login,
   PASSWORD,
   settled,
@@ -151,10 +153,10 @@ describe("authentication", () => {
       ["PUT", `${urls.user}/users/${a.id}`, { username: uniqueName("x") }],
       ["DELETE", `${urls.user}/users/${b.id}`],
       ["POST", `${urls.user}/users/${a.id}/balance/add`, { amount: 5 }],
-      ["GET", `${urls.user}/internal/audit`],
-      ["POST", `${urls.user}/internal/transfers/0190b5a8-0000-7000-8000-000000000000/void`, {}],
+      ["GET", `${internalUrls.user}/internal/audit`],
+      ["POST", `${internalUrls.user}/internal/transfers/0190b5a8-0000-7000-8000-000000000000/void`, {}],
       ["GET", `${urls.query}/transactions/user/${a.id}`],
-      ["GET", `${urls.command}/ops/faults`],
+      ["GET", `${internalUrls.command}/ops/faults`],
     ];
     const [header, payload, signature] = a.token.split(".") as [string, string, string];
     const claims = JSON.parse(Buffer.from(payload, "base64url").toString());
@@ -211,7 +213,9 @@ describe("authorization", () => {
     const fromB = { source_user_id: b.id, dest_user_id: a.id, amount: 10 };
     assertError(await transfer(fromB, undefined, a.token), 403, "forbidden");
     assertError(await transfer(fromB, undefined, process.env.ADMIN_TOKEN ?? ""), 403, "forbidden");
-    assertError(await transfer(fromB, undefined, process.env.SERVICE_TOKEN ?? ""), 403, "forbidden");
+    // transaction-service presents the ledger and query credentials but accepts neither.
+    assertError(await transfer(fromB, undefined, process.env.LEDGER_TOKEN ?? ""), 401, "unauthorized");
+    assertError(await transfer(fromB, undefined, process.env.QUERY_TOKEN ?? ""), 401, "unauthorized");
     const own = await transfer(fromB, uniqueName("key"), b.token);
     assert.equal(own.status, 201, JSON.stringify(own.body));
     assert.equal((await settled(own.body.data.transaction.id, b.token)).status, "COMPLETED");
@@ -294,28 +298,89 @@ describe("authorization", () => {
     assert.equal(topUp.body.data.user.balance, 1_000_000);
   });
 
-  it("keeps service-to-service routes to the service credential", async () => {
+  it("lets only the saga's credential call the ledger's steps, and only on the internal listener", async () => {
     const a = await createUser(1_000);
     const b = await createUser();
-    const hold = `${urls.user}/internal/transfers/0190b5a8-0000-7000-8000-00000000abcd/hold`;
+    const id = "0190b5a8-0000-7000-8000-00000000abcd";
     const body = { source_user_id: a.id, dest_user_id: b.id, amount: 1_000 };
-    assertError(await call("POST", hold, { body, headers: bearer(a.token) }), 403, "forbidden");
-    assertError(await call("POST", hold, { body, headers: asAdmin() }), 403, "forbidden");
-    assertError(await call("GET", `${urls.user}/internal/audit`, { headers: bearer(a.token) }), 403);
+    const steps: Array<[string, unknown]> = [
+      [`/internal/transfers/${id}/hold`, body],
+      [`/internal/transfers/${id}/post`, {}],
+      [`/internal/transfers/${id}/void`, {}],
+      ["/internal/transfers/batch", { operations: [{ op: "hold", transfer_id: id, ...body }] }],
+    ];
+    for (const [path, payload] of steps) {
+      // Known to user-service but not allowed to move money: 403.
+      assertError(
+        await call("POST", `${internalUrls.user}${path}`, { body: payload, headers: bearer(a.token) }),
+        403,
+      );
+      assertError(
+        await call("POST", `${internalUrls.user}${path}`, { body: payload, headers: asAdmin() }),
+        403,
+      );
+      // The read side's credential means nothing to the ledger: 401.
+      assertError(
+        await call("POST", `${internalUrls.user}${path}`, { body: payload, headers: asQuery() }),
+        401,
+      );
+      // On the public listener the route does not exist, whoever asks.
+      for (const headers of [asLedger(), asAdmin(), bearer(a.token), {}]) {
+        assertError(
+          await call("POST", `${urls.user}${path}`, { body: payload, headers }),
+          404,
+          "route_not_found",
+        );
+      }
+    }
+    for (const path of ["/internal/audit", `/internal/transfers/${id}`]) {
+      assertError(await call("GET", `${urls.user}${path}`, { headers: asAdmin() }), 404);
+      assertError(await call("GET", `${internalUrls.user}${path}`, { headers: bearer(a.token) }), 403);
+    }
+    assert.equal(
+      (await call("GET", `${internalUrls.user}/internal/audit`, { headers: asAdmin() })).status,
+      200,
+    );
+    // Every /ops route is internal too.
+    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: asAdmin() }), 404);
+    assertError(
+      await call("PUT", `${urls.transaction}/ops/crash`, {
+        body: { point: "after_hold" },
+        headers: asAdmin(),
+      }),
+      404,
+    );
+    assert.equal(
+      (await call("GET", `${internalUrls.command}/ops/faults`, { headers: asAdmin() })).status,
+      200,
+    );
+    // The read side takes the query credential and the operator's; a user's token is no credential to it.
     assertError(
       await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: bearer(a.token) }),
       401,
     );
-    // The read side does not hold the key of user tokens, nor the command service that or the
-    // service credential: to them those are no credential at all (401).
-    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: bearer(a.token) }), 401);
-    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: asService() }), 401);
-    const asSvc = await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: asService() });
-    assert.equal(asSvc.status, 200, JSON.stringify(asSvc.body));
+    assertError(await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: asLedger() }), 401);
+    const asReader = await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: asQuery() });
+    assert.equal(asReader.status, 200, JSON.stringify(asReader.body));
+    // The command service knows only the operator.
+    assertError(await call("GET", `${internalUrls.command}/ops/faults`, { headers: bearer(a.token) }), 401);
+    assertError(await call("GET", `${internalUrls.command}/ops/faults`, { headers: asLedger() }), 401);
     assert.equal(
       (await call("GET", `${urls.user}/users/${a.id}`, { headers: asAdmin() })).body.data.user.balance,
       1_000,
     );
+  });
+
+  it("tells anonymous callers only up or down on /health; details for the operator and on the internal listener", async () => {
+    for (const name of ["user", "command", "query", "transaction"] as const) {
+      const anonymous = await call("GET", `${urls[name]}/health`);
+      assert.equal(anonymous.status, 200, JSON.stringify(anonymous.body));
+      assert.deepEqual(anonymous.body, { status: "up" });
+      const operator = await call("GET", `${urls[name]}/health`, { headers: asAdmin() });
+      assert.equal(operator.body.data.healthy, true, JSON.stringify(operator.body));
+      const internal = await call("GET", `${internalUrls[name]}/health`);
+      assert.equal(internal.body.data.healthy, true, JSON.stringify(internal.body));
+    }
   });
 });
 

@@ -6,12 +6,12 @@
 
 import { fileURLToPath } from "node:url";
 import { createClient } from "redis";
-import { loadConfig, splitList } from "#packages/config/index.ts";
+import { internalPort, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
-import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import {
   createProducer,
   deadLetterFor,
@@ -40,7 +40,14 @@ const SERVICE = "transaction-service";
 const config = loadConfig(configShape);
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
-const secrets = secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"], logger);
+// It checks the operator's credential, presents its own to the ledger and the read side, and
+// verifies users' tokens.
+const secrets = secretsOrExit(
+  SERVICE,
+  config,
+  { checks: ["ADMIN_TOKEN"], presents: ["LEDGER_TOKEN", "QUERY_TOKEN"], token_secret: true },
+  logger,
+);
 const brokers = splitList(config.KAFKA_BROKERS);
 const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
 
@@ -81,7 +88,7 @@ const store = new SagaStore(pool, {
   writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
   writes_waiting_max: 10_000,
 });
-const ledger = new LedgerClient(config.USER_SERVICE_URL, secrets.service_token ?? "", {
+const ledger = new LedgerClient(config.USER_SERVICE_INTERNAL_URL, secrets.ledger_token ?? "", {
   timeout_ms: config.LEDGER_TIMEOUT_MS,
   batch_max: config.LEDGER_BATCH_MAX,
   in_flight_max: config.LEDGER_CALLS_IN_FLIGHT_MAX,
@@ -153,7 +160,7 @@ const sweeper = startSweeper({
 
 const query = new QueryClient(
   config.TRANSACTION_QUERY_SERVICE_URL,
-  secrets.service_token ?? "",
+  secrets.query_token ?? "",
   config.QUERY_TIMEOUT_MS,
 );
 const limiter = new RateLimiter(redis, {
@@ -163,22 +170,30 @@ const limiter = new RateLimiter(redis, {
   timeout_ms: config.CACHE_TIMEOUT_MS,
   logger,
 });
-const app = createHttpServer({ logger });
+const listeners = createListeners({ logger });
+const app = listeners.public;
+await registerOpenApi(listeners.internal, {
+  service: SERVICE,
+  description:
+    "The internal listener (loopback): health details and, with FAULT_INJECTION=true, test faults.",
+});
 await registerOpenApi(app, {
   service: SERVICE,
   description:
     "The public entry: transfers (a crash-safe saga) and reads of transfers. Amounts are integer minor units. " +
     "Log in at user-service `POST /auth/login` and send the token as `Authorization: Bearer <token>`.",
 });
-registerHealth(app, SERVICE, {
+const health = {
   postgres: () => pool.query("SELECT 1"),
   kafka: () => pingKafka(brokers),
   redis: () => redis.ping(),
   consumer: async () => {
     if (!events.isRunning()) throw new Error("event consumer is not running");
   },
-});
+};
 const auth = new Authenticator(secrets);
+registerHealth(app, SERVICE, health, { auth });
+registerHealth(listeners.internal, SERVICE, health);
 registerRoutes(app, {
   store,
   runner,
@@ -190,11 +205,16 @@ registerRoutes(app, {
   limiter,
 });
 if (config.FAULT_INJECTION) {
-  registerCrashRoute(app, auth, crashes, ["after_hold", "after_post", "after_void", "after_outbox_send"]);
+  registerCrashRoute(listeners.internal, auth, crashes, [
+    "after_hold",
+    "after_post",
+    "after_void",
+    "after_outbox_send",
+  ]);
 }
 
 onShutdown(logger, [
-  () => app.close(),
+  () => closeBoth(listeners),
   () => sweeper.stop(),
   () => events.stop(),
   () => relay.stop(),
@@ -202,5 +222,10 @@ onShutdown(logger, [
   () => redis.quit(),
   () => pool.end(),
 ]);
-await app.listen({ host: config.HOST, port: config.TRANSACTION_SERVICE_PORT });
+await listenBoth(listeners, {
+  host: config.HOST,
+  port: config.TRANSACTION_SERVICE_PORT,
+  internal_host: config.INTERNAL_HOST,
+  internal_port: internalPort(config.TRANSACTION_SERVICE_INTERNAL_PORT, config.TRANSACTION_SERVICE_PORT),
+});
 logger.info({ port: config.TRANSACTION_SERVICE_PORT, topics }, "ready");

@@ -3,7 +3,7 @@
  * neither is set), with its own key prefix so it touches nothing else.
  */
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { createClient } from "redis";
@@ -97,7 +97,9 @@ describe("per-user rate limit (real Redis)", {
   });
 
   it("does not limit the operator, and is off at max 0", async () => {
-    const auth = new Authenticator({ admin_token: "admin-token-for-the-unit-test" });
+    const auth = new Authenticator({
+      admin_sha256: createHash("sha256").update("admin-token-for-the-unit-test").digest("hex"),
+    });
     const request = {
       headers: { authorization: "Bearer admin-token-for-the-unit-test" },
     } as unknown as FastifyRequest;

@@ -18,7 +18,7 @@ import {
 } from "#packages/http/auth.ts";
 import { ApiError, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
-import { type HttpServer, refuseMethod } from "#packages/http/server.ts";
+import { type Listeners, refuseMethod } from "#packages/http/server.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import {
   hashPassword,
@@ -192,10 +192,12 @@ export interface RouteDeps {
  * - a user (their access token): read, change and close their own record;
  * - the operator (ADMIN_TOKEN): all of that for any user, plus opening balances, deposits and
  *   the user list;
- * - transaction-service (SERVICE_TOKEN): the two-phase ledger under /internal, and nobody else.
+ * - transaction-service (LEDGER_TOKEN): the two-phase ledger under /internal, and nobody else;
+ *   served on the internal listener only (with the hold read and the audit), never the public one.
  */
-export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
+export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
   const { pool, auth } = deps;
+  const app = listeners.public;
   const userResponse = envelope(z.object({ user: userSchema }));
   const userOrAdmin = auth.guard("user", "admin");
   const adminOnly = auth.guard("admin");
@@ -406,14 +408,14 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
     },
   );
 
-  app.register(
+  listeners.internal.register(
     async (plugin) => {
       // A plugin scope starts without the type provider; this restores typed zod requests.
       const internal = plugin.withTypeProvider<ZodTypeProvider>();
-      // The service credential only: a user's token or the operator's cannot move money here.
-      internal.addHook("onRequest", auth.guard("service"));
+      // The saga's credential only: a user's token, the operator's or the read side's cannot move money.
+      const ledgerOnly = { onRequest: auth.guard("ledger") };
       const holdResponse = envelope(z.object({ hold: holdSchema })).describe("The hold as it now stands");
-      const internalSchema = { tags: ["internal"], security: securityFor("service") };
+      const internalSchema = { tags: ["internal"], security: securityFor("ledger") };
       const holdErrors = {
         404: "No such hold, source or destination (see `code`)",
         409: "The hold is in another state, or does not match (see `code`)",
@@ -423,6 +425,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/:transfer_id/hold",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary:
@@ -441,6 +444,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/:transfer_id/post",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary: "Saga step: move the held amount from clearing to the destination (idempotent)",
@@ -455,6 +459,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/:transfer_id/void",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary: "Saga step: give the held amount back to the source (idempotent)",
@@ -469,6 +474,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/batch",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary: `Saga steps in one transaction: up to ${LEDGER_BATCH_MAX} holds, posts and voids, one result each (one step per transfer)`,
@@ -515,8 +521,10 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.get(
         "/transfers/:transfer_id",
         {
+          onRequest: auth.guard("ledger", "admin"),
           schema: {
             ...internalSchema,
+            security: securityFor("ledger", "admin"),
             summary: "Read a transfer's hold",
             params: transferParams,
             response: {
@@ -536,8 +544,10 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.get(
         "/audit",
         {
+          onRequest: auth.guard("admin"),
           schema: {
             ...internalSchema,
+            security: securityFor("admin"),
             summary: "The ledger's consistency figures (I1, I2, I6) from one snapshot",
             response: { 200: envelope(auditSchema).describe("The figures"), ...errorResponses(401, 403) },
           },
@@ -548,5 +558,5 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
     { prefix: "/internal" },
   );
   // GET /internal/transfers/batch would otherwise be read as the hold of transfer "batch".
-  refuseMethod(app, "GET", "/internal/transfers/batch", ["POST"]);
+  refuseMethod(listeners.internal, "GET", "/internal/transfers/batch", ["POST"]);
 }

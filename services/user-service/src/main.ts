@@ -3,10 +3,10 @@
  * for money. Start: config, migrations, a check of the system accounts, then HTTP.
  */
 import { join } from "node:path";
-import { loadConfig } from "#packages/config/index.ts";
+import { internalPort, loadConfig } from "#packages/config/index.ts";
 import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
-import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { configShape } from "./config.ts";
@@ -27,7 +27,13 @@ function readConfig() {
 
 const config = readConfig();
 const log = createLogger(SERVICE, config.LOG_LEVEL);
-const secrets = secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"], log);
+// It checks the operator's and the saga's credentials (digests suffice) and signs users' tokens.
+const secrets = secretsOrExit(
+  SERVICE,
+  config,
+  { checks: ["ADMIN_TOKEN", "LEDGER_TOKEN"], token_secret: true },
+  log,
+);
 
 async function main(): Promise<void> {
   const pool = createPool(config.LEDGER_DATABASE_URL, {
@@ -38,15 +44,27 @@ async function main(): Promise<void> {
   if (applied.length > 0) log.info({ applied }, "migrations applied");
   await assertSystemAccounts(pool);
 
-  const app = createHttpServer({ logger: log });
-  await registerOpenApi(app, {
+  const listeners = createListeners({ logger: log });
+  await registerOpenApi(listeners.public, {
     service: SERVICE,
     description:
       "Users, wallets and the double-entry journal: the source of truth for money. Amounts are integer minor units.",
   });
-  registerHealth(app, SERVICE, { postgres: () => pool.query("SELECT 1") });
-  registerRoutes(app, { pool, auth: new Authenticator(secrets) });
-  await app.listen({ host: config.HOST, port: config.USER_SERVICE_PORT });
+  await registerOpenApi(listeners.internal, {
+    service: SERVICE,
+    description: "The internal listener (loopback): the ledger's saga steps, hold reads and the audit.",
+  });
+  const auth = new Authenticator(secrets);
+  const checks = { postgres: () => pool.query("SELECT 1") };
+  registerHealth(listeners.public, SERVICE, checks, { auth });
+  registerHealth(listeners.internal, SERVICE, checks);
+  registerRoutes(listeners, { pool, auth });
+  await listenBoth(listeners, {
+    host: config.HOST,
+    port: config.USER_SERVICE_PORT,
+    internal_host: config.INTERNAL_HOST,
+    internal_port: internalPort(config.USER_SERVICE_INTERNAL_PORT, config.USER_SERVICE_PORT),
+  });
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -56,7 +74,7 @@ async function main(): Promise<void> {
     // Stop taking requests and let the running ones finish (each is one transaction), then
     // release the database connections.
     try {
-      await app.close();
+      await closeBoth(listeners);
       await pool.end();
       log.info("stopped");
       process.exit(0);
