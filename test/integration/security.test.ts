@@ -5,8 +5,10 @@
  * key reuse, and the per-user rate limit.
  */
 import assert from "node:assert/strict";
+import { randomBytes, scryptSync } from "node:crypto";
 import { describe, it } from "node:test";
 import { SignJWT } from "jose";
+import { createPool } from "#packages/pg/index.ts";
 import {
   type Answer,
   asAdmin,
@@ -384,6 +386,137 @@ describe("authorization", () => {
   });
 });
 
+describe("account takeover", () => {
+  it("never lets the operator set a password, and a user only with the current one", async () => {
+    const a = await createUser(100);
+    const newPassword = "a brand new passphrase";
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword },
+        headers: asAdmin(),
+      }),
+      403,
+      "forbidden",
+    );
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword, current_password: PASSWORD },
+        headers: asAdmin(),
+      }),
+      403,
+      "forbidden",
+    );
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword },
+        headers: bearer(a.token),
+      }),
+      400,
+      "invalid_request",
+    );
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword, current_password: "not the password" },
+        headers: bearer(a.token),
+      }),
+      403,
+      "current_password_mismatch",
+    );
+    // Nothing changed: the old password still logs in.
+    await login(a.username, PASSWORD);
+    // The operator may still rename.
+    const renamed = await call("PUT", `${urls.user}/users/${a.id}`, {
+      body: { username: uniqueName("renamed") },
+      headers: asAdmin(),
+    });
+    assert.equal(renamed.status, 200, JSON.stringify(renamed.body));
+  });
+
+  it("revokes a user's tokens at once on both services when the password changes", async () => {
+    const a = await createUser(100);
+    const b = await createUser();
+    const old = a.token;
+    // Warm both services' caches with the old token.
+    assert.equal((await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(old) })).status, 200);
+    const history = `${urls.transaction}/transactions/user/${a.id}`;
+    assert.equal((await call("GET", history, { headers: bearer(old) })).status, 200);
+    const newPassword = "a brand new passphrase";
+    const changed = await call("PUT", `${urls.user}/users/${a.id}`, {
+      body: { password: newPassword, current_password: PASSWORD },
+      headers: bearer(old),
+    });
+    assert.equal(changed.status, 200, JSON.stringify(changed.body));
+    // The very next requests with the old token are refused, on both services.
+    assertError(
+      await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(old) }),
+      401,
+      "unauthorized",
+    );
+    assertError(await call("GET", history, { headers: bearer(old) }), 401, "unauthorized");
+    assertError(await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 1 }, undefined, old), 401);
+    assertError(
+      await call("POST", `${urls.user}/auth/login`, { body: { username: a.username, password: PASSWORD } }),
+      401,
+    );
+    const fresh = await login(a.username, newPassword);
+    assert.equal((await call("GET", history, { headers: bearer(fresh) })).status, 200);
+    const sent = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 1 }, undefined, fresh);
+    assert.equal(sent.status, 201, JSON.stringify(sent.body));
+    await settled(sent.body.data.transaction.id, fresh);
+  });
+
+  it("lets the operator lock an account: its tokens die at once, log-in is refused until unlocked", async () => {
+    const a = await createUser(100);
+    const history = `${urls.transaction}/transactions/user/${a.id}`;
+    assert.equal((await call("GET", history, { headers: bearer(a.token) })).status, 200);
+    assertError(await call("POST", `${urls.user}/users/${a.id}/lock`, { headers: bearer(a.token) }), 403);
+    const locked = await call("POST", `${urls.user}/users/${a.id}/lock`, { headers: asAdmin() });
+    assert.equal(locked.status, 200, JSON.stringify(locked.body));
+    assert.equal(locked.body.data.locked, true);
+    assertError(await call("GET", history, { headers: bearer(a.token) }), 401, "unauthorized");
+    assertError(
+      await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(a.token) }),
+      401,
+      "unauthorized",
+    );
+    const right = { username: a.username, password: PASSWORD };
+    assertError(await call("POST", `${urls.user}/auth/login`, { body: right }), 403, "account_locked");
+    // Without the password, a locked account looks like any other.
+    assertError(
+      await call("POST", `${urls.user}/auth/login`, { body: { ...right, password: "wrong password" } }),
+      401,
+      "invalid_credentials",
+    );
+    const unlocked = await call("POST", `${urls.user}/users/${a.id}/unlock`, { headers: asAdmin() });
+    assert.equal(unlocked.status, 200, JSON.stringify(unlocked.body));
+    const token = await login(a.username, PASSWORD);
+    assert.equal((await call("GET", history, { headers: bearer(token) })).status, 200);
+  });
+
+  it("rehashes a password stored at a lower cost on the next successful log-in", async (t) => {
+    const url = process.env.TEST_LEDGER_DATABASE_URL;
+    if (url === undefined) {
+      t.skip("TEST_LEDGER_DATABASE_URL is not set");
+      return;
+    }
+    const a = await createUser();
+    const salt = randomBytes(16);
+    const key = scryptSync(PASSWORD, salt, 32, { N: 2 ** 14, r: 4, p: 1 });
+    const weak = `scrypt$16384$4$1$${salt.toString("base64")}$${key.toString("base64")}`;
+    const pg = createPool(url, { max: 1, application_name: "security-test" });
+    try {
+      await pg.query("UPDATE users SET password_hash = $2 WHERE id = $1", [a.id, weak]);
+      await login(a.username, PASSWORD);
+      const { rows } = await pg.query("SELECT password_hash FROM users WHERE id = $1", [a.id]);
+      assert.notEqual(rows[0].password_hash, weak);
+      assert.match(rows[0].password_hash, /^scrypt\$\d+\$8\$1\$/);
+      await login(a.username, PASSWORD);
+    } finally {
+      await pg.end();
+    }
+  });
+});
+
 describe("validation", () => {
   it("never returns a password or its hash", async () => {
     const a = await createUser(10);
@@ -584,6 +717,45 @@ describe("limits", () => {
       headers: bearer(b.token),
     });
     assert.equal(other.status, 200, JSON.stringify(other.body));
+  });
+
+  it("throttles log-ins per username: ten wrong passwords in a row, then 429 with Retry-After", async () => {
+    const a = await createUser();
+    const wrong = { username: a.username, password: "not the password" };
+    for (let i = 0; i < 10; i++) {
+      assertError(await call("POST", `${urls.user}/auth/login`, { body: wrong }), 401, "invalid_credentials");
+    }
+    for (const password of ["not the password", PASSWORD]) {
+      const limited = await call("POST", `${urls.user}/auth/login`, {
+        body: { username: a.username, password },
+      });
+      assertError(limited, 429, "rate_limited");
+      const retryAfter = Number(limited.headers.get("retry-after"));
+      assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1, `Retry-After ${retryAfter}`);
+    }
+    // Another username from the same address is not affected, and the user's token still works.
+    const b = await createUser();
+    await login(b.username, PASSWORD);
+    assert.equal((await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(a.token) })).status, 200);
+  });
+
+  it("marks credential answers no-store and every answer nosniff", async () => {
+    const a = await createUser();
+    const answers = [
+      await call("POST", `${urls.user}/auth/login`, { body: { username: a.username, password: PASSWORD } }),
+      await call("POST", `${urls.user}/auth/login`, {
+        body: { username: a.username, password: "wrong password" },
+      }),
+    ];
+    for (const answer of answers) assert.equal(answer.headers.get("cache-control"), "no-store");
+    for (const base of Object.values(urls)) {
+      for (const path of ["/health", "/openapi.json", "/no-such-route"]) {
+        const answer = await call("GET", `${base}${path}`);
+        assert.equal(answer.headers.get("x-content-type-options"), "nosniff", `${base}${path}`);
+      }
+    }
+    const failed = await call("GET", `${urls.user}/users/${a.id}`);
+    assert.equal(failed.headers.get("x-content-type-options"), "nosniff");
   });
 
   it("caps page sizes", async () => {

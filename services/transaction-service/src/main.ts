@@ -11,7 +11,9 @@ import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
+import { RateLimiter } from "#packages/http/rate-limit.ts";
 import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
+import { CachedTokenVersions } from "#packages/http/token-versions.ts";
 import {
   createProducer,
   deadLetterFor,
@@ -27,7 +29,6 @@ import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
 import { QueryClient } from "./query-client.ts";
-import { RateLimiter } from "./rate-limit.ts";
 import { createEventHandler } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
 import { startOutboxRelay } from "./saga/outbox-relay.ts";
@@ -191,7 +192,15 @@ const health = {
     if (!events.isRunning()) throw new Error("event consumer is not running");
   },
 };
-const auth = new Authenticator(secrets);
+// Token versions from user-service's copy in Redis, remembered for TOKEN_VERSION_CACHE_MS.
+const auth = new Authenticator(
+  secrets,
+  new CachedTokenVersions(redis, {
+    prefix: config.REDIS_KEY_PREFIX,
+    cache_ms: config.TOKEN_VERSION_CACHE_MS,
+    timeout_ms: config.CACHE_TIMEOUT_MS,
+  }),
+);
 registerHealth(app, SERVICE, health, { auth });
 registerHealth(listeners.internal, SERVICE, health);
 registerRoutes(app, {

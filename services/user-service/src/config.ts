@@ -16,4 +16,20 @@ export const configShape = {
   USER_SERVICE_INTERNAL_PORT: env.optionalPort(),
   LEDGER_DATABASE_URL: env.url(engineDefaults.LEDGER_DATABASE_URL),
   LEDGER_POOL_MAX: env.int(20, 1, 500),
+  /** Log-in and sign-up limits, and the copy of token versions that transaction-service reads. */
+  REDIS_URL: env.string(engineDefaults.REDIS_URL),
+  REDIS_KEY_PREFIX: env.string(""),
+  REDIS_TIMEOUT_MS: env.int(500, 5, 10_000),
+  /** log2 of scrypt's N for new password hashes: OWASP's 2^17 (lower only for tests; 14 at least). */
+  SCRYPT_LOG2_N: env.int(17, 14, 17),
+  /** Password hashes computed at once (each takes a core and 128 MiB at N = 2^17). */
+  HASH_CONCURRENCY_MAX: env.int(2, 1, 64),
+  /** Password hashes waiting for a slot; past that, 503 with Retry-After. */
+  HASH_QUEUE_MAX: env.int(32, 0, 10_000),
+  /** Log-ins plus sign-ups per client address per window (0 = no limit). */
+  AUTH_RATE_LIMIT_ADDRESS_MAX: env.int(30, 0, 1_000_000),
+  AUTH_RATE_LIMIT_ADDRESS_WINDOW_MS: env.int(60_000, 1_000, 86_400_000),
+  /** Attempts per username per window (log-ins, sign-ups, current_password checks); a success resets it. */
+  AUTH_RATE_LIMIT_USERNAME_MAX: env.int(10, 0, 1_000_000),
+  AUTH_RATE_LIMIT_USERNAME_WINDOW_MS: env.int(900_000, 1_000, 86_400_000),
 };

@@ -9,13 +9,17 @@ import assert from "node:assert/strict";
 import { createHash, randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { createClient } from "redis";
 import { Authenticator } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
+import { RateLimiter } from "#packages/http/rate-limit.ts";
 import { createListeners, type HttpServer, type Listeners } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { PasswordHasher } from "../src/domain.ts";
 import { registerRoutes } from "../src/http.ts";
 import { assertSystemAccounts, audit, createUser, LEDGER_BATCH_MAX } from "../src/ledger.ts";
+import { Revocations } from "../src/revocation.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const SCHEMA = `user_service_http_test_${process.pid}_${Date.now()}`;
@@ -68,7 +72,14 @@ describe("POST /internal/transfers/batch", {
     await registerOpenApi(app, { service: "user-service", description: "test" });
     await registerOpenApi(listeners.public, { service: "user-service", description: "test" });
     const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
+    // The routes under test use neither Redis nor password hashing: a client that never connects.
+    const logger = createLogger("user-service-test", "silent");
+    const redis = createClient({ url: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:1/0" });
+    const limiter = new RateLimiter(redis, { prefix: "", max: 0, window_ms: 1_000, timeout_ms: 100, logger });
     registerRoutes(listeners, {
+      hasher: new PasswordHasher({ log2_n: 14, concurrency_max: 1, queue_max: 1 }),
+      revocations: new Revocations(redis, { prefix: "", timeout_ms: 100, cache_ms: 0, logger }),
+      limits: { address: limiter, username: limiter },
       pool,
       auth: new Authenticator({
         admin_sha256: sha256(ADMIN_TOKEN),

@@ -10,7 +10,7 @@ import { createClient } from "redis";
 import { Authenticator } from "#packages/http/auth.ts";
 import { ApiError } from "#packages/http/errors.ts";
 import { createLogger } from "#packages/log/index.ts";
-import { RateLimiter } from "../src/rate-limit.ts";
+import { RateLimiter } from "../rate-limit.ts";
 
 const url = process.env.TEST_REDIS_URL ?? process.env.REDIS_URL;
 const logger = createLogger("rate-limit-test", "silent");
@@ -117,8 +117,8 @@ describe("per-user rate limit (real Redis)", {
 
 describe("per-user rate limit without Redis", () => {
   it("lets requests through when Redis fails or hangs", async () => {
-    const failing = { eval: () => Promise.reject(new Error("connection refused")) };
-    const hanging = { eval: () => new Promise<unknown>(() => {}) };
+    const failing = { eval: () => Promise.reject(new Error("connection refused")), del: async () => 0 };
+    const hanging = { eval: () => new Promise<unknown>(() => {}), del: async () => 0 };
     for (const redis of [failing, hanging]) {
       const rl = new RateLimiter(redis, { prefix: "x:", max: 1, window_ms: 1_000, timeout_ms: 50, logger });
       assert.equal(await rl.take("user:1"), null);
