@@ -79,12 +79,13 @@ run() {
   fi
 }
 
-# Public listeners: every mode, as each kind of caller that uses them.
-run "user-service as the operator" "$USER_URL" "$ADMIN_TOKEN"
+# Public listeners: every mode, as each kind of caller that uses them. The user's runs go first:
+# the operator's may lock the user (POST /users/{id}/lock), which revokes the user's token.
 run "user-service as a user" "$USER_URL" "$USER_TOKEN"
+run "transaction-service as a user" "$TRANSACTION_URL" "$USER_TOKEN"
+run "user-service as the operator" "$USER_URL" "$ADMIN_TOKEN"
 run "transaction-command-service (public: health only)" "$COMMAND_URL" "$ADMIN_TOKEN"
 run "transaction-query-service as transaction-service" "$QUERY_URL" "$QUERY_TOKEN"
-run "transaction-service as a user" "$TRANSACTION_URL" "$USER_TOKEN"
 run "transaction-service as the operator" "$TRANSACTION_URL" "$ADMIN_TOKEN"
 # Internal listeners: invalid requests only (refused before any handler: no hold, no fault set),
 # with the credential each route takes, so the validation itself is what is exercised.

@@ -411,8 +411,8 @@ describe("account takeover", () => {
         body: { password: newPassword },
         headers: bearer(a.token),
       }),
-      400,
-      "invalid_request",
+      403,
+      "current_password_required",
     );
     assertError(
       await call("PUT", `${urls.user}/users/${a.id}`, {

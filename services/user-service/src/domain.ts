@@ -174,6 +174,7 @@ const refusalStatus = {
   source_unavailable: 409,
   transfer_repeated_in_batch: 422,
   unauthorized: 401,
+  current_password_required: 403,
   current_password_mismatch: 403,
   account_locked: 403,
 } as const;

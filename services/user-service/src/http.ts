@@ -147,8 +147,8 @@ const updateUserBody = z
   .refine((body) => body.username !== undefined || body.password !== undefined, {
     error: "give username, password or both",
   })
-  // The refinement, as the OpenAPI document can say it.
-  .meta({ minProperties: 1 });
+  // The refinement, as the OpenAPI document can say it (current_password alone changes nothing).
+  .meta({ anyOf: [{ required: ["username"] }, { required: ["password"] }] });
 
 const listUsersQuery = z.strictObject({
   limit: pageLimitSchema,
@@ -387,7 +387,7 @@ export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
         response: {
           200: userResponse.describe("The user as changed"),
           ...errorResponses(BODY_ERRORS, 401, {
-            403: "Another user's record, a password set by the operator, or a wrong `current_password` (`current_password_mismatch`)",
+            403: "Another user's record, a password set by the operator, or `current_password` missing (`current_password_required`) or wrong (`current_password_mismatch`)",
             404: "No such user (or closed)",
             409: "The username is taken",
             429: "Too many wrong `current_password` attempts; retry after Retry-After seconds",
@@ -420,8 +420,9 @@ export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
     if (kind !== "user") {
       throw forbidden("the operator cannot set or reset a password; lock the account instead");
     }
+    // 403 rather than 400: the body is well-formed, but this caller has not proved enough.
     if (current === undefined) {
-      throw new ApiError(400, "invalid_request", "body.current_password: required to change the password");
+      throw refuse("current_password_required", "changing the password needs current_password in the body");
     }
     const key = `password:user:${id}`;
     await limits.username.enforce(key);
