@@ -5,7 +5,7 @@
  * key reuse, and the per-user rate limit.
  */
 import assert from "node:assert/strict";
-import { randomBytes, scryptSync } from "node:crypto";
+import { createHash, randomBytes, scryptSync } from "node:crypto";
 import { describe, it } from "node:test";
 import { SignJWT } from "jose";
 import { createPool } from "#packages/pg/index.ts";
@@ -514,6 +514,38 @@ describe("account takeover", () => {
     } finally {
       await pg.end();
     }
+  });
+});
+
+describe("credentials per service", () => {
+  it("hands each service only the secrets it presents, and digests of those it only checks", async () => {
+    const { serviceEnv, serviceNames } = await import("../../scripts/stack/env.ts");
+    const secrets = {
+      ADMIN_TOKEN: "admin-token-for-this-test-0123",
+      LEDGER_TOKEN: "ledger-token-for-this-test-0123",
+      QUERY_TOKEN: "query-token-for-this-test-0123",
+      AUTH_TOKEN_SECRET: "auth-token-secret-for-this-test-0123456789",
+    };
+    const sha = (text: string) => createHash("sha256").update(text).digest("hex");
+    const held = Object.fromEntries(
+      serviceNames.map((name) => [name, serviceEnv(name, { ...secrets, HOST: "127.0.0.1" })]),
+    );
+    // Only transaction-service holds anything the ledger's steps accept.
+    for (const [name, env] of Object.entries(held)) {
+      const values = Object.values(env);
+      assert.equal(values.includes(secrets.LEDGER_TOKEN), name === "transaction-service", name);
+      assert.equal(values.includes(secrets.ADMIN_TOKEN), false, `${name} holds the operator credential`);
+      assert.equal(env.ADMIN_TOKEN_SHA256, sha(secrets.ADMIN_TOKEN), name);
+      assert.equal(env.HOST, "127.0.0.1");
+    }
+    assert.equal(held["user-service"]?.LEDGER_TOKEN_SHA256, sha(secrets.LEDGER_TOKEN));
+    assert.equal(held["user-service"]?.AUTH_TOKEN_SECRET, secrets.AUTH_TOKEN_SECRET);
+    assert.equal(held["transaction-query-service"]?.QUERY_TOKEN_SHA256, sha(secrets.QUERY_TOKEN));
+    assert.equal(held["transaction-query-service"]?.QUERY_TOKEN, undefined);
+    assert.equal(held["transaction-command-service"]?.AUTH_TOKEN_SECRET, undefined);
+    assert.equal(held["transaction-command-service"]?.QUERY_TOKEN, undefined);
+    assert.equal(held["transaction-service"]?.QUERY_TOKEN, secrets.QUERY_TOKEN);
+    assert.equal(held["transaction-service"]?.AUTH_TOKEN_SECRET, secrets.AUTH_TOKEN_SECRET);
   });
 });
 
