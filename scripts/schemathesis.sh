@@ -3,14 +3,19 @@
 # valid and invalid requests must get no 5xx and only answers that match the documented schemas
 # (statuses, bodies, headers, content types), unauthenticated ones 401, unsupported methods 405.
 #
-# It changes data as any client could (sign-ups, deposits, renamed and closed users, test faults
-# that it clears again; no holds, so the audit stays clean): run it after the other tests of a
-# stack, never at the same time, and never against data that matters.
+# It changes data as any client could (sign-ups, deposits, renamed, locked and closed users): run
+# it after the other tests of a stack, never at the same time, and never against data that matters.
+#
+# Nothing it sends can move money outside a saga: valid requests go to the public listeners only.
+# The internal listeners (ledger steps, hold reads, audit, /ops/*) get only invalid requests
+# (negative mode), which are refused before any handler runs, and unauthenticated ones.
 #
 # Needs the services running and their credentials in the environment:
-#   ADMIN_TOKEN, SERVICE_TOKEN               as given to the services
+#   ADMIN_TOKEN, LEDGER_TOKEN, QUERY_TOKEN   as the stack generated them
 #   TEST_USER_SERVICE_URL ... TEST_TRANSACTION_SERVICE_URL
 #                                            (default: the test stack's ports 18000-18003)
+#   TEST_USER_SERVICE_INTERNAL_URL ... TEST_TRANSACTION_SERVICE_INTERNAL_URL
+#                                            (default: the internal listeners, 19000-19003)
 #   SCHEMATHESIS_MAX_EXAMPLES                examples per operation and phase (default 50)
 #   SCHEMATHESIS_SEED                        the random seed (default 1: the same cases every run)
 # Installs Schemathesis once into a virtual environment under $DPS_CACHE_DIR (idempotent).
@@ -31,12 +36,17 @@ if [ ! -x "$ST" ] || [ "$("$ST" --version 2>/dev/null)" != "schemathesis, versio
   echo "[schemathesis] installed in $((SECONDS - start)) s"
 fi
 
-: "${ADMIN_TOKEN:?ADMIN_TOKEN must be set (the services' operator credential)}"
-: "${SERVICE_TOKEN:?SERVICE_TOKEN must be set (the services' service credential)}"
+: "${ADMIN_TOKEN:?ADMIN_TOKEN must be set (the operator credential)}"
+: "${LEDGER_TOKEN:?LEDGER_TOKEN must be set (the ledger credential of transaction-service)}"
+: "${QUERY_TOKEN:?QUERY_TOKEN must be set (the read-side credential of transaction-service)}"
 USER_URL="${TEST_USER_SERVICE_URL:-http://127.0.0.1:18000}"
 COMMAND_URL="${TEST_COMMAND_SERVICE_URL:-http://127.0.0.1:18001}"
 QUERY_URL="${TEST_QUERY_SERVICE_URL:-http://127.0.0.1:18002}"
 TRANSACTION_URL="${TEST_TRANSACTION_SERVICE_URL:-http://127.0.0.1:18003}"
+USER_INTERNAL_URL="${TEST_USER_SERVICE_INTERNAL_URL:-http://127.0.0.1:19000}"
+COMMAND_INTERNAL_URL="${TEST_COMMAND_SERVICE_INTERNAL_URL:-http://127.0.0.1:19001}"
+QUERY_INTERNAL_URL="${TEST_QUERY_SERVICE_INTERNAL_URL:-http://127.0.0.1:19002}"
+TRANSACTION_INTERNAL_URL="${TEST_TRANSACTION_SERVICE_INTERNAL_URL:-http://127.0.0.1:19003}"
 EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-50}"
 
 # A user of its own (public sign-up, an operator deposit, a login) for the user's view of the API.
@@ -69,21 +79,21 @@ run() {
   fi
 }
 
-run "user-service as the operator" "$USER_URL" "$ADMIN_TOKEN" --exclude-path-regex '^/internal/'
-run "user-service as a user" "$USER_URL" "$USER_TOKEN" --exclude-path-regex '^/internal/'
-run "user-service internal routes as a service" "$USER_URL" "$SERVICE_TOKEN" \
-  --include-path-regex '^/internal/' --exclude-path-regex '/hold$'
-# A valid hold would move real money into clearing for a transfer no saga knows (the audit's I5
-# rightly flags such a hold): only invalid holds are sent.
-run "user-service internal hold (invalid requests) as a service" "$USER_URL" "$SERVICE_TOKEN" \
-  --include-path-regex '^/internal/transfers/.*/hold$' --mode negative
-run "transaction-command-service as the operator" "$COMMAND_URL" "$ADMIN_TOKEN"
-# It has just set random test faults (PUT /ops/faults): clear them for whatever runs next.
-curl -s -o /dev/null -X PUT "$COMMAND_URL/ops/faults" -H 'content-type: application/json' \
-  -H "authorization: Bearer $ADMIN_TOKEN" -d '{"reject_pending_for_source_user_ids":[]}' || true
-run "transaction-query-service as a service" "$QUERY_URL" "$SERVICE_TOKEN"
+# Public listeners: every mode, as each kind of caller that uses them. The user's runs go first:
+# the operator's may lock the user (POST /users/{id}/lock), which revokes the user's token.
+run "user-service as a user" "$USER_URL" "$USER_TOKEN"
 run "transaction-service as a user" "$TRANSACTION_URL" "$USER_TOKEN"
+run "user-service as the operator" "$USER_URL" "$ADMIN_TOKEN"
+run "transaction-command-service (public: health only)" "$COMMAND_URL" "$ADMIN_TOKEN"
+run "transaction-query-service as transaction-service" "$QUERY_URL" "$QUERY_TOKEN"
 run "transaction-service as the operator" "$TRANSACTION_URL" "$ADMIN_TOKEN"
+# Internal listeners: invalid requests only (refused before any handler: no hold, no fault set),
+# with the credential each route takes, so the validation itself is what is exercised.
+run "user-service internal (invalid requests) as the saga" "$USER_INTERNAL_URL" "$LEDGER_TOKEN" --mode negative
+run "transaction-command-service internal (invalid requests)" "$COMMAND_INTERNAL_URL" "$ADMIN_TOKEN" \
+  --mode negative
+run "transaction-query-service internal (invalid requests)" "$QUERY_INTERNAL_URL" "$ADMIN_TOKEN" --mode negative
+run "transaction-service internal (invalid requests)" "$TRANSACTION_INTERNAL_URL" "$ADMIN_TOKEN" --mode negative
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "[schemathesis] FAILED: ${failed[*]}"

@@ -7,6 +7,9 @@ import { z } from "zod";
 
 export const env = {
   port: (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback),
+  /** A port whose default depends on another variable (an empty value counts as unset). */
+  optionalPort: () =>
+    z.preprocess((v) => (v === "" ? undefined : v), z.coerce.number().int().min(0).max(65535).optional()),
   int: (fallback: number, min: number, max: number) =>
     z.coerce.number().int().min(min).max(max).default(fallback),
   url: (fallback: string) => z.url().default(fallback),
@@ -20,25 +23,59 @@ export const env = {
 
 export const commonEnv = {
   HOST: env.string("127.0.0.1"),
+  /**
+   * Where the internal listener binds (ledger steps, audit, /ops/*): loopback by default, so
+   * only this host's processes reach it. Its port is `<SERVICE>_INTERNAL_PORT` (public + 1000).
+   */
+  INTERNAL_HOST: env.string("127.0.0.1"),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
   /**
-   * Operator credential (opening balances, deposits, listing users, reading anything, ops routes),
-   * sent as `Authorization: Bearer <ADMIN_TOKEN>`. Required where a service accepts it (see
-   * packages/http/auth.ts), unless ALLOW_INSECURE_DEV=true.
+   * Operator credential (opening balances, deposits, listing users, locking accounts, reading
+   * anything, ops routes), sent as `Authorization: Bearer <ADMIN_TOKEN>`. A service that only
+   * checks it may hold ADMIN_TOKEN_SHA256 instead (what the stack hands out). Required where a
+   * service accepts it (see packages/http/auth.ts), unless ALLOW_INSECURE_DEV=true.
    */
   ADMIN_TOKEN: env.string(""),
-  /** Credential that services present to each other on internal routes. Required likewise. */
-  SERVICE_TOKEN: env.string(""),
+  ADMIN_TOKEN_SHA256: env.string(""),
+  /**
+   * Local development only: start without the secrets above, using fixed, publicly known values
+   * instead (a loud warning is logged); refused unless HOST and INTERNAL_HOST are loopback.
+   */
+  ALLOW_INSECURE_DEV: env.bool(false),
+};
+
+/** Per-caller credentials: each service spreads the ones it checks or presents. */
+export const credentialEnv = {
+  /** transaction-service's credential for the ledger's saga steps (user-service holds the digest). */
+  LEDGER_TOKEN: env.string(""),
+  LEDGER_TOKEN_SHA256: env.string(""),
+  /** transaction-service's credential for transaction-query-service (which holds the digest). */
+  QUERY_TOKEN: env.string(""),
+  QUERY_TOKEN_SHA256: env.string(""),
   /** HMAC key (HS256) of the users' access tokens: user-service signs, transaction-service verifies. */
   AUTH_TOKEN_SECRET: env.string(""),
   /** Lifetime of a user access token, in seconds. */
   AUTH_TOKEN_TTL_S: env.int(900, 30, 86_400),
   /**
-   * Local development only: start without the secrets above, using fixed, publicly known values
-   * instead (a loud warning is logged). Never set it anywhere reachable by others.
+   * How long transaction-service trusts its in-process copy of a user's token version (read from
+   * Redis); user-service waits as long before answering a password change or a lock, so that
+   * the next request after the answer is refused everywhere. The same value on both.
    */
-  ALLOW_INSECURE_DEV: env.bool(false),
+  TOKEN_VERSION_CACHE_MS: env.int(1_000, 0, 10_000),
 };
+
+/**
+ * The internal listener's port: `<SERVICE>_INTERNAL_PORT` when set, else the public port + 1000
+ * (9000-9003 beside 8000-8003; the test stack's 18000 -> 19000).
+ */
+export function internalPort(configured: number | undefined, public_port: number): number {
+  if (configured !== undefined) return configured;
+  const port = public_port + 1000;
+  if (public_port === 0) return 0;
+  if (port > 65535)
+    throw new Error(`no internal port for public port ${public_port}: set the _INTERNAL_PORT`);
+  return port;
+}
 
 export const engineDefaults = {
   LEDGER_DATABASE_URL: "postgres://dps:dps@127.0.0.1:55432/dps_ledger",
@@ -48,6 +85,8 @@ export const engineDefaults = {
   KAFKA_BROKERS: "127.0.0.1:59092",
   REDIS_URL: "redis://127.0.0.1:56379/0",
   USER_SERVICE_URL: "http://127.0.0.1:8000",
+  /** user-service's internal listener: the ledger's saga steps. */
+  USER_SERVICE_INTERNAL_URL: "http://127.0.0.1:9000",
   TRANSACTION_QUERY_SERVICE_URL: "http://127.0.0.1:8002",
 } as const;
 

@@ -46,8 +46,11 @@ export const transferSnapshotSchema = z.object({
 });
 export type TransferSnapshot = z.infer<typeof transferSnapshotSchema>;
 
-/** Who reads a transfer (structurally, an authenticated principal). */
-export type TransferViewer = { kind: "admin" } | { kind: "service" } | { kind: "user"; user_id: number };
+/** Who reads: the operator, a user, or a service credential (which sees no balance of either party). */
+export type TransferViewer =
+  | { kind: "admin" }
+  | { kind: "user"; user_id: number }
+  | { kind: "ledger" | "query" };
 
 /**
  * The transfer as `viewer` may see it. A party's balance before the transfer is that party's

@@ -1,29 +1,42 @@
 /**
  * Who is calling, for every service, in one place.
  *
- * Three credentials travel as `Authorization: Bearer <value>`:
+ * Four credentials travel as `Authorization: Bearer <value>`:
  * - a user's access token: a JWT (HS256, key AUTH_TOKEN_SECRET) that user-service issues on
- *   `POST /auth/login`, short-lived (AUTH_TOKEN_TTL_S), whose subject is the user id;
- * - the operator credential ADMIN_TOKEN (opening balances, deposits, listing users, reading any
- *   record, ops routes);
- * - the service credential SERVICE_TOKEN, which services present to each other's internal routes.
+ *   `POST /auth/login`, short-lived (AUTH_TOKEN_TTL_S), whose subject is the user id and whose
+ *   `ver` claim is the user's token version (a password change or a lock raises it, which
+ *   revokes every token issued before);
+ * - the operator credential ADMIN_TOKEN (opening balances, deposits, listing users, locking
+ *   accounts, reading any record, ops routes; never spending, never setting a password);
+ * - LEDGER_TOKEN, which only transaction-service holds: the one credential the ledger's saga
+ *   steps accept, so nothing else can move money;
+ * - QUERY_TOKEN, which transaction-service presents to transaction-query-service.
+ *
+ * A service that only checks a credential holds its digest (`<NAME>_SHA256`, lower-case hex
+ * SHA-256), so reading its environment never yields a credential it could present elsewhere.
  *
  * Routes declare which kinds of caller they accept with `guard(...)` (an onRequest hook, so an
  * unauthenticated caller is answered 401 before its body is even read), and handlers narrow
  * further (a user may act only on their own wallet) with `requireSelfOrAdmin`. A credential
- * that is present but malformed, unknown or expired is always 401, even on a public route; a
- * valid credential of the wrong kind, or a user acting on another user's wallet, is 403.
+ * that is present but malformed, unknown, expired or revoked is always 401, even on a public
+ * route; a valid credential of the wrong kind, or a user acting on another user's wallet, is 403.
  *
  * Secrets are required at start. ALLOW_INSECURE_DEV=true replaces missing ones by fixed,
- * publicly known development values (never an "open" mode: the same checks run either way).
+ * publicly known development values (never an "open" mode: the same checks run either way), and
+ * only on loopback.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
+import { isIP } from "node:net";
 import type { FastifyRequest } from "fastify";
 import { errors as joseErrors, jwtVerify, SignJWT } from "jose";
 import { z } from "zod";
 import { ApiError } from "./errors.ts";
 
-export type Principal = { kind: "admin" } | { kind: "service" } | { kind: "user"; user_id: number };
+export type Principal =
+  | { kind: "admin" }
+  | { kind: "ledger" }
+  | { kind: "query" }
+  | { kind: "user"; user_id: number };
 export type PrincipalKind = Principal["kind"];
 
 export const TOKEN_ISSUER = "dps:user-service";
@@ -31,78 +44,160 @@ export const TOKEN_AUDIENCE = "dps";
 /** RFC 9068's media type for JWT access tokens: a token minted for another purpose is refused. */
 export const TOKEN_TYPE = "at+jwt";
 
-export type SecretName = "ADMIN_TOKEN" | "SERVICE_TOKEN" | "AUTH_TOKEN_SECRET";
+/** Credentials a service may check (by digest) or present (the secret itself). */
+export type CredentialName = "ADMIN_TOKEN" | "LEDGER_TOKEN" | "QUERY_TOKEN";
+export type SecretName = CredentialName | "AUTH_TOKEN_SECRET";
 
 /** Fixed values used only with ALLOW_INSECURE_DEV=true. Public by definition: never secure. */
 export const INSECURE_DEV_SECRETS: Readonly<Record<SecretName, string>> = {
   ADMIN_TOKEN: "insecure-dev-admin-token-not-a-secret",
-  SERVICE_TOKEN: "insecure-dev-service-token-not-a-secret",
+  LEDGER_TOKEN: "insecure-dev-ledger-token-not-a-secret",
+  QUERY_TOKEN: "insecure-dev-query-token-not-a-secret",
   AUTH_TOKEN_SECRET: "insecure-dev-auth-token-secret-not-a-secret",
 };
 
 const MIN_LENGTH: Readonly<Record<SecretName, number>> = {
   ADMIN_TOKEN: 16,
-  SERVICE_TOKEN: 16,
+  LEDGER_TOKEN: 16,
+  QUERY_TOKEN: 16,
   // HS256 wants a key of at least 256 bits; 32 characters of base64url carry 192 random bits
   // (what `npm start` generates), the length is a floor against typed-in short keys.
   AUTH_TOKEN_SECRET: 32,
 };
 
 export interface AuthEnv {
-  ADMIN_TOKEN: string;
-  SERVICE_TOKEN: string;
-  AUTH_TOKEN_SECRET: string;
-  AUTH_TOKEN_TTL_S: number;
+  HOST?: string | undefined;
+  INTERNAL_HOST?: string | undefined;
+  ADMIN_TOKEN?: string | undefined;
+  ADMIN_TOKEN_SHA256?: string | undefined;
+  LEDGER_TOKEN?: string | undefined;
+  LEDGER_TOKEN_SHA256?: string | undefined;
+  QUERY_TOKEN?: string | undefined;
+  QUERY_TOKEN_SHA256?: string | undefined;
+  AUTH_TOKEN_SECRET?: string | undefined;
+  AUTH_TOKEN_TTL_S?: number | undefined;
   ALLOW_INSECURE_DEV: boolean;
 }
 
+/** What a service does with each credential: checks callers' (digest suffices) or presents its own. */
+export interface CredentialNeeds {
+  checks?: readonly CredentialName[];
+  presents?: readonly CredentialName[];
+  /** Signs or verifies users' access tokens. */
+  token_secret?: boolean;
+}
+
 export interface AuthSecrets {
-  admin_token?: string | undefined;
-  service_token?: string | undefined;
+  /** Lower-case hex SHA-256 of each credential this service accepts. */
+  admin_sha256?: string | undefined;
+  ledger_sha256?: string | undefined;
+  query_sha256?: string | undefined;
+  /** Credentials this service presents to others. */
+  ledger_token?: string | undefined;
+  query_token?: string | undefined;
   token_secret?: string | undefined;
   token_ttl_s?: number | undefined;
 }
 
+const sha256Hex = (text: string): string => createHash("sha256").update(text).digest("hex");
+const HEX_DIGEST = /^[0-9a-f]{64}$/;
+
+/** Loopback only: 127.0.0.0/8, ::1 and localhost. Anything else is reachable by others. */
+export function isLoopbackHost(host: string): boolean {
+  if (host === "localhost" || host === "::1" || host === "[::1]") return true;
+  return isIP(host) === 4 && host.startsWith("127.");
+}
+
+type Problems = string[];
+
+/** One secret's value: given, or (ALLOW_INSECURE_DEV) the public development value; checked. */
+function secretValue(config: AuthEnv, name: SecretName, problems: Problems, warnings: string[]) {
+  let given = config[name] ?? "";
+  if (given === "") {
+    if (!config.ALLOW_INSECURE_DEV) {
+      problems.push(
+        `${name} is required (npm start generates one into .data/secrets.env; ALLOW_INSECURE_DEV=true uses a fixed, public development value)`,
+      );
+      return undefined;
+    }
+    given = INSECURE_DEV_SECRETS[name];
+    warnings.push(`${name} is not set: using its fixed, PUBLIC development value (ALLOW_INSECURE_DEV=true)`);
+  }
+  if (given.length < MIN_LENGTH[name])
+    problems.push(`${name} must be at least ${MIN_LENGTH[name]} characters`);
+  if (!/^[\x21-\x7e]+$/.test(given)) problems.push(`${name} must be printable ASCII without spaces`);
+  return given;
+}
+
+/** The digest of a credential this service checks: from `<NAME>_SHA256`, or hashed from `<NAME>`. */
+function checkedDigest(config: AuthEnv, name: CredentialName, problems: Problems, warnings: string[]) {
+  const given = config[`${name}_SHA256`] ?? "";
+  const secret = config[name] ?? "";
+  if (given !== "" && !HEX_DIGEST.test(given)) {
+    problems.push(`${name}_SHA256 must be 64 lower-case hex digits (the SHA-256 of ${name})`);
+    return undefined;
+  }
+  if (given !== "" && secret === "") return given;
+  const value = secretValue(config, name, problems, warnings);
+  if (value === undefined) return undefined;
+  const digest = sha256Hex(value);
+  if (given !== "" && given !== digest) problems.push(`${name}_SHA256 is not the SHA-256 of ${name}`);
+  return digest;
+}
+
 /**
- * The secrets a service needs, checked: each present (or, with ALLOW_INSECURE_DEV, its fixed
- * development value), long enough, printable, and the operator and service credentials distinct
- * (so one can never pass for the other). Throws with a message naming each problem.
+ * The secrets a service needs, checked: each present (or, with ALLOW_INSECURE_DEV on loopback,
+ * its fixed development value), long enough, printable, and all different (so one can never
+ * pass for another). Throws with a message naming each problem.
  */
 export function resolveSecrets(
   config: AuthEnv,
-  needs: readonly SecretName[],
+  needs: CredentialNeeds,
 ): { secrets: AuthSecrets; warnings: string[] } {
-  const problems: string[] = [];
+  const problems: Problems = [];
   const warnings: string[] = [];
-  const value: Partial<Record<SecretName, string>> = {};
-  for (const name of needs) {
-    let given = config[name];
-    if (given === "") {
-      if (!config.ALLOW_INSECURE_DEV) {
-        problems.push(
-          `${name} is required (npm start generates one into .data/secrets.env; ALLOW_INSECURE_DEV=true uses a fixed, public development value)`,
-        );
-        continue;
-      }
-      given = INSECURE_DEV_SECRETS[name];
-      warnings.push(
-        `${name} is not set: using its fixed, PUBLIC development value (ALLOW_INSECURE_DEV=true)`,
-      );
+  if (config.ALLOW_INSECURE_DEV) {
+    for (const [name, host] of [
+      ["HOST", config.HOST],
+      ["INTERNAL_HOST", config.INTERNAL_HOST],
+    ] as const) {
+      if (host !== undefined && !isLoopbackHost(host))
+        problems.push(`ALLOW_INSECURE_DEV=true is for loopback only; ${name}=${host} is reachable by others`);
     }
-    if (given.length < MIN_LENGTH[name])
-      problems.push(`${name} must be at least ${MIN_LENGTH[name]} characters`);
-    if (!/^[\x21-\x7e]+$/.test(given)) problems.push(`${name} must be printable ASCII without spaces`);
-    value[name] = given;
   }
-  if (value.ADMIN_TOKEN !== undefined && value.ADMIN_TOKEN === value.SERVICE_TOKEN) {
-    problems.push("ADMIN_TOKEN and SERVICE_TOKEN must differ");
+  const digests = new Map<SecretName, string>();
+  const presented: Partial<Record<CredentialName, string>> = {};
+  for (const name of needs.presents ?? []) {
+    const value = secretValue(config, name, problems, warnings);
+    if (value === undefined) continue;
+    presented[name] = value;
+    digests.set(name, sha256Hex(value));
+  }
+  for (const name of needs.checks ?? []) {
+    if (digests.has(name)) continue;
+    const digest = checkedDigest(config, name, problems, warnings);
+    if (digest !== undefined) digests.set(name, digest);
+  }
+  let token_secret: string | undefined;
+  if (needs.token_secret === true) {
+    token_secret = secretValue(config, "AUTH_TOKEN_SECRET", problems, warnings);
+    if (token_secret !== undefined) digests.set("AUTH_TOKEN_SECRET", sha256Hex(token_secret));
+  }
+  const seen = new Map<string, SecretName>();
+  for (const [name, digest] of digests) {
+    const other = seen.get(digest);
+    if (other !== undefined) problems.push(`${other} and ${name} must differ`);
+    seen.set(digest, name);
   }
   if (problems.length > 0) throw new Error(`invalid security configuration:\n  ${problems.join("\n  ")}`);
   return {
     secrets: {
-      admin_token: value.ADMIN_TOKEN,
-      service_token: value.SERVICE_TOKEN,
-      token_secret: value.AUTH_TOKEN_SECRET,
+      admin_sha256: (needs.checks ?? []).includes("ADMIN_TOKEN") ? digests.get("ADMIN_TOKEN") : undefined,
+      ledger_sha256: (needs.checks ?? []).includes("LEDGER_TOKEN") ? digests.get("LEDGER_TOKEN") : undefined,
+      query_sha256: (needs.checks ?? []).includes("QUERY_TOKEN") ? digests.get("QUERY_TOKEN") : undefined,
+      ledger_token: presented.LEDGER_TOKEN,
+      query_token: presented.QUERY_TOKEN,
+      token_secret,
       token_ttl_s: config.AUTH_TOKEN_TTL_S,
     },
     warnings,
@@ -113,7 +208,7 @@ export function resolveSecrets(
 export function secretsOrExit(
   service: string,
   config: AuthEnv,
-  needs: readonly SecretName[],
+  needs: CredentialNeeds,
   logger: { warn(message: string): void },
 ): AuthSecrets {
   try {
@@ -131,6 +226,7 @@ export function secretsOrExit(
 const VERIFIED_CACHE_MAX = 50_000;
 
 const digest = (text: string): Buffer => createHash("sha256").update(text).digest();
+const fromHex = (hex: string | undefined): Buffer | null => (hex ? Buffer.from(hex, "hex") : null);
 
 /** Equal-length digests, so the comparison takes the same time whatever the input. */
 function sameSecret(given: Buffer, expected: Buffer | null): boolean {
@@ -155,26 +251,51 @@ export interface IssuedToken {
   expires_in: number;
 }
 
+/**
+ * Each user's current token version: a token whose `ver` claim is below it was revoked (by a
+ * password change or a lock). user-service reads its database; transaction-service reads the
+ * copy user-service keeps in Redis.
+ */
+export interface TokenVersions {
+  current(user_id: number): Promise<number>;
+}
+
 export class Authenticator {
-  readonly #admin: Buffer | null;
-  readonly #service: Buffer | null;
+  readonly #credentials: Buffer[] = [];
+  readonly #kinds: Array<"admin" | "ledger" | "query"> = [];
   readonly #key: Uint8Array | null;
   readonly #ttl_s: number;
-  /** Verified user tokens by their SHA-256, with their expiry. */
-  readonly #verified = new Map<string, { user_id: number; expires_at_ms: number }>();
+  readonly #versions: TokenVersions | null;
+  /** Verified user tokens by their SHA-256, with their version and expiry. */
+  readonly #verified = new Map<string, { user_id: number; version: number; expires_at_ms: number }>();
 
-  constructor(secrets: AuthSecrets) {
-    this.#admin = secrets.admin_token ? digest(secrets.admin_token) : null;
-    this.#service = secrets.service_token ? digest(secrets.service_token) : null;
+  constructor(secrets: AuthSecrets, versions: TokenVersions | null = null) {
+    for (const [kind, hex] of [
+      ["admin", secrets.admin_sha256],
+      ["ledger", secrets.ledger_sha256],
+      ["query", secrets.query_sha256],
+    ] as const) {
+      const expected = fromHex(hex);
+      if (expected === null) continue;
+      this.#credentials.push(expected);
+      this.#kinds.push(kind);
+    }
     this.#key = secrets.token_secret ? new TextEncoder().encode(secrets.token_secret) : null;
     this.#ttl_s = secrets.token_ttl_s ?? 900;
+    this.#versions = versions;
   }
 
-  /** A signed access token for a user who just proved who they are. */
-  async issueUserToken(user_id: number, now_s: number = Math.floor(Date.now() / 1000)): Promise<IssuedToken> {
+  /** A signed access token for a user who just proved who they are, at their current token version. */
+  async issueUserToken(
+    user_id: number,
+    token_version = 0,
+    now_s: number = Math.floor(Date.now() / 1000),
+  ): Promise<IssuedToken> {
     if (this.#key === null) throw new Error("invariant: this service has no AUTH_TOKEN_SECRET to sign with");
     if (!Number.isSafeInteger(user_id) || user_id <= 0) throw new Error(`invariant: bad user id ${user_id}`);
-    const access_token = await new SignJWT({})
+    if (!Number.isSafeInteger(token_version) || token_version < 0)
+      throw new Error(`invariant: bad token version ${token_version}`);
+    const access_token = await new SignJWT({ ver: token_version })
       .setProtectedHeader({ alg: "HS256", typ: TOKEN_TYPE })
       .setIssuer(TOKEN_ISSUER)
       .setAudience(TOKEN_AUDIENCE)
@@ -188,7 +309,7 @@ export class Authenticator {
   /**
    * The caller behind an Authorization header: null when there is none, a principal for a
    * valid credential, and a 401 for anything else (wrong scheme, unknown token, bad signature,
-   * expired, wrong issuer/audience/type).
+   * expired, revoked, wrong issuer/audience/type).
    */
   async authenticate(header: string | undefined): Promise<Principal | null> {
     if (header === undefined || header === "") return null;
@@ -198,31 +319,48 @@ export class Authenticator {
     }
     const token = match[1];
     const given = digest(token);
-    // Both comparisons always run: which one matched does not show in the timing.
-    const isAdmin = sameSecret(given, this.#admin);
-    const isService = sameSecret(given, this.#service);
-    if (isAdmin) return { kind: "admin" };
-    if (isService) return { kind: "service" };
+    // Every comparison always runs: which one matched does not show in the timing.
+    let matched: "admin" | "ledger" | "query" | null = null;
+    for (const [index, expected] of this.#credentials.entries()) {
+      if (sameSecret(given, expected)) matched = this.#kinds[index] ?? null;
+    }
+    if (matched !== null) return { kind: matched };
     if (this.#key === null) throw unauthorized("invalid token", "invalid_token");
+    const user = await this.#verifyUserToken(token, given.toString("base64"));
+    // Checked on every request, the cached tokens included: a revocation takes effect at once.
+    if (this.#versions !== null && user.version < (await this.#versions.current(user.user_id))) {
+      throw unauthorized("token revoked (password changed or account locked); log in again", "invalid_token");
+    }
+    return { kind: "user", user_id: user.user_id };
+  }
+
+  async #verifyUserToken(token: string, cache_key: string): Promise<{ user_id: number; version: number }> {
     // A token verified before is trusted until it expires: its signature cannot have changed.
     // (The HMAC check through WebCrypto was the largest single cost of a request in the benchmark.)
-    const cache_key = given.toString("base64");
     const known = this.#verified.get(cache_key);
     if (known !== undefined) {
-      if (Date.now() < known.expires_at_ms) return { kind: "user", user_id: known.user_id };
+      if (Date.now() < known.expires_at_ms) return known;
       this.#verified.delete(cache_key);
     }
+    if (this.#key === null) throw unauthorized("invalid token", "invalid_token");
     try {
       const { payload } = await jwtVerify(token, this.#key, {
         algorithms: ["HS256"],
         issuer: TOKEN_ISSUER,
         audience: TOKEN_AUDIENCE,
         typ: TOKEN_TYPE,
-        requiredClaims: ["sub", "iat", "exp"],
+        requiredClaims: ["sub", "iat", "exp", "ver"],
         clockTolerance: 5,
       });
       const sub = payload.sub ?? "";
-      if (!userIdClaim.test(sub) || !Number.isSafeInteger(Number(sub))) {
+      const version = payload.ver;
+      if (
+        !userIdClaim.test(sub) ||
+        !Number.isSafeInteger(Number(sub)) ||
+        typeof version !== "number" ||
+        !Number.isSafeInteger(version) ||
+        version < 0
+      ) {
         throw unauthorized("invalid token", "invalid_token");
       }
       const user_id = Number(sub);
@@ -231,8 +369,9 @@ export class Authenticator {
         const oldest = this.#verified.keys().next().value;
         if (oldest !== undefined) this.#verified.delete(oldest);
       }
-      this.#verified.set(cache_key, { user_id, expires_at_ms: (payload.exp as number) * 1000 });
-      return { kind: "user", user_id };
+      const entry = { user_id, version, expires_at_ms: (payload.exp as number) * 1000 };
+      this.#verified.set(cache_key, entry);
+      return entry;
     } catch (error) {
       if (error instanceof ApiError) throw error;
       if (error instanceof joseErrors.JWTExpired) throw unauthorized("token expired", "invalid_token");
@@ -264,13 +403,15 @@ export class Authenticator {
   }
 }
 
+const credentialNames: Record<PrincipalKind, string> = {
+  user: "a user's access token",
+  admin: "the operator credential",
+  ledger: "the ledger credential",
+  query: "the query credential",
+};
+
 function refusalFor(kind: PrincipalKind, accepted: PrincipalKind[]): string {
-  const names: Record<PrincipalKind, string> = {
-    user: "a user's access token",
-    admin: "the operator credential",
-    service: "the service credential",
-  };
-  return `${names[kind]} is not accepted here; this route needs ${accepted.map((k) => names[k]).join(" or ")}`;
+  return `${credentialNames[kind]} is not accepted here; this route needs ${accepted.map((k) => credentialNames[k]).join(" or ")}`;
 }
 
 /** The caller a guard (or optional()) authenticated; null for an anonymous caller of a public route. */
@@ -300,10 +441,11 @@ export function securityFor(...kinds: PrincipalKind[]): Array<Record<string, str
 export const securitySchemeNames: Readonly<Record<PrincipalKind, string>> = {
   user: "userToken",
   admin: "adminToken",
-  service: "serviceToken",
+  ledger: "ledgerToken",
+  query: "queryToken",
 };
 
-/** OpenAPI components.securitySchemes: three bearer credentials on the same header. */
+/** OpenAPI components.securitySchemes: four bearer credentials on the same header. */
 export const securitySchemes = {
   userToken: {
     type: "http",
@@ -316,10 +458,15 @@ export const securitySchemes = {
     scheme: "bearer",
     description: "The operator credential (ADMIN_TOKEN).",
   },
-  serviceToken: {
+  ledgerToken: {
     type: "http",
     scheme: "bearer",
-    description: "The service-to-service credential (SERVICE_TOKEN).",
+    description: "transaction-service's credential for the ledger's saga steps (LEDGER_TOKEN).",
+  },
+  queryToken: {
+    type: "http",
+    scheme: "bearer",
+    description: "transaction-service's credential for the read side (QUERY_TOKEN).",
   },
 } as const;
 

@@ -20,8 +20,10 @@ import { z } from "zod";
 import type { Logger } from "#packages/log/index.ts";
 import { isTransientPgError } from "#packages/pg/index.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
+import { type Authenticator, principalOf } from "./auth.ts";
 import { UpstreamError } from "./client.ts";
 import { ApiError, errorBody } from "./errors.ts";
+import { errorEnvelopeSchema } from "./openapi.ts";
 
 export interface HttpServerOptions {
   logger: Logger;
@@ -63,6 +65,12 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
     throw new ApiError(503, "shutting_down", "this instance is shutting down; retry", {
       headers: { "retry-after": "1" },
     });
+  });
+
+  // Every answer: browsers must not guess another media type than the one declared (a JSON
+  // error echoing input must never run as HTML or script).
+  app.addHook("onSend", async (_request, reply) => {
+    reply.header("x-content-type-options", "nosniff");
   });
 
   app.setValidatorCompiler(validatorCompiler);
@@ -198,18 +206,30 @@ export function isEngineUnavailable(error: unknown): boolean {
 
 export type HealthChecks = Record<string, () => Promise<unknown>>;
 
+export interface HealthOptions {
+  timeout_ms?: number;
+  /**
+   * On the public listener: anonymous callers learn only up or down (`{status}` and the status
+   * code), never which engine failed or its error text; the operator's credential (checked by
+   * this authenticator) sees the details. Without it (the internal listener) details are served
+   * to every caller, since only this host reaches that listener.
+   */
+  auth?: Authenticator;
+}
+
 /**
- * GET /health answers 200 when every engine answers within its timeout, 503 otherwise, with a
- * line per engine so an operator sees which one is down.
+ * GET /health answers 200 when every engine answers within its timeout, 503 otherwise; the
+ * detailed form has a line per engine so an operator sees which one is down.
  */
 export function registerHealth(
   app: HttpServer,
   service: string,
   checks: HealthChecks,
-  timeout_ms = 2_000,
+  options: HealthOptions = {},
 ): void {
+  const timeout_ms = options.timeout_ms ?? 2_000;
   const engineSchema = z.object({ ok: z.boolean(), error: z.string().optional() });
-  const healthSchema = z.object({
+  const detailedSchema = z.object({
     success: z.boolean(),
     data: z.object({
       service: z.string(),
@@ -217,15 +237,24 @@ export function registerHealth(
       engines: z.record(z.string(), engineSchema),
     }),
   });
+  const summarySchema = z.object({ status: z.enum(["up", "down"]) });
+  const publicSide = options.auth !== undefined;
+  const bodySchema = publicSide ? z.union([summarySchema, detailedSchema]) : detailedSchema;
   const schema = {
-    summary: "Whether this service's engines answer",
+    summary: publicSide
+      ? "Whether this service is up (`{status}`); the operator's credential also gets each engine's state"
+      : "Whether this service's engines answer, engine by engine",
     tags: ["health"],
     response: {
-      200: healthSchema.describe("Every engine answered"),
-      503: healthSchema.describe("At least one engine did not answer (see `engines`)"),
+      200: bodySchema.describe("Every engine answered"),
+      503: bodySchema.describe("At least one engine did not answer"),
+      ...(publicSide
+        ? { 401: errorEnvelopeSchema.describe("A malformed, unknown or expired credential") }
+        : {}),
     },
   };
-  app.get("/health", { schema }, async (_request, reply) => {
+  const onRequest = options.auth?.optional();
+  app.get("/health", { schema, ...(onRequest ? { onRequest } : {}) }, async (request, reply) => {
     const results: Record<string, { ok: boolean; error?: string }> = {};
     await Promise.all(
       Object.entries(checks).map(async ([name, check]) => {
@@ -238,8 +267,37 @@ export function registerHealth(
       }),
     );
     const healthy = Object.values(results).every((r) => r.ok);
-    return reply
-      .status(healthy ? 200 : 503)
-      .send({ success: healthy, data: { service, healthy, engines: results } });
+    reply.status(healthy ? 200 : 503);
+    if (publicSide && principalOf(request)?.kind !== "admin") {
+      return reply.send({ status: healthy ? "up" : "down" });
+    }
+    return reply.send({ success: healthy, data: { service, healthy, engines: results } });
   });
+}
+
+/**
+ * A service's two listeners: the public one (its API) and the internal one (ledger steps, audit,
+ * /ops/*, later metrics), which binds to INTERNAL_HOST (loopback by default) on its own port. An
+ * internal route is registered on the internal app only, so the public listener answers 404.
+ */
+export interface Listeners {
+  public: HttpServer;
+  internal: HttpServer;
+}
+
+export function createListeners(options: HttpServerOptions): Listeners {
+  return { public: createHttpServer(options), internal: createHttpServer(options) };
+}
+
+export async function listenBoth(
+  listeners: Listeners,
+  where: { host: string; port: number; internal_host: string; internal_port: number },
+): Promise<void> {
+  await listeners.internal.listen({ host: where.internal_host, port: where.internal_port });
+  await listeners.public.listen({ host: where.host, port: where.port });
+}
+
+/** Both listeners stop taking requests and finish the running ones. */
+export async function closeBoth(listeners: Listeners): Promise<void> {
+  await Promise.all([listeners.public.close(), listeners.internal.close()]);
 }

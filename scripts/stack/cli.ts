@@ -102,7 +102,7 @@ async function cmdStart(args: string[]): Promise<number> {
   await printEngines();
   printServices(sup);
   out(
-    `Secrets: ADMIN_TOKEN, SERVICE_TOKEN and AUTH_TOKEN_SECRET are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
+    `Secrets: ADMIN_TOKEN, LEDGER_TOKEN, QUERY_TOKEN and AUTH_TOKEN_SECRET are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
   );
   out("Ctrl-C stops the services, then the engines this command started.");
   out();
@@ -355,6 +355,9 @@ async function withTestStack(
 
   const url = (name: keyof typeof servicePorts): string =>
     `http://${env.HOST}:${env[servicePorts[name].env]}`;
+  // Internal listeners (ledger steps, audit, /ops/*): loopback, public port + 1000.
+  const internalUrl = (name: keyof typeof servicePorts): string =>
+    `http://${env.INTERNAL_HOST || "127.0.0.1"}:${env[servicePorts[name].internalEnv]}`;
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
     ...env,
@@ -362,6 +365,10 @@ async function withTestStack(
     TEST_COMMAND_SERVICE_URL: url("transaction-command-service"),
     TEST_QUERY_SERVICE_URL: url("transaction-query-service"),
     TEST_TRANSACTION_SERVICE_URL: url("transaction-service"),
+    TEST_USER_SERVICE_INTERNAL_URL: internalUrl("user-service"),
+    TEST_COMMAND_SERVICE_INTERNAL_URL: internalUrl("transaction-command-service"),
+    TEST_QUERY_SERVICE_INTERNAL_URL: internalUrl("transaction-query-service"),
+    TEST_TRANSACTION_SERVICE_INTERNAL_URL: internalUrl("transaction-service"),
     TEST_STACK_CONTROL_URL: `http://127.0.0.1:${controlPort}`,
     // For tests that talk to the engines directly (data-layer tests, invariant checks).
     TEST_LEDGER_DATABASE_URL: env.LEDGER_DATABASE_URL,

@@ -1,6 +1,6 @@
 // The environment every service gets: where each engine is, where the other services are, and the
 // shared secrets. Every value can be overridden from the caller's environment.
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { kafkaPasswordVariable, kafkaPrincipals } from "#packages/kafka/access.ts";
 import { mongoHost, mongoPort } from "./engines/ferretdb.ts";
@@ -21,20 +21,38 @@ export type ServiceName = (typeof serviceNames)[number];
 /** The test stack's first port (18000: services on 18000-18003); parallel checkouts may move it. */
 const testPortBase = envPort("DPS_TEST_PORT_BASE", 18000);
 
-export const servicePorts: Record<ServiceName, { env: string; port: number; testPort: number }> = {
-  "user-service": { env: "USER_SERVICE_PORT", port: 8000, testPort: testPortBase },
+export const servicePorts: Record<
+  ServiceName,
+  { env: string; internalEnv: string; port: number; testPort: number }
+> = {
+  "user-service": {
+    env: "USER_SERVICE_PORT",
+    internalEnv: "USER_SERVICE_INTERNAL_PORT",
+    port: 8000,
+    testPort: testPortBase,
+  },
   "transaction-command-service": {
     env: "TRANSACTION_COMMAND_SERVICE_PORT",
+    internalEnv: "TRANSACTION_COMMAND_SERVICE_INTERNAL_PORT",
     port: 8001,
     testPort: testPortBase + 1,
   },
   "transaction-query-service": {
     env: "TRANSACTION_QUERY_SERVICE_PORT",
+    internalEnv: "TRANSACTION_QUERY_SERVICE_INTERNAL_PORT",
     port: 8002,
     testPort: testPortBase + 2,
   },
-  "transaction-service": { env: "TRANSACTION_SERVICE_PORT", port: 8003, testPort: testPortBase + 3 },
+  "transaction-service": {
+    env: "TRANSACTION_SERVICE_PORT",
+    internalEnv: "TRANSACTION_SERVICE_INTERNAL_PORT",
+    port: 8003,
+    testPort: testPortBase + 3,
+  },
 };
+
+/** Every service's internal listener is its public port + 1000 (loopback): 9000-9003, 19000-19003... */
+export const INTERNAL_PORT_OFFSET = 1000;
 
 export function isServiceName(name: string): name is ServiceName {
   return (serviceNames as readonly string[]).includes(name);
@@ -51,7 +69,8 @@ export type StackEnv = Record<string, string>;
  */
 export const secretNames = [
   "ADMIN_TOKEN",
-  "SERVICE_TOKEN",
+  "LEDGER_TOKEN",
+  "QUERY_TOKEN",
   "AUTH_TOKEN_SECRET",
   "KAFKA_PASSWORD_TRANSACTION_SERVICE",
   "KAFKA_PASSWORD_TRANSACTION_COMMAND_SERVICE",
@@ -101,22 +120,52 @@ export function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
  * it only checks, never another service's.
  */
 export function serviceEnv(name: ServiceName, env: StackEnv): StackEnv {
-  return withKafkaCredentials(name, { ...env });
+  // Secrets are blanked rather than left out: the supervisor lays a service's environment over
+  // its own, which may hold them (a sourced secrets.env).
+  const own: StackEnv = { ...env };
+  for (const secret of secretNames) own[secret] = "";
+  const { presents, checks } = credentialsOf[name];
+  for (const secret of presents) own[secret] = env[secret] ?? "";
+  for (const secret of checks) own[`${secret}_SHA256`] = sha256Hex(env[secret] ?? "");
+  return withKafkaCredentials(name, own, env);
 }
 
-/**
- * A service that talks to Kafka gets its own principal's password as KAFKA_USERNAME/PASSWORD;
- * nobody gets the others'. They are blanked rather than left out, because the supervisor lays a
- * service's environment over its own, which may hold them (a sourced secrets.env).
- */
-function withKafkaCredentials(name: ServiceName, env: StackEnv): StackEnv {
-  const out: StackEnv = { ...env, KAFKA_USERNAME: "", KAFKA_PASSWORD: "" };
+/** A service that talks to Kafka gets its own principal's password as KAFKA_USERNAME/PASSWORD; nobody gets the others'. */
+function withKafkaCredentials(name: ServiceName, own: StackEnv, env: StackEnv): StackEnv {
+  const out: StackEnv = { ...own, KAFKA_USERNAME: "", KAFKA_PASSWORD: "" };
   for (const principal of kafkaPrincipals) out[kafkaPasswordVariable(principal)] = "";
   if (name === "transaction-service" || name === "transaction-command-service") {
     out.KAFKA_USERNAME = name;
     out.KAFKA_PASSWORD = env[kafkaPasswordVariable(name)] ?? "";
   }
   return out;
+}
+
+const sha256Hex = (text: string): string => createHash("sha256").update(text).digest("hex");
+
+/**
+ * Per service: the secrets it presents or uses (handed as such) and the credentials it only checks
+ * (handed as their SHA-256). Only transaction-service holds LEDGER_TOKEN, the one credential the
+ * ledger's saga steps accept.
+ */
+const credentialsOf: Record<ServiceName, { presents: SecretName[]; checks: SecretName[] }> = {
+  "user-service": { presents: ["AUTH_TOKEN_SECRET"], checks: ["ADMIN_TOKEN", "LEDGER_TOKEN"] },
+  "transaction-command-service": { presents: [], checks: ["ADMIN_TOKEN"] },
+  "transaction-query-service": { presents: [], checks: ["ADMIN_TOKEN", "QUERY_TOKEN"] },
+  "transaction-service": {
+    presents: ["LEDGER_TOKEN", "QUERY_TOKEN", "AUTH_TOKEN_SECRET"],
+    checks: ["ADMIN_TOKEN"],
+  },
+};
+
+/** `<SERVICE>_INTERNAL_PORT` of each service (public + 1000) and user-service's internal URL. */
+function internalEnv(host: string, portOf: (service: ServiceName) => string): StackEnv {
+  const env: StackEnv = {};
+  for (const name of serviceNames) {
+    env[servicePorts[name].internalEnv] = String(Number(portOf(name)) + INTERNAL_PORT_OFFSET);
+  }
+  env.USER_SERVICE_INTERNAL_URL = `http://${host}:${env[servicePorts["user-service"].internalEnv]}`;
+  return env;
 }
 
 /** The environment for `npm start`: seed ports, the main databases. */
@@ -138,7 +187,8 @@ export function stackEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
     KAFKA_SASL_MECHANISM: base.KAFKA_SASL_MECHANISM ?? "scram-sha-512",
     REDIS_URL: base.REDIS_URL || `redis://${redisHost}:${redisPort}/0`,
     REDIS_KEY_PREFIX: base.REDIS_KEY_PREFIX ?? "",
-    USER_SERVICE_URL: base.USER_SERVICE_URL || `http://${host}:${port("user-service")}`,
+    INTERNAL_HOST: base.INTERNAL_HOST || "127.0.0.1",
+    ...internalEnv(base.INTERNAL_HOST || "127.0.0.1", port),
     TRANSACTION_QUERY_SERVICE_URL:
       base.TRANSACTION_QUERY_SERVICE_URL || `http://${host}:${port("transaction-query-service")}`,
     ...secrets(base),
@@ -169,14 +219,23 @@ function isolatedEnv(
     MONGO_DATABASE: `dps_${name}`,
     KAFKA_TOPIC_PREFIX: `${name}.`,
     REDIS_KEY_PREFIX: `${name}:`,
-    USER_SERVICE_URL: `http://${host}:${p("user-service")}`,
+    ...internalEnv(base.INTERNAL_HOST || "127.0.0.1", p),
     TRANSACTION_QUERY_SERVICE_URL: `http://${host}:${p("transaction-query-service")}`,
   };
 }
 
 /** The environment for `npm test`: test ports (18000-18003) and data, fault injection on. */
 export function testEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
-  return { ...isolatedEnv(base, "test", (s) => servicePorts[s].testPort), FAULT_INJECTION: "true" };
+  return {
+    ...isolatedEnv(base, "test", (s) => servicePorts[s].testPort),
+    FAULT_INJECTION: "true",
+    // Every test signs up and logs in from 127.0.0.1: the per-address limit would throttle the
+    // suite itself (the per-username limit stays at its default and is tested). Cheaper password
+    // hashes keep hundreds of sign-ups quick; production keeps N = 2^17.
+    AUTH_RATE_LIMIT_ADDRESS_MAX: "1000000",
+    SCRYPT_LOG2_N: "14",
+    HASH_QUEUE_MAX: "1000",
+  };
 }
 
 /**
@@ -189,6 +248,7 @@ export function benchEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
   return {
     ...isolatedEnv(base, "bench", (s) => servicePorts[s].testPort + 10_000),
     RATE_LIMIT_MAX: "1000000",
+    AUTH_RATE_LIMIT_ADDRESS_MAX: "1000000",
     LOG_LEVEL: base.LOG_LEVEL || "warn",
   };
 }

@@ -9,10 +9,22 @@ export const urls = {
   transaction: process.env.TEST_TRANSACTION_SERVICE_URL ?? "http://127.0.0.1:18003",
 };
 
+/** The internal listeners (loopback, public port + 1000): ledger steps, audit, /ops/*, health details. */
+export const internalUrls = {
+  user: process.env.TEST_USER_SERVICE_INTERNAL_URL ?? "http://127.0.0.1:19000",
+  command: process.env.TEST_COMMAND_SERVICE_INTERNAL_URL ?? "http://127.0.0.1:19001",
+  query: process.env.TEST_QUERY_SERVICE_INTERNAL_URL ?? "http://127.0.0.1:19002",
+  transaction: process.env.TEST_TRANSACTION_SERVICE_INTERNAL_URL ?? "http://127.0.0.1:19003",
+};
+
 export const adminToken = process.env.ADMIN_TOKEN ?? "";
-export const serviceToken = process.env.SERVICE_TOKEN ?? "";
-if (adminToken === "" || serviceToken === "") {
-  throw new Error("the integration tests need ADMIN_TOKEN and SERVICE_TOKEN (as given to the services)");
+/** transaction-service's credentials, for the tests that check who else the ledger and read side refuse. */
+export const ledgerToken = process.env.LEDGER_TOKEN ?? "";
+export const queryToken = process.env.QUERY_TOKEN ?? "";
+if (adminToken === "" || ledgerToken === "" || queryToken === "") {
+  throw new Error(
+    "the integration tests need ADMIN_TOKEN, LEDGER_TOKEN and QUERY_TOKEN (as the stack generated them)",
+  );
 }
 
 /** `Authorization: Bearer <token>` as a header map. */
@@ -20,7 +32,8 @@ export function bearer(token: string): Record<string, string> {
   return { authorization: `Bearer ${token}` };
 }
 export const asAdmin = (): Record<string, string> => bearer(adminToken);
-export const asService = (): Record<string, string> => bearer(serviceToken);
+export const asLedger = (): Record<string, string> => bearer(ledgerToken);
+export const asQuery = (): Record<string, string> => bearer(queryToken);
 
 export interface Answer {
   status: number;
@@ -123,10 +136,10 @@ export async function settled(id: string, token: string, timeout_ms = 30_000): P
   }
 }
 
-/** The ledger's own consistency figures (I1, I2, I6). */
+/** The ledger's own consistency figures (I1, I2, I6): the operator, on the internal listener. */
 // biome-ignore lint/suspicious/noExplicitAny: free-form JSON
 export async function ledgerAudit(): Promise<any> {
-  const answer = await call("GET", `${urls.user}/internal/audit`, { headers: asService() });
+  const answer = await call("GET", `${internalUrls.user}/internal/audit`, { headers: asAdmin() });
   assert.equal(answer.status, 200, JSON.stringify(answer.body));
   return answer.body.data;
 }

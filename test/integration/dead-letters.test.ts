@@ -13,7 +13,7 @@ import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
 import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
 import { operatorKafkaSasl } from "../../packages/kafka/access.ts";
-import { asAdmin, balanceOf, call, createUser, settled, transfer, urls } from "./api.ts";
+import { asAdmin, balanceOf, call, createUser, internalUrls, settled, transfer, urls } from "./api.ts";
 
 const options: DeadLetterOptions = {
   brokers: (process.env.TEST_KAFKA_BROKERS ?? "127.0.0.1:59092").split(","),
@@ -25,7 +25,7 @@ describe("dead letters", () => {
   it("keeps a refused record with its reason and origin, and replays it on demand", async () => {
     const a = await createUser(2_000);
     const b = await createUser(0);
-    const fault = await call("PUT", `${urls.command}/ops/faults`, {
+    const fault = await call("PUT", `${internalUrls.command}/ops/faults`, {
       body: { reject_pending_for_source_user_ids: [a.id] },
       headers: asAdmin(),
     });
@@ -41,7 +41,7 @@ describe("dead letters", () => {
       id = answer.body.data.transaction.id;
       assert.equal((await settled(id, a.token)).status, "FAILED");
     } finally {
-      await call("PUT", `${urls.command}/ops/faults`, {
+      await call("PUT", `${internalUrls.command}/ops/faults`, {
         body: { reject_pending_for_source_user_ids: [] },
         headers: asAdmin(),
       });

@@ -11,7 +11,17 @@ import { topicNames } from "#packages/contracts/messages.ts";
 import { kafkaPasswordVariable, operatorKafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, type JsonProducer } from "#packages/kafka/index.ts";
 import { listDeadLetters } from "../../ops/dead-letters.ts";
-import { asAdmin, bearer, call, createUser, settled, type TestUser, transfer, urls } from "./api.ts";
+import {
+  asAdmin,
+  bearer,
+  call,
+  createUser,
+  internalUrls,
+  settled,
+  type TestUser,
+  transfer,
+  urls,
+} from "./api.ts";
 
 const redisPrefix = process.env.REDIS_KEY_PREFIX ?? "test:";
 const topics = topicNames(process.env.KAFKA_TOPIC_PREFIX ?? "test.");
@@ -196,12 +206,12 @@ describe("cache", () => {
 
   it("drops and counts an event for a transfer the saga does not know", async () => {
     const count = async (): Promise<number> => {
-      const answer = await call("GET", `${urls.transaction}/ops/events`, { headers: asAdmin() });
+      const answer = await call("GET", `${internalUrls.transaction}/ops/events`, { headers: asAdmin() });
       assert.equal(answer.status, 200, JSON.stringify(answer.body));
       return answer.body.data.unknown_transfer_events;
     };
     const a = await createUser(0);
-    const refused = await call("GET", `${urls.transaction}/ops/events`, { headers: bearer(a.token) });
+    const refused = await call("GET", `${internalUrls.transaction}/ops/events`, { headers: bearer(a.token) });
     assert.equal(refused.status, 403);
     const before = await count();
     const unknown = uuidv7();

@@ -5,15 +5,19 @@
  * key reuse, and the per-user rate limit.
  */
 import assert from "node:assert/strict";
+import { createHash, randomBytes, scryptSync } from "node:crypto";
 import { describe, it } from "node:test";
 import { SignJWT } from "jose";
+import { createPool } from "#packages/pg/index.ts";
 import {
   type Answer,
   asAdmin,
-  asService,
+  asLedger,
+  asQuery,
   bearer,
   call,
   createUser,
+  internalUrls,
   login,
   PASSWORD,
   settled,
@@ -151,10 +155,10 @@ describe("authentication", () => {
       ["PUT", `${urls.user}/users/${a.id}`, { username: uniqueName("x") }],
       ["DELETE", `${urls.user}/users/${b.id}`],
       ["POST", `${urls.user}/users/${a.id}/balance/add`, { amount: 5 }],
-      ["GET", `${urls.user}/internal/audit`],
-      ["POST", `${urls.user}/internal/transfers/0190b5a8-0000-7000-8000-000000000000/void`, {}],
+      ["GET", `${internalUrls.user}/internal/audit`],
+      ["POST", `${internalUrls.user}/internal/transfers/0190b5a8-0000-7000-8000-000000000000/void`, {}],
       ["GET", `${urls.query}/transactions/user/${a.id}`],
-      ["GET", `${urls.command}/ops/faults`],
+      ["GET", `${internalUrls.command}/ops/faults`],
     ];
     const [header, payload, signature] = a.token.split(".") as [string, string, string];
     const claims = JSON.parse(Buffer.from(payload, "base64url").toString());
@@ -211,7 +215,9 @@ describe("authorization", () => {
     const fromB = { source_user_id: b.id, dest_user_id: a.id, amount: 10 };
     assertError(await transfer(fromB, undefined, a.token), 403, "forbidden");
     assertError(await transfer(fromB, undefined, process.env.ADMIN_TOKEN ?? ""), 403, "forbidden");
-    assertError(await transfer(fromB, undefined, process.env.SERVICE_TOKEN ?? ""), 403, "forbidden");
+    // transaction-service presents the ledger and query credentials but accepts neither.
+    assertError(await transfer(fromB, undefined, process.env.LEDGER_TOKEN ?? ""), 401, "unauthorized");
+    assertError(await transfer(fromB, undefined, process.env.QUERY_TOKEN ?? ""), 401, "unauthorized");
     const own = await transfer(fromB, uniqueName("key"), b.token);
     assert.equal(own.status, 201, JSON.stringify(own.body));
     assert.equal((await settled(own.body.data.transaction.id, b.token)).status, "COMPLETED");
@@ -294,28 +300,252 @@ describe("authorization", () => {
     assert.equal(topUp.body.data.user.balance, 1_000_000);
   });
 
-  it("keeps service-to-service routes to the service credential", async () => {
+  it("lets only the saga's credential call the ledger's steps, and only on the internal listener", async () => {
     const a = await createUser(1_000);
     const b = await createUser();
-    const hold = `${urls.user}/internal/transfers/0190b5a8-0000-7000-8000-00000000abcd/hold`;
+    const id = "0190b5a8-0000-7000-8000-00000000abcd";
     const body = { source_user_id: a.id, dest_user_id: b.id, amount: 1_000 };
-    assertError(await call("POST", hold, { body, headers: bearer(a.token) }), 403, "forbidden");
-    assertError(await call("POST", hold, { body, headers: asAdmin() }), 403, "forbidden");
-    assertError(await call("GET", `${urls.user}/internal/audit`, { headers: bearer(a.token) }), 403);
+    const steps: Array<[string, unknown]> = [
+      [`/internal/transfers/${id}/hold`, body],
+      [`/internal/transfers/${id}/post`, {}],
+      [`/internal/transfers/${id}/void`, {}],
+      ["/internal/transfers/batch", { operations: [{ op: "hold", transfer_id: id, ...body }] }],
+    ];
+    for (const [path, payload] of steps) {
+      // Known to user-service but not allowed to move money: 403.
+      assertError(
+        await call("POST", `${internalUrls.user}${path}`, { body: payload, headers: bearer(a.token) }),
+        403,
+      );
+      assertError(
+        await call("POST", `${internalUrls.user}${path}`, { body: payload, headers: asAdmin() }),
+        403,
+      );
+      // The read side's credential means nothing to the ledger: 401.
+      assertError(
+        await call("POST", `${internalUrls.user}${path}`, { body: payload, headers: asQuery() }),
+        401,
+      );
+      // On the public listener the route does not exist, whoever asks.
+      for (const headers of [asLedger(), asAdmin(), bearer(a.token), {}]) {
+        assertError(
+          await call("POST", `${urls.user}${path}`, { body: payload, headers }),
+          404,
+          "route_not_found",
+        );
+      }
+    }
+    for (const path of ["/internal/audit", `/internal/transfers/${id}`]) {
+      assertError(await call("GET", `${urls.user}${path}`, { headers: asAdmin() }), 404);
+      assertError(await call("GET", `${internalUrls.user}${path}`, { headers: bearer(a.token) }), 403);
+    }
+    assert.equal(
+      (await call("GET", `${internalUrls.user}/internal/audit`, { headers: asAdmin() })).status,
+      200,
+    );
+    // Every /ops route is internal too.
+    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: asAdmin() }), 404);
+    assertError(
+      await call("PUT", `${urls.transaction}/ops/crash`, {
+        body: { point: "after_hold" },
+        headers: asAdmin(),
+      }),
+      404,
+    );
+    assert.equal(
+      (await call("GET", `${internalUrls.command}/ops/faults`, { headers: asAdmin() })).status,
+      200,
+    );
+    // The read side takes the query credential and the operator's; a user's token is no credential to it.
     assertError(
       await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: bearer(a.token) }),
       401,
     );
-    // The read side does not hold the key of user tokens, nor the command service that or the
-    // service credential: to them those are no credential at all (401).
-    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: bearer(a.token) }), 401);
-    assertError(await call("GET", `${urls.command}/ops/faults`, { headers: asService() }), 401);
-    const asSvc = await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: asService() });
-    assert.equal(asSvc.status, 200, JSON.stringify(asSvc.body));
+    assertError(await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: asLedger() }), 401);
+    const asReader = await call("GET", `${urls.query}/transactions/user/${a.id}`, { headers: asQuery() });
+    assert.equal(asReader.status, 200, JSON.stringify(asReader.body));
+    // The command service knows only the operator.
+    assertError(await call("GET", `${internalUrls.command}/ops/faults`, { headers: bearer(a.token) }), 401);
+    assertError(await call("GET", `${internalUrls.command}/ops/faults`, { headers: asLedger() }), 401);
     assert.equal(
       (await call("GET", `${urls.user}/users/${a.id}`, { headers: asAdmin() })).body.data.user.balance,
       1_000,
     );
+  });
+
+  it("tells anonymous callers only up or down on /health; details for the operator and on the internal listener", async () => {
+    for (const name of ["user", "command", "query", "transaction"] as const) {
+      const anonymous = await call("GET", `${urls[name]}/health`);
+      assert.equal(anonymous.status, 200, JSON.stringify(anonymous.body));
+      assert.deepEqual(anonymous.body, { status: "up" });
+      const operator = await call("GET", `${urls[name]}/health`, { headers: asAdmin() });
+      assert.equal(operator.body.data.healthy, true, JSON.stringify(operator.body));
+      const internal = await call("GET", `${internalUrls[name]}/health`);
+      assert.equal(internal.body.data.healthy, true, JSON.stringify(internal.body));
+    }
+  });
+});
+
+describe("account takeover", () => {
+  it("never lets the operator set a password, and a user only with the current one", async () => {
+    const a = await createUser(100);
+    const newPassword = "a brand new passphrase";
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword },
+        headers: asAdmin(),
+      }),
+      403,
+      "forbidden",
+    );
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword, current_password: PASSWORD },
+        headers: asAdmin(),
+      }),
+      403,
+      "forbidden",
+    );
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword },
+        headers: bearer(a.token),
+      }),
+      403,
+      "current_password_required",
+    );
+    assertError(
+      await call("PUT", `${urls.user}/users/${a.id}`, {
+        body: { password: newPassword, current_password: "not the password" },
+        headers: bearer(a.token),
+      }),
+      403,
+      "current_password_mismatch",
+    );
+    // Nothing changed: the old password still logs in.
+    await login(a.username, PASSWORD);
+    // The operator may still rename.
+    const renamed = await call("PUT", `${urls.user}/users/${a.id}`, {
+      body: { username: uniqueName("renamed") },
+      headers: asAdmin(),
+    });
+    assert.equal(renamed.status, 200, JSON.stringify(renamed.body));
+  });
+
+  it("revokes a user's tokens at once on both services when the password changes", async () => {
+    const a = await createUser(100);
+    const b = await createUser();
+    const old = a.token;
+    // Warm both services' caches with the old token.
+    assert.equal((await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(old) })).status, 200);
+    const history = `${urls.transaction}/transactions/user/${a.id}`;
+    assert.equal((await call("GET", history, { headers: bearer(old) })).status, 200);
+    const newPassword = "a brand new passphrase";
+    const changed = await call("PUT", `${urls.user}/users/${a.id}`, {
+      body: { password: newPassword, current_password: PASSWORD },
+      headers: bearer(old),
+    });
+    assert.equal(changed.status, 200, JSON.stringify(changed.body));
+    // The very next requests with the old token are refused, on both services.
+    assertError(
+      await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(old) }),
+      401,
+      "unauthorized",
+    );
+    assertError(await call("GET", history, { headers: bearer(old) }), 401, "unauthorized");
+    assertError(await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 1 }, undefined, old), 401);
+    assertError(
+      await call("POST", `${urls.user}/auth/login`, { body: { username: a.username, password: PASSWORD } }),
+      401,
+    );
+    const fresh = await login(a.username, newPassword);
+    assert.equal((await call("GET", history, { headers: bearer(fresh) })).status, 200);
+    const sent = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 1 }, undefined, fresh);
+    assert.equal(sent.status, 201, JSON.stringify(sent.body));
+    await settled(sent.body.data.transaction.id, fresh);
+  });
+
+  it("lets the operator lock an account: its tokens die at once, log-in is refused until unlocked", async () => {
+    const a = await createUser(100);
+    const history = `${urls.transaction}/transactions/user/${a.id}`;
+    assert.equal((await call("GET", history, { headers: bearer(a.token) })).status, 200);
+    assertError(await call("POST", `${urls.user}/users/${a.id}/lock`, { headers: bearer(a.token) }), 403);
+    const locked = await call("POST", `${urls.user}/users/${a.id}/lock`, { headers: asAdmin() });
+    assert.equal(locked.status, 200, JSON.stringify(locked.body));
+    assert.equal(locked.body.data.locked, true);
+    assertError(await call("GET", history, { headers: bearer(a.token) }), 401, "unauthorized");
+    assertError(
+      await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(a.token) }),
+      401,
+      "unauthorized",
+    );
+    const right = { username: a.username, password: PASSWORD };
+    assertError(await call("POST", `${urls.user}/auth/login`, { body: right }), 403, "account_locked");
+    // Without the password, a locked account looks like any other.
+    assertError(
+      await call("POST", `${urls.user}/auth/login`, { body: { ...right, password: "wrong password" } }),
+      401,
+      "invalid_credentials",
+    );
+    const unlocked = await call("POST", `${urls.user}/users/${a.id}/unlock`, { headers: asAdmin() });
+    assert.equal(unlocked.status, 200, JSON.stringify(unlocked.body));
+    const token = await login(a.username, PASSWORD);
+    assert.equal((await call("GET", history, { headers: bearer(token) })).status, 200);
+  });
+
+  it("rehashes a password stored at a lower cost on the next successful log-in", async (t) => {
+    const url = process.env.TEST_LEDGER_DATABASE_URL;
+    if (url === undefined) {
+      t.skip("TEST_LEDGER_DATABASE_URL is not set");
+      return;
+    }
+    const a = await createUser();
+    const salt = randomBytes(16);
+    const key = scryptSync(PASSWORD, salt, 32, { N: 2 ** 14, r: 4, p: 1 });
+    const weak = `scrypt$16384$4$1$${salt.toString("base64")}$${key.toString("base64")}`;
+    const pg = createPool(url, { max: 1, application_name: "security-test" });
+    try {
+      await pg.query("UPDATE users SET password_hash = $2 WHERE id = $1", [a.id, weak]);
+      await login(a.username, PASSWORD);
+      const { rows } = await pg.query("SELECT password_hash FROM users WHERE id = $1", [a.id]);
+      assert.notEqual(rows[0].password_hash, weak);
+      assert.match(rows[0].password_hash, /^scrypt\$\d+\$8\$1\$/);
+      await login(a.username, PASSWORD);
+    } finally {
+      await pg.end();
+    }
+  });
+});
+
+describe("credentials per service", () => {
+  it("hands each service only the secrets it presents, and digests of those it only checks", async () => {
+    const { serviceEnv, serviceNames } = await import("../../scripts/stack/env.ts");
+    const secrets = {
+      ADMIN_TOKEN: "admin-token-for-this-test-0123",
+      LEDGER_TOKEN: "ledger-token-for-this-test-0123",
+      QUERY_TOKEN: "query-token-for-this-test-0123",
+      AUTH_TOKEN_SECRET: "auth-token-secret-for-this-test-0123456789",
+    };
+    const sha = (text: string) => createHash("sha256").update(text).digest("hex");
+    const held = Object.fromEntries(
+      serviceNames.map((name) => [name, serviceEnv(name, { ...secrets, HOST: "127.0.0.1" })]),
+    );
+    // Only transaction-service holds anything the ledger's steps accept.
+    for (const [name, env] of Object.entries(held)) {
+      const values = Object.values(env);
+      assert.equal(values.includes(secrets.LEDGER_TOKEN), name === "transaction-service", name);
+      assert.equal(values.includes(secrets.ADMIN_TOKEN), false, `${name} holds the operator credential`);
+      assert.equal(env.ADMIN_TOKEN_SHA256, sha(secrets.ADMIN_TOKEN), name);
+      assert.equal(env.HOST, "127.0.0.1");
+    }
+    assert.equal(held["user-service"]?.LEDGER_TOKEN_SHA256, sha(secrets.LEDGER_TOKEN));
+    assert.equal(held["user-service"]?.AUTH_TOKEN_SECRET, secrets.AUTH_TOKEN_SECRET);
+    assert.equal(held["transaction-query-service"]?.QUERY_TOKEN_SHA256, sha(secrets.QUERY_TOKEN));
+    assert.equal(held["transaction-query-service"]?.QUERY_TOKEN, undefined);
+    assert.equal(held["transaction-command-service"]?.AUTH_TOKEN_SECRET, undefined);
+    assert.equal(held["transaction-command-service"]?.QUERY_TOKEN, undefined);
+    assert.equal(held["transaction-service"]?.QUERY_TOKEN, secrets.QUERY_TOKEN);
+    assert.equal(held["transaction-service"]?.AUTH_TOKEN_SECRET, secrets.AUTH_TOKEN_SECRET);
   });
 });
 
@@ -519,6 +749,45 @@ describe("limits", () => {
       headers: bearer(b.token),
     });
     assert.equal(other.status, 200, JSON.stringify(other.body));
+  });
+
+  it("throttles log-ins per username: ten wrong passwords in a row, then 429 with Retry-After", async () => {
+    const a = await createUser();
+    const wrong = { username: a.username, password: "not the password" };
+    for (let i = 0; i < 10; i++) {
+      assertError(await call("POST", `${urls.user}/auth/login`, { body: wrong }), 401, "invalid_credentials");
+    }
+    for (const password of ["not the password", PASSWORD]) {
+      const limited = await call("POST", `${urls.user}/auth/login`, {
+        body: { username: a.username, password },
+      });
+      assertError(limited, 429, "rate_limited");
+      const retryAfter = Number(limited.headers.get("retry-after"));
+      assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1, `Retry-After ${retryAfter}`);
+    }
+    // Another username from the same address is not affected, and the user's token still works.
+    const b = await createUser();
+    await login(b.username, PASSWORD);
+    assert.equal((await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(a.token) })).status, 200);
+  });
+
+  it("marks credential answers no-store and every answer nosniff", async () => {
+    const a = await createUser();
+    const answers = [
+      await call("POST", `${urls.user}/auth/login`, { body: { username: a.username, password: PASSWORD } }),
+      await call("POST", `${urls.user}/auth/login`, {
+        body: { username: a.username, password: "wrong password" },
+      }),
+    ];
+    for (const answer of answers) assert.equal(answer.headers.get("cache-control"), "no-store");
+    for (const base of Object.values(urls)) {
+      for (const path of ["/health", "/openapi.json", "/no-such-route"]) {
+        const answer = await call("GET", `${base}${path}`);
+        assert.equal(answer.headers.get("x-content-type-options"), "nosniff", `${base}${path}`);
+      }
+    }
+    const failed = await call("GET", `${urls.user}/users/${a.id}`);
+    assert.equal(failed.headers.get("x-content-type-options"), "nosniff");
   });
 
   it("caps page sizes", async () => {

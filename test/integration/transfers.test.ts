@@ -9,6 +9,7 @@ import {
   bearer,
   call,
   createUser,
+  internalUrls,
   ledgerAudit,
   settled,
   transfer,
@@ -18,7 +19,7 @@ import {
 
 describe("transfers", () => {
   it("every service reports its engines healthy", async () => {
-    for (const base of Object.values(urls)) {
+    for (const base of Object.values(internalUrls)) {
       const answer = await call("GET", `${base}/health`);
       assert.equal(answer.status, 200, `${base}: ${JSON.stringify(answer.body)}`);
       assert.equal(answer.body.data.healthy, true);
@@ -170,7 +171,7 @@ describe("transfers", () => {
     const a = await createUser(5_000);
     const b = await createUser(0);
     const auth = asAdmin();
-    const fault = await call("PUT", `${urls.command}/ops/faults`, {
+    const fault = await call("PUT", `${internalUrls.command}/ops/faults`, {
       body: { reject_pending_for_source_user_ids: [a.id] },
       headers: auth,
     });
@@ -190,7 +191,7 @@ describe("transfers", () => {
       const record = await call("GET", `${urls.query}/transactions/${done.id}`, { headers: auth });
       assert.equal(record.body.data.transaction.status, "FAILED");
     } finally {
-      await call("PUT", `${urls.command}/ops/faults`, {
+      await call("PUT", `${internalUrls.command}/ops/faults`, {
         body: { reject_pending_for_source_user_ids: [] },
         headers: auth,
       });

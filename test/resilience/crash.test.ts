@@ -11,6 +11,7 @@ import {
   balanceOf,
   call,
   createUser,
+  internalUrls,
   ledgerAudit,
   settled,
   type TestUser,
@@ -23,7 +24,10 @@ type Service = "transaction" | "command";
 
 async function arm(service: Service, point: string): Promise<void> {
   await healthy(service);
-  const answer = await call("PUT", `${urls[service]}/ops/crash`, { body: { point }, headers: asAdmin() });
+  const answer = await call("PUT", `${internalUrls[service]}/ops/crash`, {
+    body: { point },
+    headers: asAdmin(),
+  });
   assert.equal(answer.status, 200, `arming ${point}: ${JSON.stringify(answer.body)}`);
 }
 
@@ -105,7 +109,7 @@ describe("crash at every step", { timeout: 600_000 }, () => {
   it("after the refund, before the saga records it", async () => {
     const a = await createUser(1_000);
     const b = await createUser(0);
-    const faults = await call("PUT", `${urls.command}/ops/faults`, {
+    const faults = await call("PUT", `${internalUrls.command}/ops/faults`, {
       body: { reject_pending_for_source_user_ids: [a.id] },
       headers: asAdmin(),
     });
@@ -119,7 +123,7 @@ describe("crash at every step", { timeout: 600_000 }, () => {
       assert.equal(done.failure_reason, "record_rejected");
       await expectMoney(a, b, 1_000, 0);
     } finally {
-      await call("PUT", `${urls.command}/ops/faults`, {
+      await call("PUT", `${internalUrls.command}/ops/faults`, {
         body: { reject_pending_for_source_user_ids: [] },
         headers: asAdmin(),
       });

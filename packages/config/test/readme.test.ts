@@ -43,16 +43,19 @@ export function envTables(markdown: string): Map<string, Map<string, string>> {
   return tables;
 }
 
-/** The default as the README writes it: `value`, 8000, (empty), (required...). */
+/**
+ * The default as the README writes it: `value`, or a parenthesised note for "none" ((empty),
+ * (required, ...), (public port + 1000)), which the code writes as "" or leaves undefined.
+ */
 function readmeDefault(cell: string): string {
-  if (cell === "(empty)" || cell.startsWith("(required")) return "";
+  if (cell.startsWith("(")) return "";
   return cell.replace(/^`(.*)`$/, "$1");
 }
 
-/** The default the code applies, as text; undefined when the variable has none (required). */
-function codeDefault(schema: z.ZodType): string | undefined {
+/** The default the code applies, as text; "" when there is none (required, or derived at start). */
+function codeDefault(schema: z.ZodType): string {
   const parsed = schema.safeParse(undefined);
-  return parsed.success ? String(parsed.data) : undefined;
+  return parsed.success && parsed.data !== undefined ? String(parsed.data) : "";
 }
 
 const tables = envTables(readme);
@@ -66,7 +69,7 @@ test("every common variable is listed with the code's default", () => {
   for (const [name, schema] of Object.entries(commonEnv as Shape)) {
     const cell = rows.get(name);
     assert.notEqual(cell, undefined, `README: ${name} missing from "Common to all services"`);
-    assert.equal(readmeDefault(cell as string), codeDefault(schema) ?? "", `README: default of ${name}`);
+    assert.equal(readmeDefault(cell as string), codeDefault(schema), `README: default of ${name}`);
   }
   for (const name of rows.keys())
     assert.ok(name in commonEnv, `README lists ${name}, which no service reads`);
@@ -79,7 +82,7 @@ for (const [service, shape] of Object.entries(services)) {
     for (const [name, schema] of own) {
       const cell = rows.get(name);
       assert.notEqual(cell, undefined, `README: ${name} missing from the ${service} table`);
-      assert.equal(readmeDefault(cell as string), codeDefault(schema) ?? "", `README: default of ${name}`);
+      assert.equal(readmeDefault(cell as string), codeDefault(schema), `README: default of ${name}`);
     }
     for (const name of rows.keys()) {
       assert.ok(

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
 import type { FastifyRequest } from "fastify";
 import { SignJWT } from "jose";
@@ -15,13 +16,21 @@ import {
 } from "../auth.ts";
 import { ApiError } from "../errors.ts";
 
+const sha256 = (text: string): string => createHash("sha256").update(text).digest("hex");
 const secrets = {
   admin_token: "admin-token-0123456789abcdef",
-  service_token: "service-token-0123456789abcdef",
+  ledger_token: "ledger-token-0123456789abcdef",
+  query_token: "query-token-0123456789abcdef",
   token_secret: "token-secret-0123456789abcdef-0123456789",
   token_ttl_s: 900,
 };
-const auth = new Authenticator(secrets);
+const checked = {
+  admin_sha256: sha256(secrets.admin_token),
+  ledger_sha256: sha256(secrets.ledger_token),
+  token_secret: secrets.token_secret,
+  token_ttl_s: secrets.token_ttl_s,
+};
+const auth = new Authenticator(checked);
 const key = new TextEncoder().encode(secrets.token_secret);
 const now = () => Math.floor(Date.now() / 1000);
 
@@ -65,9 +74,9 @@ describe("user access tokens", () => {
   });
 
   it("remembers a verified token only until it expires", async (t) => {
-    const fresh = new Authenticator(secrets);
+    const fresh = new Authenticator(checked);
     // Issued so that it expires 2 s from now (the ttl is 900 s).
-    const issued = await fresh.issueUserToken(7, now() - 898);
+    const issued = await fresh.issueUserToken(7, 0, now() - 898);
     const header = `Bearer ${issued.access_token}`;
     assert.deepEqual(await fresh.authenticate(header), { kind: "user", user_id: 7 });
     assert.deepEqual(await fresh.authenticate(header), { kind: "user", user_id: 7 });
@@ -80,7 +89,7 @@ describe("user access tokens", () => {
   });
 
   it("refuses an expired token with 401", async () => {
-    const old = await auth.issueUserToken(42, now() - 1_000);
+    const old = await auth.issueUserToken(42, 0, now() - 1_000);
     const error = await refusal(auth.authenticate(`Bearer ${old.access_token}`));
     assert.equal(error.status, 401);
     assert.equal(error.message, "token expired");
@@ -120,8 +129,8 @@ describe("user access tokens", () => {
 
   it("cannot issue without a signing key, and a service without one accepts no user token", async () => {
     const readSide = new Authenticator({
-      admin_token: secrets.admin_token,
-      service_token: secrets.service_token,
+      admin_sha256: checked.admin_sha256,
+      query_sha256: sha256(secrets.query_token),
     });
     await assert.rejects(readSide.issueUserToken(1), /invariant/);
     const token = (await auth.issueUserToken(1)).access_token;
@@ -130,9 +139,13 @@ describe("user access tokens", () => {
 });
 
 describe("static credentials and headers", () => {
-  it("recognises the operator and service credentials", async () => {
+  it("recognises the operator and ledger credentials by their digests, and no other", async () => {
     assert.deepEqual(await auth.authenticate(`Bearer ${secrets.admin_token}`), { kind: "admin" });
-    assert.deepEqual(await auth.authenticate(`bearer ${secrets.service_token}`), { kind: "service" });
+    assert.deepEqual(await auth.authenticate(`bearer ${secrets.ledger_token}`), { kind: "ledger" });
+    // The query credential is not one this authenticator checks: no credential at all here.
+    assert.equal((await refusal(auth.authenticate(`Bearer ${secrets.query_token}`))).status, 401);
+    // A digest presented as a credential is nothing either.
+    assert.equal((await refusal(auth.authenticate(`Bearer ${checked.admin_sha256}`))).status, 401);
     assert.equal((await refusal(auth.authenticate(`Bearer ${secrets.admin_token}x`))).status, 401);
     assert.equal((await refusal(auth.authenticate(`Bearer ${secrets.admin_token.slice(1)}`))).status, 401);
   });
@@ -167,8 +180,10 @@ describe("guards", () => {
     const ok = request(`Bearer ${secrets.admin_token}`);
     await adminOnly(ok);
     assert.deepEqual(principalOf(ok), { kind: "admin" });
-    const service = request(`Bearer ${secrets.service_token}`);
-    assert.equal((await refusal(auth.guard("user", "admin")(service))).status, 403);
+    const ledger = request(`Bearer ${secrets.ledger_token}`);
+    assert.equal((await refusal(auth.guard("user", "admin")(ledger))).status, 403);
+    await auth.guard("ledger")(ledger);
+    assert.deepEqual(principalOf(ledger), { kind: "ledger" });
   });
 
   it("lets anonymous callers through optional() but not a bad credential", async () => {
@@ -182,46 +197,108 @@ describe("guards", () => {
     requireSelfOrAdmin({ kind: "user", user_id: 3 }, 3, "user 3");
     requireSelfOrAdmin({ kind: "admin" }, 3, "user 3");
     assert.throws(() => requireSelfOrAdmin({ kind: "user", user_id: 4 }, 3, "user 3"), { status: 403 });
-    assert.throws(() => requireSelfOrAdmin({ kind: "service" }, 3, "user 3"), { status: 403 });
+    assert.throws(() => requireSelfOrAdmin({ kind: "ledger" }, 3, "user 3"), { status: 403 });
   });
 });
 
 describe("secrets at start", () => {
-  const base: AuthEnv = {
-    ADMIN_TOKEN: "",
-    SERVICE_TOKEN: "",
-    AUTH_TOKEN_SECRET: "",
-    AUTH_TOKEN_TTL_S: 900,
-    ALLOW_INSECURE_DEV: false,
+  const base: AuthEnv = { AUTH_TOKEN_TTL_S: 900, ALLOW_INSECURE_DEV: false };
+  const userService = { checks: ["ADMIN_TOKEN", "LEDGER_TOKEN"], token_secret: true } as const;
+  const saga = {
+    checks: ["ADMIN_TOKEN"],
+    presents: ["LEDGER_TOKEN", "QUERY_TOKEN"],
+    token_secret: true,
+  } as const;
+  const good: AuthEnv = {
+    ...base,
+    ADMIN_TOKEN: secrets.admin_token,
+    LEDGER_TOKEN: secrets.ledger_token,
+    QUERY_TOKEN: secrets.query_token,
+    AUTH_TOKEN_SECRET: secrets.token_secret,
   };
-  const all = ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"] as const;
 
   it("refuses to start without the secrets a service needs", () => {
-    assert.throws(
-      () => resolveSecrets(base, all),
-      /ADMIN_TOKEN is required[\s\S]*SERVICE_TOKEN[\s\S]*AUTH_TOKEN_SECRET/,
+    for (const name of ["ADMIN_TOKEN", "LEDGER_TOKEN", "QUERY_TOKEN", "AUTH_TOKEN_SECRET"]) {
+      assert.throws(() => resolveSecrets(base, saga), new RegExp(`${name} is required`));
+    }
+    assert.doesNotThrow(() =>
+      resolveSecrets({ ...base, ADMIN_TOKEN: secrets.admin_token }, { checks: ["ADMIN_TOKEN"] }),
     );
-    assert.doesNotThrow(() => resolveSecrets({ ...base, ADMIN_TOKEN: secrets.admin_token }, ["ADMIN_TOKEN"]));
+  });
+
+  it("takes a checked credential as its digest, and a presented one only as the secret", () => {
+    const digests = {
+      ...base,
+      ADMIN_TOKEN_SHA256: sha256(secrets.admin_token),
+      LEDGER_TOKEN_SHA256: sha256(secrets.ledger_token),
+      AUTH_TOKEN_SECRET: secrets.token_secret,
+    };
+    const { secrets: resolved } = resolveSecrets(digests, userService);
+    assert.equal(resolved.admin_sha256, sha256(secrets.admin_token));
+    assert.equal(resolved.ledger_sha256, sha256(secrets.ledger_token));
+    assert.equal(resolved.ledger_token, undefined);
+    // The saga presents LEDGER_TOKEN: its digest is not enough.
+    assert.throws(
+      () => resolveSecrets({ ...digests, QUERY_TOKEN: secrets.query_token }, saga),
+      /LEDGER_TOKEN is required/,
+    );
+    assert.throws(
+      () => resolveSecrets({ ...digests, ADMIN_TOKEN_SHA256: "ABC" }, userService),
+      /64 lower-case hex/,
+    );
+    assert.throws(
+      () => resolveSecrets({ ...digests, ADMIN_TOKEN: "another-admin-token-0123" }, userService),
+      /not the SHA-256/,
+    );
   });
 
   it("refuses short, non-printable or shared secrets", () => {
-    const good = {
-      ...base,
-      ADMIN_TOKEN: secrets.admin_token,
-      SERVICE_TOKEN: secrets.service_token,
-      AUTH_TOKEN_SECRET: secrets.token_secret,
-    };
-    assert.equal(resolveSecrets(good, all).secrets.token_secret, secrets.token_secret);
-    assert.throws(() => resolveSecrets({ ...good, AUTH_TOKEN_SECRET: "short" }, all), /at least 32/);
-    assert.throws(() => resolveSecrets({ ...good, ADMIN_TOKEN: "with a space in it!!" }, all), /printable/);
-    assert.throws(() => resolveSecrets({ ...good, SERVICE_TOKEN: good.ADMIN_TOKEN }, all), /must differ/);
+    assert.equal(resolveSecrets(good, saga).secrets.token_secret, secrets.token_secret);
+    assert.equal(resolveSecrets(good, saga).secrets.ledger_token, secrets.ledger_token);
+    assert.throws(() => resolveSecrets({ ...good, AUTH_TOKEN_SECRET: "short" }, saga), /at least 32/);
+    assert.throws(() => resolveSecrets({ ...good, ADMIN_TOKEN: "with a space in it!!" }, saga), /printable/);
+    assert.throws(() => resolveSecrets({ ...good, LEDGER_TOKEN: good.ADMIN_TOKEN }, saga), /must differ/);
+    assert.throws(() => resolveSecrets({ ...good, QUERY_TOKEN: good.LEDGER_TOKEN }, saga), /must differ/);
+    const key = "a-key-long-enough-for-hs256-0123456789";
+    assert.throws(
+      () => resolveSecrets({ ...good, ADMIN_TOKEN: key, AUTH_TOKEN_SECRET: key }, saga),
+      /ADMIN_TOKEN and AUTH_TOKEN_SECRET must differ/,
+    );
+    // Equal as digests too: a checked digest equal to another credential is refused.
+    assert.throws(
+      () =>
+        resolveSecrets(
+          {
+            ...base,
+            ADMIN_TOKEN_SHA256: sha256(secrets.ledger_token),
+            LEDGER_TOKEN_SHA256: sha256(secrets.ledger_token),
+            AUTH_TOKEN_SECRET: secrets.token_secret,
+          },
+          userService,
+        ),
+      /must differ/,
+    );
   });
 
-  it("uses the fixed development values, loudly, only with ALLOW_INSECURE_DEV", () => {
-    const { secrets: dev, warnings } = resolveSecrets({ ...base, ALLOW_INSECURE_DEV: true }, all);
-    assert.equal(dev.admin_token, INSECURE_DEV_SECRETS.ADMIN_TOKEN);
-    assert.equal(dev.token_secret, INSECURE_DEV_SECRETS.AUTH_TOKEN_SECRET);
-    assert.equal(warnings.length, 3);
+  it("uses the fixed development values, loudly, only with ALLOW_INSECURE_DEV and only on loopback", () => {
+    const dev = { ...base, ALLOW_INSECURE_DEV: true };
+    const { secrets: resolved, warnings } = resolveSecrets(dev, saga);
+    assert.equal(resolved.ledger_token, INSECURE_DEV_SECRETS.LEDGER_TOKEN);
+    assert.equal(resolved.admin_sha256, sha256(INSECURE_DEV_SECRETS.ADMIN_TOKEN));
+    assert.equal(resolved.token_secret, INSECURE_DEV_SECRETS.AUTH_TOKEN_SECRET);
+    assert.equal(warnings.length, 4);
     for (const warning of warnings) assert.match(warning, /PUBLIC/);
+    for (const host of ["127.0.0.1", "127.0.0.2", "localhost", "::1"]) {
+      assert.doesNotThrow(
+        () => resolveSecrets({ ...dev, HOST: host, INTERNAL_HOST: "127.0.0.1" }, saga),
+        host,
+      );
+    }
+    for (const host of ["0.0.0.0", "::", "10.0.0.5", "example.com", "128.0.0.1"]) {
+      assert.throws(() => resolveSecrets({ ...dev, HOST: host }, saga), /loopback only/, host);
+      assert.throws(() => resolveSecrets({ ...dev, INTERNAL_HOST: host }, saga), /loopback only/, host);
+    }
+    // Real secrets on a public address are fine: only the development values are refused there.
+    assert.doesNotThrow(() => resolveSecrets({ ...good, HOST: "0.0.0.0" }, saga));
   });
 });

@@ -8,6 +8,8 @@ import { kafkaAuthEnv } from "#packages/kafka/access.ts";
 export const configShape = {
   ...commonEnv,
   TRANSACTION_COMMAND_SERVICE_PORT: env.port(8001),
+  /** Internal listener (/ops/*, health details); default TRANSACTION_COMMAND_SERVICE_PORT + 1000. */
+  TRANSACTION_COMMAND_SERVICE_INTERNAL_PORT: env.optionalPort(),
   MONGO_URL: env.string(engineDefaults.MONGO_URL),
   MONGO_DATABASE: env.string(engineDefaults.MONGO_DATABASE),
   KAFKA_BROKERS: env.string(engineDefaults.KAFKA_BROKERS),

@@ -4,13 +4,13 @@
  */
 import { MongoClient } from "mongodb";
 import { z } from "zod";
-import { loadConfig, splitList } from "#packages/config/index.ts";
+import { internalPort, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, secretsOrExit, securityFor } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
-import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { kafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
@@ -25,7 +25,7 @@ const SERVICE = "transaction-command-service";
 const config = loadConfig(configShape);
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
-const auth = new Authenticator(secretsOrExit(SERVICE, config, ["ADMIN_TOKEN"], logger));
+const auth = new Authenticator(secretsOrExit(SERVICE, config, { checks: ["ADMIN_TOKEN"] }, logger));
 const brokers = splitList(config.KAFKA_BROKERS);
 const sasl = kafkaSasl(config);
 const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
@@ -73,19 +73,27 @@ const consumer = startBatchConsumer({
   }),
 });
 
-const app = createHttpServer({ logger });
+const listeners = createListeners({ logger });
+// Its only routes besides health are operations: on the internal listener.
+const app = listeners.internal;
+await registerOpenApi(listeners.public, {
+  service: SERVICE,
+  description: "The only writer of transfer records: a Kafka worker. HTTP for health only.",
+});
 await registerOpenApi(app, {
   service: SERVICE,
   description:
     "The only writer of transfer records: a Kafka worker. HTTP for health and, with FAULT_INJECTION=true, test faults (operator only).",
 });
-registerHealth(app, SERVICE, {
+const health = {
   mongodb: () => db.command({ ping: 1 }),
   kafka: () => pingKafka(brokers, sasl),
   consumer: async () => {
     if (!consumer.isRunning()) throw new Error("consumer is not running");
   },
-});
+};
+registerHealth(listeners.public, SERVICE, health, { auth });
+registerHealth(listeners.internal, SERVICE, health);
 
 if (config.FAULT_INJECTION) {
   registerCrashRoute(app, auth, crashes, ["after_record_write"]);
@@ -129,6 +137,19 @@ if (config.FAULT_INJECTION) {
   );
 }
 
-onShutdown(logger, [() => app.close(), () => consumer.stop(), () => producer.close(), () => mongo.close()]);
-await app.listen({ host: config.HOST, port: config.TRANSACTION_COMMAND_SERVICE_PORT });
+onShutdown(logger, [
+  () => closeBoth(listeners),
+  () => consumer.stop(),
+  () => producer.close(),
+  () => mongo.close(),
+]);
+await listenBoth(listeners, {
+  host: config.HOST,
+  port: config.TRANSACTION_COMMAND_SERVICE_PORT,
+  internal_host: config.INTERNAL_HOST,
+  internal_port: internalPort(
+    config.TRANSACTION_COMMAND_SERVICE_INTERNAL_PORT,
+    config.TRANSACTION_COMMAND_SERVICE_PORT,
+  ),
+});
 logger.info({ port: config.TRANSACTION_COMMAND_SERVICE_PORT, topics }, "ready");

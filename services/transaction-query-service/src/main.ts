@@ -1,7 +1,7 @@
 /** transaction-query-service: serves transfer records from MongoDB (the read side of CQRS). */
 import { MongoClient } from "mongodb";
 import { z } from "zod";
-import { loadConfig } from "#packages/config/index.ts";
+import { internalPort, loadConfig } from "#packages/config/index.ts";
 import { transferIdSchema, userIdParamSchema } from "#packages/contracts/ids.ts";
 import {
   decodeCursor,
@@ -13,7 +13,7 @@ import { transferSnapshotSchema } from "#packages/contracts/transfer.ts";
 import { Authenticator, secretsOrExit, securityFor } from "#packages/http/auth.ts";
 import { notFound, ok } from "#packages/http/errors.ts";
 import { envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
-import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { configShape } from "./config.ts";
@@ -24,11 +24,14 @@ const SERVICE = "transaction-query-service";
 const config = loadConfig(configShape);
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
-// The read side serves transaction-service (service credential) and the operator, never users
-// directly: the public reads, with their per-user checks, go through transaction-service.
-const auth = new Authenticator(secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN"], logger));
-const serviceOrAdmin = auth.guard("service", "admin");
-const security = securityFor("service", "admin");
+// The read side serves transaction-service (QUERY_TOKEN) and the operator, never users directly:
+// the public reads, with their per-user checks, go through transaction-service. It holds only
+// the digests of those credentials, and nothing the ledger accepts.
+const auth = new Authenticator(
+  secretsOrExit(SERVICE, config, { checks: ["ADMIN_TOKEN", "QUERY_TOKEN"] }, logger),
+);
+const serviceOrAdmin = auth.guard("query", "admin");
+const security = securityFor("query", "admin");
 const mongo = new MongoClient(config.MONGO_URL, {
   serverSelectionTimeoutMS: 3_000,
   connectTimeoutMS: 3_000,
@@ -39,13 +42,20 @@ const mongo = new MongoClient(config.MONGO_URL, {
 const db = mongo.db(config.MONGO_DATABASE);
 await retryStartup("mongodb", logger, () => mongo.connect());
 
-const app = createHttpServer({ logger });
+const listeners = createListeners({ logger });
+const app = listeners.public;
+await registerOpenApi(listeners.internal, {
+  service: SERVICE,
+  description: "The internal listener (loopback): health details.",
+});
 await registerOpenApi(app, {
   service: SERVICE,
   description:
     "The read side (CQRS): transfer records from MongoDB, for transaction-service and the operator.",
 });
-registerHealth(app, SERVICE, { mongodb: () => db.command({ ping: 1 }) });
+const health = { mongodb: () => db.command({ ping: 1 }) };
+registerHealth(app, SERVICE, health, { auth });
+registerHealth(listeners.internal, SERVICE, health);
 
 app.get(
   "/transactions/:id",
@@ -97,6 +107,14 @@ app.get(
   },
 );
 
-onShutdown(logger, [() => app.close(), () => mongo.close()]);
-await app.listen({ host: config.HOST, port: config.TRANSACTION_QUERY_SERVICE_PORT });
+onShutdown(logger, [() => closeBoth(listeners), () => mongo.close()]);
+await listenBoth(listeners, {
+  host: config.HOST,
+  port: config.TRANSACTION_QUERY_SERVICE_PORT,
+  internal_host: config.INTERNAL_HOST,
+  internal_port: internalPort(
+    config.TRANSACTION_QUERY_SERVICE_INTERNAL_PORT,
+    config.TRANSACTION_QUERY_SERVICE_PORT,
+  ),
+});
 logger.info({ port: config.TRANSACTION_QUERY_SERVICE_PORT }, "ready");

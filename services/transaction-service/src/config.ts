@@ -2,12 +2,20 @@
  * What transaction-service reads from its environment, with the defaults `npm start` uses. Kept apart from
  * main.ts so that tests (and the README's check) can read the shape without starting the service.
  */
-import { commonEnv, engineDefaults, env } from "#packages/config/index.ts";
+import { commonEnv, credentialEnv, engineDefaults, env } from "#packages/config/index.ts";
 import { kafkaAuthEnv } from "#packages/kafka/access.ts";
 
 export const configShape = {
   ...commonEnv,
+  // Presents LEDGER_TOKEN and QUERY_TOKEN; verifies users' tokens.
+  LEDGER_TOKEN: credentialEnv.LEDGER_TOKEN,
+  QUERY_TOKEN: credentialEnv.QUERY_TOKEN,
+  AUTH_TOKEN_SECRET: credentialEnv.AUTH_TOKEN_SECRET,
+  AUTH_TOKEN_TTL_S: credentialEnv.AUTH_TOKEN_TTL_S,
+  TOKEN_VERSION_CACHE_MS: credentialEnv.TOKEN_VERSION_CACHE_MS,
   TRANSACTION_SERVICE_PORT: env.port(8003),
+  /** Internal listener (/ops/*); default TRANSACTION_SERVICE_PORT + 1000. */
+  TRANSACTION_SERVICE_INTERNAL_PORT: env.optionalPort(),
   SAGA_DATABASE_URL: env.string(engineDefaults.SAGA_DATABASE_URL),
   SAGA_DATABASE_POOL_MAX: env.int(20, 2, 200),
   KAFKA_BROKERS: env.string(engineDefaults.KAFKA_BROKERS),
@@ -16,7 +24,8 @@ export const configShape = {
   ...kafkaAuthEnv,
   REDIS_URL: env.string(engineDefaults.REDIS_URL),
   REDIS_KEY_PREFIX: env.string(""),
-  USER_SERVICE_URL: env.url(engineDefaults.USER_SERVICE_URL),
+  /** user-service's internal listener, where the ledger's saga steps are. */
+  USER_SERVICE_INTERNAL_URL: env.url(engineDefaults.USER_SERVICE_INTERNAL_URL),
   TRANSACTION_QUERY_SERVICE_URL: env.url(engineDefaults.TRANSACTION_QUERY_SERVICE_URL),
   LEDGER_TIMEOUT_MS: env.int(3_000, 100, 60_000),
   /** Most saga steps per ledger call (concurrent steps share one call and one ledger commit). */

@@ -25,11 +25,11 @@ import {
 } from "#packages/http/auth.ts";
 import { ApiError, errorBody, notFound, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
+import type { RateLimiter } from "#packages/http/rate-limit.ts";
 import { type HttpServer, refuseMethod } from "#packages/http/server.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { TransferCache } from "./cache.ts";
 import type { QueryClient } from "./query-client.ts";
-import type { RateLimiter } from "./rate-limit.ts";
 import { type SagaTransfer, snapshotOf } from "./saga/machine.ts";
 import type { SagaRunner } from "./saga/runner.ts";
 import { type SagaStore, TransferOutcomeUnknownError } from "./saga/store.ts";

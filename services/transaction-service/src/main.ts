@@ -6,12 +6,14 @@
 
 import { fileURLToPath } from "node:url";
 import { createClient } from "redis";
-import { loadConfig, splitList } from "#packages/config/index.ts";
+import { internalPort, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
-import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { RateLimiter } from "#packages/http/rate-limit.ts";
+import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
+import { CachedTokenVersions } from "#packages/http/token-versions.ts";
 import { kafkaSasl } from "#packages/kafka/access.ts";
 import {
   createProducer,
@@ -29,7 +31,6 @@ import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
 import { registerEventCountersRoute } from "./ops.ts";
 import { QueryClient } from "./query-client.ts";
-import { RateLimiter } from "./rate-limit.ts";
 import { createEventHandler, type EventCounters } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
 import { publicStatus } from "./saga/machine.ts";
@@ -43,7 +44,14 @@ const SERVICE = "transaction-service";
 const config = loadConfig(configShape);
 
 const logger = createLogger(SERVICE, config.LOG_LEVEL);
-const secrets = secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"], logger);
+// It checks the operator's credential, presents its own to the ledger and the read side, and
+// verifies users' tokens.
+const secrets = secretsOrExit(
+  SERVICE,
+  config,
+  { checks: ["ADMIN_TOKEN"], presents: ["LEDGER_TOKEN", "QUERY_TOKEN"], token_secret: true },
+  logger,
+);
 const brokers = splitList(config.KAFKA_BROKERS);
 const sasl = kafkaSasl(config);
 const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
@@ -85,7 +93,7 @@ const store = new SagaStore(pool, {
   writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
   writes_waiting_max: 10_000,
 });
-const ledger = new LedgerClient(config.USER_SERVICE_URL, secrets.service_token ?? "", {
+const ledger = new LedgerClient(config.USER_SERVICE_INTERNAL_URL, secrets.ledger_token ?? "", {
   timeout_ms: config.LEDGER_TIMEOUT_MS,
   batch_max: config.LEDGER_BATCH_MAX,
   in_flight_max: config.LEDGER_CALLS_IN_FLIGHT_MAX,
@@ -160,7 +168,7 @@ const sweeper = startSweeper({
 
 const query = new QueryClient(
   config.TRANSACTION_QUERY_SERVICE_URL,
-  secrets.service_token ?? "",
+  secrets.query_token ?? "",
   config.QUERY_TIMEOUT_MS,
 );
 const limiter = new RateLimiter(redis, {
@@ -170,22 +178,38 @@ const limiter = new RateLimiter(redis, {
   timeout_ms: config.CACHE_TIMEOUT_MS,
   logger,
 });
-const app = createHttpServer({ logger });
+const listeners = createListeners({ logger });
+const app = listeners.public;
+await registerOpenApi(listeners.internal, {
+  service: SERVICE,
+  description:
+    "The internal listener (loopback): health details and, with FAULT_INJECTION=true, test faults.",
+});
 await registerOpenApi(app, {
   service: SERVICE,
   description:
     "The public entry: transfers (a crash-safe saga) and reads of transfers. Amounts are integer minor units. " +
     "Log in at user-service `POST /auth/login` and send the token as `Authorization: Bearer <token>`.",
 });
-registerHealth(app, SERVICE, {
+const health = {
   postgres: () => pool.query("SELECT 1"),
   kafka: () => pingKafka(brokers, sasl),
   redis: () => redis.ping(),
   consumer: async () => {
     if (!events.isRunning()) throw new Error("event consumer is not running");
   },
-});
-const auth = new Authenticator(secrets);
+};
+// Token versions from user-service's copy in Redis, remembered for TOKEN_VERSION_CACHE_MS.
+const auth = new Authenticator(
+  secrets,
+  new CachedTokenVersions(redis, {
+    prefix: config.REDIS_KEY_PREFIX,
+    cache_ms: config.TOKEN_VERSION_CACHE_MS,
+    timeout_ms: config.CACHE_TIMEOUT_MS,
+  }),
+);
+registerHealth(app, SERVICE, health, { auth });
+registerHealth(listeners.internal, SERVICE, health);
 registerRoutes(app, {
   store,
   runner,
@@ -196,13 +220,18 @@ registerRoutes(app, {
   auth,
   limiter,
 });
-registerEventCountersRoute(app, auth, eventCounters);
+registerEventCountersRoute(listeners.internal, auth, eventCounters);
 if (config.FAULT_INJECTION) {
-  registerCrashRoute(app, auth, crashes, ["after_hold", "after_post", "after_void", "after_outbox_send"]);
+  registerCrashRoute(listeners.internal, auth, crashes, [
+    "after_hold",
+    "after_post",
+    "after_void",
+    "after_outbox_send",
+  ]);
 }
 
 onShutdown(logger, [
-  () => app.close(),
+  () => closeBoth(listeners),
   () => sweeper.stop(),
   () => events.stop(),
   () => relay.stop(),
@@ -210,5 +239,10 @@ onShutdown(logger, [
   () => redis.quit(),
   () => pool.end(),
 ]);
-await app.listen({ host: config.HOST, port: config.TRANSACTION_SERVICE_PORT });
+await listenBoth(listeners, {
+  host: config.HOST,
+  port: config.TRANSACTION_SERVICE_PORT,
+  internal_host: config.INTERNAL_HOST,
+  internal_port: internalPort(config.TRANSACTION_SERVICE_INTERNAL_PORT, config.TRANSACTION_SERVICE_PORT),
+});
 logger.info({ port: config.TRANSACTION_SERVICE_PORT, topics }, "ready");

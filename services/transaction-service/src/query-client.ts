@@ -1,6 +1,7 @@
 /**
  * Calls to transaction-query-service (the read side), with a timeout on every call and the
- * service credential on every call (the query service serves services and the operator only).
+ * read side's credential (QUERY_TOKEN) on every call (the query service serves transaction-service
+ * and the operator only).
  */
 import { callJson, type JsonResponse } from "#packages/http/client.ts";
 
@@ -9,10 +10,10 @@ export class QueryClient {
   readonly #timeout_ms: number;
   readonly #headers: Record<string, string>;
 
-  constructor(base_url: string, service_token: string, timeout_ms: number) {
+  constructor(base_url: string, query_token: string, timeout_ms: number) {
     this.#base_url = base_url.replace(/\/$/, "");
     this.#timeout_ms = timeout_ms;
-    this.#headers = { authorization: `Bearer ${service_token}` };
+    this.#headers = { authorization: `Bearer ${query_token}` };
   }
 
   getTransfer(id: string): Promise<JsonResponse> {

@@ -29,7 +29,7 @@ describe("balance privacy", () => {
     assert.deepEqual(balances(redactFor({ kind: "user", user_id: 1 }, snapshot)), [1_000, null]);
     assert.deepEqual(balances(redactFor({ kind: "user", user_id: 2 }, snapshot)), [null, 70]);
     assert.deepEqual(balances(redactFor({ kind: "user", user_id: 3 }, snapshot)), [null, null]);
-    assert.deepEqual(balances(redactFor({ kind: "service" }, snapshot)), [null, null]);
+    assert.deepEqual(balances(redactFor({ kind: "query" }, snapshot)), [null, null]);
     assert.deepEqual(balances(redactFor({ kind: "admin" }, snapshot)), [1_000, 70]);
   });
 

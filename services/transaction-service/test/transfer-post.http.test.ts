@@ -7,10 +7,10 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Authenticator } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
+import { RateLimiter } from "#packages/http/rate-limit.ts";
 import { createHttpServer, type HttpServer } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { registerRoutes } from "../src/http.ts";
-import { RateLimiter } from "../src/rate-limit.ts";
 import type { SagaRunner } from "../src/saga/runner.ts";
 import {
   type CreateResult,
@@ -75,7 +75,7 @@ describe("POST /transactions/transfer when PostgreSQL fails around a commit", ()
       },
     } as unknown as SagaRunner;
     const limiter = new RateLimiter(
-      { eval: async () => 1 },
+      { eval: async () => 1, del: async () => 1 },
       { prefix: "", max: 0, window_ms: 1_000, timeout_ms: 100, logger },
     );
     registerRoutes(app, {

@@ -8,12 +8,16 @@ import { z } from "zod";
 import { userIdSchema } from "#packages/contracts/ids.ts";
 import { assertBalanceMinor, minorFromPg } from "#packages/contracts/money.ts";
 import { ApiError } from "#packages/http/errors.ts";
+import { Semaphore, SemaphoreFull } from "#packages/runtime/semaphore.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Passwords: scrypt, salted, stored as `scrypt$N$r$p$salt$hash` (base64) so the cost can be
-// raised later without breaking stored hashes.
+// raised later without breaking stored hashes (a lower-cost hash is rehashed at the next login).
 
-const SCRYPT_COST = { N: 16384, r: 8, p: 1 } as const;
+/** OWASP's current guidance for scrypt: N = 2^17, r = 8, p = 1 (128 MiB and ~0.3 s per hash). */
+export const SCRYPT_LOG2_N_DEFAULT = 17;
+const SCRYPT_R = 8;
+const SCRYPT_P = 1;
 const SALT_BYTES = 16;
 const KEY_BYTES = 32;
 
@@ -32,11 +36,62 @@ function scryptKey(
   });
 }
 
-export async function hashPassword(password: string): Promise<string> {
+export async function hashPassword(
+  password: string,
+  log2_n: number = SCRYPT_LOG2_N_DEFAULT,
+): Promise<string> {
   const salt = randomBytes(SALT_BYTES);
-  const key = await scryptKey(password, salt, KEY_BYTES, SCRYPT_COST);
-  const { N, r, p } = SCRYPT_COST;
-  return `scrypt$${N}$${r}$${p}$${salt.toString("base64")}$${key.toString("base64")}`;
+  const cost = { N: 2 ** log2_n, r: SCRYPT_R, p: SCRYPT_P };
+  const key = await scryptKey(password, salt, KEY_BYTES, cost);
+  return `scrypt$${cost.N}$${cost.r}$${cost.p}$${salt.toString("base64")}$${key.toString("base64")}`;
+}
+
+/** Whether a stored hash costs less than `log2_n` asks (then it is rehashed at the next login). */
+export function hashBelowCost(stored: string, log2_n: number): boolean {
+  const [, n, r, p] = stored.split("$");
+  return Number(n) < 2 ** log2_n || Number(r) < SCRYPT_R || Number(p) < SCRYPT_P;
+}
+
+export interface PasswordHasherOptions {
+  /** log2 of scrypt's N for new hashes (SCRYPT_LOG2_N; 17 in production). */
+  log2_n: number;
+  /** Hashes computed at once (HASH_CONCURRENCY_MAX): each takes a core and 128*N*r bytes. */
+  concurrency_max: number;
+  /** Hashes waiting for a slot (HASH_QUEUE_MAX); past that, 503 with Retry-After. */
+  queue_max: number;
+}
+
+/**
+ * scrypt with bounded concurrency: a burst of sign-ups or log-ins waits in a short queue, and
+ * past it is refused with 503 at once, so hashing can never take every core (or all memory).
+ */
+export class PasswordHasher {
+  readonly log2_n: number;
+  readonly #slots: Semaphore;
+
+  constructor(options: PasswordHasherOptions) {
+    this.log2_n = options.log2_n;
+    this.#slots = new Semaphore(options.concurrency_max, options.queue_max);
+  }
+
+  hash(password: string): Promise<string> {
+    return this.#bounded(() => hashPassword(password, this.log2_n));
+  }
+
+  verify(password: string, stored: string): Promise<boolean> {
+    return this.#bounded(() => verifyPassword(password, stored));
+  }
+
+  async #bounded<T>(task: () => Promise<T>): Promise<T> {
+    try {
+      return await this.#slots.run(task);
+    } catch (error) {
+      if (!(error instanceof SemaphoreFull)) throw error;
+      throw new ApiError(503, "busy", "too many password checks at once; retry shortly", {
+        headers: { "retry-after": "1" },
+      });
+    }
+  }
 }
 
 /**
@@ -119,6 +174,9 @@ const refusalStatus = {
   source_unavailable: 409,
   transfer_repeated_in_batch: 422,
   unauthorized: 401,
+  current_password_required: 403,
+  current_password_mismatch: 403,
+  account_locked: 403,
 } as const;
 export type RefusalCode = keyof typeof refusalStatus;
 

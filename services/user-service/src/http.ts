@@ -18,12 +18,15 @@ import {
 } from "#packages/http/auth.ts";
 import { ApiError, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
-import { type HttpServer, refuseMethod } from "#packages/http/server.ts";
+import type { RateLimiter } from "#packages/http/rate-limit.ts";
+import { type Listeners, refuseMethod } from "#packages/http/server.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import {
+  hashBelowCost,
   hashPassword,
   idempotencyKeySchema,
   invariant,
+  type PasswordHasher,
   pageLimitSchema,
   passwordSchema,
   refuse,
@@ -31,7 +34,6 @@ import {
   toApiHold,
   toApiUser,
   usernameSchema,
-  verifyPassword,
 } from "./domain.ts";
 import {
   applyBatch,
@@ -46,10 +48,14 @@ import {
   LEDGER_BATCH_MAX,
   type LedgerOperation,
   listUsers,
+  passwordHashOf,
   postHold,
+  setLocked,
   updateUser,
+  upgradePasswordHash,
   voidHold,
 } from "./ledger.ts";
+import type { Revocations } from "./revocation.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Response shapes.
@@ -132,12 +138,17 @@ const createUserBody = z.strictObject({
 });
 
 const updateUserBody = z
-  .strictObject({ username: usernameSchema.optional(), password: passwordSchema.optional() })
+  .strictObject({
+    username: usernameSchema.optional(),
+    password: passwordSchema.optional(),
+    /** Required with `password`: a stolen access token alone cannot take the account over. */
+    current_password: z.string().min(1).max(256).optional(),
+  })
   .refine((body) => body.username !== undefined || body.password !== undefined, {
     error: "give username, password or both",
   })
-  // The refinement, as the OpenAPI document can say it.
-  .meta({ minProperties: 1 });
+  // The refinement, as the OpenAPI document can say it (current_password alone changes nothing).
+  .meta({ anyOf: [{ required: ["username"] }, { required: ["password"] }] });
 
 const listUsersQuery = z.strictObject({
   limit: pageLimitSchema,
@@ -184,24 +195,37 @@ const loginBody = z.strictObject({
 export interface RouteDeps {
   pool: Pool;
   auth: Authenticator;
+  hasher: PasswordHasher;
+  revocations: Revocations;
+  /** Log-ins and sign-ups per client address, and attempts per username (a success resets it). */
+  limits: { address: RateLimiter; username: RateLimiter };
 }
 
 /**
  * Who may do what:
- * - anyone: sign up (`POST /users`, zero balance) and log in (`POST /auth/login`);
- * - a user (their access token): read, change and close their own record;
- * - the operator (ADMIN_TOKEN): all of that for any user, plus opening balances, deposits and
- *   the user list;
- * - transaction-service (SERVICE_TOKEN): the two-phase ledger under /internal, and nobody else.
+ * - anyone: sign up (`POST /users`, zero balance) and log in (`POST /auth/login`), both
+ *   rate-limited per client address and per username;
+ * - a user (their access token): read, change and close their own record; a new password only
+ *   with the current one;
+ * - the operator (ADMIN_TOKEN): all of that for any user except setting a password, plus opening
+ *   balances, deposits, the user list and locking accounts (which cannot take a wallet over);
+ * - transaction-service (LEDGER_TOKEN): the two-phase ledger under /internal, and nobody else;
+ *   served on the internal listener only (with the hold read and the audit), never the public one.
  */
-export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
-  const { pool, auth } = deps;
+export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
+  const { pool, auth, hasher, revocations, limits } = deps;
+  const app = listeners.public;
   const userResponse = envelope(z.object({ user: userSchema }));
   const userOrAdmin = auth.guard("user", "admin");
   const adminOnly = auth.guard("admin");
   // A wrong password costs one scrypt; so does an unknown username (against this dummy hash),
   // so the answer time does not tell which usernames exist.
-  const dummyHash = hashPassword(`no user ${Math.random()}`);
+  const dummyHash = hashPassword(`no user ${Math.random()}`, hasher.log2_n);
+  /** Per client address, then per username: 429 with Retry-After past either. */
+  const throttle = async (request: { ip: string }, username_key: string): Promise<void> => {
+    await limits.address.enforce(`auth:address:${request.ip}`);
+    await limits.username.enforce(username_key);
+  };
 
   app.post(
     "/auth/login",
@@ -214,22 +238,48 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
           200: envelope(issuedTokenSchema.extend({ user_id: userIdSchema })).describe(
             "An access token to send as `Authorization: Bearer <access_token>`",
           ),
-          ...errorResponses(BODY_ERRORS, { 401: "Unknown username or wrong password (one answer for both)" }),
+          ...errorResponses(BODY_ERRORS, {
+            401: "Unknown username or wrong password (one answer for both)",
+            403: "`account_locked`: the password is right but the operator locked the account",
+            429: "Too many attempts from this address or for this username; retry after Retry-After seconds",
+            503: "Too many password checks at once, or an engine is unavailable; retry after Retry-After seconds",
+          }),
         },
       },
     },
-    async (request) => {
+    async (request, reply) => {
+      // A credential must never be kept by a cache, whatever the answer.
+      reply.header("cache-control", "no-store");
       const { username, password } = request.body;
+      const username_key = `login:username:${username.toLowerCase()}`;
+      await throttle(request, username_key);
       // A username that breaks the sign-up rule matches nobody: not even asked of the database.
       const found = usernameSchema.safeParse(username).success ? await findCredentials(pool, username) : null;
-      const valid = await verifyPassword(password, found?.password_hash ?? (await dummyHash));
+      const valid = await hasher.verify(password, found?.password_hash ?? (await dummyHash));
       if (found === null || !valid) {
         throw new ApiError(401, "invalid_credentials", "invalid username or password");
       }
-      const token = await auth.issueUserToken(found.id);
+      await limits.username.reset(username_key);
+      // Told only to whoever knows the password (nothing to learn by probing), so that the owner
+      // knows to ask the operator rather than retry.
+      if (found.locked) throw refuse("account_locked", "this account is locked; contact the operator");
+      if (hashBelowCost(found.password_hash, hasher.log2_n))
+        await upgradeHash(found.id, found.password_hash, password);
+      const version = await revocations.issueVersion(found.id, found.token_version);
+      const token = await auth.issueUserToken(found.id, version);
       return ok({ ...token, user_id: found.id });
     },
   );
+
+  /** A hash below the configured cost is replaced at login, the only time the password is known. */
+  const upgradeHash = async (user_id: number, old_hash: string, password: string): Promise<void> => {
+    try {
+      await upgradePasswordHash(pool, user_id, old_hash, await hasher.hash(password));
+    } catch (error) {
+      // The login itself succeeded; the next one tries again.
+      app.log.warn({ err: error, user_id }, "password hash upgrade skipped");
+    }
+  };
 
   app.post(
     "/users",
@@ -245,6 +295,8 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
           ...errorResponses(BODY_ERRORS, 401, {
             403: "`balance` given without the operator credential",
             409: "The username is taken (case-insensitively)",
+            429: "Too many sign-ups from this address or for this username; retry after Retry-After seconds",
+            503: "Too many password hashes at once, or an engine is unavailable; retry after Retry-After seconds",
           }),
         },
       },
@@ -254,7 +306,10 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       if (balance !== undefined && principalOf(request)?.kind !== "admin") {
         throw forbidden("an opening balance needs the operator credential; sign-up opens an empty wallet");
       }
-      const password_hash = await hashPassword(password);
+      if (principalOf(request)?.kind !== "admin") {
+        await throttle(request, `signup:username:${username.toLowerCase()}`);
+      }
+      const password_hash = await hasher.hash(password);
       const row = await createUser(pool, { username, password_hash, opening_balance: balance ?? 0 });
       return reply.status(201).send(ok({ user: toApiUser(row) }));
     },
@@ -323,28 +378,92 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
     {
       onRequest: userOrAdmin,
       schema: {
-        summary: "Change the username or password (the user themselves, or the operator)",
+        summary:
+          "Change the username (the user, or the operator) or the password (the user only, with `current_password`; revokes their access tokens)",
         tags: ["users"],
         security: securityFor("user", "admin"),
         params: userParams,
         body: updateUserBody,
         response: {
           200: userResponse.describe("The user as changed"),
-          ...errorResponses(BODY_ERRORS, 401, 403, {
+          ...errorResponses(BODY_ERRORS, 401, {
+            403: "Another user's record, a password set by the operator, or `current_password` missing (`current_password_required`) or wrong (`current_password_mismatch`)",
             404: "No such user (or closed)",
             409: "The username is taken",
+            429: "Too many wrong `current_password` attempts; retry after Retry-After seconds",
           }),
         },
       },
     },
     async (request) => {
-      requireSelfOrAdmin(requirePrincipal(request), request.params.id, `user ${request.params.id}`);
-      const { username, password } = request.body;
-      const password_hash = password === undefined ? undefined : await hashPassword(password);
-      const row = await updateUser(pool, request.params.id, { username, password_hash });
+      const principal = requirePrincipal(request);
+      const { id } = request.params;
+      requireSelfOrAdmin(principal, id, `user ${id}`);
+      const { username, password, current_password } = request.body;
+      if (password !== undefined) await checkPasswordChange(principal.kind, id, current_password);
+      const password_hash = password === undefined ? undefined : await hasher.hash(password);
+      const row = await updateUser(pool, id, { username, password_hash }, revocations.publish);
+      if (password_hash !== undefined) await revocations.settle();
       return ok({ user: toApiUser(row) });
     },
   );
+
+  /**
+   * Only the user sets their password, and only with the current one: neither the operator nor a
+   * stolen access token can take a wallet over. Wrong guesses count against the user's limit.
+   */
+  const checkPasswordChange = async (
+    kind: string,
+    id: number,
+    current: string | undefined,
+  ): Promise<void> => {
+    if (kind !== "user") {
+      throw forbidden("the operator cannot set or reset a password; lock the account instead");
+    }
+    // 403 rather than 400: the body is well-formed, but this caller has not proved enough.
+    if (current === undefined) {
+      throw refuse("current_password_required", "changing the password needs current_password in the body");
+    }
+    const key = `password:user:${id}`;
+    await limits.username.enforce(key);
+    const stored = await passwordHashOf(pool, id);
+    if (stored === null) throw refuse("user_not_found", `user ${id} not found`);
+    if (!(await hasher.verify(current, stored))) {
+      throw refuse("current_password_mismatch", "current_password is not this user's password");
+    }
+    await limits.username.reset(key);
+  };
+
+  for (const [action, locked] of [
+    ["lock", true],
+    ["unlock", false],
+  ] as const) {
+    app.post(
+      `/users/:id/${action}`,
+      {
+        onRequest: adminOnly,
+        schema: {
+          summary: locked
+            ? "Lock an account (operator only): no log-in, and every access token of the user is revoked at once"
+            : "Unlock an account (operator only): the user may log in again",
+          tags: ["users"],
+          security: securityFor("admin"),
+          params: userParams,
+          response: {
+            200: envelope(z.object({ user: userSchema, locked: z.boolean() })).describe(
+              "The user, now locked or not",
+            ),
+            ...errorResponses(400, 401, 403, { 404: "No such user (or closed)" }),
+          },
+        },
+      },
+      async (request) => {
+        const row = await setLocked(pool, request.params.id, locked, revocations.publish);
+        if (locked) await revocations.settle();
+        return ok({ user: toApiUser(row), locked });
+      },
+    );
+  }
 
   app.delete(
     "/users/:id",
@@ -406,14 +525,14 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
     },
   );
 
-  app.register(
+  listeners.internal.register(
     async (plugin) => {
       // A plugin scope starts without the type provider; this restores typed zod requests.
       const internal = plugin.withTypeProvider<ZodTypeProvider>();
-      // The service credential only: a user's token or the operator's cannot move money here.
-      internal.addHook("onRequest", auth.guard("service"));
+      // The saga's credential only: a user's token, the operator's or the read side's cannot move money.
+      const ledgerOnly = { onRequest: auth.guard("ledger") };
       const holdResponse = envelope(z.object({ hold: holdSchema })).describe("The hold as it now stands");
-      const internalSchema = { tags: ["internal"], security: securityFor("service") };
+      const internalSchema = { tags: ["internal"], security: securityFor("ledger") };
       const holdErrors = {
         404: "No such hold, source or destination (see `code`)",
         409: "The hold is in another state, or does not match (see `code`)",
@@ -423,6 +542,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/:transfer_id/hold",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary:
@@ -441,6 +561,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/:transfer_id/post",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary: "Saga step: move the held amount from clearing to the destination (idempotent)",
@@ -455,6 +576,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/:transfer_id/void",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary: "Saga step: give the held amount back to the source (idempotent)",
@@ -469,6 +591,7 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.post(
         "/transfers/batch",
         {
+          ...ledgerOnly,
           schema: {
             ...internalSchema,
             summary: `Saga steps in one transaction: up to ${LEDGER_BATCH_MAX} holds, posts and voids, one result each (one step per transfer)`,
@@ -515,8 +638,10 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.get(
         "/transfers/:transfer_id",
         {
+          onRequest: auth.guard("ledger", "admin"),
           schema: {
             ...internalSchema,
+            security: securityFor("ledger", "admin"),
             summary: "Read a transfer's hold",
             params: transferParams,
             response: {
@@ -536,8 +661,10 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
       internal.get(
         "/audit",
         {
+          onRequest: auth.guard("admin"),
           schema: {
             ...internalSchema,
+            security: securityFor("admin"),
             summary: "The ledger's consistency figures (I1, I2, I6) from one snapshot",
             response: { 200: envelope(auditSchema).describe("The figures"), ...errorResponses(401, 403) },
           },
@@ -548,5 +675,5 @@ export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
     { prefix: "/internal" },
   );
   // GET /internal/transfers/batch would otherwise be read as the hold of transfer "batch".
-  refuseMethod(app, "GET", "/internal/transfers/batch", ["POST"]);
+  refuseMethod(listeners.internal, "GET", "/internal/transfers/batch", ["POST"]);
 }

@@ -168,20 +168,112 @@ export async function getUser(pool: Pool, user_id: number): Promise<UserRow | nu
 }
 
 /**
- * What a login checks: the id and password hash of the live user with this username (matched
- * case-insensitively, as the unique index is). The hash stays inside user-service: it is read
- * here only, and never mapped into an API shape.
+ * What a login checks: the id, password hash, token version and lock of the live user with this
+ * username (matched case-insensitively, as the unique index is). The hash stays inside
+ * user-service: it is read here only, and never mapped into an API shape.
  */
 export async function findCredentials(
   pool: Pool,
   username: string,
-): Promise<{ id: number; password_hash: string } | null> {
-  const { rows } = await pool.query<{ id: string; password_hash: string }>(
-    "SELECT id, password_hash FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL",
+): Promise<{ id: number; password_hash: string; token_version: number; locked: boolean } | null> {
+  const { rows } = await pool.query<{
+    id: string;
+    password_hash: string;
+    token_version: string;
+    locked: boolean;
+  }>(
+    `SELECT id, password_hash, token_version, locked_at IS NOT NULL AS locked
+     FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL`,
     [username],
   );
   const row = rows[0];
-  return row === undefined ? null : { id: Number(row.id), password_hash: row.password_hash };
+  return row === undefined
+    ? null
+    : {
+        id: Number(row.id),
+        password_hash: row.password_hash,
+        token_version: Number(row.token_version),
+        locked: row.locked,
+      };
+}
+
+/** A user's password hash, for checking `current_password` (null: no such live user). */
+export async function passwordHashOf(pool: Pool, user_id: number): Promise<string | null> {
+  const { rows } = await pool.query<{ password_hash: string }>(
+    "SELECT password_hash FROM users WHERE id = $1 AND deleted_at IS NULL",
+    [user_id],
+  );
+  return rows[0]?.password_hash ?? null;
+}
+
+/** The current token version (0 for an unknown id: its tokens fail on the user lookup instead). */
+export async function tokenVersionOf(pool: Pool, user_id: number): Promise<number> {
+  const { rows } = await pool.query<{ token_version: string }>(
+    "SELECT token_version FROM users WHERE id = $1",
+    [user_id],
+  );
+  return Number(rows[0]?.token_version ?? 0);
+}
+
+/**
+ * Raises a user's token version inside the caller's transaction (the row locked): `publish` gets
+ * the version in the database, makes the new one known to the other services and returns it;
+ * if it throws, the transaction (and the change it belongs to) is rolled back.
+ */
+export type PublishVersion = (user_id: number, db_version: number) => Promise<number>;
+
+async function raiseTokenVersion(
+  client: PoolClient,
+  user_id: number,
+  publish: PublishVersion,
+): Promise<void> {
+  const { rows } = await client.query<{ token_version: string }>(
+    "SELECT token_version FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+    [user_id],
+  );
+  const row = rows[0];
+  if (row === undefined) throw refuse("user_not_found", `user ${user_id} not found`);
+  const next = await publish(user_id, Number(row.token_version));
+  invariant(next > Number(row.token_version), `token version of user ${user_id} must rise`);
+  await client.query("UPDATE users SET token_version = $2 WHERE id = $1", [user_id, next]);
+}
+
+/** Locks (or unlocks) an account; a lock revokes every access token of the user at once. */
+export async function setLocked(
+  pool: Pool,
+  user_id: number,
+  locked: boolean,
+  publish: PublishVersion,
+): Promise<UserRow> {
+  return withTransaction(pool, async (client) => {
+    if (locked) await raiseTokenVersion(client, user_id, publish);
+    const { rowCount } = await client.query(
+      `UPDATE users SET locked_at = CASE WHEN $2 THEN coalesce(locked_at, now()) END, updated_at = now()
+       WHERE id = $1 AND deleted_at IS NULL`,
+      [user_id, locked],
+    );
+    if (rowCount !== 1) throw refuse("user_not_found", `user ${user_id} not found`);
+    const user = await liveUser(client, user_id);
+    invariant(user !== null, `user ${user_id} vanished inside its own transaction`);
+    return user;
+  });
+}
+
+/**
+ * Replaces a hash by a costlier one of the same password (after a login), unless the password
+ * changed in between: compare-and-set on the old hash.
+ */
+export async function upgradePasswordHash(
+  pool: Pool,
+  user_id: number,
+  old_hash: string,
+  new_hash: string,
+): Promise<boolean> {
+  const { rowCount } = await pool.query(
+    "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2 AND deleted_at IS NULL",
+    [user_id, old_hash, new_hash],
+  );
+  return rowCount === 1;
 }
 
 /** Keyset pagination by id: stable under inserts, no OFFSET scans. */
@@ -196,12 +288,15 @@ export async function listUsers(
   return { rows: rows.slice(0, page.limit), has_more: rows.length > page.limit };
 }
 
+/** Renames and/or sets a new password; a new password revokes the user's access tokens (`publish`). */
 export async function updateUser(
   pool: Pool,
   user_id: number,
   change: { username?: string | undefined; password_hash?: string | undefined },
+  publish: PublishVersion,
 ): Promise<UserRow> {
   return withTransaction(pool, async (client) => {
+    if (change.password_hash !== undefined) await raiseTokenVersion(client, user_id, publish);
     try {
       const { rowCount } = await client.query(
         `UPDATE users SET username = coalesce($2, username), password_hash = coalesce($3, password_hash),

@@ -3,15 +3,19 @@
  * for money. Start: config, migrations, a check of the system accounts, then HTTP.
  */
 import { join } from "node:path";
-import { loadConfig } from "#packages/config/index.ts";
+import { createClient } from "redis";
+import { internalPort, loadConfig } from "#packages/config/index.ts";
 import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
-import { createHttpServer, registerHealth } from "#packages/http/server.ts";
+import { RateLimiter } from "#packages/http/rate-limit.ts";
+import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { configShape } from "./config.ts";
+import { PasswordHasher } from "./domain.ts";
 import { registerRoutes } from "./http.ts";
-import { assertSystemAccounts } from "./ledger.ts";
+import { assertSystemAccounts, tokenVersionOf } from "./ledger.ts";
+import { Revocations } from "./revocation.ts";
 
 const SERVICE = "user-service";
 
@@ -27,7 +31,13 @@ function readConfig() {
 
 const config = readConfig();
 const log = createLogger(SERVICE, config.LOG_LEVEL);
-const secrets = secretsOrExit(SERVICE, config, ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"], log);
+// It checks the operator's and the saga's credentials (digests suffice) and signs users' tokens.
+const secrets = secretsOrExit(
+  SERVICE,
+  config,
+  { checks: ["ADMIN_TOKEN", "LEDGER_TOKEN"], token_secret: true },
+  log,
+);
 
 async function main(): Promise<void> {
   const pool = createPool(config.LEDGER_DATABASE_URL, {
@@ -38,15 +48,72 @@ async function main(): Promise<void> {
   if (applied.length > 0) log.info({ applied }, "migrations applied");
   await assertSystemAccounts(pool);
 
-  const app = createHttpServer({ logger: log });
-  await registerOpenApi(app, {
+  const redis = createClient({
+    url: config.REDIS_URL,
+    // Fail fast while Redis is away, reconnect in the background.
+    disableOfflineQueue: true,
+    socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+  });
+  redis.on("error", (error: Error) => log.debug({ err: error }, "redis error"));
+  redis.connect().catch((error: unknown) => log.warn({ err: error }, "redis not reachable yet"));
+  const limiter = (max: number, window_ms: number, per: string) =>
+    new RateLimiter(redis, {
+      prefix: config.REDIS_KEY_PREFIX,
+      max,
+      window_ms,
+      timeout_ms: config.REDIS_TIMEOUT_MS,
+      logger: log,
+      per,
+    });
+
+  const listeners = createListeners({ logger: log });
+  await registerOpenApi(listeners.public, {
     service: SERVICE,
     description:
       "Users, wallets and the double-entry journal: the source of truth for money. Amounts are integer minor units.",
   });
-  registerHealth(app, SERVICE, { postgres: () => pool.query("SELECT 1") });
-  registerRoutes(app, { pool, auth: new Authenticator(secrets) });
-  await app.listen({ host: config.HOST, port: config.USER_SERVICE_PORT });
+  await registerOpenApi(listeners.internal, {
+    service: SERVICE,
+    description: "The internal listener (loopback): the ledger's saga steps, hold reads and the audit.",
+  });
+  // The database is the source of truth for token versions: checked on every user request here.
+  const auth = new Authenticator(secrets, { current: (user_id) => tokenVersionOf(pool, user_id) });
+  const checks = { postgres: () => pool.query("SELECT 1") };
+  registerHealth(listeners.public, SERVICE, checks, { auth });
+  registerHealth(listeners.internal, SERVICE, checks);
+  registerRoutes(listeners, {
+    pool,
+    auth,
+    hasher: new PasswordHasher({
+      log2_n: config.SCRYPT_LOG2_N,
+      concurrency_max: config.HASH_CONCURRENCY_MAX,
+      queue_max: config.HASH_QUEUE_MAX,
+    }),
+    revocations: new Revocations(redis, {
+      prefix: config.REDIS_KEY_PREFIX,
+      timeout_ms: config.REDIS_TIMEOUT_MS,
+      cache_ms: config.TOKEN_VERSION_CACHE_MS,
+      logger: log,
+    }),
+    limits: {
+      address: limiter(
+        config.AUTH_RATE_LIMIT_ADDRESS_MAX,
+        config.AUTH_RATE_LIMIT_ADDRESS_WINDOW_MS,
+        "client address",
+      ),
+      username: limiter(
+        config.AUTH_RATE_LIMIT_USERNAME_MAX,
+        config.AUTH_RATE_LIMIT_USERNAME_WINDOW_MS,
+        "username",
+      ),
+    },
+  });
+  await listenBoth(listeners, {
+    host: config.HOST,
+    port: config.USER_SERVICE_PORT,
+    internal_host: config.INTERNAL_HOST,
+    internal_port: internalPort(config.USER_SERVICE_INTERNAL_PORT, config.USER_SERVICE_PORT),
+  });
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -56,7 +123,8 @@ async function main(): Promise<void> {
     // Stop taking requests and let the running ones finish (each is one transaction), then
     // release the database connections.
     try {
-      await app.close();
+      await closeBoth(listeners);
+      await redis.quit().catch(() => undefined);
       await pool.end();
       log.info("stopped");
       process.exit(0);

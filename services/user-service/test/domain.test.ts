@@ -1,13 +1,17 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { userIdParamSchema } from "#packages/contracts/ids.ts";
+import { ApiError } from "#packages/http/errors.ts";
 import {
   type HoldRow,
+  hashBelowCost,
   hashPassword,
   idempotencyKeySchema,
+  PasswordHasher,
   pageLimitSchema,
   passwordSchema,
   refuse,
+  SCRYPT_LOG2_N_DEFAULT,
   toApiDeposit,
   toApiHold,
   toApiUser,
@@ -17,25 +21,51 @@ import {
 } from "../src/domain.ts";
 
 describe("passwords", () => {
-  it("hashes to a self-describing salted scrypt string and verifies", async () => {
+  it("hashes at OWASP's cost by default (N = 2^17, r = 8, p = 1) to a self-describing salted string", async () => {
+    assert.equal(SCRYPT_LOG2_N_DEFAULT, 17);
     const stored = await hashPassword("correct horse battery");
-    assert.match(stored, /^scrypt\$16384\$8\$1\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/);
+    assert.match(stored, /^scrypt\$131072\$8\$1\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/);
     assert.equal(await verifyPassword("correct horse battery", stored), true);
+    assert.equal(hashBelowCost(stored, 17), false);
+  });
+
+  it("tells a hash below the configured cost, so that log-in can upgrade it", async () => {
+    const cheap = await hashPassword("correct horse battery", 14);
+    assert.match(cheap, /^scrypt\$16384\$8\$1\$/);
+    assert.equal(hashBelowCost(cheap, 17), true);
+    assert.equal(hashBelowCost(cheap, 14), false);
+    assert.equal(hashBelowCost("scrypt$16384$4$1$AAAA$AAAA", 14), true);
+  });
+
+  it("hashes with bounded concurrency: past the queue, 503 with Retry-After at once", async () => {
+    const hasher = new PasswordHasher({ log2_n: 14, concurrency_max: 1, queue_max: 1 });
+    const running = hasher.hash("first password");
+    const queued = hasher.hash("second password");
+    const refused = await hasher.hash("third password").then(
+      () => assert.fail("a third hash should not even queue"),
+      (error: unknown) => error,
+    );
+    assert.ok(refused instanceof ApiError);
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers?.["retry-after"], "1");
+    const [a, b] = await Promise.all([running, queued]);
+    assert.equal(await hasher.verify("first password", a), true);
+    assert.equal(await hasher.verify("second password", b), true);
   });
 
   it("rejects a wrong password", async () => {
-    const stored = await hashPassword("correct horse battery");
+    const stored = await hashPassword("correct horse battery", 14);
     assert.equal(await verifyPassword("correct horse batterY", stored), false);
     assert.equal(await verifyPassword("", stored), false);
   });
 
   it("salts: the same password hashes differently each time", async () => {
-    const [a, b] = await Promise.all([hashPassword("same password"), hashPassword("same password")]);
+    const [a, b] = await Promise.all([hashPassword("same password", 14), hashPassword("same password", 14)]);
     assert.notEqual(a, b);
   });
 
   it("treats composed and decomposed unicode as the same password", async () => {
-    const stored = await hashPassword("caf\u00e9-password");
+    const stored = await hashPassword("caf\u00e9-password", 14);
     assert.equal(await verifyPassword("cafe\u0301-password", stored), true);
   });
 

@@ -1,29 +1,36 @@
 /**
  * POST /internal/transfers/batch end to end through Fastify (inject, no socket) against a real
  * PostgreSQL (TEST_LEDGER_DATABASE_URL; skipped when unset), in a fresh schema of its own: the
- * request contract (service credential, one step per transfer, 1..LEDGER_BATCH_MAX steps), the
- * answer's shape and order, and the single-step routes on the same functions.
+ * request contract (the ledger credential only, on the internal listener only, one step per
+ * transfer, 1..LEDGER_BATCH_MAX steps), the answer's shape and order, and the single-step routes on
+ * the same functions.
  */
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { createClient } from "redis";
 import { Authenticator } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
-import { createHttpServer, type HttpServer } from "#packages/http/server.ts";
+import { RateLimiter } from "#packages/http/rate-limit.ts";
+import { createListeners, type HttpServer, type Listeners } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { PasswordHasher } from "../src/domain.ts";
 import { registerRoutes } from "../src/http.ts";
 import { assertSystemAccounts, audit, createUser, LEDGER_BATCH_MAX } from "../src/ledger.ts";
+import { Revocations } from "../src/revocation.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const SCHEMA = `user_service_http_test_${process.pid}_${Date.now()}`;
-const SERVICE_TOKEN = "test-service-token-0123456789";
+const LEDGER_TOKEN = "test-ledger-token-0123456789";
+const QUERY_TOKEN = "test-query-token-0123456789";
 const ADMIN_TOKEN = "test-admin-token-0123456789";
 
 let pool: Pool;
 let admin: Pool;
 let app: HttpServer;
+let listeners: Listeners;
 let nameCounter = 0;
 
 async function newUser(balance: number): Promise<number> {
@@ -36,7 +43,7 @@ async function newUser(balance: number): Promise<number> {
   return Number(row.id);
 }
 
-async function call(url: string, body: unknown, token: string | null = SERVICE_TOKEN) {
+async function call(url: string, body: unknown, token: string | null = LEDGER_TOKEN) {
   const response = await app.inject({
     method: "POST",
     url,
@@ -60,21 +67,33 @@ describe("POST /internal/transfers/batch", {
     pool = createPool(url.toString(), { max: 5, application_name: "user-service-http-test" });
     await migrate(pool, join(import.meta.dirname, "..", "migrations"));
     await assertSystemAccounts(pool);
-    app = createHttpServer({ logger: createLogger("user-service-test", "silent") });
+    listeners = createListeners({ logger: createLogger("user-service-test", "silent") });
+    app = listeners.internal;
     await registerOpenApi(app, { service: "user-service", description: "test" });
-    registerRoutes(app, {
+    await registerOpenApi(listeners.public, { service: "user-service", description: "test" });
+    const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
+    // The routes under test use neither Redis nor password hashing: a client that never connects.
+    const logger = createLogger("user-service-test", "silent");
+    const redis = createClient({ url: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:1/0" });
+    const limiter = new RateLimiter(redis, { prefix: "", max: 0, window_ms: 1_000, timeout_ms: 100, logger });
+    registerRoutes(listeners, {
+      hasher: new PasswordHasher({ log2_n: 14, concurrency_max: 1, queue_max: 1 }),
+      revocations: new Revocations(redis, { prefix: "", timeout_ms: 100, cache_ms: 0, logger }),
+      limits: { address: limiter, username: limiter },
       pool,
       auth: new Authenticator({
-        admin_token: ADMIN_TOKEN,
-        service_token: SERVICE_TOKEN,
+        admin_sha256: sha256(ADMIN_TOKEN),
+        ledger_sha256: sha256(LEDGER_TOKEN),
         token_secret: "test-token-secret-0123456789-0123456789",
       }),
     });
     await app.ready();
+    await listeners.public.ready();
   });
 
   after(async () => {
     await app?.close();
+    await listeners?.public.close();
     await pool?.end();
     await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
     await admin?.end();
@@ -145,7 +164,7 @@ describe("POST /internal/transfers/batch", {
     const read = await app.inject({
       method: "GET",
       url: `/internal/transfers/${t2}`,
-      headers: { authorization: `Bearer ${SERVICE_TOKEN}` },
+      headers: { authorization: `Bearer ${LEDGER_TOKEN}` },
     });
     assert.deepEqual(read.json().data.hold, posted.hold);
     const voided = await call(`/internal/transfers/${t1}/void`, {});
@@ -204,18 +223,56 @@ describe("POST /internal/transfers/batch", {
     assert.equal(answer.body.data.results.length, LEDGER_BATCH_MAX);
   });
 
-  it("takes the service credential only", async () => {
+  it("takes the ledger credential only", async () => {
     const operations = [{ op: "post", transfer_id: randomUUID() }];
     assert.equal((await batch(operations, null)).status, 401);
     assert.equal((await batch(operations, ADMIN_TOKEN)).status, 403);
-    assert.equal((await batch(operations, SERVICE_TOKEN)).status, 200);
+    // The read side's credential is not one user-service knows at all.
+    assert.equal((await batch(operations, QUERY_TOKEN)).status, 401);
+    assert.equal((await batch(operations, LEDGER_TOKEN)).status, 200);
+    // The operator reads holds and the audit, but moves nothing.
+    const id = randomUUID();
+    for (const step of ["hold", "post", "void"]) {
+      assert.equal((await call(`/internal/transfers/${id}/${step}`, {}, ADMIN_TOKEN)).status, 403, step);
+    }
+    const read = await app.inject({
+      method: "GET",
+      url: `/internal/audit`,
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    assert.equal(read.statusCode, 200);
+  });
+
+  it("is served on the internal listener only: the public one answers 404 to every credential", async () => {
+    const operations = [{ op: "post", transfer_id: randomUUID() }];
+    for (const token of [LEDGER_TOKEN, ADMIN_TOKEN]) {
+      for (const [method, url] of [
+        ["POST", "/internal/transfers/batch"],
+        ["POST", `/internal/transfers/${randomUUID()}/hold`],
+        ["GET", `/internal/transfers/${randomUUID()}`],
+        ["GET", "/internal/audit"],
+      ] as const) {
+        const response = await listeners.public.inject({
+          method,
+          url,
+          headers: { authorization: `Bearer ${token}` },
+          ...(method === "POST" ? { payload: { operations } } : {}),
+        });
+        assert.equal(response.statusCode, 404, `${method} ${url}`);
+      }
+    }
+    const doc = await listeners.public.inject({ method: "GET", url: "/openapi.json" });
+    assert.deepEqual(
+      Object.keys(doc.json().paths).filter((path) => path.startsWith("/internal")),
+      [],
+    );
   });
 
   it("answers GET with 405 and the allowed method, not as the hold of a transfer named batch", async () => {
     const response = await app.inject({
       method: "GET",
       url: "/internal/transfers/batch",
-      headers: { authorization: `Bearer ${SERVICE_TOKEN}` },
+      headers: { authorization: `Bearer ${LEDGER_TOKEN}` },
     });
     assert.equal(response.statusCode, 405);
     assert.equal(response.headers.allow, "POST");

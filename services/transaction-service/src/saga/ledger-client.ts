@@ -78,10 +78,10 @@ export class LedgerClient {
   readonly #holds: Batcher<Step, LedgerAnswer | Error>;
   readonly #settlements: Batcher<Step, LedgerAnswer | Error>;
 
-  constructor(base_url: string, service_token: string, limits: LedgerLimits) {
+  constructor(base_url: string, ledger_token: string, limits: LedgerLimits) {
     this.#url = `${base_url.replace(/\/$/, "")}/internal/transfers/batch`;
     this.#timeout_ms = limits.timeout_ms;
-    this.#headers = { authorization: `Bearer ${service_token}` };
+    this.#headers = { authorization: `Bearer ${ledger_token}` };
     const lane = (name: string) =>
       new Batcher<Step, LedgerAnswer | Error>({
         name,

@@ -1,21 +1,24 @@
 /**
- * Per-user rate limit, kept in Redis so every instance of transaction-service shares one count:
- * a fixed window (RATE_LIMIT_WINDOW_MS) of at most RATE_LIMIT_MAX requests per user; over it,
- * 429 with Retry-After (seconds until the window ends). Every limited answer carries
- * RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (IETF draft names).
+ * Rate limits kept in Redis, so every instance of a service shares one count: a fixed window
+ * (`window_ms`) of at most `max` requests per subject; over it, 429 with Retry-After (seconds
+ * until the window ends). Every limited answer carries RateLimit-Limit, RateLimit-Remaining and
+ * RateLimit-Reset (IETF draft names). transaction-service limits each user's requests
+ * (RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_MS); user-service limits log-ins and sign-ups per client
+ * address and per username.
  *
  * Redis is a cache here, never a gate: when it does not answer in time, the request is let
  * through (logged), so a Redis outage degrades the limit, not the payments.
  */
 import type { FastifyReply, FastifyRequest } from "fastify";
-import { principalOf } from "#packages/http/auth.ts";
-import { ApiError } from "#packages/http/errors.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
+import { principalOf } from "./auth.ts";
+import { ApiError } from "./errors.ts";
 
-/** The one Redis command the limiter uses (structural, so any node-redis client fits). */
+/** The Redis commands the limiter uses (structural, so any node-redis client fits). */
 export interface RateLimitRedis {
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+  del(key: string): Promise<unknown>;
 }
 
 // One round trip: count this request in its window, and start the window's expiry on its first.
@@ -26,11 +29,13 @@ return n`;
 
 export interface RateLimitOptions {
   prefix: string;
-  /** Requests per window per user; 0 turns the limit off. */
+  /** Requests per window per subject; 0 turns the limit off. */
   max: number;
   window_ms: number;
   timeout_ms: number;
   logger: Logger;
+  /** What one subject is, for the 429's message ("user", "client address"...). */
+  per?: string;
 }
 
 export interface RateDecision {
@@ -60,11 +65,11 @@ export class RateLimiter {
 
   /** Count one request of `subject`; null when the limit is off or Redis did not answer. */
   async take(subject: string, now_ms: number = Date.now()): Promise<RateDecision | null> {
-    const { max, window_ms, prefix, timeout_ms } = this.#options;
+    const { max, window_ms, timeout_ms } = this.#options;
     if (max === 0) return null;
     const window = Math.floor(now_ms / window_ms);
     const reset_ms = (window + 1) * window_ms - now_ms;
-    const key = `${prefix}ratelimit:${subject}:${window}`;
+    const key = this.#key(subject, window);
     let count: number;
     try {
       // The key outlives its window a little, so an instance whose clock lags still finds it.
@@ -86,6 +91,49 @@ export class RateLimiter {
     return { allowed: count <= max, limit: max, remaining: Math.max(0, max - count), reset_ms };
   }
 
+  #key(subject: string, window: number): string {
+    return `${this.#options.prefix}ratelimit:${subject}:${window}`;
+  }
+
+  /**
+   * Counts one request of `subject`: over the limit, a 429 with Retry-After; otherwise the
+   * RateLimit-* headers for the answer (none when the limit is off or Redis did not answer).
+   */
+  async enforce(subject: string): Promise<Record<string, string>> {
+    const decision = await this.take(subject);
+    if (decision === null) return {};
+    const reset_s = Math.max(1, Math.ceil(decision.reset_ms / 1000));
+    const headers = {
+      "ratelimit-limit": String(decision.limit),
+      "ratelimit-remaining": String(decision.remaining),
+      "ratelimit-reset": String(reset_s),
+    };
+    if (!decision.allowed) {
+      throw new ApiError(
+        429,
+        "rate_limited",
+        `too many requests: at most ${decision.limit} per ${this.#options.window_ms} ms per ${this.#options.per ?? "user"}`,
+        { headers: { ...headers, "retry-after": String(reset_s) } },
+      );
+    }
+    return headers;
+  }
+
+  /** Forgets the current window's count of `subject` (a success ends a run of failures); best effort. */
+  async reset(subject: string, now_ms: number = Date.now()): Promise<void> {
+    if (!this.enabled) return;
+    const window = Math.floor(now_ms / this.#options.window_ms);
+    try {
+      await withTimeout(
+        this.#redis.del(this.#key(subject, window)),
+        this.#options.timeout_ms,
+        "rate limit reset",
+      );
+    } catch (error) {
+      this.#options.logger.warn({ err: error }, "rate limit reset failed (Redis)");
+    }
+  }
+
   /**
    * onRequest hook, after the authentication guard: limits each user (by their token's subject).
    * The operator and services are not limited.
@@ -94,23 +142,7 @@ export class RateLimiter {
     return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
       const principal = principalOf(request);
       if (principal?.kind !== "user" || !this.enabled) return;
-      const decision = await this.take(`user:${principal.user_id}`);
-      if (decision === null) return;
-      const reset_s = Math.max(1, Math.ceil(decision.reset_ms / 1000));
-      const headers = {
-        "ratelimit-limit": String(decision.limit),
-        "ratelimit-remaining": String(decision.remaining),
-        "ratelimit-reset": String(reset_s),
-      };
-      if (!decision.allowed) {
-        throw new ApiError(
-          429,
-          "rate_limited",
-          `too many requests: at most ${decision.limit} per ${this.#options.window_ms} ms per user`,
-          { headers: { ...headers, "retry-after": String(reset_s) } },
-        );
-      }
-      reply.headers(headers);
+      reply.headers(await this.enforce(`user:${principal.user_id}`));
     };
   }
 }

@@ -3,14 +3,14 @@
  * neither is set), with its own key prefix so it touches nothing else.
  */
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { createClient } from "redis";
 import { Authenticator } from "#packages/http/auth.ts";
 import { ApiError } from "#packages/http/errors.ts";
 import { createLogger } from "#packages/log/index.ts";
-import { RateLimiter } from "../src/rate-limit.ts";
+import { RateLimiter } from "../rate-limit.ts";
 
 const url = process.env.TEST_REDIS_URL ?? process.env.REDIS_URL;
 const logger = createLogger("rate-limit-test", "silent");
@@ -97,7 +97,9 @@ describe("per-user rate limit (real Redis)", {
   });
 
   it("does not limit the operator, and is off at max 0", async () => {
-    const auth = new Authenticator({ admin_token: "admin-token-for-the-unit-test" });
+    const auth = new Authenticator({
+      admin_sha256: createHash("sha256").update("admin-token-for-the-unit-test").digest("hex"),
+    });
     const request = {
       headers: { authorization: "Bearer admin-token-for-the-unit-test" },
     } as unknown as FastifyRequest;
@@ -115,8 +117,8 @@ describe("per-user rate limit (real Redis)", {
 
 describe("per-user rate limit without Redis", () => {
   it("lets requests through when Redis fails or hangs", async () => {
-    const failing = { eval: () => Promise.reject(new Error("connection refused")) };
-    const hanging = { eval: () => new Promise<unknown>(() => {}) };
+    const failing = { eval: () => Promise.reject(new Error("connection refused")), del: async () => 0 };
+    const hanging = { eval: () => new Promise<unknown>(() => {}), del: async () => 0 };
     for (const redis of [failing, hanging]) {
       const rl = new RateLimiter(redis, { prefix: "x:", max: 1, window_ms: 1_000, timeout_ms: 50, logger });
       assert.equal(await rl.take("user:1"), null);
