@@ -541,9 +541,10 @@ describe("credentials per service", () => {
     assert.equal(held["user-service"]?.LEDGER_TOKEN_SHA256, sha(secrets.LEDGER_TOKEN));
     assert.equal(held["user-service"]?.AUTH_TOKEN_SECRET, secrets.AUTH_TOKEN_SECRET);
     assert.equal(held["transaction-query-service"]?.QUERY_TOKEN_SHA256, sha(secrets.QUERY_TOKEN));
-    assert.equal(held["transaction-query-service"]?.QUERY_TOKEN, undefined);
-    assert.equal(held["transaction-command-service"]?.AUTH_TOKEN_SECRET, undefined);
-    assert.equal(held["transaction-command-service"]?.QUERY_TOKEN, undefined);
+    // Absent or blanked (blank, so that nothing inherited from the supervisor's environment shows through).
+    assert.equal(held["transaction-query-service"]?.QUERY_TOKEN ?? "", "");
+    assert.equal(held["transaction-command-service"]?.AUTH_TOKEN_SECRET ?? "", "");
+    assert.equal(held["transaction-command-service"]?.QUERY_TOKEN ?? "", "");
     assert.equal(held["transaction-service"]?.QUERY_TOKEN, secrets.QUERY_TOKEN);
     assert.equal(held["transaction-service"]?.AUTH_TOKEN_SECRET, secrets.AUTH_TOKEN_SECRET);
   });

@@ -65,7 +65,6 @@ config:
   {{- else if eq .service "transaction-service" }}
   {{- toYaml $kafkaConfig | nindent 2 }}
   KAFKA_USERNAME: {{ $c.kafkaUsernameTransactionService | quote }}
-  USER_SERVICE_URL: {{ printf "http://%s:%s" (include "dps.name" (dict "root" .root "service" "user-service")) (include "dps.port" "user-service") | quote }}
   USER_SERVICE_INTERNAL_URL: {{ printf "http://%s-internal:%s" (include "dps.name" (dict "root" .root "service" "user-service")) (include "dps.internalPort" "user-service") | quote }}
   TRANSACTION_QUERY_SERVICE_URL: {{ printf "http://%s:%s" (include "dps.name" (dict "root" .root "service" "transaction-query-service")) (include "dps.port" "transaction-query-service") | quote }}
   {{- end }}
@@ -78,6 +77,7 @@ secret:
   LEDGER_DATABASE_URL: {{ include "dps.required" (dict "name" "engines.ledgerDatabaseUrl" "value" $e.ledgerDatabaseUrl) | quote }}
   LEDGER_TOKEN_SHA256: {{ include "dps.required" (dict "name" "credentials.ledgerToken" "value" $c.ledgerToken) | sha256sum | quote }}
   AUTH_TOKEN_SECRET: {{ include "dps.required" (dict "name" "credentials.authTokenSecret" "value" $c.authTokenSecret) | quote }}
+  REDIS_URL: {{ include "dps.required" (dict "name" "engines.redisUrl" "value" $e.redisUrl) | quote }}
   {{- else if eq .service "transaction-command-service" }}
   MONGO_URL: {{ include "dps.required" (dict "name" "engines.mongoUrl" "value" $e.mongoUrl) | quote }}
   KAFKA_PASSWORD: {{ include "dps.required" (dict "name" "credentials.kafkaPasswordTransactionCommandService" "value" $c.kafkaPasswordTransactionCommandService) | quote }}
