@@ -1,0 +1,58 @@
+/**
+ * The OpenTelemetry SDK, imported only by startTracing() when an endpoint is set: a tracer
+ * provider with service.name, a batch processor that exports OTLP/HTTP (JSON) within bounds,
+ * async-local context (so the active span follows awaits) and the W3C trace-context propagator.
+ */
+import { context, propagation, trace } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { BatchSpanProcessor, TracerProvider } from "@opentelemetry/sdk-trace";
+import { withTimeout } from "#packages/runtime/index.ts";
+import type { TracingSdk } from "./index.ts";
+
+export interface SdkOptions {
+  service: string;
+  url: string;
+  queue_max: number;
+  batch_max: number;
+  batch_delay_ms: number;
+  export_timeout_ms: number;
+}
+
+export function startSdk(options: SdkOptions): TracingSdk {
+  if (options.batch_max < 1 || options.batch_max > options.queue_max)
+    throw new Error("invariant: tracing batch_max must be within 1..queue_max");
+  const exporter = new OTLPTraceExporter({ url: options.url, timeoutMillis: options.export_timeout_ms });
+  const processor = new BatchSpanProcessor({
+    exporter,
+    maxQueueSize: options.queue_max,
+    maxExportBatchSize: options.batch_max,
+    scheduledDelayMillis: options.batch_delay_ms,
+    exportTimeoutMillis: options.export_timeout_ms,
+  });
+  const provider = new TracerProvider({
+    resource: resourceFromAttributes({ "service.name": options.service }),
+    spanProcessors: [processor],
+  });
+  const contextManager = new AsyncLocalStorageContextManager().enable();
+  context.setGlobalContextManager(contextManager);
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  trace.setGlobalTracerProvider(provider);
+  // A collector that does not answer must not hold a shutdown past its own bound.
+  const bound_ms = options.export_timeout_ms + 1_000;
+  return {
+    flush: () =>
+      withTimeout(provider.forceFlush({ timeoutMillis: options.export_timeout_ms }), bound_ms, "span flush"),
+    async shutdown() {
+      try {
+        await withTimeout(provider.shutdown(), bound_ms, "tracing shutdown");
+      } finally {
+        trace.disable();
+        propagation.disable();
+        context.disable();
+      }
+    },
+  };
+}
