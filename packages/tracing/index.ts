@@ -59,15 +59,20 @@ export interface TracingOptions {
   batch_max?: number;
   /** How long finished spans wait to be batched. */
   batch_delay_ms?: number;
-  /** Bound on one export request, and on the flush at shutdown. */
+  /** Bound on one export request (its retries included). */
   export_timeout_ms?: number;
+  /** Bound on the last flush: spans must not hold up a stopping service (onShutdown allows 10 s in all). */
+  shutdown_timeout_ms?: number;
 }
 
 export interface Tracing {
   readonly enabled: boolean;
   /** Export every finished span now (tests; a process about to be killed). */
   flush(): Promise<void>;
-  /** Flush, then stop exporting and unregister, so a later startTracing() may start afresh. */
+  /**
+   * Flush (bounded), then stop exporting and unregister, so a later startTracing() may start
+   * afresh. Rejects if the last spans could not be sent; tracing is stopped either way.
+   */
   shutdown(): Promise<void>;
 }
 
@@ -111,6 +116,7 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     batch_max: options.batch_max ?? 512,
     batch_delay_ms: options.batch_delay_ms ?? 1_000,
     export_timeout_ms: options.export_timeout_ms ?? 10_000,
+    shutdown_timeout_ms: options.shutdown_timeout_ms ?? 3_000,
   });
   const tracing: Tracing = {
     enabled: true,

@@ -19,6 +19,7 @@ export interface SdkOptions {
   batch_max: number;
   batch_delay_ms: number;
   export_timeout_ms: number;
+  shutdown_timeout_ms: number;
 }
 
 export function startSdk(options: SdkOptions): TracingSdk {
@@ -40,14 +41,14 @@ export function startSdk(options: SdkOptions): TracingSdk {
   context.setGlobalContextManager(contextManager);
   propagation.setGlobalPropagator(new W3CTraceContextPropagator());
   trace.setGlobalTracerProvider(provider);
-  // A collector that does not answer must not hold a shutdown past its own bound.
-  const bound_ms = options.export_timeout_ms + 1_000;
+  // A collector that does not answer must hold neither a flush nor a shutdown past its bound.
+  const flush_ms = options.export_timeout_ms;
   return {
     flush: () =>
-      withTimeout(provider.forceFlush({ timeoutMillis: options.export_timeout_ms }), bound_ms, "span flush"),
+      withTimeout(provider.forceFlush({ timeoutMillis: flush_ms }), flush_ms + 1_000, "span flush"),
     async shutdown() {
       try {
-        await withTimeout(provider.shutdown(), bound_ms, "tracing shutdown");
+        await withTimeout(provider.shutdown(), options.shutdown_timeout_ms, "tracing shutdown");
       } finally {
         trace.disable();
         propagation.disable();
