@@ -63,6 +63,11 @@ export interface TracingOptions {
   export_timeout_ms?: number;
   /** Bound on the last flush: spans must not hold up a stopping service (onShutdown allows 10 s in all). */
   shutdown_timeout_ms?: number;
+  /**
+   * Told when spans could not be exported in the background (collector away, refusing): the
+   * service logs it. Spans are then dropped; nothing else is affected. Default: silent.
+   */
+  on_export_error?: (error: unknown) => void;
 }
 
 export interface Tracing {
@@ -117,6 +122,7 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     batch_delay_ms: options.batch_delay_ms ?? 1_000,
     export_timeout_ms: options.export_timeout_ms ?? 10_000,
     shutdown_timeout_ms: options.shutdown_timeout_ms ?? 3_000,
+    on_export_error: options.on_export_error ?? (() => {}),
   });
   const tracing: Tracing = {
     enabled: true,
@@ -165,7 +171,14 @@ let tracer: ReturnType<typeof trace.getTracer> | undefined;
  * lines inside see it), end it when fn settles, and mark it failed if fn throws.
  */
 export function withSpan<T>(name: string, spec: SpanSpec, fn: (span: Span) => Promise<T>): Promise<T> {
-  if (!tracingEnabled()) return fn(NOT_RECORDING);
+  if (!tracingEnabled()) {
+    // As with tracing on, a function that throws before its first await gives a rejection.
+    try {
+      return fn(NOT_RECORDING);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
   tracer ??= trace.getTracer(TRACER_NAME);
   const options = { kind: kinds[spec.kind ?? "internal"], attributes: spec.attributes };
   return tracer.startActiveSpan(name, options, spec.parent ?? context.active(), async (span) => {

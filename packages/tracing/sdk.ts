@@ -5,7 +5,7 @@
  */
 import { context, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { loggingErrorHandler, setGlobalErrorHandler, W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BatchSpanProcessor, TracerProvider } from "@opentelemetry/sdk-trace";
@@ -20,6 +20,7 @@ export interface SdkOptions {
   batch_delay_ms: number;
   export_timeout_ms: number;
   shutdown_timeout_ms: number;
+  on_export_error: (error: unknown) => void;
 }
 
 export function startSdk(options: SdkOptions): TracingSdk {
@@ -38,9 +39,18 @@ export function startSdk(options: SdkOptions): TracingSdk {
     spanProcessors: [processor],
   });
   const contextManager = new AsyncLocalStorageContextManager().enable();
-  context.setGlobalContextManager(contextManager);
-  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-  trace.setGlobalTracerProvider(provider);
+  // The API keeps the first registration of each; a second one would leave our spans unseen.
+  const registered = [
+    context.setGlobalContextManager(contextManager),
+    propagation.setGlobalPropagator(new W3CTraceContextPropagator()),
+    trace.setGlobalTracerProvider(provider),
+  ];
+  if (registered.includes(false)) {
+    unregister();
+    throw new Error("invariant: another OpenTelemetry SDK is registered in this process");
+  }
+  // The batch processor reports a failed background export here (a flush's failure rejects instead).
+  setGlobalErrorHandler(options.on_export_error);
   // A collector that does not answer must hold neither a flush nor a shutdown past its bound.
   const flush_ms = options.export_timeout_ms;
   return {
@@ -50,10 +60,15 @@ export function startSdk(options: SdkOptions): TracingSdk {
       try {
         await withTimeout(provider.shutdown(), options.shutdown_timeout_ms, "tracing shutdown");
       } finally {
-        trace.disable();
-        propagation.disable();
-        context.disable();
+        unregister();
       }
     },
   };
+}
+
+function unregister(): void {
+  trace.disable();
+  propagation.disable();
+  context.disable();
+  setGlobalErrorHandler(loggingErrorHandler());
 }
