@@ -20,7 +20,7 @@ import {
 } from "@opentelemetry/api";
 import { z } from "zod";
 import { loadConfig } from "#packages/config/index.ts";
-import { setTracingEnabled, tracingEnabled } from "./state.ts";
+import { setTracingEnabled, TRACER_NAME, tracingEnabled } from "./state.ts";
 
 export {
   contextFromKafkaHeaders,
@@ -31,12 +31,10 @@ export {
   type KafkaHeaders,
   rowFromContext,
 } from "./carriers.ts";
+export { traceHttpServer } from "./http.ts";
 export { traceFields, traceLogMixin } from "./log.ts";
 export type { Attributes, Context, Span };
-export { tracingEnabled };
-
-/** The instrumentation scope of every span the project makes (the service is the resource's name). */
-export const TRACER_NAME = "distributed-payment-service";
+export { TRACER_NAME, tracingEnabled };
 
 const optionalUrl = z.union([z.literal(""), z.url()]).default("");
 

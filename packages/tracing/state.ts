@@ -11,3 +11,6 @@ export function tracingEnabled(): boolean {
 export function setTracingEnabled(value: boolean): void {
   enabled = value;
 }
+
+/** The instrumentation scope of every span the project makes (the service is the resource's name). */
+export const TRACER_NAME = "distributed-payment-service";
