@@ -8,6 +8,8 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { describe, it, mock } from "node:test";
 import { context, propagation, trace } from "@opentelemetry/api";
+import { createHttpServer } from "#packages/http/server.ts";
+import { createLogger } from "#packages/log/index.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 import {
   contextFromKafkaHeaders,
@@ -19,6 +21,7 @@ import {
   type Span,
   startTracing,
   traceFields,
+  traceHttpServer,
   tracesUrl,
   withSpan,
 } from "../index.ts";
@@ -78,7 +81,11 @@ describe("tracing off: no endpoint, no cost", () => {
     const tracers = mock.method(trace, "getTracer");
     const injected = mock.method(propagation, "inject");
     const extracted = mock.method(propagation, "extract");
+    const app = createHttpServer({ logger: createLogger("noop-test", "silent") });
+    const hooks = mock.method(app, "addHook");
     try {
+      traceHttpServer(app);
+      assert.equal(hooks.mock.callCount(), 0, "no hook on the requests");
       const calls = 10_000;
       const handed = new Set<Span>();
       const fields = new Set<object>();
@@ -116,6 +123,7 @@ describe("tracing off: no endpoint, no cost", () => {
       assert.equal(extracted.mock.callCount(), 0, "propagation.extract");
     } finally {
       mock.restoreAll();
+      await app.close();
       await tracing.shutdown();
     }
   });
