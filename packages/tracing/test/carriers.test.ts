@@ -118,6 +118,10 @@ describe("tracing carriers, log fields and failed spans", () => {
     assert.equal(idsOf(contextFromKafkaHeaders(undefined)), undefined);
     assert.equal(idsOf(contextFromKafkaHeaders(new Map([["other", "x"]]))), undefined);
     assert.deepEqual(injectKafkaHeaders({ kind: "command" }), { kind: "command" }, "outside any span");
+    // A relay that sends a batch of rows passes each row's context, with no span of its own.
+    assert.equal(injectKafkaHeaders({}, contextFromRow(TRACEPARENT)).traceparent, TRACEPARENT);
+    const http: Record<string, string> = {};
+    assert.equal(injectHttpHeaders(http, contextFromRow(TRACEPARENT)).traceparent, TRACEPARENT);
     await withSpan("kafka", { kind: "producer" }, async (span) => {
       const headers = injectKafkaHeaders({ kind: "command" });
       assert.equal(headers.kind, "command", "keeps the headers it was given");
