@@ -12,14 +12,14 @@ export interface TraceFields {
   span_id?: string;
 }
 
-// Shared, never mutated: a line outside any span (or with tracing off) allocates nothing.
-const NONE: TraceFields = Object.freeze({});
-
-/** The ids of the span in the given context (default the active one); {} when there is none. */
+/**
+ * The ids of the span in the given context (default the active one); {} when there is none.
+ * A new object every time: pino merges a line's fields into what its mixin returns.
+ */
 export function traceFields(from?: Context): TraceFields {
-  if (!tracingEnabled()) return NONE;
+  if (!tracingEnabled()) return {};
   const span = trace.getSpanContext(from ?? context.active());
-  if (span === undefined || !trace.isSpanContextValid(span)) return NONE;
+  if (span === undefined || !trace.isSpanContextValid(span)) return {};
   return { trace_id: span.traceId, span_id: span.spanId };
 }
 

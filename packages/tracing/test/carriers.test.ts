@@ -148,17 +148,23 @@ describe("tracing carriers, log fields and failed spans", () => {
     });
     const logger = pino({ mixin: traceLogMixin }, sink);
     logger.info("outside");
+    // pino merges a line's own fields into the mixin's object: nothing may carry over to the next line.
+    logger.info({ transfer_id: "t-0" }, "outside with fields");
+    logger.info({ amount: 5 }, "outside again");
     let ids = { trace_id: "", span_id: "" };
     await withSpan("logged", {}, async (span) => {
       ids = { trace_id: span.spanContext().traceId, span_id: span.spanContext().spanId };
       await Promise.resolve(); // still inside after an await
       logger.info({ transfer_id: "t-1" }, "inside");
+      logger.info("inside again");
     });
     // A relay logs for a row outside any span: it binds the row's context on a child logger.
     logger.child(traceFields(contextFromRow(TRACEPARENT))).info("relayed");
     const line = (msg: string) => lines.find((l) => l.msg === msg);
     assert.equal(line("outside")?.trace_id, undefined);
     assert.equal(line("outside")?.span_id, undefined);
+    assert.equal(line("outside with fields")?.transfer_id, "t-0");
+    assert.equal(line("outside again")?.transfer_id, undefined, "no field left over from the line before");
     assert.deepEqual(
       {
         trace_id: line("inside")?.trace_id,
@@ -167,6 +173,8 @@ describe("tracing carriers, log fields and failed spans", () => {
       },
       { ...ids, transfer_id: "t-1" },
     );
+    assert.equal(line("inside again")?.transfer_id, undefined, "no field left over from the line before");
+    assert.equal(line("inside again")?.span_id, ids.span_id);
     assert.equal(line("relayed")?.trace_id, TRACE_ID);
     assert.equal(line("relayed")?.span_id, SPAN_ID);
   });
