@@ -30,7 +30,8 @@ describe("tracing: the server span of every request", () => {
     app = createHttpServer({ logger: pino({ level: "silent" }) });
     traceHttpServer(app);
     app.post("/transfers/:id/steps", async (request) => {
-      await tick(); // the context survives the handler's awaits
+      // The context survives the handler's awaits, however requests interleave.
+      for (let i = Math.floor(Math.random() * 5); i >= 0; i--) await tick();
       return { row: rowFromContext(), fields: traceFields(), body: request.body };
     });
     app.get("/boom", async () => {
@@ -71,6 +72,22 @@ describe("tracing: the server span of every request", () => {
     assert.equal(server?.attributes["http.response.status_code"], 200);
     assert.equal(answer.row, `00-${TRACE_ID}-${server?.span_id}-01`, "the handler's active span");
     assert.deepEqual(answer.fields, { trace_id: TRACE_ID, span_id: server?.span_id });
+  });
+
+  it("keeps concurrent requests' contexts apart across their awaits", async () => {
+    const requests = Array.from({ length: 20 }, (_, i) => {
+      const trace_id = `${String(i).padStart(2, "0")}${TRACE_ID.slice(2)}`;
+      return fetch(`${base}/transfers/t-${i}/steps`, {
+        method: "POST",
+        headers: { "content-type": "application/json", traceparent: `00-${trace_id}-${SPAN_ID}-01` },
+        body: JSON.stringify({ i }),
+      }).then(async (response) => ({
+        trace_id,
+        answer: (await response.json()) as { fields: { trace_id?: string } },
+      }));
+    });
+    for (const { trace_id, answer } of await Promise.all(requests))
+      assert.equal(answer.fields.trace_id, trace_id);
   });
 
   it("marks a 5xx as failed, a 4xx not, and names an unmatched request by its method only", async () => {
