@@ -3,6 +3,7 @@
  * provider with service.name, a batch processor that exports OTLP/HTTP (JSON) within bounds,
  * async-local context (so the active span follows awaits) and the W3C trace-context propagator.
  */
+import { hostname } from "node:os";
 import { context, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { loggingErrorHandler, setGlobalErrorHandler, W3CTraceContextPropagator } from "@opentelemetry/core";
@@ -35,7 +36,11 @@ export function startSdk(options: SdkOptions): TracingSdk {
     exportTimeoutMillis: options.export_timeout_ms,
   });
   const provider = new TracerProvider({
-    resource: resourceFromAttributes({ "service.name": options.service }),
+    // Copies of one service share its name; the instance tells which copy made a span.
+    resource: resourceFromAttributes({
+      "service.name": options.service,
+      "service.instance.id": `${hostname()}/${process.pid}`,
+    }),
     spanProcessors: [processor],
   });
   const contextManager = new AsyncLocalStorageContextManager().enable();

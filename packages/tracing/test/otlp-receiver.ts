@@ -13,6 +13,8 @@ export const OtlpKind = { internal: 1, server: 2, client: 3, producer: 4, consum
 
 export interface ReceivedSpan {
   service: string;
+  /** The attributes of the resource the span came with (service.name among them). */
+  resource: Record<string, unknown>;
   name: string;
   kind: number;
   trace_id: string;
@@ -76,11 +78,13 @@ function hexId(id: string | undefined): string {
 export function decodeExport(request: ExportRequest): ReceivedSpan[] {
   const out: ReceivedSpan[] = [];
   for (const resourceSpans of request.resourceSpans ?? []) {
-    const service = String(attributes(resourceSpans.resource?.attributes)["service.name"] ?? "");
+    const resource = attributes(resourceSpans.resource?.attributes);
+    const service = String(resource["service.name"] ?? "");
     for (const scope of resourceSpans.scopeSpans ?? []) {
       for (const span of scope.spans ?? []) {
         out.push({
           service,
+          resource,
           name: span.name,
           kind: span.kind ?? 0,
           trace_id: hexId(span.traceId),

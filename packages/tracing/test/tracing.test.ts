@@ -210,6 +210,15 @@ describe("tracing: one transfer's spans from two services share one trace", () =
     expect("record event", WRITER, OtlpKind.producer, span("record write").span_id);
     expect("event applied", FRONT, OtlpKind.consumer, span("record event").span_id);
     assert.equal(span("record write").attributes.transfer_id, transfer_id);
+    // Each process names its copy: host and pid.
+    assert.match(
+      String(span("ledger debit").resource["service.instance.id"]),
+      new RegExp(`/${peer.child.pid}$`),
+    );
+    assert.match(
+      String(span("outbox write").resource["service.instance.id"]),
+      new RegExp(`/${process.pid}$`),
+    );
 
     // The peer's log lines about the transfer carry the trace and the span they were written in.
     const debited = peer.logs.find((line) => line.msg === "debited");
