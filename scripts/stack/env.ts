@@ -4,8 +4,8 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { mongoHost, mongoPort } from "./engines/ferretdb.ts";
 import { kafkaHost, kafkaPort } from "./engines/kafka.ts";
-import { pgUrl } from "./engines/postgres.ts";
-import { redisHost, redisPort } from "./engines/redis.ts";
+import { ledgerRole, pgUrl, sagaRole } from "./engines/postgres.ts";
+import { redisUrl } from "./engines/redis.ts";
 import { dataDir, envPort, secretsFile } from "./paths.ts";
 
 export const serviceNames = [
@@ -48,7 +48,15 @@ export type StackEnv = Record<string, string>;
  * so restarts and other tools (tests, audit, dead letters) see the same values. What each service
  * is handed of them is decided by serviceEnv(): only what it needs.
  */
-export const secretNames = ["ADMIN_TOKEN", "SERVICE_TOKEN", "AUTH_TOKEN_SECRET"] as const;
+export const secretNames = [
+  "ADMIN_TOKEN",
+  "SERVICE_TOKEN",
+  "AUTH_TOKEN_SECRET",
+  "CONTROL_TOKEN",
+  "LEDGER_DB_PASSWORD",
+  "SAGA_DB_PASSWORD",
+  "REDIS_PASSWORD",
+] as const;
 export type SecretName = (typeof secretNames)[number];
 
 function readSecretsFile(): Record<string, string> {
@@ -61,7 +69,7 @@ function readSecretsFile(): Record<string, string> {
   return saved;
 }
 
-function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
+export function secrets(base: NodeJS.ProcessEnv = process.env): Record<SecretName, string> {
   const saved = readSecretsFile();
   let changed = false;
   for (const key of secretNames) {
@@ -91,32 +99,59 @@ function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
  * its own). Least privilege: a service gets the credentials it presents and the digests of those
  * it only checks, never another service's.
  */
-export function serviceEnv(_name: ServiceName, env: StackEnv): StackEnv {
-  return { ...env };
+export function serviceEnv(name: ServiceName, env: StackEnv): StackEnv {
+  const own = { ...env };
+  // The stack's own credentials: the services get the database and Redis passwords inside the
+  // URLs of what they use, and never the control server's token.
+  for (const key of stackOnlySecrets) delete own[key];
+  if (name !== "user-service") delete own.LEDGER_DATABASE_URL;
+  if (name !== "transaction-service") {
+    delete own.SAGA_DATABASE_URL;
+    delete own.REDIS_URL;
+  }
+  return own;
+}
+
+const stackOnlySecrets: readonly SecretName[] = [
+  "CONTROL_TOKEN",
+  "LEDGER_DB_PASSWORD",
+  "SAGA_DB_PASSWORD",
+  "REDIS_PASSWORD",
+];
+
+/** The URL of a ledger database, as the role that owns the ledger databases. */
+function ledgerUrl(database: string, s: Record<SecretName, string>): string {
+  return pgUrl(database, { user: ledgerRole, password: s.LEDGER_DB_PASSWORD });
+}
+
+/** The URL of a saga database, as the role that owns the saga databases. */
+function sagaUrl(database: string, s: Record<SecretName, string>): string {
+  return pgUrl(database, { user: sagaRole, password: s.SAGA_DB_PASSWORD });
 }
 
 /** The environment for `npm start`: seed ports, the main databases. */
 export function stackEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
   const host = base.HOST || "127.0.0.1";
   const port = (name: ServiceName): string => base[servicePorts[name].env] || String(servicePorts[name].port);
+  const s = secrets(base);
   const env: StackEnv = {
     HOST: host,
     USER_SERVICE_PORT: port("user-service"),
     TRANSACTION_COMMAND_SERVICE_PORT: port("transaction-command-service"),
     TRANSACTION_QUERY_SERVICE_PORT: port("transaction-query-service"),
     TRANSACTION_SERVICE_PORT: port("transaction-service"),
-    LEDGER_DATABASE_URL: base.LEDGER_DATABASE_URL || pgUrl("dps_ledger"),
-    SAGA_DATABASE_URL: base.SAGA_DATABASE_URL || pgUrl("dps_saga"),
+    LEDGER_DATABASE_URL: base.LEDGER_DATABASE_URL || ledgerUrl("dps_ledger", s),
+    SAGA_DATABASE_URL: base.SAGA_DATABASE_URL || sagaUrl("dps_saga", s),
     MONGO_URL: base.MONGO_URL || `mongodb://${mongoHost}:${mongoPort}/`,
     MONGO_DATABASE: base.MONGO_DATABASE || "dps",
     KAFKA_BROKERS: base.KAFKA_BROKERS || `${kafkaHost}:${kafkaPort}`,
     KAFKA_TOPIC_PREFIX: base.KAFKA_TOPIC_PREFIX ?? "",
-    REDIS_URL: base.REDIS_URL || `redis://${redisHost}:${redisPort}/0`,
+    REDIS_URL: base.REDIS_URL || redisUrl(s.REDIS_PASSWORD),
     REDIS_KEY_PREFIX: base.REDIS_KEY_PREFIX ?? "",
     USER_SERVICE_URL: base.USER_SERVICE_URL || `http://${host}:${port("user-service")}`,
     TRANSACTION_QUERY_SERVICE_URL:
       base.TRANSACTION_QUERY_SERVICE_URL || `http://${host}:${port("transaction-query-service")}`,
-    ...secrets(base),
+    ...s,
     LOG_LEVEL: base.LOG_LEVEL || "info",
   };
   return env;
@@ -133,14 +168,15 @@ function isolatedEnv(
 ): StackEnv {
   const host = base.HOST || "127.0.0.1";
   const p = (service: ServiceName): string => String(portOf(service));
+  const s = secrets(base);
   return {
     ...stackEnv(base),
     USER_SERVICE_PORT: p("user-service"),
     TRANSACTION_COMMAND_SERVICE_PORT: p("transaction-command-service"),
     TRANSACTION_QUERY_SERVICE_PORT: p("transaction-query-service"),
     TRANSACTION_SERVICE_PORT: p("transaction-service"),
-    LEDGER_DATABASE_URL: pgUrl(`dps_${name}_ledger`),
-    SAGA_DATABASE_URL: pgUrl(`dps_${name}_saga`),
+    LEDGER_DATABASE_URL: ledgerUrl(`dps_${name}_ledger`, s),
+    SAGA_DATABASE_URL: sagaUrl(`dps_${name}_saga`, s),
     MONGO_DATABASE: `dps_${name}`,
     KAFKA_TOPIC_PREFIX: `${name}.`,
     REDIS_KEY_PREFIX: `${name}:`,
