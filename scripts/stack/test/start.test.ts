@@ -1,0 +1,73 @@
+/**
+ * `npm start` seen from outside, as a user runs it (a stack of its own, see outside.ts), sent
+ * SIGINT at several moments; afterwards no process of that stack may be left (pid files, the
+ * process table, the ports). Also: a second start is refused while one runs, and unknown flags
+ * are refused with the usage. (Killing every process at once is in start.chaos.ts: it takes
+ * longer, so `npm run chaos` runs it.)
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { after, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { repoRoot } from "../paths.ts";
+import { waitUntil } from "../proc.ts";
+import { assertNothingLeft, cli, env, killEverything, ready, stackProcesses, start } from "./outside.ts";
+
+describe("npm start from outside", { timeout: 900_000 }, () => {
+  after(() => killEverything()); // a failed assertion must not leave a stack behind either
+
+  it("refuses unknown flags and words with the usage (exit 2), starting nothing", () => {
+    const commands = [
+      ["start", "--replicas", "2"],
+      ["engines", "up", "--replicas", "2"],
+      ["engines", "status", "extra", "words"],
+      ["engines", "bogus"],
+      ["test", "--replicas", "2"],
+      ["chaos", "--replicas", "2"],
+      ["bench", "--replicas", "2"],
+      ["audit", "--replicas", "2"],
+      ["dead-letters", "list", "--replicas", "2"],
+      ["no-such-command"],
+    ];
+    for (const args of commands) {
+      const r = spawnSync(process.execPath, [cli, ...args], {
+        cwd: repoRoot,
+        env,
+        encoding: "utf8",
+        timeout: 30_000,
+      });
+      assert.equal(r.status, 2, `${args.join(" ")}: exit ${r.status}\n${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, /usage: scripts\/run.sh start/, args.join(" "));
+    }
+    assert.deepEqual(stackProcesses(), []);
+  });
+
+  it("a Ctrl-C while the engines are starting stops everything it started", async () => {
+    const s = start();
+    await waitUntil(() => s.output().includes("[") || s.child.exitCode !== null, 30_000, 50);
+    await sleep(2_000);
+    s.child.kill("SIGINT");
+    assert.equal(await s.exited, 0, s.output());
+    await assertNothingLeft(`SIGINT early\n${s.output()}`);
+  });
+
+  it("refuses a second start while one runs; a Ctrl-C when running stops everything", async () => {
+    const s = start();
+    await ready(s);
+    const second = spawnSync(process.execPath, [cli, "start"], {
+      cwd: repoRoot,
+      env,
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    assert.equal(second.status, 1, `${second.stdout}${second.stderr}`);
+    assert.match(second.stderr, /already running/);
+    assert.equal(s.child.exitCode, null, "the first start must be unharmed");
+    s.child.kill("SIGINT");
+    // A second Ctrl-C while it shuts down must not cut the shutdown short.
+    await sleep(2_500);
+    s.child.kill("SIGINT");
+    assert.equal(await s.exited, 0, s.output());
+    await assertNothingLeft(`SIGINT when running\n${s.output()}`);
+  });
+});
