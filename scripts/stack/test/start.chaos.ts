@@ -14,7 +14,7 @@ import { assertNothingLeft, dataDir, env, killEverything, ready, stackProcesses,
 
 /**
  * Points PostgreSQL's lock files at a live process that is not PostgreSQL, as when the dead
- * postmaster's pid is recycled, or lingers as an unreaped zombie.
+ * postmaster's pid is recycled (another cluster's backend, say), or lingers as an unreaped zombie.
  */
 function recycleLockPids(pid: number): void {
   const dataLock = join(dataDir, "postgres", "postmaster.pid");
@@ -25,6 +25,16 @@ function recycleLockPids(pid: number): void {
     const [, ...rest] = readFileSync(lock, "utf8").split("\n");
     writeFileSync(lock, [String(pid), ...rest].join("\n"));
   }
+}
+
+/** uid and gid of the postgres OS user when we are root (PostgreSQL then runs as that user). */
+function postgresIds(): { uid?: number; gid?: number } {
+  if (process.getuid?.() !== 0) return {};
+  for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) {
+    const [name, , uid, gid] = line.split(":");
+    if (name === "postgres") return { uid: Number(uid), gid: Number(gid) };
+  }
+  return {};
 }
 
 describe("npm start after a crash of everything", { timeout: 900_000 }, () => {
@@ -40,7 +50,9 @@ describe("npm start after a crash of everything", { timeout: 900_000 }, () => {
     killEverything(); // the command, its services and its engines, as on a power loss
     await s.exited;
     await waitUntil(() => stackProcesses().length === 0, 10_000, 100);
-    const bystander = spawn("sleep", ["600"], { stdio: "ignore" });
+    // PostgreSQL takes a pid it may not signal for a stale lock, so the bystander runs as the
+    // user PostgreSQL runs as: the postgres OS user when we are root.
+    const bystander = spawn("sleep", ["600"], { stdio: "ignore", ...postgresIds() });
     bystanders.push(bystander);
     recycleLockPids(bystander.pid as number);
     const again = start();
