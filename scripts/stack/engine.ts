@@ -5,6 +5,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { logsDir, runDir } from "./paths.ts";
 import {
+  canBind,
   canConnect,
   cmdline,
   isAlive,
@@ -178,6 +179,13 @@ export function makeEngine(spec: EngineSpec): Engine {
       throw new Error(
         `${spec.host}:${spec.port} is taken by a process that is not our ${spec.name} (no live pid file in ${runDir}). ` +
           "Stop it, or move ours with the DPS_*_PORT variables.",
+      );
+    }
+    if (!(await canBind(spec.host, spec.port))) {
+      throw new Error(
+        `${spec.host}:${spec.port} cannot be bound although nobody listens there: most likely the local end of ` +
+          "an outgoing connection (the port lies in the ephemeral range). It frees when that connection closes; " +
+          "or move ours with the DPS_*_PORT variables.",
       );
     }
     mkdirSync(runDir, { recursive: true });

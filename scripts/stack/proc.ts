@@ -10,7 +10,7 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -235,6 +235,18 @@ export function canConnect(host: string, port: number, timeoutMs = 1000): Promis
     socket.setTimeout(timeoutMs, () => done(false));
     socket.once("connect", () => done(true));
     socket.once("error", () => done(false));
+  });
+}
+
+/**
+ * True if a listener could bind host:port now. A port nobody listens on can still be taken: as the
+ * local end of an outgoing connection when it lies in the ephemeral range (Linux: 32768-60999).
+ */
+export function canBind(host: string, port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const server = createServer();
+    server.once("error", () => resolvePromise(false));
+    server.listen({ host, port, exclusive: true }, () => server.close(() => resolvePromise(true)));
   });
 }
 
