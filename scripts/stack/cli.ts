@@ -35,13 +35,12 @@ import {
   setMessageSink,
   stackEnv,
   startControlServer,
-  startServices,
   stopEngines,
   testEnv,
   watchEngines,
 } from "./index.ts";
 import { dataDir, logsDir, repoRoot, runDir, secretsFile } from "./paths.ts";
-import { releasePidLock, secs, takePidLock } from "./proc.ts";
+import { cmdline, isAlive, readPidFile, releasePidLock, secs, takePidLock } from "./proc.ts";
 
 /** Repo-relative path for display; absolute when it lies outside the repo (DPS_DATA_DIR elsewhere). */
 const rel = (p: string): string => {
@@ -100,9 +99,17 @@ function untilSignal(): Promise<NodeJS.Signals> {
 
 /** The lock of `npm start` on this data directory: one running stack per checkout. */
 const startLockFile = join(runDir, "start.pid");
+/** What the command line of the lock's holder contains (a recycled pid does not count). */
+const startLockMarker = "cli.ts start";
+
+/** The pid of the running `npm start` on this data directory, if any. */
+function startLockHolder(): number | undefined {
+  const pid = readPidFile(startLockFile);
+  return pid !== undefined && isAlive(pid) && cmdline(pid).includes(startLockMarker) ? pid : undefined;
+}
 
 async function cmdStart(args: string[]): Promise<number> {
-  const holder = takePidLock(startLockFile, "cli.ts");
+  const holder = takePidLock(startLockFile, startLockMarker);
   if (holder !== undefined) {
     process.stderr.write(
       `error: \`npm start\` is already running on ${rel(dataDir)} (pid ${holder}); stop it first (Ctrl-C there, or kill ${holder})\n`,
@@ -168,9 +175,18 @@ async function cmdEngines(args: string[]): Promise<number> {
       await ensureEnginesDetailed();
       out();
       return (await printEngines()) ? 0 : 1;
-    case "down":
+    case "down": {
+      // Its engine watcher would start them again at once.
+      const holder = startLockHolder();
+      if (holder !== undefined) {
+        process.stderr.write(
+          `error: \`npm start\` (pid ${holder}) runs these engines; Ctrl-C it to stop them\n`,
+        );
+        return 1;
+      }
       await stopEngines();
       return 0;
+    }
     case "status":
     case undefined:
       return (await printEngines()) ? 0 : 3;
@@ -356,6 +372,12 @@ async function withTestStack(
   let sup: Supervisor | undefined;
   let control: Server | undefined;
   let watcher: EngineWatcher | undefined;
+  // A signal at any moment, start-up included, stops what this call started.
+  const stopping = new AbortController();
+  const interrupted = untilSignal().then(() => {
+    stopping.abort(new Error("interrupted"));
+    return 130;
+  });
   const cleanup = async (): Promise<void> => {
     setMessageSink(toFile); // nothing may follow the test runner's summary
     control?.close();
@@ -366,18 +388,20 @@ async function withTestStack(
 
   try {
     const t0 = Date.now();
-    await ensureEnginesDetailed({ env, databases: options.extra_databases });
+    await ensureEnginesDetailed({ env, databases: options.extra_databases, signal: stopping.signal });
     // Engines that die while the tests run come back, as under `npm start`.
     watcher = watchEngines({ log: (m) => toFile(`[supervisor] ${m}\n`) });
     if (options.resetData) await resetTestData(env, options.extra_databases);
     if (options.services) {
-      sup = await startServices({
+      stopping.signal.throwIfAborted();
+      sup = createSupervisor({
         env,
         prefix,
         skipMissing: true,
         log: (m) => toFile(`[supervisor] ${m}\n`),
         node_args: options.node_args,
       });
+      await sup.startAll(60_000, stopping.signal);
       if (options.control !== false)
         control = await startControlServer({
           supervisor: sup,
@@ -396,6 +420,7 @@ async function withTestStack(
     setMessageSink(toFile);
   } catch (err) {
     await cleanup();
+    if (stopping.signal.aborted) return 130;
     throw err;
   }
 
@@ -424,7 +449,6 @@ async function withTestStack(
     current = child.child;
     return child;
   };
-  const interrupted = untilSignal().then(() => 130);
   const code = await Promise.race([run(childEnv, spawnChild, sup), interrupted]);
   current?.kill("SIGTERM"); // a no-op when it has exited
   await cleanup();
