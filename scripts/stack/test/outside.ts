@@ -14,6 +14,8 @@ export const dataDir = join(repoRoot, ".data", "start-test");
 const ports = {
   services: [base + 50, base + 51, base + 52, base + 53],
   engines: [base + 60, base + 61, base + 62, base + 63, base + 64, base + 65],
+  /** `npm test`'s own stack: services on +70...+73, its control server on +74. */
+  test: [base + 70, base + 71, base + 72, base + 73, base + 74],
 };
 
 /** Only what the command needs: nothing of the test stack's environment may leak into it. */
@@ -29,6 +31,8 @@ export const env: NodeJS.ProcessEnv = {
   DPS_MONGO_PORT: String(ports.engines[4]),
   DPS_FERRETDB_DEBUG_ADDR: `127.0.0.1:${ports.engines[5]}`,
   DPS_KAFKA_HEAP_OPTS: "-Xms128m -Xmx384m",
+  DPS_TEST_PORT_BASE: String(ports.test[0]),
+  DPS_TEST_CONTROL_PORT: String(ports.test[4]),
   USER_SERVICE_PORT: String(ports.services[0]),
   TRANSACTION_COMMAND_SERVICE_PORT: String(ports.services[1]),
   TRANSACTION_QUERY_SERVICE_PORT: String(ports.services[2]),
@@ -43,7 +47,12 @@ export interface Started {
 }
 
 export function start(...args: string[]): Started {
-  const child = spawn(process.execPath, [cli, "start", ...args], { cwd: repoRoot, env });
+  return command("start", ...args);
+}
+
+/** Any command of the CLI, its output collected. */
+export function command(...args: string[]): Started {
+  const child = spawn(process.execPath, [cli, ...args], { cwd: repoRoot, env });
   let output = "";
   child.stdout?.on("data", (b: Buffer) => {
     output += b.toString("utf8");
@@ -107,7 +116,7 @@ export async function assertNothingLeft(context: string): Promise<void> {
   });
   assert.deepEqual(live, [], `${context}: pid files naming live processes`);
   const open = [];
-  for (const port of [...ports.services, ...ports.engines])
+  for (const port of [...ports.services, ...ports.engines, ...ports.test])
     if (await canConnect("127.0.0.1", port, 500)) open.push(port);
   assert.deepEqual(open, [], `${context}: ports still open`);
 }

@@ -11,12 +11,21 @@ import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { repoRoot } from "../paths.ts";
 import { waitUntil } from "../proc.ts";
-import { assertNothingLeft, cli, env, killEverything, ready, stackProcesses, start } from "./outside.ts";
+import {
+  assertNothingLeft,
+  cli,
+  command,
+  env,
+  killEverything,
+  ready,
+  stackProcesses,
+  start,
+} from "./outside.ts";
 
 describe("npm start from outside", { timeout: 900_000 }, () => {
   after(() => killEverything()); // a failed assertion must not leave a stack behind either
 
-  it("refuses unknown flags and words with the usage (exit 2), starting nothing", () => {
+  it("refuses unknown flags and words with the usage (exit 2), starting nothing", async () => {
     const commands = [
       ["start", "--replicas", "2"],
       ["engines", "up", "--replicas", "2"],
@@ -29,15 +38,13 @@ describe("npm start from outside", { timeout: 900_000 }, () => {
       ["dead-letters", "list", "--replicas", "2"],
       ["no-such-command"],
     ];
-    for (const args of commands) {
-      const r = spawnSync(process.execPath, [cli, ...args], {
-        cwd: repoRoot,
-        env,
-        encoding: "utf8",
-        timeout: 30_000,
-      });
-      assert.equal(r.status, 2, `${args.join(" ")}: exit ${r.status}\n${r.stdout}${r.stderr}`);
-      assert.match(r.stderr, /usage: scripts\/run.sh start/, args.join(" "));
+    const runs = commands.map((args) => ({ args, run: command(...args) }));
+    for (const { args, run } of runs) {
+      const timer = setTimeout(() => run.child.kill("SIGKILL"), 60_000);
+      const code = await run.exited;
+      clearTimeout(timer);
+      assert.equal(code, 2, `${args.join(" ")}: exit ${code}\n${run.output()}`);
+      assert.match(run.output(), /usage: scripts\/run.sh start/, args.join(" "));
     }
     assert.deepEqual(stackProcesses(), []);
   });
@@ -49,6 +56,23 @@ describe("npm start from outside", { timeout: 900_000 }, () => {
     s.child.kill("SIGINT");
     assert.equal(await s.exited, 0, s.output());
     await assertNothingLeft(`SIGINT early\n${s.output()}`);
+  });
+
+  it("a Ctrl-C while the services are starting stops everything it started", async () => {
+    const s = start();
+    await waitUntil(() => s.output().includes("engines ready") || s.child.exitCode !== null, 240_000, 20);
+    s.child.kill("SIGINT");
+    assert.equal(await s.exited, 0, s.output());
+    await assertNothingLeft(`SIGINT while the services start\n${s.output()}`);
+  });
+
+  it("a Ctrl-C while `npm test` starts its stack stops everything it started", async () => {
+    const s = command("test", "--no-lint", "--no-schemathesis", "--only", "least-privilege");
+    await waitUntil(() => s.output().includes("[") || s.child.exitCode !== null, 30_000, 50);
+    await sleep(2_000);
+    s.child.kill("SIGINT");
+    assert.equal(await s.exited, 130, s.output());
+    await assertNothingLeft(`SIGINT while npm test starts\n${s.output()}`);
   });
 
   it("refuses a second start while one runs; a Ctrl-C when running stops everything", async () => {
