@@ -7,14 +7,16 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { repoRoot } from "../paths.ts";
-import { waitUntil } from "../proc.ts";
+import { isAlive, readPidFile, waitUntil } from "../proc.ts";
 import {
   assertNothingLeft,
   cli,
   command,
+  dataDir,
   env,
   killEverything,
   ready,
@@ -75,7 +77,7 @@ describe("npm start from outside", { timeout: 900_000 }, () => {
     await assertNothingLeft(`SIGINT while npm test starts\n${s.output()}`);
   });
 
-  it("refuses a second start while one runs; a Ctrl-C when running stops everything", async () => {
+  it("while it runs: a second start and engines down are refused, a killed engine comes back; Ctrl-C stops everything", async () => {
     const s = start();
     await ready(s);
     const second = spawnSync(process.execPath, [cli, "start"], {
@@ -86,7 +88,20 @@ describe("npm start from outside", { timeout: 900_000 }, () => {
     });
     assert.equal(second.status, 1, `${second.stdout}${second.stderr}`);
     assert.match(second.stderr, /already running/);
+    // Its engine watcher would start them again: `engines down` is refused while it runs.
+    const down = await command("engines", "down").exited;
+    assert.equal(down, 1);
     assert.equal(s.child.exitCode, null, "the first start must be unharmed");
+
+    // An engine killed with SIGKILL is started again by `npm start` itself.
+    const redisPidFile = join(dataDir, "run", "redis.pid");
+    const killed = readPidFile(redisPidFile) as number;
+    process.kill(killed, "SIGKILL");
+    const back = await waitUntil(() => {
+      const pid = readPidFile(redisPidFile);
+      return pid !== undefined && pid !== killed && isAlive(pid);
+    }, 30_000);
+    assert.ok(back, `redis was not started again\n${s.output()}`);
     // Ctrl-C pressed again and again while it shuts down must not cut the shutdown short.
     const hammer = setInterval(() => s.child.kill("SIGINT"), 250);
     const t0 = Date.now();
