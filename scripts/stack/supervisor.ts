@@ -30,6 +30,14 @@ export interface ServiceSpec {
   args: string[];
   /** Extra variables on top of process.env. */
   env: StackEnv;
+  /** Variables not to inherit from process.env (another service's credentials, the stack's own). */
+  unset?: readonly string[];
+}
+
+function childEnv(spec: ServiceSpec): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...spec.env };
+  for (const key of spec.unset ?? []) delete env[key];
+  return env;
 }
 
 export interface SupervisorOptions {
@@ -133,7 +141,7 @@ export class Supervisor {
       // services in order. The handle stays referenced, so we see every exit.
       const child = spawn(spec.cmd, spec.args, {
         cwd: repoRoot,
-        env: { ...process.env, ...spec.env },
+        env: childEnv(spec),
         detached: true,
         stdio: ["ignore", fd, fd],
       });
@@ -289,6 +297,7 @@ export function serviceSpecs(
     cmd: process.execPath, // the Node 24 that runs us
     args: [...node_args.map((a) => a.replaceAll("{name}", name)), serviceEntry(name)],
     env: serviceEnv(name, env),
+    unset: Object.keys(env).filter((key) => !(key in serviceEnv(name, env))),
   }));
 }
 

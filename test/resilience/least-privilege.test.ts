@@ -1,9 +1,11 @@
 /**
  * Least privilege in the engines, checked against the test stack's real PostgreSQL and Redis and
  * its control server: the services' roles are not superusers and own only their own databases,
- * Redis answers nobody without its password, and the control server nobody without its token.
+ * Redis answers nobody without its password, the control server nobody without its token, and no
+ * service is handed another's credentials or the stack's own.
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { after, describe, it } from "node:test";
 import pg from "pg";
@@ -95,6 +97,30 @@ describe("least privilege", { skip }, () => {
       assert.equal(await client.ping(), "PONG");
     } finally {
       await client.quit();
+    }
+  });
+
+  it("each service's environment holds only its own credentials", async () => {
+    const res = await fetch(`${controlUrl}/status`, {
+      headers: { authorization: `Bearer ${controlToken}` },
+      signal: AbortSignal.timeout(10_000),
+    });
+    const { services } = (await res.json()) as { services: { name: string; pid: number | null }[] };
+    const never = ["CONTROL_TOKEN", "LEDGER_DB_PASSWORD", "SAGA_DB_PASSWORD", "REDIS_PASSWORD"];
+    const onlyFor: Record<string, string> = {
+      LEDGER_DATABASE_URL: "user-service",
+      SAGA_DATABASE_URL: "transaction-service",
+      REDIS_URL: "transaction-service",
+    };
+    assert.equal(services.length, 4);
+    for (const { name, pid } of services) {
+      assert.ok(pid !== null, `${name} is not running`);
+      const names = readFileSync(`/proc/${pid}/environ`, "utf8")
+        .split("\0")
+        .map((entry) => entry.slice(0, entry.indexOf("=")));
+      for (const key of never) assert.ok(!names.includes(key), `${name} holds ${key}`);
+      for (const [key, owner] of Object.entries(onlyFor))
+        assert.equal(names.includes(key), name === owner, `${name} and ${key}`);
     }
   });
 
