@@ -12,7 +12,20 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { type AuditOptions, type AuditResult, auditOptionsFromEnv, formatAudit, runAudit } from "./audit.ts";
 
+/**
+ * Services are killed with SIGKILL (their supervisor restarts them); engines are killed with
+ * SIGKILL too (`kill9`, the engine watcher brings them back from what is on disk), and restarted
+ * gracefully on the second round.
+ */
 export const faultKinds = [
+  "kill:transaction-service",
+  "kill9:kafka",
+  "kill:user-service",
+  "kill9:ferretdb",
+  "kill:transaction-command-service",
+  "kill9:postgres",
+  "kill:transaction-query-service",
+  "kill9:redis",
   "kill:transaction-service",
   "restart:kafka",
   "kill:user-service",
@@ -28,6 +41,8 @@ export interface ChaosOptions {
   user_url: string;
   transaction_url: string;
   control_url: string;
+  /** CONTROL_TOKEN: the control server answers 401 without it. */
+  control_token: string;
   admin_token: string;
   wallets: number;
   opening_balance: number;
@@ -114,6 +129,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const admin: Record<string, string> = options.admin_token
     ? { authorization: `Bearer ${options.admin_token}` }
     : {};
+  const control = { authorization: `Bearer ${options.control_token}` };
 
   // Wallets with a known total.
   const wallets: number[] = [];
@@ -221,21 +237,22 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     await sleep(options.fault_gap_ms);
     for (let i = 0; i < options.faults; i++) {
       const fault = faultKinds[i % faultKinds.length] as FaultKind;
-      const [action, target] = fault.split(":") as ["kill" | "restart", string];
+      const [action, target] = fault.split(":") as ["kill" | "kill9" | "restart", string];
       const url =
         action === "kill"
           ? `${options.control_url}/services/${target}/kill?signal=KILL`
-          : `${options.control_url}/engines/${target}/restart`;
+          : `${options.control_url}/engines/${target}/${action}`;
       const t0 = Date.now();
-      // An engine restart answers once the engine is healthy again (Kafka takes ~15 s).
-      const answer = await call("POST", url, undefined, {}, 120_000).catch(
+      // An engine restart answers once the engine is healthy again (Kafka takes ~15 s); a kill9
+      // once it is dead, and waitHealthy() then waits for the watcher to bring it back.
+      const answer = await call("POST", url, undefined, control, 120_000).catch(
         (error: Error) => ({ status: 0, body: error.message }) as Answer,
       );
       if (answer.status !== 200)
         violations.push(
           `fault ${fault} could not be injected: ${answer.status} ${JSON.stringify(answer.body)}`,
         );
-      await waitHealthy(options.control_url, 120_000);
+      await waitHealthy(options.control_url, control, 120_000);
       faults.push(`${fault} (${Date.now() - t0} ms to recover)`);
       options.log(
         `chaos: fault ${i + 1}/${options.faults} ${fault}, recovered in ${Date.now() - t0} ms; ${sent} transfers sent`,
@@ -307,12 +324,16 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   };
 }
 
-async function waitHealthy(control_url: string, timeout_ms: number): Promise<void> {
+async function waitHealthy(
+  control_url: string,
+  control: Record<string, string>,
+  timeout_ms: number,
+): Promise<void> {
   const deadline = Date.now() + timeout_ms;
   let unhealthy = "the control server";
   for (;;) {
     try {
-      const status = await call("GET", `${control_url}/status`);
+      const status = await call("GET", `${control_url}/status`, undefined, control);
       const body = status.body as {
         engines: Array<{ name: string; healthy: boolean }>;
         services: Array<{ name: string; url: string }>;
@@ -365,6 +386,7 @@ export function chaosOptionsFromEnv(
     user_url: required("TEST_USER_SERVICE_URL"),
     transaction_url: required("TEST_TRANSACTION_SERVICE_URL"),
     control_url: required("TEST_STACK_CONTROL_URL"),
+    control_token: required("CONTROL_TOKEN"),
     admin_token: env.ADMIN_TOKEN ?? "",
     wallets: 20,
     opening_balance: 10_000,

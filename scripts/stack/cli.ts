@@ -13,13 +13,16 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { appendFileSync, closeSync, existsSync, globSync, openSync, rmSync } from "node:fs";
 import type { Server } from "node:http";
 import { join, relative } from "node:path";
+import { parseArgs } from "node:util";
 import { deleteKeysWithPrefix } from "./engines/redis.ts";
-import { databaseOf } from "./env.ts";
+import { databaseOf, secretNames } from "./env.ts";
 import {
   benchEnv,
+  createSupervisor,
   deleteTopicsWithPrefix,
   dropMongoDatabase,
   type EngineName,
+  type EngineWatcher,
   engineOrder,
   engines,
   ensureEnginesDetailed,
@@ -32,12 +35,12 @@ import {
   setMessageSink,
   stackEnv,
   startControlServer,
-  startServices,
   stopEngines,
   testEnv,
+  watchEngines,
 } from "./index.ts";
-import { logsDir, repoRoot, secretsFile } from "./paths.ts";
-import { secs } from "./proc.ts";
+import { dataDir, logsDir, repoRoot, runDir, secretsFile } from "./paths.ts";
+import { cmdline, isAlive, readPidFile, releasePidLock, secs, takePidLock } from "./proc.ts";
 
 /** Repo-relative path for display; absolute when it lies outside the repo (DPS_DATA_DIR elsewhere). */
 const rel = (p: string): string => {
@@ -75,8 +78,9 @@ function printServices(sup: Supervisor): void {
 }
 
 /**
- * Resolves on the first SIGINT/SIGTERM. Under `npm start` a Ctrl-C arrives twice at once (from the
- * terminal, and forwarded by npm), so only a signal well after the first one forces exit 130.
+ * Resolves on the first SIGINT/SIGTERM/SIGHUP. Under `npm start` a Ctrl-C arrives twice at once
+ * (from the terminal, and forwarded by npm). Later signals do not cut the shutdown short: leaving
+ * half of the stack running is worse than waiting for its bounded stop timeouts.
  */
 function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -86,44 +90,83 @@ function untilSignal(): Promise<NodeJS.Signals> {
         firstAt = Date.now();
         resolve(sig);
       } else if (Date.now() - firstAt > 2000) {
-        out("\nsecond interrupt: exiting now (`npm run stack down` stops the engines)");
-        process.exit(130);
+        out(`\n${sig}: still stopping what this command started (each step is bounded); please wait`);
       }
     };
-    process.on("SIGINT", handler);
-    process.on("SIGTERM", handler);
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, handler);
   });
 }
 
-async function cmdStart(args: string[]): Promise<number> {
-  const { env, started } = await ensureEnginesDetailed();
-  const sup = await startServices({ env, skipMissing: true });
-  out();
-  await printEngines();
-  printServices(sup);
-  out(
-    `Secrets: ADMIN_TOKEN, LEDGER_TOKEN, QUERY_TOKEN and AUTH_TOKEN_SECRET are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
-  );
-  out("Ctrl-C stops the services, then the engines this command started.");
-  out();
+/** The lock of `npm start` on this data directory: one running stack per checkout. */
+const startLockFile = join(runDir, "start.pid");
+/** What the command line of the lock's holder contains (a recycled pid does not count). */
+const startLockMarker = "cli.ts start";
 
-  const sig = await untilSignal();
-  out(`\n${sig}: stopping services`);
-  await sup.stopAll();
+/** The pid of the running `npm start` on this data directory, if any. */
+function startLockHolder(): number | undefined {
+  const pid = readPidFile(startLockFile);
+  return pid !== undefined && isAlive(pid) && cmdline(pid).includes(startLockMarker) ? pid : undefined;
+}
+
+async function cmdStart(args: string[]): Promise<number> {
+  const holder = takePidLock(startLockFile, startLockMarker);
+  if (holder !== undefined) {
+    process.stderr.write(
+      `error: \`npm start\` is already running on ${rel(dataDir)} (pid ${holder}); stop it first (Ctrl-C there, or kill ${holder})\n`,
+    );
+    return 1;
+  }
   // Engines that were already up (`npm run stack up`, a running `npm test`) are not ours to stop.
-  const toStop = args.includes("--stop-engines") ? engineOrder : started;
-  await stopEngines(toStop);
-  const left = engineOrder.filter((n) => !toStop.includes(n));
-  if (left.length > 0)
-    out(`left running (they were up before): ${left.join(", ")}; \`npm run stack down\` stops them`);
-  return 0;
+  const before = engineOrder.filter((n) => engines[n].pid() !== undefined);
+  // A signal at any moment ends the start-up (every step checks it) and then stops what we started.
+  const stopping = new AbortController();
+  const sig = untilSignal();
+  void sig.then((name) => {
+    out(`\n${name}: stopping`);
+    stopping.abort(new Error(`interrupted by ${name}`));
+  });
+  let sup: Supervisor | undefined;
+  let watcher: EngineWatcher | undefined;
+  let code = 0;
+  try {
+    const { env } = await ensureEnginesDetailed({ signal: stopping.signal });
+    watcher = watchEngines({ signal: stopping.signal });
+    sup = createSupervisor({ env, skipMissing: true });
+    await sup.startAll(60_000, stopping.signal);
+    out();
+    await printEngines();
+    printServices(sup);
+    out(
+      `Secrets: ${secretNames.join(", ")} are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
+    );
+    out("Ctrl-C stops the services, then the engines this command started.");
+    out();
+    await sig;
+  } catch (err) {
+    if (!stopping.signal.aborted) {
+      process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+      code = 1;
+    }
+  } finally {
+    await watcher?.stop();
+    await sup?.stopAll();
+    const toStop = args.includes("--stop-engines")
+      ? engineOrder
+      : engineOrder.filter((n) => !before.includes(n));
+    await stopEngines(toStop);
+    const left = engineOrder.filter((n) => !toStop.includes(n));
+    if (left.length > 0)
+      out(`left running (they were up before): ${left.join(", ")}; \`npm run stack down\` stops them`);
+    releasePidLock(startLockFile);
+  }
+  return code;
 }
 
 async function cmdEngines(args: string[]): Promise<number> {
   const [sub, name] = args;
   const pick = (): EngineName => {
     if (name === undefined || !(engineOrder as readonly string[]).includes(name)) {
-      throw new Error(`name one of: ${engineOrder.join(", ")}`);
+      throw new UsageError(`engines ${sub}: name one of: ${engineOrder.join(", ")}`);
     }
     return name as EngineName;
   };
@@ -132,9 +175,18 @@ async function cmdEngines(args: string[]): Promise<number> {
       await ensureEnginesDetailed();
       out();
       return (await printEngines()) ? 0 : 1;
-    case "down":
+    case "down": {
+      // Its engine watcher would start them again at once.
+      const holder = startLockHolder();
+      if (holder !== undefined) {
+        process.stderr.write(
+          `error: \`npm start\` (pid ${holder}) runs these engines; Ctrl-C it to stop them\n`,
+        );
+        return 1;
+      }
       await stopEngines();
       return 0;
+    }
     case "status":
     case undefined:
       return (await printEngines()) ? 0 : 3;
@@ -145,7 +197,7 @@ async function cmdEngines(args: string[]): Promise<number> {
       await engines[pick()].kill9();
       return 0;
     default:
-      throw new Error(`unknown: engines ${sub} (up|down|status|restart <name>|kill9 <name>)`);
+      throw new UsageError(`unknown: engines ${sub} (up|down|status|restart <name>|kill9 <name>)`);
   }
 }
 
@@ -242,6 +294,7 @@ async function cmdTest(args: string[]): Promise<number> {
       "ops/**/test/**/*.test.ts",
       // The deploy files against real validators (installed and cached on first use) and the code.
       "test/deploy/**/*.test.ts",
+      "scripts/**/test/**/*.test.ts",
     ]),
   );
   // Fault tests (test/resilience: crash points, chaos) kill services and restart engines; the
@@ -316,30 +369,49 @@ async function withTestStack(
 
   const env = options.env ?? testEnv();
   const controlPort = Number(process.env.DPS_TEST_CONTROL_PORT || 18099);
-  let started: EngineName[] = [];
+  // Engines that were already up are not ours to stop.
+  const before = engineOrder.filter((n) => engines[n].pid() !== undefined);
   let sup: Supervisor | undefined;
   let control: Server | undefined;
+  let watcher: EngineWatcher | undefined;
+  // A signal at any moment, start-up included, stops what this call started.
+  const stopping = new AbortController();
+  const interrupted = untilSignal().then(() => {
+    stopping.abort(new Error("interrupted"));
+    return 130;
+  });
   const cleanup = async (): Promise<void> => {
     setMessageSink(toFile); // nothing may follow the test runner's summary
     control?.close();
+    await watcher?.stop();
     await sup?.stopAll();
-    await stopEngines(started);
+    await stopEngines(engineOrder.filter((n) => !before.includes(n)));
   };
 
   try {
     const t0 = Date.now();
-    ({ started } = await ensureEnginesDetailed({ env, databases: options.extra_databases }));
+    await ensureEnginesDetailed({ env, databases: options.extra_databases, signal: stopping.signal });
+    // Engines that die while the tests run come back, as under `npm start`.
+    watcher = watchEngines({ log: (m) => toFile(`[supervisor] ${m}\n`) });
     if (options.resetData) await resetTestData(env, options.extra_databases);
     if (options.services) {
-      sup = await startServices({
+      stopping.signal.throwIfAborted();
+      sup = createSupervisor({
         env,
         prefix,
         skipMissing: true,
         log: (m) => toFile(`[supervisor] ${m}\n`),
         node_args: options.node_args,
       });
+      await sup.startAll(60_000, stopping.signal);
       if (options.control !== false)
-        control = await startControlServer({ supervisor: sup, engines, port: controlPort });
+        control = await startControlServer({
+          supervisor: sup,
+          engines,
+          watcher,
+          token: env.CONTROL_TOKEN ?? "",
+          port: controlPort,
+        });
     }
     const ports = serviceNames.map((n) => env[servicePorts[n].env]).join(", ");
     const what = sup === undefined ? "engines" : `engines and services (ports ${ports})`;
@@ -350,6 +422,7 @@ async function withTestStack(
     setMessageSink(toFile);
   } catch (err) {
     await cleanup();
+    if (stopping.signal.aborted) return 130;
     throw err;
   }
 
@@ -385,7 +458,6 @@ async function withTestStack(
     current = child.child;
     return child;
   };
-  const interrupted = untilSignal().then(() => 130);
   const code = await Promise.race([run(childEnv, spawnChild, sup), interrupted]);
   current?.kill("SIGTERM"); // a no-op when it has exited
   await cleanup();
@@ -394,10 +466,19 @@ async function withTestStack(
 
 /** `npm run chaos`: the bank workload under faults against a fresh test stack (the same one `npm test` uses). */
 async function cmdChaos(args: string[]): Promise<number> {
-  return withTestStack({ services: true, resetData: true }, async (env, spawnChild) => {
+  // First `npm start` itself under faults (every process of it killed at once), on a stack of its
+  // own: too slow for `npm test`.
+  const stackTests = findTests(["scripts/**/test/**/*.chaos.ts"]);
+  const reporter = process.env.DPS_TEST_REPORTER || (process.stdout.isTTY ? "spec" : "tap");
+  const stackCode =
+    stackTests.length === 0
+      ? 0
+      : (await runInherit(process.execPath, ["--test", `--test-reporter=${reporter}`, ...stackTests])).code;
+  const code = await withTestStack({ services: true, resetData: true }, async (env, spawnChild) => {
     const { code } = await spawnChild(process.execPath, [join(repoRoot, "ops", "chaos.ts"), ...args], env);
     return code;
   });
+  return stackCode !== 0 ? stackCode : code;
 }
 
 /**
@@ -442,8 +523,87 @@ function cmdOps(script: string, args: string[]): Promise<number> {
   }).then((r) => r.code);
 }
 
+const usage = [
+  "usage: scripts/run.sh start [--stop-engines]",
+  "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
+  "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
+  "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
+  "       scripts/run.sh bench [--quick] [--profile] [--long] [--out DIR]",
+  "       scripts/run.sh audit [--quiet]",
+  "       scripts/run.sh dead-letters list|replay <id>|replay --all",
+];
+
+/** A command line this CLI does not understand: the usage is printed and the exit code is 2. */
+class UsageError extends Error {}
+
+type FlagSpec = Record<string, { type: "boolean" | "string"; multiple?: boolean }>;
+
+/**
+ * Refuses unknown flags and extra words before anything starts: a typo such as `--replicas 2` must
+ * not be silently ignored by a command that then runs with its defaults.
+ */
+function checkArgs(command: string, args: string[], options: FlagSpec, positionals_max = 0): void {
+  let positionals: string[];
+  try {
+    ({ positionals } = parseArgs({ args, options, allowPositionals: true, strict: true }));
+  } catch (err) {
+    throw new UsageError(`${command}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (positionals.length > positionals_max)
+    throw new UsageError(`${command}: unexpected argument ${JSON.stringify(positionals[positionals_max])}`);
+}
+
+const numberFlag = { type: "string" } as const;
+
+/** What each command accepts; the command itself reads its flags from args. */
+const commandArgs: Record<string, (args: string[]) => void> = {
+  start: (args) => checkArgs("start", args, { "stop-engines": { type: "boolean" } }),
+  engines: (args) => checkArgs("engines", args, {}, 2),
+  test: (args) =>
+    checkArgs("test", args, {
+      "no-lint": { type: "boolean" },
+      "keep-test-data": { type: "boolean" },
+      "no-schemathesis": { type: "boolean" },
+      only: { type: "string", multiple: true },
+    }),
+  chaos: (args) =>
+    checkArgs("chaos", args, {
+      transfers: numberFlag,
+      faults: numberFlag,
+      wallets: numberFlag,
+      concurrency: numberFlag,
+    }),
+  bench: (args) =>
+    checkArgs("bench", args, {
+      quick: { type: "boolean" },
+      profile: { type: "boolean" },
+      long: { type: "boolean" },
+      out: { type: "string" },
+    }),
+  audit: (args) => checkArgs("audit", args, { quiet: { type: "boolean" } }),
+  "dead-letters": (args) => checkArgs("dead-letters", args, { all: { type: "boolean" } }, 2),
+};
+
 async function main(): Promise<number> {
   const [cmd, ...args] = process.argv.slice(2);
+  if (cmd === undefined || cmd === "help" || cmd === "--help") {
+    for (const line of usage) out(line);
+    return 0;
+  }
+  try {
+    const check = commandArgs[cmd];
+    if (check === undefined) throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+    check(args);
+    return await run(cmd, args);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`error: ${err.message}\n`);
+    for (const line of usage) process.stderr.write(`${line}\n`);
+    return 2;
+  }
+}
+
+function run(cmd: string, args: string[]): Promise<number> {
   switch (cmd) {
     case "start":
       return cmdStart(args);
@@ -457,19 +617,8 @@ async function main(): Promise<number> {
       return cmdBench(args);
     case "audit":
       return cmdOps("audit.ts", args);
-    case "dead-letters":
-      return cmdOps("dead-letters.ts", args);
     default:
-      out("usage: scripts/run.sh start [--stop-engines]");
-      out("       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>");
-      out(
-        "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
-      );
-      out("       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]");
-      out("       scripts/run.sh bench [--quick] [--profile] [--long] [--out DIR]");
-      out("       scripts/run.sh audit [--quiet]");
-      out("       scripts/run.sh dead-letters list|replay <id>|replay --all");
-      return cmd === undefined || cmd === "help" || cmd === "--help" ? 0 : 2;
+      return cmdOps("dead-letters.ts", args);
   }
 }
 

@@ -5,6 +5,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { logsDir, runDir } from "./paths.ts";
 import {
+  canBind,
   canConnect,
   cmdline,
   isAlive,
@@ -12,10 +13,12 @@ import {
   killTree,
   pidExists,
   processTree,
+  releasePidLock,
   run,
   secs,
   signal,
   tailFile,
+  takePidLock,
   waitUntil,
   which,
 } from "./proc.ts";
@@ -60,8 +63,8 @@ export interface Engine {
   readonly logFile: string;
   readonly url: string;
   install(): Promise<void>;
-  /** 'reused' when an instance of ours was already healthy. */
-  start(): Promise<"started" | "reused">;
+  /** 'reused' when an instance of ours was already healthy. An abort ends the wait for health. */
+  start(signal?: AbortSignal): Promise<"started" | "reused">;
   stop(): Promise<void>;
   restart(): Promise<void>;
   /** SIGKILL the process and all its children, as a crash would (chaos tests). No cleanup, no restart. */
@@ -100,8 +103,9 @@ export function makeEngine(spec: EngineSpec): Engine {
     return cmdline(pid).includes(spec.cmdlineMarker) ? pid : undefined;
   };
 
-  const waitHealthy = async (timeoutMs = spec.startTimeoutMs): Promise<void> => {
+  const waitHealthy = async (timeoutMs = spec.startTimeoutMs, signal?: AbortSignal): Promise<void> => {
     const ok = await waitUntil(async () => {
+      signal?.throwIfAborted();
       if (await spec.healthy()) return true;
       // Fail fast when the process we launched has already died.
       const pid = spec.readPid();
@@ -139,11 +143,35 @@ export function makeEngine(spec: EngineSpec): Engine {
     say(spec.name, `stopped (${secs(Date.now() - t0)})`);
   };
 
-  const start = async (): Promise<"started" | "reused"> => {
+  const startLock = join(runDir, `${spec.name}.starting`);
+
+  /**
+   * Two processes may start the same engine at once (`npm start` and `npm test` sharing engines,
+   * or both bringing back one that died): the second waits for the first, then reuses its instance.
+   */
+  const start = async (signal?: AbortSignal): Promise<"started" | "reused"> => {
+    const locked = await waitUntil(
+      () => {
+        signal?.throwIfAborted();
+        return takePidLock(startLock, "node") === undefined;
+      },
+      spec.startTimeoutMs,
+      200,
+    );
+    if (!locked)
+      throw new Error(`${spec.name}: another process has been starting it for ${secs(spec.startTimeoutMs)}`);
+    try {
+      return await startLocked(signal);
+    } finally {
+      releasePidLock(startLock);
+    }
+  };
+
+  const startLocked = async (signal?: AbortSignal): Promise<"started" | "reused"> => {
     const t0 = Date.now();
     if (ourPid() !== undefined) {
       // Ours and running: maybe still starting up, so give it the usual time.
-      await waitHealthy();
+      await waitHealthy(spec.startTimeoutMs, signal);
       return "reused";
     }
     spec.clearPid();
@@ -153,10 +181,17 @@ export function makeEngine(spec: EngineSpec): Engine {
           "Stop it, or move ours with the DPS_*_PORT variables.",
       );
     }
+    if (!(await canBind(spec.host, spec.port))) {
+      throw new Error(
+        `${spec.host}:${spec.port} cannot be bound although nobody listens there: most likely the local end of ` +
+          "an outgoing connection (the port lies in the ephemeral range). It frees when that connection closes; " +
+          "or move ours with the DPS_*_PORT variables.",
+      );
+    }
     mkdirSync(runDir, { recursive: true });
     mkdirSync(logsDir, { recursive: true });
     await spec.launch();
-    await waitHealthy();
+    await waitHealthy(spec.startTimeoutMs, signal);
     say(spec.name, `started on ${spec.host}:${spec.port} in ${secs(Date.now() - t0)}`);
     return "started";
   };
@@ -174,8 +209,8 @@ export function makeEngine(spec: EngineSpec): Engine {
       const took = Date.now() - t0;
       if (took > 1000) say(spec.name, `installed in ${secs(took)}`);
     },
-    start: async () => {
-      const how = await start();
+    start: async (signal) => {
+      const how = await start(signal);
       await spec.afterStart?.();
       return how;
     },

@@ -5,8 +5,8 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import { kafkaPasswordVariable, kafkaPrincipals } from "#packages/kafka/access.ts";
 import { mongoHost, mongoPort } from "./engines/ferretdb.ts";
 import { kafkaHost, kafkaPort } from "./engines/kafka.ts";
-import { pgUrl } from "./engines/postgres.ts";
-import { redisHost, redisPort } from "./engines/redis.ts";
+import { ledgerRole, pgUrl, sagaRole } from "./engines/postgres.ts";
+import { redisUrl } from "./engines/redis.ts";
 import { dataDir, envPort, secretsFile } from "./paths.ts";
 
 export const serviceNames = [
@@ -76,6 +76,10 @@ export const secretNames = [
   "KAFKA_PASSWORD_TRANSACTION_COMMAND_SERVICE",
   "KAFKA_PASSWORD_OPERATOR",
   "KAFKA_PASSWORD_ADMIN",
+  "CONTROL_TOKEN",
+  "LEDGER_DB_PASSWORD",
+  "SAGA_DB_PASSWORD",
+  "REDIS_PASSWORD",
 ] as const;
 export type SecretName = (typeof secretNames)[number];
 
@@ -89,7 +93,7 @@ function readSecretsFile(): Record<string, string> {
   return saved;
 }
 
-export function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
+export function secrets(base: NodeJS.ProcessEnv = process.env): Record<SecretName, string> {
   const saved = readSecretsFile();
   let changed = false;
   for (const key of secretNames) {
@@ -120,20 +124,24 @@ export function secrets(base: NodeJS.ProcessEnv): Record<SecretName, string> {
  * it only checks, never another service's.
  */
 export function serviceEnv(name: ServiceName, env: StackEnv): StackEnv {
-  // Secrets are blanked rather than left out: the supervisor lays a service's environment over
-  // its own, which may hold them (a sourced secrets.env).
+  // What is left out here is also kept from the service's inherited environment (the supervisor
+  // unsets it), so a secret exported in the caller's shell does not leak through either.
   const own: StackEnv = { ...env };
-  for (const secret of secretNames) own[secret] = "";
+  for (const secret of secretNames) delete own[secret];
   const { presents, checks } = credentialsOf[name];
   for (const secret of presents) own[secret] = env[secret] ?? "";
   for (const secret of checks) own[`${secret}_SHA256`] = sha256Hex(env[secret] ?? "");
+  // Database and Redis passwords travel inside the URLs of what each service uses.
+  if (name !== "user-service") delete own.LEDGER_DATABASE_URL;
+  if (name !== "transaction-service") delete own.SAGA_DATABASE_URL;
+  if (name !== "transaction-service" && name !== "user-service") delete own.REDIS_URL;
   return withKafkaCredentials(name, own, env);
 }
 
 /** A service that talks to Kafka gets its own principal's password as KAFKA_USERNAME/PASSWORD; nobody gets the others'. */
 function withKafkaCredentials(name: ServiceName, own: StackEnv, env: StackEnv): StackEnv {
   const out: StackEnv = { ...own, KAFKA_USERNAME: "", KAFKA_PASSWORD: "" };
-  for (const principal of kafkaPrincipals) out[kafkaPasswordVariable(principal)] = "";
+  for (const principal of kafkaPrincipals) delete out[kafkaPasswordVariable(principal)];
   if (name === "transaction-service" || name === "transaction-command-service") {
     out.KAFKA_USERNAME = name;
     out.KAFKA_PASSWORD = env[kafkaPasswordVariable(name)] ?? "";
@@ -168,30 +176,41 @@ function internalEnv(host: string, portOf: (service: ServiceName) => string): St
   return env;
 }
 
+/** The URL of a ledger database, as the role that owns the ledger databases. */
+function ledgerUrl(database: string, s: Record<SecretName, string>): string {
+  return pgUrl(database, { user: ledgerRole, password: s.LEDGER_DB_PASSWORD });
+}
+
+/** The URL of a saga database, as the role that owns the saga databases. */
+function sagaUrl(database: string, s: Record<SecretName, string>): string {
+  return pgUrl(database, { user: sagaRole, password: s.SAGA_DB_PASSWORD });
+}
+
 /** The environment for `npm start`: seed ports, the main databases. */
 export function stackEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
   const host = base.HOST || "127.0.0.1";
   const port = (name: ServiceName): string => base[servicePorts[name].env] || String(servicePorts[name].port);
+  const s = secrets(base);
   const env: StackEnv = {
     HOST: host,
     USER_SERVICE_PORT: port("user-service"),
     TRANSACTION_COMMAND_SERVICE_PORT: port("transaction-command-service"),
     TRANSACTION_QUERY_SERVICE_PORT: port("transaction-query-service"),
     TRANSACTION_SERVICE_PORT: port("transaction-service"),
-    LEDGER_DATABASE_URL: base.LEDGER_DATABASE_URL || pgUrl("dps_ledger"),
-    SAGA_DATABASE_URL: base.SAGA_DATABASE_URL || pgUrl("dps_saga"),
+    LEDGER_DATABASE_URL: base.LEDGER_DATABASE_URL || ledgerUrl("dps_ledger", s),
+    SAGA_DATABASE_URL: base.SAGA_DATABASE_URL || sagaUrl("dps_saga", s),
     MONGO_URL: base.MONGO_URL || `mongodb://${mongoHost}:${mongoPort}/`,
     MONGO_DATABASE: base.MONGO_DATABASE || "dps",
     KAFKA_BROKERS: base.KAFKA_BROKERS || `${kafkaHost}:${kafkaPort}`,
     KAFKA_TOPIC_PREFIX: base.KAFKA_TOPIC_PREFIX ?? "",
     KAFKA_SASL_MECHANISM: base.KAFKA_SASL_MECHANISM ?? "scram-sha-512",
-    REDIS_URL: base.REDIS_URL || `redis://${redisHost}:${redisPort}/0`,
+    REDIS_URL: base.REDIS_URL || redisUrl(s.REDIS_PASSWORD),
     REDIS_KEY_PREFIX: base.REDIS_KEY_PREFIX ?? "",
     INTERNAL_HOST: base.INTERNAL_HOST || "127.0.0.1",
     ...internalEnv(base.INTERNAL_HOST || "127.0.0.1", port),
     TRANSACTION_QUERY_SERVICE_URL:
       base.TRANSACTION_QUERY_SERVICE_URL || `http://${host}:${port("transaction-query-service")}`,
-    ...secrets(base),
+    ...s,
     LOG_LEVEL: base.LOG_LEVEL || "info",
   };
   return env;
@@ -208,14 +227,15 @@ function isolatedEnv(
 ): StackEnv {
   const host = base.HOST || "127.0.0.1";
   const p = (service: ServiceName): string => String(portOf(service));
+  const s = secrets(base);
   return {
     ...stackEnv(base),
     USER_SERVICE_PORT: p("user-service"),
     TRANSACTION_COMMAND_SERVICE_PORT: p("transaction-command-service"),
     TRANSACTION_QUERY_SERVICE_PORT: p("transaction-query-service"),
     TRANSACTION_SERVICE_PORT: p("transaction-service"),
-    LEDGER_DATABASE_URL: pgUrl(`dps_${name}_ledger`),
-    SAGA_DATABASE_URL: pgUrl(`dps_${name}_saga`),
+    LEDGER_DATABASE_URL: ledgerUrl(`dps_${name}_ledger`, s),
+    SAGA_DATABASE_URL: sagaUrl(`dps_${name}_saga`, s),
     MONGO_DATABASE: `dps_${name}`,
     KAFKA_TOPIC_PREFIX: `${name}.`,
     REDIS_KEY_PREFIX: `${name}:`,

@@ -12,6 +12,7 @@ import { ensureDatabase, pgPort, postgres } from "./engines/postgres.ts";
 import { redis } from "./engines/redis.ts";
 import { databaseOf, type StackEnv, stackEnv, testEnv } from "./env.ts";
 import { secs } from "./proc.ts";
+import { EngineWatcher } from "./supervisor.ts";
 
 export { startControlServer } from "./control.ts";
 export { type Engine, type EngineName, setMessageSink } from "./engine.ts";
@@ -28,7 +29,14 @@ export {
   stackEnv,
   testEnv,
 } from "./env.ts";
-export { type ServiceSpec, type ServiceStatus, Supervisor, startServices } from "./supervisor.ts";
+export {
+  createSupervisor,
+  EngineWatcher,
+  type ServiceSpec,
+  type ServiceStatus,
+  Supervisor,
+  startServices,
+} from "./supervisor.ts";
 
 export const engines: Record<EngineName, Engine> = { postgres, redis, kafka, ferretdb };
 /** Start order matters only for FerretDB, which stores its data in PostgreSQL. */
@@ -39,6 +47,8 @@ export interface EnsureEnginesOptions {
   databases?: string[];
   /** Whose LEDGER/SAGA database URLs name databases to create (default: stackEnv()). */
   env?: StackEnv;
+  /** Ends the start-up early (Ctrl-C); the caller then stops what was started. */
+  signal?: AbortSignal;
 }
 
 export interface EnsureEnginesResult {
@@ -78,19 +88,26 @@ export async function ensureEnginesDetailed(opts: EnsureEnginesOptions = {}): Pr
     ferretdb.install(),
   ]);
   const started: EngineName[] = [];
+  const signal = opts.signal;
   const start = async (e: Engine): Promise<void> => {
-    if ((await e.start()) === "started") started.push(e.name);
+    signal?.throwIfAborted();
+    if ((await e.start(signal)) === "started") started.push(e.name);
   };
-  // Kafka's JVM is the slowest to come up; PostgreSQL then FerretDB run alongside it.
-  await Promise.all([
+  // Kafka's JVM is the slowest to come up; PostgreSQL then FerretDB run alongside it. Every branch
+  // is awaited even when one fails, so that no launch is still under way when the caller cleans up.
+  const results = await Promise.allSettled([
     (async () => {
       await start(postgres);
-      for (const db of databasesFor(env, opts.databases ?? [])) await ensureDatabase(db);
+      for (const db of databasesFor(env, opts.databases ?? [])) {
+        signal?.throwIfAborted();
+        await ensureDatabase(db);
+      }
       await start(ferretdb);
     })(),
     start(redis),
     start(kafka),
   ]);
+  for (const r of results) if (r.status === "rejected") throw r.reason;
   const reused = engineOrder.filter((n) => !started.includes(n));
   const what = [
     started.length > 0 ? `started ${started.join(", ")}` : "",
@@ -105,6 +122,19 @@ export async function ensureEnginesDetailed(opts: EnsureEnginesOptions = {}): Pr
 /** Like ensureEnginesDetailed(), returning only the services' environment. */
 export async function ensureEngines(opts: EnsureEnginesOptions = {}): Promise<StackEnv> {
   return (await ensureEnginesDetailed(opts)).env;
+}
+
+/**
+ * Brings back any of the engines that dies (a crash, kill -9) while the returned watcher runs:
+ * `npm start` and the test stack supervise their engines as they do their services.
+ */
+export function watchEngines(
+  opts: { signal?: AbortSignal; log?: (msg: string) => void } = {},
+): EngineWatcher {
+  return new EngineWatcher(
+    engineOrder.map((n) => engines[n]),
+    opts,
+  );
 }
 
 /** Stops the named engines (default: all), FerretDB before the PostgreSQL it stands on. */

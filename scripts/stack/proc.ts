@@ -10,7 +10,7 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -238,18 +238,44 @@ export function canConnect(host: string, port: number, timeoutMs = 1000): Promis
   });
 }
 
-/** Sends raw bytes and resolves with the first reply chunk (for one-line protocols like Redis PING). */
-export function tcpRequest(host: string, port: number, payload: string, timeoutMs = 1000): Promise<string> {
+/**
+ * True if a listener could bind host:port now. A port nobody listens on can still be taken: as the
+ * local end of an outgoing connection when it lies in the ephemeral range (Linux: 32768-60999).
+ */
+export function canBind(host: string, port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const server = createServer();
+    server.once("error", () => resolvePromise(false));
+    server.listen({ host, port, exclusive: true }, () => server.close(() => resolvePromise(true)));
+  });
+}
+
+/**
+ * Sends raw bytes and resolves with what came back once complete(reply) holds (default: the first
+ * chunk, for one-line protocols like Redis PING), or with what came so far on timeout or close.
+ */
+export function tcpRequest(
+  host: string,
+  port: number,
+  payload: string,
+  timeoutMs = 1000,
+  complete: (reply: string) => boolean = () => true,
+): Promise<string> {
   return new Promise((resolvePromise) => {
     const socket = connect({ host, port });
-    const done = (reply: string): void => {
+    let reply = "";
+    const done = (): void => {
       socket.destroy();
       resolvePromise(reply);
     };
-    socket.setTimeout(timeoutMs, () => done(""));
+    socket.setTimeout(timeoutMs, done);
     socket.once("connect", () => socket.write(payload));
-    socket.once("data", (b) => done(b.toString("utf8")));
-    socket.once("error", () => done(""));
+    socket.on("data", (b) => {
+      reply += b.toString("utf8");
+      if (complete(reply)) done();
+    });
+    socket.once("close", done);
+    socket.once("error", done);
   });
 }
 
@@ -269,4 +295,31 @@ export function isRoot(): boolean {
 /** Milliseconds as "1.2 s". */
 export function secs(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
+}
+
+/**
+ * Takes a lock file that names this process (created exclusively). Returns undefined once taken,
+ * or the pid of the live process that holds it. A lock left by a dead process, or naming a pid
+ * that was recycled by a process whose command line lacks marker, is taken over.
+ */
+export function takePidLock(file: string, marker: string): number | undefined {
+  mkdirSync(dirname(file), { recursive: true });
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      writeFileSync(file, `${process.pid}\n`, { flag: "wx" });
+      return undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    const holder = readPidFile(file);
+    if (holder === process.pid) return undefined;
+    if (holder !== undefined && isAlive(holder) && cmdline(holder).includes(marker)) return holder;
+    removeFile(file); // stale: its holder died without releasing it
+  }
+  throw new Error(`cannot take the lock ${file}`);
+}
+
+/** Removes a lock taken by takePidLock(), only if this process still holds it. */
+export function releasePidLock(file: string): void {
+  if (readPidFile(file) === process.pid) removeFile(file);
 }

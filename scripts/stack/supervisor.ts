@@ -4,6 +4,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import type { Engine } from "./engine.ts";
 import { type ServiceName, type StackEnv, serviceEnv, servicePorts } from "./env.ts";
 import { logsDir, repoRoot, runDir } from "./paths.ts";
 import {
@@ -29,6 +30,14 @@ export interface ServiceSpec {
   args: string[];
   /** Extra variables on top of process.env. */
   env: StackEnv;
+  /** Variables not to inherit from process.env (another service's credentials, the stack's own). */
+  unset?: readonly string[];
+}
+
+function childEnv(spec: ServiceSpec): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...spec.env };
+  for (const key of spec.unset ?? []) delete env[key];
+  return env;
 }
 
 export interface SupervisorOptions {
@@ -132,7 +141,7 @@ export class Supervisor {
       // services in order. The handle stays referenced, so we see every exit.
       const child = spawn(spec.cmd, spec.args, {
         cwd: repoRoot,
-        env: { ...process.env, ...spec.env },
+        env: childEnv(spec),
         detached: true,
         stdio: ["ignore", fd, fd],
       });
@@ -182,10 +191,11 @@ export class Supervisor {
   }
 
   /** Waits until GET /health answers 200. */
-  async waitHealthy(name: string, timeoutMs = 60_000): Promise<void> {
+  async waitHealthy(name: string, timeoutMs = 60_000, abort?: AbortSignal): Promise<void> {
     const r = this.#get(name);
     const url = `${this.url(name)}/health`;
     const ok = await waitUntil(async () => {
+      abort?.throwIfAborted();
       try {
         const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
         await res.body?.cancel();
@@ -201,10 +211,13 @@ export class Supervisor {
     }
   }
 
-  /** Starts every service, then waits for all of them to be healthy. */
-  async startAll(timeoutMs = 60_000): Promise<void> {
-    for (const name of this.names()) await this.start(name);
-    await Promise.all(this.names().map((name) => this.waitHealthy(name, timeoutMs)));
+  /** Starts every service, then waits for all of them to be healthy (or for the abort). */
+  async startAll(timeoutMs = 60_000, abort?: AbortSignal): Promise<void> {
+    for (const name of this.names()) {
+      abort?.throwIfAborted();
+      await this.start(name);
+    }
+    await Promise.all(this.names().map((name) => this.waitHealthy(name, timeoutMs, abort)));
   }
 
   /** Sends a signal, as a crash or an operator would; the supervisor restarts it if it exits. */
@@ -284,10 +297,12 @@ export function serviceSpecs(
     cmd: process.execPath, // the Node 24 that runs us
     args: [...node_args.map((a) => a.replaceAll("{name}", name)), serviceEntry(name)],
     env: serviceEnv(name, env),
+    unset: Object.keys(env).filter((key) => !(key in serviceEnv(name, env))),
   }));
 }
 
-export async function startServices(opts: StartServicesOptions): Promise<Supervisor> {
+/** A supervisor for the project's services, none started yet. */
+export function createSupervisor(opts: StartServicesOptions): Supervisor {
   const log = opts.log ?? ((msg: string) => process.stdout.write(`[supervisor] ${msg}\n`));
   let names = opts.services ?? (Object.keys(servicePorts) as ServiceName[]);
   if (opts.skipMissing === true) {
@@ -295,13 +310,83 @@ export async function startServices(opts: StartServicesOptions): Promise<Supervi
     for (const n of missing) log(`${n}: ${serviceEntry(n)} does not exist yet; skipped`);
     names = names.filter((n) => !missing.includes(n));
   }
-  const sup = new Supervisor(serviceSpecs(opts.env, names, opts.node_args), { prefix: opts.prefix, log });
+  return new Supervisor(serviceSpecs(opts.env, names, opts.node_args), { prefix: opts.prefix, log });
+}
+
+export async function startServices(opts: StartServicesOptions): Promise<Supervisor> {
+  const sup = createSupervisor(opts);
   try {
-    if (opts.wait === false) for (const n of names) await sup.start(n);
+    if (opts.wait === false) for (const n of sup.names()) await sup.start(n);
     else await sup.startAll();
   } catch (err) {
     await sup.stopAll();
     throw err;
   }
   return sup;
+}
+
+const engineCheckIntervalMs = 1000;
+
+/**
+ * Restarts an engine whose process is gone (a crash, kill -9) while it is wanted, as the
+ * Supervisor does for services: PostgreSQL recovers from its WAL, Kafka from its log, Redis from
+ * its AOF, and the services reconnect. A failed start is retried with a capped backoff.
+ */
+export class EngineWatcher {
+  readonly #engines: readonly Engine[];
+  readonly #log: (msg: string) => void;
+  readonly #paused = new Set<string>();
+  readonly #retryAt = new Map<string, { at: number; backoffMs: number }>();
+  readonly #timer: NodeJS.Timeout;
+  #checking: Promise<void> | undefined;
+  readonly #stopping = new AbortController();
+
+  constructor(engines: readonly Engine[], opts: { signal?: AbortSignal; log?: (msg: string) => void } = {}) {
+    this.#engines = engines;
+    this.#log = opts.log ?? ((msg) => process.stdout.write(`[supervisor] ${msg}\n`));
+    this.#timer = setInterval(() => {
+      this.#checking ??= this.#check().finally(() => {
+        this.#checking = undefined;
+      });
+    }, engineCheckIntervalMs);
+    this.#timer.unref();
+    opts.signal?.addEventListener("abort", () => this.stop(), { once: true });
+  }
+
+  /** An engine stopped on purpose (the control server's stop) is not brought back until resume(). */
+  pause(name: string): void {
+    this.#paused.add(name);
+  }
+
+  resume(name: string): void {
+    this.#paused.delete(name);
+  }
+
+  /** Stops watching; waits for a restart under way, so that nothing starts after this returns. */
+  async stop(): Promise<void> {
+    this.#stopping.abort(new Error("the engine watcher stopped"));
+    clearInterval(this.#timer);
+    await this.#checking;
+  }
+
+  async #check(): Promise<void> {
+    for (const e of this.#engines) {
+      if (this.#stopping.signal.aborted || this.#paused.has(e.name) || e.pid() !== undefined) continue;
+      const retry = this.#retryAt.get(e.name) ?? { at: 0, backoffMs: minBackoffMs };
+      if (Date.now() < retry.at) continue;
+      this.#log(`${e.name} is not running; starting it again`);
+      try {
+        await e.start(this.#stopping.signal);
+        this.#retryAt.delete(e.name);
+        this.#log(`${e.name} is back`);
+      } catch (err) {
+        if (this.#stopping.signal.aborted) return;
+        const backoffMs = Math.min(maxBackoffMs, retry.backoffMs * 2);
+        this.#retryAt.set(e.name, { at: Date.now() + retry.backoffMs, backoffMs });
+        this.#log(
+          `${e.name} did not start (${err instanceof Error ? err.message : String(err)}); retrying in ${retry.backoffMs} ms`,
+        );
+      }
+    }
+  }
 }

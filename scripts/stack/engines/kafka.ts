@@ -219,8 +219,8 @@ async function formatOnce(): Promise<void> {
       ...jvmArgs(),
       "kafka.tools.StorageTool",
       "format",
-      "-t",
-      clusterId,
+      // One word: an id that starts with "-" (1 in 64) would be taken for an option.
+      `--cluster-id=${clusterId}`,
       "-c",
       serverProps,
       "--ignore-formatted",

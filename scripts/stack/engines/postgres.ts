@@ -15,17 +15,27 @@ import {
 import { dirname, join, parse } from "node:path";
 import pg from "pg";
 import { aptInstall, type Engine, logFileOf, makeEngine, say } from "../engine.ts";
+import { secrets } from "../env.ts";
 import { envPort, logsDir, runDir, dataDir as stackDataDir } from "../paths.ts";
-import { isAlive, isRoot, openAppend, run, signal } from "../proc.ts";
+import { cmdline, isAlive, isRoot, openAppend, readPidFile, run, signal } from "../proc.ts";
 
 const binDir = process.env.DPS_PG_BIN_DIR || "/usr/lib/postgresql/15/bin";
 /** pgbench ships with the server package; the benchmark's baseline runs it. */
 export const pgbenchPath = join(binDir, "pgbench");
 export const pgHost = "127.0.0.1";
 export const pgPort = envPort("DPS_PG_PORT", 55432);
-/** The application role. A superuser is fine on a local dev/test cluster (FerretDB creates schemas). */
+/**
+ * The stack's own role, a superuser: it creates the databases, runs the benchmark's pgbench
+ * baseline and FerretDB (which creates schemas and an event trigger). The services never use it.
+ */
 export const pgUser = process.env.DPS_PG_USER || "dps";
 export const pgPassword = process.env.DPS_PG_PASSWORD || "dps";
+/**
+ * The services' roles: not superusers, each the owner of its own databases only (and so able to
+ * migrate them), unable to connect to the other's. Passwords: LEDGER_DB_PASSWORD, SAGA_DB_PASSWORD.
+ */
+export const ledgerRole = "ledger_service";
+export const sagaRole = "saga_service";
 
 const dataDir = join(stackDataDir, "postgres");
 const logFile = logFileOf("postgres");
@@ -37,8 +47,19 @@ const socketDir = ((): string => {
   return `/tmp/dps-pg-${createHash("sha1").update(stackDataDir).digest("hex").slice(0, 10)}`;
 })();
 
-export function pgUrl(database: string): string {
-  return `postgres://${encodeURIComponent(pgUser)}:${encodeURIComponent(pgPassword)}@${pgHost}:${pgPort}/${database}`;
+/** A URL on our server; as the stack's superuser unless a role is given. */
+export function pgUrl(
+  database: string,
+  as: { user: string; password: string } = { user: pgUser, password: pgPassword },
+): string {
+  return `postgres://${encodeURIComponent(as.user)}:${encodeURIComponent(as.password)}@${pgHost}:${pgPort}/${database}`;
+}
+
+/** Who owns a database: the saga's and the ledger's (the benchmark's baseline too) their service's role. */
+export function ownerOf(database: string): string {
+  if (database.endsWith("_saga")) return sagaRole;
+  if (database.endsWith("_ledger") || database === "dps_bench_baseline") return ledgerRole;
+  return pgUser;
 }
 
 interface OsUser {
@@ -146,12 +167,12 @@ async function initCluster(): Promise<void> {
 }
 
 /** An admin connection over our unix socket as the `postgres` superuser. */
-async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+async function admin<T>(fn: (c: pg.Client) => Promise<T>, database = "postgres"): Promise<T> {
   const client = new pg.Client({
     host: socketDir,
     port: pgPort,
     user: "postgres",
-    database: "postgres",
+    database,
     connectionTimeoutMillis: 3000,
   });
   client.on("error", () => {}); // a server shutting down must not crash us; the query fails instead
@@ -167,33 +188,125 @@ function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
-async function ensureRole(): Promise<void> {
+const literal = (text: string): string => `'${text.replaceAll("'", "''")}'`;
+
+/** The stack's superuser and the services' unprivileged roles, with the current passwords. */
+async function ensureRoles(): Promise<void> {
+  const s = secrets();
+  const roles = [
+    { name: pgUser, password: pgPassword, options: "LOGIN SUPERUSER" },
+    { name: ledgerRole, password: s.LEDGER_DB_PASSWORD, options: unprivileged },
+    { name: sagaRole, password: s.SAGA_DB_PASSWORD, options: unprivileged },
+  ];
   await admin(async (c) => {
-    const exists = await c.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [pgUser]);
-    const verb = exists.rowCount === 0 ? "CREATE" : "ALTER";
-    // Passwords cannot be bind parameters in DDL; quote as a literal.
-    const pw = `'${pgPassword.replaceAll("'", "''")}'`;
-    await c.query(`${verb} ROLE ${quoteIdent(pgUser)} WITH LOGIN SUPERUSER PASSWORD ${pw}`);
+    for (const role of roles) {
+      const exists = await c.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [role.name]);
+      const verb = exists.rowCount === 0 ? "CREATE" : "ALTER";
+      // Passwords cannot be bind parameters in DDL; quote as a literal.
+      await c.query(
+        `${verb} ROLE ${quoteIdent(role.name)} WITH ${role.options} PASSWORD ${literal(role.password)}`,
+      );
+    }
   });
 }
 
-/** Creates the database (owned by the app role) if missing. Idempotent. */
-export async function ensureDatabase(name: string): Promise<void> {
+const unprivileged = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+
+/**
+ * Only the owner (and the superusers) may connect: by default every role may connect to every
+ * database and create temporary tables there.
+ */
+async function restrictToOwner(c: pg.Client, name: string): Promise<void> {
+  await c.query(`REVOKE ALL ON DATABASE ${quoteIdent(name)} FROM PUBLIC`);
+}
+
+/**
+ * A database created before the services had roles of their own belongs to the superuser with
+ * everything in it: hand the database and its objects to the right owner, once.
+ */
+async function reown(name: string, from: string, to: string): Promise<void> {
   await admin(async (c) => {
-    const exists = await c.query("SELECT 1 FROM pg_database WHERE datname = $1", [name]);
-    if (exists.rowCount === 0) {
-      await c.query(`CREATE DATABASE ${quoteIdent(name)} OWNER ${quoteIdent(pgUser)}`);
-      say("postgres", `created database ${name}`);
-    }
+    await c.query(`ALTER DATABASE ${quoteIdent(name)} OWNER TO ${quoteIdent(to)}`);
   });
+  await admin((c) => c.query(reownSql(from, to)), name);
+  say("postgres", `database ${name} and its objects now belong to ${to}`);
+}
+
+function reownSql(from: string, to: string): string {
+  return `DO $$
+DECLARE
+  old oid := (SELECT oid FROM pg_roles WHERE rolname = ${literal(from)});
+  r record;
+BEGIN
+  FOR r IN SELECT n.nspname FROM pg_namespace n
+            WHERE n.nspowner = old AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, ${literal(to)});
+  END LOOP;
+  -- Tables, views and free-standing sequences (a column's sequence follows its table).
+  FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relowner = old AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+              AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')
+                                AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass) LOOP
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', r.rel, ${literal(to)});
+  END LOOP;
+  FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE p.proowner = old AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO %I', r.fn, ${literal(to)});
+  END LOOP;
+  FOR r IN SELECT t.oid::regtype AS typ FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+             LEFT JOIN pg_class c ON c.oid = t.typrelid
+            WHERE t.typowner = old AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+              AND t.typelem = 0 AND (t.typtype IN ('e', 'd', 'r', 'm') OR c.relkind = 'c') LOOP
+    EXECUTE format('ALTER TYPE %s OWNER TO %I', r.typ, ${literal(to)});
+  END LOOP;
+END
+$$`;
+}
+
+/** Creates the database (owned by its role, see ownerOf) if missing, and gives it that owner. Idempotent. */
+export async function ensureDatabase(name: string): Promise<void> {
+  const owner = ownerOf(name);
+  const current = await admin(async (c) => {
+    const found = await c.query<{ owner: string }>(
+      "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1",
+      [name],
+    );
+    if (found.rowCount === 0) {
+      await c.query(`CREATE DATABASE ${quoteIdent(name)} OWNER ${quoteIdent(owner)}`);
+      say("postgres", `created database ${name} (owner ${owner})`);
+    }
+    await restrictToOwner(c, name);
+    return found.rows[0]?.owner ?? owner;
+  });
+  if (current !== owner) await reown(name, current, owner);
 }
 
 /** Drops and recreates a database (test runs start from empty). Kicks out open sessions. */
 export async function recreateDatabase(name: string): Promise<void> {
   await admin(async (c) => {
     await c.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`);
-    await c.query(`CREATE DATABASE ${quoteIdent(name)} OWNER ${quoteIdent(pgUser)}`);
+    await c.query(`CREATE DATABASE ${quoteIdent(name)} OWNER ${quoteIdent(ownerOf(name))}`);
+    await restrictToOwner(c, name);
   });
+}
+
+/**
+ * After a crash (kill9, or every process of the stack killed at once) the data directory's and
+ * the socket's lock files name a dead postmaster. PostgreSQL refuses to start while that pid
+ * exists: an unreaped zombie, or a pid recycled by any other process (even one it may not signal).
+ * A lock is stale unless it names a live process that runs on our data directory.
+ */
+function removeStaleLocks(): void {
+  const socketLock = join(socketDir, `.s.PGSQL.${pgPort}.lock`);
+  for (const lock of [join(dataDir, "postmaster.pid"), socketLock]) {
+    const pid = readPidFile(lock);
+    if (pid !== undefined && isAlive(pid) && cmdline(pid).includes(dataDir)) continue;
+    if (existsSync(lock)) say("postgres", `removing the stale lock file ${lock} (pid ${pid ?? "?"} is gone)`);
+    rmSync(lock, { force: true });
+  }
+  // The socket itself is recreated by the postmaster once it holds the lock.
+  rmSync(join(socketDir, `.s.PGSQL.${pgPort}`), { force: true });
 }
 
 function readPostmasterPid(): number | undefined {
@@ -219,11 +332,7 @@ export const postgres: Engine = makeEngine({
   },
   launch: async () => {
     await initCluster();
-    // After a crash (kill9) the lock file names a dead postmaster; if that pid is still an
-    // unreaped zombie, PostgreSQL would take it for a live one and refuse to start.
-    const lock = join(dataDir, "postmaster.pid");
-    const stale = readPostmasterPid();
-    if (stale !== undefined && !isAlive(stale)) rmSync(lock, { force: true });
+    removeStaleLocks();
     writeConfig();
     ownedDir(socketDir, 0o700);
     // pg_ctl opens the log file as the postgres user: create it and hand it over first.
@@ -249,5 +358,5 @@ export const postgres: Engine = makeEngine({
       return false;
     }
   },
-  afterStart: ensureRole,
+  afterStart: ensureRoles,
 });

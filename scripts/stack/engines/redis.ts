@@ -1,8 +1,9 @@
 // Redis from Debian's redis-server package, our own instance on its own port and data dir. If apt
 // started the system one (6379), it is left alone.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { aptInstall, type Engine, logFileOf, makeEngine, pidFileOf } from "../engine.ts";
+import { secrets } from "../env.ts";
 import { confDir, envPort, logsDir, dataDir as stackDataDir } from "../paths.ts";
 import { readPidFile, removeFile, spawnDetached, tcpRequest, which, writePidFile } from "../proc.ts";
 
@@ -24,6 +25,9 @@ function writeConfig(): void {
       `bind ${redisHost}`,
       `port ${redisPort}`,
       "protected-mode yes",
+      // Every client authenticates (the services inside REDIS_URL): another local user's process
+      // must not read or flush the cache and rate limits.
+      `requirepass ${redisPassword()}`,
       "daemonize no", // we detach it ourselves and keep its pid
       'logfile ""', // stdout, which we append to .data/logs/redis.log
       `dir ${dataDir}`,
@@ -33,7 +37,9 @@ function writeConfig(): void {
       "save 3600 1 300 100 60 10000",
       "",
     ].join("\n"),
+    { mode: 0o600 }, // it holds the password
   );
+  chmodSync(confFile, 0o600);
 }
 
 export const redis: Engine = makeEngine({
@@ -42,8 +48,10 @@ export const redis: Engine = makeEngine({
   port: redisPort,
   dataDir,
   logFile,
-  url: `redis://${redisHost}:${redisPort}/0`,
-  cmdlineMarker: "redis-server", // it rewrites its title to "redis-server 127.0.0.1:<port>", so no path to match
+  url: `redis://:***@${redisHost}:${redisPort}/0`,
+  // It rewrites its title to "redis-server 127.0.0.1:<port>", so no path to match; the port tells
+  // ours from another checkout's Redis that took over a recycled pid.
+  cmdlineMarker: `redis-server ${redisHost}:${redisPort}`,
   startTimeoutMs: 20_000,
   stopTimeoutMs: 20_000,
   install: async () => {
@@ -61,10 +69,29 @@ export const redis: Engine = makeEngine({
   healthy: async () => (await redisCommand("PING")).startsWith("+PONG"),
 });
 
-/** One Redis command over RESP; resolves with the raw reply. Enough for test resets without a client library. */
-export function redisCommand(...args: string[]): Promise<string> {
-  const payload = `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join("")}`;
-  return tcpRequest(redisHost, redisPort, payload, 5000);
+/** The password every Redis client presents (REDIS_PASSWORD, generated into .data/secrets.env). */
+function redisPassword(): string {
+  return secrets().REDIS_PASSWORD;
+}
+
+/** The services' REDIS_URL, password included. */
+export function redisUrl(password: string): string {
+  return `redis://:${encodeURIComponent(password)}@${redisHost}:${redisPort}/0`;
+}
+
+const resp = (args: string[]): string =>
+  `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join("")}`;
+
+/**
+ * One Redis command over RESP after AUTH; resolves with the command's raw reply (one line: enough
+ * for PING, DEL counts and errors). Test resets need no client library.
+ */
+export async function redisCommand(...args: string[]): Promise<string> {
+  const payload = resp(["AUTH", redisPassword()]) + resp(args);
+  const lines = (reply: string): string[] => reply.split("\r\n");
+  const reply = await tcpRequest(redisHost, redisPort, payload, 5000, (r) => lines(r).length >= 3);
+  const [auth = "", answer = ""] = lines(reply);
+  return auth.startsWith("+OK") ? answer : auth;
 }
 
 /** Deletes every key that starts with prefix (test resets). Never with an empty prefix. */
