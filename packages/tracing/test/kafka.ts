@@ -5,14 +5,29 @@ import {
   Consumer,
   type Message,
   Producer,
+  type SASLOptions,
   stringDeserializers,
   stringSerializers,
 } from "@platformatic/kafka";
+import { kafkaPasswordVariable } from "#packages/kafka/access.ts";
 
 export type TextMessage = Message<string, string, string, string>;
 
 export function brokers(): string[] {
   return (process.env.TEST_KAFKA_BROKERS ?? "127.0.0.1:59092").split(",");
+}
+
+/**
+ * The test broker requires SASL with ACLs: these throwaway topics and groups are the broker
+ * admin's (the stack's super user), whose password the test stack hands the tests.
+ */
+function sasl(): SASLOptions | undefined {
+  if (!process.env.KAFKA_SASL_MECHANISM) return undefined;
+  return {
+    mechanism: process.env.KAFKA_SASL_MECHANISM === "scram-sha-256" ? "SCRAM-SHA-256" : "SCRAM-SHA-512",
+    username: "admin",
+    password: process.env[kafkaPasswordVariable("admin")] ?? "",
+  };
 }
 
 /** Names under the test prefix, so that the test stack's reset deletes them. */
@@ -21,7 +36,12 @@ export function topicName(what: string): string {
 }
 
 export async function createTopics(topics: string[]): Promise<void> {
-  const admin = new Admin({ clientId: "tracing-test-admin", bootstrapBrokers: brokers(), timeout: 10_000 });
+  const admin = new Admin({
+    clientId: "tracing-test-admin",
+    bootstrapBrokers: brokers(),
+    sasl: sasl(),
+    timeout: 10_000,
+  });
   try {
     await admin.createTopics({ topics, partitions: 1, replicas: 1 });
   } finally {
@@ -33,6 +53,7 @@ export function textProducer(client_id: string): Producer<string, string, string
   return new Producer({
     clientId: client_id,
     bootstrapBrokers: brokers(),
+    sasl: sasl(),
     serializers: stringSerializers,
     timeout: 10_000,
   });
@@ -48,6 +69,7 @@ export async function consumeEach(
     clientId: client_id,
     groupId: `${client_id}-${randomUUID().slice(0, 8)}`,
     bootstrapBrokers: brokers(),
+    sasl: sasl(),
     deserializers: stringDeserializers,
     sessionTimeout: 10_000,
     heartbeatInterval: 1_000,
