@@ -162,6 +162,25 @@ async function cmdStart(args: string[]): Promise<number> {
   return code;
 }
 
+/**
+ * `engines up`: the engines stay running when it is done; interrupted or failed on the way, it
+ * stops those it started.
+ */
+async function enginesUp(): Promise<number> {
+  const before = engineOrder.filter((n) => engines[n].pid() !== undefined);
+  const stopping = new AbortController();
+  void untilSignal().then(() => stopping.abort(new Error("interrupted")));
+  try {
+    await ensureEnginesDetailed({ signal: stopping.signal });
+  } catch (err) {
+    await stopEngines(engineOrder.filter((n) => !before.includes(n)));
+    if (stopping.signal.aborted) return 130;
+    throw err;
+  }
+  out();
+  return (await printEngines()) ? 0 : 1;
+}
+
 async function cmdEngines(args: string[]): Promise<number> {
   const [sub, name] = args;
   const pick = (): EngineName => {
@@ -172,9 +191,7 @@ async function cmdEngines(args: string[]): Promise<number> {
   };
   switch (sub) {
     case "up":
-      await ensureEnginesDetailed();
-      out();
-      return (await printEngines()) ? 0 : 1;
+      return enginesUp();
     case "down": {
       // Its engine watcher would start them again at once.
       const holder = startLockHolder();

@@ -68,6 +68,15 @@ describe("npm start from outside", { timeout: 900_000 }, () => {
     await assertNothingLeft(`SIGINT while the services start\n${s.output()}`);
   });
 
+  it("a Ctrl-C during `engines up` stops the engines it started", async () => {
+    const s = command("engines", "up");
+    await waitUntil(() => s.output().includes("[") || s.child.exitCode !== null, 30_000, 50);
+    await sleep(2_000);
+    s.child.kill("SIGINT");
+    assert.equal(await s.exited, 130, s.output());
+    await assertNothingLeft(`SIGINT during engines up\n${s.output()}`);
+  });
+
   it("a Ctrl-C while `npm test` starts its stack stops everything it started", async () => {
     const s = command("test", "--no-lint", "--no-schemathesis", "--only", "least-privilege");
     await waitUntil(() => s.output().includes("[") || s.child.exitCode !== null, 30_000, 50);
