@@ -1,0 +1,22 @@
+/**
+ * Webhooks in the Standard Webhooks form: endpoints, an outbox written in the caller's
+ * transaction, a dispatcher that delivers at least once with retries, and an SSRF guard.
+ */
+export { AddressRefusedError, checkUrl, refusalOf } from "./address-guard.ts";
+export { dispatcherOptions, webhookConfigShape } from "./config.ts";
+export { type Dispatcher, defaultRetryPolicy, retryDelay_ms, startDispatcher } from "./dispatcher.ts";
+export { newSecret, signHeaders } from "./secrets.ts";
+export {
+  createEndpoint,
+  createEndpointBodySchema,
+  deleteEndpoint,
+  enqueueEvents,
+  listDeliveries,
+  listEndpoints,
+  redeliver,
+  rotateSecret,
+  schemaSql,
+  schemaSqlPath,
+  type WebhookEvent,
+  webhookEventTypes,
+} from "./store.ts";

@@ -1,0 +1,340 @@
+// Webhooks end to end on a real PostgreSQL (the saga's test database, schema webhooks_test) and a
+// real HTTP receiver on loopback that checks every signature with the Standard Webhooks library.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Webhook } from "standardwebhooks";
+import type { ApiError } from "#packages/http/errors.ts";
+import { type Pool, withTransaction } from "#packages/pg/index.ts";
+import type { Resolver } from "../address-guard.ts";
+import { type Dispatcher, type DispatcherOptions, startDispatcher } from "../dispatcher.ts";
+import {
+  createEndpoint,
+  deleteEndpoint,
+  enqueueEvents,
+  listDeliveries,
+  listEndpoints,
+  redeliver,
+  rotateSecret,
+  type WebhookEvent,
+} from "../store.ts";
+import { freshTables, logger, type Received, Receiver, until } from "./harness.ts";
+
+let pool: Pool;
+let receiver: Receiver;
+let nextUser = 1;
+const dev = { allow_private: true };
+
+before(async () => {
+  pool = await freshTables();
+  receiver = await Receiver.start();
+});
+after(async () => {
+  await receiver.close();
+  await pool.end();
+});
+
+function dispatcher(overrides: Partial<DispatcherOptions> = {}): Dispatcher {
+  return startDispatcher({
+    pool,
+    logger,
+    guard: dev,
+    attempt_timeout_ms: 5_000,
+    concurrency_max: 8,
+    endpoint_in_flight_max: 2,
+    batch_max: 8,
+    idle_poll_ms: 20,
+    lease_ms: 10_000,
+    retry: { base_ms: 100, cap_ms: 1_000, window_ms: 60_000, random: () => 1 },
+    ...overrides,
+  });
+}
+
+async function endpoint(path: string, events: WebhookEvent["type"][] = ["transfer.completed"]) {
+  const user = nextUser++;
+  const { endpoint, secret } = await createEndpoint(pool, user, { url: receiver.url(path), events }, dev);
+  return { user, id: endpoint.id, secret };
+}
+
+function transferEvent(id: string, user_ids: number[], type: WebhookEvent["type"] = "transfer.completed") {
+  return {
+    id,
+    type,
+    user_ids,
+    data: { transfer_id: id, status: type === "transfer.failed" ? "FAILED" : "COMPLETED" },
+  };
+}
+
+async function enqueue(events: WebhookEvent[]): Promise<number> {
+  return withTransaction(pool, (client) => enqueueEvents(client, events));
+}
+
+/** The Standard Webhooks library's own check, as a receiver runs it; returns the parsed body. */
+function verified(
+  got: Received,
+  secret: string,
+): { type: string; timestamp: string; data: Record<string, unknown> } {
+  return new Webhook(secret).verify(got.body, got.headers as Record<string, string>) as never;
+}
+
+async function deliveryState(webhook_id: string) {
+  const rows = await pool.query<{ state: string; attempts: number }>(
+    "SELECT state, attempts FROM webhook_deliveries WHERE webhook_id = $1",
+    [webhook_id],
+  );
+  return rows.rows;
+}
+
+describe("webhooks: enqueue in the caller's transaction", () => {
+  it("sends nothing for a rolled-back transaction, and a committed event once, signed, to every subscriber", async () => {
+    const payer = await endpoint("/tx/payer", ["transfer.completed", "transfer.failed"]);
+    const payee = await endpoint("/tx/payee");
+    const unsubscribed = await endpoint("/tx/other", ["disbursement.completed"]);
+    const client = await pool.connect();
+    try {
+      await client.query("BEGIN");
+      assert.equal(
+        await enqueueEvents(client, [transferEvent("evt_rolled_back", [payer.user, payee.user])]),
+        2,
+      );
+      await client.query("ROLLBACK");
+    } finally {
+      client.release();
+    }
+    assert.equal(await enqueue([transferEvent("evt_committed", [payer.user, payee.user])]), 2);
+    // The same event again (a retried transition) is not enqueued twice.
+    assert.equal(await enqueue([transferEvent("evt_committed", [payer.user, payee.user])]), 0);
+    assert.equal(await enqueue([transferEvent("evt_other_user", [unsubscribed.user])]), 0);
+
+    const d = dispatcher();
+    try {
+      await until("both deliveries", async () =>
+        (await deliveryState("evt_committed")).every((r) => r.state === "delivered"),
+      );
+      await sleep(300);
+    } finally {
+      await d.stop();
+    }
+    const sent = [...receiver.at("/tx/payer"), ...receiver.at("/tx/payee"), ...receiver.at("/tx/other")];
+    assert.deepEqual(
+      sent.map((r) => r.headers["webhook-id"]),
+      ["evt_committed", "evt_committed"],
+    );
+    const body = verified(receiver.at("/tx/payer")[0] as Received, payer.secret);
+    assert.equal(body.type, "transfer.completed");
+    assert.deepEqual(body.data, { transfer_id: "evt_committed", status: "COMPLETED" });
+    assert.match(body.timestamp, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/);
+    verified(receiver.at("/tx/payee")[0] as Received, payee.secret);
+    assert.throws(
+      () => verified(receiver.at("/tx/payee")[0] as Received, payer.secret),
+      /No matching signature/,
+    );
+  });
+});
+
+describe("webhooks: retries", () => {
+  it("retries a failing receiver with growing delays, logging every attempt", async () => {
+    const ep = await endpoint("/flaky");
+    receiver.on("/flaky", (n) => ({ status: n <= 3 ? 500 : 200 }));
+    await enqueue([transferEvent("evt_flaky", [ep.user])]);
+    const d = dispatcher();
+    try {
+      await until(
+        "the fourth attempt to succeed",
+        async () => (await deliveryState("evt_flaky"))[0]?.state === "delivered",
+      );
+    } finally {
+      await d.stop();
+    }
+    const got = receiver.at("/flaky");
+    assert.equal(got.length, 4);
+    for (const r of got) {
+      assert.equal(r.headers["webhook-id"], "evt_flaky");
+      verified(r, ep.secret);
+    }
+    // With the random part pinned to its top, the delays are 100, 200 and 400 ms.
+    const gaps = got.slice(1).map((r, i) => r.at_ms - (got[i] as Received).at_ms);
+    [100, 200, 400].forEach((expected, i) => {
+      assert.ok((gaps[i] as number) >= expected * 0.9, `gap ${i} is ${gaps[i]} ms, expected >= ${expected}`);
+    });
+    assert.ok((gaps[2] as number) > (gaps[0] as number), `gaps grow: ${gaps.join(", ")}`);
+
+    const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+    assert.equal(delivery?.state, "delivered");
+    assert.deepEqual(
+      delivery?.attempts.map((a) => [a.attempt, a.status, a.response_code]),
+      [
+        [1, "failed", 500],
+        [2, "failed", 500],
+        [3, "failed", 500],
+        [4, "succeeded", 200],
+      ],
+    );
+    for (const a of delivery?.attempts ?? []) assert.ok(a.latency_ms >= 0 && a.latency_ms < 5_000);
+  });
+
+  it("marks the endpoint failing once the retry window is spent; a redelivery sends again", async () => {
+    const ep = await endpoint("/dead");
+    let up = false;
+    receiver.on("/dead", () => ({ status: up ? 200 : 503 }));
+    await enqueue([transferEvent("evt_dead", [ep.user])]);
+    const d = dispatcher({ retry: { base_ms: 50, cap_ms: 100, window_ms: 400, random: () => 1 } });
+    try {
+      await until(
+        "the delivery to fail",
+        async () => (await deliveryState("evt_dead"))[0]?.state === "failed",
+      );
+      const [listed] = await listEndpoints(pool, ep.user);
+      assert.equal(listed?.state, "failing");
+      // A failing endpoint gets no new events.
+      assert.equal(await enqueue([transferEvent("evt_dead_2", [ep.user])]), 0);
+      const attempts = receiver.at("/dead").length;
+      assert.ok(attempts >= 2, `retried before giving up (${attempts} attempts)`);
+
+      up = true;
+      const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+      await redeliver(pool, ep.user, ep.id, delivery?.id as string);
+      d.wake();
+      await until("the redelivery", async () => (await deliveryState("evt_dead"))[0]?.state === "delivered");
+      assert.equal(receiver.at("/dead").at(-1)?.headers["webhook-id"], "evt_dead");
+      assert.equal((await listEndpoints(pool, ep.user))[0]?.state, "enabled");
+    } finally {
+      await d.stop();
+    }
+    await assert.rejects(redeliver(pool, ep.user + 1_000, ep.id, "00000000-0000-0000-0000-000000000000"), {
+      status: 404,
+    } as Partial<ApiError>);
+  });
+});
+
+describe("webhooks: isolation and crashes", () => {
+  it("a slow endpoint does not delay deliveries to another", async () => {
+    const slow = await endpoint("/slow");
+    const fast = await endpoint("/fast");
+    receiver.on("/slow", () => ({ status: 200, delay_ms: 4_000 }));
+    await enqueue(Array.from({ length: 12 }, (_, i) => transferEvent(`evt_slow_${i}`, [slow.user])));
+    await sleep(20); // the fast endpoint's event is the newest: behind all the slow ones in the queue
+    await enqueue([transferEvent("evt_fast", [fast.user])]);
+    const started = performance.now();
+    const d = dispatcher({ concurrency_max: 4, batch_max: 4, endpoint_in_flight_max: 2 });
+    try {
+      await until("the fast delivery", () => receiver.at("/fast").length === 1);
+      const waited_ms = performance.now() - started;
+      assert.ok(waited_ms < 2_500, `the fast endpoint waited ${Math.round(waited_ms)} ms`);
+      assert.equal(receiver.answered.filter((r) => r.path === "/slow").length, 0, "no slow answer yet");
+      assert.ok(receiver.at("/slow").length <= 2, "at most two requests in flight to the slow endpoint");
+    } finally {
+      // Its remaining deliveries would keep the next tests' dispatchers busy.
+      await deleteEndpoint(pool, slow.user, slow.id);
+      await d.stop();
+    }
+  });
+
+  it("a dispatcher that dies between send and record leaves the delivery to be sent again, same webhook-id", async () => {
+    const ep = await endpoint("/crash");
+    await enqueue([transferEvent("evt_crash", [ep.user])]);
+    const dying = dispatcher({
+      attempt_timeout_ms: 1_000,
+      lease_ms: 1_500,
+      after_send: () => {
+        throw new Error("killed before recording");
+      },
+    });
+    try {
+      await until("the first send", () => receiver.at("/crash").length === 1);
+    } finally {
+      await dying.stop();
+    }
+    // The process is gone: nothing was recorded, the row is only leased.
+    assert.deepEqual(await deliveryState("evt_crash"), [{ state: "pending", attempts: 1 }]);
+    assert.equal((await listDeliveries(pool, ep.user, ep.id))[0]?.attempts.length, 0);
+
+    const survivor = dispatcher({ attempt_timeout_ms: 1_000, lease_ms: 1_500 });
+    try {
+      await until("the redelivery", async () => (await deliveryState("evt_crash"))[0]?.state === "delivered");
+    } finally {
+      await survivor.stop();
+    }
+    const got = receiver.at("/crash");
+    assert.equal(got.length, 2);
+    for (const r of got) {
+      assert.equal(r.headers["webhook-id"], "evt_crash");
+      verified(r, ep.secret);
+    }
+  });
+});
+
+describe("webhooks: secrets and addresses", () => {
+  it("after a rotation, deliveries are signed with the new key and, during the grace period, the old one", async () => {
+    const ep = await endpoint("/rotated");
+    const rotated = await rotateSecret(pool, ep.user, ep.id, 60_000);
+    assert.match(rotated.secret, /^whsec_[A-Za-z0-9+/]{43}=$/);
+    assert.notEqual(rotated.secret, ep.secret);
+    await enqueue([transferEvent("evt_rotated", [ep.user])]);
+    const d = dispatcher();
+    try {
+      await until("the delivery", () => receiver.at("/rotated").length === 1);
+    } finally {
+      await d.stop();
+    }
+    const got = receiver.at("/rotated")[0] as Received;
+    verified(got, rotated.secret);
+    verified(got, ep.secret);
+    assert.equal(String(got.headers["webhook-signature"]).split(" ").length, 2);
+  });
+
+  it("connects to the address that was checked, not to a second DNS answer", async () => {
+    // Only the guard's resolver knows this name; a connection that asked DNS again would fail.
+    const resolve: Resolver = async () => [{ address: "127.0.0.1", family: 4 }];
+    const guard = { allow_private: true, resolve };
+    const user = nextUser++;
+    await createEndpoint(
+      pool,
+      user,
+      { url: receiver.url("/pinned", "hooks.webhooks.invalid"), events: ["transfer.completed"] },
+      guard,
+    );
+    await enqueue([transferEvent("evt_pinned", [user])]);
+    const d = dispatcher({ guard });
+    try {
+      await until("the pinned delivery", () => receiver.at("/pinned").length === 1);
+    } finally {
+      await d.stop();
+    }
+    assert.equal(receiver.at("/pinned")[0]?.headers.host, `hooks.webhooks.invalid:${receiver.port}`);
+  });
+
+  it("refuses a private address at registration and again at each attempt", async () => {
+    await assert.rejects(
+      createEndpoint(
+        pool,
+        nextUser++,
+        { url: receiver.url("/private"), events: ["transfer.completed"] },
+        {
+          allow_private: false,
+        },
+      ),
+      { status: 422, code: "webhook_url_refused" } as Partial<ApiError>,
+    );
+    await assert.rejects(
+      createEndpoint(pool, nextUser++, { url: "ftp://93.184.216.34/x", events: ["transfer.completed"] }, dev),
+      { status: 422 } as Partial<ApiError>,
+    );
+    // Registered while allowed (or its DNS changed since): the dispatcher still refuses to call it.
+    const ep = await endpoint("/private");
+    await enqueue([transferEvent("evt_private", [ep.user])]);
+    const d = dispatcher({ guard: { allow_private: false } });
+    try {
+      await until(
+        "a logged attempt",
+        async () => ((await listDeliveries(pool, ep.user, ep.id))[0]?.attempts.length ?? 0) >= 1,
+      );
+    } finally {
+      await d.stop();
+    }
+    const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+    assert.equal(delivery?.attempts[0]?.status, "failed");
+    assert.match(delivery?.attempts[0]?.error ?? "", /not a public address/);
+    assert.equal(receiver.at("/private").length, 0);
+  });
+});
