@@ -24,11 +24,16 @@ export async function freshTables(): Promise<Pool> {
   } finally {
     await admin.end();
   }
-  const url = new URL(base);
-  url.searchParams.set("options", `-c search_path=${schema}`);
-  const pool = createPool(url.toString(), { max: 10, application_name: "webhooks-test" });
+  const pool = createPool(tablesUrl(), { max: 10, application_name: "webhooks-test" });
   await pool.query(schemaSql());
   return pool;
+}
+
+/** The test database's URL with the webhook tables' schema first on the search path. */
+export function tablesUrl(): string {
+  const url = new URL(process.env.TEST_SAGA_DATABASE_URL ?? "");
+  url.searchParams.set("options", `-c search_path=${schema}`);
+  return url.toString();
 }
 
 export interface Received {

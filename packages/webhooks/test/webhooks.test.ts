@@ -1,6 +1,9 @@
 // Webhooks end to end on a real PostgreSQL (the saga's test database, schema webhooks_test) and a
 // real HTTP receiver on loopback that checks every signature with the Standard Webhooks library.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Webhook } from "standardwebhooks";
@@ -18,7 +21,7 @@ import {
   rotateSecret,
   type WebhookEvent,
 } from "../store.ts";
-import { freshTables, logger, type Received, Receiver, until } from "./harness.ts";
+import { freshTables, logger, type Received, Receiver, tablesUrl, until } from "./harness.ts";
 
 let pool: Pool;
 let receiver: Receiver;
@@ -261,6 +264,82 @@ describe("webhooks: isolation and crashes", () => {
       assert.equal(r.headers["webhook-id"], "evt_crash");
       verified(r, ep.secret);
     }
+  });
+});
+
+describe("webhooks: kill -9 and several dispatchers", () => {
+  it("after a dispatcher process is killed with SIGKILL mid-delivery, every webhook arrives at least once, signed", async () => {
+    const ep = await endpoint("/killed");
+    const ids = Array.from({ length: 6 }, (_, i) => `evt_killed_${i}`);
+    await enqueue(ids.map((id) => transferEvent(id, [ep.user])));
+    const child = spawn(process.execPath, [join(import.meta.dirname, "dying-dispatcher.ts")], {
+      env: { ...process.env, WEBHOOKS_TEST_DATABASE_URL: tablesUrl(), WEBHOOKS_TEST_LEASE_MS: "2000" },
+      stdio: "ignore",
+    });
+    const [code, signal] = (await once(child, "exit")) as [number | null, string | null];
+    assert.equal(signal, "SIGKILL", `the dispatcher process ended by ${signal ?? `exit ${code}`}`);
+    assert.ok(receiver.at("/killed").length >= 1, "it sent before dying");
+
+    const survivor = dispatcher({ attempt_timeout_ms: 1_000, lease_ms: 2_000 });
+    try {
+      await until(
+        "every delivery",
+        async () => {
+          const rows = await pool.query(
+            "SELECT 1 FROM webhook_deliveries WHERE endpoint_id = $1 AND state <> 'delivered'",
+            [ep.id],
+          );
+          return rows.rowCount === 0;
+        },
+        20_000,
+      );
+    } finally {
+      await survivor.stop();
+    }
+    const got = receiver.at("/killed");
+    assert.deepEqual([...new Set(got.map((r) => String(r.headers["webhook-id"])))].sort(), [...ids].sort());
+    for (const r of got) verified(r, ep.secret);
+    // Those sent by the killed process were sent again, with the same webhook-id.
+    assert.ok(got.length > ids.length, `${got.length} requests for ${ids.length} events`);
+  });
+
+  it("two dispatchers share the queue without sending a delivery twice", async () => {
+    const ep = await endpoint("/shared");
+    const ids = Array.from({ length: 30 }, (_, i) => `evt_shared_${i}`);
+    await enqueue(ids.map((id) => transferEvent(id, [ep.user])));
+    const both = [dispatcher({ endpoint_in_flight_max: 4 }), dispatcher({ endpoint_in_flight_max: 4 })];
+    try {
+      await until("every delivery", () => receiver.at("/shared").length >= ids.length);
+      await sleep(300);
+    } finally {
+      await Promise.all(both.map((d) => d.stop()));
+    }
+    const sent = receiver.at("/shared").map((r) => String(r.headers["webhook-id"]));
+    assert.deepEqual([...sent].sort(), [...ids].sort());
+  });
+
+  it("cuts an attempt that gets no answer at the attempt timeout, and retries it", async () => {
+    const ep = await endpoint("/silent");
+    receiver.on("/silent", (n) => (n === 1 ? { status: 200, delay_ms: 3_000 } : { status: 200 }));
+    await enqueue([transferEvent("evt_silent", [ep.user])]);
+    const d = dispatcher({ attempt_timeout_ms: 300, lease_ms: 2_000 });
+    try {
+      await until(
+        "the retry to succeed",
+        async () => (await deliveryState("evt_silent"))[0]?.state === "delivered",
+      );
+    } finally {
+      await d.stop();
+    }
+    const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+    const [first, second] = delivery?.attempts ?? [];
+    assert.equal(first?.status, "failed");
+    assert.match(first?.error ?? "", /no answer within 300 ms/);
+    assert.ok(
+      (first?.latency_ms ?? 0) >= 250 && (first?.latency_ms ?? 0) < 2_500,
+      `latency ${first?.latency_ms}`,
+    );
+    assert.equal(second?.status, "succeeded");
   });
 });
 
