@@ -22,7 +22,7 @@ import https from "node:https";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
-import { backoff_ms } from "#packages/runtime/index.ts";
+import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
 import { type AddressGuardOptions, checkUrl, pinnedLookup } from "./address-guard.ts";
 import { type SignedHeaders, signHeaders } from "./secrets.ts";
 
@@ -192,13 +192,15 @@ async function claim(
     const rows = await client.query<Claimed>(
       `WITH busy AS (SELECT * FROM unnest($3::uuid[], $4::int[]) AS b(endpoint_id, in_flight)),
        due AS (
-         SELECT d.id, d.endpoint_id FROM webhook_deliveries d
+         -- Rows of an endpoint that is not enabled stay out of the window, or they could fill it.
+         SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+           JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.state = 'enabled'
           WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND d.endpoint_id <> ALL ($2::uuid[])
           ORDER BY d.next_attempt_at
           LIMIT $1
-          FOR UPDATE SKIP LOCKED),
+          FOR UPDATE OF d SKIP LOCKED),
        ranked AS (
-         SELECT due.id, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.id)
+         SELECT due.id, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at, due.id)
                         + COALESCE(busy.in_flight, 0) AS slot
            FROM due LEFT JOIN busy USING (endpoint_id))
        UPDATE webhook_deliveries d
@@ -232,11 +234,17 @@ async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promi
 async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcome> {
   const started = performance.now();
   const latency = () => Math.round(performance.now() - started);
+  // One deadline for the whole attempt, DNS included.
+  const signal = AbortSignal.timeout(options.attempt_timeout_ms);
   try {
-    const target = await checkUrl(row.url, options.guard);
+    const target = await withTimeout(
+      checkUrl(row.url, options.guard),
+      options.attempt_timeout_ms,
+      "webhook URL check",
+    );
     const body = JSON.stringify(row.payload);
     const headers = signHeaders(row.webhook_id, new Date(), body, row.secrets);
-    const response_code = await post(target.url, target.address, body, headers, options);
+    const response_code = await post(target.url, target.address, body, headers, signal, options);
     const ok = response_code >= 200 && response_code < 300;
     return { ok, response_code, latency_ms: latency(), error: ok ? null : `answered ${response_code}` };
   } catch (error) {
@@ -249,6 +257,7 @@ function post(
   address: Parameters<typeof pinnedLookup>[0],
   body: string,
   signed: SignedHeaders,
+  signal: AbortSignal,
   options: DispatcherOptions,
 ): Promise<number> {
   const transport = url.protocol === "https:" ? https : http;
@@ -260,7 +269,7 @@ function post(
         // The checked address, whatever DNS says now; TLS still verifies the certificate for the host name.
         lookup: pinnedLookup(address) as never,
         agent: false,
-        signal: AbortSignal.timeout(options.attempt_timeout_ms),
+        signal,
         headers: {
           "content-type": "application/json",
           "content-length": Buffer.byteLength(body),
@@ -322,7 +331,9 @@ async function record(options: DispatcherOptions, row: Claimed, outcome: Outcome
     const retried = await client.query(
       `UPDATE webhook_deliveries
           SET next_attempt_at = now() + make_interval(secs => $2::bigint / 1000.0), claim_token = NULL, updated_at = now()
-        WHERE id = $1 AND now() + make_interval(secs => $2::bigint / 1000.0) < retry_from + make_interval(secs => $3::bigint / 1000.0)`,
+        WHERE id = $1 AND now() + make_interval(secs => $2::bigint / 1000.0) < retry_from + make_interval(secs => $3::bigint / 1000.0)
+          -- An endpoint marked failing meanwhile (by another delivery) gets no more retries.
+          AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = endpoint_id AND state = 'enabled')`,
       [row.id, delay_ms, options.retry.window_ms],
     );
     if (retried.rowCount === 1) return;

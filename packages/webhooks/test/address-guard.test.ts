@@ -70,6 +70,18 @@ describe("SSRF guard: URLs and DNS", () => {
     await checkUrl("https://93.184.216.34/hook", refused);
   });
 
+  it("sees through the other spellings of an address that URLs admit", async () => {
+    for (const url of [
+      "http://2130706433/",
+      "http://0x7f.1/",
+      "http://0177.0.0.1/",
+      "http://[::ffff:7f00:1]/",
+      "http://127.1/",
+    ]) {
+      await assert.rejects(checkUrl(url, refused), /not a public address|carries/, url);
+    }
+  });
+
   it("refuses a host when any of its addresses is private, after resolving all of them", async () => {
     const resolve = resolverOf({
       "mixed.example": ["93.184.216.34", "10.0.0.7"],

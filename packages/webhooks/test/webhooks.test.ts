@@ -233,6 +233,25 @@ describe("webhooks: isolation and crashes", () => {
     }
   });
 
+  it("pending deliveries of an endpoint marked failing do not hold up other endpoints", async () => {
+    const stuck = await endpoint("/stuck");
+    const other = await endpoint("/after-stuck");
+    await enqueue(Array.from({ length: 40 }, (_, i) => transferEvent(`evt_stuck_${i}`, [stuck.user])));
+    // As when another delivery of the endpoint ran out of retries while these were in flight.
+    await pool.query("UPDATE webhook_endpoints SET state = 'failing', failing_since = now() WHERE id = $1", [
+      stuck.id,
+    ]);
+    await sleep(20);
+    await enqueue([transferEvent("evt_after_stuck", [other.user])]);
+    const d = dispatcher({ concurrency_max: 2, batch_max: 2 });
+    try {
+      await until("the other endpoint's delivery", () => receiver.at("/after-stuck").length === 1, 5_000);
+    } finally {
+      await d.stop();
+    }
+    assert.equal(receiver.at("/stuck").length, 0);
+  });
+
   it("a dispatcher that dies between send and record leaves the delivery to be sent again, same webhook-id", async () => {
     const ep = await endpoint("/crash");
     await enqueue([transferEvent("evt_crash", [ep.user])]);
