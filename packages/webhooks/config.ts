@@ -18,6 +18,8 @@ export const webhookConfigShape = {
   WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(4, 1, 64),
   WEBHOOK_BATCH_MAX: env.int(100, 1, 1_000),
   WEBHOOK_IDLE_POLL_MS: env.int(1_000, 10, 60_000),
+  /** How long delivered and failed deliveries (and their attempt logs) are kept. */
+  WEBHOOK_RETENTION_MS: env.int(2_592_000_000, 60_000, 31_536_000_000),
   /** How long the previous signing secret keeps signing after a rotation. */
   WEBHOOK_SECRET_GRACE_MS: env.int(86_400_000, 0, 604_800_000),
 };
@@ -32,6 +34,7 @@ export interface WebhookConfig {
   WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: number;
   WEBHOOK_BATCH_MAX: number;
   WEBHOOK_IDLE_POLL_MS: number;
+  WEBHOOK_RETENTION_MS: number;
 }
 
 export function dispatcherOptions(config: WebhookConfig, pool: Pool, logger: Logger): DispatcherOptions {
@@ -46,6 +49,7 @@ export function dispatcherOptions(config: WebhookConfig, pool: Pool, logger: Log
     idle_poll_ms: config.WEBHOOK_IDLE_POLL_MS,
     // Past the attempt's own timeout, time to record its outcome before another copy may take it.
     lease_ms: config.WEBHOOK_ATTEMPT_TIMEOUT_MS + 30_000,
+    retention_ms: config.WEBHOOK_RETENTION_MS,
     retry: {
       base_ms: config.WEBHOOK_RETRY_BASE_MS,
       cap_ms: config.WEBHOOK_RETRY_CAP_MS,

@@ -25,6 +25,7 @@ import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
 import { type AddressGuardOptions, checkUrl, pinnedLookup } from "./address-guard.ts";
 import { type SignedHeaders, signHeaders } from "./secrets.ts";
+import { pruneDeliveries } from "./store.ts";
 
 export interface RetryPolicy {
   /** Delay ceiling of the first retry; it doubles with each attempt. */
@@ -69,6 +70,8 @@ export interface DispatcherOptions {
   /** How long a claimed row is left to its claimant before another copy may claim it; must exceed attempt_timeout_ms. */
   lease_ms: number;
   retry: RetryPolicy;
+  /** Finished deliveries older than this are pruned, a batch at a time when idle (unset: kept). */
+  retention_ms?: number;
   /** Runs after a send, before its outcome is recorded: a crash point for fault tests. */
   after_send?: (delivery_id: string) => void;
   user_agent?: string;
@@ -100,6 +103,8 @@ interface Outcome {
 }
 
 const response_bytes_max = 64 * 1024;
+const prune_interval_ms = 60_000;
+const prune_batch_max = 1_000;
 const error_chars_max = 500;
 
 export function startDispatcher(options: DispatcherOptions): Dispatcher {
@@ -139,6 +144,13 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
     running.add(task);
   };
 
+  let pruned_at_ms = 0;
+  const pruneWhenDue = async () => {
+    if (options.retention_ms === undefined || Date.now() - pruned_at_ms < prune_interval_ms) return;
+    pruned_at_ms = Date.now();
+    await pruneDeliveries(options.pool, options.retention_ms, prune_batch_max);
+  };
+
   const loop = async () => {
     let failures = 0;
     while (!stopped) {
@@ -152,6 +164,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
         // finished request) or the poll interval.
         if (rows.length > 0 && rows.length === room) continue;
         if (pendingWake) continue;
+        await pruneWhenDue();
         await new Promise<void>((resolve) => {
           wakeUp = resolve;
           setTimeout(resolve, options.idle_poll_ms).unref();

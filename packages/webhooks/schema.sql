@@ -55,6 +55,8 @@ CREATE TABLE webhook_deliveries (
 -- The dispatcher's claim scans only the due rows.
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, created_at);
+-- Finished deliveries are pruned (with their attempts) once past the retention period.
+CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (updated_at) WHERE state <> 'pending';
 
 CREATE TABLE webhook_attempts (
   id            bigserial PRIMARY KEY,

@@ -50,15 +50,21 @@ export const webhookEventSchema = z.strictObject({
 export type WebhookEvent = z.infer<typeof webhookEventSchema>;
 const EVENTS_PER_CALL_MAX = 1_000;
 
-export interface Endpoint {
-  id: string;
-  owner_user_id: number;
-  url: string;
-  events: WebhookEventType[];
-  state: "enabled" | "failing";
-  failing_since: string | null;
-  created_at: string;
-}
+/** `:id` and `:delivery_id` of the routes: ids are UUIDs, checked before any query. */
+export const endpointParamsSchema = z.strictObject({ id: z.uuid() });
+export const deliveryParamsSchema = z.strictObject({ id: z.uuid(), delivery_id: z.uuid() });
+
+/** An endpoint as the API shows it: never its secret. */
+export const endpointSchema = z.object({
+  id: z.uuid(),
+  owner_user_id: z.number().int().positive(),
+  url: z.string(),
+  events: z.array(z.enum(webhookEventTypes)),
+  state: z.enum(["enabled", "failing"]),
+  failing_since: z.string().nullable(),
+  created_at: z.string(),
+});
+export type Endpoint = z.infer<typeof endpointSchema>;
 
 const endpointColumns = `id, owner_user_id::float8 AS owner_user_id, url, events, state,
   to_json(failing_since) #>> '{}' AS failing_since, to_json(created_at) #>> '{}' AS created_at`;
@@ -175,22 +181,26 @@ export async function enqueueEvents(client: PoolClient, events: WebhookEvent[]):
   return inserted.rowCount ?? 0;
 }
 
-export interface DeliveryView {
-  id: string;
-  webhook_id: string;
-  event_type: WebhookEventType;
-  state: "pending" | "delivered" | "failed";
-  attempts: Array<{
-    attempt: number;
-    status: "succeeded" | "failed";
-    response_code: number | null;
-    latency_ms: number;
-    error: string | null;
-    attempted_at: string;
-  }>;
-  next_attempt_at: string | null;
-  created_at: string;
-}
+/** One delivery of `GET /webhooks/:id/deliveries`, with its attempts (oldest first). */
+export const deliveryViewSchema = z.object({
+  id: z.uuid(),
+  webhook_id: z.string(),
+  event_type: z.enum(webhookEventTypes),
+  state: z.enum(["pending", "delivered", "failed"]),
+  attempts: z.array(
+    z.object({
+      attempt: z.number().int().positive(),
+      status: z.enum(["succeeded", "failed"]),
+      response_code: z.number().int().nullable(),
+      latency_ms: z.number().int().nonnegative(),
+      error: z.string().nullable(),
+      attempted_at: z.string(),
+    }),
+  ),
+  next_attempt_at: z.string().nullable(),
+  created_at: z.string(),
+});
+export type DeliveryView = z.infer<typeof deliveryViewSchema>;
 
 /** The endpoint's deliveries, newest first, each with its attempts (oldest first). */
 export async function listDeliveries(
@@ -252,4 +262,20 @@ export async function redeliver(
       [endpoint_id],
     );
   });
+}
+
+/**
+ * Deletes finished deliveries (delivered or failed), with their attempts, whose last change is
+ * older than retention_ms; at most batch_max per call, so a large backlog never makes one long
+ * statement. Returns how many were deleted: a full batch means more may be left.
+ */
+export async function pruneDeliveries(pool: Pool, retention_ms: number, batch_max: number): Promise<number> {
+  const deleted = await pool.query(
+    `DELETE FROM webhook_deliveries WHERE id IN (
+       SELECT id FROM webhook_deliveries
+        WHERE state <> 'pending' AND updated_at < now() - make_interval(secs => $1::bigint / 1000.0)
+        ORDER BY updated_at LIMIT $2)`,
+    [retention_ms, batch_max],
+  );
+  return deleted.rowCount ?? 0;
 }

@@ -14,9 +14,12 @@ import { type Dispatcher, type DispatcherOptions, startDispatcher } from "../dis
 import {
   createEndpoint,
   deleteEndpoint,
+  deliveryViewSchema,
+  endpointSchema,
   enqueueEvents,
   listDeliveries,
   listEndpoints,
+  pruneDeliveries,
   redeliver,
   rotateSecret,
   type WebhookEvent,
@@ -434,5 +437,52 @@ describe("webhooks: secrets and addresses", () => {
     assert.equal(delivery?.attempts[0]?.status, "failed");
     assert.match(delivery?.attempts[0]?.error ?? "", /not a public address/);
     assert.equal(receiver.at("/private").length, 0);
+  });
+});
+
+describe("webhooks: API shapes and retention", () => {
+  it("lists endpoints without their secrets, in the shapes the routes publish", async () => {
+    const ep = await endpoint("/shapes");
+    const listed = await listEndpoints(pool, ep.user);
+    assert.equal(listed.length, 1);
+    endpointSchema.parse(listed[0]);
+    assert.ok(!JSON.stringify(listed).includes("whsec_"), "no secret in a listing");
+    await enqueue([transferEvent("evt_shapes", [ep.user])]);
+    const d = dispatcher();
+    try {
+      await until("the delivery", async () => (await deliveryState("evt_shapes"))[0]?.state === "delivered");
+    } finally {
+      await d.stop();
+    }
+    for (const delivery of await listDeliveries(pool, ep.user, ep.id)) deliveryViewSchema.parse(delivery);
+    await assert.rejects(listDeliveries(pool, ep.user + 1_000, ep.id), { status: 404 } as Partial<ApiError>);
+  });
+
+  it("prunes finished deliveries and their attempts past the retention period, never pending ones", async () => {
+    const ep = await endpoint("/pruned");
+    await enqueue([transferEvent("evt_pruned_old", [ep.user]), transferEvent("evt_pruned_new", [ep.user])]);
+    const d = dispatcher();
+    try {
+      await until("both deliveries", async () => receiver.at("/pruned").length === 2);
+      await until("both recorded", async () =>
+        [...(await deliveryState("evt_pruned_old")), ...(await deliveryState("evt_pruned_new"))].every(
+          (r) => r.state === "delivered",
+        ),
+      );
+    } finally {
+      await d.stop();
+    }
+    await enqueue([transferEvent("evt_pruned_pending", [ep.user])]);
+    await pool.query(
+      "UPDATE webhook_deliveries SET updated_at = now() - interval '2 days' WHERE webhook_id IN ('evt_pruned_old', 'evt_pruned_pending')",
+    );
+    assert.equal(await pruneDeliveries(pool, 86_400_000, 100), 1);
+    assert.deepEqual(await deliveryState("evt_pruned_old"), []);
+    assert.equal((await deliveryState("evt_pruned_new")).length, 1);
+    assert.equal((await deliveryState("evt_pruned_pending")).length, 1);
+    const orphans = await pool.query(
+      "SELECT 1 FROM webhook_attempts a WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)",
+    );
+    assert.equal(orphans.rowCount, 0);
   });
 });
