@@ -15,6 +15,8 @@ export {
   endpointParamsSchema,
   endpointSchema,
   enqueueEvents,
+  enqueueEventsSql,
+  eventsParam,
   listDeliveries,
   listEndpoints,
   pruneDeliveries,

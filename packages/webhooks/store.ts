@@ -150,34 +150,45 @@ export async function rotateSecret(
   return { secret, previous_secret_expires_at: row.previous_secret_expires_at };
 }
 
-/**
- * Fans the events out to the subscribed, enabled endpoints of the users they concern, in the
- * caller's transaction: the rows commit with the transition that caused the events, or not at
- * all. An event already enqueued for an endpoint (same id) is not enqueued twice.
- * Returns the number of deliveries enqueued.
- */
-export async function enqueueEvents(client: PoolClient, events: WebhookEvent[]): Promise<number> {
-  if (events.length === 0) return 0;
+/** The events as the one jsonb parameter of enqueueEventsSql: validated and bounded. */
+export function eventsParam(events: WebhookEvent[]): string {
   if (events.length > EVENTS_PER_CALL_MAX) {
     throw new Error(
       `invariant: at most ${EVENTS_PER_CALL_MAX} webhook events per call, got ${events.length}`,
     );
   }
-  const valid = events.map((event) => webhookEventSchema.parse(event));
-  const inserted = await client.query(
-    `INSERT INTO webhook_deliveries
+  return JSON.stringify(events.map((event) => webhookEventSchema.parse(event)));
+}
+
+/**
+ * The fan-out statement: one delivery per event per subscribed, enabled endpoint of the users it
+ * concerns; an event already enqueued for an endpoint (same id) is not enqueued twice. `events`
+ * is the placeholder of an eventsParam value; `gate`, an optional condition on the event `ev`,
+ * lets a statement that also moves state embed this as a data-modifying CTE and enqueue only the
+ * events of the rows it really moved, e.g. `ev.data->>'transfer_id' IN (SELECT id::text FROM moved)`.
+ */
+export function enqueueEventsSql(events: string, gate = "true"): string {
+  return `INSERT INTO webhook_deliveries
        (id, endpoint_id, webhook_id, event_type, payload, next_attempt_at, retry_from, created_at, updated_at)
      SELECT gen_random_uuid(), e.id, ev.id, ev.type,
             jsonb_build_object('type', ev.type,
                                'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                                'data', ev.data),
             now(), now(), now(), now()
-       FROM jsonb_to_recordset($1::jsonb) AS ev(id text, type text, user_ids bigint[], data jsonb)
+       FROM jsonb_to_recordset(${events}::jsonb) AS ev(id text, type text, user_ids bigint[], data jsonb)
        JOIN webhook_endpoints e
          ON e.owner_user_id = ANY (ev.user_ids) AND ev.type = ANY (e.events) AND e.state = 'enabled'
-     ON CONFLICT (webhook_id, endpoint_id) DO NOTHING`,
-    [JSON.stringify(valid)],
-  );
+      WHERE ${gate}
+     ON CONFLICT (webhook_id, endpoint_id) DO NOTHING`;
+}
+
+/**
+ * Enqueues the events in the caller's transaction: the rows commit with the transition that
+ * caused the events, or not at all. Returns the number of deliveries enqueued.
+ */
+export async function enqueueEvents(client: PoolClient, events: WebhookEvent[]): Promise<number> {
+  if (events.length === 0) return 0;
+  const inserted = await client.query(enqueueEventsSql("$1"), [eventsParam(events)]);
   return inserted.rowCount ?? 0;
 }
 

@@ -17,6 +17,8 @@ import {
   deliveryViewSchema,
   endpointSchema,
   enqueueEvents,
+  enqueueEventsSql,
+  eventsParam,
   listDeliveries,
   listEndpoints,
   pruneDeliveries,
@@ -135,6 +137,37 @@ describe("webhooks: enqueue in the caller's transaction", () => {
       () => verified(receiver.at("/tx/payee")[0] as Received, payer.secret),
       /No matching signature/,
     );
+  });
+});
+
+describe("webhooks: enqueue inside a state transition statement", () => {
+  it("enqueues only the events of the rows the statement really moved", async () => {
+    const ep = await endpoint("/gated", ["transfer.completed", "transfer.failed"]);
+    await pool.query("CREATE TABLE IF NOT EXISTS gate_test (id text PRIMARY KEY, state text NOT NULL)");
+    await pool.query("INSERT INTO gate_test VALUES ('t1', 'posted'), ('t2', 'completed')");
+    const events = [transferEvent("evt_gate_t1", [ep.user]), transferEvent("evt_gate_t2", [ep.user])].map(
+      (e, i) => ({
+        ...e,
+        data: { transfer_id: `t${i + 1}` },
+      }),
+    );
+    // A compare-and-set from posted to completed: t2 is already completed, so only t1 moves.
+    await pool.query(
+      `WITH moved AS (
+         UPDATE gate_test SET state = 'completed' WHERE id = ANY ($1::text[]) AND state = 'posted' RETURNING id),
+       hooks AS (${enqueueEventsSql("$2", "ev.data->>'transfer_id' IN (SELECT id FROM moved)")})
+       SELECT count(*) FROM moved`,
+      [["t1", "t2"], eventsParam(events)],
+    );
+    const rows = await pool.query<{ webhook_id: string }>(
+      "SELECT webhook_id FROM webhook_deliveries WHERE endpoint_id = $1",
+      [ep.id],
+    );
+    assert.deepEqual(
+      rows.rows.map((r) => r.webhook_id),
+      ["evt_gate_t1"],
+    );
+    await deleteEndpoint(pool, ep.user, ep.id);
   });
 });
 
