@@ -213,14 +213,18 @@ async function claim(
           LIMIT $1
           FOR UPDATE OF d SKIP LOCKED),
        ranked AS (
-         SELECT due.id, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at, due.id)
-                        + COALESCE(busy.in_flight, 0) AS slot
-           FROM due LEFT JOIN busy USING (endpoint_id))
+         SELECT due.id, due.next_attempt_at,
+                row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at, due.id)
+                  + COALESCE(busy.in_flight, 0) AS slot
+           FROM due LEFT JOIN busy USING (endpoint_id)),
+       -- Exactly the rows this process has room for: a row leased but not sent would wait out its lease.
+       chosen AS (
+         SELECT id FROM ranked WHERE slot <= $6 ORDER BY next_attempt_at, id LIMIT $7)
        UPDATE webhook_deliveries d
           SET next_attempt_at = now() + make_interval(secs => $5::int / 1000.0),
               claim_token = gen_random_uuid(), attempts = d.attempts + 1, updated_at = now()
-         FROM ranked, webhook_endpoints e
-        WHERE d.id = ranked.id AND ranked.slot <= $6 AND e.id = d.endpoint_id AND e.state = 'enabled'
+         FROM chosen, webhook_endpoints e
+        WHERE d.id = chosen.id AND e.id = d.endpoint_id
         RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url,
                   array_remove(ARRAY[e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END],
                                NULL) AS secrets`,
@@ -231,9 +235,10 @@ async function claim(
         busy.map(([, n]) => n),
         options.lease_ms,
         options.endpoint_in_flight_max,
+        room,
       ],
     );
-    return rows.rows.slice(0, room);
+    return rows.rows;
   });
 }
 

@@ -269,6 +269,24 @@ describe("webhooks: isolation and crashes", () => {
     }
   });
 
+  it("leases only the deliveries it has room to send", async () => {
+    const eps = await Promise.all(["/room-a", "/room-b", "/room-c"].map((path) => endpoint(path)));
+    await enqueue(eps.flatMap((ep, i) => [0, 1].map((n) => transferEvent(`evt_room_${i}_${n}`, [ep.user]))));
+    const started = performance.now();
+    // One request at a time: a lease taken beyond that room would hold its row for lease_ms.
+    const d = dispatcher({ concurrency_max: 1, batch_max: 1, lease_ms: 20_000 });
+    try {
+      await until(
+        "every delivery",
+        () => eps.every((_, i) => receiver.at(["/room-a", "/room-b", "/room-c"][i] as string).length === 2),
+        10_000,
+      );
+    } finally {
+      await d.stop();
+    }
+    assert.ok(performance.now() - started < 5_000, `took ${Math.round(performance.now() - started)} ms`);
+  });
+
   it("pending deliveries of an endpoint marked failing do not hold up other endpoints", async () => {
     const stuck = await endpoint("/stuck");
     const other = await endpoint("/after-stuck");
