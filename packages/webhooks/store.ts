@@ -7,6 +7,13 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { uuidv7 } from "#packages/contracts/ids.ts";
+import {
+  decodeCursor,
+  encodeCursor,
+  PAGE_LIMIT_DEFAULT,
+  PAGE_LIMIT_MAX,
+  type paginationSchema,
+} from "#packages/contracts/pagination.ts";
 import { ApiError, notFound } from "#packages/http/errors.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
 import { type AddressGuardOptions, AddressRefusedError, checkUrl } from "./address-guard.ts";
@@ -23,8 +30,7 @@ export type WebhookEventType = (typeof webhookEventTypes)[number];
 
 /** Most endpoints one user may register. */
 export const ENDPOINTS_PER_USER_MAX = 10;
-/** Most deliveries one listing returns (newest first), and most attempts shown per delivery. */
-export const DELIVERIES_LIST_MAX = 100;
+/** Most attempts shown per delivery (the latest ones). */
 export const ATTEMPTS_SHOWN_MAX = 50;
 
 /** `POST /webhooks` body. */
@@ -213,14 +219,22 @@ export const deliveryViewSchema = z.object({
 });
 export type DeliveryView = z.infer<typeof deliveryViewSchema>;
 
-/** The endpoint's deliveries, newest first, each with its attempts (oldest first). */
+/**
+ * The endpoint's deliveries, newest first, each with its latest attempts (oldest first), a page
+ * at a time (keyset pagination: the cursor of packages/contracts/pagination.ts).
+ */
 export async function listDeliveries(
   pool: Pool,
   owner_user_id: number,
   endpoint_id: string,
-  limit: number = DELIVERIES_LIST_MAX,
-): Promise<DeliveryView[]> {
+  page: { limit: number; cursor?: string | undefined } = { limit: PAGE_LIMIT_DEFAULT },
+): Promise<{ deliveries: DeliveryView[]; pagination: z.infer<typeof paginationSchema> }> {
   await ownedEndpoint(pool, owner_user_id, endpoint_id);
+  const limit = Math.min(Math.max(page.limit, 1), PAGE_LIMIT_MAX);
+  const after = page.cursor === undefined ? null : decodeCursor(page.cursor);
+  if (page.cursor !== undefined && after === null) {
+    throw new ApiError(400, "invalid_cursor", "cursor is not one this API returned");
+  }
   const rows = await pool.query<DeliveryView>(
     `SELECT d.id, d.webhook_id, d.event_type, d.state,
             CASE WHEN d.state = 'pending' THEN to_json(d.next_attempt_at) #>> '{}' END AS next_attempt_at,
@@ -231,12 +245,16 @@ export async function listDeliveries(
                         FROM (SELECT * FROM webhook_attempts WHERE delivery_id = d.id ORDER BY id DESC LIMIT $3) a),
                      '[]'::json) AS attempts
        FROM webhook_deliveries d
-      WHERE d.endpoint_id = $1
+      WHERE d.endpoint_id = $1 AND ($4::timestamptz IS NULL OR (d.created_at, d.id) < ($4::timestamptz, $5::uuid))
       ORDER BY d.created_at DESC, d.id DESC
       LIMIT $2`,
-    [endpoint_id, Math.min(Math.max(limit, 1), DELIVERIES_LIST_MAX), ATTEMPTS_SHOWN_MAX],
+    [endpoint_id, limit + 1, ATTEMPTS_SHOWN_MAX, after?.t ?? null, after?.id ?? null],
   );
-  return rows.rows;
+  const has_more = rows.rows.length > limit;
+  const deliveries = rows.rows.slice(0, limit);
+  const last = deliveries.at(-1);
+  const next_cursor = has_more && last ? encodeCursor({ t: last.created_at, id: last.id }) : null;
+  return { deliveries, pagination: { limit, has_more, next_cursor } };
 }
 
 async function ownedEndpoint(pool: Pool | PoolClient, owner_user_id: number, id: string): Promise<void> {

@@ -85,6 +85,10 @@ function verified(
   return new Webhook(secret).verify(got.body, got.headers as Record<string, string>) as never;
 }
 
+async function deliveriesOf(ep: { user: number; id: string }) {
+  return (await listDeliveries(pool, ep.user, ep.id)).deliveries;
+}
+
 async function deliveryState(webhook_id: string) {
   const rows = await pool.query<{ state: string; attempts: number }>(
     "SELECT state, attempts FROM webhook_deliveries WHERE webhook_id = $1",
@@ -198,7 +202,7 @@ describe("webhooks: retries", () => {
     });
     assert.ok((gaps[2] as number) > (gaps[0] as number), `gaps grow: ${gaps.join(", ")}`);
 
-    const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+    const [delivery] = await deliveriesOf(ep);
     assert.equal(delivery?.state, "delivered");
     assert.deepEqual(
       delivery?.attempts.map((a) => [a.attempt, a.status, a.response_code]),
@@ -231,7 +235,7 @@ describe("webhooks: retries", () => {
       assert.ok(attempts >= 2, `retried before giving up (${attempts} attempts)`);
 
       up = true;
-      const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+      const [delivery] = await deliveriesOf(ep);
       await redeliver(pool, ep.user, ep.id, delivery?.id as string);
       d.wake();
       await until("the redelivery", async () => (await deliveryState("evt_dead"))[0]?.state === "delivered");
@@ -323,7 +327,7 @@ describe("webhooks: isolation and crashes", () => {
     }
     // The process is gone: nothing was recorded, the row is only leased.
     assert.deepEqual(await deliveryState("evt_crash"), [{ state: "pending", attempts: 1 }]);
-    assert.equal((await listDeliveries(pool, ep.user, ep.id))[0]?.attempts.length, 0);
+    assert.equal((await deliveriesOf(ep))[0]?.attempts.length, 0);
 
     const survivor = dispatcher({ attempt_timeout_ms: 1_000, lease_ms: 1_500 });
     try {
@@ -404,7 +408,7 @@ describe("webhooks: kill -9 and several dispatchers", () => {
     } finally {
       await d.stop();
     }
-    const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+    const [delivery] = await deliveriesOf(ep);
     const [first, second] = delivery?.attempts ?? [];
     assert.equal(first?.status, "failed");
     assert.match(first?.error ?? "", /no answer within 300 ms/);
@@ -477,14 +481,11 @@ describe("webhooks: secrets and addresses", () => {
     await enqueue([transferEvent("evt_private", [ep.user])]);
     const d = dispatcher({ guard: { allow_private: false } });
     try {
-      await until(
-        "a logged attempt",
-        async () => ((await listDeliveries(pool, ep.user, ep.id))[0]?.attempts.length ?? 0) >= 1,
-      );
+      await until("a logged attempt", async () => ((await deliveriesOf(ep))[0]?.attempts.length ?? 0) >= 1);
     } finally {
       await d.stop();
     }
-    const [delivery] = await listDeliveries(pool, ep.user, ep.id);
+    const [delivery] = await deliveriesOf(ep);
     assert.equal(delivery?.attempts[0]?.status, "failed");
     assert.match(delivery?.attempts[0]?.error ?? "", /not a public address/);
     assert.equal(receiver.at("/private").length, 0);
@@ -505,7 +506,22 @@ describe("webhooks: API shapes and retention", () => {
     } finally {
       await d.stop();
     }
-    for (const delivery of await listDeliveries(pool, ep.user, ep.id)) deliveryViewSchema.parse(delivery);
+    for (const delivery of await deliveriesOf(ep)) deliveryViewSchema.parse(delivery);
+    await enqueue([1, 2, 3, 4].map((n) => transferEvent(`evt_shapes_${n}`, [ep.user])));
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await listDeliveries(pool, ep.user, ep.id, { limit: 2, cursor });
+      assert.ok(page.deliveries.length <= 2);
+      seen.push(...page.deliveries.map((d) => d.webhook_id));
+      cursor = page.pagination.next_cursor ?? undefined;
+    } while (cursor !== undefined);
+    assert.equal(seen.length, 5);
+    assert.equal(new Set(seen).size, 5, "each delivery on exactly one page");
+    assert.equal(seen.at(-1), "evt_shapes", "newest first");
+    await assert.rejects(listDeliveries(pool, ep.user, ep.id, { limit: 2, cursor: "nope" }), {
+      status: 400,
+    } as Partial<ApiError>);
     await assert.rejects(listDeliveries(pool, ep.user + 1_000, ep.id), { status: 404 } as Partial<ApiError>);
   });
 
