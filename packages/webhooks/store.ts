@@ -55,6 +55,7 @@ export const webhookEventSchema = z.strictObject({
 });
 export type WebhookEvent = z.infer<typeof webhookEventSchema>;
 const EVENTS_PER_CALL_MAX = 1_000;
+export const EVENT_DATA_BYTES_MAX = 60 * 1024;
 
 /** `:id` and `:delivery_id` of the routes: ids are UUIDs, checked before any query. */
 export const endpointParamsSchema = z.strictObject({ id: z.uuid() });
@@ -163,7 +164,17 @@ export function eventsParam(events: WebhookEvent[]): string {
       `invariant: at most ${EVENTS_PER_CALL_MAX} webhook events per call, got ${events.length}`,
     );
   }
-  return JSON.stringify(events.map((event) => webhookEventSchema.parse(event)));
+  const valid = events.map((event) => webhookEventSchema.parse(event));
+  for (const event of valid) {
+    // The body's bound in schema.sql, with room for its type and timestamp: refused here with the
+    // event's name rather than as a constraint violation of the whole statement.
+    if (Buffer.byteLength(JSON.stringify(event.data)) > EVENT_DATA_BYTES_MAX) {
+      throw new Error(
+        `invariant: webhook event ${event.id} has more than ${EVENT_DATA_BYTES_MAX} bytes of data`,
+      );
+    }
+  }
+  return JSON.stringify(valid);
 }
 
 /**

@@ -144,6 +144,19 @@ describe("webhooks: enqueue in the caller's transaction", () => {
   });
 });
 
+describe("webhooks: bounded events", () => {
+  it("refuses an event whose data is over the bound, by name, and enqueues nothing of the call", async () => {
+    const ep = await endpoint("/big");
+    const big = { ...transferEvent("evt_big", [ep.user]), data: { blob: "x".repeat(61 * 1024) } };
+    await assert.rejects(
+      enqueue([transferEvent("evt_small", [ep.user]), big]),
+      /evt_big has more than 61440 bytes/,
+    );
+    assert.deepEqual(await deliveryState("evt_small"), []);
+    await deleteEndpoint(pool, ep.user, ep.id);
+  });
+});
+
 describe("webhooks: enqueue inside a state transition statement", () => {
   it("enqueues only the events of the rows the statement really moved", async () => {
     const ep = await endpoint("/gated", ["transfer.completed", "transfer.failed"]);
