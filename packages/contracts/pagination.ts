@@ -24,12 +24,25 @@ export function decodeCursor(value: string): Cursor | null {
       JSON.parse(Buffer.from(value, "base64url").toString("utf8")),
     );
     if (!parsed.success) return null;
-    const t = new Date(parsed.data.t);
-    if (Number.isNaN(t.getTime())) return null;
-    return { t: t.toISOString(), id: parsed.data.id.toLowerCase() };
+    const t = canonicalTime(parsed.data.t);
+    return t === null ? null : { t, id: parsed.data.id.toLowerCase() };
   } catch {
     return null;
   }
+}
+
+/**
+ * A time in UTC with six fractional digits. Microseconds are PostgreSQL's precision: rows written
+ * by one statement share a timestamp down to them, so a cursor cut to JavaScript's milliseconds
+ * would skip the rest of such a group.
+ */
+function canonicalTime(text: string): string | null {
+  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)$/i.exec(text);
+  if (m?.[1] === undefined || m[3] === undefined) return null;
+  const whole = new Date(`${m[1]}${m[3].toUpperCase()}`);
+  if (Number.isNaN(whole.getTime())) return null;
+  const micros = (m[2] ?? "").padEnd(6, "0").slice(0, 6);
+  return `${whole.toISOString().slice(0, 19)}.${micros}Z`;
 }
 
 /** The canonical spelling of a cursor (see decodeCursor), or null when it is not a cursor. */
