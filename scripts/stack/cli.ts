@@ -1,6 +1,8 @@
 // `node scripts/stack/cli.ts <command>` (normally through scripts/run.sh, which ensures Node 24 and
 // node_modules). Commands:
-//   start                      engines + the four services under the supervisor, until Ctrl-C
+//   start [--stop-engines] [--prometheus]
+//                              engines + the four services under the supervisor, until Ctrl-C;
+//                              --prometheus starts a Prometheus scraping them too
 //   engines up|down|status     the engines only
 //   engines restart|kill9 <name>
 //   test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...
@@ -38,6 +40,7 @@ import {
 } from "./index.ts";
 import { logsDir, repoRoot, secretsFile } from "./paths.ts";
 import { secs } from "./proc.ts";
+import { startStackPrometheus } from "./prometheus.ts";
 
 /** Repo-relative path for display; absolute when it lies outside the repo (DPS_DATA_DIR elsewhere). */
 const rel = (p: string): string => {
@@ -98,9 +101,11 @@ function untilSignal(): Promise<NodeJS.Signals> {
 async function cmdStart(args: string[]): Promise<number> {
   const { env, started } = await ensureEnginesDetailed();
   const sup = await startServices({ env, skipMissing: true });
+  const prometheus = args.includes("--prometheus") ? await startStackPrometheus(env) : undefined;
   out();
   await printEngines();
   printServices(sup);
+  if (prometheus !== undefined) out(`Prometheus: ${prometheus.url} (alerts at ${prometheus.url}/alerts)`);
   out(
     `Secrets: ADMIN_TOKEN, LEDGER_TOKEN, QUERY_TOKEN and AUTH_TOKEN_SECRET are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
   );
@@ -109,6 +114,7 @@ async function cmdStart(args: string[]): Promise<number> {
 
   const sig = await untilSignal();
   out(`\n${sig}: stopping services`);
+  await prometheus?.stop();
   await sup.stopAll();
   // Engines that were already up (`npm run stack up`, a running `npm test`) are not ours to stop.
   const toStop = args.includes("--stop-engines") ? engineOrder : started;
@@ -460,7 +466,7 @@ async function main(): Promise<number> {
     case "dead-letters":
       return cmdOps("dead-letters.ts", args);
     default:
-      out("usage: scripts/run.sh start [--stop-engines]");
+      out("usage: scripts/run.sh start [--stop-engines] [--prometheus]");
       out("       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>");
       out(
         "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",

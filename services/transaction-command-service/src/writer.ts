@@ -30,6 +30,7 @@ import {
   type OutgoingMessage,
 } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
+import type { Metrics } from "#packages/metrics/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { type Outcome, planWrites } from "./plan.ts";
 import { applySnapshots } from "./records.ts";
@@ -52,6 +53,8 @@ export interface WriterDeps {
   resetStore?: () => Promise<void>;
   /** Bound on the failing commands whose attempts are remembered (default 10,000). */
   attempts_tracked_max?: number;
+  /** Counts writes by result (written, refused, error) and the dead letters sent. */
+  metrics?: Pick<Metrics, "recordWrite" | "deadLettered">;
 }
 
 /** After this many failed batches in a row on network errors, the writer reopens its store connections. */
@@ -223,6 +226,7 @@ export function createRecordWriter(deps: WriterDeps) {
       for (const { parsed } of applied) attempts.delete(attemptKey(parsed.command));
       return applied;
     } catch (error) {
+      for (const _ of chunk) deps.metrics?.recordWrite("error");
       await noteNetworkFailure(error);
       // An outage (no ping, or a connection that broke) is retried as a whole, uncounted.
       if (!(await storeReachable()) || (isNetworkError(error) && !isTimeout(error))) throw error;
@@ -300,5 +304,15 @@ export function createRecordWriter(deps: WriterDeps) {
     (deps.crashes ?? noCrashes).reached("after_record_write");
     await deps.producer.send(out.messages);
     for (const key of out.given_up) attempts.delete(key);
+    countSent(deps, outcomes, out.messages);
   };
+}
+
+/** After the batch's messages went out: its writes by result and its dead letters. */
+function countSent(deps: WriterDeps, outcomes: Applied[], sent: OutgoingMessage[]): void {
+  for (const { outcome } of outcomes)
+    deps.metrics?.recordWrite(outcome.kind === "recorded" ? "written" : "refused");
+  for (const message of sent) {
+    if (message.topic === deps.topics.deadLetters) deps.metrics?.deadLettered(deps.topics.commands);
+  }
 }

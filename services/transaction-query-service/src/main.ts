@@ -15,6 +15,7 @@ import { notFound, ok } from "#packages/http/errors.ts";
 import { envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
 import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
+import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { configShape } from "./config.ts";
 import { findTransfer, listUserTransfers } from "./records.ts";
@@ -43,6 +44,7 @@ const db = mongo.db(config.MONGO_DATABASE);
 await retryStartup("mongodb", logger, () => mongo.connect());
 
 const listeners = createListeners({ logger });
+startServiceMetrics(listeners, logger);
 const app = listeners.public;
 await registerOpenApi(listeners.internal, {
   service: SERVICE,

@@ -49,6 +49,8 @@ export class SagaRunner {
    * COMPLETED as soon as the money has moved, not one record round trip later.
    */
   onChange: (snapshot: TransferSnapshot) => void = () => {};
+  /** Told about every committed transition (metrics count them). */
+  onTransition: (transfer: StoredTransfer) => void = () => {};
   /** Fault tests: die between a ledger effect and its transition. */
   crashes: CrashHook = noCrashes;
 
@@ -101,6 +103,7 @@ export class SagaRunner {
         response,
       );
       if (committed !== null) {
+        this.onTransition(committed);
         this.#logger.debug(
           { transfer_id: current.id, from: current.state, to: committed.state },
           "saga transition",
