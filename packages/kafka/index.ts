@@ -25,11 +25,14 @@ import type { DeadLetter } from "#packages/contracts/messages.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { LagRow, Metrics } from "#packages/metrics/index.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
+import type { KafkaHeaders } from "#packages/tracing/carriers.ts";
 
 export interface OutgoingMessage {
   topic: string;
   key: string;
   value: unknown;
+  /** Kafka headers (the W3C trace context, packages/tracing/carriers.ts). */
+  headers?: Record<string, string>;
 }
 
 export interface JsonProducer {
@@ -61,7 +64,12 @@ export function createProducer(options: {
     async send(messages) {
       if (messages.length === 0) return;
       await producer.send({
-        messages: messages.map((m) => ({ topic: m.topic, key: m.key, value: JSON.stringify(m.value) })),
+        messages: messages.map((m) => ({
+          topic: m.topic,
+          key: m.key,
+          value: JSON.stringify(m.value),
+          ...(m.headers === undefined ? {} : { headers: m.headers }),
+        })),
       });
     },
     close: () => producer.close(),
@@ -124,6 +132,8 @@ export interface ConsumedMessage {
   offset: bigint;
   key: string | null;
   value: string;
+  /** The message's headers (the W3C trace context, among others). */
+  headers?: KafkaHeaders | undefined;
 }
 
 /** The dead letter for a consumed message a service gives up on: the original value, why, and where from. */
@@ -282,6 +292,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
       offset: m.offset,
       key: m.key ?? null,
       value: m.value ?? "",
+      headers: m.headers,
     }));
     for (let attempt = 0; ; attempt++) {
       if (stopped) throw new Error("consumer stopping");

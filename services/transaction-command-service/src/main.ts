@@ -18,6 +18,7 @@ import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
 import { CrashSwitch } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { createRecordWriter, type Faults } from "./writer.ts";
 
@@ -51,7 +52,9 @@ await retryStartup("kafka topics", logger, () =>
 );
 
 // Before anything records: the routes are registered on these listeners further down.
+const tracing = await startServiceTracing(SERVICE, logger);
 const listeners = createListeners({ logger });
+traceListeners(listeners);
 const metrics = startServiceMetrics(listeners, logger);
 metrics.declareDeadLetterTopics([topics.commands]);
 
@@ -150,6 +153,7 @@ onShutdown(logger, [
   () => consumer.stop(),
   () => producer.close(),
   () => mongo.close(),
+  () => tracing.shutdown(),
 ]);
 await listenBoth(listeners, {
   host: config.HOST,

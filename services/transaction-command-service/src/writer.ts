@@ -32,6 +32,7 @@ import {
 import type { Logger } from "#packages/log/index.ts";
 import type { Metrics } from "#packages/metrics/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
+import { contextFromKafkaHeaders, injectKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
 import { type Outcome, planWrites } from "./plan.ts";
 import { applySnapshots } from "./records.ts";
 
@@ -122,10 +123,12 @@ export function createRecordWriter(deps: WriterDeps) {
   const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage =>
     deadLetterFor(deps.topics.deadLetters, deps.service, message, reason, tries);
 
+  // Made inside the command's span (replyInTrace): the event continues the saga's trace.
   const event = (value: TransferEvent): OutgoingMessage => ({
     topic: deps.topics.events,
     key: value.transfer_id,
     value,
+    headers: injectKafkaHeaders(),
   });
 
   const recorded = (command: RecordTransferCommand): OutgoingMessage =>
@@ -288,18 +291,20 @@ export function createRecordWriter(deps: WriterDeps) {
     timeoutsInARow = 0;
 
     for (const { parsed, outcome } of outcomes) {
-      if (outcome.kind === "recorded") {
-        out.messages.push(recorded(outcome.command));
-      } else {
-        deps.logger.error(
-          { transfer_id: outcome.command.snapshot.id, reason: outcome.reason },
-          "conflicting record",
-        );
-        out.messages.push(
-          deadLetter(parsed.message, outcome.reason, 1),
-          rejected(outcome.command, outcome.reason),
-        );
-      }
+      await replyInTrace(parsed, async () => {
+        if (outcome.kind === "recorded") {
+          out.messages.push(recorded(outcome.command));
+        } else {
+          deps.logger.error(
+            { transfer_id: outcome.command.snapshot.id, reason: outcome.reason },
+            "conflicting record",
+          );
+          out.messages.push(
+            deadLetter(parsed.message, outcome.reason, 1),
+            rejected(outcome.command, outcome.reason),
+          );
+        }
+      });
     }
     (deps.crashes ?? noCrashes).reached("after_record_write");
     await deps.producer.send(out.messages);
@@ -315,4 +320,21 @@ function countSent(deps: WriterDeps, outcomes: Applied[], sent: OutgoingMessage[
   for (const message of sent) {
     if (message.topic === deps.topics.deadLetters) deps.metrics?.deadLettered(deps.topics.commands);
   }
+}
+
+/**
+ * A span for one written command, continuing the trace its message carries: the record writer's
+ * step in the transfer's trace, active while its reply event is made. (The store write itself is
+ * shared by the whole batch.)
+ */
+function replyInTrace(parsed: Parsed, reply: () => Promise<void>): Promise<void> {
+  const spec = {
+    kind: "consumer" as const,
+    parent: contextFromKafkaHeaders(parsed.message.headers),
+    attributes: {
+      transfer_id: parsed.command.snapshot.id,
+      "messaging.destination.name": parsed.message.topic,
+    },
+  };
+  return withSpan(`${parsed.message.topic} process`, spec, reply);
 }

@@ -27,6 +27,7 @@ import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
@@ -90,7 +91,9 @@ const cache = new TransferCache(redis, {
 });
 
 // Before anything records: the routes are registered on these listeners further down.
+const tracing = await startServiceTracing(SERVICE, logger);
 const listeners = createListeners({ logger });
+traceListeners(listeners);
 const metrics = startServiceMetrics(listeners, logger);
 cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
 
@@ -250,6 +253,7 @@ onShutdown(logger, [
   () => producer.close(),
   () => redis.quit(),
   () => pool.end(),
+  () => tracing.shutdown(),
 ]);
 await listenBoth(listeners, {
   host: config.HOST,

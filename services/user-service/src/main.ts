@@ -12,6 +12,7 @@ import { closeBoth, createListeners, listenBoth, registerHealth } from "#package
 import { createLogger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
+import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
 import { registerRoutes } from "./http.ts";
@@ -68,7 +69,9 @@ async function main(): Promise<void> {
       per,
     });
 
+  const tracing = await startServiceTracing(SERVICE, log);
   const listeners = createListeners({ logger: log });
+  traceListeners(listeners);
   const metrics = startServiceMetrics(listeners, log);
   collectClearing(metrics, pool);
   await registerOpenApi(listeners.public, {
@@ -131,6 +134,7 @@ async function main(): Promise<void> {
       await closeBoth(listeners);
       await redis.quit().catch(() => undefined);
       await pool.end();
+      await tracing.shutdown().catch((error: unknown) => log.warn({ err: error }, "last spans not exported"));
       log.info("stopped");
       process.exit(0);
     } catch (error) {

@@ -10,6 +10,7 @@ import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
+import { injectKafkaHeaders } from "#packages/tracing/carriers.ts";
 import type { LedgerAnswer, LedgerClient } from "./ledger-client.ts";
 import {
   awaitedRecordStatus,
@@ -73,6 +74,8 @@ export class SagaRunner {
       topic: this.#topics.commands,
       key: snapshot.id,
       value: { type: "RecordTransfer", message_id: randomUUID(), snapshot },
+      // The step's trace, taken now: the outbox row is written in a statement shared with others.
+      headers: injectKafkaHeaders(),
     };
   }
 
