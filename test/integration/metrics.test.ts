@@ -97,6 +97,8 @@ describe("metrics of the running services, through a real Prometheus", { timeout
       written: 'dps_record_writes_total{job="transaction-command-service", result="written"}',
       commands: 'dps_kafka_messages_handled_total{job="transaction-command-service", result="ok"}',
       events: 'dps_kafka_messages_handled_total{job="transaction-service", result="ok"}',
+      // settled() below reads the transfer back through the cache.
+      cache: 'dps_cache_lookups_total{job="transaction-service", cache="transfer"}',
     };
     const before: Record<string, number> = {};
     for (const [name, promql] of Object.entries(series)) {
