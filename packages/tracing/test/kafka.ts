@@ -5,14 +5,29 @@ import {
   Consumer,
   type Message,
   Producer,
+  type SASLOptions,
   stringDeserializers,
   stringSerializers,
 } from "@platformatic/kafka";
+import { kafkaAuthEnv, kafkaPasswordVariable, kafkaSasl } from "#packages/kafka/access.ts";
 
 export type TextMessage = Message<string, string, string, string>;
 
 export function brokers(): string[] {
   return (process.env.TEST_KAFKA_BROKERS ?? "127.0.0.1:59092").split(",");
+}
+
+/**
+ * The broker's super user (the stack's setup principal): these tests make throwaway topics and
+ * groups that no service principal's ACLs cover. None against a broker without SASL.
+ */
+function sasl(): { sasl?: SASLOptions } {
+  const options = kafkaSasl({
+    KAFKA_SASL_MECHANISM: kafkaAuthEnv.KAFKA_SASL_MECHANISM.parse(process.env.KAFKA_SASL_MECHANISM || ""),
+    KAFKA_USERNAME: "admin",
+    KAFKA_PASSWORD: process.env[kafkaPasswordVariable("admin")] ?? "",
+  });
+  return options === undefined ? {} : { sasl: options };
 }
 
 /** Names under the test prefix, so that the test stack's reset deletes them. */
@@ -21,7 +36,12 @@ export function topicName(what: string): string {
 }
 
 export async function createTopics(topics: string[]): Promise<void> {
-  const admin = new Admin({ clientId: "tracing-test-admin", bootstrapBrokers: brokers(), timeout: 10_000 });
+  const admin = new Admin({
+    clientId: "tracing-test-admin",
+    bootstrapBrokers: brokers(),
+    ...sasl(),
+    timeout: 10_000,
+  });
   try {
     await admin.createTopics({ topics, partitions: 1, replicas: 1 });
   } finally {
@@ -33,6 +53,7 @@ export function textProducer(client_id: string): Producer<string, string, string
   return new Producer({
     clientId: client_id,
     bootstrapBrokers: brokers(),
+    ...sasl(),
     serializers: stringSerializers,
     timeout: 10_000,
   });
@@ -48,6 +69,7 @@ export async function consumeEach(
     clientId: client_id,
     groupId: `${client_id}-${randomUUID().slice(0, 8)}`,
     bootstrapBrokers: brokers(),
+    ...sasl(),
     deserializers: stringDeserializers,
     sessionTimeout: 10_000,
     heartbeatInterval: 1_000,
