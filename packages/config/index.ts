@@ -4,6 +4,7 @@
  * The defaults point at the engines and ports that `npm start` runs.
  */
 import { z } from "zod";
+import { tracingEnv } from "#packages/tracing/env.ts";
 
 export const env = {
   port: (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback),
@@ -42,6 +43,8 @@ export const commonEnv = {
    * instead (a loud warning is logged); refused unless HOST and INTERNAL_HOST are loopback.
    */
   ALLOW_INSECURE_DEV: env.bool(false),
+  /** OTLP/HTTP collector for spans (packages/tracing); unset, tracing is off and costs nothing. */
+  ...tracingEnv,
 };
 
 /** Per-caller credentials: each service spreads the ones it checks or presents. */

@@ -3,6 +3,8 @@
  * that are idempotent decide how to retry). Keep-alive connections come from Node's global
  * fetch dispatcher, so there is no connect-per-call.
  */
+import { injectHttpHeaders } from "#packages/tracing/carriers.ts";
+
 export interface JsonResponse {
   status: number;
   body: unknown;
@@ -25,7 +27,11 @@ export async function callJson(
     headers?: Record<string, string>;
   },
 ): Promise<JsonResponse> {
-  const headers: Record<string, string> = { accept: "application/json", ...options.headers };
+  // The active trace continues in the callee (nothing is added while tracing is off).
+  const headers = injectHttpHeaders<Record<string, string>>({
+    accept: "application/json",
+    ...options.headers,
+  });
   if (options.body !== undefined) headers["content-type"] = "application/json";
   let response: Response;
   try {

@@ -46,6 +46,15 @@ export interface RateDecision {
   reset_ms: number;
 }
 
+/** A 429 from a limiter; `limit` names what it counts per (a bounded metric label). */
+export class RateLimitedError extends ApiError {
+  readonly limit: string;
+  constructor(limit: string, message: string, headers: Record<string, string>) {
+    super(429, "rate_limited", message, { headers });
+    this.limit = limit;
+  }
+}
+
 export class RateLimiter {
   readonly #redis: RateLimitRedis;
   readonly #options: RateLimitOptions;
@@ -109,11 +118,11 @@ export class RateLimiter {
       "ratelimit-reset": String(reset_s),
     };
     if (!decision.allowed) {
-      throw new ApiError(
-        429,
-        "rate_limited",
-        `too many requests: at most ${decision.limit} per ${this.#options.window_ms} ms per ${this.#options.per ?? "user"}`,
-        { headers: { ...headers, "retry-after": String(reset_s) } },
+      const per = this.#options.per ?? "user";
+      throw new RateLimitedError(
+        per,
+        `too many requests: at most ${decision.limit} per ${this.#options.window_ms} ms per ${per}`,
+        { ...headers, "retry-after": String(reset_s) },
       );
     }
     return headers;

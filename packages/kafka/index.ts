@@ -23,12 +23,16 @@ import {
 } from "@platformatic/kafka";
 import type { DeadLetter } from "#packages/contracts/messages.ts";
 import type { Logger } from "#packages/log/index.ts";
+import type { LagRow, Metrics } from "#packages/metrics/index.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
+import type { KafkaHeaders } from "#packages/tracing/carriers.ts";
 
 export interface OutgoingMessage {
   topic: string;
   key: string;
   value: unknown;
+  /** Kafka headers (the W3C trace context, packages/tracing/carriers.ts). */
+  headers?: Record<string, string>;
 }
 
 export interface JsonProducer {
@@ -60,7 +64,12 @@ export function createProducer(options: {
     async send(messages) {
       if (messages.length === 0) return;
       await producer.send({
-        messages: messages.map((m) => ({ topic: m.topic, key: m.key, value: JSON.stringify(m.value) })),
+        messages: messages.map((m) => ({
+          topic: m.topic,
+          key: m.key,
+          value: JSON.stringify(m.value),
+          ...(m.headers === undefined ? {} : { headers: m.headers }),
+        })),
       });
     },
     close: () => producer.close(),
@@ -123,6 +132,8 @@ export interface ConsumedMessage {
   offset: bigint;
   key: string | null;
   value: string;
+  /** The message's headers (the W3C trace context, among others). */
+  headers?: KafkaHeaders | undefined;
 }
 
 /** The dead letter for a consumed message a service gives up on: the original value, why, and where from. */
@@ -167,12 +178,16 @@ export interface BatchConsumerOptions {
    * long, the process exits so that its supervisor starts it afresh. Default 120 s.
    */
   stall_exit_ms?: number;
+  /** Counts each message of a batch whose offsets were committed (messages handled, by topic). */
+  metrics?: Pick<Metrics, "messageHandled">;
 }
 
 export interface RunningConsumer {
   stop(): Promise<void>;
   /** True when the consumer has a live stream (used by health checks). */
   isRunning(): boolean;
+  /** The lag of each partition this copy is assigned (none while it has no live consumer). */
+  lag(): Promise<LagRow[]>;
 }
 
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
@@ -246,6 +261,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
             // A commit that never answers (the coordinator moved during a broker restart) must
             // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
             await withTimeout(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
+            for (const m of batch) options.metrics?.messageHandled(options.group_id, m.topic, "ok");
             progress();
           }
         } finally {
@@ -276,6 +292,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
       offset: m.offset,
       key: m.key ?? null,
       value: m.value ?? "",
+      headers: m.headers,
     }));
     for (let attempt = 0; ; attempt++) {
       if (stopped) throw new Error("consumer stopping");
@@ -298,6 +315,10 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
 
   return {
     isRunning: () => running,
+    lag: async () =>
+      consumer === undefined
+        ? []
+        : lagRows(options.group_id, await consumer.getLag({ topics: options.topics })),
     async stop() {
       stopped = true;
       clearInterval(watchdog);
@@ -344,6 +365,15 @@ async function leaveGroup(consumer: Consumer<string, string, string, string>): P
   return false;
 }
 const COMMIT_TIMEOUT_MS = 15_000;
+
+/** Lag per partition; -1 is a partition this copy is not assigned, which another copy reports. */
+function lagRows(group: string, lag: Map<string, bigint[]>): LagRow[] {
+  return [...lag.entries()].flatMap(([topic, partitions]) =>
+    partitions.flatMap((value, partition) =>
+      value < 0n ? [] : [{ group, topic, partition, lag: Number(value) }],
+    ),
+  );
+}
 
 async function hasLag(
   consumer: Consumer<string, string, string, string>,

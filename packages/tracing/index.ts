@@ -18,8 +18,8 @@ import {
   SpanStatusCode,
   trace,
 } from "@opentelemetry/api";
-import { z } from "zod";
 import { loadConfig } from "#packages/config/index.ts";
+import { tracingEnv } from "./env.ts";
 import { setTracingEnabled, TRACER_NAME, tracingEnabled } from "./state.ts";
 
 export {
@@ -34,17 +34,7 @@ export {
 export { traceHttpServer } from "./http.ts";
 export { traceFields, traceLogMixin } from "./log.ts";
 export type { Attributes, Context, Span };
-export { TRACER_NAME, tracingEnabled };
-
-const optionalUrl = z.union([z.literal(""), z.url()]).default("");
-
-/** The standard OpenTelemetry variables this package reads; empty means unset. */
-export const tracingEnv = {
-  /** Base URL of an OTLP/HTTP collector; spans go to <base>/v1/traces. Unset: tracing is off. */
-  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
-  /** Full URL for spans only; wins over the base URL above. */
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl,
-};
+export { TRACER_NAME, tracingEnabled, tracingEnv };
 
 export interface TracingOptions {
   /** service.name of every span this process exports. */

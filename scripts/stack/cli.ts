@@ -1,6 +1,8 @@
 // `node scripts/stack/cli.ts <command>` (normally through scripts/run.sh, which ensures Node 24 and
 // node_modules). Commands:
-//   start                      engines + the four services under the supervisor, until Ctrl-C
+//   start [--stop-engines] [--prometheus]
+//                              engines + the four services under the supervisor, until Ctrl-C;
+//                              --prometheus starts a Prometheus scraping them too
 //   engines up|down|status     the engines only
 //   engines restart|kill9 <name>
 //   test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...
@@ -41,6 +43,7 @@ import {
 } from "./index.ts";
 import { dataDir, logsDir, repoRoot, runDir, secretsFile } from "./paths.ts";
 import { cmdline, isAlive, readPidFile, releasePidLock, secs, takePidLock } from "./proc.ts";
+import { startStackPrometheus } from "./prometheus.ts";
 
 /** Repo-relative path for display; absolute when it lies outside the repo (DPS_DATA_DIR elsewhere). */
 const rel = (p: string): string => {
@@ -127,15 +130,18 @@ async function cmdStart(args: string[]): Promise<number> {
   });
   let sup: Supervisor | undefined;
   let watcher: EngineWatcher | undefined;
+  let prometheus: Awaited<ReturnType<typeof startStackPrometheus>> | undefined;
   let code = 0;
   try {
     const { env } = await ensureEnginesDetailed({ signal: stopping.signal });
     watcher = watchEngines({ signal: stopping.signal });
     sup = createSupervisor({ env, skipMissing: true });
     await sup.startAll(60_000, stopping.signal);
+    if (args.includes("--prometheus")) prometheus = await startStackPrometheus(env);
     out();
     await printEngines();
     printServices(sup);
+    if (prometheus !== undefined) out(`Prometheus: ${prometheus.url} (alerts at ${prometheus.url}/alerts)`);
     out(
       `Secrets: ${secretNames.join(", ")} are in ${rel(secretsFile)} (mode 600) unless set in the environment`,
     );
@@ -148,6 +154,7 @@ async function cmdStart(args: string[]): Promise<number> {
       code = 1;
     }
   } finally {
+    await prometheus?.stop();
     await watcher?.stop();
     await sup?.stopAll();
     const toStop = args.includes("--stop-engines")
@@ -541,7 +548,7 @@ function cmdOps(script: string, args: string[]): Promise<number> {
 }
 
 const usage = [
-  "usage: scripts/run.sh start [--stop-engines]",
+  "usage: scripts/run.sh start [--stop-engines] [--prometheus]",
   "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
   "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
   "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
@@ -574,7 +581,8 @@ const numberFlag = { type: "string" } as const;
 
 /** What each command accepts; the command itself reads its flags from args. */
 const commandArgs: Record<string, (args: string[]) => void> = {
-  start: (args) => checkArgs("start", args, { "stop-engines": { type: "boolean" } }),
+  start: (args) =>
+    checkArgs("start", args, { "stop-engines": { type: "boolean" }, prometheus: { type: "boolean" } }),
   engines: (args) => checkArgs("engines", args, {}, 2),
   test: (args) =>
     checkArgs("test", args, {

@@ -255,8 +255,14 @@ export function testEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
     AUTH_RATE_LIMIT_ADDRESS_MAX: "1000000",
     SCRYPT_LOG2_N: "14",
     HASH_QUEUE_MAX: "1000",
+    // Spans go to the OTLP receiver of test/integration/tracing.test.ts while it runs (failed
+    // exports at other times are logged and dropped): tests run with tracing on.
+    OTEL_EXPORTER_OTLP_ENDPOINT: base.OTEL_EXPORTER_OTLP_ENDPOINT || `http://127.0.0.1:${testOtlpPort}`,
   };
 }
+
+/** The test stack's OTLP receiver (test/integration/tracing.test.ts), beside its other ports. */
+export const testOtlpPort = testPortBase + 95;
 
 /**
  * The environment for `npm run bench`: its own ports (28000-28003) and data, so a benchmark

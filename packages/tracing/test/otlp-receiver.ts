@@ -110,7 +110,8 @@ async function readBody(request: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-export async function startOtlpReceiver(): Promise<OtlpReceiver> {
+/** On `port` of loopback (0: any free one; a test stack's services are told a fixed one). */
+export async function startOtlpReceiver(port = 0): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
   let refused = 0;
   const answer = (response: ServerResponse, status: number, body: unknown) => {
@@ -133,11 +134,11 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
       (error: unknown) => answer(response, 413, { message: String(error) }),
     );
   });
-  server.listen(0, "127.0.0.1");
+  server.listen(port, "127.0.0.1");
   await once(server, "listening");
-  const { port } = server.address() as AddressInfo;
+  const bound = (server.address() as AddressInfo).port;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://127.0.0.1:${bound}`,
     spans,
     get refused() {
       return refused;

@@ -14,9 +14,11 @@ import { closeBoth, createListeners, listenBoth, registerHealth } from "#package
 import { kafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
+import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
 import { CrashSwitch } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { createRecordWriter, type Faults } from "./writer.ts";
 
@@ -49,6 +51,13 @@ await retryStartup("kafka topics", logger, () =>
   ensureTopics({ brokers, sasl, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
 );
 
+// Before anything records: the routes are registered on these listeners further down.
+const tracing = await startServiceTracing(SERVICE, logger);
+const listeners = createListeners({ logger });
+traceListeners(listeners);
+const metrics = startServiceMetrics(listeners, logger);
+metrics.declareDeadLetterTopics([topics.commands]);
+
 const consumer = startBatchConsumer({
   brokers,
   sasl,
@@ -57,6 +66,7 @@ const consumer = startBatchConsumer({
   topics: [topics.commands],
   logger,
   max_batch: config.RECORD_BATCH_MAX,
+  metrics,
   handleBatch: createRecordWriter({
     db,
     producer,
@@ -66,6 +76,7 @@ const consumer = startBatchConsumer({
     max_attempts: config.RECORD_MAX_ATTEMPTS,
     service: SERVICE,
     crashes,
+    metrics,
     resetStore: async () => {
       await mongo.close(true);
       await mongo.connect();
@@ -73,7 +84,7 @@ const consumer = startBatchConsumer({
   }),
 });
 
-const listeners = createListeners({ logger });
+metrics.collectConsumerLag(() => consumer.lag());
 // Its only routes besides health are operations: on the internal listener.
 const app = listeners.internal;
 await registerOpenApi(listeners.public, {
@@ -142,6 +153,7 @@ onShutdown(logger, [
   () => consumer.stop(),
   () => producer.close(),
   () => mongo.close(),
+  () => tracing.shutdown(),
 ]);
 await listenBoth(listeners, {
   host: config.HOST,

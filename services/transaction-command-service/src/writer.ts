@@ -30,7 +30,9 @@ import {
   type OutgoingMessage,
 } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
+import type { Metrics } from "#packages/metrics/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
+import { contextFromKafkaHeaders, injectKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
 import { type Outcome, planWrites } from "./plan.ts";
 import { applySnapshots } from "./records.ts";
 
@@ -52,6 +54,8 @@ export interface WriterDeps {
   resetStore?: () => Promise<void>;
   /** Bound on the failing commands whose attempts are remembered (default 10,000). */
   attempts_tracked_max?: number;
+  /** Counts writes by result (written, refused, error) and the dead letters sent. */
+  metrics?: Pick<Metrics, "recordWrite" | "deadLettered">;
 }
 
 /** After this many failed batches in a row on network errors, the writer reopens its store connections. */
@@ -119,10 +123,12 @@ export function createRecordWriter(deps: WriterDeps) {
   const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage =>
     deadLetterFor(deps.topics.deadLetters, deps.service, message, reason, tries);
 
+  // Made inside the command's span (replyInTrace): the event continues the saga's trace.
   const event = (value: TransferEvent): OutgoingMessage => ({
     topic: deps.topics.events,
     key: value.transfer_id,
     value,
+    headers: injectKafkaHeaders(),
   });
 
   const recorded = (command: RecordTransferCommand): OutgoingMessage =>
@@ -223,6 +229,7 @@ export function createRecordWriter(deps: WriterDeps) {
       for (const { parsed } of applied) attempts.delete(attemptKey(parsed.command));
       return applied;
     } catch (error) {
+      for (const _ of chunk) deps.metrics?.recordWrite("error");
       await noteNetworkFailure(error);
       // An outage (no ping, or a connection that broke) is retried as a whole, uncounted.
       if (!(await storeReachable()) || (isNetworkError(error) && !isTimeout(error))) throw error;
@@ -284,21 +291,50 @@ export function createRecordWriter(deps: WriterDeps) {
     timeoutsInARow = 0;
 
     for (const { parsed, outcome } of outcomes) {
-      if (outcome.kind === "recorded") {
-        out.messages.push(recorded(outcome.command));
-      } else {
-        deps.logger.error(
-          { transfer_id: outcome.command.snapshot.id, reason: outcome.reason },
-          "conflicting record",
-        );
-        out.messages.push(
-          deadLetter(parsed.message, outcome.reason, 1),
-          rejected(outcome.command, outcome.reason),
-        );
-      }
+      await replyInTrace(parsed, async () => {
+        if (outcome.kind === "recorded") {
+          out.messages.push(recorded(outcome.command));
+        } else {
+          deps.logger.error(
+            { transfer_id: outcome.command.snapshot.id, reason: outcome.reason },
+            "conflicting record",
+          );
+          out.messages.push(
+            deadLetter(parsed.message, outcome.reason, 1),
+            rejected(outcome.command, outcome.reason),
+          );
+        }
+      });
     }
     (deps.crashes ?? noCrashes).reached("after_record_write");
     await deps.producer.send(out.messages);
     for (const key of out.given_up) attempts.delete(key);
+    countSent(deps, outcomes, out.messages);
   };
+}
+
+/** After the batch's messages went out: its writes by result and its dead letters. */
+function countSent(deps: WriterDeps, outcomes: Applied[], sent: OutgoingMessage[]): void {
+  for (const { outcome } of outcomes)
+    deps.metrics?.recordWrite(outcome.kind === "recorded" ? "written" : "refused");
+  for (const message of sent) {
+    if (message.topic === deps.topics.deadLetters) deps.metrics?.deadLettered(deps.topics.commands);
+  }
+}
+
+/**
+ * A span for one written command, continuing the trace its message carries: the record writer's
+ * step in the transfer's trace, active while its reply event is made. (The store write itself is
+ * shared by the whole batch.)
+ */
+function replyInTrace(parsed: Parsed, reply: () => Promise<void>): Promise<void> {
+  const spec = {
+    kind: "consumer" as const,
+    parent: contextFromKafkaHeaders(parsed.message.headers),
+    attributes: {
+      transfer_id: parsed.command.snapshot.id,
+      "messaging.destination.name": parsed.message.topic,
+    },
+  };
+  return withSpan(`${parsed.message.topic} process`, spec, reply);
 }

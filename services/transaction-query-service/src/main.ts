@@ -15,7 +15,9 @@ import { notFound, ok } from "#packages/http/errors.ts";
 import { envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
 import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
+import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { findTransfer, listUserTransfers } from "./records.ts";
 
@@ -42,7 +44,10 @@ const mongo = new MongoClient(config.MONGO_URL, {
 const db = mongo.db(config.MONGO_DATABASE);
 await retryStartup("mongodb", logger, () => mongo.connect());
 
+const tracing = await startServiceTracing(SERVICE, logger);
 const listeners = createListeners({ logger });
+traceListeners(listeners);
+startServiceMetrics(listeners, logger);
 const app = listeners.public;
 await registerOpenApi(listeners.internal, {
   service: SERVICE,
@@ -107,7 +112,7 @@ app.get(
   },
 );
 
-onShutdown(logger, [() => closeBoth(listeners), () => mongo.close()]);
+onShutdown(logger, [() => closeBoth(listeners), () => mongo.close(), () => tracing.shutdown()]);
 await listenBoth(listeners, {
   host: config.HOST,
   port: config.TRANSACTION_QUERY_SERVICE_PORT,

@@ -45,6 +45,8 @@ export class TransferCache {
   readonly #ttl_final_ms: number;
   readonly #ttl_list_ms: number;
   readonly #timeout_ms: number;
+  /** Told of each read: which cache, and whether it was a hit (metrics). */
+  onLookup: (cache: "transfer" | "list", hit: boolean) => void = () => {};
 
   constructor(
     redis: Redis,
@@ -68,6 +70,7 @@ export class TransferCache {
 
   async getTransfer(id: string): Promise<TransferSnapshot | null> {
     const value = await this.#safe("get", () => this.#redis.get(this.#transferKey(id)));
+    this.onLookup("transfer", typeof value === "string");
     if (typeof value !== "string") return null;
     const separator = value.indexOf("|");
     return JSON.parse(value.slice(separator + 1)) as TransferSnapshot;
@@ -102,6 +105,7 @@ export class TransferCache {
       const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
       return this.#redis.get(this.#listKey(user_id, generation, page_key));
     });
+    this.onLookup("list", typeof value === "string");
     return typeof value === "string" ? (JSON.parse(value) as unknown) : null;
   }
 

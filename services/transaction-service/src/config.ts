@@ -38,6 +38,8 @@ export const configShape = {
   STEP_TIMEOUT_MS: env.int(5_000, 500, 600_000),
   RECORD_RESEND_MS: env.int(300_000, 500, 3_600_000),
   RECORD_DEADLINE_MS: env.int(600_000, 1_000, 86_400_000),
+  /** A transfer not final this long after its creation counts as overdue (dps_transfers_overdue, an alert). */
+  TRANSFER_DEADLINE_MS: env.int(900_000, 1_000, 86_400_000),
   SWEEP_INTERVAL_MS: env.int(1_000, 50, 60_000),
   SWEEP_BATCH_MAX: env.int(200, 1, 5_000),
   OUTBOX_BATCH_MAX: env.int(500, 1, 5_000),

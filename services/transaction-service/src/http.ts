@@ -192,6 +192,7 @@ export function registerRoutes(
           throw error;
         });
 
+      if (created) deps.runner.onTransition(transfer);
       if (!created) {
         if (transfer.request_fingerprint !== print) {
           throw new ApiError(

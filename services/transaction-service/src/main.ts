@@ -23,12 +23,15 @@ import {
   startBatchConsumer,
 } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
+import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
+import { collectSaga, recordTransition } from "./metrics.ts";
 import { registerEventCountersRoute } from "./ops.ts";
 import { QueryClient } from "./query-client.ts";
 import { createEventHandler, type EventCounters } from "./saga/events.ts";
@@ -87,6 +90,13 @@ const cache = new TransferCache(redis, {
   timeout_ms: config.CACHE_TIMEOUT_MS,
 });
 
+// Before anything records: the routes are registered on these listeners further down.
+const tracing = await startServiceTracing(SERVICE, logger);
+const listeners = createListeners({ logger });
+traceListeners(listeners);
+const metrics = startServiceMetrics(listeners, logger);
+cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
+
 const producer = createProducer({ brokers, sasl, client_id: SERVICE });
 const store = new SagaStore(pool, {
   write_batch_max: config.SAGA_WRITE_BATCH_MAX,
@@ -108,6 +118,7 @@ const runner = new SagaRunner(store, ledger, topics, logger, {
 // Write-through: the cache holds the newest status of a transfer from its first transition on
 // (versioned, so a late record event never puts an older status back; failures only log).
 runner.onChange = (snapshot) => void cache.putTransfer(snapshot);
+runner.onTransition = (transfer) => recordTransition(metrics, transfer);
 
 // Fault tests only (FAULT_INJECTION=true): crash points armed through PUT /ops/crash.
 const crashes = new CrashSwitch(logger);
@@ -132,6 +143,7 @@ const events = startBatchConsumer({
   topics: [topics.events],
   logger,
   max_batch: config.EVENT_BATCH_MAX,
+  metrics,
   handleBatch: createEventHandler({
     store,
     runner,
@@ -149,6 +161,7 @@ const events = startBatchConsumer({
     },
     onUnreadable: async (message, reason) => {
       await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
+      metrics.deadLettered(message.topic);
     },
   }),
 });
@@ -178,7 +191,9 @@ const limiter = new RateLimiter(redis, {
   timeout_ms: config.CACHE_TIMEOUT_MS,
   logger,
 });
-const listeners = createListeners({ logger });
+metrics.declareDeadLetterTopics([topics.events]);
+collectSaga(metrics, pool, config.TRANSFER_DEADLINE_MS);
+metrics.collectConsumerLag(() => events.lag());
 const app = listeners.public;
 await registerOpenApi(listeners.internal, {
   service: SERVICE,
@@ -238,6 +253,7 @@ onShutdown(logger, [
   () => producer.close(),
   () => redis.quit(),
   () => pool.end(),
+  () => tracing.shutdown(),
 ]);
 await listenBoth(listeners, {
   host: config.HOST,

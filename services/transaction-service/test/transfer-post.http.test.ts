@@ -73,6 +73,7 @@ describe("POST /transactions/transfer when PostgreSQL fails around a commit", ()
       advance: async () => {
         throw new Error("ledger timed out");
       },
+      onTransition: () => {},
     } as unknown as SagaRunner;
     const limiter = new RateLimiter(
       { eval: async () => 1, del: async () => 1 },

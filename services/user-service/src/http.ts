@@ -20,6 +20,7 @@ import { ApiError, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import type { RateLimiter } from "#packages/http/rate-limit.ts";
 import { type Listeners, refuseMethod } from "#packages/http/server.ts";
+import type { Metrics } from "#packages/metrics/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import {
   hashBelowCost,
@@ -55,6 +56,7 @@ import {
   upgradePasswordHash,
   voidHold,
 } from "./ledger.ts";
+import { timedBatch } from "./metrics.ts";
 import type { Revocations } from "./revocation.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -199,6 +201,7 @@ export interface RouteDeps {
   revocations: Revocations;
   /** Log-ins and sign-ups per client address, and attempts per username (a success resets it). */
   limits: { address: RateLimiter; username: RateLimiter };
+  metrics?: Metrics;
 }
 
 /**
@@ -622,7 +625,9 @@ export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
             }
             first.set(operation.transfer_id.toLowerCase(), index);
           }
-          const results = await applyBatch(pool, operations);
+          const results = await timedBatch(deps.metrics, operations.length, () =>
+            applyBatch(pool, operations),
+          );
           return ok({
             results: operations.map(({ transfer_id, op }, index) => {
               const result = results[index];

@@ -10,11 +10,14 @@ import { registerOpenApi } from "#packages/http/openapi.ts";
 import { RateLimiter } from "#packages/http/rate-limit.ts";
 import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
+import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
+import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
 import { registerRoutes } from "./http.ts";
 import { assertSystemAccounts, tokenVersionOf } from "./ledger.ts";
+import { collectClearing } from "./metrics.ts";
 import { Revocations } from "./revocation.ts";
 
 const SERVICE = "user-service";
@@ -66,7 +69,11 @@ async function main(): Promise<void> {
       per,
     });
 
+  const tracing = await startServiceTracing(SERVICE, log);
   const listeners = createListeners({ logger: log });
+  traceListeners(listeners);
+  const metrics = startServiceMetrics(listeners, log);
+  collectClearing(metrics, pool);
   await registerOpenApi(listeners.public, {
     service: SERVICE,
     description:
@@ -83,6 +90,7 @@ async function main(): Promise<void> {
   registerHealth(listeners.internal, SERVICE, checks);
   registerRoutes(listeners, {
     pool,
+    metrics,
     auth,
     hasher: new PasswordHasher({
       log2_n: config.SCRYPT_LOG2_N,
@@ -126,6 +134,7 @@ async function main(): Promise<void> {
       await closeBoth(listeners);
       await redis.quit().catch(() => undefined);
       await pool.end();
+      await tracing.shutdown().catch((error: unknown) => log.warn({ err: error }, "last spans not exported"));
       log.info("stopped");
       process.exit(0);
     } catch (error) {

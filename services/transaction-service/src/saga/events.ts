@@ -11,6 +11,7 @@
 import { type TransferEvent, transferEventSchema } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { contextFromKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
 import type { SagaRunner } from "./runner.ts";
 import type { SagaStore, StoredTransfer } from "./store.ts";
 
@@ -69,7 +70,7 @@ export function createEventHandler(deps: {
 
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
     // Events of one transfer are applied in order; different transfers run side by side.
-    const byTransfer = new Map<string, TransferEvent[]>();
+    const byTransfer = new Map<string, Array<{ event: TransferEvent; message: ConsumedMessage }>>();
     for (const message of messages) {
       let parsed: ReturnType<typeof transferEventSchema.safeParse>;
       try {
@@ -83,7 +84,7 @@ export function createEventHandler(deps: {
         continue;
       }
       const list = byTransfer.get(parsed.data.transfer_id) ?? [];
-      list.push(parsed.data);
+      list.push({ event: parsed.data, message });
       byTransfer.set(parsed.data.transfer_id, list);
     }
     const groups = [...byTransfer.entries()];
@@ -96,12 +97,28 @@ export function createEventHandler(deps: {
         const [id, group] = groups[next++] as (typeof groups)[number];
         // PostgreSQL answers with lower-case UUIDs, whatever case the event used.
         let transfer = loaded.get(id.toLowerCase()) ?? null;
-        for (const event of group) {
-          transfer = await handleOne(event, transfer);
-          if (transfer !== null) await deps.onRecordEvent(transfer);
+        for (const { event, message } of group) {
+          transfer = await inTrace(message, event, async () => {
+            const after = await handleOne(event, transfer);
+            if (after !== null) await deps.onRecordEvent(after);
+            return after;
+          });
         }
       }
     };
     await Promise.all(Array.from({ length: Math.min(deps.concurrency, groups.length) }, worker));
   };
+}
+
+/**
+ * One event's handling as a span continuing the trace its message carries (the transfer's, from
+ * the record writer): the ledger steps and the outbox row it leads to stay in that trace.
+ */
+function inTrace<T>(message: ConsumedMessage, event: TransferEvent, handle: () => Promise<T>): Promise<T> {
+  const spec = {
+    kind: "consumer" as const,
+    parent: contextFromKafkaHeaders(message.headers),
+    attributes: { transfer_id: event.transfer_id, "messaging.destination.name": message.topic },
+  };
+  return withSpan(`${message.topic} process`, spec, handle);
 }

@@ -11,6 +11,7 @@ import { balanceMinorSchema } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import { callJson } from "#packages/http/client.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
+import { withSpan } from "#packages/tracing/index.ts";
 
 const holdSchema = z.object({
   state: z.enum(["held", "posted", "voided"]),
@@ -118,12 +119,17 @@ export class LedgerClient {
 
   /** One call for the batch; per step, its answer or the error that step alone raises. */
   async #call(steps: Step[]): Promise<Array<LedgerAnswer | Error>> {
-    const response = await callJson(this.#url, {
-      method: "POST",
-      body: { operations: steps },
-      timeout_ms: this.#timeout_ms,
-      headers: this.#headers,
-    });
+    const response = await withSpan(
+      "POST /internal/transfers/batch",
+      { kind: "client", attributes: { "ledger.batch_size": steps.length } },
+      () =>
+        callJson(this.#url, {
+          method: "POST",
+          body: { operations: steps },
+          timeout_ms: this.#timeout_ms,
+          headers: this.#headers,
+        }),
+    );
     if (response.status !== 200) {
       const what = `ledger batch of ${steps.length} answered ${response.status} ${JSON.stringify(response.body)}`;
       // 5xx: the ledger (or its database) could not answer; the saga retries. A 4xx refuses the

@@ -5,11 +5,12 @@
  * SKIP LOCKED let several instances relay side by side without sending a row twice at once.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import type { JsonProducer } from "#packages/kafka/index.ts";
+import type { JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
+import { contextFromRow, injectKafkaHeaders } from "#packages/tracing/carriers.ts";
 
 export interface OutboxRelay {
   wake(): void;
@@ -31,12 +32,12 @@ export function startOutboxRelay(options: {
 
   const relayOnce = async (): Promise<number> =>
     withTransaction(options.pool, async (client) => {
-      const rows = await client.query<{ id: string; topic: string; key: string; payload: unknown }>(
-        "SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+      const rows = await client.query<OutboxRow>(
+        "SELECT id, topic, key, payload, traceparent FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         [options.batch_max],
       );
       if (rows.rows.length === 0) return 0;
-      await options.producer.send(rows.rows.map((r) => ({ topic: r.topic, key: r.key, value: r.payload })));
+      await options.producer.send(rows.rows.map(messageOf));
       crashes.reached("after_outbox_send");
       await client.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [rows.rows.map((r) => r.id)]);
       return rows.rows.length;
@@ -78,4 +79,19 @@ export function startOutboxRelay(options: {
       await done;
     },
   };
+}
+
+interface OutboxRow {
+  id: string;
+  topic: string;
+  key: string;
+  payload: unknown;
+  traceparent: string | null;
+}
+
+/** Each row's message continues the trace of the step that wrote it, not one of the batch's. */
+function messageOf(row: OutboxRow): OutgoingMessage {
+  const message = { topic: row.topic, key: row.key, value: row.payload };
+  if (row.traceparent === null) return message;
+  return { ...message, headers: injectKafkaHeaders({}, contextFromRow(row.traceparent)) };
 }

@@ -10,6 +10,7 @@ import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
+import { injectKafkaHeaders } from "#packages/tracing/carriers.ts";
 import type { LedgerAnswer, LedgerClient } from "./ledger-client.ts";
 import {
   awaitedRecordStatus,
@@ -49,6 +50,8 @@ export class SagaRunner {
    * COMPLETED as soon as the money has moved, not one record round trip later.
    */
   onChange: (snapshot: TransferSnapshot) => void = () => {};
+  /** Told about every committed transition (metrics count them). */
+  onTransition: (transfer: StoredTransfer) => void = () => {};
   /** Fault tests: die between a ledger effect and its transition. */
   crashes: CrashHook = noCrashes;
 
@@ -71,6 +74,8 @@ export class SagaRunner {
       topic: this.#topics.commands,
       key: snapshot.id,
       value: { type: "RecordTransfer", message_id: randomUUID(), snapshot },
+      // The step's trace, taken now: the outbox row is written in a statement shared with others.
+      headers: injectKafkaHeaders(),
     };
   }
 
@@ -101,6 +106,7 @@ export class SagaRunner {
         response,
       );
       if (committed !== null) {
+        this.onTransition(committed);
         this.#logger.debug(
           { transfer_id: current.id, from: current.state, to: committed.state },
           "saga transition",

@@ -10,6 +10,7 @@ import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
+import { TRACEPARENT } from "#packages/tracing/carriers.ts";
 import type { SagaState, SagaTransfer } from "./machine.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -362,15 +363,16 @@ export class SagaStore {
           .map((c) => `t.${c}`)
           .join(", ")}),
        queued AS (
-         INSERT INTO outbox (topic, key, payload)
+         INSERT INTO outbox (topic, key, payload, traceparent)
          SELECT m.topic, m.key,
                 -- A record's snapshot carries the transition's time on PostgreSQL's clock, as the row does.
                 CASE WHEN m.payload ? 'snapshot'
                      THEN jsonb_set(m.payload, '{snapshot,updated_at}',
                                     to_jsonb(to_char(mv.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
-                     ELSE m.payload END
-           FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[]) WITH ORDINALITY
-             AS m(transfer_id, topic, key, payload, n)
+                     ELSE m.payload END,
+                m.traceparent
+           FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[], $14::text[]) WITH ORDINALITY
+             AS m(transfer_id, topic, key, payload, traceparent, n)
            JOIN moved mv ON mv.id = m.transfer_id
           ORDER BY m.n)
        SELECT * FROM moved`,
@@ -388,6 +390,7 @@ export class SagaStore {
         messages.map((m) => m.topic),
         messages.map((m) => m.key),
         messages.map((m) => JSON.stringify(m.value)),
+        messages.map((m) => m.headers?.[TRACEPARENT] ?? null),
       ],
     );
     const moved = new Map(updated.rows.map((row) => [row.id, fromRow(row)]));
@@ -452,7 +455,12 @@ export class SagaStore {
 async function insertOutbox(db: Pool, messages: OutgoingMessage[]): Promise<void> {
   if (messages.length === 0) return;
   await db.query(
-    "INSERT INTO outbox (topic, key, payload) SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])",
-    [messages.map((m) => m.topic), messages.map((m) => m.key), messages.map((m) => JSON.stringify(m.value))],
+    "INSERT INTO outbox (topic, key, payload, traceparent) SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[])",
+    [
+      messages.map((m) => m.topic),
+      messages.map((m) => m.key),
+      messages.map((m) => JSON.stringify(m.value)),
+      messages.map((m) => m.headers?.[TRACEPARENT] ?? null),
+    ],
   );
 }
