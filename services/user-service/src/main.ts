@@ -11,6 +11,7 @@ import { RateLimiter } from "#packages/http/rate-limit.ts";
 import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
+import { registerBatchFundingRoute } from "./batch-funding.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
 import { registerRoutes } from "./http.ts";
@@ -81,6 +82,7 @@ async function main(): Promise<void> {
   const checks = { postgres: () => pool.query("SELECT 1") };
   registerHealth(listeners.public, SERVICE, checks, { auth });
   registerHealth(listeners.internal, SERVICE, checks);
+  registerBatchFundingRoute(listeners.internal, auth, pool);
   registerRoutes(listeners, {
     pool,
     auth,
