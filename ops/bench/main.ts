@@ -29,6 +29,7 @@ import { hashPassword } from "../../services/user-service/src/domain.ts";
 import { openWalletsInBulk } from "../../services/user-service/src/ledger.ts";
 import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
+import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
 import { cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import {
@@ -110,6 +111,8 @@ interface Results {
   scale: Case[];
   half_rate: { rate_tps: number; result: Omit<LoadResult, "completed_transfers"> & { dropped: number } };
   cached_get: { reads: number; errors: number; get: Latency };
+  /** Absent in results written before the batch workload. */
+  batches?: BatchResult;
   audit: { ok: boolean; summary: string; wait_for_quiet_s: number };
   baseline_money_conserved: boolean;
   profiled: boolean;
@@ -289,6 +292,17 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     `cached GET             p50 ${cached_get.get.p50_ms} ms, p99 ${cached_get.get.p99_ms} ms over ${cached_get.reads} reads`,
   );
 
+  // 5b. Batches of 1,000 on the same wallets, completion seen by reading the batch.
+  const batches = await batchLoop(target, wallets.slice(0, mode.wallets_small), {
+    batch_size: 1_000,
+    concurrency: 2,
+    duration_s: mode.duration_s,
+    wait_s: 10,
+  });
+  say(
+    `batches of 1,000        ${batches.batch_tps} completed items/s; batch done p50 ${batches.batch_p50_ms} / p99 ${batches.batch_p99_ms} ms; ${batches.errors} errors`,
+  );
+
   // 6. More wallets.
   const scale: Case[] = [];
   for (const count of mode.wallets_large) {
@@ -327,6 +341,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     scale,
     half_rate: { rate_tps, result: { ...withoutIds(half), dropped: half.dropped } },
     cached_get,
+    batches,
     audit: { ok: audit.ok, summary: formatAudit(audit), wait_for_quiet_s },
     baseline_money_conserved,
     profiled,
@@ -550,6 +565,11 @@ async function reportPhase(out_dir: string): Promise<void> {
     hot_over_uniform: Math.round(hot_vs_uniform * 1000) / 1000,
     large_over_small: large_vs_small === null ? null : Math.round(large_vs_small * 1000) / 1000,
     audit_ok: results.audit.ok,
+    batch_tps: results.batches?.batch_tps ?? null,
+    batch_ratio:
+      results.batches === undefined
+        ? null
+        : Math.round((results.batches.batch_tps / baseline_peak.baseline.throughput_tps) * 1000) / 1000,
   };
   say(`report: ${relative(process.cwd(), join(out_dir, "report.md"))} (charts beside it)`);
   process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);

@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { batchLoop, itemsFor } from "../../ops/bench/batches.ts";
+import { ApiClient } from "../../ops/bench/load.ts";
 import {
   type Answer,
   asAdmin,
@@ -304,5 +306,38 @@ describe("batch disbursements", () => {
       },
     );
     assert.equal(missing.status, 404);
+  });
+
+  it("the benchmark's batch workload completes batches and counts their items (a tiny smoke)", async () => {
+    const users = await Promise.all([createUser(1_000_000), createUser(1_000_000), createUser(1_000_000)]);
+    const sample = itemsFor(
+      users.map((u) => u.id),
+      1,
+      50,
+      10,
+    );
+    assert.equal(sample.items.length, 50);
+    assert.ok(sample.items.every((i) => i.dest_user_id !== sample.payer && i.amount >= 1 && i.amount <= 10));
+    const tokens = new Map(users.map((u) => [u.id, u.token]));
+    const api = new ApiClient(urls.transaction, 4, 30_000);
+    try {
+      const result = await batchLoop(
+        {
+          api,
+          tokenFor: async (id) => tokens.get(id) ?? "",
+          amount_max_minor: 10,
+          final_timeout_ms: 60_000,
+        },
+        users.map((u) => u.id),
+        { batch_size: 20, concurrency: 1, duration_s: 1, wait_s: 1 },
+      );
+      assert.ok(result.batches_final >= 1, JSON.stringify(result));
+      assert.equal(result.errors, 0, JSON.stringify(result));
+      assert.equal(result.items_completed, result.batches_final * 20);
+      assert.ok(result.batch_tps > 0);
+    } finally {
+      api.close();
+    }
+    await assertLedgerConsistent();
   });
 });

@@ -108,7 +108,7 @@ export class DisbursementFunder {
   readonly #client: Pick<FundingClient, "fund">;
   readonly #runner: Pick<SagaRunner, "recordCommand">;
   readonly #logger: Logger;
-  readonly #wait_ms: { step: number; record: number };
+  readonly #record_wait_ms: number;
   /** Fault tests: die between the ledger's funding commit and the saga's record of it. */
   crashes: CrashHook = noCrashes;
 
@@ -117,13 +117,13 @@ export class DisbursementFunder {
     client: Pick<FundingClient, "fund">;
     runner: Pick<SagaRunner, "recordCommand">;
     logger: Logger;
-    wait_ms: { step: number; record: number };
+    record_wait_ms: number;
   }) {
     this.#store = deps.store;
     this.#client = deps.client;
     this.#runner = deps.runner;
     this.#logger = deps.logger;
-    this.#wait_ms = deps.wait_ms;
+    this.#record_wait_ms = deps.record_wait_ms;
   }
 
   /** Funds the disbursement if it is still `created`; returns it as it then stands. */
@@ -132,7 +132,7 @@ export class DisbursementFunder {
     const items = await this.#store.items(disbursement.id);
     const outcome = await this.#client.fund(disbursement, items);
     this.crashes.reached("after_fund");
-    const applied = await this.#store.applyFunding(disbursement.id, outcome, this.#wait_ms, (rows) =>
+    const applied = await this.#store.applyFunding(disbursement.id, outcome, this.#record_wait_ms, (rows) =>
       rows.map((row) => this.#runner.recordCommand(snapshotOf(row))),
     );
     this.#logger.info(

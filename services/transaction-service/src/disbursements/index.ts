@@ -35,7 +35,7 @@ export function startDisbursements(deps: {
     client: new FundingClient(deps.ledger_url, deps.ledger_token),
     runner: deps.runner,
     logger: deps.logger,
-    wait_ms: { step: deps.timings.step_timeout_ms, record: deps.timings.record_resend_ms },
+    record_wait_ms: deps.timings.record_resend_ms,
   });
   funder.crashes = deps.crashes;
   registerDisbursementRoutes(deps.app, {

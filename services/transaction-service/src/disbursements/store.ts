@@ -214,14 +214,15 @@ export class DisbursementStore {
   /**
    * The ledger's answer, applied in one transaction: the disbursement leaves `created` (a
    * compare-and-set: false if another driver applied it first), each item leaves `funding` for
-   * `held` (its PENDING record queued) or, not held, for `failing` (its FAILED record queued),
-   * or for `failed` when the whole batch was refused (nothing moved, nothing to record).
+   * `held` (its PENDING record queued) or, not held (the whole batch refused, or its payee
+   * unknown), for `failing` (its FAILED record queued), as a refused single transfer does.
    * `records` builds the items' record commands from their rows as committed.
    */
   async applyFunding(
     id: string,
     outcome: { refused: FailureReason | null; items: readonly ItemFunding[] },
-    wait_ms: { step: number; record: number },
+    /** How long an item waits for its record before the sweep sends the command again. */
+    record_wait_ms: number,
     records: (items: SagaTransfer[]) => OutgoingMessage[],
   ): Promise<boolean> {
     const applied = await withTransaction(this.#pool, async (client) => {
@@ -243,26 +244,23 @@ export class DisbursementStore {
         updated_at: Date;
       }>(
         `UPDATE transfers t
-            SET state = CASE WHEN $2::text IS NOT NULL THEN 'failed' WHEN i.held THEN 'held' ELSE 'failing' END,
-                failure_reason = CASE WHEN i.held THEN NULL ELSE coalesce($2::text, i.reason) END,
+            SET state = CASE WHEN i.held THEN 'held' ELSE 'failing' END,
+                failure_reason = i.reason,
                 source_init_bal = i.source_init_bal, updated_at = now(), attempts = 0,
-                next_attempt_at = now() + ((CASE WHEN $2::text IS NOT NULL THEN $3::float8 ELSE $4::float8 END) * interval '1 millisecond')
-           FROM unnest($5::uuid[], $6::boolean[], $7::bigint[], $8::text[]) AS i(id, held, source_init_bal, reason)
+                next_attempt_at = now() + ($2::float8 * interval '1 millisecond')
+           FROM unnest($3::uuid[], $4::boolean[], $5::bigint[], $6::text[]) AS i(id, held, source_init_bal, reason)
           WHERE t.id = i.id AND t.disbursement_id = $1 AND t.state = 'funding'
           RETURNING t.id, t.state, t.source_user_id, t.dest_user_id, t.amount_minor, t.source_init_bal,
                     t.failure_reason, t.created_at, t.updated_at`,
         [
           id,
-          outcome.refused,
-          wait_ms.step,
-          wait_ms.record,
+          record_wait_ms,
           outcome.items.map((i) => i.transfer_id),
           outcome.items.map((i) => i.held),
           outcome.items.map((i) => (i.held ? i.source_init_bal : null)),
           outcome.items.map((i) => (i.held ? null : i.reason)),
         ],
       );
-      if (outcome.refused !== null) return true;
       const messages = records(
         rows.map((r) => ({
           id: r.id,
@@ -287,7 +285,7 @@ export class DisbursementStore {
       );
       return true;
     });
-    if (applied && outcome.refused === null) this.onOutbox();
+    if (applied) this.onOutbox();
     return applied;
   }
 
