@@ -497,6 +497,9 @@ async function reportPhase(out_dir: string): Promise<void> {
       ? ""
       : `| ${fmt(large.wallets)} wallets / ${fmt(small.wallets)} wallets | ${(large_vs_small * 100).toFixed(0)} % | ≥ 80 %: ${target(large_vs_small >= 0.8)} |`,
     `| hot wallet (10% of transfers) / uniform | ${(hot_vs_uniform * 100).toFixed(0)} % | ≥ 50 %: ${target(hot_vs_uniform >= 0.5)} |`,
+    results.batches === undefined
+      ? ""
+      : `| batches of 1,000: completed items per second / baseline peak | ${fmt(results.batches.batch_tps, 1)} tps / ${fmt(baseline_peak.baseline.throughput_tps, 1)} = ${(results.batches.batch_tps / baseline_peak.baseline.throughput_tps).toFixed(3)} | ≥ 1.5: ${target(results.batches.batch_tps / baseline_peak.baseline.throughput_tps >= 1.5)} |`,
     `| audit after the run | ${results.audit.ok ? "OK" : "VIOLATIONS"} | OK |`,
     `| baseline's money conserved | ${results.baseline_money_conserved ? "yes" : "NO"} | yes |`,
     "",
@@ -528,6 +531,14 @@ async function reportPhase(out_dir: string): Promise<void> {
     "",
     `Completed ${half.completed}, refused ${half.failed}, errors ${half.errors}, not final in time ${half.unfinished}, dropped (more than ${mode.concurrency.at(-1)} × 8 in flight) ${half.dropped}.`,
     "",
+    ...(results.batches === undefined
+      ? []
+      : [
+          "## Batches",
+          "",
+          `Disbursements of 1,000 items, 2 in flight, each read until final: ${results.batches.batches_final} of ${results.batches.batches_sent} final, ${fmt(results.batches.items_completed)} items completed, ${results.batches.items_failed} failed, ${results.batches.errors} errors; POST to final p50 ${results.batches.batch_p50_ms} ms, p99 ${results.batches.batch_p99_ms} ms.`,
+          "",
+        ]),
     "## Cached reads",
     "",
     `GET /transactions/:id of final transfers by 8 readers: ${results.cached_get.reads} reads, p50 ${results.cached_get.get.p50_ms} ms, p95 ${results.cached_get.get.p95_ms} ms, p99 ${results.cached_get.get.p99_ms} ms, ${results.cached_get.errors} errors.`,
