@@ -49,7 +49,7 @@ async function final(id: string, token: string, timeout_ms = 90_000): Promise<an
       if (d.status !== "PENDING") return d;
     }
     if (Date.now() > deadline)
-      assert.fail(`disbursement ${id} still PENDING after ${timeout_ms} ms: ${JSON.stringify(d)}`);
+      assert.fail(`disbursement ${id} still PENDING after ${timeout_ms} ms: ${JSON.stringify(answer.body)}`);
     await sleep(200);
   }
 }
@@ -282,6 +282,14 @@ describe("batch disbursements", () => {
       cursor = page.body.data.pagination.next_cursor;
     } while (cursor !== null);
     assert.deepEqual(seen, [...ids].reverse());
+    // A well-formed cursor of another list is refused, not a 500.
+    const foreign = Buffer.from(JSON.stringify({ t: new Date().toISOString(), id: "12345" })).toString(
+      "base64url",
+    );
+    const wrong = await call("GET", `${urls.transaction}/disbursements?cursor=${foreign}`, {
+      headers: bearer(payer.token),
+    });
+    assert.equal(wrong.status, 400, JSON.stringify(wrong.body));
     const id = ids[0] as string;
     await final(id, payer.token);
     // The payee reads neither the batch nor its items; the payer's items hide the payee's balance.

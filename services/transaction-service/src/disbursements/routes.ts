@@ -383,6 +383,10 @@ export function registerDisbursementRoutes(
       if (principal.kind !== "user") throw forbidden("only a user lists their disbursements");
       const { limit, cursor } = request.query;
       const after = cursor === undefined ? null : decodeCursor(cursor);
+      // A cursor of another list (its id not a disbursement's) names no place in this one.
+      if (after !== null && !transferIdSchema.safeParse(after.id).success) {
+        throw new ApiError(400, "invalid_request", "querystring.cursor: is not a cursor this API returned");
+      }
       const page = await deps.store.listByPayer(principal.user_id, { limit, after });
       const last = page.rows.at(-1);
       const next =
