@@ -166,6 +166,8 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
           if (options.quiet) note(`I4: ${row.id} is still ${row.state}`);
           const expected: Record<string, Array<string | undefined>> = {
             created: [undefined, "held"],
+            // A disbursement's item: its batch's funding may have committed, not yet recorded.
+            funding: [undefined, "held"],
             held: ["held"],
             recorded: ["held"],
             // posted: a late credit went through; the saga completes the transfer.

@@ -53,6 +53,9 @@ export interface ChaosOptions {
   fault_gap_ms: number;
   quiet_timeout_ms: number;
   replay_share: number;
+  /** Disbursements sent during the run (at least; more while faults remain), and items in each. */
+  batches: number;
+  batch_items: number;
   audit: AuditOptions;
   log: (line: string) => void;
 }
@@ -65,6 +68,8 @@ export interface ChaosReport {
   failed: number;
   replays: number;
   retries: number;
+  batches_sent: number;
+  batches_final: number;
   faults: string[];
   run_ms: number;
   quiet_ms: number;
@@ -231,6 +236,41 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     }
   };
 
+  // Disbursements beside the transfers: funded in one ledger commit, then item by item, while
+  // the faults hit. One batch in four pays an unknown user too, whose item must end FAILED.
+  const batches = new Map<string, string>(); // idempotency key -> disbursement id
+  let batches_sent = 0;
+  const batchWorker = async () => {
+    while (batches_sent < options.batches || !faultsDone) {
+      batches_sent += 1;
+      const payer = wallets[Math.floor(Math.random() * wallets.length)] as number;
+      const items = Array.from({ length: options.batch_items }, (_, i) => {
+        let dest = wallets[Math.floor(Math.random() * wallets.length)] as number;
+        if (dest === payer) dest = wallets[(wallets.indexOf(payer) + 1) % wallets.length] as number;
+        if (i === 0 && batches_sent % 4 === 0) dest = UNKNOWN_PAYEE;
+        const amount = 1 + Math.floor(Math.random() * (options.opening_balance / (10 * options.batch_items)));
+        return { dest_user_id: dest, amount, reference: `chaos-${i}` };
+      });
+      const key = randomUUID();
+      const send = async () =>
+        call(
+          "POST",
+          `${options.transaction_url}/disbursements`,
+          { source_user_id: payer, items },
+          {
+            ...(await tokenFor(payer)),
+            "idempotency-key": key,
+          },
+        );
+      const answer = await persist("disbursement", send, counters);
+      const id: string | undefined =
+        answer.body?.data?.disbursement?.id ?? answer.body?.details?.disbursement?.id;
+      if ((answer.status === 201 || answer.status === 422) && id) batches.set(key, id);
+      else violations.push(`unexpected disbursement answer ${answer.status}: ${JSON.stringify(answer.body)}`);
+      await sleep(200);
+    }
+  };
+
   // The faults, one after another, each followed by recovery.
   const faults: string[] = [];
   const injector = async () => {
@@ -262,7 +302,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     faultsDone = true;
   };
 
-  await Promise.all([injector(), ...Array.from({ length: options.concurrency }, worker)]);
+  await Promise.all([
+    injector(),
+    ...(options.batches > 0 ? [batchWorker()] : []),
+    ...Array.from({ length: options.concurrency }, worker),
+  ]);
   const run_ms = Date.now() - started;
   options.log(`chaos: workload done: ${sent} sent, ${accepted.size} accepted, waiting for quiet`);
 
@@ -294,6 +338,12 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     }
   };
   await Promise.all(Array.from({ length: 16 }, poller));
+  let batches_final = 0;
+  for (const id of batches.values()) {
+    const problem = await checkBatch(options, id, admin, counters, quietStarted);
+    if (problem === null) batches_final += 1;
+    else violations.push(problem);
+  }
   // The records may trail the public status by a moment: let the saga finish its last steps.
   let audit = await runAudit({ ...options.audit, quiet: true });
   while (!audit.ok && Date.now() - quietStarted < options.quiet_timeout_ms) {
@@ -313,6 +363,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     failed,
     replays,
     retries: counters.retries,
+    batches_sent,
+    batches_final,
     faults,
     run_ms,
     quiet_ms,
@@ -322,6 +374,70 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     audit,
     ok: violations.length === 0 && audit.ok,
   };
+}
+
+/** No user has this id: an item paid to it must be refunded on its own and end FAILED. */
+const UNKNOWN_PAYEE = 2_000_000_000;
+
+/**
+ * Waits until the disbursement is final (seen through the public API), then checks that its
+ * status and figures agree with its items. Null when they do, else the violation.
+ */
+async function checkBatch(
+  options: ChaosOptions,
+  id: string,
+  admin: Record<string, string>,
+  counters: { retries: number },
+  quiet_started_ms: number,
+): Promise<string | null> {
+  const read = (path: string) =>
+    persist(
+      "read disbursement",
+      () => call("GET", `${options.transaction_url}${path}`, undefined, admin),
+      counters,
+    );
+  for (;;) {
+    const d = (await read(`/disbursements/${id}`)).body?.data?.disbursement;
+    if (d !== undefined && d.status !== "PENDING") break;
+    if (Date.now() - quiet_started_ms > options.quiet_timeout_ms) {
+      return `I4: disbursement ${id} still PENDING after ${options.quiet_timeout_ms} ms of quiet`;
+    }
+    await sleep(200);
+  }
+  const d = (await read(`/disbursements/${id}`)).body.data.disbursement;
+  const items: { status: string; amount: number; dest_user_id: number }[] = [];
+  for (let cursor: string | null = null, pages = 0; pages < 20; pages++) {
+    const page = await read(
+      `/disbursements/${id}/items?limit=100${cursor === null ? "" : `&cursor=${cursor}`}`,
+    );
+    items.push(...page.body.data.items);
+    cursor = page.body.data.pagination.next_cursor;
+    if (cursor === null) break;
+  }
+  const completed = items.filter((i) => i.status === "COMPLETED");
+  const failed = items.filter((i) => i.status === "FAILED");
+  const derived =
+    completed.length === items.length
+      ? "COMPLETED"
+      : completed.length === 0
+        ? "FAILED"
+        : "PARTIALLY_COMPLETED";
+  const sum = (list: { amount: number }[]) => list.reduce((total, i) => total + i.amount, 0);
+  if (
+    items.length !== d.item_count ||
+    completed.length + failed.length !== items.length ||
+    d.counts.completed !== completed.length ||
+    d.counts.failed !== failed.length ||
+    d.status !== derived ||
+    d.amount_completed !== sum(completed) ||
+    d.amount_refunded !== sum(failed)
+  ) {
+    return `batch: disbursement ${id} says ${JSON.stringify(d)} but its items are ${completed.length} COMPLETED, ${failed.length} FAILED of ${items.length}`;
+  }
+  if (items.some((i) => i.dest_user_id === UNKNOWN_PAYEE && i.status !== "FAILED")) {
+    return `batch: disbursement ${id} credited an unknown payee`;
+  }
+  return null;
 }
 
 async function waitHealthy(
@@ -362,6 +478,7 @@ async function waitHealthy(
 export function formatChaos(report: ChaosReport): string {
   return [
     `transfers  sent ${report.sent}, accepted ${report.accepted}, refused at once ${report.refused}, completed ${report.completed}, failed ${report.failed}`,
+    `batches    ${report.batches_sent} disbursements sent, ${report.batches_final} final and agreeing with their items`,
     `retries    ${report.retries} client retries through outages, ${report.replays} deliberate replays with the same key`,
     `faults     ${report.faults.length}: ${report.faults.join("; ")}`,
     `timing     workload ${(report.run_ms / 1000).toFixed(1)} s, time to quiet ${(report.quiet_ms / 1000).toFixed(1)} s`,
@@ -396,6 +513,8 @@ export function chaosOptionsFromEnv(
     fault_gap_ms: 1_500,
     quiet_timeout_ms: 180_000,
     replay_share: 0.3,
+    batches: 10,
+    batch_items: 20,
     audit: auditOptionsFromEnv(env, true),
     log: (line) => console.log(line),
     ...overrides,

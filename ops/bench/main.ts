@@ -29,6 +29,7 @@ import { hashPassword } from "../../services/user-service/src/domain.ts";
 import { openWalletsInBulk } from "../../services/user-service/src/ledger.ts";
 import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
+import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
 import { cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import {
@@ -110,6 +111,8 @@ interface Results {
   scale: Case[];
   half_rate: { rate_tps: number; result: Omit<LoadResult, "completed_transfers"> & { dropped: number } };
   cached_get: { reads: number; errors: number; get: Latency };
+  /** Absent in results written before the batch workload. */
+  batches?: BatchResult;
   audit: { ok: boolean; summary: string; wait_for_quiet_s: number };
   baseline_money_conserved: boolean;
   profiled: boolean;
@@ -289,6 +292,17 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     `cached GET             p50 ${cached_get.get.p50_ms} ms, p99 ${cached_get.get.p99_ms} ms over ${cached_get.reads} reads`,
   );
 
+  // 5b. Batches of 1,000 on the same wallets, completion seen by reading the batch.
+  const batches = await batchLoop(target, wallets.slice(0, mode.wallets_small), {
+    batch_size: 1_000,
+    concurrency: 2,
+    duration_s: mode.duration_s,
+    wait_s: 10,
+  });
+  say(
+    `batches of 1,000        ${batches.batch_tps} completed items/s; batch done p50 ${batches.batch_p50_ms} / p99 ${batches.batch_p99_ms} ms; ${batches.errors} errors`,
+  );
+
   // 6. More wallets.
   const scale: Case[] = [];
   for (const count of mode.wallets_large) {
@@ -327,6 +341,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     scale,
     half_rate: { rate_tps, result: { ...withoutIds(half), dropped: half.dropped } },
     cached_get,
+    batches,
     audit: { ok: audit.ok, summary: formatAudit(audit), wait_for_quiet_s },
     baseline_money_conserved,
     profiled,
@@ -482,6 +497,9 @@ async function reportPhase(out_dir: string): Promise<void> {
       ? ""
       : `| ${fmt(large.wallets)} wallets / ${fmt(small.wallets)} wallets | ${(large_vs_small * 100).toFixed(0)} % | ≥ 80 %: ${target(large_vs_small >= 0.8)} |`,
     `| hot wallet (10% of transfers) / uniform | ${(hot_vs_uniform * 100).toFixed(0)} % | ≥ 50 %: ${target(hot_vs_uniform >= 0.5)} |`,
+    results.batches === undefined
+      ? ""
+      : `| batches of 1,000: completed items per second / baseline peak | ${fmt(results.batches.batch_tps, 1)} tps / ${fmt(baseline_peak.baseline.throughput_tps, 1)} = ${(results.batches.batch_tps / baseline_peak.baseline.throughput_tps).toFixed(3)} | ≥ 1.5: ${target(results.batches.batch_tps / baseline_peak.baseline.throughput_tps >= 1.5)} |`,
     `| audit after the run | ${results.audit.ok ? "OK" : "VIOLATIONS"} | OK |`,
     `| baseline's money conserved | ${results.baseline_money_conserved ? "yes" : "NO"} | yes |`,
     "",
@@ -513,6 +531,14 @@ async function reportPhase(out_dir: string): Promise<void> {
     "",
     `Completed ${half.completed}, refused ${half.failed}, errors ${half.errors}, not final in time ${half.unfinished}, dropped (more than ${mode.concurrency.at(-1)} × 8 in flight) ${half.dropped}.`,
     "",
+    ...(results.batches === undefined
+      ? []
+      : [
+          "## Batches",
+          "",
+          `Disbursements of 1,000 items, 2 in flight, each read until final: ${results.batches.batches_final} of ${results.batches.batches_sent} final, ${fmt(results.batches.items_completed)} items completed, ${results.batches.items_failed} failed, ${results.batches.errors} errors; POST to final p50 ${results.batches.batch_p50_ms} ms, p99 ${results.batches.batch_p99_ms} ms.`,
+          "",
+        ]),
     "## Cached reads",
     "",
     `GET /transactions/:id of final transfers by 8 readers: ${results.cached_get.reads} reads, p50 ${results.cached_get.get.p50_ms} ms, p95 ${results.cached_get.get.p95_ms} ms, p99 ${results.cached_get.get.p99_ms} ms, ${results.cached_get.errors} errors.`,
@@ -550,6 +576,11 @@ async function reportPhase(out_dir: string): Promise<void> {
     hot_over_uniform: Math.round(hot_vs_uniform * 1000) / 1000,
     large_over_small: large_vs_small === null ? null : Math.round(large_vs_small * 1000) / 1000,
     audit_ok: results.audit.ok,
+    batch_tps: results.batches?.batch_tps ?? null,
+    batch_ratio:
+      results.batches === undefined
+        ? null
+        : Math.round((results.batches.batch_tps / baseline_peak.baseline.throughput_tps) * 1000) / 1000,
   };
   say(`report: ${relative(process.cwd(), join(out_dir, "report.md"))} (charts beside it)`);
   process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);

@@ -13,6 +13,8 @@ export const crashPoints = [
   "after_post",
   /** transaction-service: the ledger refunded A, the saga has not recorded it. */
   "after_void",
+  /** transaction-service: the ledger funded a disbursement, the saga has not recorded it. */
+  "after_fund",
   /** transaction-service: the outbox batch reached Kafka, its rows are not deleted. */
   "after_outbox_send",
   /** transaction-command-service: records written to MongoDB, no event sent, no offset committed. */

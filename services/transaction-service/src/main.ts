@@ -30,6 +30,7 @@ import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
+import { startDisbursements } from "./disbursements/index.ts";
 import { registerRoutes } from "./http.ts";
 import { collectSaga, recordTransition } from "./metrics.ts";
 import { registerEventCountersRoute } from "./ops.ts";
@@ -235,6 +236,23 @@ registerRoutes(app, {
   auth,
   limiter,
 });
+const disbursements = startDisbursements({
+  app,
+  saga: store,
+  runner,
+  auth,
+  limiter,
+  logger,
+  ledger_url: config.USER_SERVICE_INTERNAL_URL,
+  ledger_token: secrets.ledger_token ?? "",
+  crashes: config.FAULT_INJECTION ? crashes : noCrashes,
+  onOutbox: () => relay.wake(),
+  timings: {
+    step_timeout_ms: config.STEP_TIMEOUT_MS,
+    record_resend_ms: config.RECORD_RESEND_MS,
+    sweep_interval_ms: config.SWEEP_INTERVAL_MS,
+  },
+});
 registerEventCountersRoute(listeners.internal, auth, eventCounters);
 if (config.FAULT_INJECTION) {
   registerCrashRoute(listeners.internal, auth, crashes, [
@@ -242,12 +260,14 @@ if (config.FAULT_INJECTION) {
     "after_post",
     "after_void",
     "after_outbox_send",
+    "after_fund",
   ]);
 }
 
 onShutdown(logger, [
   () => closeBoth(listeners),
   () => sweeper.stop(),
+  () => disbursements.stop(),
   () => events.stop(),
   () => relay.stop(),
   () => producer.close(),

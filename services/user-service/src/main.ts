@@ -13,6 +13,7 @@ import { createLogger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
+import { registerBatchFundingRoute } from "./batch-funding.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
 import { registerRoutes } from "./http.ts";
@@ -88,6 +89,7 @@ async function main(): Promise<void> {
   const checks = { postgres: () => pool.query("SELECT 1") };
   registerHealth(listeners.public, SERVICE, checks, { auth });
   registerHealth(listeners.internal, SERVICE, checks);
+  registerBatchFundingRoute(listeners.internal, auth, pool);
   registerRoutes(listeners, {
     pool,
     metrics,

@@ -27,6 +27,8 @@
 import type { FailureReason, TransferSnapshot, TransferStatus } from "#packages/contracts/transfer.ts";
 
 export const sagaStates = [
+  /** A disbursement's item before its batch is funded: no step of its own (disbursements/). */
+  "funding",
   "created",
   "held",
   "recorded",
@@ -84,6 +86,7 @@ export function nextAction(state: SagaState): NextAction {
     case "posted":
     case "failing":
       return "await_record";
+    case "funding":
     case "completed":
     case "failed":
       return "none";
@@ -195,6 +198,7 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
       return lateHold(current, input, to);
     case "failed":
       return lateHold(current, input, to);
+    case "funding":
     case "completed":
       return null;
   }

@@ -1,0 +1,146 @@
+/**
+ * Funding a disbursement: one call to the ledger (`POST /internal/disbursements/:id/fund`, one
+ * commit for every item), then one saga transaction that records the answer and starts every
+ * funded item on the ordinary saga from `held`. Idempotent end to end: the ledger answers a
+ * repeated funding with its first decision, and applying it is a compare-and-set, so the
+ * creating request, the sweep and a restarted process may all drive the same disbursement.
+ */
+import { z } from "zod";
+import type { FailureReason } from "#packages/contracts/transfer.ts";
+import { callJson } from "#packages/http/client.ts";
+import type { Logger } from "#packages/log/index.ts";
+import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
+import { LedgerInvariantError } from "../saga/ledger-client.ts";
+import { snapshotOf } from "../saga/machine.ts";
+import type { SagaRunner } from "../saga/runner.ts";
+import type { Disbursement, DisbursementStore, ItemFunding, ItemRow } from "./store.ts";
+
+/**
+ * A funding of 1,000 items is one ledger statement of a few thousand rows: far longer than one
+ * step, so it gets its own bound. A call that runs out is retried by the sweep (idempotent).
+ */
+export const FUNDING_TIMEOUT_MS = 20_000;
+
+const answerSchema = z.object({
+  success: z.literal(true),
+  data: z.object({
+    results: z.array(
+      z.object({
+        transfer_id: z.string(),
+        result: z.enum([
+          "ok",
+          "dest_not_found",
+          "insufficient_funds",
+          "source_not_found",
+          "funding_mismatch",
+        ]),
+        source_balance_before: z.number().int().nonnegative().optional(),
+      }),
+    ),
+  }),
+});
+
+export interface FundingOutcome {
+  refused: FailureReason | null;
+  items: ItemFunding[];
+}
+
+export class FundingClient {
+  readonly #url: string;
+  readonly #headers: Record<string, string>;
+  readonly #timeout_ms: number;
+
+  constructor(base_url: string, ledger_token: string, timeout_ms = FUNDING_TIMEOUT_MS) {
+    this.#url = `${base_url.replace(/\/$/, "")}/internal/disbursements`;
+    this.#headers = { authorization: `Bearer ${ledger_token}` };
+    this.#timeout_ms = timeout_ms;
+  }
+
+  /** Throws when the ledger does not answer (retry later) or answers what cannot be (a bug). */
+  async fund(disbursement: Disbursement, items: readonly ItemRow[]): Promise<FundingOutcome> {
+    const response = await callJson(`${this.#url}/${disbursement.id}/fund`, {
+      method: "POST",
+      body: {
+        source_user_id: disbursement.source_user_id,
+        items: items.map((i) => ({ transfer_id: i.id, dest_user_id: i.dest_user_id, amount: i.amount })),
+      },
+      timeout_ms: this.#timeout_ms,
+      headers: this.#headers,
+    });
+    const what = `funding of disbursement ${disbursement.id} answered ${response.status}`;
+    if (response.status >= 500) throw new Error(`${what} ${JSON.stringify(response.body)}`);
+    const parsed = answerSchema.safeParse(response.body);
+    if (response.status !== 200 || !parsed.success || parsed.data.data.results.length !== items.length) {
+      throw new LedgerInvariantError(`${what}: ${JSON.stringify(response.body)}`);
+    }
+    return outcomeOf(disbursement.id, items, parsed.data.data.results);
+  }
+}
+
+function outcomeOf(
+  id: string,
+  items: readonly ItemRow[],
+  results: z.infer<typeof answerSchema>["data"]["results"],
+): FundingOutcome {
+  const first = results[0]?.result;
+  if (first === "insufficient_funds" || first === "source_not_found") {
+    return { refused: first, items: items.map((i) => ({ transfer_id: i.id, held: false, reason: first })) };
+  }
+  return {
+    refused: null,
+    items: items.map((item, index) => {
+      const r = results[index];
+      if (r === undefined || r.transfer_id !== item.id) {
+        throw new LedgerInvariantError(`funding of ${id}: answer ${index} is not for item ${item.id}`);
+      }
+      if (r.result === "ok" && r.source_balance_before !== undefined) {
+        return { transfer_id: item.id, held: true, source_init_bal: r.source_balance_before };
+      }
+      if (r.result === "dest_not_found")
+        return { transfer_id: item.id, held: false, reason: "dest_not_found" };
+      throw new LedgerInvariantError(`funding of ${id}: item ${item.id} answered ${r.result}`);
+    }),
+  };
+}
+
+export class DisbursementFunder {
+  readonly #store: DisbursementStore;
+  readonly #client: Pick<FundingClient, "fund">;
+  readonly #runner: Pick<SagaRunner, "recordCommand">;
+  readonly #logger: Logger;
+  readonly #record_wait_ms: number;
+  /** Fault tests: die between the ledger's funding commit and the saga's record of it. */
+  crashes: CrashHook = noCrashes;
+
+  constructor(deps: {
+    store: DisbursementStore;
+    client: Pick<FundingClient, "fund">;
+    runner: Pick<SagaRunner, "recordCommand">;
+    logger: Logger;
+    record_wait_ms: number;
+  }) {
+    this.#store = deps.store;
+    this.#client = deps.client;
+    this.#runner = deps.runner;
+    this.#logger = deps.logger;
+    this.#record_wait_ms = deps.record_wait_ms;
+  }
+
+  /** Funds the disbursement if it is still `created`; returns it as it then stands. */
+  async fund(disbursement: Disbursement): Promise<Disbursement> {
+    if (disbursement.state !== "created") return disbursement;
+    const items = await this.#store.items(disbursement.id);
+    const outcome = await this.#client.fund(disbursement, items);
+    this.crashes.reached("after_fund");
+    const applied = await this.#store.applyFunding(disbursement.id, outcome, this.#record_wait_ms, (rows) =>
+      rows.map((row) => this.#runner.recordCommand(snapshotOf(row))),
+    );
+    this.#logger.info(
+      { disbursement_id: disbursement.id, refused: outcome.refused, applied },
+      "disbursement funding applied",
+    );
+    const after = await this.#store.get(disbursement.id);
+    if (after === null) throw new Error(`invariant: disbursement ${disbursement.id} vanished`);
+    return after;
+  }
+}

@@ -1,0 +1,400 @@
+/**
+ * The disbursement API: `POST /disbursements` (the payer's token, Idempotency-Key required),
+ * `GET /disbursements/:id`, `GET /disbursements/:id/items`, `GET /disbursements` (the payer's,
+ * newest first). Items are ordinary transfers: their payees read them at GET /transactions/:id.
+ */
+import { createHash } from "node:crypto";
+import type { FastifyReply } from "fastify";
+import { z } from "zod";
+import { transferIdSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
+import { amountMinorSchema, MAX_MINOR } from "#packages/contracts/money.ts";
+import {
+  decodeCursor,
+  encodeCursor,
+  listQuerySchema,
+  paginationSchema,
+} from "#packages/contracts/pagination.ts";
+import { redactFor, transferSnapshotSchema } from "#packages/contracts/transfer.ts";
+import {
+  type Authenticator,
+  forbidden,
+  type Principal,
+  requirePrincipal,
+  securityFor,
+} from "#packages/http/auth.ts";
+import { ApiError, errorBody, notFound, ok } from "#packages/http/errors.ts";
+import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
+import type { RateLimiter } from "#packages/http/rate-limit.ts";
+import type { HttpServer } from "#packages/http/server.ts";
+import { snapshotOf } from "../saga/machine.ts";
+import type { SagaStore } from "../saga/store.ts";
+import type { DisbursementFunder } from "./funding.ts";
+import type { Disbursement, DisbursementStore } from "./store.ts";
+
+/** The most items in one disbursement (Wise's batch groups hold as many). */
+export const DISBURSEMENT_ITEMS_MAX = 1_000;
+
+const printable = (what: string) =>
+  z
+    .string()
+    .min(1, { error: `${what} must not be empty` })
+    .max(255, { error: `${what} must be at most 255 characters` })
+    .regex(/^[\x20-\x7e]+$/, { error: `${what} must be printable ASCII` });
+
+export const disbursementBodySchema = z.strictObject({
+  source_user_id: userIdSchema,
+  reference: printable("reference").optional(),
+  items: z
+    .array(
+      z.strictObject({
+        dest_user_id: userIdSchema,
+        amount: amountMinorSchema,
+        reference: printable("reference"),
+      }),
+    )
+    .min(1, { error: "give at least one item" })
+    .max(DISBURSEMENT_ITEMS_MAX, { error: `give at most ${DISBURSEMENT_ITEMS_MAX} items` }),
+});
+type DisbursementBody = z.infer<typeof disbursementBodySchema>;
+
+const idempotencyKeySchema = z
+  .string({ error: "Idempotency-Key is required" })
+  .regex(/^[\x21-\x7e]{1,255}$/, { error: "must be 1-255 printable ASCII characters without spaces" });
+
+const statusSchema = z.enum(["PENDING", "COMPLETED", "PARTIALLY_COMPLETED", "FAILED"]);
+const count = z.number().int().nonnegative();
+const amount = z.number().int().nonnegative().max(MAX_MINOR);
+const disbursementSchema = z.object({
+  id: transferIdSchema,
+  status: statusSchema,
+  reference: z.string().nullable(),
+  source_user_id: userIdSchema,
+  item_count: count,
+  total_amount: amount,
+  counts: z.object({ pending: count, completed: count, failed: count }),
+  amount_completed: amount,
+  amount_refunded: amount,
+  failure_reason: z.string().nullable(),
+  created_at: z.iso.datetime({ offset: true }),
+  updated_at: z.iso.datetime({ offset: true }),
+});
+const itemSchema = transferSnapshotSchema.extend({
+  reference: z.string(),
+  disbursement_id: transferIdSchema,
+});
+const oneResponse = envelope(z.object({ disbursement: disbursementSchema }));
+
+function toApi(d: Disbursement): z.infer<typeof disbursementSchema> {
+  return {
+    id: d.id,
+    status: d.status,
+    reference: d.reference,
+    source_user_id: d.source_user_id,
+    item_count: d.item_count,
+    total_amount: d.total_amount,
+    counts: d.counts,
+    amount_completed: d.amount_completed,
+    amount_refunded: d.amount_refunded,
+    failure_reason: d.failure_reason,
+    created_at: d.created_at,
+    updated_at: d.updated_at,
+  };
+}
+
+/** The first answer to a POST, given where the disbursement stands. */
+export function responseFor(d: Disbursement): { status: number; body: unknown } {
+  const disbursement = toApi(d);
+  if (d.state === "refused" && d.failure_reason === "insufficient_funds") {
+    const message = `user ${d.source_user_id} has insufficient funds for the total ${d.total_amount}`;
+    return {
+      status: 422,
+      body: errorBody("insufficient_funds", message, { disbursement, total_amount: d.total_amount }),
+    };
+  }
+  if (d.state === "refused") {
+    return {
+      status: 404,
+      body: errorBody("source_not_found", `user ${d.source_user_id} not found`, { disbursement }),
+    };
+  }
+  return { status: 201, body: ok({ disbursement }) };
+}
+
+export function fingerprint(body: DisbursementBody): string {
+  const canonical = [
+    body.source_user_id,
+    body.reference ?? null,
+    body.items.map((i) => [i.dest_user_id, i.amount, i.reference]),
+  ];
+  return createHash("sha256").update(JSON.stringify(canonical)).digest("hex");
+}
+
+/** What a schema cannot say: each names the item at fault. Nothing is written before this passes. */
+export function checkItems(body: DisbursementBody): bigint {
+  const references = new Map<string, number>();
+  let total = 0n;
+  for (const [index, item] of body.items.entries()) {
+    if (item.dest_user_id === body.source_user_id) {
+      throw new ApiError(422, "same_wallet", `items.${index}.dest_user_id: the payer cannot be a payee`);
+    }
+    const earlier = references.get(item.reference);
+    if (earlier !== undefined) {
+      throw new ApiError(
+        422,
+        "duplicate_reference",
+        `items.${index}.reference: '${item.reference}' is already the reference of items.${earlier}`,
+      );
+    }
+    references.set(item.reference, index);
+    total += BigInt(item.amount);
+  }
+  if (total > BigInt(MAX_MINOR)) {
+    throw new ApiError(
+      422,
+      "total_too_large",
+      `items: the amounts total ${total}, more than ${MAX_MINOR} minor units`,
+    );
+  }
+  return total;
+}
+
+/** The payer (or the operator) only. */
+function requireOwner(principal: Principal, d: Disbursement): void {
+  if (principal.kind === "admin") return;
+  if (principal.kind === "user" && principal.user_id === d.source_user_id) return;
+  throw forbidden(`disbursement ${d.id} belongs to another user`);
+}
+
+function sendAs(reply: FastifyReply, status: number, body: unknown) {
+  return (reply as unknown as FastifyReply).status(status).send(body);
+}
+
+const IN_PROGRESS_WINDOW_MS = 10_000;
+
+export function registerDisbursementRoutes(
+  app: HttpServer,
+  deps: {
+    store: DisbursementStore;
+    saga: SagaStore;
+    funder: DisbursementFunder;
+    auth: Authenticator;
+    limiter: RateLimiter;
+    step_timeout_ms: number;
+  },
+): void {
+  const limited = deps.limiter.hook();
+  const userOrAdmin = [deps.auth.guard("user", "admin"), limited];
+  const idParams = z.strictObject({ id: transferIdSchema });
+
+  app.post(
+    "/disbursements",
+    {
+      // 1,000 items with 255-character references: above the listener's default limit.
+      bodyLimit: 512 * 1024,
+      onRequest: [deps.auth.guard("user"), limited],
+      schema: {
+        summary: `Pay up to ${DISBURSEMENT_ITEMS_MAX} users from the caller's wallet, funded all or nothing (Idempotency-Key required)`,
+        description:
+          "The whole batch is held from the payer's wallet in one ledger commit, or nothing moves (422 " +
+          "`insufficient_funds` with the total). Each item then is an ordinary transfer, credited on its own; " +
+          "an item whose payee cannot be credited ends FAILED and its amount stays with the payer. The same " +
+          "key and body replay the first answer; the same key with another body is 422.",
+        tags: ["disbursements"],
+        security: securityFor("user"),
+        body: disbursementBodySchema,
+        headers: z.object({ "idempotency-key": idempotencyKeySchema }),
+        response: {
+          201: oneResponse.describe("Accepted and funded (or funding): the disbursement"),
+          ...errorResponses(BODY_ERRORS, 401, 429, {
+            403: "`source_user_id` is not the caller's wallet, or the credential is not a user's token",
+            404: "The payer does not exist (closed)",
+            409: "A request with this Idempotency-Key is still in progress (Retry-After)",
+            422: "Insufficient funds for the total, an item at fault (the message names `items.N`), or the key reused with another body",
+          }),
+        },
+      },
+    },
+    async (request, reply) => {
+      const principal = requirePrincipal(request);
+      const body = request.body;
+      if (principal.kind !== "user" || principal.user_id !== body.source_user_id) {
+        throw forbidden(`only the owner of wallet ${body.source_user_id} may disburse from it`);
+      }
+      const total = checkItems(body);
+      const print = fingerprint(body);
+      const id = uuidv7();
+      const { created, disbursement, age_ms } = await deps.store.createOrGet({
+        id,
+        idempotency_key: `user:${principal.user_id}:${request.headers["idempotency-key"]}`,
+        request_fingerprint: print,
+        source_user_id: body.source_user_id,
+        reference: body.reference ?? null,
+        items: body.items.map((item) => ({ transfer_id: uuidv7(), ...item })),
+        total_amount: Number(total),
+        funding_timeout_ms: deps.step_timeout_ms,
+      });
+      if (!created) return replay(reply, disbursement, print, age_ms);
+      let current = disbursement;
+      try {
+        current = await deps.funder.fund(disbursement);
+      } catch (error) {
+        request.log.warn(
+          { err: error, disbursement_id: id },
+          "funding not confirmed in time; left to the sweep",
+        );
+      }
+      const response = responseFor(current);
+      await deps.store.saveResponse(id, response.status, response.body).catch((error: unknown) => {
+        request.log.warn({ err: error, disbursement_id: id }, "could not keep the first answer");
+      });
+      return sendAs(reply, response.status, response.body);
+    },
+  );
+
+  const replay = (reply: FastifyReply, d: Disbursement, print: string, age_ms: number) => {
+    if (d.request_fingerprint !== print) {
+      throw new ApiError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used with a different request body",
+        {
+          details: { disbursement_id: d.id },
+        },
+      );
+    }
+    reply.header("idempotent-replayed", "true");
+    if (d.response_status !== null) return sendAs(reply, d.response_status, d.response_body);
+    if (d.state === "created" && age_ms < IN_PROGRESS_WINDOW_MS) {
+      throw new ApiError(
+        409,
+        "request_in_progress",
+        "a request with this Idempotency-Key is still being processed",
+        {
+          headers: { "retry-after": "1" },
+        },
+      );
+    }
+    const response = responseFor(d);
+    return sendAs(reply, response.status, response.body);
+  };
+
+  app.get(
+    "/disbursements/:id",
+    {
+      onRequest: userOrAdmin,
+      schema: {
+        summary:
+          "Read a disbursement: its status derived from its items, counts and amounts (the payer, or the operator)",
+        tags: ["disbursements"],
+        security: securityFor("user", "admin"),
+        params: idParams,
+        response: {
+          200: oneResponse.describe("The disbursement"),
+          ...errorResponses(400, 401, 429, {
+            403: "Another user's disbursement",
+            404: "No such disbursement",
+          }),
+        },
+      },
+    },
+    async (request) => {
+      const d = await deps.store.get(request.params.id.toLowerCase());
+      if (d === null) throw notFound(`disbursement ${request.params.id}`);
+      requireOwner(requirePrincipal(request), d);
+      return ok({ disbursement: toApi(d) });
+    },
+  );
+
+  app.get(
+    "/disbursements/:id/items",
+    {
+      onRequest: userOrAdmin,
+      schema: {
+        summary:
+          "A disbursement's items in batch order, each a transaction with its reference (the payer, or the operator)",
+        tags: ["disbursements"],
+        security: securityFor("user", "admin"),
+        params: idParams,
+        querystring: z.strictObject({
+          status: z.enum(["PENDING", "COMPLETED", "FAILED"]).optional(),
+          limit: listQuerySchema.shape.limit,
+          cursor: z
+            .string()
+            .regex(/^[0-9]{1,4}$/, { error: "is not a cursor this API returned" })
+            .optional(),
+        }),
+        response: {
+          200: envelope(z.object({ items: z.array(itemSchema), pagination: paginationSchema })).describe(
+            "A page; pass `pagination.next_cursor` as `cursor` for the next one",
+          ),
+          ...errorResponses(400, 401, 429, {
+            403: "Another user's disbursement",
+            404: "No such disbursement",
+          }),
+        },
+      },
+    },
+    async (request) => {
+      const principal = requirePrincipal(request);
+      const id = request.params.id.toLowerCase();
+      const d = await deps.store.get(id);
+      if (d === null) throw notFound(`disbursement ${request.params.id}`);
+      requireOwner(principal, d);
+      const { limit, cursor, status } = request.query;
+      const page = await deps.store.itemPage(id, {
+        limit,
+        after_index: cursor === undefined ? -1 : Number(cursor),
+        status: status ?? null,
+      });
+      const rows = await deps.saga.getMany(page.ids);
+      const items = page.ids.map((item_id) => {
+        const row = rows.get(item_id);
+        if (row === undefined) throw new Error(`invariant: item ${item_id} of ${id} vanished`);
+        return {
+          ...redactFor(principal, snapshotOf(row)),
+          reference: page.references.get(item_id) ?? "",
+          disbursement_id: id,
+        };
+      });
+      const next = page.has_more && page.last_index !== null ? String(page.last_index) : null;
+      return ok({ items, pagination: { limit, has_more: page.has_more, next_cursor: next } });
+    },
+  );
+
+  app.get(
+    "/disbursements",
+    {
+      onRequest: [deps.auth.guard("user"), limited],
+      schema: {
+        summary: "The caller's disbursements, newest first",
+        tags: ["disbursements"],
+        security: securityFor("user"),
+        querystring: listQuerySchema,
+        response: {
+          200: envelope(
+            z.object({ disbursements: z.array(disbursementSchema), pagination: paginationSchema }),
+          ).describe("A page; pass `pagination.next_cursor` as `cursor` for the next one"),
+          ...errorResponses(400, 401, 429),
+        },
+      },
+    },
+    async (request) => {
+      const principal = requirePrincipal(request);
+      if (principal.kind !== "user") throw forbidden("only a user lists their disbursements");
+      const { limit, cursor } = request.query;
+      const after = cursor === undefined ? null : decodeCursor(cursor);
+      // A cursor of another list (its id not a disbursement's) names no place in this one.
+      if (after !== null && !transferIdSchema.safeParse(after.id).success) {
+        throw new ApiError(400, "invalid_request", "querystring.cursor: is not a cursor this API returned");
+      }
+      const page = await deps.store.listByPayer(principal.user_id, { limit, after });
+      const last = page.rows.at(-1);
+      const next =
+        page.has_more && last !== undefined ? encodeCursor({ t: last.created_at, id: last.id }) : null;
+      return ok({
+        disbursements: page.rows.map(toApi),
+        pagination: { limit, has_more: page.has_more, next_cursor: next },
+      });
+    },
+  );
+}

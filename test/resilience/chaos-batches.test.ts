@@ -1,0 +1,31 @@
+/**
+ * The chaos workload's disbursements, small: batches sent while transaction-service is killed
+ * with SIGKILL; every batch must end final and agree with its items, and I1-I6 must hold.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { chaosOptionsFromEnv, formatChaos, runChaos } from "../../ops/chaos.ts";
+
+describe("chaos with batches", () => {
+  it("every batch ends final, agreeing with its items, through a SIGKILL", {
+    timeout: 600_000,
+  }, async (t) => {
+    const lines: string[] = [];
+    const report = await runChaos(
+      chaosOptionsFromEnv(process.env, {
+        transfers: 40,
+        concurrency: 2,
+        faults: 1,
+        batches: 4,
+        batch_items: 20,
+        log: (line) => lines.push(line),
+      }),
+    );
+    t.diagnostic(formatChaos(report));
+    assert.deepEqual(report.violations, []);
+    assert.ok(report.batches_sent >= 4, `only ${report.batches_sent} batches sent`);
+    assert.equal(report.batches_final, report.batches_sent);
+    assert.equal(report.client_total_after, report.client_total_before);
+    assert.ok(report.audit.ok, report.audit.violations.join("\n"));
+  });
+});
