@@ -38,6 +38,7 @@ import { startOutboxRelay } from "./saga/outbox-relay.ts";
 import { SagaRunner } from "./saga/runner.ts";
 import { SagaStore } from "./saga/store.ts";
 import { startSweeper } from "./saga/sweeper.ts";
+import { FinalStatusWaiters, startFinalStatusListener } from "./waiting.ts";
 
 const SERVICE = "transaction-service";
 
@@ -178,6 +179,18 @@ const limiter = new RateLimiter(redis, {
   timeout_ms: config.CACHE_TIMEOUT_MS,
   logger,
 });
+// Waiting reads learn of final statuses from every copy through the saga database's NOTIFY.
+const waiters = new FinalStatusWaiters({
+  waiting_max: config.WAITING_READS_MAX,
+  waiting_per_caller_max: config.WAITING_READS_PER_CALLER_MAX,
+});
+const finalStatuses = startFinalStatusListener({
+  url: config.SAGA_DATABASE_URL,
+  waiters,
+  logger,
+  ping_interval_ms: 10_000,
+  timeout_ms: 5_000,
+});
 const listeners = createListeners({ logger });
 const app = listeners.public;
 await registerOpenApi(listeners.internal, {
@@ -219,6 +232,7 @@ registerRoutes(app, {
   step_timeout_ms: config.STEP_TIMEOUT_MS,
   auth,
   limiter,
+  waiters,
 });
 registerEventCountersRoute(listeners.internal, auth, eventCounters);
 if (config.FAULT_INJECTION) {
@@ -231,7 +245,10 @@ if (config.FAULT_INJECTION) {
 }
 
 onShutdown(logger, [
+  // Held reads answer now with the current status, so closing the listeners does not wait for them.
+  async () => waiters.close(),
   () => closeBoth(listeners),
+  () => finalStatuses.stop(),
   () => sweeper.stop(),
   () => events.stop(),
   () => relay.stop(),
