@@ -5,13 +5,10 @@
  * (transaction-command-service); starting it again lets them complete.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { openSync } from "node:fs";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { logsDir, repoRoot } from "../../scripts/stack/paths.ts";
-import { bearer, call, createUser, settled, type TestUser, transfer, uniqueName, urls } from "./api.ts";
+import { bearer, createUser, settled, type TestUser, transfer, uniqueName, urls } from "./api.ts";
+import { type SecondCopy, startSecondCopy } from "./second-copy.ts";
 
 const control = process.env.TEST_STACK_CONTROL_URL ?? "";
 
@@ -50,36 +47,6 @@ async function read(base: string, id: string, token: string, prefer?: string): P
   };
 }
 
-async function healthy(base: string, timeout_ms = 90_000): Promise<void> {
-  const deadline = Date.now() + timeout_ms;
-  for (;;) {
-    const answer = await call("GET", `${base}/health`).catch(() => null);
-    if (answer?.status === 200) return;
-    if (Date.now() > deadline) assert.fail(`${base} not healthy after ${timeout_ms} ms`);
-    await sleep(250);
-  }
-}
-
-/** The second copy: the stack's environment for transaction-service, on the test port + 10 (internal + 1000). */
-async function startSecondCopy(): Promise<{ child: ChildProcess; base: string }> {
-  const { serviceEnv } = await import("../../scripts/stack/env.ts");
-  const port = Number(new URL(urls.transaction).port) + 10;
-  const env = {
-    ...serviceEnv("transaction-service", process.env as Record<string, string>),
-    TRANSACTION_SERVICE_PORT: String(port),
-    TRANSACTION_SERVICE_INTERNAL_PORT: String(port + 1_000),
-  };
-  const log = openSync(join(logsDir, "transaction-service-second-copy.log"), "a");
-  const child = spawn(process.execPath, [join(repoRoot, "services/transaction-service/src/main.ts")], {
-    cwd: repoRoot,
-    env,
-    stdio: ["ignore", log, log],
-  });
-  const base = `http://127.0.0.1:${port}`;
-  await healthy(base);
-  return { child, base };
-}
-
 describe("waiting reads", () => {
   let a: TestUser;
   let b: TestUser;
@@ -108,7 +75,7 @@ describe("waiting reads", () => {
   });
 
   describe("while transfers are PENDING", () => {
-    let second: { child: ChildProcess; base: string } | undefined;
+    let second: SecondCopy | undefined;
     let writerStopped = false;
 
     before(async () => {
@@ -119,7 +86,7 @@ describe("waiting reads", () => {
 
     after(async () => {
       if (writerStopped) await controlService("transaction-command-service", "start");
-      second?.child.kill("SIGTERM");
+      await second?.stop();
     });
 
     it("time out with the current status; are bounded per caller; answer on any copy as soon as final", async () => {
