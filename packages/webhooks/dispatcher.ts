@@ -1,0 +1,373 @@
+/**
+ * The webhook dispatcher: claims due deliveries from PostgreSQL and sends them, at least once.
+ *
+ * - Claim: a short transaction takes due rows with FOR UPDATE SKIP LOCKED (so several copies share
+ *   the work) and leases each one: next_attempt_at moves to now() + lease_ms on the database clock
+ *   and a fresh claim_token marks the attempt. A copy that dies mid-attempt (kill -9) records
+ *   nothing; once the lease ends, any copy claims the row again and re-sends it with the same
+ *   webhook-id. No connection is held while a request is in flight.
+ * - Fairness: at most concurrency_max requests at once, and at most endpoint_in_flight_max per
+ *   endpoint; an endpoint at its limit is left out of the claim, so a slow or dead endpoint never
+ *   holds the slots (or the head of the queue) that other endpoints' deliveries need.
+ * - Each attempt: SSRF check and DNS pinning (address-guard.ts), Standard Webhooks signature with
+ *   every valid key, attempt_timeout_ms for the whole exchange, no redirects followed (a redirect
+ *   could lead anywhere), a bounded read of the answer.
+ * - Record: one log row per attempt; delivered on a 2xx; otherwise the next attempt after a
+ *   full-jitter exponential delay, until the retry window (3 days by default) is spent: then the
+ *   delivery fails and its endpoint is marked failing (its other pending deliveries fail too, and
+ *   stay redeliverable one by one).
+ */
+import http from "node:http";
+import https from "node:https";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Logger } from "#packages/log/index.ts";
+import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
+import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
+import { type AddressGuardOptions, checkUrl, pinnedLookup } from "./address-guard.ts";
+import { type SignedHeaders, signHeaders } from "./secrets.ts";
+import { pruneDeliveries } from "./store.ts";
+
+export interface RetryPolicy {
+  /** Delay ceiling of the first retry; it doubles with each attempt. */
+  base_ms: number;
+  /** Largest delay ceiling between two attempts. */
+  cap_ms: number;
+  /** How long a delivery is retried, from its first attempt (or its redelivery). */
+  window_ms: number;
+  /** Uniform in [0, 1); tests pin it. */
+  random?: () => number;
+}
+
+export const defaultRetryPolicy: RetryPolicy = {
+  base_ms: 5_000,
+  cap_ms: 6 * 3_600_000,
+  window_ms: 3 * 86_400_000,
+};
+
+/**
+ * Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))], so that many deliveries failing
+ * together (an endpoint down) do not come back together.
+ */
+export function retryDelay_ms(attempt: number, policy: RetryPolicy): number {
+  const ceiling = Math.min(policy.cap_ms, policy.base_ms * 2 ** Math.min(Math.max(attempt - 1, 0), 30));
+  return Math.floor((policy.random ?? Math.random)() * ceiling);
+}
+
+export interface DispatcherOptions {
+  pool: Pool;
+  logger: Logger;
+  guard: AddressGuardOptions;
+  /** Whole exchange of one attempt: connect, send, answer. */
+  attempt_timeout_ms: number;
+  /** Requests in flight in this process. */
+  concurrency_max: number;
+  /** Requests in flight to one endpoint in this process. */
+  endpoint_in_flight_max: number;
+  /** Most rows claimed by one query. */
+  batch_max: number;
+  /** Poll interval when nothing is due (wake() shortens it). */
+  idle_poll_ms: number;
+  /** How long a claimed row is left to its claimant before another copy may claim it; must exceed attempt_timeout_ms. */
+  lease_ms: number;
+  retry: RetryPolicy;
+  /** Finished deliveries older than this are pruned, a batch at a time when idle (unset: kept). */
+  retention_ms?: number;
+  /** Runs after a send, before its outcome is recorded: a crash point for fault tests. */
+  after_send?: (delivery_id: string) => void;
+  user_agent?: string;
+}
+
+export interface Dispatcher {
+  /** Something was enqueued: look for due rows now. */
+  wake(): void;
+  /** Stops claiming and waits for the requests in flight to be recorded. */
+  stop(): Promise<void>;
+}
+
+interface Claimed {
+  id: string;
+  endpoint_id: string;
+  webhook_id: string;
+  payload: unknown;
+  attempts: number;
+  claim_token: string;
+  url: string;
+  secrets: string[];
+}
+
+interface Outcome {
+  ok: boolean;
+  response_code: number | null;
+  latency_ms: number;
+  error: string | null;
+}
+
+const response_bytes_max = 64 * 1024;
+const prune_interval_ms = 60_000;
+const prune_batch_max = 1_000;
+const error_chars_max = 500;
+
+export function startDispatcher(options: DispatcherOptions): Dispatcher {
+  if (options.lease_ms <= options.attempt_timeout_ms) {
+    throw new Error("invariant: webhook lease_ms must exceed attempt_timeout_ms");
+  }
+  const inFlight = new Map<string, number>();
+  let total = 0;
+  let stopped = false;
+  let pendingWake = false;
+  let wakeUp: (() => void) | null = null;
+  const running = new Set<Promise<void>>();
+
+  const wake = () => {
+    pendingWake = true;
+    wakeUp?.();
+  };
+
+  const run = (row: Claimed) => {
+    total += 1;
+    inFlight.set(row.endpoint_id, (inFlight.get(row.endpoint_id) ?? 0) + 1);
+    const task = attemptAndRecord(options, row)
+      .catch((error: unknown) =>
+        options.logger.warn(
+          { err: error, delivery_id: row.id },
+          "webhook attempt not recorded; the lease will expire",
+        ),
+      )
+      .finally(() => {
+        total -= 1;
+        const left = (inFlight.get(row.endpoint_id) ?? 1) - 1;
+        if (left === 0) inFlight.delete(row.endpoint_id);
+        else inFlight.set(row.endpoint_id, left);
+        running.delete(task);
+        wake();
+      });
+    running.add(task);
+  };
+
+  let pruned_at_ms = 0;
+  const pruneWhenDue = async () => {
+    if (options.retention_ms === undefined || Date.now() - pruned_at_ms < prune_interval_ms) return;
+    pruned_at_ms = Date.now();
+    await pruneDeliveries(options.pool, options.retention_ms, prune_batch_max);
+  };
+
+  const loop = async () => {
+    let failures = 0;
+    while (!stopped) {
+      try {
+        pendingWake = false;
+        const room = Math.min(options.batch_max, options.concurrency_max - total);
+        const rows = room > 0 ? await claim(options, room, inFlight) : [];
+        failures = 0;
+        for (const row of rows) run(row);
+        // A full claim may have left more due rows; otherwise wait for a wake (an enqueue, a
+        // finished request) or the poll interval.
+        if (rows.length > 0 && rows.length === room) continue;
+        if (pendingWake) continue;
+        await pruneWhenDue();
+        await new Promise<void>((resolve) => {
+          wakeUp = resolve;
+          setTimeout(resolve, options.idle_poll_ms).unref();
+        });
+        wakeUp = null;
+      } catch (error) {
+        failures += 1;
+        options.logger.warn({ err: error, failures }, "webhook claim failed; retrying");
+        await sleep(backoff_ms(failures, 100, 5_000));
+      }
+    }
+    await Promise.allSettled([...running]);
+  };
+  const done = loop();
+
+  return {
+    wake,
+    async stop() {
+      stopped = true;
+      wakeUp?.();
+      await done;
+    },
+  };
+}
+
+/**
+ * Leases up to `room` due rows, leaving out endpoints at their in-flight limit and taking at most
+ * the remaining room of each other endpoint.
+ */
+async function claim(
+  options: DispatcherOptions,
+  room: number,
+  inFlight: Map<string, number>,
+): Promise<Claimed[]> {
+  const busy = [...inFlight.entries()];
+  const full = busy.filter(([, n]) => n >= options.endpoint_in_flight_max).map(([id]) => id);
+  return withTransaction(options.pool, async (client) => {
+    const rows = await client.query<Claimed>(
+      `WITH busy AS (SELECT * FROM unnest($3::uuid[], $4::int[]) AS b(endpoint_id, in_flight)),
+       due AS (
+         -- Rows of an endpoint that is not enabled stay out of the window, or they could fill it.
+         SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+           JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.state = 'enabled'
+          WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND d.endpoint_id <> ALL ($2::uuid[])
+          ORDER BY d.next_attempt_at
+          LIMIT $1
+          FOR UPDATE OF d SKIP LOCKED),
+       ranked AS (
+         SELECT due.id, due.next_attempt_at,
+                row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at, due.id)
+                  + COALESCE(busy.in_flight, 0) AS slot
+           FROM due LEFT JOIN busy USING (endpoint_id)),
+       -- Exactly the rows this process has room for: a row leased but not sent would wait out its lease.
+       chosen AS (
+         SELECT id FROM ranked WHERE slot <= $6 ORDER BY next_attempt_at, id LIMIT $7)
+       UPDATE webhook_deliveries d
+          SET next_attempt_at = now() + make_interval(secs => $5::int / 1000.0),
+              claim_token = gen_random_uuid(), attempts = d.attempts + 1, updated_at = now()
+         FROM chosen, webhook_endpoints e
+        WHERE d.id = chosen.id AND e.id = d.endpoint_id
+        RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url,
+                  array_remove(ARRAY[e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END],
+                               NULL) AS secrets`,
+      [
+        room * 4,
+        full,
+        busy.map(([id]) => id),
+        busy.map(([, n]) => n),
+        options.lease_ms,
+        options.endpoint_in_flight_max,
+        room,
+      ],
+    );
+    return rows.rows;
+  });
+}
+
+async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promise<void> {
+  const outcome = await attempt(options, row);
+  options.after_send?.(row.id);
+  await record(options, row, outcome);
+}
+
+/** One signed POST; never throws: every failure is an outcome to log and retry. */
+async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcome> {
+  const started = performance.now();
+  const latency = () => Math.round(performance.now() - started);
+  // One deadline for the whole attempt, DNS included.
+  const signal = AbortSignal.timeout(options.attempt_timeout_ms);
+  try {
+    const target = await withTimeout(
+      checkUrl(row.url, options.guard),
+      options.attempt_timeout_ms,
+      "webhook URL check",
+    );
+    const body = JSON.stringify(row.payload);
+    const headers = signHeaders(row.webhook_id, new Date(), body, row.secrets);
+    const response_code = await post(target.url, target.address, body, headers, signal, options);
+    const ok = response_code >= 200 && response_code < 300;
+    return { ok, response_code, latency_ms: latency(), error: ok ? null : `answered ${response_code}` };
+  } catch (error) {
+    return { ok: false, response_code: null, latency_ms: latency(), error: (error as Error).message };
+  }
+}
+
+function post(
+  url: URL,
+  address: Parameters<typeof pinnedLookup>[0],
+  body: string,
+  signed: SignedHeaders,
+  signal: AbortSignal,
+  options: DispatcherOptions,
+): Promise<number> {
+  const transport = url.protocol === "https:" ? https : http;
+  return new Promise<number>((resolve, reject) => {
+    const request = transport.request(
+      url,
+      {
+        method: "POST",
+        // The checked address, whatever DNS says now; TLS still verifies the certificate for the host name.
+        lookup: pinnedLookup(address) as never,
+        agent: false,
+        signal,
+        headers: {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          "user-agent": options.user_agent ?? "distributed-payment-service-webhooks",
+          ...signed,
+        },
+      },
+      (response) => {
+        let read = 0;
+        // The answer's body is not used; read a bounded amount of it so the exchange completes.
+        response.on("data", (chunk: Buffer) => {
+          read += chunk.length;
+          if (read > response_bytes_max) response.destroy();
+        });
+        response.on("error", reject);
+        response.on("close", () => resolve(response.statusCode ?? 0));
+      },
+    );
+    request.on("error", (error) =>
+      reject(
+        error.name === "AbortError" ? new Error(`no answer within ${options.attempt_timeout_ms} ms`) : error,
+      ),
+    );
+    request.end(body);
+  });
+}
+
+/** Logs the attempt and moves the delivery on, if this attempt still holds its lease. */
+async function record(options: DispatcherOptions, row: Claimed, outcome: Outcome): Promise<void> {
+  const delay_ms = outcome.ok ? 0 : retryDelay_ms(row.attempts, options.retry);
+  await withTransaction(options.pool, async (client) => {
+    // Locked first: a concurrent endpoint deletion either ran already (nothing to record) or waits.
+    const current = await client.query<{ claim_token: string | null }>(
+      "SELECT claim_token FROM webhook_deliveries WHERE id = $1 FOR UPDATE",
+      [row.id],
+    );
+    if (current.rowCount === 0) return;
+    await client.query(
+      `INSERT INTO webhook_attempts (delivery_id, attempt, status, response_code, latency_ms, error)
+       VALUES ($1, $2, $3, $4, $5, $6)`,
+      [
+        row.id,
+        row.attempts,
+        outcome.ok ? "succeeded" : "failed",
+        outcome.response_code,
+        outcome.latency_ms,
+        outcome.error?.slice(0, error_chars_max) ?? null,
+      ],
+    );
+    // Another copy claimed it after our lease ran out (or a redelivery reset it): its attempt decides.
+    if (current.rows[0]?.claim_token !== row.claim_token) return;
+    if (outcome.ok) {
+      await client.query(
+        "UPDATE webhook_deliveries SET state = 'delivered', claim_token = NULL, updated_at = now() WHERE id = $1",
+        [row.id],
+      );
+      return;
+    }
+    const retried = await client.query(
+      `UPDATE webhook_deliveries
+          SET next_attempt_at = now() + make_interval(secs => $2::bigint / 1000.0), claim_token = NULL, updated_at = now()
+        WHERE id = $1 AND now() + make_interval(secs => $2::bigint / 1000.0) < retry_from + make_interval(secs => $3::bigint / 1000.0)
+          -- An endpoint marked failing meanwhile (by another delivery) gets no more retries.
+          AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = endpoint_id AND state = 'enabled')`,
+      [row.id, delay_ms, options.retry.window_ms],
+    );
+    if (retried.rowCount === 1) return;
+    await markFailing(client, row);
+  });
+}
+
+async function markFailing(client: PoolClient, row: Claimed): Promise<void> {
+  await client.query(
+    `UPDATE webhook_endpoints SET state = 'failing', failing_since = now(), updated_at = now()
+      WHERE id = $1 AND state = 'enabled'`,
+    [row.endpoint_id],
+  );
+  await client.query(
+    `UPDATE webhook_deliveries SET state = 'failed', claim_token = NULL, updated_at = now()
+      WHERE endpoint_id = $1 AND state = 'pending' AND (id = $2 OR claim_token IS NULL)`,
+    [row.endpoint_id, row.id],
+  );
+}

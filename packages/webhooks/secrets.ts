@@ -1,0 +1,31 @@
+/**
+ * Signing keys and signatures, in the Standard Webhooks form. A key is 32 random bytes, written
+ * `whsec_<base64>` (the form receivers paste into the library's `new Webhook(secret)`). Signing
+ * is done by the specification's own library, never by hand. During a rotation grace period a
+ * delivery carries one v1 signature per valid key, space-separated, as the specification allows.
+ */
+import { randomBytes } from "node:crypto";
+import { Webhook } from "standardwebhooks";
+
+const key_bytes = 32;
+
+export function newSecret(): string {
+  return `whsec_${randomBytes(key_bytes).toString("base64")}`;
+}
+
+export interface SignedHeaders {
+  "webhook-id": string;
+  "webhook-timestamp": string;
+  "webhook-signature": string;
+}
+
+/** The three Standard Webhooks headers for one attempt of one message, signed with every key given. */
+export function signHeaders(webhook_id: string, at: Date, body: string, secrets: string[]): SignedHeaders {
+  if (secrets.length === 0) throw new Error("invariant: a webhook is signed with at least one key");
+  const signatures = secrets.map((secret) => new Webhook(secret).sign(webhook_id, at, body));
+  return {
+    "webhook-id": webhook_id,
+    "webhook-timestamp": String(Math.floor(at.getTime() / 1000)),
+    "webhook-signature": signatures.join(" "),
+  };
+}
