@@ -4,6 +4,7 @@
  */
 import { commonEnv, credentialEnv, engineDefaults, env } from "#packages/config/index.ts";
 import { kafkaAuthEnv } from "#packages/kafka/access.ts";
+import { webhookConfigShape } from "#packages/webhooks/index.ts";
 
 export const configShape = {
   ...commonEnv,
@@ -55,4 +56,5 @@ export const configShape = {
   WAITING_READS_MAX: env.int(1_000, 0, 100_000),
   /** The same, per caller (a user, or the operator). */
   WAITING_READS_PER_CALLER_MAX: env.int(10, 0, 10_000),
+  ...webhookConfigShape,
 };

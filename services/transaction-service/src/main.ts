@@ -26,6 +26,7 @@ import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { registerRoutes } from "./http.ts";
@@ -39,6 +40,7 @@ import { SagaRunner } from "./saga/runner.ts";
 import { SagaStore } from "./saga/store.ts";
 import { startSweeper } from "./saga/sweeper.ts";
 import { FinalStatusWaiters, startFinalStatusListener } from "./waiting.ts";
+import { registerWebhookRoutes } from "./webhooks.ts";
 
 const SERVICE = "transaction-service";
 
@@ -123,6 +125,13 @@ const relay = startOutboxRelay({
   crashes: config.FAULT_INJECTION ? crashes : noCrashes,
 });
 store.onOutbox = () => relay.wake();
+
+// Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
+const webhooks = startDispatcher({
+  ...dispatcherOptions(config, pool, logger),
+  after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
+});
+store.onWebhooks = () => webhooks.wake();
 
 const eventCounters: EventCounters = { unknown_transfer_events: 0 };
 const events = startBatchConsumer({
@@ -234,6 +243,13 @@ registerRoutes(app, {
   limiter,
   waiters,
 });
+registerWebhookRoutes(app, {
+  pool,
+  onRequest: [auth.guard("user"), limiter.hook()],
+  allow_private: config.WEBHOOK_ALLOW_PRIVATE,
+  secret_grace_ms: config.WEBHOOK_SECRET_GRACE_MS,
+  wake: () => webhooks.wake(),
+});
 registerEventCountersRoute(listeners.internal, auth, eventCounters);
 if (config.FAULT_INJECTION) {
   registerCrashRoute(listeners.internal, auth, crashes, [
@@ -241,6 +257,7 @@ if (config.FAULT_INJECTION) {
     "after_post",
     "after_void",
     "after_outbox_send",
+    "after_webhook_send",
   ]);
 }
 
@@ -252,6 +269,7 @@ onShutdown(logger, [
   () => sweeper.stop(),
   () => events.stop(),
   () => relay.stop(),
+  () => webhooks.stop(),
   () => producer.close(),
   () => redis.quit(),
   () => pool.end(),

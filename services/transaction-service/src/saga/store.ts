@@ -10,7 +10,9 @@ import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
+import { enqueueEventsSql, eventsParam } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "./machine.ts";
+import { transferEventOf } from "./webhook-events.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -144,6 +146,8 @@ export class SagaStore {
   readonly pool: Pool;
   /** Called after a commit that added outbox rows, so the relay wakes at once instead of polling. */
   onOutbox: () => void = () => {};
+  /** Called after a commit that enqueued webhook deliveries, so the dispatcher sends them at once. */
+  onWebhooks: () => void = () => {};
   /** Per item, its result or the error that item alone raises (an outcome a re-read could not learn). */
   readonly #inserts: Batcher<NewTransfer, CreateResult | Error>;
   /** Two lanes: the first transition (a client's POST waits on it), and all later ones. */
@@ -345,6 +349,9 @@ export class SagaStore {
     // Rows are locked in id order, so two batches that share transfers cannot deadlock.
     const pending = [...batch].sort((a, b) => (a.next.id < b.next.id ? -1 : a.next.id > b.next.id ? 1 : 0));
     const messages = pending.flatMap((p) => p.messages.map((m) => ({ transfer_id: p.next.id, ...m })));
+    // Webhook events of the transitions that make a status final, enqueued by this statement
+    // for the rows it really moved: in the transition's commit, or not at all.
+    const events = pending.flatMap((p) => transferEventOf(p.expected, p.next) ?? []);
     const updated = await this.pool.query<TransferRow>(
       `WITH moved AS (
          UPDATE transfers t
@@ -372,7 +379,8 @@ export class SagaStore {
            FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[]) WITH ORDINALITY
              AS m(transfer_id, topic, key, payload, n)
            JOIN moved mv ON mv.id = m.transfer_id
-          ORDER BY m.n)
+          ORDER BY m.n),
+       hooks AS (${enqueueEventsSql("$14", "ev.data->'transaction'->>'id' IN (SELECT id::text FROM moved)")})
        SELECT * FROM moved`,
       [
         pending.map((p) => p.next.id),
@@ -388,10 +396,12 @@ export class SagaStore {
         messages.map((m) => m.topic),
         messages.map((m) => m.key),
         messages.map((m) => JSON.stringify(m.value)),
+        eventsParam(events),
       ],
     );
     const moved = new Map(updated.rows.map((row) => [row.id, fromRow(row)]));
     if (messages.some((m) => moved.has(m.transfer_id))) this.onOutbox();
+    if (events.length > 0) this.onWebhooks();
     return batch.map((p) => moved.get(p.next.id) ?? null);
   }
 
