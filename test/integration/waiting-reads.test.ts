@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { createPool } from "#packages/pg/index.ts";
 import { bearer, createUser, settled, type TestUser, transfer, uniqueName, urls } from "./api.ts";
 import { type SecondCopy, startSecondCopy } from "./second-copy.ts";
 
@@ -120,6 +121,20 @@ describe("waiting reads", () => {
       assert.ok(refused.elapsed_ms < 5_000, `refused after ${refused.elapsed_ms} ms`);
       const payee = await read(urls.transaction, first, b.token, "wait=1");
       assert.equal(payee.applied, "wait=1");
+
+      // Every copy's listening connection is cut (as by a PostgreSQL restart): each reconnects
+      // and still hears the notices below.
+      const pool = createPool(process.env.TEST_SAGA_DATABASE_URL ?? "", { max: 1, application_name: "test" });
+      try {
+        const cut = await pool.query(
+          "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+          ["transaction-service final status listener"],
+        );
+        assert.equal(cut.rowCount, 2, "one listener per copy");
+      } finally {
+        await pool.end();
+      }
+      await sleep(2_000);
 
       // Waits on the second copy; the writer starts again and whichever copy consumes its
       // events completes the transfers: every wait answers before it runs out, final.
