@@ -20,3 +20,27 @@ export function transferEventOf(expected: SagaState, next: SagaTransfer): Webhoo
     data: { transaction: { ...snapshot, source_init_bal: null, dest_init_bal: null } },
   };
 }
+
+/** A batch as the payer reads it (GET /disbursements/:id): what `disbursement.completed` carries. */
+export interface DisbursementView {
+  id: string;
+  source_user_id: number;
+  status: string;
+  [field: string]: unknown;
+}
+
+/**
+ * `disbursement.completed`, to the payer, when a batch turns final (COMPLETED, PARTIALLY_COMPLETED
+ * or FAILED). The statement that makes it final enqueues it, as a transfer's transition does:
+ * `hooks AS (${enqueueEventsSql("$n", "ev.data->'disbursement'->>'id' IN (SELECT id::text FROM moved)")})`
+ * with `eventsParam([...])` as `$n`, then the dispatcher is woken.
+ */
+export function disbursementEventOf(disbursement: DisbursementView): WebhookEvent | null {
+  if (disbursement.status === "PENDING") return null;
+  return {
+    id: `${disbursement.id}.completed`,
+    type: "disbursement.completed",
+    user_ids: [disbursement.source_user_id],
+    data: { disbursement },
+  };
+}
