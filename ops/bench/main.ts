@@ -11,6 +11,7 @@
  *
  * The phases of a run:
  *   1. wallets: 1,000 opened in bulk (and as many in the baseline's table);
+ *      and a webhook endpoint for 100 of them (ops/bench/webhooks.ts times every delivery);
  *   2. throughput against concurrency: closed-loop clients, then pgbench at the same concurrency;
  *   3. a hot wallet in 10% of the transfers, at the concurrency where the system peaked;
  *   4. POST latency at half the peak rate (open loop);
@@ -43,11 +44,14 @@ import {
   openLoop,
 } from "./load.ts";
 import { summariseProfile, summaryMarkdown } from "./profile.ts";
+import { startWebhookProbe } from "./webhooks.ts";
 
 const repoRoot = resolve(import.meta.dirname, "..", "..");
 const OPENING_BALANCE_MINOR = 100_000_000;
 const AMOUNT_MAX_MINOR = 1_000;
 const HOT_SHARE = 0.1;
+/** Wallets with a webhook endpoint: their transfers (as payer or payee) are delivered and timed. */
+const WEBHOOK_WALLETS = 100;
 
 interface Mode {
   name: "quick" | "full" | "long";
@@ -97,6 +101,8 @@ interface Case {
   cpu_baseline_s: Record<string, number>;
   cpu_window_ours_s: number;
   cpu_window_baseline_s: number;
+  /** Wall-clock window of the system's measured run (epoch ms), to pick its webhook deliveries. */
+  window_ms: [number, number];
   /** Whole-machine CPU over the same windows, in cores busy. */
   machine_cores_ours: number;
   machine_cores_baseline: number;
@@ -116,6 +122,8 @@ interface Results {
   audit: { ok: boolean; summary: string; wait_for_quiet_s: number };
   baseline_money_conserved: boolean;
   profiled: boolean;
+  /** Final status to the receiver, for the transfers that became final during the peak case. */
+  webhook: { peak: Latency; unverified: number };
 }
 
 function required(name: string): string {
@@ -185,6 +193,11 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     say(`${count} wallets ready (system and baseline) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   };
   await openWallets(mode.wallets_small);
+  const webhooks = await startWebhookProbe({
+    api,
+    tokenFor: target.tokenFor,
+    user_ids: wallets.slice(0, WEBHOOK_WALLETS),
+  });
 
   const runCase = async (
     name: string,
@@ -196,11 +209,13 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     const before = sampleCpu(service_pids);
     const machine_before = machineBusySeconds();
     const t_before = performance.now();
+    const window_from_ms = Date.now();
     const ours = await closedLoop(target, mix, {
       concurrency,
       warmup_s: mode.warmup_s,
       duration_s: mode.duration_s,
     });
+    const window_to_ms = Date.now();
     const middle = sampleCpu(service_pids);
     const machine_middle = machineBusySeconds();
     const t_middle = performance.now();
@@ -249,6 +264,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
       cpu_baseline_s: cpuSecondsBetween(mid_settled, late),
       cpu_window_ours_s: (t_middle - t_before) / 1000,
       cpu_window_baseline_s: (t_late - t_mid_settled) / 1000,
+      window_ms: [window_from_ms, window_to_ms],
       machine_cores_ours: (machine_middle - machine_before) / ((t_middle - t_before) / 1000),
       machine_cores_baseline: (machine_late - machine_mid_settled) / ((t_late - t_mid_settled) / 1000),
     };
@@ -321,6 +337,13 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
   const wait_for_quiet_s = Math.round((Date.now() - quiet_t0) / 100) / 10;
   say(`audit: ${audit.ok ? "OK" : "VIOLATIONS"} (${audit.transfers.total} transfers; ${wait_for_quiet_s} s)`);
   // The baseline moves money too: its wallets must still hold exactly what they were opened with.
+  // Every delivery has landed by now (the audit waited for quiet): the peak case's figure.
+  const webhook = { peak: webhooks.latencyBetween(...peak.window_ms), unverified: webhooks.unverified };
+  say(
+    `webhooks at the peak   final status to receiver p50 ${webhook.peak.p50_ms} ms, p99 ${webhook.peak.p99_ms} ms ` +
+      `over ${webhook.peak.count} events; ${webhook.unverified} bad signatures`,
+  );
+  await webhooks.close();
   const baseline_money_conserved =
     (await baselineTotal(baseline_url)) === BigInt(wallets.length) * BigInt(OPENING_BALANCE_MINOR);
   if (!baseline_money_conserved)
@@ -345,6 +368,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     audit: { ok: audit.ok, summary: formatAudit(audit), wait_for_quiet_s },
     baseline_money_conserved,
     profiled,
+    webhook,
   };
   mkdirSync(out_dir, { recursive: true });
   writeFileSync(join(out_dir, "results.json"), `${JSON.stringify(results, null, 2)}\n`);
@@ -500,6 +524,7 @@ async function reportPhase(out_dir: string): Promise<void> {
     results.batches === undefined
       ? ""
       : `| batches of 1,000: completed items per second / baseline peak | ${fmt(results.batches.batch_tps, 1)} tps / ${fmt(baseline_peak.baseline.throughput_tps, 1)} = ${(results.batches.batch_tps / baseline_peak.baseline.throughput_tps).toFixed(3)} | ≥ 1.5: ${target(results.batches.batch_tps / baseline_peak.baseline.throughput_tps >= 1.5)} |`,
+    `| webhook, final status to receiver, at the peak (${WEBHOOK_WALLETS} wallets' endpoints) | p50 ${results.webhook.peak.p50_ms} ms, p99 ${results.webhook.peak.p99_ms} ms (${results.webhook.peak.count} events, ${results.webhook.unverified} bad signatures) | p99 ≤ 1000 ms: ${target(results.webhook.peak.p99_ms <= 1000 && results.webhook.unverified === 0)} |`,
     `| audit after the run | ${results.audit.ok ? "OK" : "VIOLATIONS"} | OK |`,
     `| baseline's money conserved | ${results.baseline_money_conserved ? "yes" : "NO"} | yes |`,
     "",
@@ -575,6 +600,8 @@ async function reportPhase(out_dir: string): Promise<void> {
     cached_get_p99_ms: results.cached_get.get.p99_ms,
     hot_over_uniform: Math.round(hot_vs_uniform * 1000) / 1000,
     large_over_small: large_vs_small === null ? null : Math.round(large_vs_small * 1000) / 1000,
+    webhook_p50_ms: results.webhook.peak.p50_ms,
+    webhook_p99_ms: results.webhook.peak.p99_ms,
     audit_ok: results.audit.ok,
     batch_tps: results.batches?.batch_tps ?? null,
     batch_ratio:

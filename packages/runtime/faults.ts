@@ -17,6 +17,8 @@ export const crashPoints = [
   "after_fund",
   /** transaction-service: the outbox batch reached Kafka, its rows are not deleted. */
   "after_outbox_send",
+  /** transaction-service: a webhook was answered by its receiver, its outcome is not recorded. */
+  "after_webhook_send",
   /** transaction-command-service: records written to MongoDB, no event sent, no offset committed. */
   "after_record_write",
 ] as const;

@@ -40,7 +40,9 @@ export const createEndpointBodySchema = z.strictObject({
     .array(z.enum(webhookEventTypes))
     .min(1)
     .max(webhookEventTypes.length)
-    .refine((events) => new Set(events).size === events.length, { error: "events must not repeat" }),
+    .refine((events) => new Set(events).size === events.length, { error: "events must not repeat" })
+    // Published in the OpenAPI document too, so clients (and schema checks) know repeats are refused.
+    .meta({ uniqueItems: true }),
 });
 export type CreateEndpointBody = z.infer<typeof createEndpointBodySchema>;
 

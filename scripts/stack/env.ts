@@ -212,6 +212,8 @@ export function stackEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
       base.TRANSACTION_QUERY_SERVICE_URL || `http://${host}:${port("transaction-query-service")}`,
     ...s,
     LOG_LEVEL: base.LOG_LEVEL || "info",
+    // A development stack: webhook receivers on loopback (tests, benchmark) are allowed.
+    WEBHOOK_ALLOW_PRIVATE: base.WEBHOOK_ALLOW_PRIVATE || "true",
   };
   return env;
 }

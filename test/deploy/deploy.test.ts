@@ -73,12 +73,16 @@ const contractNames = new Set([
 ]);
 /** What the contract puts in place of a credential the stack hands out today. */
 const replacedBy: Record<string, string[]> = { ADMIN_TOKEN: ["ADMIN_TOKEN_SHA256"] };
-/** Stack-only settings: test faults, and the prefixes that keep parallel stacks apart on shared engines. */
+/**
+ * Stack-only settings: test faults, the prefixes that keep parallel stacks apart on shared
+ * engines, and webhook receivers on loopback (a deployment keeps the default: private refused).
+ */
 const stackOnly = new Set([
   "FAULT_INJECTION",
   "KAFKA_TOPIC_PREFIX",
   "REDIS_KEY_PREFIX",
   "ALLOW_INSECURE_DEV",
+  "WEBHOOK_ALLOW_PRIVATE",
 ]);
 
 /** compose.yaml's variables, generated as the documented command does. */

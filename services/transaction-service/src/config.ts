@@ -4,6 +4,7 @@
  */
 import { commonEnv, credentialEnv, engineDefaults, env } from "#packages/config/index.ts";
 import { kafkaAuthEnv } from "#packages/kafka/access.ts";
+import { webhookConfigShape } from "#packages/webhooks/index.ts";
 
 export const configShape = {
   ...commonEnv,
@@ -53,4 +54,9 @@ export const configShape = {
   /** Requests per user per window (0 = no limit); generous, so tests and benchmarks are not throttled. */
   RATE_LIMIT_MAX: env.int(100, 0, 1_000_000),
   RATE_LIMIT_WINDOW_MS: env.int(1_000, 100, 3_600_000),
+  /** Reads held open by `Prefer: wait=N` at once in one copy; more are answered at once. */
+  WAITING_READS_MAX: env.int(1_000, 0, 100_000),
+  /** The same, per caller (a user, or the operator). */
+  WAITING_READS_PER_CALLER_MAX: env.int(10, 0, 10_000),
+  ...webhookConfigShape,
 };

@@ -33,6 +33,8 @@ import type { QueryClient } from "./query-client.ts";
 import { type SagaTransfer, snapshotOf } from "./saga/machine.ts";
 import type { SagaRunner } from "./saga/runner.ts";
 import { type SagaStore, TransferOutcomeUnknownError } from "./saga/store.ts";
+import type { FinalStatusWaiters } from "./waiting.ts";
+import { transferWait, waitAsPreferred } from "./waiting-read.ts";
 
 export const transferBodySchema = z.strictObject({
   source_user_id: userIdSchema,
@@ -128,6 +130,7 @@ export function registerRoutes(
     step_timeout_ms: number;
     auth: Authenticator;
     limiter: RateLimiter;
+    waiters: FinalStatusWaiters;
   },
 ): void {
   // Authentication first (before the body is read), then the per-user rate limit.
@@ -253,7 +256,11 @@ export function registerRoutes(
         summary: "Read a transfer (its payer or payee, or the operator)",
         tags: ["transactions"],
         security: securityFor("user", "admin"),
+        description:
+          "`Prefer: wait=N` (N at most 30 seconds) holds the answer until the status is final or N seconds " +
+          "have passed, and says so with `Preference-Applied: wait=N`; beyond the waiting limits the answer is immediate.",
         params: z.strictObject({ id: transferIdSchema }),
+        headers: z.object({ prefer: z.string().optional() }),
         response: {
           200: transactionResponse.describe("The transfer"),
           ...errorResponses(400, 401, 429, {
@@ -263,11 +270,20 @@ export function registerRoutes(
         },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const principal = requirePrincipal(request);
       // Transfer ids are lower-case UUIDs everywhere (cache keys, records, the saga's rows).
-      const transaction = await readTransfer(deps, request.params.id.toLowerCase(), request.log);
-      requireParty(principal, transaction);
+      const id = request.params.id.toLowerCase();
+      const first = await readTransfer(deps, id, request.log);
+      requireParty(principal, first);
+      const transaction = await waitAsPreferred(request, reply, {
+        waiters: deps.waiters,
+        principal,
+        kind: "transfer",
+        id,
+        first,
+        ...transferWait(deps.store, id, first),
+      });
       return ok({ transaction: redactFor(principal, transaction) });
     },
   );

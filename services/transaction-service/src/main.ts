@@ -28,6 +28,7 @@ import { createPool, migrate } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
+import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { startDisbursements } from "./disbursements/index.ts";
@@ -42,6 +43,8 @@ import { startOutboxRelay } from "./saga/outbox-relay.ts";
 import { SagaRunner } from "./saga/runner.ts";
 import { SagaStore } from "./saga/store.ts";
 import { startSweeper } from "./saga/sweeper.ts";
+import { FinalStatusWaiters, startFinalStatusListener } from "./waiting.ts";
+import { registerWebhookRoutes } from "./webhooks.ts";
 
 const SERVICE = "transaction-service";
 
@@ -135,6 +138,13 @@ const relay = startOutboxRelay({
 });
 store.onOutbox = () => relay.wake();
 
+// Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
+const webhooks = startDispatcher({
+  ...dispatcherOptions(config, pool, logger),
+  after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
+});
+store.onWebhooks = () => webhooks.wake();
+
 const eventCounters: EventCounters = { unknown_transfer_events: 0 };
 const events = startBatchConsumer({
   brokers,
@@ -195,6 +205,18 @@ const limiter = new RateLimiter(redis, {
 metrics.declareDeadLetterTopics([topics.events]);
 collectSaga(metrics, pool, config.TRANSFER_DEADLINE_MS);
 metrics.collectConsumerLag(() => events.lag());
+// Waiting reads learn of final statuses from every copy through the saga database's NOTIFY.
+const waiters = new FinalStatusWaiters({
+  waiting_max: config.WAITING_READS_MAX,
+  waiting_per_caller_max: config.WAITING_READS_PER_CALLER_MAX,
+});
+const finalStatuses = startFinalStatusListener({
+  url: config.SAGA_DATABASE_URL,
+  waiters,
+  logger,
+  ping_interval_ms: 10_000,
+  timeout_ms: 5_000,
+});
 const app = listeners.public;
 await registerOpenApi(listeners.internal, {
   service: SERVICE,
@@ -235,6 +257,14 @@ registerRoutes(app, {
   step_timeout_ms: config.STEP_TIMEOUT_MS,
   auth,
   limiter,
+  waiters,
+});
+registerWebhookRoutes(app, {
+  pool,
+  onRequest: [auth.guard("user"), limiter.hook()],
+  allow_private: config.WEBHOOK_ALLOW_PRIVATE,
+  secret_grace_ms: config.WEBHOOK_SECRET_GRACE_MS,
+  wake: () => webhooks.wake(),
 });
 const disbursements = startDisbursements({
   app,
@@ -261,15 +291,20 @@ if (config.FAULT_INJECTION) {
     "after_void",
     "after_outbox_send",
     "after_fund",
+    "after_webhook_send",
   ]);
 }
 
 onShutdown(logger, [
+  // Held reads answer now with the current status, so closing the listeners does not wait for them.
+  async () => waiters.close(),
   () => closeBoth(listeners),
+  () => finalStatuses.stop(),
   () => sweeper.stop(),
   () => disbursements.stop(),
   () => events.stop(),
   () => relay.stop(),
+  () => webhooks.stop(),
   () => producer.close(),
   () => redis.quit(),
   () => pool.end(),

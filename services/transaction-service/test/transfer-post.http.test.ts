@@ -88,6 +88,7 @@ describe("POST /transactions/transfer when PostgreSQL fails around a commit", ()
       step_timeout_ms: 5_000,
       auth,
       limiter,
+      waiters: {} as never,
     });
     await app.ready();
   });

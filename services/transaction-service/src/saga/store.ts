@@ -11,7 +11,9 @@ import type { Pool } from "#packages/pg/index.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
 import { TRACEPARENT } from "#packages/tracing/carriers.ts";
+import { enqueueEventsSql, eventsParam } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "./machine.ts";
+import { transferEventOf } from "./webhook-events.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -145,6 +147,8 @@ export class SagaStore {
   readonly pool: Pool;
   /** Called after a commit that added outbox rows, so the relay wakes at once instead of polling. */
   onOutbox: () => void = () => {};
+  /** Called after a commit that enqueued webhook deliveries, so the dispatcher sends them at once. */
+  onWebhooks: () => void = () => {};
   /** Per item, its result or the error that item alone raises (an outcome a re-read could not learn). */
   readonly #inserts: Batcher<NewTransfer, CreateResult | Error>;
   /** Two lanes: the first transition (a client's POST waits on it), and all later ones. */
@@ -346,6 +350,9 @@ export class SagaStore {
     // Rows are locked in id order, so two batches that share transfers cannot deadlock.
     const pending = [...batch].sort((a, b) => (a.next.id < b.next.id ? -1 : a.next.id > b.next.id ? 1 : 0));
     const messages = pending.flatMap((p) => p.messages.map((m) => ({ transfer_id: p.next.id, ...m })));
+    // Webhook events of the transitions that make a status final, enqueued by this statement
+    // for the rows it really moved: in the transition's commit, or not at all.
+    const events = pending.flatMap((p) => transferEventOf(p.expected, p.next) ?? []);
     const updated = await this.pool.query<TransferRow>(
       `WITH moved AS (
          UPDATE transfers t
@@ -374,7 +381,8 @@ export class SagaStore {
            FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[], $14::text[]) WITH ORDINALITY
              AS m(transfer_id, topic, key, payload, traceparent, n)
            JOIN moved mv ON mv.id = m.transfer_id
-          ORDER BY m.n)
+          ORDER BY m.n),
+       hooks AS (${enqueueEventsSql("$15", "ev.data->'transaction'->>'id' IN (SELECT id::text FROM moved)")})
        SELECT * FROM moved`,
       [
         pending.map((p) => p.next.id),
@@ -391,10 +399,12 @@ export class SagaStore {
         messages.map((m) => m.key),
         messages.map((m) => JSON.stringify(m.value)),
         messages.map((m) => m.headers?.[TRACEPARENT] ?? null),
+        eventsParam(events),
       ],
     );
     const moved = new Map(updated.rows.map((row) => [row.id, fromRow(row)]));
     if (messages.some((m) => moved.has(m.transfer_id))) this.onOutbox();
+    if (events.length > 0) this.onWebhooks();
     return batch.map((p) => moved.get(p.next.id) ?? null);
   }
 
