@@ -202,3 +202,48 @@ describe("webhooks", () => {
     });
   });
 });
+
+describe("a batch's final status", () => {
+  const receiver = new WebhookReceiver();
+  before(() => receiver.start());
+  after(() => receiver.stop());
+
+  it("is told by disbursement.completed to the payer and answers a waiting read at once", async () => {
+    const payer = await createUser(1_000);
+    const payees = [await createUser(0), await createUser(0)];
+    const answer = await call("POST", `${urls.transaction}/webhooks`, {
+      body: { url: `${receiver.url}/payer`, events: ["disbursement.completed"] },
+      headers: bearer(payer.token),
+    });
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    receiver.secrets.set("/payer", answer.body.data.secret);
+    const items = payees.map((p, i) => ({ dest_user_id: p.id, amount: 100 + i, reference: `item-${i}` }));
+    const made = await call("POST", `${urls.transaction}/disbursements`, {
+      body: { source_user_id: payer.id, items },
+      headers: { ...bearer(payer.token), "idempotency-key": uniqueName("batch") },
+    });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    const id: string = made.body.data.disbursement.id;
+
+    // One read held until the batch is final: it answers with the final status and says it waited.
+    const started = Date.now();
+    const waited = await call("GET", `${urls.transaction}/disbursements/${id}`, {
+      headers: { ...bearer(payer.token), prefer: "wait=30" },
+    });
+    assert.equal(waited.status, 200, JSON.stringify(waited.body));
+    assert.equal(waited.body.data.disbursement.status, "COMPLETED");
+    assert.equal(waited.headers.get("preference-applied"), "wait=30");
+    assert.ok(Date.now() - started < 29_000, "answered when final, not when the wait ran out");
+
+    const webhook_id = `${id}.completed`;
+    await receiver.until("the batch's delivery", () => receiver.count(webhook_id, "/payer") > 0);
+    const delivery = receiver.received.find((r) => r.webhook_id === webhook_id);
+    assert.equal(delivery?.verified, true, "a valid signature");
+    assert.equal(delivery?.body.type, "disbursement.completed");
+    const batch = delivery?.body.data.disbursement;
+    assert.equal(batch.id, id);
+    assert.equal(batch.status, "COMPLETED");
+    assert.deepEqual(batch.counts, { pending: 0, completed: 2, failed: 0 });
+    assert.equal(batch.amount_completed, 201);
+  });
+});

@@ -272,6 +272,7 @@ const disbursements = startDisbursements({
   runner,
   auth,
   limiter,
+  waiters,
   logger,
   ledger_url: config.USER_SERVICE_INTERNAL_URL,
   ledger_token: secrets.ledger_token ?? "",

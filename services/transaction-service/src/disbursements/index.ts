@@ -9,6 +9,7 @@ import type { Logger } from "#packages/log/index.ts";
 import type { CrashHook } from "#packages/runtime/faults.ts";
 import type { SagaRunner } from "../saga/runner.ts";
 import type { SagaStore } from "../saga/store.ts";
+import type { FinalStatusWaiters } from "../waiting.ts";
 import { DisbursementFunder, FundingClient } from "./funding.ts";
 import { registerDisbursementRoutes } from "./routes.ts";
 import { DisbursementStore } from "./store.ts";
@@ -20,6 +21,8 @@ export function startDisbursements(deps: {
   runner: SagaRunner;
   auth: Authenticator;
   limiter: RateLimiter;
+  /** `Prefer: wait` reads of a batch (told by the final-status notice its last item's commit sends). */
+  waiters: FinalStatusWaiters;
   logger: Logger;
   ledger_url: string;
   ledger_token: string;
@@ -44,6 +47,7 @@ export function startDisbursements(deps: {
     funder,
     auth: deps.auth,
     limiter: deps.limiter,
+    waiters: deps.waiters,
     step_timeout_ms: deps.timings.step_timeout_ms,
   });
   return startDisbursementSweeper({

@@ -28,6 +28,8 @@ import type { RateLimiter } from "#packages/http/rate-limit.ts";
 import type { HttpServer } from "#packages/http/server.ts";
 import { snapshotOf } from "../saga/machine.ts";
 import type { SagaStore } from "../saga/store.ts";
+import type { FinalStatusWaiters } from "../waiting.ts";
+import { waitAsPreferred } from "../waiting-read.ts";
 import type { DisbursementFunder } from "./funding.ts";
 import type { Disbursement, DisbursementStore } from "./store.ts";
 
@@ -179,6 +181,7 @@ export function registerDisbursementRoutes(
     funder: DisbursementFunder;
     auth: Authenticator;
     limiter: RateLimiter;
+    waiters: FinalStatusWaiters;
     step_timeout_ms: number;
   },
 ): void {
@@ -285,9 +288,13 @@ export function registerDisbursementRoutes(
       schema: {
         summary:
           "Read a disbursement: its status derived from its items, counts and amounts (the payer, or the operator)",
+        description:
+          "`Prefer: wait=N` (N at most 30 seconds) holds the answer until the batch is final or N seconds " +
+          "have passed, and says so with `Preference-Applied: wait=N`; beyond the waiting limits the answer is immediate.",
         tags: ["disbursements"],
         security: securityFor("user", "admin"),
         params: idParams,
+        headers: z.object({ prefer: z.string().optional() }),
         response: {
           200: oneResponse.describe("The disbursement"),
           ...errorResponses(400, 401, 429, {
@@ -297,10 +304,22 @@ export function registerDisbursementRoutes(
         },
       },
     },
-    async (request) => {
-      const d = await deps.store.get(request.params.id.toLowerCase());
-      if (d === null) throw notFound(`disbursement ${request.params.id}`);
-      requireOwner(requirePrincipal(request), d);
+    async (request, reply) => {
+      const id = request.params.id.toLowerCase();
+      const first = await deps.store.get(id);
+      if (first === null) throw notFound(`disbursement ${request.params.id}`);
+      const principal = requirePrincipal(request);
+      requireOwner(principal, first);
+      // `Prefer: wait=N`: held until the batch is final (its last item's commit notifies every copy).
+      const d = await waitAsPreferred(request, reply, {
+        waiters: deps.waiters,
+        principal,
+        kind: "disbursement",
+        id,
+        first,
+        read: async () => (await deps.store.get(id)) ?? first,
+        isFinal: (batch) => batch.status !== "PENDING",
+      });
       return ok({ disbursement: toApi(d) });
     },
   );
