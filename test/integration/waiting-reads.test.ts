@@ -16,6 +16,7 @@ const control = process.env.TEST_STACK_CONTROL_URL ?? "";
 async function controlService(name: string, action: "stop" | "start"): Promise<void> {
   const response = await fetch(`${control}/services/${name}/${action}`, {
     method: "POST",
+    headers: { authorization: `Bearer ${process.env.CONTROL_TOKEN ?? ""}` },
     signal: AbortSignal.timeout(120_000),
   });
   assert.equal(response.status, 200, `${action} ${name}: ${await response.text()}`);
