@@ -151,6 +151,16 @@ export function deadLetterFor(
   return { topic: deadLetterTopic, key: message.key ?? "", value: letter };
 }
 
+/**
+ * How fast a group notices a member that died without leaving (kill -9, a lost machine): the
+ * coordinator reassigns its partitions only once its session times out. Neither static membership
+ * nor cooperative rebalancing shortens that wait (both still wait for the session to expire); a
+ * short session does. Six heartbeats per session leave room for a busy event loop on a loaded box.
+ * The broker's group.min.session.timeout.ms must allow it (scripts/stack/engines/kafka.ts).
+ */
+export const CONSUMER_SESSION_TIMEOUT_MS = 3_000;
+export const CONSUMER_HEARTBEAT_INTERVAL_MS = 500;
+
 export interface BatchConsumerOptions {
   brokers: string[];
   sasl: KafkaSasl;
@@ -211,8 +221,8 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
           bootstrapBrokers: options.brokers,
           ...saslOption(options.sasl),
           deserializers: stringDeserializers,
-          sessionTimeout: 10_000,
-          heartbeatInterval: 1_000,
+          sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
+          heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
           rebalanceTimeout: 15_000,
           timeout: 10_000,
         });

@@ -146,6 +146,9 @@ function writeConfig(): void {
     "share.coordinator.state.topic.replication.factor": 1,
     "share.coordinator.state.topic.min.isr": 1,
     "group.initial.rebalance.delay.ms": 0,
+    // The services' consumers use a 3 s session so a killed copy's partitions move within seconds
+    // (packages/kafka CONSUMER_SESSION_TIMEOUT_MS); the default floor of 6 s would refuse it.
+    "group.min.session.timeout.ms": 1000,
     // The services create their topics (partitions, configs) themselves; a typo must not make one.
     "auto.create.topics.enable": false,
     "delete.topic.enable": true,
