@@ -72,6 +72,17 @@ function saslOption(sasl: KafkaSasl): { sasl?: SASLOptions } {
   return sasl === undefined ? {} : { sasl };
 }
 
+/**
+ * Replication of the topics a cluster of broker_count brokers gets: three copies with two in sync
+ * for every acknowledged write (producers use acks=all), so one broker can die without losing an
+ * acknowledged message and writes go on. A single broker can hold only one copy.
+ */
+export function topicReplication(broker_count: number): { replicas: number; min_insync_replicas: number } {
+  if (!Number.isInteger(broker_count) || broker_count < 1) throw new Error("invariant: broker_count < 1");
+  const replicas = Math.min(3, broker_count);
+  return { replicas, min_insync_replicas: replicas >= 3 ? 2 : 1 };
+}
+
 export async function ensureTopics(options: {
   brokers: string[];
   sasl: KafkaSasl;
@@ -90,8 +101,15 @@ export async function ensureTopics(options: {
     const missing = options.topics.filter((t) => !existing.has(t));
     if (missing.length === 0) return;
     try {
-      await admin.createTopics({ topics: missing, partitions: options.partitions, replicas: 1 });
-      options.logger.info({ topics: missing }, "created topics");
+      const { brokers } = await admin.metadata({ topics: [] });
+      const { replicas, min_insync_replicas } = topicReplication(brokers.size);
+      await admin.createTopics({
+        topics: missing,
+        partitions: options.partitions,
+        replicas,
+        configs: [{ name: "min.insync.replicas", value: String(min_insync_replicas) }],
+      });
+      options.logger.info({ topics: missing, replicas, min_insync_replicas }, "created topics");
     } catch (error) {
       // Another instance may have created them between our list and create.
       const now = new Set(await admin.listTopics());
