@@ -1,6 +1,7 @@
 // `node scripts/stack/cli.ts <command>` (normally through scripts/run.sh, which ensures Node 24 and
 // node_modules). Commands:
-//   start [--brokers N]        engines (Kafka as N brokers) + the four services under the supervisor, until Ctrl-C
+//   start [--brokers N] [--replicas N]  engines (Kafka as N brokers) + the services (N copies each
+//                              behind HAProxy) under the supervisor, until Ctrl-C
 //   engines up|down|status     the engines only
 //   engines restart|kill9 <name>
 //   test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...
@@ -14,6 +15,7 @@ import { appendFileSync, closeSync, existsSync, globSync, openSync, rmSync } fro
 import type { Server } from "node:http";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
+import { balancerSpec, replicas_max } from "./balancer.ts";
 import { kafkaBrokerList, kafkaNode } from "./engines/kafka.ts";
 import { deleteKeysWithPrefix } from "./engines/redis.ts";
 import { databaseOf, secretNames } from "./env.ts";
@@ -110,15 +112,13 @@ function startLockHolder(): number | undefined {
   return pid !== undefined && isAlive(pid) && cmdline(pid).includes(startLockMarker) ? pid : undefined;
 }
 
-/** `--brokers N`: Kafka as a cluster of N nodes (1, the default, is the single broker). */
-function brokersFlag(args: string[]): number {
-  const raw = args[args.indexOf("--brokers") + 1];
-  if (!args.includes("--brokers")) return 1;
+/** `--brokers N` (Kafka as a cluster of N nodes) or `--replicas N` (copies of each service); 1 by default. */
+function countFlag(args: string[], flag: string, max: number): number {
+  if (!args.includes(flag)) return 1;
+  const raw = args[args.indexOf(flag) + 1];
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > brokers_max) {
-    throw new UsageError(
-      `--brokers must be a whole number from 1 to ${brokers_max}, not ${JSON.stringify(raw)}`,
-    );
+  if (!Number.isInteger(n) || n < 1 || n > max) {
+    throw new UsageError(`${flag} must be a whole number from 1 to ${max}, not ${JSON.stringify(raw)}`);
   }
   return n;
 }
@@ -142,7 +142,8 @@ async function cmdStart(args: string[]): Promise<number> {
     );
     return 1;
   }
-  const brokers = brokersFlag(args);
+  const brokers = countFlag(args, "--brokers", brokers_max);
+  const replicas = countFlag(args, "--replicas", replicas_max);
   // Engines that were already up (`npm run stack up`, a running `npm test`) are not ours to stop.
   const before = engineOrder.filter((n) =>
     (n === "kafka" ? kafkaEngines(brokers) : [engines[n]]).some((e) => e.pid() !== undefined),
@@ -164,7 +165,8 @@ async function cmdStart(args: string[]): Promise<number> {
       env: clusterEnv(brokers),
     });
     watcher = watchEngines({ signal: stopping.signal, brokers });
-    sup = createSupervisor({ env, skipMissing: true });
+    const balancer = replicas > 1 ? await balancerSpec(env, serviceNames, replicas) : undefined;
+    sup = createSupervisor({ env, skipMissing: true, replicas, balancer });
     await sup.startAll(60_000, stopping.signal);
     out();
     await printEngines();
@@ -563,7 +565,7 @@ function cmdOps(script: string, args: string[]): Promise<number> {
 }
 
 const usage = [
-  "usage: scripts/run.sh start [--stop-engines] [--brokers N]",
+  "usage: scripts/run.sh start [--stop-engines] [--brokers N] [--replicas N]",
   "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
   "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
   "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
@@ -596,7 +598,12 @@ const numberFlag = { type: "string" } as const;
 
 /** What each command accepts; the command itself reads its flags from args. */
 const commandArgs: Record<string, (args: string[]) => void> = {
-  start: (args) => checkArgs("start", args, { "stop-engines": { type: "boolean" }, brokers: numberFlag }),
+  start: (args) =>
+    checkArgs("start", args, {
+      "stop-engines": { type: "boolean" },
+      brokers: numberFlag,
+      replicas: numberFlag,
+    }),
   engines: (args) => checkArgs("engines", args, {}, 2),
   test: (args) =>
     checkArgs("test", args, {
