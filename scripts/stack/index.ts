@@ -119,7 +119,10 @@ export async function ensureEnginesDetailed(opts: EnsureEnginesOptions = {}): Pr
     })(),
   ]);
   for (const r of results) if (r.status === "rejected") throw r.reason;
-  const reused = engineOrder.filter((n) => !started.includes(n));
+  const all = engineOrder.flatMap((n) =>
+    n === "kafka" ? kafkaEngines(opts.brokers).map((e) => e.name) : [n],
+  );
+  const reused = all.filter((n) => !started.includes(n));
   const what = [
     started.length > 0 ? `started ${started.join(", ")}` : "",
     reused.length > 0 ? `reused ${reused.join(", ")}` : "",

@@ -11,7 +11,12 @@ describe("service copies behind the balancer", () => {
     const copies = copySpecs(serviceSpecs(env, serviceNames), 2);
     const tx = copies.filter((c) => c.name.startsWith("transaction-service-"));
     assert.deepEqual(
-      tx.map((c) => [c.name, c.port, c.env.TRANSACTION_SERVICE_PORT, c.env.TRANSACTION_SERVICE_INTERNAL_PORT]),
+      tx.map((c) => [
+        c.name,
+        c.port,
+        c.env.TRANSACTION_SERVICE_PORT,
+        c.env.TRANSACTION_SERVICE_INTERNAL_PORT,
+      ]),
       [
         ["transaction-service-1", 8103, "8103", "9103"],
         ["transaction-service-2", 8203, "8203", "9203"],
