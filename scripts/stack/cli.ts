@@ -135,6 +135,8 @@ function clusterEnv(brokers: number): StackEnv {
 }
 
 async function cmdStart(args: string[]): Promise<number> {
+  const brokers = countFlag(args, "--brokers", brokers_max);
+  const replicas = countFlag(args, "--replicas", replicas_max);
   const holder = takePidLock(startLockFile, startLockMarker);
   if (holder !== undefined) {
     process.stderr.write(
@@ -142,8 +144,6 @@ async function cmdStart(args: string[]): Promise<number> {
     );
     return 1;
   }
-  const brokers = countFlag(args, "--brokers", brokers_max);
-  const replicas = countFlag(args, "--replicas", replicas_max);
   // Engines that were already up (`npm run stack up`, a running `npm test`) are not ours to stop.
   const before = engineOrder.filter((n) =>
     (n === "kafka" ? kafkaEngines(brokers) : [engines[n]]).some((e) => e.pid() !== undefined),
