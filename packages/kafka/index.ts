@@ -81,6 +81,17 @@ function saslOption(sasl: KafkaSasl): { sasl?: SASLOptions } {
   return sasl === undefined ? {} : { sasl };
 }
 
+/**
+ * Replication of the topics a cluster of broker_count brokers gets: three copies with two in sync
+ * for every acknowledged write (producers use acks=all), so one broker can die without losing an
+ * acknowledged message and writes go on. A single broker can hold only one copy.
+ */
+export function topicReplication(broker_count: number): { replicas: number; min_insync_replicas: number } {
+  if (!Number.isInteger(broker_count) || broker_count < 1) throw new Error("invariant: broker_count < 1");
+  const replicas = Math.min(3, broker_count);
+  return { replicas, min_insync_replicas: replicas >= 3 ? 2 : 1 };
+}
+
 export async function ensureTopics(options: {
   brokers: string[];
   sasl: KafkaSasl;
@@ -99,8 +110,15 @@ export async function ensureTopics(options: {
     const missing = options.topics.filter((t) => !existing.has(t));
     if (missing.length === 0) return;
     try {
-      await admin.createTopics({ topics: missing, partitions: options.partitions, replicas: 1 });
-      options.logger.info({ topics: missing }, "created topics");
+      const { brokers } = await admin.metadata({ topics: [] });
+      const { replicas, min_insync_replicas } = topicReplication(brokers.size);
+      await admin.createTopics({
+        topics: missing,
+        partitions: options.partitions,
+        replicas,
+        configs: [{ name: "min.insync.replicas", value: String(min_insync_replicas) }],
+      });
+      options.logger.info({ topics: missing, replicas, min_insync_replicas }, "created topics");
     } catch (error) {
       // Another instance may have created them between our list and create.
       const now = new Set(await admin.listTopics());
@@ -161,6 +179,16 @@ export function deadLetterFor(
   };
   return { topic: deadLetterTopic, key: message.key ?? "", value: letter };
 }
+
+/**
+ * How fast a group notices a member that died without leaving (kill -9, a lost machine): the
+ * coordinator reassigns its partitions only once its session times out. Neither static membership
+ * nor cooperative rebalancing shortens that wait (both still wait for the session to expire); a
+ * short session does. Six heartbeats per session leave room for a busy event loop on a loaded box.
+ * The broker's group.min.session.timeout.ms must allow it (scripts/stack/engines/kafka.ts).
+ */
+export const CONSUMER_SESSION_TIMEOUT_MS = 3_000;
+export const CONSUMER_HEARTBEAT_INTERVAL_MS = 500;
 
 export interface BatchConsumerOptions {
   brokers: string[];
@@ -226,8 +254,8 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
           bootstrapBrokers: options.brokers,
           ...saslOption(options.sasl),
           deserializers: stringDeserializers,
-          sessionTimeout: 10_000,
-          heartbeatInterval: 1_000,
+          sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
+          heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
           rebalanceTimeout: 15_000,
           timeout: 10_000,
         });

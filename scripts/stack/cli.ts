@@ -1,8 +1,9 @@
 // `node scripts/stack/cli.ts <command>` (normally through scripts/run.sh, which ensures Node 24 and
 // node_modules). Commands:
-//   start [--stop-engines] [--prometheus]
-//                              engines + the four services under the supervisor, until Ctrl-C;
-//                              --prometheus starts a Prometheus scraping them too
+//   start [--stop-engines] [--prometheus] [--brokers N] [--replicas N]
+//                              engines (Kafka as N brokers) + the services (N copies each behind
+//                              HAProxy) under the supervisor, until Ctrl-C; --prometheus starts a
+//                              Prometheus scraping them too
 //   engines up|down|status     the engines only
 //   engines restart|kill9 <name>
 //   test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...
@@ -16,6 +17,8 @@ import { appendFileSync, closeSync, existsSync, globSync, openSync, rmSync } fro
 import type { Server } from "node:http";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
+import { balancerSpec, replicas_max } from "./balancer.ts";
+import { kafkaBrokerList, kafkaNode } from "./engines/kafka.ts";
 import { deleteKeysWithPrefix } from "./engines/redis.ts";
 import { databaseOf, secretNames } from "./env.ts";
 import {
@@ -28,6 +31,7 @@ import {
   engineOrder,
   engines,
   ensureEnginesDetailed,
+  kafkaEngines,
   pgbenchPath,
   recreateDatabase,
   type StackEnv,
@@ -111,7 +115,31 @@ function startLockHolder(): number | undefined {
   return pid !== undefined && isAlive(pid) && cmdline(pid).includes(startLockMarker) ? pid : undefined;
 }
 
+/** `--brokers N` (Kafka as a cluster of N nodes) or `--replicas N` (copies of each service); 1 by default. */
+function countFlag(args: string[], flag: string, max: number): number {
+  if (!args.includes(flag)) return 1;
+  const raw = args[args.indexOf(flag) + 1];
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > max) {
+    throw new UsageError(`${flag} must be a whole number from 1 to ${max}, not ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
+/** Each node is a JVM of up to 384 MB of heap: a handful fit one development machine. */
+const brokers_max = 5;
+
+/** The services' environment with every broker of the cluster in KAFKA_BROKERS. */
+function clusterEnv(brokers: number): StackEnv {
+  const env = stackEnv();
+  if (brokers > 1 && process.env.KAFKA_BROKERS === undefined) {
+    env.KAFKA_BROKERS = kafkaBrokerList(kafkaNode(0, brokers)).join(",");
+  }
+  return env;
+}
+
 async function cmdStart(args: string[]): Promise<number> {
+  const brokers = countFlag(args, "--brokers", brokers_max);
+  const replicas = countFlag(args, "--replicas", replicas_max);
   const holder = takePidLock(startLockFile, startLockMarker);
   if (holder !== undefined) {
     process.stderr.write(
@@ -120,7 +148,9 @@ async function cmdStart(args: string[]): Promise<number> {
     return 1;
   }
   // Engines that were already up (`npm run stack up`, a running `npm test`) are not ours to stop.
-  const before = engineOrder.filter((n) => engines[n].pid() !== undefined);
+  const before = engineOrder.filter((n) =>
+    (n === "kafka" ? kafkaEngines(brokers) : [engines[n]]).some((e) => e.pid() !== undefined),
+  );
   // A signal at any moment ends the start-up (every step checks it) and then stops what we started.
   const stopping = new AbortController();
   const sig = untilSignal();
@@ -133,9 +163,14 @@ async function cmdStart(args: string[]): Promise<number> {
   let prometheus: Awaited<ReturnType<typeof startStackPrometheus>> | undefined;
   let code = 0;
   try {
-    const { env } = await ensureEnginesDetailed({ signal: stopping.signal });
-    watcher = watchEngines({ signal: stopping.signal });
-    sup = createSupervisor({ env, skipMissing: true });
+    const { env } = await ensureEnginesDetailed({
+      signal: stopping.signal,
+      brokers,
+      env: clusterEnv(brokers),
+    });
+    watcher = watchEngines({ signal: stopping.signal, brokers });
+    const balancer = replicas > 1 ? await balancerSpec(env, serviceNames, replicas) : undefined;
+    sup = createSupervisor({ env, skipMissing: true, replicas, balancer });
     await sup.startAll(60_000, stopping.signal);
     if (args.includes("--prometheus")) prometheus = await startStackPrometheus(env);
     out();
@@ -160,7 +195,7 @@ async function cmdStart(args: string[]): Promise<number> {
     const toStop = args.includes("--stop-engines")
       ? engineOrder
       : engineOrder.filter((n) => !before.includes(n));
-    await stopEngines(toStop);
+    await stopEngines(toStop, brokers);
     const left = engineOrder.filter((n) => !toStop.includes(n));
     if (left.length > 0)
       out(`left running (they were up before): ${left.join(", ")}; \`npm run stack down\` stops them`);
@@ -492,12 +527,18 @@ async function withTestStack(
 async function cmdChaos(args: string[]): Promise<number> {
   // First `npm start` itself under faults (every process of it killed at once), on a stack of its
   // own: too slow for `npm test`.
-  const stackTests = findTests(["scripts/**/test/**/*.chaos.ts"]);
+  // `--cluster`: only the cluster suites (*.cluster.chaos.ts: three JVM brokers); they are too
+  // heavy to run besides the rest on a small machine.
+  const cluster = args.includes("--cluster");
+  const stackTests = findTests(["scripts/**/test/**/*.chaos.ts"]).filter(
+    (f) => f.endsWith(".cluster.chaos.ts") === cluster,
+  );
   const reporter = process.env.DPS_TEST_REPORTER || (process.stdout.isTTY ? "spec" : "tap");
   const stackCode =
     stackTests.length === 0
       ? 0
       : (await runInherit(process.execPath, ["--test", `--test-reporter=${reporter}`, ...stackTests])).code;
+  if (cluster) return stackCode;
   const code = await withTestStack({ services: true, resetData: true }, async (env, spawnChild) => {
     const { code } = await spawnChild(process.execPath, [join(repoRoot, "ops", "chaos.ts"), ...args], env);
     return code;
@@ -548,7 +589,7 @@ function cmdOps(script: string, args: string[]): Promise<number> {
 }
 
 const usage = [
-  "usage: scripts/run.sh start [--stop-engines] [--prometheus]",
+  "usage: scripts/run.sh start [--stop-engines] [--prometheus] [--brokers N] [--replicas N]",
   "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
   "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
   "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
@@ -582,7 +623,12 @@ const numberFlag = { type: "string" } as const;
 /** What each command accepts; the command itself reads its flags from args. */
 const commandArgs: Record<string, (args: string[]) => void> = {
   start: (args) =>
-    checkArgs("start", args, { "stop-engines": { type: "boolean" }, prometheus: { type: "boolean" } }),
+    checkArgs("start", args, {
+      "stop-engines": { type: "boolean" },
+      prometheus: { type: "boolean" },
+      brokers: numberFlag,
+      replicas: numberFlag,
+    }),
   engines: (args) => checkArgs("engines", args, {}, 2),
   test: (args) =>
     checkArgs("test", args, {
@@ -597,6 +643,7 @@ const commandArgs: Record<string, (args: string[]) => void> = {
       faults: numberFlag,
       wallets: numberFlag,
       concurrency: numberFlag,
+      cluster: { type: "boolean" },
     }),
   bench: (args) =>
     checkArgs("bench", args, {

@@ -24,9 +24,11 @@ import {
 } from "./proc.ts";
 
 export type EngineName = "postgres" | "redis" | "kafka" | "ferretdb";
+/** A node of a Kafka cluster (`kafka-1`, `kafka-2`...), an engine of its own. */
+export type KafkaNodeName = `kafka-${number}`;
 
 export interface EngineSpec {
-  name: EngineName;
+  name: EngineName | KafkaNodeName;
   host: string;
   port: number;
   /** Where its data lives (shown in the status table). */
@@ -56,7 +58,7 @@ export interface EngineSpec {
 }
 
 export interface Engine {
-  readonly name: EngineName;
+  readonly name: EngineName | KafkaNodeName;
   readonly host: string;
   readonly port: number;
   readonly dataDir: string;

@@ -5,9 +5,9 @@
 //   sup.kill('transaction-service', 'SIGKILL');     // ...the supervisor restarts it
 //   await engines.kafka.restart();
 //   await sup.stopAll();
-import { type Engine, type EngineName, say } from "./engine.ts";
+import { type Engine, type EngineName, type KafkaNodeName, say } from "./engine.ts";
 import { ferretdb } from "./engines/ferretdb.ts";
-import { kafka } from "./engines/kafka.ts";
+import { kafka, kafkaCluster } from "./engines/kafka.ts";
 import { ensureDatabase, pgPort, postgres } from "./engines/postgres.ts";
 import { redis } from "./engines/redis.ts";
 import { databaseOf, type StackEnv, stackEnv, testEnv } from "./env.ts";
@@ -49,12 +49,19 @@ export interface EnsureEnginesOptions {
   env?: StackEnv;
   /** Ends the start-up early (Ctrl-C); the caller then stops what was started. */
   signal?: AbortSignal;
+  /** Kafka brokers: 1 (default) is the single broker; more is a cluster (kafkaEngines()). */
+  brokers?: number;
+}
+
+/** The engines Kafka runs as: the single broker, or every node of a cluster of `brokers`. */
+export function kafkaEngines(brokers = 1): Engine[] {
+  return brokers === 1 ? [kafka] : kafkaCluster(brokers);
 }
 
 export interface EnsureEnginesResult {
   env: StackEnv;
   /** Engines this call started (the others were already running: leave them running when done). */
-  started: EngineName[];
+  started: (EngineName | KafkaNodeName)[];
 }
 
 /** The databases every run needs: the app's, the tests', wherever the env points on our server. */
@@ -87,7 +94,7 @@ export async function ensureEnginesDetailed(opts: EnsureEnginesOptions = {}): Pr
     kafka.install(),
     ferretdb.install(),
   ]);
-  const started: EngineName[] = [];
+  const started: (EngineName | KafkaNodeName)[] = [];
   const signal = opts.signal;
   const start = async (e: Engine): Promise<void> => {
     signal?.throwIfAborted();
@@ -105,10 +112,17 @@ export async function ensureEnginesDetailed(opts: EnsureEnginesOptions = {}): Pr
       await start(ferretdb);
     })(),
     start(redis),
-    start(kafka),
+    // A cluster's nodes start together: each is healthy only once a quorum of controllers is up.
+    (async () => {
+      const nodes = await Promise.allSettled(kafkaEngines(opts.brokers).map(start));
+      for (const r of nodes) if (r.status === "rejected") throw r.reason;
+    })(),
   ]);
   for (const r of results) if (r.status === "rejected") throw r.reason;
-  const reused = engineOrder.filter((n) => !started.includes(n));
+  const all = engineOrder.flatMap((n) =>
+    n === "kafka" ? kafkaEngines(opts.brokers).map((e) => e.name) : [n],
+  );
+  const reused = all.filter((n) => !started.includes(n));
   const what = [
     started.length > 0 ? `started ${started.join(", ")}` : "",
     reused.length > 0 ? `reused ${reused.join(", ")}` : "",
@@ -129,18 +143,23 @@ export async function ensureEngines(opts: EnsureEnginesOptions = {}): Promise<St
  * `npm start` and the test stack supervise their engines as they do their services.
  */
 export function watchEngines(
-  opts: { signal?: AbortSignal; log?: (msg: string) => void } = {},
+  opts: { signal?: AbortSignal; log?: (msg: string) => void; brokers?: number } = {},
 ): EngineWatcher {
   return new EngineWatcher(
-    engineOrder.map((n) => engines[n]),
+    engineOrder.flatMap((n) => (n === "kafka" ? kafkaEngines(opts.brokers) : [engines[n]])),
     opts,
   );
 }
 
 /** Stops the named engines (default: all), FerretDB before the PostgreSQL it stands on. */
-export async function stopEngines(names: readonly EngineName[] = engineOrder): Promise<void> {
+export async function stopEngines(names: readonly EngineName[] = engineOrder, brokers = 1): Promise<void> {
   const reversed = [...engineOrder].reverse().filter((n) => names.includes(n));
   // FerretDB first; then the rest in parallel.
   if (reversed.includes("ferretdb")) await ferretdb.stop();
-  await Promise.all(reversed.filter((n) => n !== "ferretdb").map((n) => engines[n].stop()));
+  await Promise.all(
+    reversed
+      .filter((n) => n !== "ferretdb")
+      .flatMap((n) => (n === "kafka" ? kafkaEngines(brokers) : [engines[n]]))
+      .map((e) => e.stop()),
+  );
 }

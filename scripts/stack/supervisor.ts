@@ -4,6 +4,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { copySpecs } from "./balancer.ts";
 import type { Engine } from "./engine.ts";
 import { type ServiceName, type StackEnv, serviceEnv, servicePorts } from "./env.ts";
 import { logsDir, repoRoot, runDir } from "./paths.ts";
@@ -278,6 +279,9 @@ export interface StartServicesOptions {
   skipMissing?: boolean;
   /** Extra Node options before the entry point (the benchmark's `--cpu-prof`). */
   node_args?: string[];
+  /** Copies of each service (default 1); more run behind `balancer` (balancer.ts). */
+  replicas?: number;
+  balancer?: ServiceSpec;
 }
 
 export function serviceEntry(name: ServiceName): string {
@@ -310,7 +314,11 @@ export function createSupervisor(opts: StartServicesOptions): Supervisor {
     for (const n of missing) log(`${n}: ${serviceEntry(n)} does not exist yet; skipped`);
     names = names.filter((n) => !missing.includes(n));
   }
-  return new Supervisor(serviceSpecs(opts.env, names, opts.node_args), { prefix: opts.prefix, log });
+  const specs = serviceSpecs(opts.env, names, opts.node_args);
+  const replicas = opts.replicas ?? 1;
+  const all =
+    replicas === 1 ? specs : [...copySpecs(specs, replicas), ...(opts.balancer ? [opts.balancer] : [])];
+  return new Supervisor(all, { prefix: opts.prefix, log });
 }
 
 export async function startServices(opts: StartServicesOptions): Promise<Supervisor> {

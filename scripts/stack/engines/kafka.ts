@@ -1,5 +1,6 @@
-// Apache Kafka 4.1.1, single node in KRaft mode (broker + controller in one JVM), run straight from
-// the jars Maven fetches (scripts/stack/kafka-pom.xml) with the machine's Java 17.
+// Apache Kafka 4.1.1 in KRaft mode, run straight from the jars Maven fetches
+// (scripts/stack/kafka-pom.xml) with the machine's Java 17: one node (broker + controller in one
+// JVM), or a cluster of N nodes whose first three are also the KRaft controllers (kafkaCluster()).
 //
 // Nobody is trusted blindly: clients authenticate with SASL/SCRAM-SHA-512 (one principal per
 // service, see packages/kafka/access.ts), and the StandardAuthorizer denies whatever no ACL
@@ -17,6 +18,7 @@ import {
   AuthenticationError,
   alterUserScramCredentialsV0,
   Connection,
+  describeQuorumV2,
   ResourcePatternTypes,
   ResourceTypes,
   type SASLOptions,
@@ -29,8 +31,17 @@ import {
   kafkaPasswordVariable,
   kafkaPrincipals,
 } from "#packages/kafka/access.ts";
+import { topicReplication } from "#packages/kafka/index.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
-import { aptInstall, type Engine, logFileOf, makeEngine, pidFileOf, say } from "../engine.ts";
+import {
+  aptInstall,
+  type Engine,
+  type KafkaNodeName,
+  logFileOf,
+  makeEngine,
+  pidFileOf,
+  say,
+} from "../engine.ts";
 import { secrets } from "../env.ts";
 import { cacheDir, confDir, envPort, logsDir, repoRoot, dataDir as stackDataDir } from "../paths.ts";
 import { canConnect, readPidFile, removeFile, run, spawnDetached, which, writePidFile } from "../proc.ts";
@@ -39,6 +50,10 @@ export const kafkaVersion = "4.1.1";
 export const kafkaHost = "127.0.0.1";
 export const kafkaPort = envPort("DPS_KAFKA_PORT", 59092);
 const controllerPort = envPort("DPS_KAFKA_CONTROLLER_PORT", 59093);
+/** Node k of a cluster (k = 0, 1, ...) listens on the base ports + 100·k: 59092, 59192, 59292. */
+export const KAFKA_NODE_PORT_STEP = 100;
+/** A KRaft quorum of three survives one controller's death; more would only slow its writes. */
+const controllers_max = 3;
 
 const pomFile = join(repoRoot, "scripts", "stack", "kafka-pom.xml");
 const installDir = join(cacheDir, `kafka-${kafkaVersion}`);
@@ -46,12 +61,55 @@ const libsDir = join(installDir, "libs");
 /** Holds a hash of the POM that filled libs/: a changed POM means a fresh fetch. */
 const stampFile = join(installDir, "pom.sha1");
 
-const dataDir = join(stackDataDir, "kafka");
-const kafkaConfDir = join(confDir, "kafka");
-const serverProps = join(kafkaConfDir, "server.properties");
-const log4jConf = join(kafkaConfDir, "log4j2.xml");
-const pidFile = pidFileOf("kafka");
-const logFile = logFileOf("kafka");
+/** Where one node of a single broker or of a cluster keeps its ports, files and data. */
+export interface KafkaNode {
+  name: "kafka" | KafkaNodeName;
+  /** 0-based position in the cluster; node.id is index + 1. */
+  index: number;
+  /** Nodes in its cluster (1: the single broker). */
+  count: number;
+  port: number;
+  controllerPort: number;
+  dataDir: string;
+  confDir: string;
+  serverProps: string;
+  log4jConf: string;
+  pidFile: string;
+  logFile: string;
+}
+
+/** The single broker keeps `.data/kafka`; a cluster's nodes `.data/kafka-cluster/node-<k>` (a quorum is fixed at format time). */
+export function kafkaNode(index: number, count: number): KafkaNode {
+  if (!Number.isInteger(count) || count < 1 || index < 0 || index >= count) {
+    throw new Error(`invariant: kafka node ${index} of ${count}`);
+  }
+  const name = count === 1 ? "kafka" : (`kafka-${index + 1}` as const);
+  const nodeConfDir = join(confDir, name);
+  return {
+    name,
+    index,
+    count,
+    port: kafkaPort + KAFKA_NODE_PORT_STEP * index,
+    controllerPort: controllerPort + KAFKA_NODE_PORT_STEP * index,
+    dataDir: count === 1 ? join(stackDataDir, "kafka") : join(clusterDir, `node-${index + 1}`),
+    confDir: nodeConfDir,
+    serverProps: join(nodeConfDir, "server.properties"),
+    log4jConf: join(nodeConfDir, "log4j2.xml"),
+    pidFile: pidFileOf(name),
+    logFile: logFileOf(name),
+  };
+}
+
+const clusterDir = join(stackDataDir, "kafka-cluster");
+/** Every node of a cluster is formatted with the same cluster id, kept here. */
+const clusterIdFile = join(clusterDir, "cluster-id");
+
+const isController = (node: KafkaNode): boolean => node.index < controllers_max;
+const nodesOf = (node: KafkaNode): KafkaNode[] =>
+  Array.from({ length: node.count }, (_, k) => kafkaNode(k, node.count));
+/** host:port of every broker of the node's cluster, for clients' bootstrap lists. */
+export const kafkaBrokerList = (node: KafkaNode): string[] =>
+  nodesOf(node).map((n) => `${kafkaHost}:${n.port}`);
 
 const classPath = `${libsDir}/*`; // the JVM expands dir/* itself (no shell involved)
 
@@ -120,32 +178,51 @@ function securityProps(): Record<string, string> {
   };
 }
 
-function writeConfig(): void {
-  mkdirSync(kafkaConfDir, { recursive: true });
-  mkdirSync(dataDir, { recursive: true });
+/** The node's server.properties entries that depend on its place in the cluster. */
+function placementProps(node: KafkaNode): Record<string, string | number> {
+  const voters = nodesOf(node)
+    .filter(isController)
+    .map((n) => `${n.index + 1}@${kafkaHost}:${n.controllerPort}`)
+    .join(",");
+  const broker = `SASL_PLAINTEXT://${kafkaHost}:${node.port}`;
+  // Internal topics as the services' own (packages/kafka topicReplication): 3 copies, 2 in sync.
+  const { replicas, min_insync_replicas } = topicReplication(node.count);
+  return {
+    "process.roles": isController(node) ? "broker,controller" : "broker",
+    "node.id": node.index + 1,
+    // A static quorum: nothing to bootstrap, and `format` needs no --standalone.
+    "controller.quorum.voters": voters,
+    listeners: isController(node) ? `${broker},CONTROLLER://${kafkaHost}:${node.controllerPort}` : broker,
+    "advertised.listeners": broker,
+    "log.dirs": node.dataDir,
+    "default.replication.factor": replicas,
+    "min.insync.replicas": min_insync_replicas,
+    "offsets.topic.replication.factor": replicas,
+    "transaction.state.log.replication.factor": replicas,
+    "transaction.state.log.min.isr": min_insync_replicas,
+    "share.coordinator.state.topic.replication.factor": replicas,
+    "share.coordinator.state.topic.min.isr": min_insync_replicas,
+    // The controller moves a dead broker's partition leadership only once its session expires
+    // (default 9 s): in a cluster, notice a killed broker in 3 s.
+    ...(node.count > 1 ? { "broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 500 } : {}),
+  };
+}
+
+function writeConfig(node: KafkaNode): void {
+  mkdirSync(node.confDir, { recursive: true });
+  mkdirSync(node.dataDir, { recursive: true });
   const props: Record<string, string | number | boolean> = {
-    "process.roles": "broker,controller",
-    "node.id": 1,
-    // Static quorum of one: nothing to bootstrap, and `format` needs no --standalone.
-    "controller.quorum.voters": `1@${kafkaHost}:${controllerPort}`,
-    listeners: `SASL_PLAINTEXT://${kafkaHost}:${kafkaPort},CONTROLLER://${kafkaHost}:${controllerPort}`,
-    "advertised.listeners": `SASL_PLAINTEXT://${kafkaHost}:${kafkaPort}`,
+    ...placementProps(node),
     "controller.listener.names": "CONTROLLER",
     "inter.broker.listener.name": "SASL_PLAINTEXT",
     ...securityProps(),
-    "log.dirs": dataDir,
     "num.partitions": 6,
-    "default.replication.factor": 1,
-    "min.insync.replicas": 1,
-    // One node: internal topics cannot have more replicas than that.
-    "offsets.topic.replication.factor": 1,
     "offsets.topic.num.partitions": 10, // default 50 is slow to load on a 2-core box
-    "transaction.state.log.replication.factor": 1,
-    "transaction.state.log.min.isr": 1,
     "transaction.state.log.num.partitions": 10,
-    "share.coordinator.state.topic.replication.factor": 1,
-    "share.coordinator.state.topic.min.isr": 1,
     "group.initial.rebalance.delay.ms": 0,
+    // The services' consumers use a 3 s session so a killed copy's partitions move within seconds
+    // (packages/kafka CONSUMER_SESSION_TIMEOUT_MS); the default floor of 6 s would refuse it.
+    "group.min.session.timeout.ms": 1000,
     // The services create their topics (partitions, configs) themselves; a typo must not make one.
     "auto.create.topics.enable": false,
     "delete.topic.enable": true,
@@ -161,15 +238,16 @@ function writeConfig(): void {
     .join("\n");
   // It holds the admin password.
   writeFileSync(
-    serverProps,
+    node.serverProps,
     `# Written by scripts/stack/engines/kafka.ts at every start; edits are overwritten.\n${text}\n`,
     { mode: 0o600 },
   );
-  chmodSync(serverProps, 0o600);
+  chmodSync(node.serverProps, 0o600);
 
   // Kafka's logging goes to .data/logs/kafka.log (rolled), never to the terminal.
+  const logFile = node.logFile;
   writeFileSync(
-    log4jConf,
+    node.log4jConf,
     `<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
   <Appenders>
@@ -191,8 +269,8 @@ function writeConfig(): void {
   );
 }
 
-function jvmArgs(): string[] {
-  const heap = (process.env.DPS_KAFKA_HEAP_OPTS || "-Xms256m -Xmx768m").split(" ").filter((s) => s !== "");
+function jvmArgs(node: KafkaNode): string[] {
+  const heap = (process.env.DPS_KAFKA_HEAP_OPTS || defaultHeap(node)).split(" ").filter((s) => s !== "");
   return [
     ...heap,
     // Kafka's own launcher defaults (kafka-run-class.sh).
@@ -201,41 +279,60 @@ function jvmArgs(): string[] {
     "-XX:InitiatingHeapOccupancyPercent=35",
     "-XX:+ExplicitGCInvokesConcurrent",
     "-Djava.awt.headless=true",
-    `-Dlog4j2.configurationFile=${log4jConf}`,
+    `-Dlog4j2.configurationFile=${node.log4jConf}`,
     `-Dkafka.logs.dir=${logsDir}`,
     "-cp",
     classPath,
   ];
 }
 
-/** `kafka-storage.sh format`, once per data dir: writes meta.properties with a new cluster id. */
-async function formatOnce(): Promise<void> {
-  if (existsSync(join(dataDir, "meta.properties"))) return;
+/** The cluster id to format a node with: a new one for a single node, the cluster's shared one otherwise. */
+function clusterIdFor(node: KafkaNode): string {
   // A Kafka cluster id is a 16-byte UUID in URL-safe base64 without padding (what `random-uuid` prints).
-  const clusterId = randomBytes(16).toString("base64url");
+  if (node.count === 1) return randomBytes(16).toString("base64url");
+  if (!existsSync(clusterIdFile)) {
+    mkdirSync(clusterDir, { recursive: true });
+    try {
+      // Exclusive create: the nodes format at once, and the first one's id must win.
+      writeFileSync(clusterIdFile, `${randomBytes(16).toString("base64url")}\n`, { flag: "wx" });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+  }
+  return readFileSync(clusterIdFile, "utf8").trim();
+}
+
+/** `kafka-storage.sh format`, once per data dir: writes meta.properties with the cluster id. */
+async function formatOnce(node: KafkaNode): Promise<void> {
+  if (existsSync(join(node.dataDir, "meta.properties"))) return;
+  const clusterId = clusterIdFor(node);
   await run(
     "java",
     [
-      ...jvmArgs(),
+      ...jvmArgs(node),
       "kafka.tools.StorageTool",
       "format",
       // One word: an id that starts with "-" (1 in 64) would be taken for an option.
       `--cluster-id=${clusterId}`,
       "-c",
-      serverProps,
+      node.serverProps,
       "--ignore-formatted",
     ],
     {
-      logFile,
+      logFile: node.logFile,
     },
   );
-  say("kafka", `formatted ${dataDir} (cluster id ${clusterId})`);
+  say(node.name, `formatted ${node.dataDir} (cluster id ${clusterId})`);
 }
 
-function adminClient(clientId: string, extra: { retries?: number; timeout?: number } = {}): Admin {
+function adminClient(
+  clientId: string,
+  extra: { retries?: number; timeout?: number } = {},
+  brokers: string[] = [`${kafkaHost}:${kafkaPort}`],
+): Admin {
   return new Admin({
     clientId,
-    bootstrapBrokers: [`${kafkaHost}:${kafkaPort}`],
+    bootstrapBrokers: brokers,
     sasl: adminSasl(),
     connectTimeout: 2000,
     ...extra,
@@ -256,9 +353,9 @@ function isAuthFailure(error: unknown): boolean {
  * SCRAM login is up too: a data dir formatted before the credentials existed has none until
  * afterStart sets them.
  */
-async function healthy(): Promise<boolean> {
-  if (!(await canConnect(kafkaHost, kafkaPort))) return false;
-  const admin = adminClient("dps-stack-health", { retries: 0, timeout: 3000 });
+async function healthy(node: KafkaNode): Promise<boolean> {
+  if (!(await canConnect(kafkaHost, node.port))) return false;
+  const admin = adminClient("dps-stack-health", { retries: 0, timeout: 3000 }, [`${kafkaHost}:${node.port}`]);
   try {
     await admin.listTopics();
     return true;
@@ -276,14 +373,28 @@ const scramIterations = 8192;
  * the controller listener (PLAIN as admin), so it works whether or not the data dir already has
  * credentials, and a changed password in secrets.env takes effect at the next start.
  */
-async function upsertScramCredentials(): Promise<void> {
+async function upsertScramCredentials(node: KafkaNode): Promise<void> {
+  // Only the active controller takes the change: ask each controller of the quorum in turn.
+  let lastError: unknown;
+  for (const controller of nodesOf(node).filter(isController)) {
+    try {
+      await upsertScramCredentialsAt(controller.controllerPort);
+      return;
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  throw lastError;
+}
+
+async function upsertScramCredentialsAt(port: number): Promise<void> {
   const connection = new Connection("dps-stack-scram", {
     connectTimeout: 5000,
     requestTimeout: 10_000,
     sasl: { mechanism: "PLAIN", username: "admin", password: passwordOf("admin") },
   });
   try {
-    await connection.connect(kafkaHost, controllerPort);
+    await connection.connect(kafkaHost, port);
     const upsertions = kafkaPrincipals.map((name) => {
       const salt = randomBytes(32);
       // SCRAM's Hi() is PBKDF2 with the mechanism's HMAC (RFC 5802); the broker stores only this.
@@ -339,12 +450,21 @@ async function syncAcls(admin: Admin): Promise<void> {
 }
 
 /** Credentials, then ACLs brought to exactly what packages/kafka/access.ts grants. Runs after every start. */
-async function ensureAccess(): Promise<void> {
-  await upsertScramCredentials();
-  // The broker learns the credentials from the metadata log a moment later.
+async function ensureAccess(node: KafkaNode): Promise<void> {
+  // The broker learns the credentials from the metadata log a moment later; a cluster's quorum
+  // may still be electing its controller.
   const deadline = Date.now() + 30_000;
   for (let attempt = 1; ; attempt++) {
-    const admin = adminClient("dps-stack-acls", { timeout: 10_000 });
+    try {
+      await upsertScramCredentials(node);
+      break;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await sleep(backoff_ms(attempt, 200, 2000));
+    }
+  }
+  for (let attempt = 1; ; attempt++) {
+    const admin = adminClient("dps-stack-acls", { timeout: 10_000 }, kafkaBrokerList(node));
     try {
       await syncAcls(admin);
       return;
@@ -355,6 +475,31 @@ async function ensureAccess(): Promise<void> {
       await admin.close().catch(() => {});
     }
   }
+}
+
+/** The node.id of the cluster's active KRaft controller (the metadata quorum's leader), from the first controller that answers. */
+export async function activeControllerId(node: KafkaNode): Promise<number> {
+  let lastError: unknown = new Error("no controller answered");
+  for (const controller of nodesOf(node).filter(isController)) {
+    const connection = new Connection("dps-stack-quorum", {
+      connectTimeout: 2000,
+      requestTimeout: 5000,
+      sasl: { mechanism: "PLAIN", username: "admin", password: passwordOf("admin") },
+    });
+    try {
+      await connection.connect(kafkaHost, controller.controllerPort);
+      const answer = await describeQuorumV2.api.async(connection, [
+        { topicName: "__cluster_metadata", partitions: [{ partitionIndex: 0 }] },
+      ]);
+      const leader = answer.topics[0]?.partitions[0]?.leaderId;
+      if (leader !== undefined && leader > 0) return leader;
+    } catch (error) {
+      lastError = error;
+    } finally {
+      await connection.close().catch(() => {});
+    }
+  }
+  throw lastError;
 }
 
 /** Deletes every topic whose name starts with prefix, and waits until they are gone (test resets). */
@@ -377,28 +522,52 @@ export async function deleteTopicsWithPrefix(prefix: string): Promise<string[]> 
   }
 }
 
-export const kafka: Engine = makeEngine({
-  name: "kafka",
-  host: kafkaHost,
-  port: kafkaPort,
-  dataDir,
-  logFile,
-  url: `${kafkaHost}:${kafkaPort}`,
-  cmdlineMarker: serverProps,
-  startTimeoutMs: 90_000,
-  // A controlled shutdown normally takes a few seconds.
-  stopTimeoutMs: 30_000,
-  install,
-  launch: async () => {
-    writeConfig();
-    await formatOnce();
-    writePidFile(
-      pidFile,
-      spawnDetached("java", [...jvmArgs(), "kafka.Kafka", serverProps], { logFile, cwd: logsDir }),
-    );
-  },
-  readPid: () => readPidFile(pidFile),
-  clearPid: () => removeFile(pidFile),
-  healthy,
-  afterStart: ensureAccess,
-});
+/**
+ * Heap of one JVM: a single broker gets room; three brokers (and eight services) share a 2-core,
+ * few-GB box, and an idle broker of this size runs in well under 256 MB of heap.
+ */
+function defaultHeap(node: KafkaNode): string {
+  return node.count === 1 ? "-Xms256m -Xmx768m" : "-Xms128m -Xmx384m";
+}
+
+function nodeEngine(node: KafkaNode): Engine {
+  return makeEngine({
+    name: node.name,
+    host: kafkaHost,
+    port: node.port,
+    dataDir: node.dataDir,
+    logFile: node.logFile,
+    url: `${kafkaHost}:${node.port}`,
+    cmdlineMarker: node.serverProps,
+    startTimeoutMs: 90_000,
+    // A controlled shutdown normally takes a few seconds.
+    stopTimeoutMs: 30_000,
+    install,
+    launch: async () => {
+      writeConfig(node);
+      await formatOnce(node);
+      writePidFile(
+        node.pidFile,
+        spawnDetached("java", [...jvmArgs(node), "kafka.Kafka", node.serverProps], {
+          logFile: node.logFile,
+          cwd: logsDir,
+        }),
+      );
+    },
+    readPid: () => readPidFile(node.pidFile),
+    clearPid: () => removeFile(node.pidFile),
+    healthy: () => healthy(node),
+    afterStart: () => ensureAccess(node),
+  });
+}
+
+export const kafka: Engine = nodeEngine(kafkaNode(0, 1));
+
+/**
+ * The nodes of a cluster of `count` brokers (`npm start -- --brokers 3`), each an engine of its
+ * own (started, watched and killed one by one). They must be started together: a node is healthy
+ * only once a majority of the controllers is up.
+ */
+export function kafkaCluster(count: number): Engine[] {
+  return Array.from({ length: count }, (_, k) => nodeEngine(kafkaNode(k, count)));
+}

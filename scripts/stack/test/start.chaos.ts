@@ -33,7 +33,8 @@ async function apiOfThisStack(): Promise<typeof import("../../../test/integratio
   const url = (port: string | undefined): string => `http://127.0.0.1:${port}`;
   Object.assign(process.env, {
     ADMIN_TOKEN: secrets.ADMIN_TOKEN,
-    SERVICE_TOKEN: secrets.SERVICE_TOKEN,
+    LEDGER_TOKEN: secrets.LEDGER_TOKEN,
+    QUERY_TOKEN: secrets.QUERY_TOKEN,
     TEST_USER_SERVICE_URL: url(env.USER_SERVICE_PORT),
     TEST_COMMAND_SERVICE_URL: url(env.TRANSACTION_COMMAND_SERVICE_PORT),
     TEST_QUERY_SERVICE_URL: url(env.TRANSACTION_QUERY_SERVICE_PORT),

@@ -29,7 +29,9 @@ describe("npm start from outside", { timeout: 900_000 }, () => {
 
   it("refuses unknown flags and words with the usage (exit 2), starting nothing", async () => {
     const commands = [
-      ["start", "--replicas", "2"],
+      ["start", "--copies", "2"],
+      ["start", "--replicas", "0"],
+      ["start", "--brokers", "three"],
       ["engines", "up", "--replicas", "2"],
       ["engines", "status", "extra", "words"],
       ["engines", "bogus"],
