@@ -393,7 +393,9 @@ export function registerDisbursementRoutes(
           200: envelope(
             z.object({ disbursements: z.array(disbursementSchema), pagination: paginationSchema }),
           ).describe("A page; pass `pagination.next_cursor` as `cursor` for the next one"),
-          ...errorResponses(400, 401, 429),
+          ...errorResponses(400, 401, 429, {
+            403: "The credential is not a user's token: batches are listed to their payer",
+          }),
         },
       },
     },
