@@ -130,3 +130,23 @@ export function killEverything(): void {
     }
   }
 }
+
+/** The integration tests' API helpers, pointed at this stack with its generated credentials. */
+export async function apiOfThisStack(): Promise<typeof import("../../../test/integration/api.ts")> {
+  const secrets: Record<string, string> = {};
+  for (const line of readFileSync(join(dataDir, "secrets.env"), "utf8").split("\n")) {
+    const at = line.indexOf("=");
+    if (/^[A-Z]/.test(line) && at > 0) secrets[line.slice(0, at)] = line.slice(at + 1);
+  }
+  const url = (port: string | undefined): string => `http://127.0.0.1:${port}`;
+  Object.assign(process.env, {
+    ADMIN_TOKEN: secrets.ADMIN_TOKEN,
+    LEDGER_TOKEN: secrets.LEDGER_TOKEN,
+    QUERY_TOKEN: secrets.QUERY_TOKEN,
+    TEST_USER_SERVICE_URL: url(env.USER_SERVICE_PORT),
+    TEST_COMMAND_SERVICE_URL: url(env.TRANSACTION_COMMAND_SERVICE_PORT),
+    TEST_QUERY_SERVICE_URL: url(env.TRANSACTION_QUERY_SERVICE_PORT),
+    TEST_TRANSACTION_SERVICE_URL: url(env.TRANSACTION_SERVICE_PORT),
+  });
+  return import("../../../test/integration/api.ts");
+}

@@ -14,32 +14,13 @@ import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Answer } from "../../../test/integration/api.ts";
 import { serviceNames } from "../env.ts";
-import { command, dataDir, env, killEverything, ready, start } from "./outside.ts";
+import { apiOfThisStack, command, dataDir, killEverything, ready, start } from "./outside.ts";
 
 /** How long a careful client keeps sending the same request again before it gives up. */
 const retry_window_ms = 30_000;
 /** After a fault, transfers must be accepted again at 80% of the rate before it within this. */
 const recovery_max_ms = 15_000;
 const say = (line: string) => process.stdout.write(`${line}\n`);
-
-async function apiOfThisStack(): Promise<typeof import("../../../test/integration/api.ts")> {
-  const secrets: Record<string, string> = {};
-  for (const line of readFileSync(join(dataDir, "secrets.env"), "utf8").split("\n")) {
-    const at = line.indexOf("=");
-    if (/^[A-Z]/.test(line) && at > 0) secrets[line.slice(0, at)] = line.slice(at + 1);
-  }
-  const url = (port: string | undefined): string => `http://127.0.0.1:${port}`;
-  Object.assign(process.env, {
-    ADMIN_TOKEN: secrets.ADMIN_TOKEN,
-    LEDGER_TOKEN: secrets.LEDGER_TOKEN,
-    QUERY_TOKEN: secrets.QUERY_TOKEN,
-    TEST_USER_SERVICE_URL: url(env.USER_SERVICE_PORT),
-    TEST_COMMAND_SERVICE_URL: url(env.TRANSACTION_COMMAND_SERVICE_PORT),
-    TEST_QUERY_SERVICE_URL: url(env.TRANSACTION_QUERY_SERVICE_PORT),
-    TEST_TRANSACTION_SERVICE_URL: url(env.TRANSACTION_SERVICE_PORT),
-  });
-  return import("../../../test/integration/api.ts");
-}
 
 const pidOf = (name: string): number =>
   Number(
