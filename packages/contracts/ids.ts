@@ -15,7 +15,14 @@ export function uuidv7(now_ms: number = Date.now()): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-export const transferIdSchema = z.uuid({ error: "must be a transfer id (UUID)" });
+/**
+ * A transfer id, in lower case whatever case it arrived in: UUIDs are equal whatever the case of
+ * their hex digits (PostgreSQL compares them so), and every key, cache entry, record id and
+ * duplicate check built from a parsed id then agrees with the database without lower-casing it.
+ */
+export const transferIdSchema = z
+  .uuid({ error: "must be a transfer id (UUID)" })
+  .overwrite((id) => id.toLowerCase());
 
 /** User ids are positive integers (PostgreSQL bigserial), validated before any query. */
 export const userIdSchema = z
@@ -34,3 +41,8 @@ export const userIdParamSchema = z
   .regex(/^[1-9][0-9]{0,14}$/, { error: "must be a user id (a positive integer)" })
   .transform(Number)
   .pipe(userIdSchema);
+
+/** Idempotency keys: what clients usually send (UUIDs, ULIDs, hashes), printable ASCII. */
+export const idempotencyKeySchema = z
+  .string()
+  .regex(/^[\x21-\x7e]{1,255}$/, { error: "must be 1-255 printable ASCII characters without spaces" });

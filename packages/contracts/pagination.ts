@@ -70,3 +70,20 @@ export const paginationSchema = z.object({
   has_more: z.boolean(),
   next_cursor: z.string().nullable(),
 });
+
+/**
+ * `?limit=` as it arrives in a query string: digits only, 1..100, default 20. The pattern spells
+ * the range out, so the OpenAPI document publishes exactly what is accepted.
+ */
+export const pageLimitSchema = z
+  .string()
+  .regex(/^(100|[1-9][0-9]?)$/, { error: `must be an integer from 1 to ${PAGE_LIMIT_MAX}` })
+  .transform(Number)
+  .pipe(
+    z
+      .number()
+      .int()
+      .min(1, { error: "must be at least 1" })
+      .max(PAGE_LIMIT_MAX, { error: `must be at most ${PAGE_LIMIT_MAX}` }),
+  )
+  .default(PAGE_LIMIT_DEFAULT);

@@ -5,8 +5,8 @@ import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
 import { fromDocument, recordsCollection, type TransferDocument } from "#packages/records/index.ts";
 
 export async function findTransfer(db: Db, id: string): Promise<TransferSnapshot | null> {
-  // Records are keyed by the lower-case id the saga generated.
-  const doc = await recordsCollection(db).findOne({ _id: id.toLowerCase() });
+  // Records are keyed by the lower-case id the saga generated, as transferIdSchema spells it.
+  const doc = await recordsCollection(db).findOne({ _id: id });
   return doc === null ? null : fromDocument(doc);
 }
 

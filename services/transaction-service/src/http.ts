@@ -272,8 +272,7 @@ export function registerRoutes(
     },
     async (request, reply) => {
       const principal = requirePrincipal(request);
-      // Transfer ids are lower-case UUIDs everywhere (cache keys, records, the saga's rows).
-      const id = request.params.id.toLowerCase();
+      const { id } = request.params;
       const first = await readTransfer(deps, id, request.log);
       requireParty(principal, first);
       const transaction = await waitAsPreferred(request, reply, {

@@ -5,8 +5,17 @@
  */
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
-import { transferIdSchema, userIdSchema } from "#packages/contracts/ids.ts";
-import { amountMinorSchema, MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
+import { transferIdSchema } from "#packages/contracts/ids.ts";
+import {
+  FUNDING_ITEMS_MAX,
+  FUNDING_RESULTS,
+  type FundingItemResult,
+  type FundingRefusal,
+  type FundingRequest,
+  fundingItemResultSchema,
+  fundingRequestSchema,
+} from "#packages/contracts/ledger.ts";
+import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
 import type { Authenticator } from "#packages/http/auth.ts";
 import { securityFor } from "#packages/http/auth.ts";
 import { ApiError, ok } from "#packages/http/errors.ts";
@@ -15,30 +24,7 @@ import type { HttpServer } from "#packages/http/server.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import { invariant } from "./domain.ts";
 
-/** The most items one funding may hold (the SQL function refuses more, too). */
-export const FUNDING_ITEMS_MAX = 1_000;
-
-export interface FundingItem {
-  transfer_id: string;
-  dest_user_id: number;
-  amount: number;
-}
-
-export interface FundingRequest {
-  disbursement_id: string;
-  source_user_id: number;
-  items: readonly FundingItem[];
-}
-
-/** Per item: held (with the payer's balance before its hold), or why not. */
-export type FundingItemResult =
-  | { transfer_id: string; result: "ok"; source_balance_before: number }
-  | {
-      transfer_id: string;
-      result: "dest_not_found" | "insufficient_funds" | "source_not_found" | "funding_mismatch";
-    };
-
-const REFUSALS = new Set(["dest_not_found", "insufficient_funds", "source_not_found", "funding_mismatch"]);
+const REFUSALS: ReadonlySet<string> = new Set(FUNDING_RESULTS.filter((r) => r !== "ok"));
 
 /**
  * Holds every item whose payee is live, or nothing (insufficient_funds, source_not_found on
@@ -75,29 +61,9 @@ export async function fundBatch(pool: Pool, request: FundingRequest): Promise<Fu
       };
     }
     invariant(REFUSALS.has(row.result), `item ${row.transfer_id} answered '${row.result}'`);
-    return { transfer_id: row.transfer_id, result: row.result as "dest_not_found" };
+    return { transfer_id: row.transfer_id, result: row.result as FundingRefusal };
   });
 }
-
-const fundingBody = z.strictObject({
-  source_user_id: userIdSchema,
-  items: z
-    .array(
-      z.strictObject({
-        transfer_id: transferIdSchema,
-        dest_user_id: userIdSchema,
-        amount: amountMinorSchema,
-      }),
-    )
-    .min(1)
-    .max(FUNDING_ITEMS_MAX),
-});
-
-const itemResultSchema = z.object({
-  transfer_id: transferIdSchema,
-  result: z.enum(["ok", "dest_not_found", "insufficient_funds", "source_not_found", "funding_mismatch"]),
-  source_balance_before: z.number().int().nonnegative().optional(),
-});
 
 /** POST /internal/disbursements/:disbursement_id/fund on the internal listener (LEDGER_TOKEN). */
 export function registerBatchFundingRoute(internal: HttpServer, auth: Authenticator, pool: Pool): void {
@@ -112,9 +78,9 @@ export function registerBatchFundingRoute(internal: HttpServer, auth: Authentica
         security: securityFor("ledger"),
         summary: `Hold a disbursement's items (up to ${FUNDING_ITEMS_MAX}) out of the payer's wallet in one commit, or none (idempotent by disbursement id)`,
         params: z.strictObject({ disbursement_id: transferIdSchema }),
-        body: fundingBody,
+        body: fundingRequestSchema,
         response: {
-          200: envelope(z.object({ results: z.array(itemResultSchema) })).describe(
+          200: envelope(z.object({ results: z.array(fundingItemResultSchema) })).describe(
             "One result per item, in input order: `ok` (held), `dest_not_found` (not held, remembered), or the whole batch's refusal on every item (`insufficient_funds`, `source_not_found`, `funding_mismatch`)",
           ),
           ...errorResponses(BODY_ERRORS, 401, 403, {
@@ -128,7 +94,7 @@ export function registerBatchFundingRoute(internal: HttpServer, auth: Authentica
       const seen = new Map<string, number>();
       let total = 0n;
       for (const [index, item] of items.entries()) {
-        const earlier = seen.get(item.transfer_id.toLowerCase());
+        const earlier = seen.get(item.transfer_id);
         if (earlier !== undefined) {
           throw new ApiError(
             422,
@@ -136,7 +102,7 @@ export function registerBatchFundingRoute(internal: HttpServer, auth: Authentica
             `items.${index}.transfer_id repeats items.${earlier}`,
           );
         }
-        seen.set(item.transfer_id.toLowerCase(), index);
+        seen.set(item.transfer_id, index);
         if (item.dest_user_id === source_user_id) {
           throw new ApiError(422, "same_wallet", `items.${index}.dest_user_id is the payer`);
         }

@@ -6,6 +6,7 @@
 import { randomBytes, scrypt, timingSafeEqual } from "node:crypto";
 import { z } from "zod";
 import { userIdSchema } from "#packages/contracts/ids.ts";
+import type { HoldState, StepRefusalCode } from "#packages/contracts/ledger.ts";
 import { assertBalanceMinor, minorFromPg } from "#packages/contracts/money.ts";
 import { ApiError } from "#packages/http/errors.ts";
 import { Semaphore, SemaphoreFull } from "#packages/runtime/semaphore.ts";
@@ -139,19 +140,6 @@ export const passwordSchema = z
   .min(8, { error: "must be at least 8 characters" })
   .max(256, { error: "must be at most 256 characters" });
 
-/** Idempotency keys: what clients usually send (UUIDs, ULIDs, hashes), printable ASCII. */
-export const idempotencyKeySchema = z
-  .string()
-  .regex(/^[\x21-\x7e]{1,255}$/, { error: "must be 1-255 printable ASCII characters without spaces" });
-
-/** `?limit=` as it arrives in a query string: digits only, 1..100, default 20. */
-export const pageLimitSchema = z
-  .string()
-  .regex(/^(100|[1-9][0-9]?)$/, { error: "must be an integer from 1 to 100" })
-  .transform(Number)
-  .pipe(z.number().int().min(1, { error: "must be at least 1" }).max(100, { error: "must be at most 100" }))
-  .default(20);
-
 // ---------------------------------------------------------------------------------------------
 // Refusals: every business rule the API can answer with, its status and stable code.
 
@@ -177,7 +165,7 @@ const refusalStatus = {
   current_password_required: 403,
   current_password_mismatch: 403,
   account_locked: 403,
-} as const;
+} as const satisfies Record<StepRefusalCode, number> & Record<string, number>;
 export type RefusalCode = keyof typeof refusalStatus;
 
 export function refuse(code: RefusalCode, message: string, headers?: Record<string, string>): ApiError {
@@ -202,8 +190,6 @@ export interface DepositRow {
   balance_after_minor: string;
   created_at: Date;
 }
-
-export type HoldState = "held" | "posted" | "voided";
 
 export interface HoldRow {
   transfer_id: string;

@@ -5,8 +5,22 @@
  */
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
-import { transferIdSchema, userIdParamSchema, userIdSchema } from "#packages/contracts/ids.ts";
+import {
+  idempotencyKeySchema,
+  transferIdSchema,
+  userIdParamSchema,
+  userIdSchema,
+} from "#packages/contracts/ids.ts";
+import {
+  holdRequestSchema,
+  holdSchema,
+  LEDGER_BATCH_MAX,
+  type LedgerOperation,
+  ledgerBatchRequestSchema,
+  ledgerStepResultSchema,
+} from "#packages/contracts/ledger.ts";
 import { amountMinorSchema, balanceMinorSchema } from "#packages/contracts/money.ts";
+import { pageLimitSchema } from "#packages/contracts/pagination.ts";
 import {
   type Authenticator,
   forbidden,
@@ -25,10 +39,8 @@ import type { Pool } from "#packages/pg/index.ts";
 import {
   hashBelowCost,
   hashPassword,
-  idempotencyKeySchema,
   invariant,
   type PasswordHasher,
-  pageLimitSchema,
   passwordSchema,
   refuse,
   toApiDeposit,
@@ -46,8 +58,6 @@ import {
   getHold,
   getUser,
   holdFunds,
-  LEDGER_BATCH_MAX,
-  type LedgerOperation,
   listUsers,
   passwordHashOf,
   postHold,
@@ -79,32 +89,6 @@ const depositSchema = z.object({
   balance_after: balanceMinorSchema,
   created_at: isoDate,
 });
-
-const holdSchema = z.object({
-  transfer_id: transferIdSchema,
-  state: z.enum(["held", "posted", "voided"]),
-  source_user_id: userIdSchema,
-  dest_user_id: userIdSchema,
-  amount: amountMinorSchema,
-  source_balance_before: balanceMinorSchema,
-  dest_balance_before: balanceMinorSchema.nullable(),
-  created_at: isoDate,
-  updated_at: isoDate,
-});
-
-const ledgerOpSchema = z.enum(["hold", "post", "void"]);
-
-/** One step's answer in a batch: the hold as it now stands, or the refusal (same codes as the single-step routes). */
-const batchResultSchema = z.discriminatedUnion("ok", [
-  z.object({ transfer_id: transferIdSchema, op: ledgerOpSchema, ok: z.literal(true), hold: holdSchema }),
-  z.object({
-    transfer_id: transferIdSchema,
-    op: ledgerOpSchema,
-    ok: z.literal(false),
-    code: z.string(),
-    message: z.string(),
-  }),
-]);
 
 const count = z.number().int().nonnegative();
 const bigSum = z.string().regex(/^-?[0-9]+$/);
@@ -161,23 +145,6 @@ const depositBody = z.strictObject({ amount: amountMinorSchema });
 // Loose: every other request header passes through untouched.
 const depositHeaders = z.looseObject({ "idempotency-key": idempotencyKeySchema.optional() });
 
-const holdBody = z.strictObject({
-  source_user_id: userIdSchema,
-  dest_user_id: userIdSchema,
-  amount: amountMinorSchema,
-});
-const batchBody = z.strictObject({
-  operations: z
-    .array(
-      z.discriminatedUnion("op", [
-        holdBody.extend({ op: z.literal("hold"), transfer_id: transferIdSchema }),
-        z.strictObject({ op: z.literal("post"), transfer_id: transferIdSchema }),
-        z.strictObject({ op: z.literal("void"), transfer_id: transferIdSchema }),
-      ]),
-    )
-    .min(1)
-    .max(LEDGER_BATCH_MAX),
-});
 // post and void take no input but the path; their body is `{}` (what the OpenAPI document can say:
 // with a body schema, a request body is required).
 const emptyBody = z.strictObject({});
@@ -551,7 +518,7 @@ export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
             summary:
               "Saga step: move the amount from the source wallet to clearing (idempotent by transfer id)",
             params: transferParams,
-            body: holdBody,
+            body: holdRequestSchema,
             response: { 200: holdResponse, ...errorResponses(BODY_ERRORS, 401, 403, holdErrors) },
           },
         },
@@ -598,9 +565,9 @@ export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
           schema: {
             ...internalSchema,
             summary: `Saga steps in one transaction: up to ${LEDGER_BATCH_MAX} holds, posts and voids, one result each (one step per transfer)`,
-            body: batchBody,
+            body: ledgerBatchRequestSchema,
             response: {
-              200: envelope(z.object({ results: z.array(batchResultSchema) })).describe(
+              200: envelope(z.object({ results: z.array(ledgerStepResultSchema) })).describe(
                 "One result per operation, in input order: the hold as it now stands, or the refusal (`code` as the single-step routes answer it). A refusal changes nothing and does not affect the other operations. The operations are applied in lock order (by wallet, then transfer id), not in input order: none may count on another of its batch",
               ),
               ...errorResponses(BODY_ERRORS, 401, 403, {
@@ -615,15 +582,14 @@ export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
           // order between them that the batch's lock order does not give. Well-formed, so 422.
           const first = new Map<string, number>();
           for (const [index, operation] of operations.entries()) {
-            // UUIDs are equal whatever the case of their hex digits.
-            const earlier = first.get(operation.transfer_id.toLowerCase());
+            const earlier = first.get(operation.transfer_id);
             if (earlier !== undefined) {
               throw refuse(
                 "transfer_repeated_in_batch",
                 `operations.${index}.transfer_id: transfer ${operation.transfer_id} already appears at operations.${earlier}; one step per transfer per batch`,
               );
             }
-            first.set(operation.transfer_id.toLowerCase(), index);
+            first.set(operation.transfer_id, index);
           }
           const results = await timedBatch(deps.metrics, operations.length, () =>
             applyBatch(pool, operations),

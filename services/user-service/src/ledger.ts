@@ -16,17 +16,18 @@
  *   order (the transfers' advisory locks by key, then the wallets by user id): two batches cannot
  *   deadlock. Deposits and closes lock one wallet only.
  */
+
+import {
+  type HoldRequest,
+  type HoldState,
+  isStepRefusal,
+  LEDGER_BATCH_MAX,
+  type LedgerOperation,
+  type StepRefusalCode,
+} from "#packages/contracts/ledger.ts";
 import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
-import {
-  type DepositRow,
-  type HoldRow,
-  type HoldState,
-  invariant,
-  type RefusalCode,
-  refuse,
-  type UserRow,
-} from "./domain.ts";
+import { type DepositRow, type HoldRow, invariant, refuse, type UserRow } from "./domain.ts";
 
 /** Fixed by migrations/001_init.sql and checked at start by assertSystemAccounts. */
 export const EXTERNAL_ACCOUNT_ID = "1";
@@ -492,37 +493,9 @@ async function depositIn(
 // functions of migrations/002_ledger_batch.sql); this side validates, sends one statement, and
 // turns the answers into results and messages.
 
-export interface HoldRequest {
-  transfer_id: string;
-  source_user_id: number;
-  dest_user_id: number;
-  amount: number;
-}
-
-export type LedgerOperation =
-  | ({ op: "hold" } & HoldRequest)
-  | { op: "post"; transfer_id: string }
-  | { op: "void"; transfer_id: string };
-
-/** The refusals each step can answer with (the saga maps these codes: keep them). */
-const STEP_REFUSALS = {
-  hold: ["same_wallet", "source_not_found", "dest_not_found", "insufficient_funds", "hold_mismatch"],
-  post: ["hold_not_found", "hold_voided", "dest_unavailable"],
-  void: ["hold_not_found", "hold_posted"],
-} as const satisfies Record<LedgerOperation["op"], readonly RefusalCode[]>;
-export type StepRefusalCode = (typeof STEP_REFUSALS)[keyof typeof STEP_REFUSALS][number];
-
 export type LedgerOperationResult =
   | { ok: true; hold: HoldRow }
   | { ok: false; code: StepRefusalCode; message: string };
-
-/**
- * The most operations one batch may carry. A batch is one transaction: it holds one advisory
- * lock per transfer (PostgreSQL's shared lock table) and its wallet locks until it commits, so a
- * large one makes the transfers that queue behind it wait longer. 100 amortises the round trip
- * and the commit almost fully. (The SQL function refuses more than 1000, a backstop.)
- */
-export const LEDGER_BATCH_MAX = 100;
 
 /** A row of ledger_apply_batch: the step's input position (from 1), its result, and the hold. */
 interface StepRow {
@@ -614,9 +587,7 @@ function toResult(operation: LedgerOperation, row: StepRow): LedgerOperationResu
     );
     return { ok: true, hold };
   }
-  const code = (STEP_REFUSALS[operation.op] as readonly string[]).includes(row.result)
-    ? (row.result as StepRefusalCode)
-    : null;
+  const code = isStepRefusal(operation.op, row.result) ? row.result : null;
   invariant(code !== null, `step ${operation.op} ${operation.transfer_id} answered '${row.result}'`);
   return { ok: false, code, message: refusalMessage(operation, code, holdOf(row)) };
 }

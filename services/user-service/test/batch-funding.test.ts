@@ -6,9 +6,10 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import type { FundingItem } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
-import { type FundingItem, fundBatch } from "../src/batch-funding.ts";
+import { fundBatch } from "../src/batch-funding.ts";
 import { applyBatch, assertSystemAccounts, audit, closeUser, createUser, deposit } from "../src/ledger.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";

@@ -1,14 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { userIdParamSchema } from "#packages/contracts/ids.ts";
+import { idempotencyKeySchema, userIdParamSchema } from "#packages/contracts/ids.ts";
+import { pageLimitSchema } from "#packages/contracts/pagination.ts";
 import { ApiError } from "#packages/http/errors.ts";
 import {
   type HoldRow,
   hashBelowCost,
   hashPassword,
-  idempotencyKeySchema,
   PasswordHasher,
-  pageLimitSchema,
   passwordSchema,
   refuse,
   SCRYPT_LOG2_N_DEFAULT,

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { LEDGER_BATCH_MAX, type LedgerOperation } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import {
@@ -18,8 +19,6 @@ import {
   deposit,
   getHold,
   holdFunds,
-  LEDGER_BATCH_MAX,
-  type LedgerOperation,
   type LedgerOperationResult,
   postHold,
   voidHold,

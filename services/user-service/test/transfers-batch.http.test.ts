@@ -10,6 +10,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createClient } from "redis";
+import { LEDGER_BATCH_MAX } from "#packages/contracts/ledger.ts";
 import { Authenticator } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
 import { RateLimiter } from "#packages/http/rate-limit.ts";
@@ -18,7 +19,7 @@ import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import { PasswordHasher } from "../src/domain.ts";
 import { registerRoutes } from "../src/http.ts";
-import { assertSystemAccounts, audit, createUser, LEDGER_BATCH_MAX } from "../src/ledger.ts";
+import { assertSystemAccounts, audit, createUser } from "../src/ledger.ts";
 import { Revocations } from "../src/revocation.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";

@@ -5,7 +5,8 @@
  * repeated funding with its first decision, and applying it is a compare-and-set, so the
  * creating request, the sweep and a restarted process may all drive the same disbursement.
  */
-import { z } from "zod";
+import type { z } from "zod";
+import { fundingAnswerSchema } from "#packages/contracts/ledger.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import { callJson } from "#packages/http/client.ts";
 import type { Logger } from "#packages/log/index.ts";
@@ -20,25 +21,6 @@ import type { Disbursement, DisbursementStore, ItemFunding, ItemRow } from "./st
  * step, so it gets its own bound. A call that runs out is retried by the sweep (idempotent).
  */
 export const FUNDING_TIMEOUT_MS = 20_000;
-
-const answerSchema = z.object({
-  success: z.literal(true),
-  data: z.object({
-    results: z.array(
-      z.object({
-        transfer_id: z.string(),
-        result: z.enum([
-          "ok",
-          "dest_not_found",
-          "insufficient_funds",
-          "source_not_found",
-          "funding_mismatch",
-        ]),
-        source_balance_before: z.number().int().nonnegative().optional(),
-      }),
-    ),
-  }),
-});
 
 export interface FundingOutcome {
   refused: FailureReason | null;
@@ -69,7 +51,7 @@ export class FundingClient {
     });
     const what = `funding of disbursement ${disbursement.id} answered ${response.status}`;
     if (response.status >= 500) throw new Error(`${what} ${JSON.stringify(response.body)}`);
-    const parsed = answerSchema.safeParse(response.body);
+    const parsed = fundingAnswerSchema.safeParse(response.body);
     if (response.status !== 200 || !parsed.success || parsed.data.data.results.length !== items.length) {
       throw new LedgerInvariantError(`${what}: ${JSON.stringify(response.body)}`);
     }
@@ -80,7 +62,7 @@ export class FundingClient {
 function outcomeOf(
   id: string,
   items: readonly ItemRow[],
-  results: z.infer<typeof answerSchema>["data"]["results"],
+  results: z.infer<typeof fundingAnswerSchema>["data"]["results"],
 ): FundingOutcome {
   const first = results[0]?.result;
   if (first === "insufficient_funds" || first === "source_not_found") {

@@ -305,7 +305,7 @@ export function registerDisbursementRoutes(
       },
     },
     async (request, reply) => {
-      const id = request.params.id.toLowerCase();
+      const { id } = request.params;
       const first = await deps.store.get(id);
       if (first === null) throw notFound(`disbursement ${request.params.id}`);
       const principal = requirePrincipal(request);
@@ -355,7 +355,7 @@ export function registerDisbursementRoutes(
     },
     async (request) => {
       const principal = requirePrincipal(request);
-      const id = request.params.id.toLowerCase();
+      const { id } = request.params;
       const d = await deps.store.get(id);
       if (d === null) throw notFound(`disbursement ${request.params.id}`);
       requireOwner(principal, d);

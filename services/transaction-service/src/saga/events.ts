@@ -95,8 +95,7 @@ export function createEventHandler(deps: {
     const worker = async () => {
       while (next < groups.length) {
         const [id, group] = groups[next++] as (typeof groups)[number];
-        // PostgreSQL answers with lower-case UUIDs, whatever case the event used.
-        let transfer = loaded.get(id.toLowerCase()) ?? null;
+        let transfer = loaded.get(id) ?? null;
         for (const { event, message } of group) {
           transfer = await inTrace(message, event, async () => {
             const after = await handleOne(event, transfer);

@@ -6,29 +6,18 @@
  * record needs), a definitive refusal (the saga moves to its failure branch), or no answer
  * (timeout, 5xx, network: the whole batch) which leaves the saga where it is for a later retry.
  */
-import { z } from "zod";
-import { balanceMinorSchema } from "#packages/contracts/money.ts";
+import {
+  type HoldState,
+  isStepRefusal,
+  type LedgerOp,
+  type LedgerOperation,
+  ledgerBatchAnswerSchema,
+  type StepRefusalCode,
+} from "#packages/contracts/ledger.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import { callJson } from "#packages/http/client.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { withSpan } from "#packages/tracing/index.ts";
-
-const holdSchema = z.object({
-  state: z.enum(["held", "posted", "voided"]),
-  source_balance_before: balanceMinorSchema,
-  dest_balance_before: balanceMinorSchema.nullable().optional(),
-});
-const batchBodySchema = z.object({
-  success: z.literal(true),
-  data: z.object({
-    results: z.array(
-      z.discriminatedUnion("ok", [
-        z.object({ transfer_id: z.string(), ok: z.literal(true), hold: holdSchema }),
-        z.object({ transfer_id: z.string(), ok: z.literal(false), code: z.string(), message: z.string() }),
-      ]),
-    ),
-  }),
-});
 
 export type LedgerAnswer =
   | { kind: "ok"; source_balance_before: number; dest_balance_before: number | null }
@@ -39,13 +28,10 @@ export type LedgerAnswer =
 /** The ledger said something the saga's state rules out: a bug, never retried into money movement. */
 export class LedgerInvariantError extends Error {}
 
-type Step =
-  | { op: "hold"; transfer_id: string; source_user_id: number; dest_user_id: number; amount: number }
-  | { op: "post"; transfer_id: string }
-  | { op: "void"; transfer_id: string };
+type Step = LedgerOperation;
 
-/** The refusals each step may answer with, and what the saga makes of them; any other is a bug. */
-const refusals: Record<Step["op"], Record<string, FailureReason>> = {
+/** The refusals the saga acts on, per step, and the failure each means; any other is a bug. */
+const refusals: { [Op in LedgerOp]: Partial<Record<StepRefusalCode<Op>, FailureReason>> } = {
   hold: {
     insufficient_funds: "insufficient_funds",
     source_not_found: "source_not_found",
@@ -55,11 +41,19 @@ const refusals: Record<Step["op"], Record<string, FailureReason>> = {
   void: {},
 };
 
-const settledState = { hold: null, post: "posted", void: "voided" } as const;
+function refusalReason(op: LedgerOp, code: string): FailureReason | undefined {
+  const known: Partial<Record<string, FailureReason>> = refusals[op];
+  return isStepRefusal(op, code) ? known[code] : undefined;
+}
+
+const settledState = { hold: null, post: "posted", void: "voided" } as const satisfies Record<
+  LedgerOp,
+  HoldState | null
+>;
 
 export interface LedgerLimits {
   timeout_ms: number;
-  /** Most steps per call (user-service accepts at most 100). */
+  /** Most steps per call (user-service accepts at most LEDGER_BATCH_MAX). */
   batch_max: number;
   /** Most calls running at once, per lane (holds; posts and voids). */
   in_flight_max: number;
@@ -137,7 +131,7 @@ export class LedgerClient {
       if (response.status >= 500) throw new Error(what);
       throw new LedgerInvariantError(what);
     }
-    const parsed = batchBodySchema.safeParse(response.body);
+    const parsed = ledgerBatchAnswerSchema.safeParse(response.body);
     if (!parsed.success || parsed.data.data.results.length !== steps.length) {
       throw new LedgerInvariantError(`ledger batch: unexpected answer ${JSON.stringify(response.body)}`);
     }
@@ -149,7 +143,7 @@ export class LedgerClient {
       }
       if (!result.ok) {
         if (step.op === "void" && result.code === "hold_posted") return { kind: "already_posted" };
-        const reason = refusals[step.op][result.code];
+        const reason = refusalReason(step.op, result.code);
         if (reason !== undefined) return { kind: "rejected", reason };
         // A refusal the saga never expects (hold_voided, hold_mismatch...): never retried into money.
         return new LedgerInvariantError(
