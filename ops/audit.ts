@@ -20,7 +20,7 @@ import { engineDefaults } from "#packages/config/index.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool } from "#packages/pg/index.ts";
 import { RECORDS_COLLECTION, type TransferDocument } from "#packages/records/index.ts";
-import { type AuditReport, audit as ledgerAudit } from "../services/user-service/src/ledger.ts";
+import { type AuditReport, audit as ledgerAudit } from "../services/user-service/src/ledger/audit.ts";
 
 export interface AuditOptions {
   ledger_database_url: string;

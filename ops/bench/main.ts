@@ -27,7 +27,6 @@ import { parseArgs } from "node:util";
 import { Authenticator } from "#packages/http/auth.ts";
 import { createPool } from "#packages/pg/index.ts";
 import { hashPassword } from "../../services/user-service/src/domain.ts";
-import { openWalletsInBulk } from "../../services/user-service/src/ledger.ts";
 import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
 import { type BatchResult, batchLoop } from "./batches.ts";
@@ -44,6 +43,7 @@ import {
   openLoop,
 } from "./load.ts";
 import { summariseProfile, summaryMarkdown } from "./profile.ts";
+import { openWalletsInBulk } from "./wallets.ts";
 import { startWebhookProbe } from "./webhooks.ts";
 
 const repoRoot = resolve(import.meta.dirname, "..", "..");

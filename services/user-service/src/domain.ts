@@ -1,12 +1,11 @@
 /**
- * Pure logic of user-service: password hashing, input rules, the refusals the API can answer,
- * and the mapping from database rows to API shapes (the only place a row becomes a response,
+ * Pure logic of user-service: password hashing, input rules, and the mapping from database rows to API shapes (the only place a row becomes a response,
  * so a password hash can never slip into one).
  */
 import { randomBytes, scrypt, timingSafeEqual } from "node:crypto";
 import { z } from "zod";
 import { userIdSchema } from "#packages/contracts/ids.ts";
-import type { HoldState, StepRefusalCode } from "#packages/contracts/ledger.ts";
+import type { HoldState } from "#packages/contracts/ledger.ts";
 import { assertBalanceMinor, minorFromPg } from "#packages/contracts/money.ts";
 import { ApiError } from "#packages/http/errors.ts";
 import { Semaphore, SemaphoreFull } from "#packages/runtime/semaphore.ts";
@@ -139,38 +138,6 @@ export const passwordSchema = z
   .string()
   .min(8, { error: "must be at least 8 characters" })
   .max(256, { error: "must be at most 256 characters" });
-
-// ---------------------------------------------------------------------------------------------
-// Refusals: every business rule the API can answer with, its status and stable code.
-
-const refusalStatus = {
-  user_not_found: 404,
-  username_taken: 409,
-  balance_not_zero: 409,
-  transfers_in_flight: 409,
-  idempotency_key_reused: 409,
-  balance_limit_exceeded: 422,
-  source_not_found: 404,
-  dest_not_found: 404,
-  same_wallet: 422,
-  insufficient_funds: 422,
-  hold_mismatch: 409,
-  hold_not_found: 404,
-  hold_voided: 409,
-  hold_posted: 409,
-  dest_unavailable: 409,
-  source_unavailable: 409,
-  transfer_repeated_in_batch: 422,
-  unauthorized: 401,
-  current_password_required: 403,
-  current_password_mismatch: 403,
-  account_locked: 403,
-} as const satisfies Record<StepRefusalCode, number> & Record<string, number>;
-export type RefusalCode = keyof typeof refusalStatus;
-
-export function refuse(code: RefusalCode, message: string, headers?: Record<string, string>): ApiError {
-  return new ApiError(refusalStatus[code], code, message, headers ? { headers } : {});
-}
 
 // ---------------------------------------------------------------------------------------------
 // Rows (as node-postgres returns them: bigint as string, timestamptz as Date) and API shapes.

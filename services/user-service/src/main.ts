@@ -13,13 +13,14 @@ import { createLogger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
-import { registerBatchFundingRoute } from "./batch-funding.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
 import { registerRoutes } from "./http.ts";
-import { assertSystemAccounts, tokenVersionOf } from "./ledger.ts";
+import { assertSystemAccounts } from "./ledger/accounts.ts";
+import { tokenVersionOf } from "./ledger/users.ts";
 import { collectClearing } from "./metrics.ts";
 import { Revocations } from "./revocation.ts";
+import { registerBatchFundingRoute } from "./routes/funding.ts";
 
 const SERVICE = "user-service";
 

@@ -17,7 +17,8 @@ import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import { PasswordHasher } from "../src/domain.ts";
 import { registerRoutes } from "../src/http.ts";
-import { assertSystemAccounts, tokenVersionOf } from "../src/ledger.ts";
+import { assertSystemAccounts } from "../src/ledger/accounts.ts";
+import { tokenVersionOf } from "../src/ledger/users.ts";
 import { Revocations } from "../src/revocation.ts";
 
 const DATABASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";

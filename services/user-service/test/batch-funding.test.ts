@@ -9,8 +9,12 @@ import { after, before, describe, it } from "node:test";
 import type { FundingItem } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
-import { fundBatch } from "../src/batch-funding.ts";
-import { applyBatch, assertSystemAccounts, audit, closeUser, createUser, deposit } from "../src/ledger.ts";
+import { assertSystemAccounts } from "../src/ledger/accounts.ts";
+import { audit } from "../src/ledger/audit.ts";
+import { deposit } from "../src/ledger/deposits.ts";
+import { fundBatch } from "../src/ledger/funding.ts";
+import { applyBatch } from "../src/ledger/steps.ts";
+import { closeUser, createUser } from "../src/ledger/users.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const SCHEMA = `user_service_funding_test_${process.pid}_${Date.now()}`;

@@ -9,7 +9,6 @@ import {
   hashPassword,
   PasswordHasher,
   passwordSchema,
-  refuse,
   SCRYPT_LOG2_N_DEFAULT,
   toApiDeposit,
   toApiHold,
@@ -18,6 +17,7 @@ import {
   usernameSchema,
   verifyPassword,
 } from "../src/domain.ts";
+import { refuse } from "../src/routes/refusals.ts";
 
 describe("passwords", () => {
   it("hashes at OWASP's cost by default (N = 2^17, r = 8, p = 1) to a self-describing salted string", async () => {

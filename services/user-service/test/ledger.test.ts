@@ -10,19 +10,18 @@ import { after, before, describe, it } from "node:test";
 import { LEDGER_BATCH_MAX, type LedgerOperation } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { assertSystemAccounts } from "../src/ledger/accounts.ts";
+import { audit } from "../src/ledger/audit.ts";
+import { deposit } from "../src/ledger/deposits.ts";
 import {
   applyBatch,
-  assertSystemAccounts,
-  audit,
-  closeUser,
-  createUser,
-  deposit,
   getHold,
   holdFunds,
   type LedgerOperationResult,
   postHold,
   voidHold,
-} from "../src/ledger.ts";
+} from "../src/ledger/steps.ts";
+import { closeUser, createUser } from "../src/ledger/users.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const SCHEMA = `user_service_test_${process.pid}_${Date.now()}`;

@@ -19,7 +19,9 @@ import { createLogger } from "#packages/log/index.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import { PasswordHasher } from "../src/domain.ts";
 import { registerRoutes } from "../src/http.ts";
-import { assertSystemAccounts, audit, createUser } from "../src/ledger.ts";
+import { assertSystemAccounts } from "../src/ledger/accounts.ts";
+import { audit } from "../src/ledger/audit.ts";
+import { createUser } from "../src/ledger/users.ts";
 import { Revocations } from "../src/revocation.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";

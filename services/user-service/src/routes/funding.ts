@@ -1,69 +1,22 @@
 /**
- * Batch funding: a disbursement's items held out of the payer's wallet in one ledger commit
- * (ledger_fund_batch in migrations/005_batch_funding.sql), all or nothing, idempotent by the
- * disbursement id. Served on the internal listener to the saga's credential only.
+ * The batch funding route: served on the internal listener to the saga's credential only.
  */
 import type { ZodTypeProvider } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { transferIdSchema } from "#packages/contracts/ids.ts";
 import {
   FUNDING_ITEMS_MAX,
-  FUNDING_RESULTS,
-  type FundingItemResult,
-  type FundingRefusal,
-  type FundingRequest,
   fundingItemResultSchema,
   fundingRequestSchema,
 } from "#packages/contracts/ledger.ts";
-import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
+import { MAX_MINOR } from "#packages/contracts/money.ts";
 import type { Authenticator } from "#packages/http/auth.ts";
 import { securityFor } from "#packages/http/auth.ts";
 import { ApiError, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import type { HttpServer } from "#packages/http/server.ts";
 import type { Pool } from "#packages/pg/index.ts";
-import { invariant } from "./domain.ts";
-
-const REFUSALS: ReadonlySet<string> = new Set(FUNDING_RESULTS.filter((r) => r !== "ok"));
-
-/**
- * Holds every item whose payee is live, or nothing (insufficient_funds, source_not_found on
- * every item). A retry answers the first decision; the same disbursement id with another payer,
- * count or total answers funding_mismatch and changes nothing.
- */
-export async function fundBatch(pool: Pool, request: FundingRequest): Promise<FundingItemResult[]> {
-  const { items } = request;
-  invariant(
-    items.length >= 1 && items.length <= FUNDING_ITEMS_MAX,
-    `a funding holds 1..${FUNDING_ITEMS_MAX} items, got ${items.length}`,
-  );
-  const { rows } = await pool.query<{
-    ordinal: number;
-    transfer_id: string;
-    result: string;
-    source_balance_before_minor: string | null;
-  }>("SELECT * FROM ledger_fund_batch($1::uuid, $2::bigint, $3::uuid[], $4::bigint[], $5::bigint[])", [
-    request.disbursement_id,
-    request.source_user_id,
-    items.map((i) => i.transfer_id),
-    items.map((i) => i.dest_user_id),
-    items.map((i) => i.amount),
-  ]);
-  invariant(rows.length === items.length, `${items.length} items answered ${rows.length} rows`);
-  return rows.map((row, index) => {
-    invariant(row.ordinal === index + 1, `funding row ${index} is item ${row.ordinal}`);
-    if (row.result === "ok") {
-      invariant(row.source_balance_before_minor !== null, `item ${row.transfer_id} held without a balance`);
-      return {
-        transfer_id: row.transfer_id,
-        result: "ok",
-        source_balance_before: minorFromPg(row.source_balance_before_minor),
-      };
-    }
-    invariant(REFUSALS.has(row.result), `item ${row.transfer_id} answered '${row.result}'`);
-    return { transfer_id: row.transfer_id, result: row.result as FundingRefusal };
-  });
-}
+import { fundBatch } from "../ledger/funding.ts";
 
 /** POST /internal/disbursements/:disbursement_id/fund on the internal listener (LEDGER_TOKEN). */
 export function registerBatchFundingRoute(internal: HttpServer, auth: Authenticator, pool: Pool): void {
