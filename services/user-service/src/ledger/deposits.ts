@@ -37,30 +37,7 @@ export async function depositIn(
     [user_id, amount, idempotency_key],
   );
   const claimed = inserted.rows[0];
-  if (claimed === undefined) {
-    invariant(idempotency_key !== null, "a deposit without a key conflicted");
-    const { rows } = await client.query<DepositRow>(
-      `SELECT d.id, d.user_id, d.amount_minor, e.balance_after_minor, d.created_at
-       FROM deposits d JOIN postings p ON p.deposit_id = d.id
-       JOIN entries e ON e.posting_id = p.id AND e.account_id <> $2
-       WHERE d.idempotency_key = $1`,
-      [idempotency_key, EXTERNAL_ACCOUNT_ID],
-    );
-    const first = rows[0];
-    invariant(
-      first !== undefined && rows.length === 1,
-      `deposit with key ${idempotency_key} has no single wallet entry`,
-    );
-    if (Number(first.user_id) !== user_id || minorFromPg(first.amount_minor) !== amount) {
-      throw new Refusal(
-        "idempotency_key_reused",
-        "this Idempotency-Key was already used for a different deposit (other user or amount)",
-      );
-    }
-    const user = await liveUser(client, user_id);
-    if (user === null) throw new Refusal("user_not_found", `user ${user_id} not found`);
-    return { user, deposit: first, replayed: true };
-  }
+  if (claimed === undefined) return replay(client, input);
 
   const credit = await creditWallet(client, user_id, amount);
   if (credit === null) {
@@ -88,4 +65,34 @@ export async function depositIn(
     },
     replayed: false,
   };
+}
+
+/** The deposit that first claimed this key, if it was for the same user and amount. */
+async function replay(
+  client: PoolClient,
+  input: { user_id: number; amount: number; idempotency_key: string | null },
+): Promise<DepositResult> {
+  const { user_id, amount, idempotency_key } = input;
+  invariant(idempotency_key !== null, "a deposit without a key conflicted");
+  const { rows } = await client.query<DepositRow>(
+    `SELECT d.id, d.user_id, d.amount_minor, e.balance_after_minor, d.created_at
+     FROM deposits d JOIN postings p ON p.deposit_id = d.id
+     JOIN entries e ON e.posting_id = p.id AND e.account_id <> $2
+     WHERE d.idempotency_key = $1`,
+    [idempotency_key, EXTERNAL_ACCOUNT_ID],
+  );
+  const first = rows[0];
+  invariant(
+    first !== undefined && rows.length === 1,
+    `deposit with key ${idempotency_key} has no single wallet entry`,
+  );
+  if (Number(first.user_id) !== user_id || minorFromPg(first.amount_minor) !== amount) {
+    throw new Refusal(
+      "idempotency_key_reused",
+      "this Idempotency-Key was already used for a different deposit (other user or amount)",
+    );
+  }
+  const user = await liveUser(client, user_id);
+  if (user === null) throw new Refusal("user_not_found", `user ${user_id} not found`);
+  return { user, deposit: first, replayed: true };
 }
