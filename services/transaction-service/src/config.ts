@@ -3,6 +3,7 @@
  * main.ts so that tests (and the README's check) can read the shape without starting the service.
  */
 import { commonEnv, credentialEnv, engineDefaults, env } from "#packages/config/index.ts";
+import { LEDGER_BATCH_MAX } from "#packages/contracts/ledger.ts";
 import { kafkaAuthEnv } from "#packages/kafka/access.ts";
 import { webhookConfigShape } from "#packages/webhooks/index.ts";
 
@@ -30,7 +31,7 @@ export const configShape = {
   TRANSACTION_QUERY_SERVICE_URL: env.url(engineDefaults.TRANSACTION_QUERY_SERVICE_URL),
   LEDGER_TIMEOUT_MS: env.int(3_000, 100, 60_000),
   /** Most saga steps per ledger call (concurrent steps share one call and one ledger commit). */
-  LEDGER_BATCH_MAX: env.int(100, 1, 100),
+  LEDGER_BATCH_MAX: env.int(LEDGER_BATCH_MAX, 1, LEDGER_BATCH_MAX),
   LEDGER_CALLS_IN_FLIGHT_MAX: env.int(2, 1, 64),
   /** Most transfers per saga statement (concurrent inserts and transitions share one commit). */
   SAGA_WRITE_BATCH_MAX: env.int(100, 1, 1_000),
