@@ -17,6 +17,7 @@
  */
 import { MongoClient } from "mongodb";
 import { engineDefaults } from "#packages/config/index.ts";
+import type { HoldState } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool } from "#packages/pg/index.ts";
 import { RECORDS_COLLECTION, type TransferDocument } from "#packages/records/index.ts";
@@ -126,7 +127,7 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
       const ids = rows.map((r) => r.id);
       const holds = new Map(
         (
-          await ledgerPool.query<{ transfer_id: string; state: string; amount_minor: string }>(
+          await ledgerPool.query<{ transfer_id: string; state: HoldState; amount_minor: string }>(
             "SELECT transfer_id, state, amount_minor FROM holds WHERE transfer_id = ANY($1::uuid[])",
             [ids],
           )
@@ -164,7 +165,7 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
         } else {
           transfers.in_flight += 1;
           if (options.quiet) note(`I4: ${row.id} is still ${row.state}`);
-          const expected: Record<string, Array<string | undefined>> = {
+          const expected: Record<string, Array<HoldState | undefined>> = {
             created: [undefined, "held"],
             // A disbursement's item: its batch's funding may have committed, not yet recorded.
             funding: [undefined, "held"],
