@@ -21,8 +21,39 @@ const options: DeadLetterOptions = {
   topic_prefix: process.env.KAFKA_TOPIC_PREFIX ?? "test.",
 };
 
+/** The gauge's value for letters from transfer.commands on the record writer's /metrics (undefined while left out). */
+async function deadLetterGauge(
+  name: "dps_dead_letters_open" | "dps_dead_letters_replayed",
+): Promise<number | undefined> {
+  const answer = await fetch(`${internalUrls.command}/metrics`, { signal: AbortSignal.timeout(15_000) });
+  assert.equal(answer.status, 200);
+  const topic = `${options.topic_prefix}transfer.commands`;
+  const line = (await answer.text()).split("\n").find((l) => l.startsWith(`${name}{topic="${topic}"}`));
+  return line === undefined ? undefined : Number(line.split(" ").at(-1));
+}
+
+/** Waits until the gauge satisfies `ok` (the tally reads the dead-letter topic as letters arrive). */
+async function gaugeUntil(
+  name: "dps_dead_letters_open" | "dps_dead_letters_replayed",
+  ok: (value: number) => boolean,
+): Promise<number> {
+  const deadline = Date.now() + GAUGE_TIMEOUT_MS;
+  for (;;) {
+    const value = await deadLetterGauge(name);
+    if (value !== undefined && ok(value)) return value;
+    if (Date.now() > deadline) assert.fail(`${name} is ${value} after ${GAUGE_TIMEOUT_MS} ms`);
+    await sleep(250);
+  }
+}
+
+/** Generous: the tally shows nothing for its first 15 s, and the machine is shared. */
+const GAUGE_TIMEOUT_MS = 60_000;
+
 describe("dead letters", () => {
   it("keeps a refused record with its reason and origin, and replays it on demand", async () => {
+    // This file's tests alone replay letters, one after the other: only new letters move these.
+    const open_before = await gaugeUntil("dps_dead_letters_open", () => true);
+    const replayed_before = await gaugeUntil("dps_dead_letters_replayed", () => true);
     const a = await createUser(2_000);
     const b = await createUser(0);
     const fault = await call("PUT", `${internalUrls.command}/ops/faults`, {
@@ -55,6 +86,7 @@ describe("dead letters", () => {
     assert.equal(letter.letter.origin.service, "transaction-command-service");
     assert.equal(letter.letter.origin.topic, `${options.topic_prefix}transfer.commands`);
     assert.equal(JSON.parse(letter.letter.value).snapshot.id, id);
+    await gaugeUntil("dps_dead_letters_open", (open) => open >= open_before + 1);
 
     assert.deepEqual(await replayDeadLetters(options, [letter]), {
       replayed: [letter.letter.message_id],
@@ -64,6 +96,8 @@ describe("dead letters", () => {
       (entry) => entry.letter.message_id === letter.letter.message_id,
     );
     assert.ok(after?.replayed_at, "the replay is recorded");
+    const replayed = await gaugeUntil("dps_dead_letters_replayed", (n) => n >= replayed_before + 1);
+    assert.equal(replayed, replayed_before + 1, "one replay, counted once");
     // The replayed PENDING command cannot move the FAILED record back, nor move money.
     await sleep(1_000);
     const record = await call("GET", `${urls.query}/transactions/${id}`, { headers: asAdmin() });
