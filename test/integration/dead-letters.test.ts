@@ -14,6 +14,7 @@ import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
 import { operatorKafkaSasl } from "../../packages/kafka/access.ts";
 import { asAdmin, balanceOf, call, createUser, internalUrls, settled, transfer, urls } from "./api.ts";
+import { scrapeSample } from "./scrape.ts";
 
 const options: DeadLetterOptions = {
   brokers: (process.env.TEST_KAFKA_BROKERS ?? "127.0.0.1:59092").split(","),
@@ -22,14 +23,10 @@ const options: DeadLetterOptions = {
 };
 
 /** The gauge's value for letters from transfer.commands on the record writer's /metrics (undefined while left out). */
-async function deadLetterGauge(
+function deadLetterGauge(
   name: "dps_dead_letters_open" | "dps_dead_letters_replayed",
 ): Promise<number | undefined> {
-  const answer = await fetch(`${internalUrls.command}/metrics`, { signal: AbortSignal.timeout(15_000) });
-  assert.equal(answer.status, 200);
-  const topic = `${options.topic_prefix}transfer.commands`;
-  const line = (await answer.text()).split("\n").find((l) => l.startsWith(`${name}{topic="${topic}"}`));
-  return line === undefined ? undefined : Number(line.split(" ").at(-1));
+  return scrapeSample(internalUrls.command, name, { topic: `${options.topic_prefix}transfer.commands` });
 }
 
 /** Waits until the gauge satisfies `ok` (the tally reads the dead-letter topic as letters arrive). */

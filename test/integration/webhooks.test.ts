@@ -11,12 +11,14 @@ import {
   bearer,
   call,
   createUser,
+  internalUrls,
   settled,
   type TestUser,
   transfer,
   uniqueName,
   urls,
 } from "./api.ts";
+import { scrapeSample } from "./scrape.ts";
 import { type SecondCopy, startSecondCopy } from "./second-copy.ts";
 import { WebhookReceiver } from "./webhook-receiver.ts";
 
@@ -56,6 +58,9 @@ describe("webhooks", () => {
   });
 
   it("sends transfer.completed to payer and payee, signed, with the public transfer", async () => {
+    const delivered = () =>
+      scrapeSample(internalUrls.transaction, "dps_webhook_deliveries_total", { result: "delivered" });
+    const delivered_before = (await delivered()) ?? 0;
     const sent = await transfer(
       { source_user_id: a.id, dest_user_id: b.id, amount: 700 },
       uniqueName("h"),
@@ -80,6 +85,8 @@ describe("webhooks", () => {
       assert.equal(transaction.source_init_bal, null, "no balance in a body both parties receive");
       assert.equal(transaction.dest_init_bal, null);
     }
+    // Both deliveries are counted (by this copy: no other copy runs yet).
+    assert.ok(((await delivered()) ?? 0) >= delivered_before + 2, "dps_webhook_deliveries_total");
   });
 
   it("sends transfer.failed for a refused transfer", async () => {
