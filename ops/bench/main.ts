@@ -122,6 +122,8 @@ interface Results {
   audit: { ok: boolean; summary: string; wait_for_quiet_s: number };
   baseline_money_conserved: boolean;
   profiled: boolean;
+  /** The services exported spans to an OTLP sink (`--tracing`); absent in results written before the flag. */
+  tracing?: boolean;
   /** Final status to the receiver, for the transfers that became final during the peak case. */
   webhook: { peak: Latency; unverified: number };
 }
@@ -139,7 +141,7 @@ const withoutIds = (r: LoadResult): Omit<LoadResult, "completed_transfers"> => {
   return rest;
 };
 
-async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise<void> {
+async function runPhase(mode: Mode, out_dir: string, profiled: boolean, tracing: boolean): Promise<void> {
   const started_at = new Date().toISOString();
   const transaction_url = required("TEST_TRANSACTION_SERVICE_URL");
   const ledger_url = required("LEDGER_DATABASE_URL");
@@ -368,6 +370,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     audit: { ok: audit.ok, summary: formatAudit(audit), wait_for_quiet_s },
     baseline_money_conserved,
     profiled,
+    tracing,
     webhook,
   };
   mkdirSync(out_dir, { recursive: true });
@@ -506,7 +509,10 @@ async function reportPhase(out_dir: string): Promise<void> {
     `Machine: ${results.machine.cpus} × ${results.machine.cpu_model}, ${results.machine.memory_gib} GiB, Node ${results.machine.node}. ` +
       "Every engine, every service, the load generator and pgbench share these cores: both sides pay for their clients.",
     `Each case: ${mode.warmup_s} s warm-up, then ${mode.duration_s} s measured for the system, then ${mode.duration_s} s of pgbench at the same concurrency.` +
-      (results.profiled ? " **Services ran under --cpu-prof (slower than usual).**" : ""),
+      (results.profiled ? " **Services ran under --cpu-prof (slower than usual).**" : "") +
+      (results.tracing
+        ? " **Tracing on: every service exported its spans over OTLP/HTTP to a sink in the bench (`--tracing`).**"
+        : ""),
     "",
     "## Summary",
     "",
@@ -581,7 +587,7 @@ async function reportPhase(out_dir: string): Promise<void> {
     ...(profile_sections.length > 0 ? ["## CPU profiles of the services", "", ...profile_sections] : []),
     "## Reproduce",
     "",
-    `\`npm run bench${results.mode === "full" ? "" : ` -- --${results.mode}`}${results.profiled ? " --profile" : ""}\` (see the README's Benchmark section).`,
+    `\`npm run bench${results.mode === "full" ? "" : ` -- --${results.mode}`}${results.profiled ? " --profile" : ""}${results.tracing ? " --tracing" : ""}\` (see the README's Benchmark section).`,
     "",
   ];
   writeFileSync(
@@ -603,6 +609,7 @@ async function reportPhase(out_dir: string): Promise<void> {
     webhook_p50_ms: results.webhook.peak.p50_ms,
     webhook_p99_ms: results.webhook.peak.p99_ms,
     audit_ok: results.audit.ok,
+    tracing: results.tracing === true,
     batch_tps: results.batches?.batch_tps ?? null,
     batch_ratio:
       results.batches === undefined
@@ -619,6 +626,7 @@ async function main(): Promise<void> {
       quick: { type: "boolean", default: false },
       long: { type: "boolean", default: false },
       profile: { type: "boolean", default: false },
+      tracing: { type: "boolean", default: false },
       out: { type: "string" },
       phase: { type: "string", default: "run" },
     },
@@ -627,11 +635,11 @@ async function main(): Promise<void> {
   const out_dir = resolve(
     repoRoot,
     values.out ??
-      (mode.name === "full" && !values.profile
+      (mode.name === "full" && !values.profile && !values.tracing
         ? "docs/benchmark"
-        : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}`),
+        : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}${values.tracing ? "-tracing" : ""}`),
   );
-  if (values.phase === "run") await runPhase(mode, out_dir, values.profile);
+  if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing);
   else if (values.phase === "report") await reportPhase(out_dir);
   else throw new Error(`unknown phase ${values.phase}`);
 }

@@ -82,6 +82,14 @@ export function operatorKafkaSasl(source: NodeJS.ProcessEnv = process.env): SASL
 /** The consumer group name prefix of the operator's dead-letter readers (one throwaway group per listing). */
 export const deadLetterReaderGroupPrefix = "dead-letters-reader-";
 
+/**
+ * The consumer group name prefix of transaction-command-service's dead-letter tally (one group per
+ * process, so every copy counts every letter for its /metrics).
+ */
+export function deadLetterTallyGroupPrefix(topic_prefix: string): string {
+  return `${topic_prefix}transaction-command-service-dead-letters-`;
+}
+
 type Grant = [resource: "topic" | "group", name: string, operation: AclOperationValue];
 
 /** Every grant of one principal for one topic prefix ("", "test.", "bench."). The admin is a super user and needs none. */
@@ -104,6 +112,8 @@ export function kafkaGrants(principal: KafkaPrincipal, prefix: string): Grant[] 
         ["topic", t.commands, READ],
         ["topic", t.events, WRITE],
         ["topic", t.deadLetters, WRITE],
+        // It counts the dead letters, open and replayed (its groups: kafkaAcls).
+        ["topic", t.deadLetters, READ],
         ["group", `${prefix}transaction-command-service`, READ],
         ...createAll,
       ];
@@ -142,6 +152,10 @@ export function kafkaAcls(prefixes: readonly string[]): Acl[] {
     ),
   );
   acls.push(allow("group", deadLetterReaderGroupPrefix, AclOperations.READ, "operator", false));
+  for (const prefix of new Set(prefixes)) {
+    const tally = deadLetterTallyGroupPrefix(prefix);
+    acls.push(allow("group", tally, AclOperations.READ, "transaction-command-service", false));
+  }
   return acls;
 }
 

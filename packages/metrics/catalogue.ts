@@ -122,15 +122,15 @@ export const catalogue = {
     "Messages sent to the dead-letter topic, by the topic they came from.",
     ["topic"],
   ),
-  dead_letters_replayed: counter(
-    "dps_dead_letters_replayed_total",
-    "Dead letters sent back to the topic they came from, by that topic.",
+  dead_letters_replayed: gauge(
+    "dps_dead_letters_replayed",
+    "Dead letters sent back to the topic they came from, by that topic (as the dead-letter topic records them).",
     ["topic"],
   ),
   dead_letters_open: gauge(
     "dps_dead_letters_open",
-    "Dead letters not yet replayed (read from the dead-letter topic at scrape time).",
-    [],
+    "Dead letters not yet replayed, by the topic they came from (as the dead-letter topic records them).",
+    ["topic"],
   ),
   ledger_batch_size: histogram(
     "dps_ledger_batch_size",

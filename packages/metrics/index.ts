@@ -56,6 +56,13 @@ export interface ClearingRow {
   oldest_hold_age_seconds: number;
 }
 
+/** The dead letters from one origin topic, as the dead-letter topic has them (its letters and replay markers). */
+export interface DeadLetterRow {
+  topic: string;
+  open: number;
+  replayed: number;
+}
+
 export type Query<T> = () => Promise<T>;
 
 export const OTHER = "other";
@@ -115,7 +122,7 @@ export class Metrics {
     this.#kafka_consumer_lag = this.#gauge(c.kafka_consumer_lag);
     this.#kafka_messages_handled = this.#counter(c.kafka_messages_handled);
     this.#dead_letters = this.#counter(c.dead_letters);
-    this.#dead_letters_replayed = this.#counter(c.dead_letters_replayed);
+    this.#dead_letters_replayed = this.#gauge(c.dead_letters_replayed);
     this.#dead_letters_open = this.#gauge(c.dead_letters_open);
     this.#ledger_batch_size = this.#histogram(c.ledger_batch_size);
     this.#ledger_commit_duration = this.#histogram(c.ledger_commit_duration);
@@ -209,7 +216,6 @@ export class Metrics {
     for (const topic of topics) {
       const labels = this.#bound("dead_letters", { topic });
       this.#dead_letters.inc(labels, 0);
-      this.#dead_letters_replayed.inc(labels, 0);
     }
   }
 
@@ -218,15 +224,16 @@ export class Metrics {
     this.#dead_letters.inc(this.#bound("dead_letters", { topic }));
   }
 
-  /** A dead letter was sent back to `topic`, the topic it came from. */
-  deadLetterReplayed(topic: string): void {
-    this.#dead_letters_replayed.inc(this.#bound("dead_letters", { topic }));
-  }
-
-  /** At each scrape: the dead letters not yet replayed. */
-  collectDeadLettersOpen(query: Query<number>): void {
-    const gauges = [this.#dead_letters_open];
-    this.#collector("dead_letters_open", gauges, query, (open) => this.#dead_letters_open.set(open));
+  /** At each scrape: the dead letters open and replayed, by the topic they came from. */
+  collectDeadLetters(query: Query<DeadLetterRow[]>): void {
+    const gauges = [this.#dead_letters_open, this.#dead_letters_replayed];
+    this.#collector("dead_letters", gauges, query, (rows) => {
+      for (const row of rows) {
+        const labels = this.#bound("dead_letters", { topic: row.topic });
+        this.#dead_letters_open.set(labels, row.open);
+        this.#dead_letters_replayed.set(labels, row.replayed);
+      }
+    });
   }
 
   // --- Ledger (user-service) ---------------------------------------------------------------------

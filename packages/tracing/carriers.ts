@@ -3,11 +3,10 @@
  * active context (or the one given) as W3C traceparent/tracestate; each extract returns the
  * context to pass as withSpan's parent. Malformed or absent values extract to the root
  * context: an untrusted header starts a new trace, it never fails a request. With tracing off
- * every call returns at once and writes nothing.
+ * they carry the trace ids alone (ids.ts), so that log lines downstream still name the trace.
  */
 import type { IncomingHttpHeaders } from "node:http";
 import { type Context, context, propagation, ROOT_CONTEXT, type TextMapGetter } from "@opentelemetry/api";
-import { tracingEnabled } from "./state.ts";
 
 /** The W3C header that carries trace id, parent span id and flags. */
 export const TRACEPARENT = "traceparent";
@@ -22,7 +21,6 @@ export function injectHttpHeaders<H extends Record<string, string> | Headers>(
   headers: H,
   from: Context = context.active(),
 ): H {
-  if (!tracingEnabled()) return headers;
   if (headers instanceof Headers) {
     propagation.inject(from, headers, { set: (carrier, key, value) => carrier.set(key, value) });
   } else {
@@ -33,7 +31,6 @@ export function injectHttpHeaders<H extends Record<string, string> | Headers>(
 
 /** The context an incoming request carries (Fastify's request.headers, node's IncomingMessage.headers). */
 export function extractHttpHeaders(headers: IncomingHttpHeaders): Context {
-  if (!tracingEnabled()) return ROOT_CONTEXT;
   // Node lower-cases header names; the propagator asks for lower-case names.
   return propagation.extract(ROOT_CONTEXT, headers);
 }
@@ -45,7 +42,6 @@ export function extractHttpHeaders(headers: IncomingHttpHeaders): Context {
  * row, so the relay that sends it later continues the trace); null when there is no valid span.
  */
 export function rowFromContext(from: Context = context.active()): string | null {
-  if (!tracingEnabled()) return null;
   const carrier: Record<string, string> = {};
   propagation.inject(from, carrier, { set: (c, key, value) => (c[key] = value) });
   return carrier[TRACEPARENT] ?? null;
@@ -53,7 +49,7 @@ export function rowFromContext(from: Context = context.active()): string | null 
 
 /** The context a row's `traceparent` text stands for (null, empty or malformed: the root context). */
 export function contextFromRow(traceparent: string | null | undefined): Context {
-  if (!tracingEnabled() || traceparent == null || traceparent === "") return ROOT_CONTEXT;
+  if (traceparent == null || traceparent === "") return ROOT_CONTEXT;
   return propagation.extract(ROOT_CONTEXT, { [TRACEPARENT]: traceparent });
 }
 
@@ -75,7 +71,6 @@ export function injectKafkaHeaders(
   headers: Record<string, string> = {},
   from: Context = context.active(),
 ): Record<string, string> {
-  if (!tracingEnabled()) return headers;
   propagation.inject(from, headers);
   return headers;
 }
@@ -95,6 +90,6 @@ const kafkaGetter: TextMapGetter<KafkaHeaders> = {
 
 /** The context a consumed message carries (message.headers); none: the root context. */
 export function contextFromKafkaHeaders(headers: KafkaHeaders | undefined): Context {
-  if (!tracingEnabled() || headers === undefined) return ROOT_CONTEXT;
+  if (headers === undefined) return ROOT_CONTEXT;
   return propagation.extract(ROOT_CONTEXT, headers, kafkaGetter);
 }

@@ -7,11 +7,15 @@
 import { type Context, context, type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { HttpServer } from "#packages/http/server.ts";
 import { extractHttpHeaders } from "./carriers.ts";
+import { newTraceContext } from "./ids.ts";
 import { TRACER_NAME, tracingEnabled } from "./state.ts";
 
-/** Call once per app, after startTracing() and before the routes; with tracing off it adds no hook. */
+/** Call once per app, after startTracing() and before the routes; with tracing off it carries trace ids only. */
 export function traceHttpServer(app: HttpServer): void {
-  if (!tracingEnabled()) return;
+  if (!tracingEnabled()) {
+    carryTraceIds(app);
+    return;
+  }
   const tracer = trace.getTracer(TRACER_NAME);
   const spans = new WeakMap<object, { span: Span; active: Context }>();
   app.addHook("onRequest", (request, _reply, done) => {
@@ -63,5 +67,23 @@ export function traceHttpServer(app: HttpServer): void {
       spans.delete(request);
     }
     done();
+  });
+}
+
+/**
+ * Tracing off: no span, but the request's handler runs in the trace ids its caller sent, or in
+ * new ones, so that its log lines and what it sends on (ledger calls, outbox rows) share them.
+ */
+function carryTraceIds(app: HttpServer): void {
+  const contexts = new WeakMap<object, Context>();
+  app.addHook("onRequest", (request, _reply, done) => {
+    const sent = extractHttpHeaders(request.headers);
+    contexts.set(request, trace.getSpanContext(sent) === undefined ? newTraceContext() : sent);
+    done();
+  });
+  app.addHook("preHandler", (request, _reply, done) => {
+    const ids = contexts.get(request);
+    if (ids === undefined) return done();
+    context.with(ids, done);
   });
 }

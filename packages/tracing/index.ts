@@ -20,6 +20,7 @@ import {
 } from "@opentelemetry/api";
 import { loadConfig } from "#packages/config/index.ts";
 import { tracingEnv } from "./env.ts";
+import { startTraceIds, stopTraceIds } from "./ids.ts";
 import { setTracingEnabled, TRACER_NAME, tracingEnabled } from "./state.ts";
 
 export {
@@ -79,6 +80,7 @@ const disabled: Tracing = {
   enabled: false,
   flush: async () => {},
   shutdown: async () => {
+    stopTraceIds();
     active = undefined;
   },
 };
@@ -98,6 +100,7 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
   if (active !== undefined) throw new Error("invariant: tracing already started in this process");
   const url = tracesUrl(options.env);
   if (url === undefined) {
+    startTraceIds();
     active = disabled;
     return disabled;
   }
@@ -162,6 +165,11 @@ export function withSpan<T>(name: string, spec: SpanSpec, fn: (span: Span) => Pr
   if (!tracingEnabled()) {
     // As with tracing on, a function that throws before its first await gives a rejection.
     try {
+      // A message's trace ids become the active ones (ids.ts): the lines and messages of its handling carry them.
+      const parent = spec.parent;
+      if (parent !== undefined && trace.getSpanContext(parent) !== undefined) {
+        return context.with(parent, () => fn(NOT_RECORDING));
+      }
       return fn(NOT_RECORDING);
     } catch (error) {
       return Promise.reject(error);

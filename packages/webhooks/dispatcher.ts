@@ -72,10 +72,14 @@ export interface DispatcherOptions {
   retry: RetryPolicy;
   /** Finished deliveries older than this are pruned, a batch at a time when idle (unset: kept). */
   retention_ms?: number;
+  /** Told each attempt's recorded result (metrics): gave_up when it was the delivery's last. */
+  on_result?: (result: DeliveryResult) => void;
   /** Runs after a send, before its outcome is recorded: a crash point for fault tests. */
   after_send?: (delivery_id: string) => void;
   user_agent?: string;
 }
+
+export type DeliveryResult = "delivered" | "failed" | "gave_up";
 
 export interface Dispatcher {
   /** Something was enqueued: look for due rows now. */
@@ -245,7 +249,8 @@ async function claim(
 async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promise<void> {
   const outcome = await attempt(options, row);
   options.after_send?.(row.id);
-  await record(options, row, outcome);
+  const result = await record(options, row, outcome);
+  if (result !== null) options.on_result?.(result);
 }
 
 /** One signed POST; never throws: every failure is an outcome to log and retry. */
@@ -316,15 +321,20 @@ function post(
 }
 
 /** Logs the attempt and moves the delivery on, if this attempt still holds its lease. */
-async function record(options: DispatcherOptions, row: Claimed, outcome: Outcome): Promise<void> {
+/** Null when the delivery is no longer this attempt's to decide (deleted, or claimed by another copy). */
+async function record(
+  options: DispatcherOptions,
+  row: Claimed,
+  outcome: Outcome,
+): Promise<DeliveryResult | null> {
   const delay_ms = outcome.ok ? 0 : retryDelay_ms(row.attempts, options.retry);
-  await withTransaction(options.pool, async (client) => {
+  return withTransaction(options.pool, async (client): Promise<DeliveryResult | null> => {
     // Locked first: a concurrent endpoint deletion either ran already (nothing to record) or waits.
     const current = await client.query<{ claim_token: string | null }>(
       "SELECT claim_token FROM webhook_deliveries WHERE id = $1 FOR UPDATE",
       [row.id],
     );
-    if (current.rowCount === 0) return;
+    if (current.rowCount === 0) return null;
     await client.query(
       `INSERT INTO webhook_attempts (delivery_id, attempt, status, response_code, latency_ms, error)
        VALUES ($1, $2, $3, $4, $5, $6)`,
@@ -338,13 +348,13 @@ async function record(options: DispatcherOptions, row: Claimed, outcome: Outcome
       ],
     );
     // Another copy claimed it after our lease ran out (or a redelivery reset it): its attempt decides.
-    if (current.rows[0]?.claim_token !== row.claim_token) return;
+    if (current.rows[0]?.claim_token !== row.claim_token) return null;
     if (outcome.ok) {
       await client.query(
         "UPDATE webhook_deliveries SET state = 'delivered', claim_token = NULL, updated_at = now() WHERE id = $1",
         [row.id],
       );
-      return;
+      return "delivered";
     }
     const retried = await client.query(
       `UPDATE webhook_deliveries
@@ -354,8 +364,9 @@ async function record(options: DispatcherOptions, row: Claimed, outcome: Outcome
           AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = endpoint_id AND state = 'enabled')`,
       [row.id, delay_ms, options.retry.window_ms],
     );
-    if (retried.rowCount === 1) return;
+    if (retried.rowCount === 1) return "failed";
     await markFailing(client, row);
+    return "gave_up";
   });
 }
 

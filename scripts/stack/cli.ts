@@ -17,10 +17,11 @@ import { appendFileSync, closeSync, existsSync, globSync, openSync, rmSync } fro
 import type { Server } from "node:http";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
+import { startOtlpReceiver } from "../../packages/tracing/test/otlp-receiver.ts";
 import { balancerSpec, replicas_max } from "./balancer.ts";
 import { kafkaBrokerList, kafkaNode } from "./engines/kafka.ts";
 import { deleteKeysWithPrefix } from "./engines/redis.ts";
-import { databaseOf, secretNames } from "./env.ts";
+import { benchOtlpPort, databaseOf, secretNames } from "./env.ts";
 import {
   benchEnv,
   createSupervisor,
@@ -559,11 +560,17 @@ async function cmdBench(args: string[]): Promise<number> {
     : [];
   if (profile) rmSync(profile_dir, { recursive: true, force: true });
   const benchArgs = [join(repoRoot, "ops", "bench", "main.ts"), ...args];
+  // --tracing: the services export every span to a sink here, which counts and drops them.
+  const sink = args.includes("--tracing")
+    ? await startOtlpReceiver(benchOtlpPort, { spans_kept_max: 0 })
+    : undefined;
+  const tracingEnv: Record<string, string> =
+    sink === undefined ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url };
   let code = await withTestStack(
     {
       services: true,
       resetData: true,
-      env: benchEnv(),
+      env: { ...benchEnv(), ...tracingEnv },
       prefix: "bench-",
       control: false,
       extra_databases: ["dps_bench_baseline"],
@@ -574,7 +581,9 @@ async function cmdBench(args: string[]): Promise<number> {
       const childEnv = { ...env, BENCH_SERVICE_PIDS: JSON.stringify(pids), BENCH_PGBENCH: pgbenchPath };
       return (await spawnChild(process.execPath, [...benchArgs, "--phase", "run"], childEnv)).code;
     },
-  );
+  ).finally(() => sink?.close());
+  if (sink !== undefined)
+    console.log(`[bench] the OTLP sink received ${sink.received} spans (${sink.refused} exports refused)`);
   // The services have stopped, so their profiles are on disk: the report takes them in.
   if (code === 0) code = (await runInherit(process.execPath, [...benchArgs, "--phase", "report"])).code;
   return code;
@@ -593,7 +602,7 @@ const usage = [
   "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
   "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
   "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
-  "       scripts/run.sh bench [--quick] [--profile] [--long] [--out DIR]",
+  "       scripts/run.sh bench [--quick] [--profile] [--tracing] [--long] [--out DIR]",
   "       scripts/run.sh audit [--quiet]",
   "       scripts/run.sh dead-letters list|replay <id>|replay --all",
 ];
@@ -649,6 +658,7 @@ const commandArgs: Record<string, (args: string[]) => void> = {
     checkArgs("bench", args, {
       quick: { type: "boolean" },
       profile: { type: "boolean" },
+      tracing: { type: "boolean" },
       long: { type: "boolean" },
       out: { type: "string" },
     }),

@@ -266,6 +266,9 @@ export function testEnv(base: NodeJS.ProcessEnv = process.env): StackEnv {
 /** The test stack's OTLP receiver (test/integration/tracing.test.ts), beside its other ports. */
 export const testOtlpPort = testPortBase + 95;
 
+/** The span sink of `npm run bench -- --tracing`, beside the bench stack's ports (test ports + 10000). */
+export const benchOtlpPort = testPortBase + 10_095;
+
 /**
  * The environment for `npm run bench`: its own ports (28000-28003) and data, so a benchmark
  * neither touches `npm start`'s data nor collides with a test run. No fault injection, and a rate

@@ -14,6 +14,7 @@ import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
 import { operatorKafkaSasl } from "../../packages/kafka/access.ts";
 import { asAdmin, balanceOf, call, createUser, internalUrls, settled, transfer, urls } from "./api.ts";
+import { scrapeSample } from "./scrape.ts";
 
 const options: DeadLetterOptions = {
   brokers: (process.env.TEST_KAFKA_BROKERS ?? "127.0.0.1:59092").split(","),
@@ -21,8 +22,35 @@ const options: DeadLetterOptions = {
   topic_prefix: process.env.KAFKA_TOPIC_PREFIX ?? "test.",
 };
 
+/** The gauge's value for letters from transfer.commands on the record writer's /metrics (undefined while left out). */
+function deadLetterGauge(
+  name: "dps_dead_letters_open" | "dps_dead_letters_replayed",
+): Promise<number | undefined> {
+  return scrapeSample(internalUrls.command, name, { topic: `${options.topic_prefix}transfer.commands` });
+}
+
+/** Waits until the gauge satisfies `ok` (the tally reads the dead-letter topic as letters arrive). */
+async function gaugeUntil(
+  name: "dps_dead_letters_open" | "dps_dead_letters_replayed",
+  ok: (value: number) => boolean,
+): Promise<number> {
+  const deadline = Date.now() + GAUGE_TIMEOUT_MS;
+  for (;;) {
+    const value = await deadLetterGauge(name);
+    if (value !== undefined && ok(value)) return value;
+    if (Date.now() > deadline) assert.fail(`${name} is ${value} after ${GAUGE_TIMEOUT_MS} ms`);
+    await sleep(250);
+  }
+}
+
+/** Generous: the tally shows nothing for its first 15 s, and the machine is shared. */
+const GAUGE_TIMEOUT_MS = 60_000;
+
 describe("dead letters", () => {
   it("keeps a refused record with its reason and origin, and replays it on demand", async () => {
+    // This file's tests alone replay letters, one after the other: only new letters move these.
+    const open_before = await gaugeUntil("dps_dead_letters_open", () => true);
+    const replayed_before = await gaugeUntil("dps_dead_letters_replayed", () => true);
     const a = await createUser(2_000);
     const b = await createUser(0);
     const fault = await call("PUT", `${internalUrls.command}/ops/faults`, {
@@ -55,6 +83,7 @@ describe("dead letters", () => {
     assert.equal(letter.letter.origin.service, "transaction-command-service");
     assert.equal(letter.letter.origin.topic, `${options.topic_prefix}transfer.commands`);
     assert.equal(JSON.parse(letter.letter.value).snapshot.id, id);
+    await gaugeUntil("dps_dead_letters_open", (open) => open >= open_before + 1);
 
     assert.deepEqual(await replayDeadLetters(options, [letter]), {
       replayed: [letter.letter.message_id],
@@ -64,6 +93,8 @@ describe("dead letters", () => {
       (entry) => entry.letter.message_id === letter.letter.message_id,
     );
     assert.ok(after?.replayed_at, "the replay is recorded");
+    const replayed = await gaugeUntil("dps_dead_letters_replayed", (n) => n >= replayed_before + 1);
+    assert.equal(replayed, replayed_before + 1, "one replay, counted once");
     // The replayed PENDING command cannot move the FAILED record back, nor move money.
     await sleep(1_000);
     const record = await call("GET", `${urls.query}/transactions/${id}`, { headers: asAdmin() });

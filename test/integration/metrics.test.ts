@@ -125,6 +125,21 @@ describe("metrics of the running services, through a real Prometheus", { timeout
     );
     // Scrape-time figures read from the engines: present (not left out as failed), and sane.
     await eventually('dps_outbox_depth{job="transaction-service", outbox="saga"}', (v) => v >= 0);
+    await eventually(
+      'dps_outbox_oldest_age_seconds{job="transaction-service", outbox="saga"}',
+      (v) => v >= 0,
+    );
+    // In-flight figures show only the states some transfer is in at the scrape (none, once this
+    // one is final); their query runs at every scrape all the same: no collector failed, below.
+    await eventually('dps_clearing_oldest_hold_age_seconds{job="user-service"}', (v) => v >= 0);
+    await eventually(
+      'dps_dead_letters_open{job="transaction-command-service", topic="test.transfer.commands"}',
+      (v) => v >= 0,
+    );
+    await eventually(
+      'dps_dead_letters_replayed{job="transaction-command-service", topic="test.transfer.commands"}',
+      (v) => v >= 0,
+    );
     await eventually('dps_clearing_held_minor{job="user-service"}', (v) => v >= 0);
     await eventually('dps_clearing_holds_open{job="user-service"}', (v) => v >= 0);
     await eventually(

@@ -25,6 +25,7 @@ import {
   uniqueName,
   urls,
 } from "./api.ts";
+import { scrapeSample } from "./scrape.ts";
 
 const services = {
   "user-service": urls.user,
@@ -734,6 +735,12 @@ describe("limits", () => {
       t.skip(`the rate limit (${limit}) is too high to reach here; the limiter has its own unit test`);
       return;
     }
+    const refusals = () =>
+      scrapeSample(internalUrls.transaction, "dps_rate_limit_refusals_total", {
+        route: "/transactions/user/:user_id",
+        limit: "user",
+      });
+    const refusals_before = (await refusals()) ?? 0;
     // 2*limit+1 requests at once fall in at most two windows, so at least one window overflows.
     const answers = await Promise.all(
       Array.from({ length: 2 * limit + 1 }, () => call("GET", url, { headers: bearer(a.token) })),
@@ -745,6 +752,7 @@ describe("limits", () => {
       const retryAfter = Number(answer.headers.get("retry-after"));
       assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1, `Retry-After ${retryAfter}`);
     }
+    assert.ok(((await refusals()) ?? 0) >= refusals_before + limited.length, "dps_rate_limit_refusals_total");
     // Another user is not affected.
     const other = await call("GET", `${urls.transaction}/transactions/user/${b.id}`, {
       headers: bearer(b.token),

@@ -6,17 +6,20 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   asAdmin,
   bearer,
   call,
   createUser,
+  internalUrls,
   settled,
   type TestUser,
   transfer,
   uniqueName,
   urls,
 } from "./api.ts";
+import { scrapeSample } from "./scrape.ts";
 import { type SecondCopy, startSecondCopy } from "./second-copy.ts";
 import { WebhookReceiver } from "./webhook-receiver.ts";
 
@@ -56,6 +59,9 @@ describe("webhooks", () => {
   });
 
   it("sends transfer.completed to payer and payee, signed, with the public transfer", async () => {
+    const delivered = () =>
+      scrapeSample(internalUrls.transaction, "dps_webhook_deliveries_total", { result: "delivered" });
+    const delivered_before = (await delivered()) ?? 0;
     const sent = await transfer(
       { source_user_id: a.id, dest_user_id: b.id, amount: 700 },
       uniqueName("h"),
@@ -79,6 +85,13 @@ describe("webhooks", () => {
       assert.equal(transaction.amount, 700);
       assert.equal(transaction.source_init_bal, null, "no balance in a body both parties receive");
       assert.equal(transaction.dest_init_bal, null);
+    }
+    // Both deliveries are counted (by this copy: no other copy runs yet), once their outcome is
+    // recorded, a moment after the receiver answered.
+    const deadline = Date.now() + 30_000;
+    while (((await delivered()) ?? 0) < delivered_before + 2) {
+      assert.ok(Date.now() < deadline, "dps_webhook_deliveries_total counts both deliveries");
+      await sleep(100);
     }
   });
 

@@ -13,7 +13,6 @@ function recordEverything(metrics: Metrics): void {
   metrics.transferFinished("completed", new Date(Date.now() - 300));
   metrics.messageHandled("record-writer", "transfer.commands", "ok");
   metrics.deadLettered("transfer.commands");
-  metrics.deadLetterReplayed("transfer.commands");
   metrics.ledgerCommitted(3, 2, "ok");
   metrics.recordWrite("written");
   metrics.cacheLookup("transaction", true);
@@ -24,7 +23,7 @@ function recordEverything(metrics: Metrics): void {
   ]);
   metrics.collectOutbox(async () => [{ outbox: "saga", depth: 1, oldest_age_seconds: 1 }]);
   metrics.collectConsumerLag(async () => [{ group: "saga", topic: "transfer.events", partition: 0, lag: 1 }]);
-  metrics.collectDeadLettersOpen(async () => 1);
+  metrics.collectDeadLetters(async () => [{ topic: "transfer.commands", open: 1, replayed: 1 }]);
   metrics.collectClearing(async () => ({ held_minor: 5n, holds_open: 1, oldest_hold_age_seconds: 1 }));
   metrics.collectOutbox(async () => {
     throw new Error("down");

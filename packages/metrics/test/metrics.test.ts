@@ -118,7 +118,6 @@ describe("metrics: recorders", () => {
     metrics.messageHandled("record-writer", "transfer.commands", "ok");
     metrics.messageHandled("record-writer", "transfer.commands", "dead_lettered");
     metrics.deadLettered("transfer.commands");
-    metrics.deadLetterReplayed("transfer.commands");
     metrics.ledgerCommitted(12, 4, "ok");
     metrics.ledgerCommitted(3, 30, "error");
     metrics.recordWrite("written");
@@ -131,7 +130,6 @@ describe("metrics: recorders", () => {
     assert.equal(sample(text, "dps_kafka_messages_handled_total", { topic, result: "ok" }), 1);
     assert.equal(sample(text, "dps_kafka_messages_handled_total", { topic, result: "dead_lettered" }), 1);
     assert.equal(sample(text, "dps_dead_letters_total", { topic }), 1);
-    assert.equal(sample(text, "dps_dead_letters_replayed_total", { topic }), 1);
     assert.equal(sample(text, "dps_ledger_batch_size_bucket", { le: "8" }), 0, "12 steps");
     assert.equal(sample(text, "dps_ledger_batch_size_bucket", { le: "16" }), 1);
     assert.equal(sample(text, "dps_ledger_batch_size_count"), 1, "a failed commit committed no batch");
@@ -152,7 +150,6 @@ describe("metrics: recorders", () => {
     const text = await metrics.exposition();
     assert.equal(sample(text, "dps_dead_letters_total", { topic: "transfer.commands" }), 0);
     assert.equal(sample(text, "dps_dead_letters_total", { topic: "transfer.events" }), 1);
-    assert.equal(sample(text, "dps_dead_letters_replayed_total", { topic: "transfer.commands" }), 0);
   });
 
   it("keeps at most label_values_max values per label and counts the rest as other", async () => {
@@ -179,7 +176,10 @@ describe("metrics: scrape-time collectors", () => {
       { group: "record-writer", topic: "transfer.commands", partition: 0, lag: 5 },
       { group: "record-writer", topic: "transfer.commands", partition: 1, lag: 0 },
     ]);
-    metrics.collectDeadLettersOpen(async () => 2);
+    metrics.collectDeadLetters(async () => [
+      { topic: "transfer.commands", open: 2, replayed: 4 },
+      { topic: "transfer.events", open: 0, replayed: 0 },
+    ]);
     metrics.collectClearing(async () => ({ held_minor: 12345n, holds_open: 3, oldest_hold_age_seconds: 9 }));
     let text = await metrics.exposition();
     assert.equal(sample(text, "dps_transfers_in_flight", { state: "held" }), 3);
@@ -190,7 +190,9 @@ describe("metrics: scrape-time collectors", () => {
     assert.equal(sample(text, "dps_outbox_oldest_age_seconds", { outbox: "saga" }), 1.25);
     assert.equal(sample(text, "dps_kafka_consumer_lag_messages", { partition: "0" }), 5);
     assert.equal(sample(text, "dps_kafka_consumer_lag_messages", { partition: "1" }), 0);
-    assert.equal(sample(text, "dps_dead_letters_open"), 2);
+    assert.equal(sample(text, "dps_dead_letters_open", { topic: "transfer.commands" }), 2);
+    assert.equal(sample(text, "dps_dead_letters_replayed", { topic: "transfer.commands" }), 4);
+    assert.equal(sample(text, "dps_dead_letters_open", { topic: "transfer.events" }), 0);
     assert.equal(sample(text, "dps_clearing_held_minor"), 12345);
     assert.equal(sample(text, "dps_clearing_holds_open"), 3);
     assert.equal(sample(text, "dps_clearing_oldest_hold_age_seconds"), 9);

@@ -1,14 +1,14 @@
 /**
  * With no OTLP endpoint, tracing costs nothing: startTracing loads none of the SDK's modules, and
- * withSpan, the carriers and the log mixin do no tracing work (counted, not timed). This file
- * never starts tracing in its own process.
+ * withSpan makes no span (counted, not timed); the carriers and log lines still carry the trace
+ * ids a request brought or was given. This file never starts tracing with an endpoint in its own process.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { Writable } from "node:stream";
 import { describe, it, mock } from "node:test";
-import { context, propagation, trace } from "@opentelemetry/api";
+import { context, trace } from "@opentelemetry/api";
 import { pino } from "pino";
 import { createHttpServer } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
@@ -77,18 +77,12 @@ describe("tracing off: no endpoint, no cost", () => {
     assert.ok(on.urls.some((url) => url.includes("@opentelemetry/exporter-trace-otlp-http/")));
   });
 
-  it("makes no span, enters no context and writes no header per call", async () => {
+  it("makes no span and enters no context per call, and carries no ids it was not given", async () => {
     const tracing = await startTracing({ service: "noop-test", env: {} });
     assert.equal(tracing.enabled, false);
     const entered = mock.method(context, "with");
     const tracers = mock.method(trace, "getTracer");
-    const injected = mock.method(propagation, "inject");
-    const extracted = mock.method(propagation, "extract");
-    const app = createHttpServer({ logger: createLogger("noop-test", "silent") });
-    const hooks = mock.method(app, "addHook");
     try {
-      traceHttpServer(app);
-      assert.equal(hooks.mock.callCount(), 0, "no hook on the requests");
       const calls = 10_000;
       const handed = new Set<Span>();
       let ran = 0;
@@ -106,12 +100,6 @@ describe("tracing off: no endpoint, no cost", () => {
         assert.deepEqual(Object.keys(headers), ["content-type"]);
         assert.deepEqual(injectKafkaHeaders(), {});
         assert.equal(rowFromContext(), null);
-        assert.equal(trace.getSpan(extractHttpHeaders({ traceparent: TRACEPARENT })), undefined);
-        assert.equal(trace.getSpan(contextFromRow(TRACEPARENT)), undefined);
-        assert.equal(
-          trace.getSpan(contextFromKafkaHeaders(new Map([["traceparent", TRACEPARENT]]))),
-          undefined,
-        );
       }
       assert.equal(ran, calls);
       // One shared, non-recording span for the whole process.
@@ -119,10 +107,78 @@ describe("tracing off: no endpoint, no cost", () => {
       assert.equal([...handed][0]?.isRecording(), false);
       assert.equal(entered.mock.callCount(), 0, "context.with");
       assert.equal(tracers.mock.callCount(), 0, "trace.getTracer");
-      assert.equal(injected.mock.callCount(), 0, "propagation.inject");
-      assert.equal(extracted.mock.callCount(), 0, "propagation.extract");
     } finally {
       mock.restoreAll();
+      await tracing.shutdown();
+    }
+  });
+
+  it("carries the trace ids a request brought, or new ones, through every carrier to the log lines", async () => {
+    const tracing = await startTracing({ service: "noop-test", env: {} });
+    const lines: Array<Record<string, unknown>> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString("utf8")) as Record<string, unknown>);
+        done();
+      },
+    });
+    const logger = pino({ mixin: traceLogMixin }, sink);
+    const app = createHttpServer({ logger: createLogger("noop-test", "silent") });
+    try {
+      traceHttpServer(app);
+      const seen: Array<{ row: string | null; kafka: Record<string, string>; http: string | undefined }> = [];
+      app.get("/probe", async () => {
+        logger.info({ transfer_id: "t-1" }, "in the request");
+        const row = rowFromContext();
+        // A consumer continues what the row carried, as the record writer does with a message.
+        await withSpan("consume", { kind: "consumer", parent: contextFromRow(row) }, async () => {
+          logger.info({ transfer_id: "t-1" }, "in the message");
+        });
+        seen.push({
+          row,
+          kafka: injectKafkaHeaders(),
+          http: injectHttpHeaders<Record<string, string>>({}).traceparent,
+        });
+        return { ok: true };
+      });
+      await app.inject({ method: "GET", url: "/probe", headers: { traceparent: TRACEPARENT } });
+      await app.inject({ method: "GET", url: "/probe" });
+      await app.inject({
+        method: "GET",
+        url: "/probe",
+        headers: { traceparent: "00-00000000000000000000000000000000-00f067aa0ba902b7-01" },
+      });
+      logger.info({ transfer_id: "t-1" }, "outside any request");
+      assert.equal(seen.length, 3);
+      // The client's trace is continued, its flags kept.
+      assert.equal(seen[0]?.row, TRACEPARENT);
+      assert.equal(seen[0]?.kafka.traceparent, TRACEPARENT);
+      assert.equal(seen[0]?.http, TRACEPARENT);
+      // Without one (or with an invalid one), a new valid trace, not sampled: no span was recorded.
+      for (const made of [seen[1], seen[2]]) {
+        assert.match(made?.row ?? "", /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+        assert.doesNotMatch(made?.row ?? "", /^00-0{32}-/);
+      }
+      assert.notEqual(seen[1]?.row, seen[2]?.row);
+      const traceOf = (row: string | null | undefined) => row?.split("-")[1];
+      assert.deepEqual(
+        lines.map((line) => [line.msg, line.trace_id]),
+        [
+          ["in the request", traceOf(TRACEPARENT)],
+          ["in the message", traceOf(TRACEPARENT)],
+          ["in the request", traceOf(seen[1]?.row)],
+          ["in the message", traceOf(seen[1]?.row)],
+          ["in the request", traceOf(seen[2]?.row)],
+          ["in the message", traceOf(seen[2]?.row)],
+          ["outside any request", undefined],
+        ],
+      );
+      assert.equal(
+        trace.getSpanContext(contextFromKafkaHeaders(new Map([["traceparent", TRACEPARENT]])))?.traceId,
+        traceOf(TRACEPARENT),
+      );
+      assert.equal(trace.getSpanContext(extractHttpHeaders({ traceparent: "not-a-traceparent" })), undefined);
+    } finally {
       await app.close();
       await tracing.shutdown();
     }

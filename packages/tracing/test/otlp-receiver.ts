@@ -29,6 +29,8 @@ export interface OtlpReceiver {
   /** Base URL, for OTEL_EXPORTER_OTLP_ENDPOINT. */
   readonly url: string;
   readonly spans: ReceivedSpan[];
+  /** Spans received, kept or not. */
+  readonly received: number;
   /** Export requests refused (wrong path, encoding or body). */
   readonly refused: number;
   /** Resolves with the spans once predicate holds on them; rejects after timeout_ms. */
@@ -110,10 +112,18 @@ async function readBody(request: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** On `port` of loopback (0: any free one; a test stack's services are told a fixed one). */
-export async function startOtlpReceiver(port = 0): Promise<OtlpReceiver> {
+/**
+ * On `port` of loopback (0: any free one; a test stack's services are told a fixed one). A sink
+ * for a long run (the benchmark) keeps none: spans_kept_max bounds what is kept, the rest counted.
+ */
+export async function startOtlpReceiver(
+  port = 0,
+  options: { spans_kept_max?: number } = {},
+): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
+  const kept_max = options.spans_kept_max ?? Number.POSITIVE_INFINITY;
   let refused = 0;
+  let received = 0;
   const answer = (response: ServerResponse, status: number, body: unknown) => {
     if (status >= 400) refused += 1;
     response.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
@@ -125,7 +135,9 @@ export async function startOtlpReceiver(port = 0): Promise<OtlpReceiver> {
     readBody(request).then(
       (body) => {
         try {
-          spans.push(...decodeExport(JSON.parse(body.toString("utf8")) as ExportRequest));
+          const decoded = decodeExport(JSON.parse(body.toString("utf8")) as ExportRequest);
+          received += decoded.length;
+          spans.push(...decoded.slice(0, Math.max(0, kept_max - spans.length)));
           answer(response, 200, { partialSuccess: {} });
         } catch (error) {
           answer(response, 400, { message: String(error) });
@@ -142,6 +154,9 @@ export async function startOtlpReceiver(port = 0): Promise<OtlpReceiver> {
     spans,
     get refused() {
       return refused;
+    },
+    get received() {
+      return received;
     },
     async waitFor(predicate, timeout_ms) {
       const deadline = Date.now() + timeout_ms;

@@ -20,6 +20,7 @@ import { CrashSwitch } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
+import { startDeadLetterTally } from "./dead-letters.ts";
 import { createRecordWriter, type Faults } from "./writer.ts";
 
 const SERVICE = "transaction-command-service";
@@ -85,6 +86,14 @@ const consumer = startBatchConsumer({
 });
 
 metrics.collectConsumerLag(() => consumer.lag());
+const deadLetters = startDeadLetterTally({
+  brokers,
+  sasl,
+  topic_prefix: config.KAFKA_TOPIC_PREFIX,
+  topics,
+  logger,
+});
+metrics.collectDeadLetters(() => deadLetters.rows());
 // Its only routes besides health are operations: on the internal listener.
 const app = listeners.internal;
 await registerOpenApi(listeners.public, {
@@ -151,6 +160,7 @@ if (config.FAULT_INJECTION) {
 onShutdown(logger, [
   () => closeBoth(listeners),
   () => consumer.stop(),
+  () => deadLetters.stop(),
   () => producer.close(),
   () => mongo.close(),
   () => tracing.shutdown(),

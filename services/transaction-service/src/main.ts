@@ -141,6 +141,7 @@ store.onOutbox = () => relay.wake();
 // Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
 const webhooks = startDispatcher({
   ...dispatcherOptions(config, pool, logger),
+  on_result: (result) => metrics.webhookDelivery(result),
   after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
 });
 store.onWebhooks = () => webhooks.wake();

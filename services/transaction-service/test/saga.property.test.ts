@@ -225,6 +225,7 @@ class ModelLedger implements LedgerPort {
 const due = (row: StoredTransfer): DueTransfer => ({
   ...row,
   waited_ms: Date.now() - Date.parse(row.updated_at),
+  traceparent: null,
 });
 
 class ModelStore implements SagaStorePort {

@@ -10,7 +10,7 @@ import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
-import { TRACEPARENT } from "#packages/tracing/carriers.ts";
+import { rowFromContext, TRACEPARENT } from "#packages/tracing/carriers.ts";
 import { enqueueEventsSql, eventsParam } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "./machine.ts";
 import { transferEventOf } from "./webhook-events.ts";
@@ -90,6 +90,8 @@ export interface NewTransfer {
   step_timeout_ms: number;
 }
 
+type TracedNewTransfer = NewTransfer & { traceparent: string | null };
+
 export interface CreateResult {
   created: boolean;
   transfer: StoredTransfer;
@@ -100,6 +102,8 @@ export interface CreateResult {
 /** A transfer the sweep claimed, with how long it has waited in its state (PostgreSQL's clock). */
 export interface DueTransfer extends StoredTransfer {
   waited_ms: number;
+  /** The creating request's trace context (carriers.ts), or null. */
+  traceparent: string | null;
 }
 
 /**
@@ -150,7 +154,7 @@ export class SagaStore {
   /** Called after a commit that enqueued webhook deliveries, so the dispatcher sends them at once. */
   onWebhooks: () => void = () => {};
   /** Per item, its result or the error that item alone raises (an outcome a re-read could not learn). */
-  readonly #inserts: Batcher<NewTransfer, CreateResult | Error>;
+  readonly #inserts: Batcher<TracedNewTransfer, CreateResult | Error>;
   /** Two lanes: the first transition (a client's POST waits on it), and all later ones. */
   readonly #first_transitions: Batcher<PendingTransition, StoredTransfer | null | Error>;
   readonly #later_transitions: Batcher<PendingTransition, StoredTransfer | null | Error>;
@@ -186,10 +190,11 @@ export class SagaStore {
    * TransferOutcomeUnknownError when the insert failed and its outcome could not be learnt.
    */
   async createOrGet(input: NewTransfer): Promise<CreateResult> {
-    return unwrap(await this.#inserts.submit(input));
+    // The request's trace, taken now: the insert runs in a statement shared with other requests.
+    return unwrap(await this.#inserts.submit({ ...input, traceparent: rowFromContext() }));
   }
 
-  async #createOrGetMany(inputs: NewTransfer[]): Promise<Array<CreateResult | Error>> {
+  async #createOrGetMany(inputs: TracedNewTransfer[]): Promise<Array<CreateResult | Error>> {
     try {
       return await this.#insertMany(inputs);
     } catch (error) {
@@ -199,15 +204,16 @@ export class SagaStore {
     }
   }
 
-  async #insertMany(inputs: NewTransfer[]): Promise<Array<CreateResult | Error>> {
+  async #insertMany(inputs: TracedNewTransfer[]): Promise<Array<CreateResult | Error>> {
     const inserted = await this.pool.query<TransferRow & { age_ms: number }>(
       `INSERT INTO transfers (id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor,
-                              state, next_attempt_at, created_at, updated_at)
+                              state, next_attempt_at, created_at, updated_at, traceparent)
        SELECT i.id, i.idempotency_key, i.request_fingerprint, i.source_user_id, i.dest_user_id, i.amount_minor,
-              'created', now() + (i.step_timeout_ms * interval '1 millisecond'), now(), now()
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::float8[])
+              'created', now() + (i.step_timeout_ms * interval '1 millisecond'), now(), now(), i.traceparent
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::float8[],
+                     $8::text[])
            AS i(id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor,
-                step_timeout_ms)
+                step_timeout_ms, traceparent)
        ON CONFLICT (idempotency_key) DO NOTHING
        RETURNING ${COLUMNS}, 0::float8 AS age_ms`,
       [
@@ -218,6 +224,7 @@ export class SagaStore {
         inputs.map((i) => i.dest_user_id),
         inputs.map((i) => i.amount),
         inputs.map((i) => i.step_timeout_ms),
+        inputs.map((i) => i.traceparent),
       ],
     );
     const created = new Set(inserted.rows.map((row) => row.id));
@@ -432,7 +439,7 @@ export class SagaStore {
     limit: number,
     backoff: { step_base_ms: number; step_cap_ms: number; resend_base_ms: number; resend_cap_ms: number },
   ): Promise<DueTransfer[]> {
-    const result = await this.pool.query<TransferRow & { waited_ms: number }>(
+    const result = await this.pool.query<TransferRow & { waited_ms: number; traceparent: string | null }>(
       `UPDATE transfers t
           SET attempts = t.attempts + 1,
               next_attempt_at = now() + ((CASE WHEN t.state IN ('held', 'posted', 'failing')
@@ -446,10 +453,14 @@ export class SagaStore {
         WHERE t.id = due.id
       RETURNING ${COLUMNS.split(", ")
         .map((c) => `t.${c}`)
-        .join(", ")}, extract(epoch FROM now() - t.updated_at) * 1000 AS waited_ms`,
+        .join(", ")}, extract(epoch FROM now() - t.updated_at) * 1000 AS waited_ms, t.traceparent`,
       [limit, backoff.step_base_ms, backoff.step_cap_ms, backoff.resend_base_ms, backoff.resend_cap_ms],
     );
-    return result.rows.map((row) => ({ ...fromRow(row), waited_ms: Number(row.waited_ms) }));
+    return result.rows.map((row) => ({
+      ...fromRow(row),
+      waited_ms: Number(row.waited_ms),
+      traceparent: row.traceparent,
+    }));
   }
 
   /** Counts by state, for health and tests. */

@@ -6,8 +6,9 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "#packages/log/index.ts";
+import { contextFromRow, withSpan } from "#packages/tracing/index.ts";
 import type { SagaRunner } from "./runner.ts";
-import type { SagaStore } from "./store.ts";
+import type { DueTransfer, SagaStore } from "./store.ts";
 
 export function startSweeper(options: {
   store: SagaStore;
@@ -38,14 +39,16 @@ export function startSweeper(options: {
           while (next < due.length) {
             const transfer = due[next++];
             if (transfer === undefined) break;
-            try {
-              await options.runner.recover(transfer);
-            } catch (error) {
-              options.logger.warn(
-                { err: error, transfer_id: transfer.id, state: transfer.state },
-                "recovery step failed",
-              );
-            }
+            await inTransferTrace(transfer, async () => {
+              try {
+                await options.runner.recover(transfer);
+              } catch (error) {
+                options.logger.warn(
+                  { err: error, transfer_id: transfer.id, state: transfer.state },
+                  "recovery step failed",
+                );
+              }
+            });
           }
         };
         await Promise.all(Array.from({ length: Math.min(options.concurrency, due.length) }, worker));
@@ -62,4 +65,10 @@ export function startSweeper(options: {
       await done;
     },
   };
+}
+
+/** A resumed transfer stays in the trace of the request that created it: its log lines and messages say so. */
+function inTransferTrace(transfer: DueTransfer, recover: () => Promise<void>): Promise<void> {
+  const spec = { parent: contextFromRow(transfer.traceparent), attributes: { transfer_id: transfer.id } };
+  return withSpan("saga recover", spec, recover);
 }
