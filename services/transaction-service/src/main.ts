@@ -60,6 +60,7 @@ export interface AppDeps {
   logger: Logger;
   pool: Pool;
   redis: RedisClient;
+  secrets: AuthSecrets;
 }
 
 /** The service built on its engines, not yet listening; `closers` stop what it started, in order. */
@@ -187,15 +188,7 @@ function startSaga(deps: AppDeps, secrets: AuthSecrets, listeners: Listeners, ca
 }
 
 export async function createApp(deps: AppDeps): Promise<App> {
-  const { config, logger, pool, redis } = deps;
-  // It checks the operator's credential, presents its own to the ledger and the read side, and
-  // verifies users' tokens.
-  const secrets = secretsOrExit(
-    SERVICE,
-    config,
-    { checks: ["ADMIN_TOKEN"], presents: ["LEDGER_TOKEN", "QUERY_TOKEN"], token_secret: true },
-    logger,
-  );
+  const { config, logger, pool, redis, secrets } = deps;
 
   const cache = new TransferCache(redis, {
     prefix: config.REDIS_KEY_PREFIX,
@@ -364,6 +357,14 @@ function openRedis(config: Config, logger: Logger) {
 
 /** The saga database migrated, the topics there, Redis connecting: what createApp runs on. */
 export async function openDeps(config: Config, logger: Logger): Promise<AppDeps> {
+  // It checks the operator's credential, presents its own to the ledger and the read side, and
+  // verifies users' tokens.
+  const secrets = secretsOrExit(
+    SERVICE,
+    config,
+    { checks: ["ADMIN_TOKEN"], presents: ["LEDGER_TOKEN", "QUERY_TOKEN"], token_secret: true },
+    logger,
+  );
   const pool = createPool(config.SAGA_DATABASE_URL, {
     max: config.SAGA_DATABASE_POOL_MAX,
     application_name: SERVICE,
@@ -378,7 +379,7 @@ export async function openDeps(config: Config, logger: Logger): Promise<AppDeps>
   );
 
   const redis = openRedis(config, logger);
-  return { config, logger, pool, redis };
+  return { config, logger, pool, redis, secrets };
 }
 
 async function main(): Promise<void> {
