@@ -9,10 +9,11 @@ import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { Consumer, stringDeserializers } from "@platformatic/kafka";
 import { type DeadLetter, topicNames } from "#packages/contracts/messages.ts";
 import { createProducer, deadLetterFor } from "#packages/kafka/index.ts";
 import { type DeadLetterOptions, listDeadLetters, replayDeadLetters } from "../../ops/dead-letters.ts";
-import { operatorKafkaSasl } from "../../packages/kafka/access.ts";
+import { kafkaPasswordVariable, operatorKafkaSasl } from "../../packages/kafka/access.ts";
 import { asAdmin, balanceOf, call, createUser, internalUrls, settled, transfer, urls } from "./api.ts";
 import { scrapeSample } from "./scrape.ts";
 
@@ -45,6 +46,66 @@ async function gaugeUntil(
 
 /** Generous: the tally shows nothing for its first 15 s, and the machine is shared. */
 const GAUGE_TIMEOUT_MS = 60_000;
+
+/** The record writer's TransferRecorded events for `transfer_id` with `status`, read to the end as the broker's admin. */
+async function recordedEvents(transfer_id: string, status: string): Promise<number> {
+  const password = process.env[kafkaPasswordVariable("admin")];
+  const consumer = new Consumer({
+    clientId: "dead-letters-test",
+    groupId: `dead-letters-test-${crypto.randomUUID()}`,
+    bootstrapBrokers: options.brokers,
+    ...(password === undefined ? {} : { sasl: { mechanism: "SCRAM-SHA-512", username: "admin", password } }),
+    deserializers: stringDeserializers,
+    timeout: 10_000,
+  });
+  let seen = 0;
+  try {
+    const stream = await consumer.consume({
+      topics: [topicNames(options.topic_prefix).events],
+      mode: "earliest",
+      autocommit: false,
+      maxWaitTime: 200,
+    });
+    // The topic is read to its end when nothing more comes for a while.
+    await new Promise<void>((resolve, reject) => {
+      let idle = setTimeout(resolve, 3_000);
+      stream.on("data", (message) => {
+        clearTimeout(idle);
+        idle = setTimeout(resolve, 1_000);
+        const event = JSON.parse(message.value ?? "null") as {
+          type?: string;
+          transfer_id?: string;
+          status?: string;
+        };
+        if (
+          event?.type === "TransferRecorded" &&
+          event.transfer_id === transfer_id &&
+          event.status === status
+        )
+          seen += 1;
+      });
+      stream.on("error", reject);
+    });
+    await stream.close();
+  } finally {
+    await consumer.close(true).catch(() => {});
+  }
+  return seen;
+}
+
+/** Polls until the writer has answered `count` such commands; fails after `timeout_ms`. */
+async function awaitRecordedEvents(transfer_id: string, status: string, count: number, timeout_ms: number) {
+  const deadline = Date.now() + timeout_ms;
+  let seen = await recordedEvents(transfer_id, status);
+  while (seen < count && Date.now() < deadline) {
+    await sleep(500);
+    seen = await recordedEvents(transfer_id, status);
+  }
+  assert.ok(
+    seen >= count,
+    `${seen} of ${count} TransferRecorded ${status} for ${transfer_id} within ${timeout_ms} ms`,
+  );
+}
 
 describe("dead letters", () => {
   it("keeps a refused record with its reason and origin, and replays it on demand", async () => {
@@ -95,8 +156,9 @@ describe("dead letters", () => {
     assert.ok(after?.replayed_at, "the replay is recorded");
     const replayed = await gaugeUntil("dps_dead_letters_replayed", (n) => n >= replayed_before + 1);
     assert.equal(replayed, replayed_before + 1, "one replay, counted once");
-    // The replayed PENDING command cannot move the FAILED record back, nor move money.
-    await sleep(1_000);
+    // The writer takes the replayed PENDING command (it answers it on the events topic), and it
+    // cannot move the FAILED record back, nor move money.
+    await awaitRecordedEvents(id, "PENDING", 1, 90_000);
     const record = await call("GET", `${urls.query}/transactions/${id}`, { headers: asAdmin() });
     assert.equal(record.body.data.transaction.status, "FAILED");
     assert.equal(await balanceOf(a.id), 2_000);
@@ -177,6 +239,8 @@ describe("dead letters", () => {
     assert.equal(after.get(notACommand as string), null);
     assert.equal(after.get(anEvent as string), null);
     assert.ok(after.get(good as string), "the replayable letter behind them was replayed");
+    // The writer took it: a second answer to the transfer's COMPLETED command (the first is the saga's).
+    await awaitRecordedEvents(transfer_id, "COMPLETED", 2, 90_000);
     assert.equal((await settled(transfer_id, a.token)).status, "COMPLETED");
     assert.equal(await balanceOf(b.id), 100);
   });

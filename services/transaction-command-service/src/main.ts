@@ -6,14 +6,21 @@ import { MongoClient } from "mongodb";
 import { z } from "zod";
 import { internalPort, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
-import { Authenticator, secretsOrExit, securityFor } from "#packages/http/auth.ts";
+import { Authenticator, type AuthSecrets, secretsOrExit, securityFor } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses, registerOpenApi } from "#packages/http/openapi.ts";
-import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
+import {
+  closeBoth,
+  createListeners,
+  type HttpServer,
+  type Listeners,
+  listenBoth,
+  registerHealth,
+} from "#packages/http/server.ts";
 import { kafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
-import { createLogger } from "#packages/log/index.ts";
+import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
 import { CrashSwitch } from "#packages/runtime/faults.ts";
@@ -25,97 +32,114 @@ import { createRecordWriter, type Faults } from "./writer.ts";
 
 const SERVICE = "transaction-command-service";
 
-const config = loadConfig(configShape);
+type Config = ReturnType<typeof loadConfig<typeof configShape>>;
 
-const logger = createLogger(SERVICE, config.LOG_LEVEL);
-const auth = new Authenticator(secretsOrExit(SERVICE, config, { checks: ["ADMIN_TOKEN"] }, logger));
-const brokers = splitList(config.KAFKA_BROKERS);
-const sasl = kafkaSasl(config);
-const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+/** What the service runs on, opened by the caller: its config, logger and MongoDB client (connected). */
+export interface AppDeps {
+  config: Config;
+  logger: Logger;
+  mongo: MongoClient;
+  secrets: AuthSecrets;
+}
 
-const mongo = new MongoClient(config.MONGO_URL, {
-  serverSelectionTimeoutMS: 5_000,
-  connectTimeoutMS: 5_000,
-  socketTimeoutMS: 15_000,
-  maxPoolSize: 20,
-});
-const db = mongo.db(config.MONGO_DATABASE);
-const producer = createProducer({ brokers, sasl, client_id: SERVICE });
-const faults: Faults = { reject_pending_for_source_user_ids: new Set() };
-const crashes = new CrashSwitch(logger);
+/** The service built on its engines, not yet listening; `closers` stop what it started, in order. */
+export interface App {
+  listeners: Listeners;
+  closers: Array<() => Promise<unknown>>;
+}
 
-await retryStartup("mongodb", logger, async () => {
-  await mongo.connect();
-  await ensureRecordIndexes(db);
-});
-await retryStartup("kafka topics", logger, () =>
-  ensureTopics({ brokers, sasl, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
-);
+export async function createApp(deps: AppDeps): Promise<App> {
+  const { config, logger, mongo } = deps;
+  const auth = new Authenticator(deps.secrets);
+  const brokers = splitList(config.KAFKA_BROKERS);
+  const sasl = kafkaSasl(config);
+  const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+  const db = mongo.db(config.MONGO_DATABASE);
+  const producer = createProducer({ brokers, sasl, client_id: SERVICE });
+  const faults: Faults = { reject_pending_for_source_user_ids: new Set() };
+  const crashes = new CrashSwitch(logger);
 
-// Before anything records: the routes are registered on these listeners further down.
-const tracing = await startServiceTracing(SERVICE, logger);
-const listeners = createListeners({ logger });
-traceListeners(listeners);
-const metrics = startServiceMetrics(listeners, logger);
-metrics.declareDeadLetterTopics([topics.commands]);
+  const listeners = createListeners({ logger });
+  traceListeners(listeners);
+  const metrics = startServiceMetrics(listeners, logger);
+  metrics.declareDeadLetterTopics([topics.commands]);
 
-const consumer = startBatchConsumer({
-  brokers,
-  sasl,
-  group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
-  client_id: SERVICE,
-  topics: [topics.commands],
-  logger,
-  max_batch: config.RECORD_BATCH_MAX,
-  metrics,
-  handleBatch: createRecordWriter({
-    db,
-    producer,
+  const consumer = startBatchConsumer({
+    brokers,
+    sasl,
+    group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
+    client_id: SERVICE,
+    topics: [topics.commands],
+    logger,
+    max_batch: config.RECORD_BATCH_MAX,
+    metrics,
+    handleBatch: createRecordWriter({
+      db,
+      producer,
+      topics,
+      logger,
+      faults,
+      max_attempts: config.RECORD_MAX_ATTEMPTS,
+      service: SERVICE,
+      crashes,
+      metrics,
+      resetStore: async () => {
+        await mongo.close(true);
+        await mongo.connect();
+      },
+    }),
+  });
+
+  metrics.collectConsumerLag(() => consumer.lag());
+  const deadLetters = startDeadLetterTally({
+    brokers,
+    sasl,
+    topic_prefix: config.KAFKA_TOPIC_PREFIX,
     topics,
     logger,
-    faults,
-    max_attempts: config.RECORD_MAX_ATTEMPTS,
+  });
+  metrics.collectDeadLetters(() => deadLetters.rows());
+  // Its only routes besides health are operations: on the internal listener.
+  const app = listeners.internal;
+  await registerOpenApi(listeners.public, {
     service: SERVICE,
-    crashes,
-    metrics,
-    resetStore: async () => {
-      await mongo.close(true);
-      await mongo.connect();
+    description: "The only writer of transfer records: a Kafka worker. HTTP for health only.",
+  });
+  await registerOpenApi(app, {
+    service: SERVICE,
+    description:
+      "The only writer of transfer records: a Kafka worker. HTTP for health and, with FAULT_INJECTION=true, test faults (operator only).",
+  });
+  const health = {
+    mongodb: () => db.command({ ping: 1 }),
+    kafka: () => pingKafka(brokers, sasl),
+    consumer: async () => {
+      if (!consumer.isRunning()) throw new Error("consumer is not running");
     },
-  }),
-});
+  };
+  registerHealth(listeners.public, SERVICE, health, { auth });
+  registerHealth(listeners.internal, SERVICE, health);
 
-metrics.collectConsumerLag(() => consumer.lag());
-const deadLetters = startDeadLetterTally({
-  brokers,
-  sasl,
-  topic_prefix: config.KAFKA_TOPIC_PREFIX,
-  topics,
-  logger,
-});
-metrics.collectDeadLetters(() => deadLetters.rows());
-// Its only routes besides health are operations: on the internal listener.
-const app = listeners.internal;
-await registerOpenApi(listeners.public, {
-  service: SERVICE,
-  description: "The only writer of transfer records: a Kafka worker. HTTP for health only.",
-});
-await registerOpenApi(app, {
-  service: SERVICE,
-  description:
-    "The only writer of transfer records: a Kafka worker. HTTP for health and, with FAULT_INJECTION=true, test faults (operator only).",
-});
-const health = {
-  mongodb: () => db.command({ ping: 1 }),
-  kafka: () => pingKafka(brokers, sasl),
-  consumer: async () => {
-    if (!consumer.isRunning()) throw new Error("consumer is not running");
-  },
-};
-registerHealth(listeners.public, SERVICE, health, { auth });
-registerHealth(listeners.internal, SERVICE, health);
+  if (config.FAULT_INJECTION) registerFaultRoutes(app, auth, crashes, faults, logger);
+  return {
+    listeners,
+    closers: [
+      () => closeBoth(listeners),
+      () => consumer.stop(),
+      () => deadLetters.stop(),
+      () => producer.close(),
+    ],
+  };
+}
 
-if (config.FAULT_INJECTION) {
+/** Test builds only: crash points and refused records, for the operator. */
+function registerFaultRoutes(
+  app: HttpServer,
+  auth: Authenticator,
+  crashes: CrashSwitch,
+  faults: Faults,
+  logger: Logger,
+): void {
   registerCrashRoute(app, auth, crashes, ["after_record_write"]);
   const faultsSchema = z.strictObject({
     reject_pending_for_source_user_ids: z
@@ -157,21 +181,48 @@ if (config.FAULT_INJECTION) {
   );
 }
 
-onShutdown(logger, [
-  () => closeBoth(listeners),
-  () => consumer.stop(),
-  () => deadLetters.stop(),
-  () => producer.close(),
-  () => mongo.close(),
-  () => tracing.shutdown(),
-]);
-await listenBoth(listeners, {
-  host: config.HOST,
-  port: config.TRANSACTION_COMMAND_SERVICE_PORT,
-  internal_host: config.INTERNAL_HOST,
-  internal_port: internalPort(
-    config.TRANSACTION_COMMAND_SERVICE_INTERNAL_PORT,
-    config.TRANSACTION_COMMAND_SERVICE_PORT,
-  ),
-});
-logger.info({ port: config.TRANSACTION_COMMAND_SERVICE_PORT, topics }, "ready");
+async function main(): Promise<void> {
+  const config = loadConfig(configShape);
+  const logger = createLogger(SERVICE, config.LOG_LEVEL);
+  const secrets = secretsOrExit(SERVICE, config, { checks: ["ADMIN_TOKEN"] }, logger);
+  const brokers = splitList(config.KAFKA_BROKERS);
+  const sasl = kafkaSasl(config);
+  const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+  const mongo = new MongoClient(config.MONGO_URL, {
+    serverSelectionTimeoutMS: 5_000,
+    connectTimeoutMS: 5_000,
+    socketTimeoutMS: 15_000,
+    maxPoolSize: 20,
+  });
+  const db = mongo.db(config.MONGO_DATABASE);
+  await retryStartup("mongodb", logger, async () => {
+    await mongo.connect();
+    await ensureRecordIndexes(db);
+  });
+  await retryStartup("kafka topics", logger, () =>
+    ensureTopics({
+      brokers,
+      sasl,
+      topics: Object.values(topics),
+      partitions: config.KAFKA_PARTITIONS,
+      logger,
+    }),
+  );
+
+  // Before anything records: the routes are registered on the app's listeners.
+  const tracing = await startServiceTracing(SERVICE, logger);
+  const app = await createApp({ config, logger, mongo, secrets });
+  onShutdown(logger, [...app.closers, () => mongo.close(), () => tracing.shutdown()]);
+  await listenBoth(app.listeners, {
+    host: config.HOST,
+    port: config.TRANSACTION_COMMAND_SERVICE_PORT,
+    internal_host: config.INTERNAL_HOST,
+    internal_port: internalPort(
+      config.TRANSACTION_COMMAND_SERVICE_INTERNAL_PORT,
+      config.TRANSACTION_COMMAND_SERVICE_PORT,
+    ),
+  });
+  logger.info({ port: config.TRANSACTION_COMMAND_SERVICE_PORT, topics }, "ready");
+}
+
+if (import.meta.main) await main();

@@ -3,18 +3,12 @@
  * the query service). Reads fall back to the saga's own row when the record is not written yet
  * or the query service cannot answer, so a client can always read back what it just created.
  */
-import { createHash } from "node:crypto";
 import type { FastifyBaseLogger, FastifyReply } from "fastify";
 import { z } from "zod";
-import { transferIdSchema, userIdParamSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
+import { transferIdSchema, userIdParamSchema, userIdSchema } from "#packages/contracts/ids.ts";
 import { amountMinorSchema } from "#packages/contracts/money.ts";
 import { canonicalCursor, listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
-import {
-  type FailureReason,
-  redactFor,
-  type TransferSnapshot,
-  transferSnapshotSchema,
-} from "#packages/contracts/transfer.ts";
+import { redactFor, type TransferSnapshot, transferSnapshotSchema } from "#packages/contracts/transfer.ts";
 import {
   type Authenticator,
   forbidden,
@@ -23,16 +17,18 @@ import {
   requireSelfOrAdmin,
   securityFor,
 } from "#packages/http/auth.ts";
-import { ApiError, errorBody, notFound, ok } from "#packages/http/errors.ts";
+import { ApiError, notFound, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import type { RateLimiter } from "#packages/http/rate-limit.ts";
 import { type HttpServer, refuseMethod } from "#packages/http/server.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { TransferCache } from "./cache.ts";
+import { httpAnswer } from "./idempotent-submission.ts";
 import type { QueryClient } from "./query-client.ts";
-import { type SagaTransfer, snapshotOf } from "./saga/machine.ts";
+import { snapshotOf } from "./saga/machine.ts";
 import type { SagaRunner } from "./saga/runner.ts";
-import { type SagaStore, TransferOutcomeUnknownError } from "./saga/store.ts";
+import type { SagaStore } from "./saga/store.ts";
+import { submitTransfer } from "./saga/submission.ts";
 import type { FinalStatusWaiters } from "./waiting.ts";
 import { transferWait, waitAsPreferred } from "./waiting-read.ts";
 
@@ -48,15 +44,6 @@ const idempotencyKeySchema = z
   .max(255, { error: "must be at most 255 characters" })
   .regex(/^[\x21-\x7e]+$/, { error: "must be printable ASCII without spaces" });
 
-/** Refusals known while the request is still open map to a precise status, like a card decline. */
-const refusalStatus: Partial<Record<FailureReason, number>> = {
-  insufficient_funds: 422,
-  source_not_found: 404,
-  dest_not_found: 404,
-};
-
-const IN_PROGRESS_WINDOW_MS = 10_000;
-
 /**
  * The answer when PostgreSQL failed around the commit of a new transfer and reading it back did
  * not tell whether it exists: not a plain "retry" (a keyless retry could pay twice), but its id,
@@ -70,29 +57,6 @@ function outcomeUnknown(transfer_id: string): ApiError {
       "the request again (404 there means it was not created); an Idempotency-Key makes retries safe",
     { details: { transaction_id: transfer_id } },
   );
-}
-
-export function fingerprint(body: z.infer<typeof transferBodySchema>): string {
-  return createHash("sha256")
-    .update(JSON.stringify([body.source_user_id, body.dest_user_id, body.amount]))
-    .digest("hex");
-}
-
-/** The response a transfer request gets, given where the saga stands once the request is done with it. */
-export function responseFor(transfer: SagaTransfer): { status: number; body: unknown } {
-  // The answer goes to the payer: the payee's balance is not theirs to see.
-  const transaction = redactFor({ kind: "user", user_id: transfer.source_user_id }, snapshotOf(transfer));
-  const refused = transfer.failure_reason === null ? undefined : refusalStatus[transfer.failure_reason];
-  if (transfer.source_init_bal === null && refused !== undefined && transfer.failure_reason !== null) {
-    const message =
-      transfer.failure_reason === "insufficient_funds"
-        ? `user ${transfer.source_user_id} has insufficient funds for ${transfer.amount}`
-        : transfer.failure_reason === "source_not_found"
-          ? `user ${transfer.source_user_id} not found`
-          : `user ${transfer.dest_user_id} not found`;
-    return { status: refused, body: errorBody(transfer.failure_reason, message, { transaction }) };
-  }
-  return { status: 201, body: ok({ transaction }) };
 }
 
 /** A user sees a transfer only if they sent or received it; the operator sees all. */
@@ -176,73 +140,15 @@ export function registerRoutes(
         throw new ApiError(422, "same_wallet", "source_user_id and dest_user_id must differ");
       }
       const given = request.headers["idempotency-key"];
-      // Keys are scoped to the user (as Stripe scopes them to an account): another user's key
-      // can neither collide with nor reveal this one.
-      const key = given === undefined ? null : `user:${principal.user_id}:${given}`;
-      const print = fingerprint(body);
-      const { created, transfer, age_ms } = await deps.store
-        .createOrGet({
-          id: uuidv7(),
-          idempotency_key: key,
-          request_fingerprint: print,
-          source_user_id: body.source_user_id,
-          dest_user_id: body.dest_user_id,
-          amount: body.amount,
-          step_timeout_ms: deps.step_timeout_ms,
-        })
-        .catch((error: unknown) => {
-          if (error instanceof TransferOutcomeUnknownError) throw outcomeUnknown(error.transfer_id);
-          throw error;
-        });
-
-      if (created) deps.runner.onTransition(transfer);
-      if (!created) {
-        if (transfer.request_fingerprint !== print) {
-          throw new ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used with a different request body",
-            { details: { transaction_id: transfer.id } },
-          );
-        }
-        reply.header("idempotent-replayed", "true");
-        if (transfer.response_status !== null)
-          return sendAs(reply, transfer.response_status, transfer.response_body);
-        if (transfer.state === "created" && age_ms < IN_PROGRESS_WINDOW_MS) {
-          throw new ApiError(
-            409,
-            "request_in_progress",
-            "a request with this Idempotency-Key is still being processed",
-            {
-              headers: { "retry-after": "1" },
-            },
-          );
-        }
-        const replay = responseFor(transfer);
-        return sendAs(reply, replay.status, replay.body);
-      }
-
-      let current = transfer;
-      try {
-        current = await deps.runner.advance(transfer, responseFor);
-      } catch (error) {
-        // Accepted but not yet debited (the ledger did not answer): the sweep finishes it.
-        request.log.warn(
-          { err: error, transfer_id: transfer.id },
-          "debit not confirmed in time; left to the sweep",
-        );
-      }
-      // Usually kept by the transition itself; else (no transition, or another driver's won the
-      // race) kept now. Either way the answer is the one a replay will get.
-      if (current.response_status !== null)
-        return sendAs(reply, current.response_status, current.response_body);
-      const response = responseFor(current);
-      // The transfer exists whatever happens now: an error here must not become a 5xx that a
-      // client without a key would answer by paying again.
-      await deps.store.saveResponse(current.id, response.status, response.body).catch((error: unknown) => {
-        request.log.warn({ err: error, transfer_id: current.id }, "could not keep the first answer");
-      });
-      return sendAs(reply, response.status, response.body);
+      const outcome = await submitTransfer(
+        deps,
+        { user_id: principal.user_id, idempotency_key: given, body },
+        request.log,
+      );
+      if (outcome.kind === "outcome_unknown") throw outcomeUnknown(outcome.transfer_id);
+      const answer = httpAnswer(outcome, "transaction_id");
+      if (answer.replayed) reply.header("idempotent-replayed", "true");
+      return sendAs(reply, answer.status, answer.body);
     },
   );
 

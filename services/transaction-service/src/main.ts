@@ -8,11 +8,17 @@ import { fileURLToPath } from "node:url";
 import { createClient } from "redis";
 import { internalPort, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
-import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
+import { Authenticator, type AuthSecrets, secretsOrExit } from "#packages/http/auth.ts";
 import { registerCrashRoute } from "#packages/http/crash-route.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
 import { RateLimiter } from "#packages/http/rate-limit.ts";
-import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
+import {
+  closeBoth,
+  createListeners,
+  type Listeners,
+  listenBoth,
+  registerHealth,
+} from "#packages/http/server.ts";
 import { CachedTokenVersions } from "#packages/http/token-versions.ts";
 import { kafkaSasl } from "#packages/kafka/access.ts";
 import {
@@ -22,9 +28,9 @@ import {
   pingKafka,
   startBatchConsumer,
 } from "#packages/kafka/index.ts";
-import { createLogger } from "#packages/log/index.ts";
+import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
-import { createPool, migrate } from "#packages/pg/index.ts";
+import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
@@ -48,274 +54,358 @@ import { registerWebhookRoutes } from "./webhooks.ts";
 
 const SERVICE = "transaction-service";
 
-const config = loadConfig(configShape);
+/** What the service runs on, opened by the caller: its config, logger and engine clients. */
+export interface AppDeps {
+  config: Config;
+  logger: Logger;
+  pool: Pool;
+  redis: RedisClient;
+  secrets: AuthSecrets;
+}
 
-const logger = createLogger(SERVICE, config.LOG_LEVEL);
-// It checks the operator's credential, presents its own to the ledger and the read side, and
-// verifies users' tokens.
-const secrets = secretsOrExit(
-  SERVICE,
-  config,
-  { checks: ["ADMIN_TOKEN"], presents: ["LEDGER_TOKEN", "QUERY_TOKEN"], token_secret: true },
-  logger,
-);
-const brokers = splitList(config.KAFKA_BROKERS);
-const sasl = kafkaSasl(config);
-const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+/** The service built on its engines, not yet listening; `closers` stop what it started, in order. */
+export interface App {
+  listeners: Listeners;
+  closers: Array<() => Promise<unknown>>;
+}
 
-const pool = createPool(config.SAGA_DATABASE_URL, {
-  max: config.SAGA_DATABASE_POOL_MAX,
-  application_name: SERVICE,
-});
-await retryStartup("saga database", logger, () =>
-  migrate(pool, fileURLToPath(new URL("../migrations", import.meta.url))),
-);
-await retryStartup("kafka topics", logger, () =>
-  ensureTopics({ brokers, sasl, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),
-);
+type Config = ReturnType<typeof loadConfig<typeof configShape>>;
+type RedisClient = ReturnType<typeof openRedis>;
 
-const redis = createClient({
-  url: config.REDIS_URL,
-  // Fail fast while Redis is away (the cache is optional), reconnect in the background.
-  disableOfflineQueue: true,
-  socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
-});
-redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
-redis
-  .connect()
-  .catch((error: unknown) => logger.warn({ err: error }, "redis not reachable yet; serving without cache"));
+/** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
+function startSaga(deps: AppDeps, secrets: AuthSecrets, listeners: Listeners, cache: TransferCache) {
+  const { config, logger, pool } = deps;
+  const brokers = splitList(config.KAFKA_BROKERS);
+  const sasl = kafkaSasl(config);
+  const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+  const metrics = startServiceMetrics(listeners, logger);
+  cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
 
-const cache = new TransferCache(redis, {
-  prefix: config.REDIS_KEY_PREFIX,
-  logger,
-  ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
-  ttl_final_ms: config.CACHE_TTL_FINAL_MS,
-  ttl_list_ms: config.CACHE_TTL_LIST_MS,
-  timeout_ms: config.CACHE_TIMEOUT_MS,
-});
+  const producer = createProducer({ brokers, sasl, client_id: SERVICE });
+  const store = new SagaStore(pool, {
+    write_batch_max: config.SAGA_WRITE_BATCH_MAX,
+    writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
+    writes_waiting_max: 10_000,
+  });
+  const ledger = new LedgerClient(config.USER_SERVICE_INTERNAL_URL, secrets.ledger_token ?? "", {
+    timeout_ms: config.LEDGER_TIMEOUT_MS,
+    batch_max: config.LEDGER_BATCH_MAX,
+    in_flight_max: config.LEDGER_CALLS_IN_FLIGHT_MAX,
+    waiting_max: 10_000,
+  });
+  const runner = new SagaRunner(store, ledger, topics, logger, {
+    step_timeout_ms: config.STEP_TIMEOUT_MS,
+    record_resend_ms: config.RECORD_RESEND_MS,
+    record_deadline_ms: config.RECORD_DEADLINE_MS,
+  });
 
-// Before anything records: the routes are registered on these listeners further down.
-const tracing = await startServiceTracing(SERVICE, logger);
-const listeners = createListeners({ logger });
-traceListeners(listeners);
-const metrics = startServiceMetrics(listeners, logger);
-cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
+  // Write-through: the cache holds the newest status of a transfer from its first transition on
+  // (versioned, so a late record event never puts an older status back; failures only log).
+  runner.onChange = (snapshot) => void cache.putTransfer(snapshot);
+  runner.onTransition = (transfer) => recordTransition(metrics, transfer);
 
-const producer = createProducer({ brokers, sasl, client_id: SERVICE });
-const store = new SagaStore(pool, {
-  write_batch_max: config.SAGA_WRITE_BATCH_MAX,
-  writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
-  writes_waiting_max: 10_000,
-});
-const ledger = new LedgerClient(config.USER_SERVICE_INTERNAL_URL, secrets.ledger_token ?? "", {
-  timeout_ms: config.LEDGER_TIMEOUT_MS,
-  batch_max: config.LEDGER_BATCH_MAX,
-  in_flight_max: config.LEDGER_CALLS_IN_FLIGHT_MAX,
-  waiting_max: 10_000,
-});
-const runner = new SagaRunner(store, ledger, topics, logger, {
-  step_timeout_ms: config.STEP_TIMEOUT_MS,
-  record_resend_ms: config.RECORD_RESEND_MS,
-  record_deadline_ms: config.RECORD_DEADLINE_MS,
-});
+  // Fault tests only (FAULT_INJECTION=true): crash points armed through PUT /ops/crash.
+  const crashes = new CrashSwitch(logger);
+  if (config.FAULT_INJECTION) runner.crashes = crashes;
 
-// Write-through: the cache holds the newest status of a transfer from its first transition on
-// (versioned, so a late record event never puts an older status back; failures only log).
-runner.onChange = (snapshot) => void cache.putTransfer(snapshot);
-runner.onTransition = (transfer) => recordTransition(metrics, transfer);
+  const relay = startOutboxRelay({
+    pool,
+    producer,
+    logger,
+    batch_max: config.OUTBOX_BATCH_MAX,
+    idle_poll_ms: 500,
+    crashes: config.FAULT_INJECTION ? crashes : noCrashes,
+  });
+  store.onOutbox = () => relay.wake();
 
-// Fault tests only (FAULT_INJECTION=true): crash points armed through PUT /ops/crash.
-const crashes = new CrashSwitch(logger);
-if (config.FAULT_INJECTION) runner.crashes = crashes;
+  // Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
+  const webhooks = startDispatcher({
+    ...dispatcherOptions(config, pool, logger),
+    on_result: (result) => metrics.webhookDelivery(result),
+    after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
+  });
+  store.onWebhooks = () => webhooks.wake();
 
-const relay = startOutboxRelay({
-  pool,
-  producer,
-  logger,
-  batch_max: config.OUTBOX_BATCH_MAX,
-  idle_poll_ms: 500,
-  crashes: config.FAULT_INJECTION ? crashes : noCrashes,
-});
-store.onOutbox = () => relay.wake();
+  const eventCounters: EventCounters = { unknown_transfer_events: 0 };
+  const events = startBatchConsumer({
+    brokers,
+    sasl,
+    group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
+    client_id: SERVICE,
+    topics: [topics.events],
+    logger,
+    max_batch: config.EVENT_BATCH_MAX,
+    metrics,
+    handleBatch: createEventHandler({
+      store,
+      runner,
+      logger,
+      concurrency: config.EVENT_CONCURRENCY,
+      counters: eventCounters,
+      // Invalidation only: the transfer entry is written through from the saga's own row (onChange
+      // above), never from the event's snapshot, which a stale or forged message could carry.
+      // Sent together: one round trip to Redis.
+      onRecordEvent: async (transfer) => {
+        await Promise.all([
+          cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
+          cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+        ]);
+      },
+      onUnreadable: async (message, reason) => {
+        await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
+        metrics.deadLettered(message.topic);
+      },
+    }),
+  });
 
-// Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
-const webhooks = startDispatcher({
-  ...dispatcherOptions(config, pool, logger),
-  on_result: (result) => metrics.webhookDelivery(result),
-  after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
-});
-store.onWebhooks = () => webhooks.wake();
-
-const eventCounters: EventCounters = { unknown_transfer_events: 0 };
-const events = startBatchConsumer({
-  brokers,
-  sasl,
-  group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
-  client_id: SERVICE,
-  topics: [topics.events],
-  logger,
-  max_batch: config.EVENT_BATCH_MAX,
-  metrics,
-  handleBatch: createEventHandler({
+  const sweeper = startSweeper({
     store,
     runner,
     logger,
-    concurrency: config.EVENT_CONCURRENCY,
-    counters: eventCounters,
-    // Invalidation only: the transfer entry is written through from the saga's own row (onChange
-    // above), never from the event's snapshot, which a stale or forged message could carry.
-    // Sent together: one round trip to Redis.
-    onRecordEvent: async (transfer) => {
-      await Promise.all([
-        cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
-        cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
-      ]);
-    },
-    onUnreadable: async (message, reason) => {
-      await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
-      metrics.deadLettered(message.topic);
-    },
-  }),
-});
+    interval_ms: config.SWEEP_INTERVAL_MS,
+    batch_max: config.SWEEP_BATCH_MAX,
+    concurrency: 16,
+    backoff_base_ms: config.STEP_TIMEOUT_MS,
+    resend_base_ms: config.RECORD_RESEND_MS,
+    resend_cap_ms: 600_000,
+    backoff_cap_ms: 60_000,
+  });
 
-const sweeper = startSweeper({
-  store,
-  runner,
-  logger,
-  interval_ms: config.SWEEP_INTERVAL_MS,
-  batch_max: config.SWEEP_BATCH_MAX,
-  concurrency: 16,
-  backoff_base_ms: config.STEP_TIMEOUT_MS,
-  resend_base_ms: config.RECORD_RESEND_MS,
-  resend_cap_ms: 600_000,
-  backoff_cap_ms: 60_000,
-});
-
-const query = new QueryClient(
-  config.TRANSACTION_QUERY_SERVICE_URL,
-  secrets.query_token ?? "",
-  config.QUERY_TIMEOUT_MS,
-);
-const limiter = new RateLimiter(redis, {
-  prefix: config.REDIS_KEY_PREFIX,
-  max: config.RATE_LIMIT_MAX,
-  window_ms: config.RATE_LIMIT_WINDOW_MS,
-  timeout_ms: config.CACHE_TIMEOUT_MS,
-  logger,
-});
-metrics.declareDeadLetterTopics([topics.events]);
-collectSaga(metrics, pool, config.TRANSFER_DEADLINE_MS);
-metrics.collectConsumerLag(() => events.lag());
-// Waiting reads learn of final statuses from every copy through the saga database's NOTIFY.
-const waiters = new FinalStatusWaiters({
-  waiting_max: config.WAITING_READS_MAX,
-  waiting_per_caller_max: config.WAITING_READS_PER_CALLER_MAX,
-});
-const finalStatuses = startFinalStatusListener({
-  url: config.SAGA_DATABASE_URL,
-  waiters,
-  logger,
-  ping_interval_ms: 10_000,
-  timeout_ms: 5_000,
-});
-const app = listeners.public;
-await registerOpenApi(listeners.internal, {
-  service: SERVICE,
-  description:
-    "The internal listener (loopback): health details and, with FAULT_INJECTION=true, test faults.",
-});
-await registerOpenApi(app, {
-  service: SERVICE,
-  description:
-    "The public entry: transfers (a crash-safe saga) and reads of transfers. Amounts are integer minor units. " +
-    "Log in at user-service `POST /auth/login` and send the token as `Authorization: Bearer <token>`.",
-});
-const health = {
-  postgres: () => pool.query("SELECT 1"),
-  kafka: () => pingKafka(brokers, sasl),
-  redis: () => redis.ping(),
-  consumer: async () => {
-    if (!events.isRunning()) throw new Error("event consumer is not running");
-  },
-};
-// Token versions from user-service's copy in Redis, remembered for TOKEN_VERSION_CACHE_MS.
-const auth = new Authenticator(
-  secrets,
-  new CachedTokenVersions(redis, {
-    prefix: config.REDIS_KEY_PREFIX,
-    cache_ms: config.TOKEN_VERSION_CACHE_MS,
-    timeout_ms: config.CACHE_TIMEOUT_MS,
-  }),
-);
-registerHealth(app, SERVICE, health, { auth });
-registerHealth(listeners.internal, SERVICE, health);
-registerRoutes(app, {
-  store,
-  runner,
-  cache,
-  query,
-  logger,
-  step_timeout_ms: config.STEP_TIMEOUT_MS,
-  auth,
-  limiter,
-  waiters,
-});
-registerWebhookRoutes(app, {
-  pool,
-  onRequest: [auth.guard("user"), limiter.hook()],
-  allow_private: config.WEBHOOK_ALLOW_PRIVATE,
-  secret_grace_ms: config.WEBHOOK_SECRET_GRACE_MS,
-  wake: () => webhooks.wake(),
-});
-const disbursements = startDisbursements({
-  app,
-  saga: store,
-  runner,
-  auth,
-  limiter,
-  waiters,
-  logger,
-  ledger_url: config.USER_SERVICE_INTERNAL_URL,
-  ledger_token: secrets.ledger_token ?? "",
-  crashes: config.FAULT_INJECTION ? crashes : noCrashes,
-  onOutbox: () => relay.wake(),
-  timings: {
-    step_timeout_ms: config.STEP_TIMEOUT_MS,
-    record_resend_ms: config.RECORD_RESEND_MS,
-    sweep_interval_ms: config.SWEEP_INTERVAL_MS,
-  },
-});
-registerEventCountersRoute(listeners.internal, auth, eventCounters);
-if (config.FAULT_INJECTION) {
-  registerCrashRoute(listeners.internal, auth, crashes, [
-    "after_hold",
-    "after_post",
-    "after_void",
-    "after_outbox_send",
-    "after_fund",
-    "after_webhook_send",
-  ]);
+  return {
+    brokers,
+    sasl,
+    topics,
+    metrics,
+    producer,
+    store,
+    runner,
+    crashes,
+    relay,
+    webhooks,
+    eventCounters,
+    events,
+    sweeper,
+  };
 }
 
-onShutdown(logger, [
-  // Held reads answer now with the current status, so closing the listeners does not wait for them.
-  async () => waiters.close(),
-  () => closeBoth(listeners),
-  () => finalStatuses.stop(),
-  () => sweeper.stop(),
-  () => disbursements.stop(),
-  () => events.stop(),
-  () => relay.stop(),
-  () => webhooks.stop(),
-  () => producer.close(),
-  () => redis.quit(),
-  () => pool.end(),
-  () => tracing.shutdown(),
-]);
-await listenBoth(listeners, {
-  host: config.HOST,
-  port: config.TRANSACTION_SERVICE_PORT,
-  internal_host: config.INTERNAL_HOST,
-  internal_port: internalPort(config.TRANSACTION_SERVICE_INTERNAL_PORT, config.TRANSACTION_SERVICE_PORT),
-});
-logger.info({ port: config.TRANSACTION_SERVICE_PORT, topics }, "ready");
+export async function createApp(deps: AppDeps): Promise<App> {
+  const { config, logger, pool, redis, secrets } = deps;
+
+  const cache = new TransferCache(redis, {
+    prefix: config.REDIS_KEY_PREFIX,
+    logger,
+    ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
+    ttl_final_ms: config.CACHE_TTL_FINAL_MS,
+    ttl_list_ms: config.CACHE_TTL_LIST_MS,
+    timeout_ms: config.CACHE_TIMEOUT_MS,
+  });
+
+  const listeners = createListeners({ logger });
+  traceListeners(listeners);
+  const saga = startSaga(deps, secrets, listeners, cache);
+  const {
+    brokers,
+    sasl,
+    topics,
+    metrics,
+    producer,
+    store,
+    runner,
+    crashes,
+    relay,
+    webhooks,
+    eventCounters,
+    events,
+    sweeper,
+  } = saga;
+  const query = new QueryClient(
+    config.TRANSACTION_QUERY_SERVICE_URL,
+    secrets.query_token ?? "",
+    config.QUERY_TIMEOUT_MS,
+  );
+  const limiter = new RateLimiter(redis, {
+    prefix: config.REDIS_KEY_PREFIX,
+    max: config.RATE_LIMIT_MAX,
+    window_ms: config.RATE_LIMIT_WINDOW_MS,
+    timeout_ms: config.CACHE_TIMEOUT_MS,
+    logger,
+  });
+  metrics.declareDeadLetterTopics([topics.events]);
+  collectSaga(metrics, pool, config.TRANSFER_DEADLINE_MS);
+  metrics.collectConsumerLag(() => events.lag());
+  // Waiting reads learn of final statuses from every copy through the saga database's NOTIFY.
+  const waiters = new FinalStatusWaiters({
+    waiting_max: config.WAITING_READS_MAX,
+    waiting_per_caller_max: config.WAITING_READS_PER_CALLER_MAX,
+  });
+  const finalStatuses = startFinalStatusListener({
+    url: config.SAGA_DATABASE_URL,
+    waiters,
+    logger,
+    ping_interval_ms: 10_000,
+    timeout_ms: 5_000,
+  });
+  const app = listeners.public;
+  await registerOpenApi(listeners.internal, {
+    service: SERVICE,
+    description:
+      "The internal listener (loopback): health details and, with FAULT_INJECTION=true, test faults.",
+  });
+  await registerOpenApi(app, {
+    service: SERVICE,
+    description:
+      "The public entry: transfers (a crash-safe saga) and reads of transfers. Amounts are integer minor units. " +
+      "Log in at user-service `POST /auth/login` and send the token as `Authorization: Bearer <token>`.",
+  });
+  const health = {
+    postgres: () => pool.query("SELECT 1"),
+    kafka: () => pingKafka(brokers, sasl),
+    redis: () => redis.ping(),
+    consumer: async () => {
+      if (!events.isRunning()) throw new Error("event consumer is not running");
+    },
+  };
+  // Token versions from user-service's copy in Redis, remembered for TOKEN_VERSION_CACHE_MS.
+  const auth = new Authenticator(
+    secrets,
+    new CachedTokenVersions(redis, {
+      prefix: config.REDIS_KEY_PREFIX,
+      cache_ms: config.TOKEN_VERSION_CACHE_MS,
+      timeout_ms: config.CACHE_TIMEOUT_MS,
+    }),
+  );
+  registerHealth(app, SERVICE, health, { auth });
+  registerHealth(listeners.internal, SERVICE, health);
+  registerRoutes(app, {
+    store,
+    runner,
+    cache,
+    query,
+    logger,
+    step_timeout_ms: config.STEP_TIMEOUT_MS,
+    auth,
+    limiter,
+    waiters,
+  });
+  registerWebhookRoutes(app, {
+    pool,
+    onRequest: [auth.guard("user"), limiter.hook()],
+    allow_private: config.WEBHOOK_ALLOW_PRIVATE,
+    secret_grace_ms: config.WEBHOOK_SECRET_GRACE_MS,
+    wake: () => webhooks.wake(),
+  });
+  const disbursements = startDisbursements({
+    app,
+    saga: store,
+    runner,
+    auth,
+    limiter,
+    waiters,
+    logger,
+    ledger_url: config.USER_SERVICE_INTERNAL_URL,
+    ledger_token: secrets.ledger_token ?? "",
+    crashes: config.FAULT_INJECTION ? crashes : noCrashes,
+    onOutbox: () => relay.wake(),
+    timings: {
+      step_timeout_ms: config.STEP_TIMEOUT_MS,
+      record_resend_ms: config.RECORD_RESEND_MS,
+      sweep_interval_ms: config.SWEEP_INTERVAL_MS,
+    },
+  });
+  registerEventCountersRoute(listeners.internal, auth, eventCounters);
+  if (config.FAULT_INJECTION) {
+    registerCrashRoute(listeners.internal, auth, crashes, [
+      "after_hold",
+      "after_post",
+      "after_void",
+      "after_outbox_send",
+      "after_fund",
+      "after_webhook_send",
+    ]);
+  }
+
+  return {
+    listeners,
+    closers: [
+      // Held reads answer now with the current status, so closing the listeners does not wait for them.
+      async () => waiters.close(),
+      () => closeBoth(listeners),
+      () => finalStatuses.stop(),
+      () => sweeper.stop(),
+      () => disbursements.stop(),
+      () => events.stop(),
+      () => relay.stop(),
+      () => webhooks.stop(),
+      () => producer.close(),
+    ],
+  };
+}
+
+function openRedis(config: Config, logger: Logger) {
+  const redis = createClient({
+    url: config.REDIS_URL,
+    // Fail fast while Redis is away (the cache is optional), reconnect in the background.
+    disableOfflineQueue: true,
+    socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+  });
+  redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
+  redis
+    .connect()
+    .catch((error: unknown) => logger.warn({ err: error }, "redis not reachable yet; serving without cache"));
+
+  return redis;
+}
+
+/** The saga database migrated, the topics there, Redis connecting: what createApp runs on. */
+export async function openDeps(config: Config, logger: Logger): Promise<AppDeps> {
+  // It checks the operator's credential, presents its own to the ledger and the read side, and
+  // verifies users' tokens.
+  const secrets = secretsOrExit(
+    SERVICE,
+    config,
+    { checks: ["ADMIN_TOKEN"], presents: ["LEDGER_TOKEN", "QUERY_TOKEN"], token_secret: true },
+    logger,
+  );
+  const pool = createPool(config.SAGA_DATABASE_URL, {
+    max: config.SAGA_DATABASE_POOL_MAX,
+    application_name: SERVICE,
+  });
+  await retryStartup("saga database", logger, () =>
+    migrate(pool, fileURLToPath(new URL("../migrations", import.meta.url))),
+  );
+  const topics = Object.values(topicNames(config.KAFKA_TOPIC_PREFIX));
+  const brokers = splitList(config.KAFKA_BROKERS);
+  await retryStartup("kafka topics", logger, () =>
+    ensureTopics({ brokers, sasl: kafkaSasl(config), topics, partitions: config.KAFKA_PARTITIONS, logger }),
+  );
+
+  const redis = openRedis(config, logger);
+  return { config, logger, pool, redis, secrets };
+}
+
+async function main(): Promise<void> {
+  const config = loadConfig(configShape);
+  const logger = createLogger(SERVICE, config.LOG_LEVEL);
+  // Before anything records: the routes are registered on the app's listeners.
+  const tracing = await startServiceTracing(SERVICE, logger);
+  const deps = await openDeps(config, logger);
+  const app = await createApp(deps);
+  onShutdown(logger, [
+    ...app.closers,
+    () => deps.redis.quit(),
+    () => deps.pool.end(),
+    () => tracing.shutdown(),
+  ]);
+  await listenBoth(app.listeners, {
+    host: config.HOST,
+    port: config.TRANSACTION_SERVICE_PORT,
+    internal_host: config.INTERNAL_HOST,
+    internal_port: internalPort(config.TRANSACTION_SERVICE_INTERNAL_PORT, config.TRANSACTION_SERVICE_PORT),
+  });
+  logger.info(
+    { port: config.TRANSACTION_SERVICE_PORT, topics: topicNames(config.KAFKA_TOPIC_PREFIX) },
+    "ready",
+  );
+}
+
+if (import.meta.main) await main();

@@ -83,14 +83,39 @@ describe("saga state machine", () => {
       { kind: "record_written", status: "COMPLETED" },
       { kind: "record_written", status: "FAILED" },
       { kind: "record_rejected", status: "PENDING" },
+      { kind: "record_rejected", status: "COMPLETED" },
+      { kind: "record_rejected", status: "FAILED" },
       { kind: "record_deadline" },
       { kind: "post_ok", dest_init_bal: 1 },
       { kind: "post_rejected", reason: "dest_unavailable" },
       { kind: "void_ok" },
     ];
+    // Each state's inputs that apply, and where they lead; every other input is ignored.
+    const expected: Record<SagaState, Record<string, SagaState>> = {
+      funding: {},
+      created: { hold_ok: "held", hold_rejected: "failing" },
+      held: {
+        "record_written:PENDING": "recorded",
+        "record_rejected:PENDING": "refunding",
+        record_deadline: "refunding",
+      },
+      recorded: { post_ok: "posted", post_rejected: "refunding" },
+      posted: { "record_written:COMPLETED": "completed", "record_rejected:COMPLETED": "completed" },
+      completed: {},
+      refunding: { void_ok: "failing", post_ok: "posted" },
+      failing: { "record_written:FAILED": "failed", "record_rejected:FAILED": "failed" },
+      failed: {},
+      voiding: { void_ok: "failing" },
+    };
+    const label = (input: SagaInput) => ("status" in input ? `${input.kind}:${input.status}` : input.kind);
     for (const state of sagaStates) {
-      const applicable = inputs.filter((input) => transition(base(state), input, NOW) !== null);
-      if (isFinal(state)) assert.equal(applicable.length, 0, `${state} must ignore everything`);
+      const applied: Record<string, SagaState> = {};
+      for (const input of inputs) {
+        const step = transition(base(state), input, NOW);
+        if (step !== null) applied[label(input)] = step.next.state;
+      }
+      assert.deepEqual(applied, expected[state], `inputs that apply in ${state}`);
+      if (isFinal(state)) assert.equal(Object.keys(applied).length, 0, `${state} must ignore everything`);
     }
     // Once posted, nothing can send the transfer to the refund branch.
     for (const input of inputs) {

@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { redactFor, type TransferSnapshot } from "#packages/contracts/transfer.ts";
-import { responseFor } from "../src/http.ts";
 import type { SagaTransfer } from "../src/saga/machine.ts";
+import { responseFor } from "../src/saga/submission.ts";
 
 const NOW = "2026-01-01T00:00:00.000Z";
 const completed: SagaTransfer = {

@@ -5,13 +5,19 @@
 import { join } from "node:path";
 import { createClient } from "redis";
 import { internalPort, loadConfig } from "#packages/config/index.ts";
-import { Authenticator, secretsOrExit } from "#packages/http/auth.ts";
+import { Authenticator, type AuthSecrets, secretsOrExit } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
 import { RateLimiter } from "#packages/http/rate-limit.ts";
-import { closeBoth, createListeners, listenBoth, registerHealth } from "#packages/http/server.ts";
-import { createLogger } from "#packages/log/index.ts";
+import {
+  closeBoth,
+  createListeners,
+  type Listeners,
+  listenBoth,
+  registerHealth,
+} from "#packages/http/server.ts";
+import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
-import { createPool, migrate } from "#packages/pg/index.ts";
+import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
@@ -34,33 +40,22 @@ function readConfig() {
   }
 }
 
-const config = readConfig();
-const log = createLogger(SERVICE, config.LOG_LEVEL);
-// It checks the operator's and the saga's credentials (digests suffice) and signs users' tokens.
-const secrets = secretsOrExit(
-  SERVICE,
-  config,
-  { checks: ["ADMIN_TOKEN", "LEDGER_TOKEN"], token_secret: true },
-  log,
-);
+type Config = ReturnType<typeof readConfig>;
 
-async function main(): Promise<void> {
-  const pool = createPool(config.LEDGER_DATABASE_URL, {
-    max: config.LEDGER_POOL_MAX,
-    application_name: SERVICE,
-  });
-  const applied = await migrate(pool, join(import.meta.dirname, "..", "migrations"));
-  if (applied.length > 0) log.info({ applied }, "migrations applied");
-  await assertSystemAccounts(pool);
+/** What the service runs on, opened by the caller: its config, logger, ledger database and Redis. */
+export interface AppDeps {
+  config: Config;
+  log: Logger;
+  pool: Pool;
+  redis: RedisClient;
+  secrets: AuthSecrets;
+}
 
-  const redis = createClient({
-    url: config.REDIS_URL,
-    // Fail fast while Redis is away, reconnect in the background.
-    disableOfflineQueue: true,
-    socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
-  });
-  redis.on("error", (error: Error) => log.debug({ err: error }, "redis error"));
-  redis.connect().catch((error: unknown) => log.warn({ err: error }, "redis not reachable yet"));
+type RedisClient = ReturnType<typeof openRedis>;
+
+/** The service's routes on its two listeners, not yet listening. */
+export async function createApp(deps: AppDeps): Promise<{ listeners: Listeners }> {
+  const { config, log, pool, redis, secrets } = deps;
   const limiter = (max: number, window_ms: number, per: string) =>
     new RateLimiter(redis, {
       prefix: config.REDIS_KEY_PREFIX,
@@ -71,7 +66,6 @@ async function main(): Promise<void> {
       per,
     });
 
-  const tracing = await startServiceTracing(SERVICE, log);
   const listeners = createListeners({ logger: log });
   traceListeners(listeners);
   const metrics = startServiceMetrics(listeners, log);
@@ -119,6 +113,40 @@ async function main(): Promise<void> {
       ),
     },
   });
+  return { listeners };
+}
+
+function openRedis(config: Config, log: Logger) {
+  const redis = createClient({
+    url: config.REDIS_URL,
+    // Fail fast while Redis is away, reconnect in the background.
+    disableOfflineQueue: true,
+    socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+  });
+  redis.on("error", (error: Error) => log.debug({ err: error }, "redis error"));
+  redis.connect().catch((error: unknown) => log.warn({ err: error }, "redis not reachable yet"));
+  return redis;
+}
+
+async function main(config: Config, log: Logger): Promise<void> {
+  // It checks the operator's and the saga's credentials (digests suffice) and signs users' tokens.
+  const secrets = secretsOrExit(
+    SERVICE,
+    config,
+    { checks: ["ADMIN_TOKEN", "LEDGER_TOKEN"], token_secret: true },
+    log,
+  );
+  const pool = createPool(config.LEDGER_DATABASE_URL, {
+    max: config.LEDGER_POOL_MAX,
+    application_name: SERVICE,
+  });
+  const applied = await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+  if (applied.length > 0) log.info({ applied }, "migrations applied");
+  await assertSystemAccounts(pool);
+
+  const redis = openRedis(config, log);
+  const tracing = await startServiceTracing(SERVICE, log);
+  const { listeners } = await createApp({ config, log, pool, redis, secrets });
   await listenBoth(listeners, {
     host: config.HOST,
     port: config.USER_SERVICE_PORT,
@@ -149,7 +177,11 @@ async function main(): Promise<void> {
   process.on("SIGINT", (signal) => void stop(signal));
 }
 
-main().catch((error: unknown) => {
-  log.fatal({ err: error }, "user-service failed to start");
-  process.exit(1);
-});
+if (import.meta.main) {
+  const config = readConfig();
+  const log = createLogger(SERVICE, config.LOG_LEVEL);
+  main(config, log).catch((error: unknown) => {
+    log.fatal({ err: error }, "user-service failed to start");
+    process.exit(1);
+  });
+}

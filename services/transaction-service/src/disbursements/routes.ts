@@ -26,6 +26,7 @@ import { ApiError, errorBody, notFound, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import type { RateLimiter } from "#packages/http/rate-limit.ts";
 import type { HttpServer } from "#packages/http/server.ts";
+import { httpAnswer, type SubmissionOutcome, submitIdempotently } from "../idempotent-submission.ts";
 import { snapshotOf } from "../saga/machine.ts";
 import type { SagaStore } from "../saga/store.ts";
 import type { FinalStatusWaiters } from "../waiting.ts";
@@ -171,7 +172,47 @@ function sendAs(reply: FastifyReply, status: number, body: unknown) {
   return (reply as unknown as FastifyReply).status(status).send(body);
 }
 
-const IN_PROGRESS_WINDOW_MS = 10_000;
+/** Creates the disbursement (or finds the one the key names) and funds it while the client waits. */
+function submitDisbursement(
+  deps: { store: DisbursementStore; funder: DisbursementFunder; step_timeout_ms: number },
+  request: {
+    idempotency_key: string;
+    body: DisbursementBody;
+    total: bigint;
+    log: { warn(fields: Record<string, unknown>, message: string): void };
+  },
+): Promise<SubmissionOutcome> {
+  const { body, log } = request;
+  const print = fingerprint(body);
+  return submitIdempotently({
+    fingerprint: print,
+    createOrGet: async () => {
+      const { created, disbursement, age_ms } = await deps.store.createOrGet({
+        id: uuidv7(),
+        idempotency_key: request.idempotency_key,
+        request_fingerprint: print,
+        source_user_id: body.source_user_id,
+        reference: body.reference ?? null,
+        items: body.items.map((item) => ({ transfer_id: uuidv7(), ...item })),
+        total_amount: Number(request.total),
+        funding_timeout_ms: deps.step_timeout_ms,
+      });
+      return { created, record: disbursement, age_ms };
+    },
+    drive: (disbursement) =>
+      deps.funder.fund(disbursement).catch((error: unknown) => {
+        log.warn(
+          { err: error, disbursement_id: disbursement.id },
+          "funding not confirmed in time; left to the sweep",
+        );
+        return disbursement;
+      }),
+    answerFor: responseFor,
+    saveAnswer: (id, answer) => deps.store.saveResponse(id, answer.status, answer.body),
+    log,
+    id_field: "disbursement_id",
+  });
+}
 
 export function registerDisbursementRoutes(
   app: HttpServer,
@@ -224,62 +265,17 @@ export function registerDisbursementRoutes(
         throw forbidden(`only the owner of wallet ${body.source_user_id} may disburse from it`);
       }
       const total = checkItems(body);
-      const print = fingerprint(body);
-      const id = uuidv7();
-      const { created, disbursement, age_ms } = await deps.store.createOrGet({
-        id,
+      const outcome = await submitDisbursement(deps, {
         idempotency_key: `user:${principal.user_id}:${request.headers["idempotency-key"]}`,
-        request_fingerprint: print,
-        source_user_id: body.source_user_id,
-        reference: body.reference ?? null,
-        items: body.items.map((item) => ({ transfer_id: uuidv7(), ...item })),
-        total_amount: Number(total),
-        funding_timeout_ms: deps.step_timeout_ms,
+        body,
+        total,
+        log: request.log,
       });
-      if (!created) return replay(reply, disbursement, print, age_ms);
-      let current = disbursement;
-      try {
-        current = await deps.funder.fund(disbursement);
-      } catch (error) {
-        request.log.warn(
-          { err: error, disbursement_id: id },
-          "funding not confirmed in time; left to the sweep",
-        );
-      }
-      const response = responseFor(current);
-      await deps.store.saveResponse(id, response.status, response.body).catch((error: unknown) => {
-        request.log.warn({ err: error, disbursement_id: id }, "could not keep the first answer");
-      });
-      return sendAs(reply, response.status, response.body);
+      const answer = httpAnswer(outcome, "disbursement_id");
+      if (answer.replayed) reply.header("idempotent-replayed", "true");
+      return sendAs(reply, answer.status, answer.body);
     },
   );
-
-  const replay = (reply: FastifyReply, d: Disbursement, print: string, age_ms: number) => {
-    if (d.request_fingerprint !== print) {
-      throw new ApiError(
-        422,
-        "idempotency_key_reused",
-        "this Idempotency-Key was already used with a different request body",
-        {
-          details: { disbursement_id: d.id },
-        },
-      );
-    }
-    reply.header("idempotent-replayed", "true");
-    if (d.response_status !== null) return sendAs(reply, d.response_status, d.response_body);
-    if (d.state === "created" && age_ms < IN_PROGRESS_WINDOW_MS) {
-      throw new ApiError(
-        409,
-        "request_in_progress",
-        "a request with this Idempotency-Key is still being processed",
-        {
-          headers: { "retry-after": "1" },
-        },
-      );
-    }
-    const response = responseFor(d);
-    return sendAs(reply, response.status, response.body);
-  };
 
   app.get(
     "/disbursements/:id",

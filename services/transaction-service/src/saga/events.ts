@@ -69,24 +69,8 @@ export function createEventHandler(deps: {
   };
 
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
-    // Events of one transfer are applied in order; different transfers run side by side.
-    const byTransfer = new Map<string, Array<{ event: TransferEvent; message: ConsumedMessage }>>();
-    for (const message of messages) {
-      let parsed: ReturnType<typeof transferEventSchema.safeParse>;
-      try {
-        parsed = transferEventSchema.safeParse(JSON.parse(message.value));
-      } catch {
-        await deps.onUnreadable(message, "value is not JSON");
-        continue;
-      }
-      if (!parsed.success) {
-        await deps.onUnreadable(message, `not a valid transfer event: ${parsed.error.message}`);
-        continue;
-      }
-      const list = byTransfer.get(parsed.data.transfer_id) ?? [];
-      list.push({ event: parsed.data, message });
-      byTransfer.set(parsed.data.transfer_id, list);
-    }
+    const { byTransfer, unreadable } = groupByTransfer(messages);
+    for (const { message, reason } of unreadable) await deps.onUnreadable(message, reason);
     const groups = [...byTransfer.entries()];
     // The batch's transfers in one read; the transitions and ledger steps they lead to are
     // batched across transfers by the store and the ledger client.
@@ -107,6 +91,35 @@ export function createEventHandler(deps: {
     };
     await Promise.all(Array.from({ length: Math.min(deps.concurrency, groups.length) }, worker));
   };
+}
+
+type Grouped = {
+  /** Each transfer's events in the order they came: one transfer's are applied in order, different transfers side by side. */
+  byTransfer: Map<string, Array<{ event: TransferEvent; message: ConsumedMessage }>>;
+  /** Messages that are no transfer event, with why, in the order they came. */
+  unreadable: Array<{ message: ConsumedMessage; reason: string }>;
+};
+
+/** A batch's events by the transfer they name. */
+export function groupByTransfer(messages: readonly ConsumedMessage[]): Grouped {
+  const grouped: Grouped = { byTransfer: new Map(), unreadable: [] };
+  for (const message of messages) {
+    let parsed: ReturnType<typeof transferEventSchema.safeParse>;
+    try {
+      parsed = transferEventSchema.safeParse(JSON.parse(message.value));
+    } catch {
+      grouped.unreadable.push({ message, reason: "value is not JSON" });
+      continue;
+    }
+    if (!parsed.success) {
+      grouped.unreadable.push({ message, reason: `not a valid transfer event: ${parsed.error.message}` });
+      continue;
+    }
+    const list = grouped.byTransfer.get(parsed.data.transfer_id) ?? [];
+    list.push({ event: parsed.data, message });
+    grouped.byTransfer.set(parsed.data.transfer_id, list);
+  }
+  return grouped;
 }
 
 /**

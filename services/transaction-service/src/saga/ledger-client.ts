@@ -28,7 +28,7 @@ export type LedgerAnswer =
 /** The ledger said something the saga's state rules out: a bug, never retried into money movement. */
 export class LedgerInvariantError extends Error {}
 
-type Step = LedgerOperation;
+export type Step = LedgerOperation;
 
 /** The refusals the saga acts on, per step, and the failure each means; any other is a bug. */
 const refusals: { [Op in LedgerOp]: Partial<Record<StepRefusalCode<Op>, FailureReason>> } = {
@@ -124,41 +124,53 @@ export class LedgerClient {
           headers: this.#headers,
         }),
     );
-    if (response.status !== 200) {
-      const what = `ledger batch of ${steps.length} answered ${response.status} ${JSON.stringify(response.body)}`;
-      // 5xx: the ledger (or its database) could not answer; the saga retries. A 4xx refuses the
-      // whole request (credentials, or a batch the client should never build): a bug.
-      if (response.status >= 500) throw new Error(what);
-      throw new LedgerInvariantError(what);
-    }
-    const parsed = ledgerBatchAnswerSchema.safeParse(response.body);
-    if (!parsed.success || parsed.data.data.results.length !== steps.length) {
-      throw new LedgerInvariantError(`ledger batch: unexpected answer ${JSON.stringify(response.body)}`);
-    }
-    const results = parsed.data.data.results;
-    return steps.map((step, i) => {
-      const result = results[i];
-      if (result === undefined || result.transfer_id !== step.transfer_id) {
-        return new LedgerInvariantError(`ledger batch: answer ${i} is not for transfer ${step.transfer_id}`);
-      }
-      if (!result.ok) {
-        if (step.op === "void" && result.code === "hold_posted") return { kind: "already_posted" };
-        const reason = refusalReason(step.op, result.code);
-        if (reason !== undefined) return { kind: "rejected", reason };
-        // A refusal the saga never expects (hold_voided, hold_mismatch...): never retried into money.
-        return new LedgerInvariantError(
-          `${step.op} ${step.transfer_id}: ledger refused ${result.code}: ${result.message}`,
-        );
-      }
-      const expected = settledState[step.op];
-      if (expected !== null && result.hold.state !== expected) {
-        return new LedgerInvariantError(`${step.op} ${step.transfer_id}: hold is ${result.hold.state}`);
-      }
-      return {
-        kind: "ok",
-        source_balance_before: result.hold.source_balance_before,
-        dest_balance_before: result.hold.dest_balance_before ?? null,
-      };
-    });
+    return readBatchAnswer(steps, response);
   }
+}
+
+/**
+ * The ledger's answer to one batch call, per step: its answer, or the error that step alone
+ * raises. Throws when the whole call failed (a plain Error for a 5xx, which the saga retries; a
+ * LedgerInvariantError for anything a correct client and ledger never produce).
+ */
+export function readBatchAnswer(
+  steps: readonly Step[],
+  response: { status: number; body: unknown },
+): Array<LedgerAnswer | Error> {
+  if (response.status !== 200) {
+    const what = `ledger batch of ${steps.length} answered ${response.status} ${JSON.stringify(response.body)}`;
+    // 5xx: the ledger (or its database) could not answer; the saga retries. A 4xx refuses the
+    // whole request (credentials, or a batch the client should never build): a bug.
+    if (response.status >= 500) throw new Error(what);
+    throw new LedgerInvariantError(what);
+  }
+  const parsed = ledgerBatchAnswerSchema.safeParse(response.body);
+  if (!parsed.success || parsed.data.data.results.length !== steps.length) {
+    throw new LedgerInvariantError(`ledger batch: unexpected answer ${JSON.stringify(response.body)}`);
+  }
+  const results = parsed.data.data.results;
+  return steps.map((step, i) => {
+    const result = results[i];
+    if (result === undefined || result.transfer_id !== step.transfer_id) {
+      return new LedgerInvariantError(`ledger batch: answer ${i} is not for transfer ${step.transfer_id}`);
+    }
+    if (!result.ok) {
+      if (step.op === "void" && result.code === "hold_posted") return { kind: "already_posted" };
+      const reason = refusalReason(step.op, result.code);
+      if (reason !== undefined) return { kind: "rejected", reason };
+      // A refusal the saga never expects (hold_voided, hold_mismatch...): never retried into money.
+      return new LedgerInvariantError(
+        `${step.op} ${step.transfer_id}: ledger refused ${result.code}: ${result.message}`,
+      );
+    }
+    const expected = settledState[step.op];
+    if (expected !== null && result.hold.state !== expected) {
+      return new LedgerInvariantError(`${step.op} ${step.transfer_id}: hold is ${result.hold.state}`);
+    }
+    return {
+      kind: "ok",
+      source_balance_before: result.hold.source_balance_before,
+      dest_balance_before: result.hold.dest_balance_before ?? null,
+    };
+  });
 }

@@ -31,17 +31,24 @@ export function startOutboxRelay(options: {
   let pendingWake = false;
 
   const relayOnce = async (): Promise<number> =>
-    withTransaction(options.pool, async (client) => {
-      const rows = await client.query<OutboxRow>(
-        "SELECT id, topic, key, payload, traceparent FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        [options.batch_max],
-      );
-      if (rows.rows.length === 0) return 0;
-      await options.producer.send(rows.rows.map(messageOf));
-      crashes.reached("after_outbox_send");
-      await client.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [rows.rows.map((r) => r.id)]);
-      return rows.rows.length;
-    });
+    withTransaction(options.pool, async (client) =>
+      relayBatch(
+        {
+          oldest: async (limit) =>
+            (
+              await client.query<OutboxRow>(
+                "SELECT id, topic, key, payload, traceparent FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                [limit],
+              )
+            ).rows,
+          remove: async (ids) => {
+            await client.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [ids]);
+          },
+        },
+        options.producer,
+        { batch_max: options.batch_max, crashes },
+      ),
+    );
 
   const loop = async () => {
     let failures = 0;
@@ -52,8 +59,7 @@ export function startOutboxRelay(options: {
         failures = 0;
         // A full batch means more may be waiting; a partial one emptied the outbox as of its
         // read, and any commit since then has called wake() (pendingWake): no need to ask again.
-        if (sent === options.batch_max) continue;
-        if (pendingWake) continue;
+        if (!idleAfter(sent, options.batch_max, pendingWake)) continue;
         await new Promise<void>((resolve) => {
           wakeUp = resolve;
           setTimeout(resolve, options.idle_poll_ms).unref();
@@ -81,7 +87,38 @@ export function startOutboxRelay(options: {
   };
 }
 
-interface OutboxRow {
+/**
+ * Whether the relay may wait after a batch of `sent`: not after a full batch (more may be
+ * waiting), nor when a commit woke it during the batch (its rows may be after the batch's read).
+ */
+export function idleAfter(sent: number, batch_max: number, woken: boolean): boolean {
+  return sent < batch_max && !woken;
+}
+
+/** The outbox rows of one relay transaction (locked until it ends). */
+export interface OutboxBatchStore {
+  oldest(limit: number): Promise<OutboxRow[]>;
+  remove(ids: string[]): Promise<void>;
+}
+
+/**
+ * One batch: the oldest rows sent, then removed only once the broker has them all. A failed
+ * send removes nothing (the rows go again: at least once); a crash between the two re-sends.
+ */
+export async function relayBatch(
+  store: OutboxBatchStore,
+  producer: Pick<JsonProducer, "send">,
+  options: { batch_max: number; crashes: CrashHook },
+): Promise<number> {
+  const rows = await store.oldest(options.batch_max);
+  if (rows.length === 0) return 0;
+  await producer.send(rows.map(messageOf));
+  options.crashes.reached("after_outbox_send");
+  await store.remove(rows.map((r) => r.id));
+  return rows.length;
+}
+
+export interface OutboxRow {
   id: string;
   topic: string;
   key: string;
