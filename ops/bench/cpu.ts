@@ -88,3 +88,24 @@ export function machineBusySeconds(): number {
   const total = ticks.slice(0, 8).reduce((sum, t) => sum + t, 0);
   return (total - idle) / CLOCK_TICKS_PER_S;
 }
+
+/**
+ * CPU per completed transfer, in ms: the whole machine's (what the targets are stated in; on a
+ * shared machine it counts other work too) and the sum of the run's own processes (engines,
+ * services, load generator), which other work on the machine does not move.
+ */
+export function cpuPerTransfer_ms(c: {
+  tps: number;
+  machine_cores: number;
+  processes_cpu_s: Record<string, number>;
+  window_s: number;
+}): { cpu_ms_per_transfer: number | null; cpu_ms_per_transfer_processes: number | null } {
+  if (c.tps <= 0 || c.window_s <= 0)
+    return { cpu_ms_per_transfer: null, cpu_ms_per_transfer_processes: null };
+  const processes_s = Object.values(c.processes_cpu_s).reduce((sum, s) => sum + s, 0);
+  const round = (ms: number) => Math.round(ms * 100) / 100;
+  return {
+    cpu_ms_per_transfer: round((c.machine_cores / c.tps) * 1000),
+    cpu_ms_per_transfer_processes: round((processes_s / c.window_s / c.tps) * 1000),
+  };
+}

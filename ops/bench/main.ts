@@ -32,7 +32,7 @@ import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
 import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
-import { cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
+import { cpuPerTransfer_ms, cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import {
   ApiClient,
   cachedReads,
@@ -603,6 +603,12 @@ async function reportPhase(out_dir: string): Promise<void> {
     webhook_p50_ms: results.webhook.peak.p50_ms,
     webhook_p99_ms: results.webhook.peak.p99_ms,
     audit_ok: results.audit.ok,
+    ...cpuPerTransfer_ms({
+      tps: small.ours.throughput_tps,
+      machine_cores: small.machine_cores_ours,
+      processes_cpu_s: small.cpu_ours_s,
+      window_s: small.cpu_window_ours_s,
+    }),
     batch_tps: results.batches?.batch_tps ?? null,
     batch_ratio:
       results.batches === undefined
