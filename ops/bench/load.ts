@@ -286,6 +286,30 @@ export async function closedLoop(
   return recorder.result(elapsed_s);
 }
 
+/**
+ * Exactly `transfers` transfers by `concurrency` clients in a closed loop, every one measured: the
+ * CPU they cost can be compared between runs on a busy machine, where a timed window cannot.
+ */
+export async function countedLoop(
+  target: LoadTarget,
+  mix: Mix,
+  options: { concurrency: number; transfers: number },
+): Promise<LoadResult> {
+  if (options.concurrency < 1 || options.transfers < 1)
+    throw new Error("invariant: bad counted-loop options");
+  const recorder = new Recorder();
+  let left = options.transfers;
+  const t0 = performance.now();
+  const client = async (): Promise<void> => {
+    while (left > 0) {
+      left -= 1;
+      await oneTransfer(target, mix, performance.now(), recorder);
+    }
+  };
+  await Promise.all(Array.from({ length: options.concurrency }, client));
+  return recorder.result((performance.now() - t0) / 1000);
+}
+
 /** Transfers arriving at `rate_tps` (at most `max_in_flight` open at once) for `duration_s`. */
 export async function openLoop(
   target: LoadTarget,

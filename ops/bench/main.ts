@@ -37,6 +37,7 @@ import {
   ApiClient,
   cachedReads,
   closedLoop,
+  countedLoop,
   type Latency,
   type LoadResult,
   type LoadTarget,
@@ -139,7 +140,12 @@ const withoutIds = (r: LoadResult): Omit<LoadResult, "completed_transfers"> => {
   return rest;
 };
 
-async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise<void> {
+async function runPhase(
+  mode: Mode,
+  out_dir: string,
+  profiled: boolean,
+  counted: number | null = null,
+): Promise<void> {
   const started_at = new Date().toISOString();
   const transaction_url = required("TEST_TRANSACTION_SERVICE_URL");
   const ledger_url = required("LEDGER_DATABASE_URL");
@@ -198,6 +204,14 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     tokenFor: target.tokenFor,
     user_ids: wallets.slice(0, WEBHOOK_WALLETS),
   });
+
+  if (counted !== null) {
+    await countedRun(target, wallets.slice(0, mode.wallets_small), counted, service_pids, ledger);
+    api.close();
+    await webhooks.close();
+    await ledger.end();
+    return;
+  }
 
   const runCase = async (
     name: string,
@@ -376,6 +390,67 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
     process.stdout.write(`${formatAudit(audit)}\n`);
     process.exitCode = 1;
   }
+}
+
+/** Clients of the counted run: enough to fill the services' batches, few enough for a busy machine. */
+const COUNTED_CONCURRENCY = 16;
+const IDLE_SAMPLE_S = 10;
+
+/**
+ * `--count N`: N transfers, and the CPU each process spent on them (its idle rate, measured
+ * first, taken out), with the transactions each database committed per transfer. On a shared
+ * machine these move little with other work, unlike throughput: compare two runs of this.
+ */
+async function countedRun(
+  target: LoadTarget,
+  wallets: number[],
+  transfers: number,
+  service_pids: ReadonlyMap<number, string>,
+  ledger: ReturnType<typeof createPool>,
+): Promise<void> {
+  const commits = async (): Promise<Record<string, number>> => {
+    const { rows } = await ledger.query<{ datname: string; xact_commit: string }>(
+      "SELECT datname, xact_commit FROM pg_stat_database WHERE datname LIKE 'dps_%'",
+    );
+    return Object.fromEntries(rows.map((r) => [r.datname, Number(r.xact_commit)]));
+  };
+  const idle_from = sampleCpu(service_pids);
+  await sleep(IDLE_SAMPLE_S * 1000);
+  const idle_s = cpuSecondsBetween(idle_from, sampleCpu(service_pids));
+  const commits_before = await commits();
+  const before = sampleCpu(service_pids);
+  const run = await countedLoop(
+    target,
+    { wallets, hot_share: 0 },
+    { concurrency: COUNTED_CONCURRENCY, transfers },
+  );
+  const used_s = cpuSecondsBetween(before, sampleCpu(service_pids));
+  const commits_after = await commits();
+  const finals = run.completed + run.failed;
+  say(
+    `counted run: ${transfers} transfers by ${COUNTED_CONCURRENCY} clients in ${run.duration_s.toFixed(1)} s, ` +
+      `${run.completed} completed, ${run.failed} failed, ${run.errors} errors, ${run.gets_per_transfer} GETs each`,
+  );
+  const per_transfer: Record<string, { cpu_us: number; cpu_us_less_idle: number }> = {};
+  for (const group of Object.keys(used_s).sort()) {
+    const used = used_s[group] ?? 0;
+    const idle = ((idle_s[group] ?? 0) / IDLE_SAMPLE_S) * run.duration_s;
+    per_transfer[group] = {
+      cpu_us: Math.round((used / finals) * 1e6),
+      cpu_us_less_idle: Math.round((Math.max(0, used - idle) / finals) * 1e6),
+    };
+    say(
+      `  ${group.padEnd(32)} ${fmt(per_transfer[group].cpu_us).padStart(8)} µs  (${fmt(per_transfer[group].cpu_us_less_idle).padStart(8)} less idle)`,
+    );
+  }
+  const commits_per_transfer: Record<string, number> = {};
+  for (const [db, n] of Object.entries(commits_after)) {
+    commits_per_transfer[db] = Math.round(((n - (commits_before[db] ?? 0)) / finals) * 100) / 100;
+  }
+  say(`  commits per transfer: ${JSON.stringify(commits_per_transfer)}`);
+  process.stdout.write(
+    `COUNTED ${JSON.stringify({ transfers, finals, per_transfer, commits_per_transfer })}\n`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -627,8 +702,13 @@ async function main(): Promise<void> {
       profile: { type: "boolean", default: false },
       out: { type: "string" },
       phase: { type: "string", default: "run" },
+      count: { type: "string" },
     },
   });
+  const counted = values.count === undefined ? null : Number(values.count);
+  if (counted !== null && !(Number.isInteger(counted) && counted >= 1 && counted <= 1_000_000)) {
+    throw new Error("--count takes a whole number of transfers, 1 to 1,000,000");
+  }
   const mode = modes[values.quick ? "quick" : values.long ? "long" : "full"];
   const out_dir = resolve(
     repoRoot,
@@ -637,9 +717,11 @@ async function main(): Promise<void> {
         ? "docs/benchmark"
         : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}`),
   );
-  if (values.phase === "run") await runPhase(mode, out_dir, values.profile);
-  else if (values.phase === "report") await reportPhase(out_dir);
-  else throw new Error(`unknown phase ${values.phase}`);
+  if (values.phase === "run") await runPhase(mode, out_dir, values.profile, counted);
+  // A counted run has printed its figures: nothing to report.
+  else if (values.phase === "report") {
+    if (counted === null) await reportPhase(out_dir);
+  } else throw new Error(`unknown phase ${values.phase}`);
 }
 
 await main();
