@@ -48,6 +48,8 @@ import { summariseProfile, summaryMarkdown } from "./profile.ts";
 import { startWebhookProbe } from "./webhooks.ts";
 
 const repoRoot = resolve(import.meta.dirname, "..", "..");
+/** The stack's engines run in folders under here (ops/bench/cpu.ts tells them from other stacks' by it). */
+const data_dir = join(repoRoot, ".data");
 const OPENING_BALANCE_MINOR = 100_000_000;
 const AMOUNT_MAX_MINOR = 1_000;
 const HOT_SHARE = 0.1;
@@ -220,7 +222,7 @@ async function runPhase(
     concurrency: number,
   ): Promise<Case> => {
     const mix: Mix = { wallets: wallets.slice(0, wallet_count), hot_share };
-    const before = sampleCpu(service_pids);
+    const before = sampleCpu(service_pids, data_dir);
     const machine_before = machineBusySeconds();
     const t_before = performance.now();
     const window_from_ms = Date.now();
@@ -230,11 +232,11 @@ async function runPhase(
       duration_s: mode.duration_s,
     });
     const window_to_ms = Date.now();
-    const middle = sampleCpu(service_pids);
+    const middle = sampleCpu(service_pids, data_dir);
     const machine_middle = machineBusySeconds();
     const t_middle = performance.now();
     await sleep(1_000); // let the last records settle before the baseline takes the machine
-    const mid_settled = sampleCpu(service_pids);
+    const mid_settled = sampleCpu(service_pids, data_dir);
     const machine_mid_settled = machineBusySeconds();
     const t_mid_settled = performance.now();
     // pgbench and its connections are gone once it exits: sample them just before it ends.
@@ -243,7 +245,7 @@ async function runPhase(
     let t_late = t_mid_settled;
     const late_timer = setTimeout(
       () => {
-        late = sampleCpu(service_pids);
+        late = sampleCpu(service_pids, data_dir);
         machine_late = machineBusySeconds();
         t_late = performance.now();
       },
@@ -395,6 +397,7 @@ async function runPhase(
 /** Clients of the counted run: enough to fill the services' batches, few enough for a busy machine. */
 const COUNTED_CONCURRENCY = 16;
 const IDLE_SAMPLE_S = 10;
+const COUNTED_WARMUP = 200;
 
 /**
  * `--count N`: N transfers, and the CPU each process spent on them (its idle rate, measured
@@ -414,17 +417,24 @@ async function countedRun(
     );
     return Object.fromEntries(rows.map((r) => [r.datname, Number(r.xact_commit)]));
   };
-  const idle_from = sampleCpu(service_pids);
+  // Warm (JIT, pools, caches), then let the warm-up's last records settle before the idle sample.
+  await countedLoop(
+    target,
+    { wallets, hot_share: 0 },
+    { concurrency: COUNTED_CONCURRENCY, transfers: COUNTED_WARMUP },
+  );
+  await sleep(3_000);
+  const idle_from = sampleCpu(service_pids, data_dir);
   await sleep(IDLE_SAMPLE_S * 1000);
-  const idle_s = cpuSecondsBetween(idle_from, sampleCpu(service_pids));
+  const idle_s = cpuSecondsBetween(idle_from, sampleCpu(service_pids, data_dir));
   const commits_before = await commits();
-  const before = sampleCpu(service_pids);
+  const before = sampleCpu(service_pids, data_dir);
   const run = await countedLoop(
     target,
     { wallets, hot_share: 0 },
     { concurrency: COUNTED_CONCURRENCY, transfers },
   );
-  const used_s = cpuSecondsBetween(before, sampleCpu(service_pids));
+  const used_s = cpuSecondsBetween(before, sampleCpu(service_pids, data_dir));
   const commits_after = await commits();
   const finals = run.completed + run.failed;
   say(
