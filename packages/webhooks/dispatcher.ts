@@ -251,8 +251,11 @@ async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promi
 async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcome> {
   const started = performance.now();
   const latency = () => Math.round(performance.now() - started);
-  // One deadline for the whole attempt, DNS included.
-  const signal = AbortSignal.timeout(options.attempt_timeout_ms);
+  // One deadline for the whole attempt, DNS included; cleared when the attempt ends (an
+  // AbortSignal.timeout would fire anyway, long after, and build a DOMException every time).
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(), options.attempt_timeout_ms);
+  const signal = deadline.signal;
   try {
     const target = await withTimeout(
       checkUrl(row.url, options.guard),
@@ -266,6 +269,8 @@ async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcom
     return { ok, response_code, latency_ms: latency(), error: ok ? null : `answered ${response_code}` };
   } catch (error) {
     return { ok: false, response_code: null, latency_ms: latency(), error: (error as Error).message };
+  } finally {
+    clearTimeout(timer);
   }
 }
 
