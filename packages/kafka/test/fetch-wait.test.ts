@@ -39,7 +39,11 @@ describe("consumer fetch wait", { skip: process.env.KAFKA_PASSWORD_ADMIN ? false
     await admin.createTopics({ topics: [topic], partitions: 1, replicas: 1 });
     await admin.close();
     let fetches = 0;
-    const onFetch = { start: () => void (fetches += 1) };
+    const onFetch = {
+      start: () => {
+        fetches += 1;
+      },
+    };
     const channel = tracingChannel("plt:kafka:consumer:fetches");
     channel.subscribe(onFetch as never);
     const arrived: number[] = [];
