@@ -55,6 +55,8 @@ const AMOUNT_MAX_MINOR = 1_000;
 const HOT_SHARE = 0.1;
 /** Wallets with a webhook endpoint: their transfers (as payer or payee) are delivered and timed. */
 const WEBHOOK_WALLETS = 100;
+/** The `Prefer: wait=N` of the waiting-reads case, well past any completion time. */
+const WAIT_S = 10;
 
 interface Mode {
   name: "quick" | "full" | "long";
@@ -117,6 +119,8 @@ interface Results {
   machine: { cpus: number; cpu_model: string; memory_gib: number; node: string };
   sweep: Case[];
   hot: Case;
+  /** The peak case with the clients reading by `Prefer: wait` instead of polling (absent in older results). */
+  waiting?: Case;
   scale: Case[];
   half_rate: { rate_tps: number; result: Omit<LoadResult, "completed_transfers"> & { dropped: number } };
   cached_get: { reads: number; errors: number; get: Latency };
@@ -220,13 +224,14 @@ async function runPhase(
     wallet_count: number,
     hot_share: number,
     concurrency: number,
+    load: LoadTarget = target,
   ): Promise<Case> => {
     const mix: Mix = { wallets: wallets.slice(0, wallet_count), hot_share };
     const before = sampleCpu(service_pids, data_dir);
     const machine_before = machineBusySeconds();
     const t_before = performance.now();
     const window_from_ms = Date.now();
-    const ours = await closedLoop(target, mix, {
+    const ours = await closedLoop(load, mix, {
       concurrency,
       warmup_s: mode.warmup_s,
       duration_s: mode.duration_s,
@@ -303,6 +308,16 @@ async function runPhase(
     peak.concurrency,
   );
 
+  // 3b. The peak case again, the clients reading with `Prefer: wait` instead of polling: what the
+  // client's side of the polling costs, told apart from the system's own gain.
+  const waiting = await runCase(
+    `${mode.wallets_small} wallets, waiting`,
+    mode.wallets_small,
+    0,
+    peak.concurrency,
+    { ...target, wait_s: WAIT_S },
+  );
+
   // 4. POST latency at half the peak rate.
   const rate_tps = Math.max(1, Math.round(peak.ours.throughput_tps / 2));
   const half = await openLoop(
@@ -377,6 +392,7 @@ async function runPhase(
     },
     sweep,
     hot,
+    waiting,
     scale,
     half_rate: { rate_tps, result: { ...withoutIds(half), dropped: half.dropped } },
     cached_get,
@@ -468,6 +484,30 @@ async function countedRun(
 
 const fmt = (n: number, digits = 0): string =>
   n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+/**
+ * The peak case read two ways. Every other figure comes from clients that poll; here the same
+ * clients hold one read open with `Prefer: wait` until the transfer is final, so the gain from the
+ * client's side is told apart from the system's own.
+ */
+function waitingSection(polled: Case, waiting: Case | undefined): string[] {
+  if (waiting === undefined) return [];
+  const cpu = (c: Case) =>
+    c.ours.throughput_tps === 0 ? "-" : fmt((c.machine_cores_ours / c.ours.throughput_tps) * 1000, 2);
+  const row = (how: string, c: Case) =>
+    `| ${how} | ${fmt(c.ours.throughput_tps, 1)} | ${c.ours.gets_per_transfer} | ${c.ours.completion.p50_ms} / ${c.ours.completion.p99_ms} | ${cpu(c)} |`;
+  return [
+    "## Polling against waiting reads",
+    "",
+    `The peak case (${polled.concurrency} clients, ${fmt(polled.wallets)} wallets) again, each client reading its transfer with \`Prefer: wait=${WAIT_S}\` (one GET held until the status is final) instead of polling. A transfer still counts only once the client has seen it final. Every other figure of this report is with polling.`,
+    "",
+    "| reads | tps | GETs per transfer | done p50 / p99 (ms) | CPU ms per transfer (whole machine) |",
+    "|---|--:|--:|--:|--:|",
+    row("polling", polled),
+    row(`\`Prefer: wait=${WAIT_S}\``, waiting),
+    "",
+  ];
+}
 
 function cpuTable(c: Case): string[] {
   const groups = [...new Set([...Object.keys(c.cpu_ours_s), ...Object.keys(c.cpu_baseline_s)])].sort();
@@ -629,6 +669,7 @@ async function reportPhase(out_dir: string): Promise<void> {
     ...CASE_HEADER,
     ...cases.map(caseRow),
     "",
+    ...waitingSection(small, results.waiting),
     "## Latency at half the peak rate (open loop)",
     "",
     `${results.half_rate.rate_tps} transfers per second offered for ${fmt(half.duration_s, 1)} s, latency counted from the intended send time.`,
@@ -694,6 +735,16 @@ async function reportPhase(out_dir: string): Promise<void> {
       processes_cpu_s: small.cpu_ours_s,
       window_s: small.cpu_window_ours_s,
     }),
+    throughput_waiting_tps: results.waiting?.ours.throughput_tps ?? null,
+    cpu_ms_per_transfer_waiting:
+      results.waiting === undefined
+        ? null
+        : cpuPerTransfer_ms({
+            tps: results.waiting.ours.throughput_tps,
+            machine_cores: results.waiting.machine_cores_ours,
+            processes_cpu_s: results.waiting.cpu_ours_s,
+            window_s: results.waiting.cpu_window_ours_s,
+          }).cpu_ms_per_transfer,
     batch_tps: results.batches?.batch_tps ?? null,
     batch_ratio:
       results.batches === undefined
