@@ -4,7 +4,7 @@
  * Kafka, FerretDB, Redis, pgbench and this load generator. Processes are found afresh at every
  * sample, so a restarted one is still counted from its own start.
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 const CLOCK_TICKS_PER_S = 100; // USER_HZ: 100 on every Linux that Node supports
 
@@ -42,8 +42,21 @@ export function groupOf(
   return null;
 }
 
-/** Ticks used so far by every process of ours, per group and pid. */
-export function sampleCpu(service_pids: ReadonlyMap<number, string>): CpuTicks {
+/** The process's working directory, or null when it cannot be read (gone, or not ours to read). */
+function cwdOf(pid: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/cwd`);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Ticks used so far by every process of ours, per group and pid. With `data_dir`, an engine
+ * process counts only if it runs in that folder (each engine of the stack runs in its data
+ * folder), so the engines of other stacks on the same machine are left out.
+ */
+export function sampleCpu(service_pids: ReadonlyMap<number, string>, data_dir?: string): CpuTicks {
   const sample: CpuTicks = new Map();
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
@@ -52,6 +65,9 @@ export function sampleCpu(service_pids: ReadonlyMap<number, string>): CpuTicks {
     if (cmdline === undefined || cmdline === "") continue;
     const group = groupOf(pid, cmdline, service_pids);
     if (group === null) continue;
+    if (data_dir !== undefined && !service_pids.has(pid) && pid !== process.pid) {
+      if (!(cwdOf(pid) ?? "").startsWith(data_dir)) continue;
+    }
     const stat = readText(`/proc/${pid}/stat`);
     if (stat === null) continue;
     // Fields after the ")" that closes the command name: utime and stime are the 12th and 13th.
@@ -87,4 +103,25 @@ export function machineBusySeconds(): number {
   const idle = (ticks[3] ?? 0) + (ticks[4] ?? 0);
   const total = ticks.slice(0, 8).reduce((sum, t) => sum + t, 0);
   return (total - idle) / CLOCK_TICKS_PER_S;
+}
+
+/**
+ * CPU per completed transfer, in ms: the whole machine's (what the targets are stated in; on a
+ * shared machine it counts other work too) and the sum of the run's own processes (engines,
+ * services, load generator), which other work on the machine does not move.
+ */
+export function cpuPerTransfer_ms(c: {
+  tps: number;
+  machine_cores: number;
+  processes_cpu_s: Record<string, number>;
+  window_s: number;
+}): { cpu_ms_per_transfer: number | null; cpu_ms_per_transfer_processes: number | null } {
+  if (c.tps <= 0 || c.window_s <= 0)
+    return { cpu_ms_per_transfer: null, cpu_ms_per_transfer_processes: null };
+  const processes_s = Object.values(c.processes_cpu_s).reduce((sum, s) => sum + s, 0);
+  const round = (ms: number) => Math.round(ms * 100) / 100;
+  return {
+    cpu_ms_per_transfer: round((c.machine_cores / c.tps) * 1000),
+    cpu_ms_per_transfer_processes: round((processes_s / c.window_s / c.tps) * 1000),
+  };
 }

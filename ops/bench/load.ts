@@ -139,6 +139,11 @@ export interface LoadTarget {
   amount_max_minor: number;
   /** Give up on seeing a transfer final after this long (counted as not completed). */
   final_timeout_ms: number;
+  /**
+   * Read with `Prefer: wait=N` (the service holds the GET until the status is final) instead of
+   * polling; unset, the client polls as a client without waiting reads would.
+   */
+  wait_s?: number;
 }
 
 export interface LoadResult {
@@ -228,6 +233,7 @@ async function oneTransfer(
   }
   const id: string = answer.body.data.transaction.id;
   let status: string = answer.body.data.transaction.status;
+  const read_headers = target.wait_s === undefined ? auth : { ...auth, prefer: `wait=${target.wait_s}` };
   const first_wait_ms = recorder === null ? 20 : recorder.completion_ewma_ms * 0.8;
   let wait_ms = Math.max(2, first_wait_ms - (performance.now() - started_ms));
   while (status === "PENDING") {
@@ -235,11 +241,14 @@ async function oneTransfer(
       if (recorder !== null) recorder.unfinished += 1;
       return;
     }
-    await sleep(wait_ms);
-    wait_ms = Math.min(50, Math.max(5, wait_ms / 2));
+    // A waiting read returns when the status is final: nothing to sleep on.
+    if (target.wait_s === undefined) {
+      await sleep(wait_ms);
+      wait_ms = Math.min(50, Math.max(5, wait_ms / 2));
+    }
     const polled = performance.now();
     try {
-      const got = await target.api.call("GET", `/transactions/${id}`, auth);
+      const got = await target.api.call("GET", `/transactions/${id}`, read_headers);
       if (recorder !== null) {
         recorder.gets += 1;
         recordSince(recorder.poll_get, polled);
@@ -284,6 +293,30 @@ export async function closedLoop(
   // Transfers started near the end finish after it; throughput is over the time they took.
   const elapsed_s = (performance.now() - measure_from) / 1000;
   return recorder.result(elapsed_s);
+}
+
+/**
+ * Exactly `transfers` transfers by `concurrency` clients in a closed loop, every one measured: the
+ * CPU they cost can be compared between runs on a busy machine, where a timed window cannot.
+ */
+export async function countedLoop(
+  target: LoadTarget,
+  mix: Mix,
+  options: { concurrency: number; transfers: number },
+): Promise<LoadResult> {
+  if (options.concurrency < 1 || options.transfers < 1)
+    throw new Error("invariant: bad counted-loop options");
+  const recorder = new Recorder();
+  let left = options.transfers;
+  const t0 = performance.now();
+  const client = async (): Promise<void> => {
+    while (left > 0) {
+      left -= 1;
+      await oneTransfer(target, mix, performance.now(), recorder);
+    }
+  };
+  await Promise.all(Array.from({ length: options.concurrency }, client));
+  return recorder.result((performance.now() - t0) / 1000);
 }
 
 /** Transfers arriving at `rate_tps` (at most `max_in_flight` open at once) for `duration_s`. */

@@ -31,11 +31,12 @@ import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
 import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
-import { cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
+import { cpuPerTransfer_ms, cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import {
   ApiClient,
   cachedReads,
   closedLoop,
+  countedLoop,
   type Latency,
   type LoadResult,
   type LoadTarget,
@@ -47,11 +48,15 @@ import { openWalletsInBulk } from "./wallets.ts";
 import { startWebhookProbe } from "./webhooks.ts";
 
 const repoRoot = resolve(import.meta.dirname, "..", "..");
+/** The stack's engines run in folders under here (ops/bench/cpu.ts tells them from other stacks' by it). */
+const data_dir = join(repoRoot, ".data");
 const OPENING_BALANCE_MINOR = 100_000_000;
 const AMOUNT_MAX_MINOR = 1_000;
 const HOT_SHARE = 0.1;
 /** Wallets with a webhook endpoint: their transfers (as payer or payee) are delivered and timed. */
 const WEBHOOK_WALLETS = 100;
+/** The `Prefer: wait=N` of the waiting-reads case, well past any completion time. */
+const WAIT_S = 10;
 
 interface Mode {
   name: "quick" | "full" | "long";
@@ -114,6 +119,8 @@ interface Results {
   machine: { cpus: number; cpu_model: string; memory_gib: number; node: string };
   sweep: Case[];
   hot: Case;
+  /** The peak case with the clients reading by `Prefer: wait` instead of polling (absent in older results). */
+  waiting?: Case;
   scale: Case[];
   half_rate: { rate_tps: number; result: Omit<LoadResult, "completed_transfers"> & { dropped: number } };
   cached_get: { reads: number; errors: number; get: Latency };
@@ -141,7 +148,13 @@ const withoutIds = (r: LoadResult): Omit<LoadResult, "completed_transfers"> => {
   return rest;
 };
 
-async function runPhase(mode: Mode, out_dir: string, profiled: boolean, tracing: boolean): Promise<void> {
+async function runPhase(
+  mode: Mode,
+  out_dir: string,
+  profiled: boolean,
+  tracing: boolean,
+  counted: number | null = null,
+): Promise<void> {
   const started_at = new Date().toISOString();
   const transaction_url = required("TEST_TRANSACTION_SERVICE_URL");
   const ledger_url = required("LEDGER_DATABASE_URL");
@@ -201,28 +214,37 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean, tracing:
     user_ids: wallets.slice(0, WEBHOOK_WALLETS),
   });
 
+  if (counted !== null) {
+    await countedRun(target, wallets.slice(0, mode.wallets_small), counted, service_pids, ledger);
+    api.close();
+    await webhooks.close();
+    await ledger.end();
+    return;
+  }
+
   const runCase = async (
     name: string,
     wallet_count: number,
     hot_share: number,
     concurrency: number,
+    load: LoadTarget = target,
   ): Promise<Case> => {
     const mix: Mix = { wallets: wallets.slice(0, wallet_count), hot_share };
-    const before = sampleCpu(service_pids);
+    const before = sampleCpu(service_pids, data_dir);
     const machine_before = machineBusySeconds();
     const t_before = performance.now();
     const window_from_ms = Date.now();
-    const ours = await closedLoop(target, mix, {
+    const ours = await closedLoop(load, mix, {
       concurrency,
       warmup_s: mode.warmup_s,
       duration_s: mode.duration_s,
     });
     const window_to_ms = Date.now();
-    const middle = sampleCpu(service_pids);
+    const middle = sampleCpu(service_pids, data_dir);
     const machine_middle = machineBusySeconds();
     const t_middle = performance.now();
     await sleep(1_000); // let the last records settle before the baseline takes the machine
-    const mid_settled = sampleCpu(service_pids);
+    const mid_settled = sampleCpu(service_pids, data_dir);
     const machine_mid_settled = machineBusySeconds();
     const t_mid_settled = performance.now();
     // pgbench and its connections are gone once it exits: sample them just before it ends.
@@ -231,7 +253,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean, tracing:
     let t_late = t_mid_settled;
     const late_timer = setTimeout(
       () => {
-        late = sampleCpu(service_pids);
+        late = sampleCpu(service_pids, data_dir);
         machine_late = machineBusySeconds();
         t_late = performance.now();
       },
@@ -287,6 +309,16 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean, tracing:
     mode.wallets_small,
     HOT_SHARE,
     peak.concurrency,
+  );
+
+  // 3b. The peak case again, the clients reading with `Prefer: wait` instead of polling: what the
+  // client's side of the polling costs, told apart from the system's own gain.
+  const waiting = await runCase(
+    `${mode.wallets_small} wallets, waiting`,
+    mode.wallets_small,
+    0,
+    peak.concurrency,
+    { ...target, wait_s: WAIT_S },
   );
 
   // 4. POST latency at half the peak rate.
@@ -363,6 +395,7 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean, tracing:
     },
     sweep,
     hot,
+    waiting,
     scale,
     half_rate: { rate_tps, result: { ...withoutIds(half), dropped: half.dropped } },
     cached_get,
@@ -381,11 +414,104 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean, tracing:
   }
 }
 
+/** Clients of the counted run: enough to fill the services' batches, few enough for a busy machine. */
+const COUNTED_CONCURRENCY = 16;
+const IDLE_SAMPLE_S = 10;
+const COUNTED_WARMUP = 200;
+
+/**
+ * `--count N`: N transfers, and the CPU each process spent on them (its idle rate, measured
+ * first, taken out), with the transactions each database committed per transfer. On a shared
+ * machine these move little with other work, unlike throughput: compare two runs of this.
+ */
+async function countedRun(
+  target: LoadTarget,
+  wallets: number[],
+  transfers: number,
+  service_pids: ReadonlyMap<number, string>,
+  ledger: ReturnType<typeof createPool>,
+): Promise<void> {
+  const commits = async (): Promise<Record<string, number>> => {
+    const { rows } = await ledger.query<{ datname: string; xact_commit: string }>(
+      "SELECT datname, xact_commit FROM pg_stat_database WHERE datname LIKE 'dps_%'",
+    );
+    return Object.fromEntries(rows.map((r) => [r.datname, Number(r.xact_commit)]));
+  };
+  // Warm (JIT, pools, caches), then let the warm-up's last records settle before the idle sample.
+  await countedLoop(
+    target,
+    { wallets, hot_share: 0 },
+    { concurrency: COUNTED_CONCURRENCY, transfers: COUNTED_WARMUP },
+  );
+  await sleep(3_000);
+  const idle_from = sampleCpu(service_pids, data_dir);
+  await sleep(IDLE_SAMPLE_S * 1000);
+  const idle_s = cpuSecondsBetween(idle_from, sampleCpu(service_pids, data_dir));
+  const commits_before = await commits();
+  const before = sampleCpu(service_pids, data_dir);
+  const run = await countedLoop(
+    target,
+    { wallets, hot_share: 0 },
+    { concurrency: COUNTED_CONCURRENCY, transfers },
+  );
+  const used_s = cpuSecondsBetween(before, sampleCpu(service_pids, data_dir));
+  const commits_after = await commits();
+  const finals = run.completed + run.failed;
+  say(
+    `counted run: ${transfers} transfers by ${COUNTED_CONCURRENCY} clients in ${run.duration_s.toFixed(1)} s, ` +
+      `${run.completed} completed, ${run.failed} failed, ${run.errors} errors, ${run.gets_per_transfer} GETs each`,
+  );
+  const per_transfer: Record<string, { cpu_us: number; cpu_us_less_idle: number }> = {};
+  for (const group of Object.keys(used_s).sort()) {
+    const used = used_s[group] ?? 0;
+    const idle = ((idle_s[group] ?? 0) / IDLE_SAMPLE_S) * run.duration_s;
+    per_transfer[group] = {
+      cpu_us: Math.round((used / finals) * 1e6),
+      cpu_us_less_idle: Math.round((Math.max(0, used - idle) / finals) * 1e6),
+    };
+    say(
+      `  ${group.padEnd(32)} ${fmt(per_transfer[group].cpu_us).padStart(8)} µs  (${fmt(per_transfer[group].cpu_us_less_idle).padStart(8)} less idle)`,
+    );
+  }
+  const commits_per_transfer: Record<string, number> = {};
+  for (const [db, n] of Object.entries(commits_after)) {
+    commits_per_transfer[db] = Math.round(((n - (commits_before[db] ?? 0)) / finals) * 100) / 100;
+  }
+  say(`  commits per transfer: ${JSON.stringify(commits_per_transfer)}`);
+  process.stdout.write(
+    `COUNTED ${JSON.stringify({ transfers, finals, per_transfer, commits_per_transfer })}\n`,
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Report.
 
 const fmt = (n: number, digits = 0): string =>
   n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+/**
+ * The peak case read two ways. Every other figure comes from clients that poll; here the same
+ * clients hold one read open with `Prefer: wait` until the transfer is final, so the gain from the
+ * client's side is told apart from the system's own.
+ */
+function waitingSection(polled: Case, waiting: Case | undefined): string[] {
+  if (waiting === undefined) return [];
+  const cpu = (c: Case) =>
+    c.ours.throughput_tps === 0 ? "-" : fmt((c.machine_cores_ours / c.ours.throughput_tps) * 1000, 2);
+  const row = (how: string, c: Case) =>
+    `| ${how} | ${fmt(c.ours.throughput_tps, 1)} | ${c.ours.gets_per_transfer} | ${c.ours.completion.p50_ms} / ${c.ours.completion.p99_ms} | ${cpu(c)} |`;
+  return [
+    "## Polling against waiting reads",
+    "",
+    `The peak case (${polled.concurrency} clients, ${fmt(polled.wallets)} wallets) again, each client reading its transfer with \`Prefer: wait=${WAIT_S}\` (one GET held until the status is final) instead of polling. A transfer still counts only once the client has seen it final. Every other figure of this report is with polling.`,
+    "",
+    "| reads | tps | GETs per transfer | done p50 / p99 (ms) | CPU ms per transfer (whole machine) |",
+    "|---|--:|--:|--:|--:|",
+    row("polling", polled),
+    row(`\`Prefer: wait=${WAIT_S}\``, waiting),
+    "",
+  ];
+}
 
 function cpuTable(c: Case): string[] {
   const groups = [...new Set([...Object.keys(c.cpu_ours_s), ...Object.keys(c.cpu_baseline_s)])].sort();
@@ -550,6 +676,7 @@ async function reportPhase(out_dir: string): Promise<void> {
     ...CASE_HEADER,
     ...cases.map(caseRow),
     "",
+    ...waitingSection(small, results.waiting),
     "## Latency at half the peak rate (open loop)",
     "",
     `${results.half_rate.rate_tps} transfers per second offered for ${fmt(half.duration_s, 1)} s, latency counted from the intended send time.`,
@@ -610,6 +737,22 @@ async function reportPhase(out_dir: string): Promise<void> {
     webhook_p99_ms: results.webhook.peak.p99_ms,
     audit_ok: results.audit.ok,
     tracing: results.tracing === true,
+    ...cpuPerTransfer_ms({
+      tps: small.ours.throughput_tps,
+      machine_cores: small.machine_cores_ours,
+      processes_cpu_s: small.cpu_ours_s,
+      window_s: small.cpu_window_ours_s,
+    }),
+    throughput_waiting_tps: results.waiting?.ours.throughput_tps ?? null,
+    cpu_ms_per_transfer_waiting:
+      results.waiting === undefined
+        ? null
+        : cpuPerTransfer_ms({
+            tps: results.waiting.ours.throughput_tps,
+            machine_cores: results.waiting.machine_cores_ours,
+            processes_cpu_s: results.waiting.cpu_ours_s,
+            window_s: results.waiting.cpu_window_ours_s,
+          }).cpu_ms_per_transfer,
     batch_tps: results.batches?.batch_tps ?? null,
     batch_ratio:
       results.batches === undefined
@@ -629,8 +772,13 @@ async function main(): Promise<void> {
       tracing: { type: "boolean", default: false },
       out: { type: "string" },
       phase: { type: "string", default: "run" },
+      count: { type: "string" },
     },
   });
+  const counted = values.count === undefined ? null : Number(values.count);
+  if (counted !== null && !(Number.isInteger(counted) && counted >= 1 && counted <= 1_000_000)) {
+    throw new Error("--count takes a whole number of transfers, 1 to 1,000,000");
+  }
   const mode = modes[values.quick ? "quick" : values.long ? "long" : "full"];
   const out_dir = resolve(
     repoRoot,
@@ -639,9 +787,11 @@ async function main(): Promise<void> {
         ? "docs/benchmark"
         : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}${values.tracing ? "-tracing" : ""}`),
   );
-  if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing);
-  else if (values.phase === "report") await reportPhase(out_dir);
-  else throw new Error(`unknown phase ${values.phase}`);
+  if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing, counted);
+  // A counted run has printed its figures: nothing to report.
+  else if (values.phase === "report") {
+    if (counted === null) await reportPhase(out_dir);
+  } else throw new Error(`unknown phase ${values.phase}`);
 }
 
 await main();

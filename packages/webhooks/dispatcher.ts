@@ -205,9 +205,9 @@ async function claim(
 ): Promise<Claimed[]> {
   const busy = [...inFlight.entries()];
   const full = busy.filter(([, n]) => n >= options.endpoint_in_flight_max).map(([id]) => id);
-  return withTransaction(options.pool, async (client) => {
-    const rows = await client.query<Claimed>(
-      `WITH busy AS (SELECT * FROM unnest($3::uuid[], $4::int[]) AS b(endpoint_id, in_flight)),
+  // One statement, so its own transaction: no BEGIN and COMMIT round trips around it.
+  const rows = await options.pool.query<Claimed>(
+    `WITH busy AS (SELECT * FROM unnest($3::uuid[], $4::int[]) AS b(endpoint_id, in_flight)),
        due AS (
          -- Rows of an endpoint that is not enabled stay out of the window, or they could fill it.
          SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
@@ -232,18 +232,17 @@ async function claim(
         RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url,
                   array_remove(ARRAY[e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END],
                                NULL) AS secrets`,
-      [
-        room * 4,
-        full,
-        busy.map(([id]) => id),
-        busy.map(([, n]) => n),
-        options.lease_ms,
-        options.endpoint_in_flight_max,
-        room,
-      ],
-    );
-    return rows.rows;
-  });
+    [
+      room * 4,
+      full,
+      busy.map(([id]) => id),
+      busy.map(([, n]) => n),
+      options.lease_ms,
+      options.endpoint_in_flight_max,
+      room,
+    ],
+  );
+  return rows.rows;
 }
 
 async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promise<void> {
@@ -257,8 +256,11 @@ async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promi
 async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcome> {
   const started = performance.now();
   const latency = () => Math.round(performance.now() - started);
-  // One deadline for the whole attempt, DNS included.
-  const signal = AbortSignal.timeout(options.attempt_timeout_ms);
+  // One deadline for the whole attempt, DNS included; cleared when the attempt ends (an
+  // AbortSignal.timeout would fire anyway, long after, and build a DOMException every time).
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(), options.attempt_timeout_ms);
+  const signal = deadline.signal;
   try {
     const target = await withTimeout(
       checkUrl(row.url, options.guard),
@@ -272,6 +274,8 @@ async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcom
     return { ok, response_code, latency_ms: latency(), error: ok ? null : `answered ${response_code}` };
   } catch (error) {
     return { ok: false, response_code: null, latency_ms: latency(), error: (error as Error).message };
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -320,14 +324,17 @@ function post(
   });
 }
 
-/** Logs the attempt and moves the delivery on, if this attempt still holds its lease. */
-/** Null when the delivery is no longer this attempt's to decide (deleted, or claimed by another copy). */
+/**
+ * Logs the attempt and moves the delivery on, if this attempt still holds its lease. Null when
+ * the delivery is no longer this attempt's to decide (deleted, or claimed by another copy).
+ */
 async function record(
   options: DispatcherOptions,
   row: Claimed,
   outcome: Outcome,
 ): Promise<DeliveryResult | null> {
-  const delay_ms = outcome.ok ? 0 : retryDelay_ms(row.attempts, options.retry);
+  if (outcome.ok) return recordDelivered(options, row, outcome);
+  const delay_ms = retryDelay_ms(row.attempts, options.retry);
   return withTransaction(options.pool, async (client): Promise<DeliveryResult | null> => {
     // Locked first: a concurrent endpoint deletion either ran already (nothing to record) or waits.
     const current = await client.query<{ claim_token: string | null }>(
@@ -341,7 +348,7 @@ async function record(
       [
         row.id,
         row.attempts,
-        outcome.ok ? "succeeded" : "failed",
+        "failed",
         outcome.response_code,
         outcome.latency_ms,
         outcome.error?.slice(0, error_chars_max) ?? null,
@@ -349,13 +356,6 @@ async function record(
     );
     // Another copy claimed it after our lease ran out (or a redelivery reset it): its attempt decides.
     if (current.rows[0]?.claim_token !== row.claim_token) return null;
-    if (outcome.ok) {
-      await client.query(
-        "UPDATE webhook_deliveries SET state = 'delivered', claim_token = NULL, updated_at = now() WHERE id = $1",
-        [row.id],
-      );
-      return "delivered";
-    }
     const retried = await client.query(
       `UPDATE webhook_deliveries
           SET next_attempt_at = now() + make_interval(secs => $2::bigint / 1000.0), claim_token = NULL, updated_at = now()
@@ -368,6 +368,29 @@ async function record(
     await markFailing(client, row);
     return "gave_up";
   });
+}
+
+/**
+ * A delivered attempt in one statement (the common case, once per delivery): the row is locked
+ * first, as in record(); the attempt is logged if the delivery still exists, and the delivery is
+ * marked delivered if this attempt still holds its lease.
+ */
+async function recordDelivered(
+  options: DispatcherOptions,
+  row: Claimed,
+  outcome: Outcome,
+): Promise<DeliveryResult | null> {
+  const delivered = await options.pool.query(
+    `WITH current AS (SELECT id, claim_token FROM webhook_deliveries WHERE id = $1 FOR UPDATE),
+     logged AS (
+       INSERT INTO webhook_attempts (delivery_id, attempt, status, response_code, latency_ms, error)
+       SELECT id, $2, 'succeeded', $3, $4, NULL FROM current)
+     UPDATE webhook_deliveries d SET state = 'delivered', claim_token = NULL, updated_at = now()
+       FROM current c
+      WHERE d.id = c.id AND c.claim_token = $5`,
+    [row.id, row.attempts, outcome.response_code, outcome.latency_ms, row.claim_token],
+  );
+  return delivered.rowCount === 1 ? "delivered" : null;
 }
 
 async function markFailing(client: PoolClient, row: Claimed): Promise<void> {

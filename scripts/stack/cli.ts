@@ -661,6 +661,7 @@ const commandArgs: Record<string, (args: string[]) => void> = {
       tracing: { type: "boolean" },
       long: { type: "boolean" },
       out: { type: "string" },
+      count: { type: "string" },
     }),
   audit: (args) => checkArgs("audit", args, { quiet: { type: "boolean" } }),
   "dead-letters": (args) => checkArgs("dead-letters", args, { all: { type: "boolean" } }, 2),

@@ -1,6 +1,7 @@
 // Webhooks end to end on a real PostgreSQL (the saga's test database, schema webhooks_test) and a
 // real HTTP receiver on loopback that checks every signature with the Standard Webhooks library.
 import assert from "node:assert/strict";
+import { createHook } from "node:async_hooks";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { join } from "node:path";
@@ -406,6 +407,32 @@ describe("webhooks: kill -9 and several dispatchers", () => {
     }
     const sent = receiver.at("/shared").map((r) => String(r.headers["webhook-id"]));
     assert.deepEqual([...sent].sort(), [...ids].sort());
+  });
+
+  it("leaves no deadline pending once an attempt has its answer", async () => {
+    const ep = await endpoint("/prompt");
+    await enqueue([transferEvent("evt_prompt", [ep.user])]);
+    // An attempt timeout nothing else here uses: the attempt's own deadline timer is known by it.
+    const attempt_timeout_ms = 4_321;
+    const timers: Array<{ _destroyed?: boolean }> = [];
+    const hook = createHook({
+      init(_id, type, _trigger, resource) {
+        const timer = resource as { _idleTimeout?: number; _destroyed?: boolean };
+        if (type === "Timeout" && timer._idleTimeout === attempt_timeout_ms) timers.push(timer);
+      },
+    }).enable();
+    const d = dispatcher({ attempt_timeout_ms, lease_ms: 10_000 });
+    try {
+      await until("the delivery", async () => (await deliveryState("evt_prompt"))[0]?.state === "delivered");
+    } finally {
+      await d.stop();
+      hook.disable();
+    }
+    assert.ok(timers.length > 0, "no deadline was seen");
+    assert.ok(
+      timers.every((timer) => timer._destroyed === true),
+      "the deadline of a finished attempt is still pending",
+    );
   });
 
   it("cuts an attempt that gets no answer at the attempt timeout, and retries it", async () => {

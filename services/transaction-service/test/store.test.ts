@@ -169,6 +169,36 @@ describe("saga store on PostgreSQL", {
     assert.deepEqual(await outboxKeys(), [key]);
   });
 
+  it("wakes the webhook dispatcher only for a transition that enqueued a delivery", async () => {
+    let wakes = 0;
+    store.onWebhooks = () => {
+      wakes += 1;
+    };
+    try {
+      const fail = async () => {
+        const { transfer } = await store.createOrGet({
+          ...newTransfer(),
+          source_user_id: 901,
+          dest_user_id: 902,
+        });
+        const failing: SagaTransfer = { ...transfer, state: "failing", failure_reason: "insufficient_funds" };
+        assert.ok((await store.commitTransition("created", failing, [], 1_000)) !== null);
+      };
+      await fail();
+      assert.equal(wakes, 0, "a final status nobody subscribed to wakes nothing");
+      await pool.query(
+        `INSERT INTO webhook_endpoints (id, owner_user_id, url, events, secret)
+         VALUES ($1, 902, 'https://example.test/hook', ARRAY['transfer.failed'], $2)`,
+        [randomUUID(), `whsec_${Buffer.alloc(24, 7).toString("base64")}`],
+      );
+      await fail();
+      assert.equal(wakes, 1, "a delivery enqueued wakes the dispatcher");
+    } finally {
+      store.onWebhooks = () => {};
+      await pool.query("DELETE FROM webhook_endpoints WHERE owner_user_id = 902");
+    }
+  });
+
   it("keeps the first answer given for a request", async () => {
     const { transfer } = await store.createOrGet(newTransfer());
     const held = await store.commitTransition("created", heldFrom(transfer, 5), [], 1_000, {

@@ -360,7 +360,7 @@ export class SagaStore {
     // Webhook events of the transitions that make a status final, enqueued by this statement
     // for the rows it really moved: in the transition's commit, or not at all.
     const events = pending.flatMap((p) => transferEventOf(p.expected, p.next) ?? []);
-    const updated = await this.pool.query<TransferRow>(
+    const updated = await this.pool.query<TransferRow & { hooks_enqueued: number }>(
       `WITH moved AS (
          UPDATE transfers t
             SET state = i.state, failure_reason = i.failure_reason, source_init_bal = i.source_init_bal,
@@ -389,8 +389,10 @@ export class SagaStore {
              AS m(transfer_id, topic, key, payload, traceparent, n)
            JOIN moved mv ON mv.id = m.transfer_id
           ORDER BY m.n),
-       hooks AS (${enqueueEventsSql("$15", "ev.data->'transaction'->>'id' IN (SELECT id::text FROM moved)")})
-       SELECT * FROM moved`,
+       hooks AS (${enqueueEventsSql("$15", "ev.data->'transaction'->>'id' IN (SELECT id::text FROM moved)")}
+                 RETURNING 1)
+       -- The dispatcher is woken only for deliveries that exist: most final transfers have no endpoint.
+       SELECT moved.*, (SELECT count(*) FROM hooks)::int AS hooks_enqueued FROM moved`,
       [
         pending.map((p) => p.next.id),
         pending.map((p) => p.expected),
@@ -411,7 +413,7 @@ export class SagaStore {
     );
     const moved = new Map(updated.rows.map((row) => [row.id, fromRow(row)]));
     if (messages.some((m) => moved.has(m.transfer_id))) this.onOutbox();
-    if (events.length > 0) this.onWebhooks();
+    if ((updated.rows[0]?.hooks_enqueued ?? 0) > 0) this.onWebhooks();
     return batch.map((p) => moved.get(p.next.id) ?? null);
   }
 
