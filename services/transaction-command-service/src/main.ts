@@ -15,6 +15,7 @@ import { kafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
+import { ensureDisbursementIndexes } from "#packages/records/disbursements.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
 import { CrashSwitch } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
@@ -46,6 +47,7 @@ const crashes = new CrashSwitch(logger);
 await retryStartup("mongodb", logger, async () => {
   await mongo.connect();
   await ensureRecordIndexes(db);
+  await ensureDisbursementIndexes(db);
 });
 await retryStartup("kafka topics", logger, () =>
   ensureTopics({ brokers, sasl, topics: Object.values(topics), partitions: config.KAFKA_PARTITIONS, logger }),

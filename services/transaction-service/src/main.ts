@@ -32,6 +32,7 @@ import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts"
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { startDisbursements } from "./disbursements/index.ts";
+import { createDisbursementReads } from "./disbursements/reads.ts";
 import { registerRoutes } from "./http.ts";
 import { collectSaga, recordTransition } from "./metrics.ts";
 import { registerEventCountersRoute } from "./ops.ts";
@@ -135,6 +136,7 @@ const relay = startOutboxRelay({
   batch_max: config.OUTBOX_BATCH_MAX,
   idle_poll_ms: 500,
   crashes: config.FAULT_INJECTION ? crashes : noCrashes,
+  topic_roles: { commands: topics.commands },
 });
 store.onOutbox = () => relay.wake();
 
@@ -170,6 +172,7 @@ const events = startBatchConsumer({
         cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
       ]);
     },
+    onDisbursementRecorded: (id) => disbursementReads.recorded(id),
     onUnreadable: async (message, reason) => {
       await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
       metrics.deadLettered(message.topic);
@@ -195,6 +198,20 @@ const query = new QueryClient(
   secrets.query_token ?? "",
   config.QUERY_TIMEOUT_MS,
 );
+// Made before the next await, so it exists before the event handler above can call it.
+const disbursementReads = createDisbursementReads({
+  pool,
+  redis,
+  query,
+  cache: {
+    prefix: config.REDIS_KEY_PREFIX,
+    logger,
+    ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
+    ttl_final_ms: config.CACHE_TTL_FINAL_MS,
+    ttl_list_ms: config.CACHE_TTL_LIST_MS,
+    timeout_ms: config.CACHE_TIMEOUT_MS,
+  },
+});
 const limiter = new RateLimiter(redis, {
   prefix: config.REDIS_KEY_PREFIX,
   max: config.RATE_LIMIT_MAX,
@@ -273,6 +290,7 @@ const disbursements = startDisbursements({
   auth,
   limiter,
   waiters,
+  reads: disbursementReads,
   logger,
   ledger_url: config.USER_SERVICE_INTERNAL_URL,
   ledger_token: secrets.ledger_token ?? "",

@@ -31,6 +31,8 @@ export interface Disbursement {
   response_status: number | null;
   response_body: unknown;
   attempts: number;
+  /** Raised by the database with every visible change (orders the records). */
+  version: number;
   created_at: string;
   updated_at: string;
 }
@@ -54,6 +56,7 @@ interface DisbursementRow {
   response_status: number | null;
   response_body: unknown;
   attempts: number;
+  version: string;
   created_at: Date;
   updated_at: Date;
 }
@@ -78,6 +81,7 @@ function fromRow(row: DisbursementRow): Disbursement {
     response_status: row.response_status,
     response_body: row.response_body,
     attempts: row.attempts,
+    version: Number(row.version),
     created_at: row.created_at.toISOString(),
     updated_at: row.updated_at.toISOString(),
   };
@@ -310,20 +314,6 @@ export class DisbursementStore {
       [limit, backoff.base_ms, backoff.cap_ms],
     );
     return rows.map(fromRow);
-  }
-
-  /** The payer's disbursements, newest first, after the cursor's (created_at, id). */
-  async listByPayer(
-    source_user_id: number,
-    page: { limit: number; after: { t: string; id: string } | null },
-  ): Promise<{ rows: Disbursement[]; has_more: boolean }> {
-    const { rows } = await this.#pool.query<DisbursementRow>(
-      `SELECT ${COLUMNS} FROM disbursements d
-        WHERE d.source_user_id = $1 AND ($2::timestamptz IS NULL OR (d.created_at, d.id) < ($2::timestamptz, $3::uuid))
-        ORDER BY d.created_at DESC, d.id DESC LIMIT $4`,
-      [source_user_id, page.after?.t ?? null, page.after?.id ?? null, page.limit + 1],
-    );
-    return { rows: rows.slice(0, page.limit).map(fromRow), has_more: rows.length > page.limit };
   }
 
   /** A page of items in batch order, optionally of one public status, after the given index. */

@@ -8,7 +8,7 @@
  * forgery, or a transfer from before a database reset) is dropped, counted and logged: it can
  * neither be applied nor ever become applicable, and it says nothing a replay could fix.
  */
-import { type TransferEvent, transferEventSchema } from "#packages/contracts/messages.ts";
+import { recordEventSchema, type TransferEvent } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { contextFromKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
@@ -28,6 +28,8 @@ export function createEventHandler(deps: {
   counters: EventCounters;
   /** A record event was handled for this transfer (as the saga now holds it): readers' copies may be stale. */
   onRecordEvent: (transfer: StoredTransfer) => Promise<void>;
+  /** A disbursement's record moved: readers' copies of the batch may be stale. */
+  onDisbursementRecorded: (disbursement_id: string) => Promise<void>;
   onUnreadable: (message: ConsumedMessage, reason: string) => Promise<void>;
 }) {
   /**
@@ -71,16 +73,21 @@ export function createEventHandler(deps: {
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
     // Events of one transfer are applied in order; different transfers run side by side.
     const byTransfer = new Map<string, Array<{ event: TransferEvent; message: ConsumedMessage }>>();
+    const batches = new Set<string>();
     for (const message of messages) {
-      let parsed: ReturnType<typeof transferEventSchema.safeParse>;
+      let parsed: ReturnType<typeof recordEventSchema.safeParse>;
       try {
-        parsed = transferEventSchema.safeParse(JSON.parse(message.value));
+        parsed = recordEventSchema.safeParse(JSON.parse(message.value));
       } catch {
         await deps.onUnreadable(message, "value is not JSON");
         continue;
       }
       if (!parsed.success) {
         await deps.onUnreadable(message, `not a valid transfer event: ${parsed.error.message}`);
+        continue;
+      }
+      if (parsed.data.type === "DisbursementRecorded") {
+        batches.add(parsed.data.disbursement_id);
         continue;
       }
       const list = byTransfer.get(parsed.data.transfer_id) ?? [];
@@ -107,6 +114,7 @@ export function createEventHandler(deps: {
       }
     };
     await Promise.all(Array.from({ length: Math.min(deps.concurrency, groups.length) }, worker));
+    await Promise.all([...batches].map((id) => deps.onDisbursementRecorded(id)));
   };
 }
 

@@ -24,6 +24,8 @@ export function startOutboxRelay(options: {
   batch_max: number;
   idle_poll_ms: number;
   crashes?: CrashHook;
+  /** Topics named by role in rows the database writes itself ('@commands'), mapped to real names. */
+  topic_roles?: Readonly<Record<string, string>>;
 }): OutboxRelay {
   const crashes = options.crashes ?? noCrashes;
   let stopped = false;
@@ -37,7 +39,7 @@ export function startOutboxRelay(options: {
         [options.batch_max],
       );
       if (rows.rows.length === 0) return 0;
-      await options.producer.send(rows.rows.map(messageOf));
+      await options.producer.send(rows.rows.map((row) => messageOf(row, options.topic_roles)));
       crashes.reached("after_outbox_send");
       await client.query("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [rows.rows.map((r) => r.id)]);
       return rows.rows.length;
@@ -90,8 +92,12 @@ interface OutboxRow {
 }
 
 /** Each row's message continues the trace of the step that wrote it, not one of the batch's. */
-function messageOf(row: OutboxRow): OutgoingMessage {
-  const message = { topic: row.topic, key: row.key, value: row.payload };
+function messageOf(row: OutboxRow, roles: Readonly<Record<string, string>> = {}): OutgoingMessage {
+  const topic = row.topic.startsWith("@") ? roles[row.topic.slice(1)] : row.topic;
+  // A role nobody mapped is a wiring bug: failing the batch keeps the row until it is fixed.
+  if (topic === undefined)
+    throw new Error(`invariant: outbox row ${row.id} names unknown topic ${row.topic}`);
+  const message = { topic, key: row.key, value: row.payload };
   if (row.traceparent === null) return message;
   return { ...message, headers: injectKafkaHeaders({}, contextFromRow(row.traceparent)) };
 }
