@@ -6,12 +6,13 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { MongoClient } from "mongodb";
+import { type Collection, MongoClient } from "mongodb";
 import { uuidv7 } from "#packages/contracts/ids.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { operatorKafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer } from "#packages/kafka/index.ts";
 import { DISBURSEMENTS_COLLECTION } from "#packages/records/disbursements.ts";
+import { runAudit } from "../../ops/audit.ts";
 import { type Answer, asQuery, bearer, call, createUser, type TestUser, uniqueName, urls } from "./api.ts";
 
 const UNKNOWN_USER = 2_000_000_000;
@@ -56,20 +57,28 @@ async function finalBatch(payer: TestUser, payee: TestUser) {
   return { id, final: final.body.data.disbursement };
 }
 
+const engines = {
+  ledger_database_url: process.env.TEST_LEDGER_DATABASE_URL ?? "",
+  saga_database_url: process.env.TEST_SAGA_DATABASE_URL ?? "",
+  mongo_url: process.env.TEST_MONGO_URL ?? "mongodb://127.0.0.1:27017/",
+  mongo_database: process.env.TEST_MONGO_DATABASE ?? "dps_test",
+};
+
+/** The records collection itself: what the tests change behind the writer's back. */
+async function withRecords<T>(use: (records: Collection<{ _id: string }>) => Promise<T>): Promise<T> {
+  const mongo = new MongoClient(engines.mongo_url);
+  try {
+    return await use(mongo.db(engines.mongo_database).collection<{ _id: string }>(DISBURSEMENTS_COLLECTION));
+  } finally {
+    await mongo.close();
+  }
+}
+
 describe("disbursement records", () => {
   const marks: string[] = [];
   after(async () => {
     // The marker records name no batch of the saga: taken out so the final audit sees none.
-    if (marks.length === 0) return;
-    const mongo = new MongoClient(process.env.TEST_MONGO_URL ?? "mongodb://127.0.0.1:27017/");
-    try {
-      await mongo
-        .db(process.env.TEST_MONGO_DATABASE ?? "dps_test")
-        .collection<{ _id: string }>(DISBURSEMENTS_COLLECTION)
-        .deleteMany({ _id: { $in: marks } });
-    } finally {
-      await mongo.close();
-    }
+    if (marks.length > 0) await withRecords((records) => records.deleteMany({ _id: { $in: marks } }));
   });
 
   it("records a batch in MongoDB; the query service serves it and the payer's list", async () => {
@@ -172,5 +181,28 @@ describe("disbursement records", () => {
     assert.deepEqual(await recordWhen(id, () => true), record);
     const read = await publicRead(id, payer.token);
     assert.equal(read.body.data.disbursement.status, "PARTIALLY_COMPLETED");
+  });
+
+  it("the audit reports a batch record that disagrees with the saga", {
+    skip: engines.saga_database_url === "" ? "the test stack's database URLs are not set" : false,
+  }, async () => {
+    const payer = await createUser(1_000);
+    const payee = await createUser();
+    const { id } = await finalBatch(payer, payee);
+    const record = await recordWhen(id, (r) => r.status !== "PENDING");
+    const mine = async () =>
+      (await runAudit({ ...engines, quiet: false })).violations.filter((v) => v.includes(id));
+    assert.deepEqual(await mine(), []);
+    await withRecords((records) => records.updateOne({ _id: id }, { $set: { amount_refunded: 0 } }));
+    try {
+      const found = await mine();
+      assert.equal(found.length, 1, JSON.stringify(found));
+      assert.match(found[0] as string, /differs from the saga/);
+    } finally {
+      await withRecords((records) =>
+        records.updateOne({ _id: id }, { $set: { amount_refunded: record.amount_refunded } }),
+      );
+    }
+    assert.deepEqual(await mine(), []);
   });
 });
