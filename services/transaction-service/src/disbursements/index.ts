@@ -36,6 +36,7 @@ export function startDisbursements(deps: {
 }): { stop(): Promise<void> } {
   const store = new DisbursementStore(deps.saga.pool);
   store.onOutbox = deps.onOutbox;
+  store.onWebhooks = () => deps.saga.onWebhooks();
   const funder = new DisbursementFunder({
     store,
     client: new FundingClient(deps.ledger_url, deps.ledger_token),

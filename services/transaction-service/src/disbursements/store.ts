@@ -9,7 +9,9 @@ import { minorFromPg } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
+import { enqueueEvents } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "../saga/machine.ts";
+import { transferEventOf } from "../saga/webhook-events.ts";
 
 export type DisbursementState = "created" | "funded" | "refused";
 export type DisbursementStatus = "PENDING" | "COMPLETED" | "PARTIALLY_COMPLETED" | "FAILED";
@@ -124,6 +126,8 @@ export class DisbursementStore {
   readonly #pool: Pool;
   /** Called after a commit that added outbox rows (the relay wakes at once). */
   onOutbox: () => void = () => {};
+  /** Called after a commit that enqueued webhook deliveries (the dispatcher wakes at once). */
+  onWebhooks: () => void = () => {};
 
   constructor(pool: Pool) {
     this.#pool = pool;
@@ -229,6 +233,7 @@ export class DisbursementStore {
     record_wait_ms: number,
     records: (items: SagaTransfer[]) => OutgoingMessage[],
   ): Promise<boolean> {
+    let hooked = false;
     const applied = await withTransaction(this.#pool, async (client) => {
       const moved = await client.query(
         `UPDATE disbursements SET state = $2, failure_reason = $3, updated_at = now()
@@ -265,20 +270,25 @@ export class DisbursementStore {
           outcome.items.map((i) => (i.held ? null : i.reason)),
         ],
       );
-      const messages = records(
-        rows.map((r) => ({
-          id: r.id,
-          state: r.state,
-          source_user_id: Number(r.source_user_id),
-          dest_user_id: Number(r.dest_user_id),
-          amount: minorFromPg(r.amount_minor),
-          source_init_bal: r.source_init_bal === null ? null : minorFromPg(r.source_init_bal),
-          dest_init_bal: null,
-          failure_reason: r.failure_reason,
-          created_at: r.created_at.toISOString(),
-          updated_at: r.updated_at.toISOString(),
-        })),
-      );
+      const items: SagaTransfer[] = rows.map((r) => ({
+        id: r.id,
+        state: r.state,
+        source_user_id: Number(r.source_user_id),
+        dest_user_id: Number(r.dest_user_id),
+        amount: minorFromPg(r.amount_minor),
+        source_init_bal: r.source_init_bal === null ? null : minorFromPg(r.source_init_bal),
+        dest_init_bal: null,
+        failure_reason: r.failure_reason,
+        created_at: r.created_at.toISOString(),
+        updated_at: r.updated_at.toISOString(),
+      }));
+      const messages = records(items);
+      // An item not held is final now (FAILED): its transfer.failed goes out like any transfer's.
+      hooked =
+        (await enqueueEvents(
+          client,
+          items.flatMap((t) => transferEventOf("funding", t) ?? []),
+        )) > 0;
       await client.query(
         "INSERT INTO outbox (topic, key, payload) SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])",
         [
@@ -290,6 +300,7 @@ export class DisbursementStore {
       return true;
     });
     if (applied) this.onOutbox();
+    if (applied && hooked) this.onWebhooks();
     return applied;
   }
 
