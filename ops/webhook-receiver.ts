@@ -1,5 +1,5 @@
 /**
- * A webhook receiver on loopback for the tests: verifies every delivery's Standard Webhooks
+ * A webhook receiver on loopback for the tests and the chaos run: verifies every delivery's Standard Webhooks
  * signature with the `standardwebhooks` library and counts deliveries per webhook-id.
  */
 import { createServer, type Server } from "node:http";

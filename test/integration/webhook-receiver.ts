@@ -1,0 +1,2 @@
+/** The receiver lives beside the chaos run that uses it too. */
+export { type Received, WebhookReceiver } from "../../ops/webhook-receiver.ts";
