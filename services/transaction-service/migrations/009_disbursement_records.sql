@@ -1,5 +1,5 @@
 -- Disbursement records in MongoDB, flowing like transfer records: every visible change of a
--- batch (its counts, amounts, failure reason) raises its version and queues a
+-- batch (its counts, amounts, failure reason, updated_at) raises its version and queues a
 -- RecordDisbursement command in the outbox, in the statement (and commit) of the change. The
 -- command service keeps the highest version it has seen, so a redelivered or reordered
 -- snapshot changes nothing. The outbox row names its topic by role ('@commands'): the relay
@@ -27,15 +27,16 @@ LANGUAGE sql STABLE AS $$
     'updated_at', to_char(d.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
 $$;
 
--- Only the database sets the version: one more for every change a reader could see.
+-- Only the database sets the version: one more for every change a reader could see (the API
+-- shows updated_at too, so the funding's commit makes a version of its own).
 CREATE FUNCTION disbursements_version() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   IF (NEW.pending_count, NEW.completed_count, NEW.failed_count, NEW.amount_completed_minor,
-      NEW.amount_refunded_minor, NEW.failure_reason, NEW.reference)
+      NEW.amount_refunded_minor, NEW.failure_reason, NEW.reference, NEW.updated_at)
      IS DISTINCT FROM
      (OLD.pending_count, OLD.completed_count, OLD.failed_count, OLD.amount_completed_minor,
-      OLD.amount_refunded_minor, OLD.failure_reason, OLD.reference) THEN
+      OLD.amount_refunded_minor, OLD.failure_reason, OLD.reference, OLD.updated_at) THEN
     NEW.version := OLD.version + 1;
   ELSE
     NEW.version := OLD.version;
