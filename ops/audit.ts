@@ -22,6 +22,7 @@ import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool } from "#packages/pg/index.ts";
 import { RECORDS_COLLECTION, type TransferDocument } from "#packages/records/index.ts";
 import { type AuditReport, audit as ledgerAudit } from "../services/user-service/src/ledger/audit.ts";
+import { auditDisbursementRecords } from "./audit-disbursements.ts";
 
 export interface AuditOptions {
   ledger_database_url: string;
@@ -39,6 +40,8 @@ export interface AuditResult {
   transfers: { total: number; completed: number; failed: number; in_flight: number };
   records: { total: number; matched: number };
   holds: { total: number; matched: number };
+  /** Batch records in MongoDB, and how many stand at their batch's version in the saga. */
+  disbursement_records: { total: number; matched: number };
 }
 
 const PAGE = 5_000;
@@ -191,6 +194,8 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
       note(`I5: ${holdsTotal - matched.holds} ledger holds belong to no transfer`);
     if (recordsTotal !== matched.records)
       note(`I5: ${recordsTotal - matched.records} records belong to no transfer`);
+    const batches = await auditDisbursementRecords(sagaPool, mongo.db(options.mongo_database), options.quiet);
+    for (const problem of batches.problems) note(problem);
 
     return {
       ok: violations.length === 0,
@@ -199,6 +204,7 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
       transfers,
       records: { total: recordsTotal, matched: matched.records },
       holds: { total: holdsTotal, matched: matched.holds },
+      disbursement_records: { total: batches.total, matched: batches.matched },
     };
   } finally {
     await Promise.allSettled([ledgerPool.end(), sagaPool.end(), mongo.close()]);
@@ -215,6 +221,7 @@ export function formatAudit(result: AuditResult): string {
     `wallets    negative ${l.negative_wallets}, balance differs from journal ${l.wallets_mismatching_journal.length}`,
     `transfers  ${t.total} (completed ${t.completed}, failed ${t.failed}, in flight ${t.in_flight})`,
     `records    ${result.records.total} in MongoDB, ${result.records.matched} matched to transfers; holds ${result.holds.total}, ${result.holds.matched} matched`,
+    `batches    ${result.disbursement_records.total} records in MongoDB, ${result.disbursement_records.matched} at their batch's version`,
   ];
   for (const v of result.violations) lines.push(`VIOLATION  ${v}`);
   lines.push(

@@ -11,6 +11,7 @@ import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { type AuditOptions, type AuditResult, auditOptionsFromEnv, formatAudit, runAudit } from "./audit.ts";
+import { CHAOS_WEBHOOK_EVENTS, type ChaosWebhookSummary, ChaosWebhooks } from "./chaos-webhooks.ts";
 
 /**
  * Services are killed with SIGKILL (their supervisor restarts them); engines are killed with
@@ -56,6 +57,8 @@ export interface ChaosOptions {
   /** Disbursements sent during the run (at least; more while faults remain), and items in each. */
   batches: number;
   batch_items: number;
+  /** Every wallet registers a webhook endpoint; every final event must reach it, signed. */
+  webhooks: boolean;
   audit: AuditOptions;
   log: (line: string) => void;
 }
@@ -70,6 +73,7 @@ export interface ChaosReport {
   retries: number;
   batches_sent: number;
   batches_final: number;
+  webhooks: ChaosWebhookSummary | null;
   faults: string[];
   run_ms: number;
   quiet_ms: number;
@@ -193,6 +197,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     }
     return total;
   };
+  const hooks = options.webhooks ? await registerWebhooks(options, wallets, tokenFor, counters) : null;
   const client_total_before = await walletTotal();
   options.log(`chaos: ${wallets.length} wallets holding ${client_total_before}`);
 
@@ -326,6 +331,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
           counters,
         );
         const status = answer.body?.data?.transaction?.status;
+        if (status === "COMPLETED" || status === "FAILED")
+          hooks?.expectTransfer(answer.body.data.transaction);
         if (status === "COMPLETED") completed += 1;
         if (status === "FAILED") failed += 1;
         if (status === "COMPLETED" || status === "FAILED") break;
@@ -340,7 +347,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   await Promise.all(Array.from({ length: 16 }, poller));
   let batches_final = 0;
   for (const id of batches.values()) {
-    const problem = await checkBatch(options, id, admin, counters, quietStarted);
+    const problem = await checkBatch(options, id, admin, counters, quietStarted, hooks);
     if (problem === null) batches_final += 1;
     else violations.push(problem);
   }
@@ -350,6 +357,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     await sleep(500);
     audit = await runAudit({ ...options.audit, quiet: true });
   }
+  const hooked = hooks === null ? null : await hooks.check(options.quiet_timeout_ms);
+  await hooks?.stop();
+  if (hooked !== null) violations.push(...hooked.violations);
   const quiet_ms = Date.now() - quietStarted;
   const client_total_after = await walletTotal();
   if (client_total_after !== client_total_before) {
@@ -365,6 +375,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     retries: counters.retries,
     batches_sent,
     batches_final,
+    webhooks: hooked?.summary ?? null,
     faults,
     run_ms,
     quiet_ms,
@@ -389,6 +400,7 @@ async function checkBatch(
   admin: Record<string, string>,
   counters: { retries: number },
   quiet_started_ms: number,
+  hooks: ChaosWebhooks | null,
 ): Promise<string | null> {
   const read = (path: string) =>
     persist(
@@ -405,7 +417,13 @@ async function checkBatch(
     await sleep(200);
   }
   const d = (await read(`/disbursements/${id}`)).body.data.disbursement;
-  const items: { status: string; amount: number; dest_user_id: number }[] = [];
+  const items: {
+    id: string;
+    status: string;
+    amount: number;
+    source_user_id: number;
+    dest_user_id: number;
+  }[] = [];
   for (let cursor: string | null = null, pages = 0; pages < 20; pages++) {
     const page = await read(
       `/disbursements/${id}/items?limit=100${cursor === null ? "" : `&cursor=${cursor}`}`,
@@ -414,6 +432,8 @@ async function checkBatch(
     cursor = page.body.data.pagination.next_cursor;
     if (cursor === null) break;
   }
+  hooks?.expectBatch(d);
+  for (const item of items) if (item.status !== "PENDING") hooks?.expectTransfer(item);
   const completed = items.filter((i) => i.status === "COMPLETED");
   const failed = items.filter((i) => i.status === "FAILED");
   const derived =
@@ -438,6 +458,29 @@ async function checkBatch(
     return `batch: disbursement ${id} credited an unknown payee`;
   }
   return null;
+}
+
+/** One endpoint per wallet, on the run's receiver, registered with the wallet's own token. */
+async function registerWebhooks(
+  options: ChaosOptions,
+  wallets: number[],
+  tokenFor: (user_id: number) => Promise<Record<string, string>>,
+  counters: { retries: number },
+): Promise<ChaosWebhooks> {
+  const hooks = new ChaosWebhooks();
+  await hooks.start();
+  for (const user_id of wallets) {
+    const body = { url: hooks.urlFor(user_id), events: CHAOS_WEBHOOK_EVENTS };
+    const answer = await persist(
+      "register webhook",
+      async () => call("POST", `${options.transaction_url}/webhooks`, body, await tokenFor(user_id)),
+      counters,
+    );
+    if (answer.status !== 201)
+      throw new Error(`could not register a webhook: ${answer.status} ${JSON.stringify(answer.body)}`);
+    hooks.registered(user_id, answer.body.data.secret);
+  }
+  return hooks;
 }
 
 async function waitHealthy(
@@ -479,6 +522,11 @@ export function formatChaos(report: ChaosReport): string {
   return [
     `transfers  sent ${report.sent}, accepted ${report.accepted}, refused at once ${report.refused}, completed ${report.completed}, failed ${report.failed}`,
     `batches    ${report.batches_sent} disbursements sent, ${report.batches_final} final and agreeing with their items`,
+    ...(report.webhooks === null
+      ? []
+      : [
+          `webhooks   ${report.webhooks.endpoints} endpoints; ${report.webhooks.events_delivered} of ${report.webhooks.events_expected} events delivered signed, in ${report.webhooks.deliveries} deliveries (${report.webhooks.unverified} unsigned)`,
+        ]),
     `retries    ${report.retries} client retries through outages, ${report.replays} deliberate replays with the same key`,
     `faults     ${report.faults.length}: ${report.faults.join("; ")}`,
     `timing     workload ${(report.run_ms / 1000).toFixed(1)} s, time to quiet ${(report.quiet_ms / 1000).toFixed(1)} s`,
@@ -515,6 +563,7 @@ export function chaosOptionsFromEnv(
     replay_share: 0.3,
     batches: 10,
     batch_items: 20,
+    webhooks: true,
     audit: auditOptionsFromEnv(env, true),
     log: (line) => console.log(line),
     ...overrides,

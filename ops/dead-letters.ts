@@ -14,7 +14,7 @@ import { engineDefaults, splitList } from "#packages/config/index.ts";
 import {
   type DeadLetter,
   deadLetterTopicEntrySchema,
-  recordTransferCommandSchema,
+  recordCommandSchema,
   topicNames,
 } from "#packages/contracts/messages.ts";
 import { deadLetterReaderGroupPrefix, operatorKafkaSasl } from "#packages/kafka/access.ts";
@@ -117,7 +117,7 @@ export function whyNotReplayable(letter: DeadLetter, topic_prefix: string): stri
   } catch {
     return "value is not JSON";
   }
-  const parsed = recordTransferCommandSchema.safeParse(value);
+  const parsed = recordCommandSchema.safeParse(value);
   return parsed.success ? null : `value is not a valid message for ${letter.origin.topic}`;
 }
 

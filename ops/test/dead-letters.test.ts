@@ -52,4 +52,31 @@ describe("dead-letter replay", () => {
       /not a valid message/,
     );
   });
+
+  it("replays a refused batch record command as it does a transfer's", () => {
+    const now = new Date().toISOString();
+    const snapshot = {
+      id: randomUUID(),
+      version: 3,
+      status: "PENDING",
+      reference: null,
+      source_user_id: 1,
+      item_count: 2,
+      total_amount: 300,
+      counts: { pending: 1, completed: 1, failed: 0 },
+      amount_completed: 100,
+      amount_refunded: 0,
+      failure_reason: null,
+      created_at: now,
+      updated_at: now,
+    };
+    const batch = (s: unknown) =>
+      JSON.stringify({ type: "RecordDisbursement", message_id: randomUUID(), snapshot: s });
+    assert.equal(whyNotReplayable(letterFrom("test.transfer.commands", batch(snapshot)), "test."), null);
+    assert.match(
+      whyNotReplayable(letterFrom("test.transfer.commands", batch({ ...snapshot, version: 0 })), "test.") ??
+        "",
+      /not a valid message/,
+    );
+  });
 });

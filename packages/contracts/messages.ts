@@ -6,6 +6,7 @@
  * ordered on one partition. Delivery is at-least-once: every handler is idempotent.
  */
 import { z } from "zod";
+import { disbursementSnapshotSchema } from "./disbursement.ts";
 import { transferIdSchema } from "./ids.ts";
 import { transferSnapshotSchema, transferStatusSchema } from "./transfer.ts";
 
@@ -29,6 +30,25 @@ export const recordTransferCommandSchema = z.object({
 });
 export type RecordTransferCommand = z.infer<typeof recordTransferCommandSchema>;
 
+/**
+ * Write the disbursement record so that it is at least at `snapshot.version`. Sent on the
+ * commands topic, keyed by the disbursement id; applying it twice, or an older version after a
+ * newer one, changes nothing.
+ */
+export const recordDisbursementCommandSchema = z.object({
+  type: z.literal("RecordDisbursement"),
+  message_id: z.uuid(),
+  snapshot: disbursementSnapshotSchema,
+});
+export type RecordDisbursementCommand = z.infer<typeof recordDisbursementCommandSchema>;
+
+/** Everything the commands topic carries. */
+export const recordCommandSchema = z.discriminatedUnion("type", [
+  recordTransferCommandSchema,
+  recordDisbursementCommandSchema,
+]);
+export type RecordCommand = z.infer<typeof recordCommandSchema>;
+
 /** The record now stands at (at least) `status`. */
 export const transferRecordedEventSchema = z.object({
   type: z.literal("TransferRecorded"),
@@ -51,6 +71,23 @@ export const transferEventSchema = z.discriminatedUnion("type", [
   transferRecordedEventSchema,
   transferRecordRejectedEventSchema,
 ]);
+
+/** The disbursement record now stands at (at least) `version`: readers' copies may be stale. */
+export const disbursementRecordedEventSchema = z.object({
+  type: z.literal("DisbursementRecorded"),
+  message_id: z.uuid(),
+  disbursement_id: transferIdSchema,
+  version: disbursementSnapshotSchema.shape.version,
+});
+export type DisbursementRecordedEvent = z.infer<typeof disbursementRecordedEventSchema>;
+
+/** Everything the events topic carries. */
+export const recordEventSchema = z.discriminatedUnion("type", [
+  transferRecordedEventSchema,
+  transferRecordRejectedEventSchema,
+  disbursementRecordedEventSchema,
+]);
+export type RecordEvent = z.infer<typeof recordEventSchema>;
 export type TransferEvent = z.infer<typeof transferEventSchema>;
 export type TransferRecordedEvent = z.infer<typeof transferRecordedEventSchema>;
 export type TransferRecordRejectedEvent = z.infer<typeof transferRecordRejectedEventSchema>;

@@ -22,6 +22,7 @@ import { kafkaSasl } from "#packages/kafka/access.ts";
 import { createProducer, ensureTopics, pingKafka, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
+import { ensureDisbursementIndexes } from "#packages/records/disbursements.ts";
 import { ensureRecordIndexes } from "#packages/records/index.ts";
 import { CrashSwitch } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
@@ -198,6 +199,7 @@ async function main(): Promise<void> {
   await retryStartup("mongodb", logger, async () => {
     await mongo.connect();
     await ensureRecordIndexes(db);
+    await ensureDisbursementIndexes(db);
   });
   await retryStartup("kafka topics", logger, () =>
     ensureTopics({

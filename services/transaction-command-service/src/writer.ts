@@ -18,10 +18,12 @@
 import { randomUUID } from "node:crypto";
 import type { Db } from "mongodb";
 import {
+  type RecordCommand,
+  type RecordDisbursementCommand,
+  type RecordEvent,
   type RecordTransferCommand,
-  recordTransferCommandSchema,
+  recordCommandSchema,
   type TopicNames,
-  type TransferEvent,
 } from "#packages/contracts/messages.ts";
 import {
   type ConsumedMessage,
@@ -33,6 +35,7 @@ import type { Logger } from "#packages/log/index.ts";
 import type { Metrics } from "#packages/metrics/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { contextFromKafkaHeaders, injectKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
+import { applyDisbursementSnapshots } from "./disbursement-records.ts";
 import { type Outcome, planWrites } from "./plan.ts";
 import { applySnapshots } from "./records.ts";
 
@@ -85,13 +88,16 @@ function isTimeout(error: unknown): boolean {
 
 interface Parsed {
   message: ConsumedMessage;
-  command: RecordTransferCommand;
+  command: RecordCommand;
 }
 
 interface Applied {
   parsed: Parsed;
-  outcome: Outcome;
+  outcome: Outcome | { kind: "recorded"; command: RecordDisbursementCommand };
 }
+
+type ParsedTransfer = Parsed & { command: RecordTransferCommand };
+const isTransfer = (parsed: Parsed): parsed is ParsedTransfer => parsed.command.type === "RecordTransfer";
 
 /** What one batch sends, and the commands it gives up on (forgotten once the letters are sent). */
 interface BatchOut {
@@ -100,8 +106,9 @@ interface BatchOut {
 }
 
 /** A command's failures are counted by what it asks for, so a redelivery at another offset keeps its count. */
-function attemptKey(command: RecordTransferCommand): string {
-  return `${command.snapshot.id.toLowerCase()}:${command.snapshot.status}`;
+function attemptKey(command: RecordCommand): string {
+  const step = command.type === "RecordTransfer" ? command.snapshot.status : `v${command.snapshot.version}`;
+  return `${command.snapshot.id.toLowerCase()}:${step}`;
 }
 
 function chunksOf<T>(items: T[], size: number): T[][] {
@@ -124,21 +131,28 @@ export function createRecordWriter(deps: WriterDeps) {
     deadLetterFor(deps.topics.deadLetters, deps.service, message, reason, tries);
 
   // Made inside the command's span (replyInTrace): the event continues the saga's trace.
-  const event = (value: TransferEvent): OutgoingMessage => ({
+  const event = (value: RecordEvent): OutgoingMessage => ({
     topic: deps.topics.events,
-    key: value.transfer_id,
+    key: value.type === "DisbursementRecorded" ? value.disbursement_id : value.transfer_id,
     value,
     headers: injectKafkaHeaders(),
   });
 
-  const recorded = (command: RecordTransferCommand): OutgoingMessage =>
-    event({
-      type: "TransferRecorded",
-      message_id: randomUUID(),
-      transfer_id: command.snapshot.id,
-      status: command.snapshot.status,
-      snapshot: command.snapshot,
-    });
+  const recorded = (command: RecordCommand): OutgoingMessage =>
+    command.type === "RecordDisbursement"
+      ? event({
+          type: "DisbursementRecorded",
+          message_id: randomUUID(),
+          disbursement_id: command.snapshot.id,
+          version: command.snapshot.version,
+        })
+      : event({
+          type: "TransferRecorded",
+          message_id: randomUUID(),
+          transfer_id: command.snapshot.id,
+          status: command.snapshot.status,
+          snapshot: command.snapshot,
+        });
 
   const rejected = (command: RecordTransferCommand, reason: string): OutgoingMessage =>
     event({
@@ -158,7 +172,23 @@ export function createRecordWriter(deps: WriterDeps) {
     }
   }
 
+  /** Disbursement records first (nothing waits on them), then the transfers'. */
   async function applyAll(parsed: Parsed[]): Promise<Applied[]> {
+    const batches = parsed.filter((p) => p.command.type === "RecordDisbursement");
+    await applyDisbursementSnapshots(
+      deps.db,
+      batches.map((p) => (p.command as RecordDisbursementCommand).snapshot),
+    );
+    const applied = await applyTransfers(parsed.filter(isTransfer));
+    for (const p of batches)
+      applied.push({
+        parsed: p,
+        outcome: { kind: "recorded", command: p.command as RecordDisbursementCommand },
+      });
+    return applied;
+  }
+
+  async function applyTransfers(parsed: ParsedTransfer[]): Promise<Applied[]> {
     const plan = planWrites(parsed.map((p) => p.command));
     const conflicts = await applySnapshots(deps.db, plan.writes);
     return plan.outcomes.map((outcome, i) => {
@@ -175,7 +205,7 @@ export function createRecordWriter(deps: WriterDeps) {
   }
 
   /** One more failure of this command; the oldest tracked command is forgotten first when full. */
-  function countFailure(command: RecordTransferCommand): number {
+  function countFailure(command: RecordCommand): number {
     const key = attemptKey(command);
     const tries = (attempts.get(key) ?? 0) + 1;
     attempts.delete(key);
@@ -208,7 +238,9 @@ export function createRecordWriter(deps: WriterDeps) {
     out.given_up.push(attemptKey(parsed.command));
     const reason = `record write failed ${tries} times: ${(error as Error).message}`;
     deps.logger.error({ transfer_id: parsed.command.snapshot.id, reason }, "record dead-lettered");
-    out.messages.push(deadLetter(parsed.message, reason, tries), rejected(parsed.command, reason));
+    out.messages.push(deadLetter(parsed.message, reason, tries));
+    // The saga refunds a transfer whose record cannot be written; a batch record has no step to undo.
+    if (isTransfer(parsed)) out.messages.push(rejected(parsed.command, reason));
   }
 
   /** A chunk of several commands timed out while the store answers: halve it once it repeats. */
@@ -260,15 +292,14 @@ export function createRecordWriter(deps: WriterDeps) {
         out.messages.push(deadLetter(message, "value is not JSON", 1));
         continue;
       }
-      const result = recordTransferCommandSchema.safeParse(json);
+      const result = recordCommandSchema.safeParse(json);
       if (!result.success) {
-        out.messages.push(
-          deadLetter(message, `not a valid RecordTransfer command: ${result.error.message}`, 1),
-        );
+        out.messages.push(deadLetter(message, `not a valid record command: ${result.error.message}`, 1));
         continue;
       }
       const command = result.data;
       if (
+        command.type === "RecordTransfer" &&
         command.snapshot.status === "PENDING" &&
         deps.faults.reject_pending_for_source_user_ids.has(command.snapshot.source_user_id)
       ) {

@@ -25,6 +25,7 @@ import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
+import { registerDisbursementReads } from "./disbursements.ts";
 import { findTransfer, listUserTransfers } from "./records.ts";
 
 const SERVICE = "transaction-query-service";
@@ -116,6 +117,8 @@ export async function createApp(deps: AppDeps): Promise<App> {
       return ok({ transactions: page.items, pagination: { limit, has_more: page.has_more, next_cursor } });
     },
   );
+
+  registerDisbursementReads(app, { db, auth });
 
   return { listeners, closers: [() => closeBoth(listeners)] };
 }

@@ -20,7 +20,8 @@ export interface Redis {
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
 }
 
-const SET_IF_NEWER = `
+/** Versioned entries (`<rank>|<json>`): set unless the stored rank is higher. */
+export const SET_IF_NEWER = `
 local current = redis.call('GET', KEYS[1])
 if current then
   local rank = tonumber(string.match(current, '^(%d+)|'))
@@ -29,7 +30,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1`;
 
-const DELETE_IF_OLDER = `
+export const DELETE_IF_OLDER = `
 local current = redis.call('GET', KEYS[1])
 if current then
   local rank = tonumber(string.match(current, '^(%d+)|'))

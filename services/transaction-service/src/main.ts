@@ -38,6 +38,7 @@ import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts"
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { startDisbursements } from "./disbursements/index.ts";
+import { createDisbursementReads, type DisbursementReads } from "./disbursements/reads.ts";
 import { registerRoutes } from "./http.ts";
 import { collectSaga, recordTransition } from "./metrics.ts";
 import { registerEventCountersRoute } from "./ops.ts";
@@ -73,7 +74,13 @@ type Config = ReturnType<typeof loadConfig<typeof configShape>>;
 type RedisClient = ReturnType<typeof openRedis>;
 
 /** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
-function startSaga(deps: AppDeps, secrets: AuthSecrets, listeners: Listeners, cache: TransferCache) {
+function startSaga(
+  deps: AppDeps,
+  secrets: AuthSecrets,
+  listeners: Listeners,
+  cache: TransferCache,
+  disbursementReads: DisbursementReads,
+) {
   const { config, logger, pool } = deps;
   const brokers = splitList(config.KAFKA_BROKERS);
   const sasl = kafkaSasl(config);
@@ -115,6 +122,7 @@ function startSaga(deps: AppDeps, secrets: AuthSecrets, listeners: Listeners, ca
     batch_max: config.OUTBOX_BATCH_MAX,
     idle_poll_ms: 500,
     crashes: config.FAULT_INJECTION ? crashes : noCrashes,
+    topic_roles: { commands: topics.commands },
   });
   store.onOutbox = () => relay.wake();
 
@@ -151,6 +159,7 @@ function startSaga(deps: AppDeps, secrets: AuthSecrets, listeners: Listeners, ca
           cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
         ]);
       },
+      onDisbursementRecorded: (id) => disbursementReads.recorded(id),
       onUnreadable: async (message, reason) => {
         await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
         metrics.deadLettered(message.topic);
@@ -202,7 +211,26 @@ export async function createApp(deps: AppDeps): Promise<App> {
 
   const listeners = createListeners({ logger });
   traceListeners(listeners);
-  const saga = startSaga(deps, secrets, listeners, cache);
+  const query = new QueryClient(
+    config.TRANSACTION_QUERY_SERVICE_URL,
+    secrets.query_token ?? "",
+    config.QUERY_TIMEOUT_MS,
+  );
+  // Before the saga: its event consumer refreshes these reads when a batch's record lands.
+  const disbursementReads = createDisbursementReads({
+    pool,
+    redis,
+    query,
+    cache: {
+      prefix: config.REDIS_KEY_PREFIX,
+      logger,
+      ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
+      ttl_final_ms: config.CACHE_TTL_FINAL_MS,
+      ttl_list_ms: config.CACHE_TTL_LIST_MS,
+      timeout_ms: config.CACHE_TIMEOUT_MS,
+    },
+  });
+  const saga = startSaga(deps, secrets, listeners, cache, disbursementReads);
   const {
     brokers,
     sasl,
@@ -218,11 +246,6 @@ export async function createApp(deps: AppDeps): Promise<App> {
     events,
     sweeper,
   } = saga;
-  const query = new QueryClient(
-    config.TRANSACTION_QUERY_SERVICE_URL,
-    secrets.query_token ?? "",
-    config.QUERY_TIMEOUT_MS,
-  );
   const limiter = new RateLimiter(redis, {
     prefix: config.REDIS_KEY_PREFIX,
     max: config.RATE_LIMIT_MAX,
@@ -301,6 +324,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     auth,
     limiter,
     waiters,
+    reads: disbursementReads,
     logger,
     ledger_url: config.USER_SERVICE_INTERNAL_URL,
     ledger_token: secrets.ledger_token ?? "",

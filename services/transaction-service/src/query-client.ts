@@ -24,6 +24,27 @@ export class QueryClient {
     });
   }
 
+  getDisbursement(id: string): Promise<JsonResponse> {
+    return callJson(`${this.#base_url}/disbursements/${encodeURIComponent(id)}`, {
+      method: "GET",
+      timeout_ms: this.#timeout_ms,
+      headers: this.#headers,
+    });
+  }
+
+  listPayerDisbursements(
+    user_id: number,
+    query: { limit: number; cursor?: string | undefined },
+  ): Promise<JsonResponse> {
+    const params = new URLSearchParams({ limit: String(query.limit) });
+    if (query.cursor !== undefined) params.set("cursor", query.cursor);
+    return callJson(`${this.#base_url}/disbursements/user/${user_id}?${params}`, {
+      method: "GET",
+      timeout_ms: this.#timeout_ms,
+      headers: this.#headers,
+    });
+  }
+
   listUserTransfers(
     user_id: number,
     query: { limit: number; cursor?: string | undefined },

@@ -84,8 +84,17 @@ describe("disbursement store on PostgreSQL", {
       (rows) => rows.map((r) => ({ topic: "commands", key: r.id, value: { id: r.id, state: r.state } })),
     );
     assert.equal(applied, true);
-    const outbox = await pool.query("SELECT count(*)::int AS n FROM outbox");
+    const outbox = await pool.query("SELECT count(*)::int AS n FROM outbox WHERE topic = 'commands'");
     assert.equal(outbox.rows[0].n, 3, "every item's record is queued with the funding");
+    // The batch's own record: at its creation, its funding, and the counts the funding moved.
+    const versions = await pool.query(
+      "SELECT (payload->'snapshot'->>'version')::int AS v FROM outbox WHERE topic = '@commands' AND key = $1 ORDER BY id",
+      [disbursement.id],
+    );
+    assert.deepEqual(
+      versions.rows.map((r) => r.v),
+      [1, 2, 3],
+    );
     let d = await store.get(disbursement.id);
     assert.deepEqual(d?.counts, { pending: 2, completed: 0, failed: 1 });
     assert.equal(d?.amount_refunded, 300);

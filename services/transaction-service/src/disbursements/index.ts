@@ -11,6 +11,7 @@ import type { SagaRunner } from "../saga/runner.ts";
 import type { SagaStore } from "../saga/store.ts";
 import type { FinalStatusWaiters } from "../waiting.ts";
 import { DisbursementFunder, FundingClient } from "./funding.ts";
+import type { DisbursementReads } from "./reads.ts";
 import { registerDisbursementRoutes } from "./routes.ts";
 import { DisbursementStore } from "./store.ts";
 import { startDisbursementSweeper } from "./sweeper.ts";
@@ -23,6 +24,8 @@ export function startDisbursements(deps: {
   limiter: RateLimiter;
   /** `Prefer: wait` reads of a batch (told by the final-status notice its last item's commit sends). */
   waiters: FinalStatusWaiters;
+  /** Reads through the cache and the query service, like the transfer reads. */
+  reads: DisbursementReads;
   logger: Logger;
   ledger_url: string;
   ledger_token: string;
@@ -33,6 +36,7 @@ export function startDisbursements(deps: {
 }): { stop(): Promise<void> } {
   const store = new DisbursementStore(deps.saga.pool);
   store.onOutbox = deps.onOutbox;
+  store.onWebhooks = () => deps.saga.onWebhooks();
   const funder = new DisbursementFunder({
     store,
     client: new FundingClient(deps.ledger_url, deps.ledger_token),
@@ -48,6 +52,7 @@ export function startDisbursements(deps: {
     auth: deps.auth,
     limiter: deps.limiter,
     waiters: deps.waiters,
+    reads: deps.reads,
     step_timeout_ms: deps.timings.step_timeout_ms,
   });
   return startDisbursementSweeper({

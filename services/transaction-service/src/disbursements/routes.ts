@@ -6,14 +6,14 @@
 import { createHash } from "node:crypto";
 import type { FastifyReply } from "fastify";
 import { z } from "zod";
+import {
+  type DisbursementSnapshot,
+  disbursementSchema,
+  disbursementView,
+} from "#packages/contracts/disbursement.ts";
 import { transferIdSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
 import { amountMinorSchema, MAX_MINOR } from "#packages/contracts/money.ts";
-import {
-  decodeCursor,
-  encodeCursor,
-  listQuerySchema,
-  paginationSchema,
-} from "#packages/contracts/pagination.ts";
+import { decodeCursor, listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
 import { redactFor, transferSnapshotSchema } from "#packages/contracts/transfer.ts";
 import {
   type Authenticator,
@@ -32,6 +32,7 @@ import type { SagaStore } from "../saga/store.ts";
 import type { FinalStatusWaiters } from "../waiting.ts";
 import { waitAsPreferred } from "../waiting-read.ts";
 import type { DisbursementFunder } from "./funding.ts";
+import type { DisbursementReads } from "./reads.ts";
 import type { Disbursement, DisbursementStore } from "./store.ts";
 
 /** The most items in one disbursement (Wise's batch groups hold as many). */
@@ -64,23 +65,6 @@ const idempotencyKeySchema = z
   .string({ error: "Idempotency-Key is required" })
   .regex(/^[\x21-\x7e]{1,255}$/, { error: "must be 1-255 printable ASCII characters without spaces" });
 
-const statusSchema = z.enum(["PENDING", "COMPLETED", "PARTIALLY_COMPLETED", "FAILED"]);
-const count = z.number().int().nonnegative();
-const amount = z.number().int().nonnegative().max(MAX_MINOR);
-const disbursementSchema = z.object({
-  id: transferIdSchema,
-  status: statusSchema,
-  reference: z.string().nullable(),
-  source_user_id: userIdSchema,
-  item_count: count,
-  total_amount: amount,
-  counts: z.object({ pending: count, completed: count, failed: count }),
-  amount_completed: amount,
-  amount_refunded: amount,
-  failure_reason: z.string().nullable(),
-  created_at: z.iso.datetime({ offset: true }),
-  updated_at: z.iso.datetime({ offset: true }),
-});
 const itemSchema = transferSnapshotSchema.extend({
   reference: z.string(),
   disbursement_id: transferIdSchema,
@@ -162,7 +146,7 @@ export function checkItems(body: DisbursementBody): bigint {
 }
 
 /** The payer (or the operator) only. */
-function requireOwner(principal: Principal, d: Disbursement): void {
+function requireOwner(principal: Principal, d: Pick<Disbursement, "id" | "source_user_id">): void {
   if (principal.kind === "admin") return;
   if (principal.kind === "user" && principal.user_id === d.source_user_id) return;
   throw forbidden(`disbursement ${d.id} belongs to another user`);
@@ -223,6 +207,7 @@ export function registerDisbursementRoutes(
     auth: Authenticator;
     limiter: RateLimiter;
     waiters: FinalStatusWaiters;
+    reads: DisbursementReads;
     step_timeout_ms: number;
   },
 ): void {
@@ -302,21 +287,21 @@ export function registerDisbursementRoutes(
     },
     async (request, reply) => {
       const { id } = request.params;
-      const first = await deps.store.get(id);
+      const first = await deps.reads.one(id, request.log);
       if (first === null) throw notFound(`disbursement ${request.params.id}`);
       const principal = requirePrincipal(request);
       requireOwner(principal, first);
       // `Prefer: wait=N`: held until the batch is final (its last item's commit notifies every copy).
-      const d = await waitAsPreferred(request, reply, {
+      const d = await waitAsPreferred<DisbursementSnapshot>(request, reply, {
         waiters: deps.waiters,
         principal,
         kind: "disbursement",
         id,
         first,
-        read: async () => (await deps.store.get(id)) ?? first,
+        read: async () => (await deps.reads.fromSaga(id)) ?? first,
         isFinal: (batch) => batch.status !== "PENDING",
       });
-      return ok({ disbursement: toApi(d) });
+      return ok({ disbursement: disbursementView(d) });
     },
   );
 
@@ -404,13 +389,10 @@ export function registerDisbursementRoutes(
       if (after !== null && !transferIdSchema.safeParse(after.id).success) {
         throw new ApiError(400, "invalid_request", "querystring.cursor: is not a cursor this API returned");
       }
-      const page = await deps.store.listByPayer(principal.user_id, { limit, after });
-      const last = page.rows.at(-1);
-      const next =
-        page.has_more && last !== undefined ? encodeCursor({ t: last.created_at, id: last.id }) : null;
+      const page = await deps.reads.page(principal.user_id, { limit, cursor }, request.log);
       return ok({
-        disbursements: page.rows.map(toApi),
-        pagination: { limit, has_more: page.has_more, next_cursor: next },
+        disbursements: page.data.disbursements.map(disbursementView),
+        pagination: page.data.pagination,
       });
     },
   );

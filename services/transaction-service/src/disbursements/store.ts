@@ -9,7 +9,9 @@ import { minorFromPg } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
+import { enqueueEvents } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "../saga/machine.ts";
+import { transferEventOf } from "../saga/webhook-events.ts";
 
 export type DisbursementState = "created" | "funded" | "refused";
 export type DisbursementStatus = "PENDING" | "COMPLETED" | "PARTIALLY_COMPLETED" | "FAILED";
@@ -31,6 +33,8 @@ export interface Disbursement {
   response_status: number | null;
   response_body: unknown;
   attempts: number;
+  /** Raised by the database with every visible change (orders the records). */
+  version: number;
   created_at: string;
   updated_at: string;
 }
@@ -54,6 +58,7 @@ interface DisbursementRow {
   response_status: number | null;
   response_body: unknown;
   attempts: number;
+  version: string;
   created_at: Date;
   updated_at: Date;
 }
@@ -78,6 +83,7 @@ function fromRow(row: DisbursementRow): Disbursement {
     response_status: row.response_status,
     response_body: row.response_body,
     attempts: row.attempts,
+    version: Number(row.version),
     created_at: row.created_at.toISOString(),
     updated_at: row.updated_at.toISOString(),
   };
@@ -120,6 +126,8 @@ export class DisbursementStore {
   readonly #pool: Pool;
   /** Called after a commit that added outbox rows (the relay wakes at once). */
   onOutbox: () => void = () => {};
+  /** Called after a commit that enqueued webhook deliveries (the dispatcher wakes at once). */
+  onWebhooks: () => void = () => {};
 
   constructor(pool: Pool) {
     this.#pool = pool;
@@ -225,6 +233,7 @@ export class DisbursementStore {
     record_wait_ms: number,
     records: (items: SagaTransfer[]) => OutgoingMessage[],
   ): Promise<boolean> {
+    let hooked = false;
     const applied = await withTransaction(this.#pool, async (client) => {
       const moved = await client.query(
         `UPDATE disbursements SET state = $2, failure_reason = $3, updated_at = now()
@@ -261,20 +270,25 @@ export class DisbursementStore {
           outcome.items.map((i) => (i.held ? null : i.reason)),
         ],
       );
-      const messages = records(
-        rows.map((r) => ({
-          id: r.id,
-          state: r.state,
-          source_user_id: Number(r.source_user_id),
-          dest_user_id: Number(r.dest_user_id),
-          amount: minorFromPg(r.amount_minor),
-          source_init_bal: r.source_init_bal === null ? null : minorFromPg(r.source_init_bal),
-          dest_init_bal: null,
-          failure_reason: r.failure_reason,
-          created_at: r.created_at.toISOString(),
-          updated_at: r.updated_at.toISOString(),
-        })),
-      );
+      const items: SagaTransfer[] = rows.map((r) => ({
+        id: r.id,
+        state: r.state,
+        source_user_id: Number(r.source_user_id),
+        dest_user_id: Number(r.dest_user_id),
+        amount: minorFromPg(r.amount_minor),
+        source_init_bal: r.source_init_bal === null ? null : minorFromPg(r.source_init_bal),
+        dest_init_bal: null,
+        failure_reason: r.failure_reason,
+        created_at: r.created_at.toISOString(),
+        updated_at: r.updated_at.toISOString(),
+      }));
+      const messages = records(items);
+      // An item not held is final now (FAILED): its transfer.failed goes out like any transfer's.
+      hooked =
+        (await enqueueEvents(
+          client,
+          items.flatMap((t) => transferEventOf("funding", t) ?? []),
+        )) > 0;
       await client.query(
         "INSERT INTO outbox (topic, key, payload) SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])",
         [
@@ -286,6 +300,7 @@ export class DisbursementStore {
       return true;
     });
     if (applied) this.onOutbox();
+    if (applied && hooked) this.onWebhooks();
     return applied;
   }
 
@@ -310,20 +325,6 @@ export class DisbursementStore {
       [limit, backoff.base_ms, backoff.cap_ms],
     );
     return rows.map(fromRow);
-  }
-
-  /** The payer's disbursements, newest first, after the cursor's (created_at, id). */
-  async listByPayer(
-    source_user_id: number,
-    page: { limit: number; after: { t: string; id: string } | null },
-  ): Promise<{ rows: Disbursement[]; has_more: boolean }> {
-    const { rows } = await this.#pool.query<DisbursementRow>(
-      `SELECT ${COLUMNS} FROM disbursements d
-        WHERE d.source_user_id = $1 AND ($2::timestamptz IS NULL OR (d.created_at, d.id) < ($2::timestamptz, $3::uuid))
-        ORDER BY d.created_at DESC, d.id DESC LIMIT $4`,
-      [source_user_id, page.after?.t ?? null, page.after?.id ?? null, page.limit + 1],
-    );
-    return { rows: rows.slice(0, page.limit).map(fromRow), has_more: rows.length > page.limit };
   }
 
   /** A page of items in batch order, optionally of one public status, after the given index. */

@@ -8,7 +8,7 @@
  * forgery, or a transfer from before a database reset) is dropped, counted and logged: it can
  * neither be applied nor ever become applicable, and it says nothing a replay could fix.
  */
-import { type TransferEvent, transferEventSchema } from "#packages/contracts/messages.ts";
+import { recordEventSchema, type TransferEvent } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { contextFromKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
@@ -28,6 +28,8 @@ export function createEventHandler(deps: {
   counters: EventCounters;
   /** A record event was handled for this transfer (as the saga now holds it): readers' copies may be stale. */
   onRecordEvent: (transfer: StoredTransfer) => Promise<void>;
+  /** A disbursement's record moved: readers' copies of the batch may be stale. */
+  onDisbursementRecorded: (disbursement_id: string) => Promise<void>;
   onUnreadable: (message: ConsumedMessage, reason: string) => Promise<void>;
 }) {
   /**
@@ -69,7 +71,7 @@ export function createEventHandler(deps: {
   };
 
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
-    const { byTransfer, unreadable } = groupByTransfer(messages);
+    const { byTransfer, batches, unreadable } = groupByTransfer(messages);
     for (const { message, reason } of unreadable) await deps.onUnreadable(message, reason);
     const groups = [...byTransfer.entries()];
     // The batch's transfers in one read; the transitions and ledger steps they lead to are
@@ -90,29 +92,36 @@ export function createEventHandler(deps: {
       }
     };
     await Promise.all(Array.from({ length: Math.min(deps.concurrency, groups.length) }, worker));
+    await Promise.all([...batches].map((id) => deps.onDisbursementRecorded(id)));
   };
 }
 
 type Grouped = {
   /** Each transfer's events in the order they came: one transfer's are applied in order, different transfers side by side. */
   byTransfer: Map<string, Array<{ event: TransferEvent; message: ConsumedMessage }>>;
-  /** Messages that are no transfer event, with why, in the order they came. */
+  /** Batches whose record was written (DisbursementRecorded), each once. */
+  batches: Set<string>;
+  /** Messages that are no record event, with why, in the order they came. */
   unreadable: Array<{ message: ConsumedMessage; reason: string }>;
 };
 
-/** A batch's events by the transfer they name. */
+/** A batch's events by the transfer they name (and the batches whose record was written). */
 export function groupByTransfer(messages: readonly ConsumedMessage[]): Grouped {
-  const grouped: Grouped = { byTransfer: new Map(), unreadable: [] };
+  const grouped: Grouped = { byTransfer: new Map(), batches: new Set(), unreadable: [] };
   for (const message of messages) {
-    let parsed: ReturnType<typeof transferEventSchema.safeParse>;
+    let parsed: ReturnType<typeof recordEventSchema.safeParse>;
     try {
-      parsed = transferEventSchema.safeParse(JSON.parse(message.value));
+      parsed = recordEventSchema.safeParse(JSON.parse(message.value));
     } catch {
       grouped.unreadable.push({ message, reason: "value is not JSON" });
       continue;
     }
     if (!parsed.success) {
       grouped.unreadable.push({ message, reason: `not a valid transfer event: ${parsed.error.message}` });
+      continue;
+    }
+    if (parsed.data.type === "DisbursementRecorded") {
+      grouped.batches.add(parsed.data.disbursement_id);
       continue;
     }
     const list = grouped.byTransfer.get(parsed.data.transfer_id) ?? [];

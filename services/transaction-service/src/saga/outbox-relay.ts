@@ -24,6 +24,8 @@ export function startOutboxRelay(options: {
   batch_max: number;
   idle_poll_ms: number;
   crashes?: CrashHook;
+  /** Topics named by role in rows the database writes itself ('@commands'), mapped to real names. */
+  topic_roles?: Readonly<Record<string, string>>;
 }): OutboxRelay {
   const crashes = options.crashes ?? noCrashes;
   let stopped = false;
@@ -46,7 +48,7 @@ export function startOutboxRelay(options: {
           },
         },
         options.producer,
-        { batch_max: options.batch_max, crashes },
+        { batch_max: options.batch_max, crashes, topic_roles: options.topic_roles ?? {} },
       ),
     );
 
@@ -108,11 +110,11 @@ export interface OutboxBatchStore {
 export async function relayBatch(
   store: OutboxBatchStore,
   producer: Pick<JsonProducer, "send">,
-  options: { batch_max: number; crashes: CrashHook },
+  options: { batch_max: number; crashes: CrashHook; topic_roles?: Readonly<Record<string, string>> },
 ): Promise<number> {
   const rows = await store.oldest(options.batch_max);
   if (rows.length === 0) return 0;
-  await producer.send(rows.map(messageOf));
+  await producer.send(rows.map((row) => messageOf(row, options.topic_roles)));
   options.crashes.reached("after_outbox_send");
   await store.remove(rows.map((r) => r.id));
   return rows.length;
@@ -127,8 +129,12 @@ export interface OutboxRow {
 }
 
 /** Each row's message continues the trace of the step that wrote it, not one of the batch's. */
-function messageOf(row: OutboxRow): OutgoingMessage {
-  const message = { topic: row.topic, key: row.key, value: row.payload };
+function messageOf(row: OutboxRow, roles: Readonly<Record<string, string>> = {}): OutgoingMessage {
+  const topic = row.topic.startsWith("@") ? roles[row.topic.slice(1)] : row.topic;
+  // A role nobody mapped is a wiring bug: failing the batch keeps the row until it is fixed.
+  if (topic === undefined)
+    throw new Error(`invariant: outbox row ${row.id} names unknown topic ${row.topic}`);
+  const message = { topic, key: row.key, value: row.payload };
   if (row.traceparent === null) return message;
   return { ...message, headers: injectKafkaHeaders({}, contextFromRow(row.traceparent)) };
 }
