@@ -270,6 +270,16 @@ describe("batch disbursements", () => {
       assert.equal(answer.status, 201);
       ids.push(answer.body.data.disbursement.id);
     }
+    // The list is read from the batch records, which trail a fresh POST by one record write.
+    const newest = ids[2] as string;
+    for (const deadline = Date.now() + 30_000; ; ) {
+      const first = await call("GET", `${urls.transaction}/disbursements?limit=1`, {
+        headers: bearer(payer.token),
+      });
+      if (first.status === 200 && first.body.data.disbursements[0]?.id === newest) break;
+      assert.ok(Date.now() < deadline, `the newest batch is not listed: ${JSON.stringify(first.body)}`);
+      await sleep(200);
+    }
     const seen: string[] = [];
     let cursor: string | null = null;
     do {
