@@ -35,6 +35,7 @@ import { startDisbursements } from "./disbursements/index.ts";
 import { registerRoutes } from "./http.ts";
 import { collectSaga, recordTransition } from "./metrics.ts";
 import { registerEventCountersRoute } from "./ops.ts";
+import { registerRedriveRoute } from "./parked.ts";
 import { QueryClient } from "./query-client.ts";
 import { createEventHandler, type EventCounters } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
@@ -285,6 +286,7 @@ const disbursements = startDisbursements({
   },
 });
 registerEventCountersRoute(listeners.internal, auth, eventCounters);
+registerRedriveRoute(listeners.internal, auth, store, logger);
 if (config.FAULT_INJECTION) {
   registerCrashRoute(listeners.internal, auth, crashes, [
     "after_hold",

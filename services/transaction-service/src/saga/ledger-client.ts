@@ -10,6 +10,7 @@ import { z } from "zod";
 import { balanceMinorSchema } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import { callJson } from "#packages/http/client.ts";
+import { InvariantError } from "#packages/runtime/assert.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { withSpan } from "#packages/tracing/index.ts";
 
@@ -37,7 +38,7 @@ export type LedgerAnswer =
   | { kind: "already_posted" };
 
 /** The ledger said something the saga's state rules out: a bug, never retried into money movement. */
-export class LedgerInvariantError extends Error {}
+export class LedgerInvariantError extends InvariantError {}
 
 type Step =
   | { op: "hold"; transfer_id: string; source_user_id: number; dest_user_id: number; amount: number }

@@ -6,6 +6,8 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "#packages/log/index.ts";
+import { InvariantError } from "#packages/runtime/assert.ts";
+import { isParkable } from "./machine.ts";
 import type { SagaRunner } from "./runner.ts";
 import type { SagaStore } from "./store.ts";
 
@@ -41,6 +43,8 @@ export function startSweeper(options: {
             try {
               await options.runner.recover(transfer);
             } catch (error) {
+              // A broken invariant is a bug, not an outage: retrying it would retry into money.
+              if (error instanceof InvariantError && (await parked(options, transfer.id, error))) continue;
               options.logger.warn(
                 { err: error, transfer_id: transfer.id, state: transfer.state },
                 "recovery step failed",
@@ -62,4 +66,37 @@ export function startSweeper(options: {
       await done;
     },
   };
+}
+
+/**
+ * Park the transfer whose step broke an invariant where it now stands (re-read: the failed call
+ * may have moved it first), so no driver retries it into money movement. False when it is not
+ * in a state that parks, or parking itself failed; the sweep then treats it as any failure.
+ */
+async function parked(
+  options: { store: SagaStore; runner: SagaRunner; logger: Logger },
+  id: string,
+  error: InvariantError,
+): Promise<boolean> {
+  try {
+    const current = await options.store.get(id);
+    if (current === null || !isParkable(current.state)) {
+      options.logger.error(
+        { err: error, transfer_id: id },
+        "a broken invariant in a state that does not park",
+      );
+      return false;
+    }
+    const parked = await options.store.park(id, current.state, error.message);
+    if (parked === null) return false;
+    options.runner.onTransition(parked);
+    options.logger.error(
+      { err: error, transfer_id: id, from: current.state },
+      "transfer parked: a broken invariant stopped its step; an operator must re-drive it",
+    );
+    return true;
+  } catch (parking) {
+    options.logger.warn({ err: parking, transfer_id: id }, "parking failed");
+    return false;
+  }
 }
