@@ -4,8 +4,9 @@
  * - topic creation at start-up (the broker refuses auto-creation, so a typo fails loudly);
  * - a batch consumer that hands a bounded batch to an idempotent handler and commits the
  *   offsets only after the handler's effects are durable. A batch whose handler throws is
- *   retried with capped exponential backoff; if the consumer itself breaks (broker restart)
- *   it is rebuilt. Delivery is at-least-once by construction.
+ *   retried with capped exponential backoff, unless it broke an invariant (retry.ts: that
+ *   message is dead-lettered at once); if the consumer itself breaks (broker restart) it is
+ *   rebuilt. Delivery is at-least-once by construction.
  */
 
 import { randomUUID } from "node:crypto";
@@ -26,6 +27,7 @@ import type { Logger } from "#packages/log/index.ts";
 import type { LagRow, Metrics } from "#packages/metrics/index.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
 import type { KafkaHeaders } from "#packages/tracing/carriers.ts";
+import { handleWithRetry as handleWithPolicy } from "./retry.ts";
 
 export interface OutgoingMessage {
   topic: string;
@@ -199,8 +201,13 @@ export interface BatchConsumerOptions {
   logger: Logger;
   /** Upper bound on messages handed to one handleBatch call. */
   max_batch: number;
-  /** Must be idempotent. Throwing means "nothing was lost, try the same batch again later". */
+  /**
+   * Must be idempotent. Throwing means "nothing was lost, try the same batch again later"; throwing
+   * an InvariantError means "this can never succeed" (see retry.ts).
+   */
   handleBatch(messages: ConsumedMessage[]): Promise<void>;
+  /** Sends a message whose handling broke an invariant to the dead letters, at once (retry.ts). */
+  deadLetter?: (message: ConsumedMessage, reason: string) => Promise<void>;
   /**
    * Liveness: if the loop makes no progress at all (no batch, no retry, no idle check) for this
    * long, the process exits so that its supervisor starts it afresh. Default 120 s.
@@ -322,21 +329,13 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
       value: m.value ?? "",
       headers: m.headers,
     }));
-    for (let attempt = 0; ; attempt++) {
-      if (stopped) throw new Error("consumer stopping");
-      progress();
-      try {
-        await options.handleBatch(messages);
-        return;
-      } catch (error) {
-        const delay = backoff_ms(attempt, 100, 5_000);
-        options.logger.warn(
-          { err: error, attempt, delay_ms: delay, size: batch.length },
-          "batch failed; retrying",
-        );
-        await sleep(delay);
-      }
-    }
+    await handleWithPolicy(messages, {
+      handleBatch: options.handleBatch,
+      deadLetter: options.deadLetter,
+      logger: options.logger,
+      isStopped: () => stopped,
+      progress,
+    });
   };
 
   const done = loop();

@@ -16,6 +16,7 @@ import { closeBoth, createListeners, listenBoth, registerHealth } from "#package
 import { CachedTokenVersions } from "#packages/http/token-versions.ts";
 import { kafkaSasl } from "#packages/kafka/access.ts";
 import {
+  type ConsumedMessage,
   createProducer,
   deadLetterFor,
   ensureTopics,
@@ -171,12 +172,15 @@ const events = startBatchConsumer({
         cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
       ]);
     },
-    onUnreadable: async (message, reason) => {
-      await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
-      metrics.deadLettered(message.topic);
-    },
+    onUnreadable: deadLetterEvent,
   }),
+  deadLetter: deadLetterEvent,
 });
+
+async function deadLetterEvent(message: ConsumedMessage, reason: string): Promise<void> {
+  await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
+  metrics.deadLettered(message.topic);
+}
 
 const sweeper = startSweeper({
   store,
