@@ -25,6 +25,7 @@ import {
 import type { DeadLetter } from "#packages/contracts/messages.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { LagRow, Metrics } from "#packages/metrics/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
 import type { KafkaHeaders } from "#packages/tracing/carriers.ts";
 import { handleWithRetry as handleWithPolicy } from "./retry.ts";
@@ -89,7 +90,8 @@ function saslOption(sasl: KafkaSasl): { sasl?: SASLOptions } {
  * acknowledged message and writes go on. A single broker can hold only one copy.
  */
 export function topicReplication(broker_count: number): { replicas: number; min_insync_replicas: number } {
-  if (!Number.isInteger(broker_count) || broker_count < 1) throw new Error("invariant: broker_count < 1");
+  assert(Number.isInteger(broker_count), "broker_count must be an integer");
+  assert(broker_count >= 1, "broker_count must be at least 1");
   const replicas = Math.min(3, broker_count);
   return { replicas, min_insync_replicas: replicas >= 3 ? 2 : 1 };
 }
@@ -226,8 +228,8 @@ export interface RunningConsumer {
 }
 
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
-  if (options.max_batch < 1 || options.max_batch > 10_000)
-    throw new Error("invariant: max_batch out of range");
+  assert(options.max_batch >= 1, "max_batch must be at least 1");
+  assert(options.max_batch <= 10_000, "max_batch must be at most 10000");
   let stopped = false;
   let running = false;
   let consumer: Consumer<string, string, string, string> | undefined;

@@ -13,7 +13,7 @@ import { ApiError, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import type { HttpServer } from "#packages/http/server.ts";
 import type { Pool } from "#packages/pg/index.ts";
-import { invariant } from "./domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
 
 /** The most items one funding may hold (the SQL function refuses more, too). */
 export const FUNDING_ITEMS_MAX = 1_000;
@@ -47,9 +47,10 @@ const REFUSALS = new Set(["dest_not_found", "insufficient_funds", "source_not_fo
  */
 export async function fundBatch(pool: Pool, request: FundingRequest): Promise<FundingItemResult[]> {
   const { items } = request;
-  invariant(
-    items.length >= 1 && items.length <= FUNDING_ITEMS_MAX,
-    `a funding holds 1..${FUNDING_ITEMS_MAX} items, got ${items.length}`,
+  assert(items.length >= 1, "a funding holds at least one item");
+  assert(
+    items.length <= FUNDING_ITEMS_MAX,
+    `a funding holds at most ${FUNDING_ITEMS_MAX} items, got ${items.length}`,
   );
   const { rows } = await pool.query<{
     ordinal: number;
@@ -63,18 +64,18 @@ export async function fundBatch(pool: Pool, request: FundingRequest): Promise<Fu
     items.map((i) => i.dest_user_id),
     items.map((i) => i.amount),
   ]);
-  invariant(rows.length === items.length, `${items.length} items answered ${rows.length} rows`);
+  assert(rows.length === items.length, `${items.length} items answered ${rows.length} rows`);
   return rows.map((row, index) => {
-    invariant(row.ordinal === index + 1, `funding row ${index} is item ${row.ordinal}`);
+    assert(row.ordinal === index + 1, `funding row ${index} is item ${row.ordinal}`);
     if (row.result === "ok") {
-      invariant(row.source_balance_before_minor !== null, `item ${row.transfer_id} held without a balance`);
+      assert(row.source_balance_before_minor !== null, `item ${row.transfer_id} held without a balance`);
       return {
         transfer_id: row.transfer_id,
         result: "ok",
         source_balance_before: minorFromPg(row.source_balance_before_minor),
       };
     }
-    invariant(REFUSALS.has(row.result), `item ${row.transfer_id} answered '${row.result}'`);
+    assert(REFUSALS.has(row.result), `item ${row.transfer_id} answered '${row.result}'`);
     return { transfer_id: row.transfer_id, result: row.result as "dest_not_found" };
   });
 }

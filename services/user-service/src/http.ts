@@ -22,11 +22,11 @@ import type { RateLimiter } from "#packages/http/rate-limit.ts";
 import { type Listeners, refuseMethod } from "#packages/http/server.ts";
 import type { Metrics } from "#packages/metrics/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import {
   hashBelowCost,
   hashPassword,
   idempotencyKeySchema,
-  invariant,
   type PasswordHasher,
   pageLimitSchema,
   passwordSchema,
@@ -631,7 +631,7 @@ export function registerRoutes(listeners: Listeners, deps: RouteDeps): void {
           return ok({
             results: operations.map(({ transfer_id, op }, index) => {
               const result = results[index];
-              invariant(result !== undefined, `operation ${index} of the batch has no result`);
+              assert(result !== undefined, `operation ${index} of the batch has no result`);
               return result.ok
                 ? { transfer_id, op, ok: true as const, hold: toApiHold(result.hold) }
                 : { transfer_id, op, ok: false as const, code: result.code, message: result.message };

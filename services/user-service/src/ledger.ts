@@ -18,11 +18,12 @@
  */
 import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
+// The one assert (packages/runtime), under the name this file's checks read as.
+import { assert as invariant } from "#packages/runtime/assert.ts";
 import {
   type DepositRow,
   type HoldRow,
   type HoldState,
-  invariant,
   type RefusalCode,
   refuse,
   type UserRow,
@@ -114,7 +115,8 @@ type PostingRef = { kind: "deposit"; deposit_id: string };
  */
 async function journal(client: PoolClient, ref: PostingRef, legs: Leg[]): Promise<void> {
   const total = legs.reduce((sum, leg) => sum + BigInt(leg.amount), 0n);
-  invariant(legs.length >= 2 && total === 0n, `posting ${JSON.stringify(ref)} does not balance`);
+  invariant(legs.length >= 2, `posting ${JSON.stringify(ref)} has fewer than two legs`);
+  invariant(total === 0n, `posting ${JSON.stringify(ref)} does not balance`);
   const { rowCount } = await client.query(
     `WITH p AS (INSERT INTO postings (kind, deposit_id) VALUES ($1, $2) RETURNING id)
      INSERT INTO entries (posting_id, account_id, amount_minor, balance_after_minor)
@@ -373,9 +375,13 @@ export async function openWalletsInBulk(
   },
 ): Promise<number[]> {
   const { username_prefix, first, count, password_hash, opening_balance } = input;
-  invariant(Number.isSafeInteger(first) && first >= 0, "first must be a non-negative integer");
-  invariant(Number.isSafeInteger(count) && count > 0 && count <= 1_000_000, "count must be 1..1000000");
-  invariant(Number.isSafeInteger(opening_balance) && opening_balance > 0, "opening balance must be positive");
+  invariant(Number.isSafeInteger(first), "first must be an integer");
+  invariant(first >= 0, "first must not be negative");
+  invariant(Number.isSafeInteger(count), "count must be an integer");
+  invariant(count > 0, "count must be positive");
+  invariant(count <= 1_000_000, "count must be at most 1000000");
+  invariant(Number.isSafeInteger(opening_balance), "opening balance must be an integer");
+  invariant(opening_balance > 0, "opening balance must be positive");
   return withTransaction(pool, async (client) => {
     const { rows } = await client.query<{ user_id: string }>(
       `WITH u AS (
@@ -443,10 +449,8 @@ async function depositIn(
       [idempotency_key, EXTERNAL_ACCOUNT_ID],
     );
     const first = rows[0];
-    invariant(
-      first !== undefined && rows.length === 1,
-      `deposit with key ${idempotency_key} has no single wallet entry`,
-    );
+    invariant(first !== undefined, `deposit with key ${idempotency_key} has no wallet entry`);
+    invariant(rows.length === 1, `deposit with key ${idempotency_key} has ${rows.length} wallet entries`);
     if (Number(first.user_id) !== user_id || minorFromPg(first.amount_minor) !== amount) {
       throw refuse(
         "idempotency_key_reused",
@@ -551,27 +555,23 @@ export async function applyBatch(
   pool: Pool,
   operations: readonly LedgerOperation[],
 ): Promise<LedgerOperationResult[]> {
+  invariant(operations.length >= 1, "a batch holds at least one operation");
   invariant(
-    operations.length >= 1 && operations.length <= LEDGER_BATCH_MAX,
-    `a batch holds 1..${LEDGER_BATCH_MAX} operations, got ${operations.length}`,
+    operations.length <= LEDGER_BATCH_MAX,
+    `a batch holds at most ${LEDGER_BATCH_MAX} operations, got ${operations.length}`,
   );
   // UUIDs compare case-insensitively in PostgreSQL: so must the duplicate check.
   const ids = operations.map((o) => o.transfer_id.toLowerCase());
   invariant(new Set(ids).size === ids.length, "a transfer appears more than once in one batch");
   for (const o of operations) {
     if (o.op !== "hold") continue;
-    invariant(
-      Number.isSafeInteger(o.amount) && o.amount > 0 && o.amount <= MAX_MINOR,
-      `hold ${o.transfer_id}: amount ${o.amount} is not 1..${MAX_MINOR} minor units`,
-    );
-    invariant(
-      Number.isSafeInteger(o.source_user_id) && o.source_user_id > 0,
-      `hold ${o.transfer_id}: bad source ${o.source_user_id}`,
-    );
-    invariant(
-      Number.isSafeInteger(o.dest_user_id) && o.dest_user_id > 0,
-      `hold ${o.transfer_id}: bad destination ${o.dest_user_id}`,
-    );
+    invariant(Number.isSafeInteger(o.amount), `hold ${o.transfer_id}: amount ${o.amount} is not an integer`);
+    invariant(o.amount > 0, `hold ${o.transfer_id}: amount ${o.amount} is not positive`);
+    invariant(o.amount <= MAX_MINOR, `hold ${o.transfer_id}: amount ${o.amount} is above ${MAX_MINOR}`);
+    invariant(Number.isSafeInteger(o.source_user_id), `hold ${o.transfer_id}: source ${o.source_user_id}`);
+    invariant(o.source_user_id > 0, `hold ${o.transfer_id}: source ${o.source_user_id} is not positive`);
+    invariant(Number.isSafeInteger(o.dest_user_id), `hold ${o.transfer_id}: destination ${o.dest_user_id}`);
+    invariant(o.dest_user_id > 0, `hold ${o.transfer_id}: destination ${o.dest_user_id} is not positive`);
   }
 
   const hold = (o: LedgerOperation) => (o.op === "hold" ? o : null);
@@ -592,10 +592,8 @@ export async function applyBatch(
   for (const row of rows) {
     const index = row.ordinal - 1;
     const operation = operations[index];
-    invariant(
-      operation !== undefined && results[index] === undefined,
-      `step ordinal ${row.ordinal} is out of range or answered twice`,
-    );
+    invariant(operation !== undefined, `step ordinal ${row.ordinal} is out of range`);
+    invariant(results[index] === undefined, `step ordinal ${row.ordinal} is answered twice`);
     results[index] = toResult(operation, row);
   }
   return results.map((result, index) => {

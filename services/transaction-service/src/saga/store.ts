@@ -8,6 +8,7 @@ import { minorFromPg } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
+import { assert, InvariantError } from "#packages/runtime/assert.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
 import { TRACEPARENT } from "#packages/tracing/carriers.ts";
@@ -225,11 +226,13 @@ export class SagaStore {
     );
     const created = new Set(inserted.rows.map((row) => row.id));
     const taken = inputs.filter((i) => !created.has(i.id));
-    if (taken.some((i) => i.idempotency_key === null))
-      throw new Error("invariant: insert without a key cannot conflict");
+    assert(
+      taken.every((i) => i.idempotency_key !== null),
+      "insert without a key cannot conflict",
+    );
     const found = taken.length === 0 ? [] : await this.#readCreated(taken);
     return this.#resultsOf(inputs, [...inserted.rows, ...found], (input) => {
-      throw new Error(`invariant: the transfer holding idempotency key of ${input.id} vanished`);
+      throw new InvariantError(`the transfer holding idempotency key of ${input.id} vanished`);
     });
   }
 
