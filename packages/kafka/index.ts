@@ -27,6 +27,7 @@ import type { Logger } from "#packages/log/index.ts";
 import type { LagRow, Metrics } from "#packages/metrics/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
+import { runLoop } from "#packages/runtime/loops.ts";
 import type { KafkaHeaders } from "#packages/tracing/carriers.ts";
 import { handleWithRetry as handleWithPolicy } from "./retry.ts";
 
@@ -253,73 +254,70 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
   }, 5_000);
   watchdog.unref();
 
-  const loop = async () => {
-    let failures = 0;
-    while (!stopped) {
+  /** One consumer's life: built, consuming until it breaks (or the loop stops), then left. */
+  const consumeOnce = async (round: { healthy(): void }): Promise<"busy"> => {
+    try {
+      consumer = new Consumer({
+        clientId: options.client_id,
+        groupId: options.group_id,
+        bootstrapBrokers: options.brokers,
+        ...saslOption(options.sasl),
+        deserializers: stringDeserializers,
+        sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
+        heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
+        rebalanceTimeout: 15_000,
+        timeout: 10_000,
+      });
+      const stream = await consumer.consume({
+        topics: options.topics,
+        autocommit: false,
+        mode: "committed",
+        fallbackMode: "earliest",
+        maxWaitTime: 50,
+        highWaterMark: options.max_batch * 2,
+      });
+      running = true;
+      round.healthy();
+      options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
+      const inbox = new Inbox(stream, options.max_batch);
+      let idleWithLag = 0;
       try {
-        consumer = new Consumer({
-          clientId: options.client_id,
-          groupId: options.group_id,
-          bootstrapBrokers: options.brokers,
-          ...saslOption(options.sasl),
-          deserializers: stringDeserializers,
-          sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
-          heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
-          rebalanceTimeout: 15_000,
-          timeout: 10_000,
-        });
-        const stream = await consumer.consume({
-          topics: options.topics,
-          autocommit: false,
-          mode: "committed",
-          fallbackMode: "earliest",
-          maxWaitTime: 50,
-          highWaterMark: options.max_batch * 2,
-        });
-        running = true;
-        failures = 0;
-        options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
-        const inbox = new Inbox(stream, options.max_batch);
-        let idleWithLag = 0;
-        try {
-          while (!stopped) {
-            const batch = await inbox.next(stopController.signal, IDLE_CHECK_MS);
-            progress();
-            if (batch.length === 0) {
-              // Nothing arrived for a while. If the group is behind on our partitions twice in a
-              // row, the stream has stopped fetching (seen after broker and group upheavals):
-              // rebuild the consumer rather than sit on a backlog forever.
-              idleWithLag = (await hasLag(consumer, options.topics)) ? idleWithLag + 1 : 0;
-              if (idleWithLag >= 2) throw new Error("consumer idle while its partitions have lag");
-              continue;
-            }
-            idleWithLag = 0;
-            await handleWithRetry(batch);
-            // A commit that never answers (the coordinator moved during a broker restart) must
-            // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
-            await withTimeout(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
-            for (const m of batch) options.metrics?.messageHandled(options.group_id, m.topic, "ok");
-            progress();
+        while (!stopped) {
+          const batch = await inbox.next(stopController.signal, IDLE_CHECK_MS);
+          progress();
+          if (batch.length === 0) {
+            // Nothing arrived for a while. If the group is behind on our partitions twice in a
+            // row, the stream has stopped fetching (seen after broker and group upheavals):
+            // rebuild the consumer rather than sit on a backlog forever.
+            idleWithLag = (await hasLag(consumer, options.topics)) ? idleWithLag + 1 : 0;
+            if (idleWithLag >= 2) throw new Error("consumer idle while its partitions have lag");
+            continue;
           }
-        } finally {
-          inbox.detach();
+          idleWithLag = 0;
+          await handleWithRetry(batch);
+          // A commit that never answers (the coordinator moved during a broker restart) must
+          // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
+          await withTimeout(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
+          for (const m of batch) options.metrics?.messageHandled(options.group_id, m.topic, "ok");
+          progress();
         }
-      } catch (error) {
-        if (stopped) break;
-        failures += 1;
-        options.logger.warn({ err: error, failures }, "consumer failed; rebuilding");
-        running = false;
-        if (consumer !== undefined && !(await leaveGroup(consumer))) {
-          // A consumer that could not leave stays a member of the group, heartbeating and holding
-          // partitions that nobody fetches. Only a fresh process is sure to be rid of it.
-          options.logger.fatal({ group: options.group_id }, "consumer could not leave its group; exiting");
-          process.exit(70);
-        }
-        consumer = undefined;
-        progress();
-        await sleep(backoff_ms(failures, 500, 5_000));
+      } finally {
+        inbox.detach();
       }
+    } catch (error) {
+      if (stopped) return "busy";
+      running = false;
+      if (consumer !== undefined && !(await leaveGroup(consumer))) {
+        // A consumer that could not leave stays a member of the group, heartbeating and holding
+        // partitions that nobody fetches. Only a fresh process is sure to be rid of it.
+        options.logger.fatal({ group: options.group_id }, "consumer could not leave its group; exiting");
+        process.exit(70);
+      }
+      consumer = undefined;
+      progress();
+      throw error;
     }
+    return "busy";
   };
 
   const handleWithRetry = async (batch: KafkaMessage[]) => {
@@ -340,7 +338,15 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
     });
   };
 
-  const done = loop();
+  const loop = runLoop({
+    signal: stopController.signal,
+    idle_ms: IDLE_CHECK_MS,
+    retry_ms: (failures) => backoff_ms(failures, 500, 5_000),
+    onError: (error, failures) =>
+      options.logger.warn({ err: error, failures }, "consumer failed; rebuilding"),
+    tick: consumeOnce,
+  });
+  const done = loop.done;
 
   return {
     isRunning: () => running,

@@ -50,8 +50,7 @@ export const defaultRetryPolicy: RetryPolicy = {
  * together (an endpoint down) do not come back together.
  */
 export function retryDelay_ms(attempt: number, policy: RetryPolicy): number {
-  const ceiling = Math.min(policy.cap_ms, policy.base_ms * 2 ** Math.min(Math.max(attempt - 1, 0), 30));
-  return Math.floor((policy.random ?? Math.random)() * ceiling);
+  return backoff_ms(attempt - 1, policy.base_ms, policy.cap_ms, { kind: "full", random: policy.random });
 }
 
 export interface DispatcherOptions {

@@ -27,7 +27,7 @@ import { createLogger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
-import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { backoff_ms, onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts";
 import { TransferCache } from "./cache.ts";
@@ -80,7 +80,10 @@ const redis = createClient({
   url: config.REDIS_URL,
   // Fail fast while Redis is away (the cache is optional), reconnect in the background.
   disableOfflineQueue: true,
-  socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+  socket: {
+    connectTimeout: 2_000,
+    reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
+  },
 });
 redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
 redis

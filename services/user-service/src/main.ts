@@ -12,6 +12,7 @@ import { closeBoth, createListeners, listenBoth, registerHealth } from "#package
 import { createLogger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate } from "#packages/pg/index.ts";
+import { backoff_ms } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { registerBatchFundingRoute } from "./batch-funding.ts";
 import { configShape } from "./config.ts";
@@ -56,7 +57,10 @@ async function main(): Promise<void> {
     url: config.REDIS_URL,
     // Fail fast while Redis is away, reconnect in the background.
     disableOfflineQueue: true,
-    socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+    socket: {
+      connectTimeout: 2_000,
+      reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
+    },
   });
   redis.on("error", (error: Error) => log.debug({ err: error }, "redis error"));
   redis.connect().catch((error: unknown) => log.warn({ err: error }, "redis not reachable yet"));

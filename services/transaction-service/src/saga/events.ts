@@ -13,6 +13,7 @@ import { type TransferEvent, transferEventSchema } from "#packages/contracts/mes
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { InvariantError } from "#packages/runtime/assert.ts";
+import { runConcurrently } from "#packages/runtime/loops.ts";
 import { contextFromKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
 import type { SagaRunner } from "./runner.ts";
 import type { SagaStore, StoredTransfer } from "./store.ts";
@@ -95,22 +96,17 @@ export function createEventHandler(deps: {
     // The batch's transfers in one read; the transitions and ledger steps they lead to are
     // batched across transfers by the store and the ledger client.
     const loaded = await deps.store.getMany(groups.map(([id]) => id));
-    let next = 0;
-    const worker = async () => {
-      while (next < groups.length) {
-        const [id, group] = groups[next++] as (typeof groups)[number];
-        // PostgreSQL answers with lower-case UUIDs, whatever case the event used.
-        let transfer = loaded.get(id.toLowerCase()) ?? null;
-        for (const { event, message } of group) {
-          transfer = await inTrace(message, event, async () => {
-            const after = await handleOne(event, transfer);
-            if (after !== null) await deps.onRecordEvent(after);
-            return after;
-          });
-        }
+    await runConcurrently(groups, deps.concurrency, async ([id, group]) => {
+      // PostgreSQL answers with lower-case UUIDs, whatever case the event used.
+      let transfer = loaded.get(id.toLowerCase()) ?? null;
+      for (const { event, message } of group) {
+        transfer = await inTrace(message, event, async () => {
+          const after = await handleOne(event, transfer);
+          if (after !== null) await deps.onRecordEvent(after);
+          return after;
+        });
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(deps.concurrency, groups.length) }, worker));
+    });
   };
 }
 

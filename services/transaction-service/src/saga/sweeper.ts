@@ -4,12 +4,12 @@
  * it; SKIP LOCKED keeps two instances off the same rows. This is what makes every transfer
  * terminate (I4) whatever process died at whatever step.
  */
-import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "#packages/log/index.ts";
 import { InvariantError } from "#packages/runtime/assert.ts";
+import { runConcurrently, runLoop } from "#packages/runtime/loops.ts";
 import { isParkable } from "./machine.ts";
 import type { SagaRunner } from "./runner.ts";
-import type { SagaStore } from "./store.ts";
+import type { DueTransfer, SagaStore } from "./store.ts";
 
 export function startSweeper(options: {
   store: SagaStore;
@@ -23,47 +23,40 @@ export function startSweeper(options: {
   resend_cap_ms: number;
   backoff_cap_ms: number;
 }): { stop(): Promise<void> } {
-  let stopped = false;
-  const loop = async () => {
-    while (!stopped) {
-      let claimed = 0;
-      try {
-        const due = await options.store.claimDue(options.batch_max, {
-          step_base_ms: options.backoff_base_ms,
-          step_cap_ms: options.backoff_cap_ms,
-          resend_base_ms: options.resend_base_ms,
-          resend_cap_ms: options.resend_cap_ms,
-        });
-        claimed = due.length;
-        let next = 0;
-        const worker = async () => {
-          while (next < due.length) {
-            const transfer = due[next++];
-            if (transfer === undefined) break;
-            try {
-              await options.runner.recover(transfer);
-            } catch (error) {
-              // A broken invariant is a bug, not an outage: retrying it would retry into money.
-              if (error instanceof InvariantError && (await parked(options, transfer.id, error))) continue;
-              options.logger.warn(
-                { err: error, transfer_id: transfer.id, state: transfer.state },
-                "recovery step failed",
-              );
-            }
-          }
-        };
-        await Promise.all(Array.from({ length: Math.min(options.concurrency, due.length) }, worker));
-      } catch (error) {
-        options.logger.warn({ err: error }, "sweep failed");
-      }
-      if (claimed < options.batch_max && !stopped) await sleep(options.interval_ms);
+  const stop = new AbortController();
+  const recover = async (transfer: DueTransfer) => {
+    try {
+      await options.runner.recover(transfer);
+    } catch (error) {
+      // A broken invariant is a bug, not an outage: retrying it would retry into money.
+      if (error instanceof InvariantError && (await parked(options, transfer.id, error))) return;
+      options.logger.warn(
+        { err: error, transfer_id: transfer.id, state: transfer.state },
+        "recovery step failed",
+      );
     }
   };
-  const done = loop();
+  const loop = runLoop({
+    signal: stop.signal,
+    idle_ms: options.interval_ms,
+    // A failed claim waits the interval, as an empty one does.
+    retry_ms: () => options.interval_ms,
+    onError: (error) => options.logger.warn({ err: error }, "sweep failed"),
+    tick: async () => {
+      const due = await options.store.claimDue(options.batch_max, {
+        step_base_ms: options.backoff_base_ms,
+        step_cap_ms: options.backoff_cap_ms,
+        resend_base_ms: options.resend_base_ms,
+        resend_cap_ms: options.resend_cap_ms,
+      });
+      await runConcurrently(due, options.concurrency, recover);
+      return due.length < options.batch_max ? "idle" : "busy";
+    },
+  });
   return {
     async stop() {
-      stopped = true;
-      await done;
+      stop.abort();
+      await loop.done;
     },
   };
 }
