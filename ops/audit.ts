@@ -10,6 +10,8 @@
  *   hold of the same amount, a FAILED one a voided hold or none, and every transfer the saga
  *   finished has its record. Transfers still in flight are counted, and are a violation only
  *   with --quiet (when the system is supposed to be at rest).
+ * - A transfer parked by a broken invariant is a violation, with its id and reason, until an
+ *   operator re-drives it.
  *
  * Exits 1 on any violation. The ledger figures come from one repeatable-read snapshot; the
  * cross-check reads the saga page by page and the records in one pass, and is meant for a
@@ -19,7 +21,7 @@ import { MongoClient } from "mongodb";
 import { engineDefaults } from "#packages/config/index.ts";
 import type { HoldState } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
-import { createPool } from "#packages/pg/index.ts";
+import { createPool, type Pool } from "#packages/pg/index.ts";
 import { RECORDS_COLLECTION, type TransferDocument } from "#packages/records/index.ts";
 import { type AuditReport, audit as ledgerAudit } from "../services/user-service/src/ledger/audit.ts";
 import { auditDisbursementRecords } from "./audit-disbursements.ts";
@@ -106,12 +108,18 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
     // ledger holds and the records: a transfer the saga saw completed had its hold posted and
     // its record written before that (both only move forward), so they are seen too. (Reading
     // the records first would report a transfer that completed in between as a mismatch.)
-    type SagaRow = { id: string; state: string; amount_minor: string; failure_reason: string | null };
+    type SagaRow = {
+      id: string;
+      state: string;
+      amount_minor: string;
+      failure_reason: string | null;
+      parked_from: string | null;
+    };
     const sagaPages: SagaRow[][] = [];
     let after = "00000000-0000-0000-0000-000000000000";
     for (;;) {
       const page = await sagaPool.query<SagaRow>(
-        "SELECT id, state, amount_minor, failure_reason FROM transfers WHERE id > $1 ORDER BY id LIMIT $2",
+        "SELECT id, state, amount_minor, failure_reason, parked_from FROM transfers WHERE id > $1 ORDER BY id LIMIT $2",
         [after, PAGE],
       );
       if (page.rows.length === 0) break;
@@ -181,11 +189,13 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
             // A hold that succeeded after the transfer failed, being voided.
             voiding: ["held", "voided"],
           };
-          if (!(expected[row.state] ?? []).includes(hold?.state))
+          // A parked transfer's money stands where its state before parking left it.
+          if (!(expected[row.parked_from ?? row.state] ?? []).includes(hold?.state))
             note(`I5: ${row.id} is ${row.state} but its hold is ${hold?.state ?? "missing"}`);
         }
       }
     }
+    for (const parked of await parkedViolations(sagaPool)) note(parked);
     const holdsTotal = Number(
       (await ledgerPool.query<{ n: string }>("SELECT count(*) AS n FROM holds")).rows[0]?.n ?? 0,
     );
@@ -209,6 +219,17 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
   } finally {
     await Promise.allSettled([ledgerPool.end(), sagaPool.end(), mongo.close()]);
   }
+}
+
+/**
+ * Transfers parked by a broken invariant (machine.ts: `parked`): each one is a bug an operator
+ * must look at before re-driving it, so each is a violation, at rest or not, with its reason.
+ */
+export async function parkedViolations(sagaPool: Pool): Promise<string[]> {
+  const { rows } = await sagaPool.query<{ id: string; parked_from: string; parked_reason: string }>(
+    "SELECT id, parked_from, parked_reason FROM transfers WHERE state = 'parked' ORDER BY updated_at LIMIT 50",
+  );
+  return rows.map((r) => `parked: ${r.id} (from ${r.parked_from}): ${r.parked_reason}`);
 }
 
 export function formatAudit(result: AuditResult): string {

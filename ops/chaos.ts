@@ -10,6 +10,8 @@
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
+import { backoff_ms } from "#packages/runtime/index.ts";
+import { runConcurrently } from "#packages/runtime/loops.ts";
 import { type AuditOptions, type AuditResult, auditOptionsFromEnv, formatAudit, runAudit } from "./audit.ts";
 import { CHAOS_WEBHOOK_EVENTS, type ChaosWebhookSummary, ChaosWebhooks } from "./chaos-webhooks.ts";
 
@@ -127,7 +129,7 @@ async function persist(
     }
     if (Date.now() - started > max_ms) throw new Error(`${what}: no answer within ${max_ms} ms`);
     counters.retries += 1;
-    await sleep(Math.min(2_000, 50 * 2 ** Math.min(attempt, 6)));
+    await sleep(backoff_ms(attempt, 50, 2_000, { kind: "none" }));
   }
 }
 
@@ -320,31 +322,25 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   let completed = 0;
   let failed = 0;
   const ids = [...accepted.values()];
-  let nextId = 0;
-  const poller = async () => {
-    while (nextId < ids.length) {
-      const id = ids[nextId++] as string;
-      for (;;) {
-        const answer = await persist(
-          "read transfer",
-          () => call("GET", `${options.transaction_url}/transactions/${id}`, undefined, admin),
-          counters,
-        );
-        const status = answer.body?.data?.transaction?.status;
-        if (status === "COMPLETED" || status === "FAILED")
-          hooks?.expectTransfer(answer.body.data.transaction);
-        if (status === "COMPLETED") completed += 1;
-        if (status === "FAILED") failed += 1;
-        if (status === "COMPLETED" || status === "FAILED") break;
-        if (Date.now() - quietStarted > options.quiet_timeout_ms) {
-          violations.push(`I4: transfer ${id} still ${status} after ${options.quiet_timeout_ms} ms of quiet`);
-          break;
-        }
-        await sleep(200);
+  await runConcurrently(ids, 16, async (id) => {
+    for (;;) {
+      const answer = await persist(
+        "read transfer",
+        () => call("GET", `${options.transaction_url}/transactions/${id}`, undefined, admin),
+        counters,
+      );
+      const status = answer.body?.data?.transaction?.status;
+      if (status === "COMPLETED" || status === "FAILED") hooks?.expectTransfer(answer.body.data.transaction);
+      if (status === "COMPLETED") completed += 1;
+      if (status === "FAILED") failed += 1;
+      if (status === "COMPLETED" || status === "FAILED") break;
+      if (Date.now() - quietStarted > options.quiet_timeout_ms) {
+        violations.push(`I4: transfer ${id} still ${status} after ${options.quiet_timeout_ms} ms of quiet`);
+        break;
       }
+      await sleep(200);
     }
-  };
-  await Promise.all(Array.from({ length: 16 }, poller));
+  });
   let batches_final = 0;
   for (const id of batches.values()) {
     const problem = await checkBatch(options, id, admin, counters, quietStarted, hooks);

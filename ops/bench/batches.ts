@@ -6,6 +6,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
+import { assert } from "#packages/runtime/assert.ts";
 import type { LoadTarget } from "./load.ts";
 
 export interface BatchOptions {
@@ -40,7 +41,7 @@ export function itemsFor(
   amount_max_minor: number,
   random: () => number = Math.random,
 ): { payer: number; items: { dest_user_id: number; amount: number; reference: string }[] } {
-  if (wallets.length < 2) throw new Error("invariant: the batch workload needs two wallets");
+  assert(wallets.length >= 2, "the batch workload needs two wallets");
   const payer = wallets[payer_index % wallets.length] as number;
   const items = Array.from({ length: batch_size }, (_, i) => {
     let dest = payer;

@@ -14,6 +14,7 @@ import { randomUUID } from "node:crypto";
 import { Agent, request } from "node:http";
 import { createHistogram, type RecordableHistogram } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
+import { assert } from "#packages/runtime/assert.ts";
 
 /** Summary of a latency histogram, in milliseconds. */
 export interface Latency {
@@ -109,7 +110,7 @@ export interface Mix {
 
 export function pickPair(mix: Mix, random: () => number = Math.random): [number, number] {
   const n = mix.wallets.length;
-  if (n < 2) throw new Error("invariant: a mix needs two wallets");
+  assert(n >= 2, "a mix needs two wallets");
   const other = (not: number): number => {
     for (;;) {
       const i = Math.floor(random() * n);
@@ -275,8 +276,8 @@ export async function closedLoop(
   mix: Mix,
   options: { concurrency: number; warmup_s: number; duration_s: number },
 ): Promise<LoadResult> {
-  if (options.concurrency < 1 || options.duration_s <= 0)
-    throw new Error("invariant: bad closed-loop options");
+  assert(options.concurrency >= 1, "a closed loop needs a concurrency of at least 1");
+  assert(options.duration_s > 0, "a closed loop needs a positive duration");
   const t0 = performance.now();
   const measure_from = t0 + options.warmup_s * 1000;
   const measure_to = measure_from + options.duration_s * 1000;
@@ -325,7 +326,8 @@ export async function openLoop(
   mix: Mix,
   options: { rate_tps: number; duration_s: number; max_in_flight: number },
 ): Promise<LoadResult & { dropped: number }> {
-  if (options.rate_tps <= 0 || options.duration_s <= 0) throw new Error("invariant: bad open-loop options");
+  assert(options.rate_tps > 0, "an open loop needs a positive rate");
+  assert(options.duration_s > 0, "an open loop needs a positive duration");
   const recorder = new Recorder();
   const interval_ms = 1000 / options.rate_tps;
   const total = Math.round(options.rate_tps * options.duration_s);
@@ -354,7 +356,7 @@ export async function cachedReads(
   transfers: readonly { id: string; reader: number }[],
   options: { concurrency: number; duration_s: number },
 ): Promise<{ reads: number; errors: number; get: Latency }> {
-  if (transfers.length === 0) throw new Error("invariant: no transfers to read");
+  assert(transfers.length > 0, "no transfers to read");
   const histogram = newHistogram();
   let reads = 0;
   let errors = 0;

@@ -3,7 +3,7 @@
  * exactly as user-service's deposits are, so the audit holds over a benchmark's data too.
  */
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
-import { invariant } from "../../services/user-service/src/domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { EXTERNAL_ACCOUNT_ID } from "../../services/user-service/src/ledger/accounts.ts";
 
 /**
@@ -23,9 +23,13 @@ export async function openWalletsInBulk(
   },
 ): Promise<number[]> {
   const { username_prefix, first, count, password_hash, opening_balance } = input;
-  invariant(Number.isSafeInteger(first) && first >= 0, "first must be a non-negative integer");
-  invariant(Number.isSafeInteger(count) && count > 0 && count <= 1_000_000, "count must be 1..1000000");
-  invariant(Number.isSafeInteger(opening_balance) && opening_balance > 0, "opening balance must be positive");
+  assert(Number.isSafeInteger(first), "first must be an integer");
+  assert(first >= 0, "first must not be negative");
+  assert(Number.isSafeInteger(count), "count must be an integer");
+  assert(count > 0, "count must be positive");
+  assert(count <= 1_000_000, "count must be at most 1000000");
+  assert(Number.isSafeInteger(opening_balance), "opening balance must be an integer");
+  assert(opening_balance > 0, "opening balance must be positive");
   return withTransaction(pool, async (client) => {
     const { rows } = await client.query<{ user_id: string }>(
       `WITH u AS (
@@ -49,7 +53,7 @@ export async function openWalletsInBulk(
        SELECT user_id FROM a ORDER BY user_id`,
       [username_prefix, password_hash, first, count, opening_balance, EXTERNAL_ACCOUNT_ID],
     );
-    invariant(rows.length === count, `opened ${rows.length} wallets, expected ${count}`);
+    assert(rows.length === count, `opened ${rows.length} wallets, expected ${count}`);
     return rows.map((r) => Number(r.user_id));
   });
 }

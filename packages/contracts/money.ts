@@ -5,6 +5,7 @@
  * never written.
  */
 import { z } from "zod";
+import { assert } from "#packages/runtime/assert.ts";
 
 export const MAX_MINOR = Number.MAX_SAFE_INTEGER;
 
@@ -19,16 +20,14 @@ export const amountMinorSchema = z
 export const balanceMinorSchema = z.number().int().nonnegative().max(MAX_MINOR);
 
 export function assertAmountMinor(value: number): number {
-  if (!Number.isSafeInteger(value) || value <= 0) {
-    throw new Error(`invariant: amount must be a positive safe integer, got ${value}`);
-  }
+  assert(Number.isSafeInteger(value), `amount must be a safe integer, got ${value}`);
+  assert(value > 0, `amount must be positive, got ${value}`);
   return value;
 }
 
 export function assertBalanceMinor(value: number): number {
-  if (!Number.isSafeInteger(value) || value < 0) {
-    throw new Error(`invariant: balance must be a non-negative safe integer, got ${value}`);
-  }
+  assert(Number.isSafeInteger(value), `balance must be a safe integer, got ${value}`);
+  assert(value >= 0, `balance must not be negative, got ${value}`);
   return value;
 }
 
@@ -39,8 +38,7 @@ export function assertBalanceMinor(value: number): number {
  */
 export function minorFromPg(value: string | number | bigint): number {
   const big = BigInt(value);
-  if (big > BigInt(MAX_MINOR) || big < -BigInt(MAX_MINOR)) {
-    throw new Error(`invariant: money value ${big} is outside the safe integer range`);
-  }
+  assert(big <= BigInt(MAX_MINOR), `money value ${big} is above the safe integer range`);
+  assert(big >= -BigInt(MAX_MINOR), `money value ${big} is below the safe integer range`);
   return Number(big);
 }

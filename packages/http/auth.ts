@@ -30,6 +30,7 @@ import { isIP } from "node:net";
 import type { FastifyRequest } from "fastify";
 import { errors as joseErrors, jwtVerify, SignJWT } from "jose";
 import { z } from "zod";
+import { assert } from "#packages/runtime/assert.ts";
 import { ApiError } from "./errors.ts";
 
 export type Principal =
@@ -291,10 +292,11 @@ export class Authenticator {
     token_version = 0,
     now_s: number = Math.floor(Date.now() / 1000),
   ): Promise<IssuedToken> {
-    if (this.#key === null) throw new Error("invariant: this service has no AUTH_TOKEN_SECRET to sign with");
-    if (!Number.isSafeInteger(user_id) || user_id <= 0) throw new Error(`invariant: bad user id ${user_id}`);
-    if (!Number.isSafeInteger(token_version) || token_version < 0)
-      throw new Error(`invariant: bad token version ${token_version}`);
+    assert(this.#key !== null, "this service has no AUTH_TOKEN_SECRET to sign with");
+    assert(Number.isSafeInteger(user_id), `user id ${user_id} must be a safe integer`);
+    assert(user_id > 0, `user id ${user_id} must be positive`);
+    assert(Number.isSafeInteger(token_version), `token version ${token_version} must be a safe integer`);
+    assert(token_version >= 0, `token version ${token_version} must not be negative`);
     const access_token = await new SignJWT({ ver: token_version })
       .setProtectedHeader({ alg: "HS256", typ: TOKEN_TYPE })
       .setIssuer(TOKEN_ISSUER)
@@ -385,7 +387,7 @@ export class Authenticator {
    * one, 403 with a valid credential of another kind). The principal is then `principalOf(request)`.
    */
   guard(...kinds: PrincipalKind[]) {
-    if (kinds.length === 0) throw new Error("invariant: a guard accepts at least one kind of caller");
+    assert(kinds.length > 0, "a guard accepts at least one kind of caller");
     return async (request: FastifyRequest): Promise<void> => {
       const principal = await this.authenticate(request.headers.authorization);
       if (principal === null) throw unauthorized("authentication required", null);
@@ -422,7 +424,7 @@ export function principalOf(request: FastifyRequest): Principal | null {
 /** The caller a guard authenticated; a bug if there is none. */
 export function requirePrincipal(request: FastifyRequest): Principal {
   const principal = principals.get(request);
-  if (principal === undefined) throw new Error("invariant: route has no authentication guard");
+  assert(principal !== undefined, "route has no authentication guard");
   return principal;
 }
 

@@ -1,3 +1,4 @@
+import { assert } from "#packages/runtime/assert.ts";
 /**
  * One error shape for every service: the seed's envelope `{success: false, message}` plus a
  * stable machine-readable `code` and optional `details`. Handlers throw ApiError; anything else
@@ -16,7 +17,8 @@ export class ApiError extends Error {
     extra: { details?: Record<string, unknown>; headers?: Record<string, string> } = {},
   ) {
     super(message);
-    if (status < 400 || status > 599) throw new Error(`invariant: ApiError status ${status} is not an error`);
+    assert(status >= 400, `ApiError status ${status} is not an error`);
+    assert(status <= 599, `ApiError status ${status} is not an HTTP status`);
     this.status = status;
     this.code = code;
     this.details = extra.details;

@@ -9,6 +9,7 @@ import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import { jsonSchemaTransform, jsonSchemaTransformObject } from "fastify-type-provider-zod";
 import { z } from "zod";
+import { assert } from "#packages/runtime/assert.ts";
 import { securitySchemes } from "./auth.ts";
 import type { HttpServer } from "./server.ts";
 
@@ -86,7 +87,7 @@ export function errorResponses(
   const responses: Record<number, z.ZodType> = {};
   const add = (status: number, description?: string) => {
     const text = description ?? errorDescriptions[status];
-    if (text === undefined) throw new Error(`invariant: no description for status ${status}`);
+    assert(text !== undefined, `no description for status ${status}`);
     responses[status] = errorEnvelopeSchema.describe(text);
   };
   for (const entry of statuses) {

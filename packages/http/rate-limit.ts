@@ -11,6 +11,7 @@
  */
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "#packages/log/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 import { principalOf } from "./auth.ts";
 import { ApiError } from "./errors.ts";
@@ -61,9 +62,10 @@ export class RateLimiter {
   #last_warning_ms = 0;
 
   constructor(redis: RateLimitRedis, options: RateLimitOptions) {
-    if (!Number.isInteger(options.max) || options.max < 0) throw new Error("invariant: bad rate limit");
-    if (!Number.isInteger(options.window_ms) || options.window_ms < 1)
-      throw new Error("invariant: bad window");
+    assert(Number.isInteger(options.max), "rate limit must be an integer");
+    assert(options.max >= 0, "rate limit must not be negative");
+    assert(Number.isInteger(options.window_ms), "rate limit window must be an integer");
+    assert(options.window_ms >= 1, "rate limit window must be at least 1 ms");
     this.#redis = redis;
     this.#options = options;
   }

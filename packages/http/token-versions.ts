@@ -13,6 +13,8 @@
  * A version that cannot be read (Redis away) refuses the request with 503: a revoked token must
  * not pass because the revocation could not be seen.
  */
+
+import { assert } from "#packages/runtime/assert.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 import type { TokenVersions } from "./auth.ts";
 import { ApiError } from "./errors.ts";
@@ -40,7 +42,8 @@ export async function readTokenVersion(
   );
   if (text === null) return 0;
   const version = Number(text);
-  if (!Number.isSafeInteger(version) || version < 0) throw new Error(`invariant: bad token version ${text}`);
+  assert(Number.isSafeInteger(version), `token version ${text} must be a safe integer`);
+  assert(version >= 0, `token version ${text} must not be negative`);
   return version;
 }
 

@@ -4,8 +4,9 @@
  * - topic creation at start-up (the broker refuses auto-creation, so a typo fails loudly);
  * - a batch consumer that hands a bounded batch to an idempotent handler and commits the
  *   offsets only after the handler's effects are durable. A batch whose handler throws is
- *   retried with capped exponential backoff; if the consumer itself breaks (broker restart)
- *   it is rebuilt. Delivery is at-least-once by construction.
+ *   retried with capped exponential backoff, unless it broke an invariant (retry.ts: that
+ *   message is dead-lettered at once); if the consumer itself breaks (broker restart) it is
+ *   rebuilt. Delivery is at-least-once by construction.
  */
 
 import { randomUUID } from "node:crypto";
@@ -24,8 +25,11 @@ import {
 import type { DeadLetter } from "#packages/contracts/messages.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { LagRow, Metrics } from "#packages/metrics/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
+import { runLoop } from "#packages/runtime/loops.ts";
 import type { KafkaHeaders } from "#packages/tracing/carriers.ts";
+import { handleWithRetry as handleWithPolicy } from "./retry.ts";
 
 export interface OutgoingMessage {
   topic: string;
@@ -87,7 +91,8 @@ function saslOption(sasl: KafkaSasl): { sasl?: SASLOptions } {
  * acknowledged message and writes go on. A single broker can hold only one copy.
  */
 export function topicReplication(broker_count: number): { replicas: number; min_insync_replicas: number } {
-  if (!Number.isInteger(broker_count) || broker_count < 1) throw new Error("invariant: broker_count < 1");
+  assert(Number.isInteger(broker_count), "broker_count must be an integer");
+  assert(broker_count >= 1, "broker_count must be at least 1");
   const replicas = Math.min(3, broker_count);
   return { replicas, min_insync_replicas: replicas >= 3 ? 2 : 1 };
 }
@@ -205,8 +210,13 @@ export interface BatchConsumerOptions {
   logger: Logger;
   /** Upper bound on messages handed to one handleBatch call. */
   max_batch: number;
-  /** Must be idempotent. Throwing means "nothing was lost, try the same batch again later". */
+  /**
+   * Must be idempotent. Throwing means "nothing was lost, try the same batch again later"; throwing
+   * an InvariantError means "this can never succeed" (see retry.ts).
+   */
   handleBatch(messages: ConsumedMessage[]): Promise<void>;
+  /** Sends a message whose handling broke an invariant to the dead letters, at once (retry.ts). */
+  deadLetter?: (message: ConsumedMessage, reason: string) => Promise<void>;
   /**
    * Liveness: if the loop makes no progress at all (no batch, no retry, no idle check) for this
    * long, the process exits so that its supervisor starts it afresh. Default 120 s.
@@ -225,8 +235,8 @@ export interface RunningConsumer {
 }
 
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
-  if (options.max_batch < 1 || options.max_batch > 10_000)
-    throw new Error("invariant: max_batch out of range");
+  assert(options.max_batch >= 1, "max_batch must be at least 1");
+  assert(options.max_batch <= 10_000, "max_batch must be at most 10000");
   let stopped = false;
   let running = false;
   let consumer: Consumer<string, string, string, string> | undefined;
@@ -250,74 +260,71 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
   }, 5_000);
   watchdog.unref();
 
-  const loop = async () => {
-    let failures = 0;
-    while (!stopped) {
+  /** One consumer's life: built, consuming until it breaks (or the loop stops), then left. */
+  const consumeOnce = async (round: { healthy(): void }): Promise<"busy"> => {
+    try {
+      consumer = new Consumer({
+        clientId: options.client_id,
+        groupId: options.group_id,
+        bootstrapBrokers: options.brokers,
+        ...saslOption(options.sasl),
+        deserializers: stringDeserializers,
+        sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
+        heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
+        rebalanceTimeout: 15_000,
+        timeout: 10_000,
+      });
+      const stream = await consumer.consume({
+        topics: options.topics,
+        autocommit: false,
+        mode: "committed",
+        fallbackMode: "earliest",
+        maxWaitTime: CONSUMER_FETCH_WAIT_MS,
+        minBytes: 1,
+        highWaterMark: options.max_batch * 2,
+      });
+      running = true;
+      round.healthy();
+      options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
+      const inbox = new Inbox(stream, options.max_batch);
+      let idleWithLag = 0;
       try {
-        consumer = new Consumer({
-          clientId: options.client_id,
-          groupId: options.group_id,
-          bootstrapBrokers: options.brokers,
-          ...saslOption(options.sasl),
-          deserializers: stringDeserializers,
-          sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
-          heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
-          rebalanceTimeout: 15_000,
-          timeout: 10_000,
-        });
-        const stream = await consumer.consume({
-          topics: options.topics,
-          autocommit: false,
-          mode: "committed",
-          fallbackMode: "earliest",
-          maxWaitTime: CONSUMER_FETCH_WAIT_MS,
-          minBytes: 1,
-          highWaterMark: options.max_batch * 2,
-        });
-        running = true;
-        failures = 0;
-        options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
-        const inbox = new Inbox(stream, options.max_batch);
-        let idleWithLag = 0;
-        try {
-          while (!stopped) {
-            const batch = await inbox.next(stopController.signal, IDLE_CHECK_MS);
-            progress();
-            if (batch.length === 0) {
-              // Nothing arrived for a while. If the group is behind on our partitions twice in a
-              // row, the stream has stopped fetching (seen after broker and group upheavals):
-              // rebuild the consumer rather than sit on a backlog forever.
-              idleWithLag = (await hasLag(consumer, options.topics)) ? idleWithLag + 1 : 0;
-              if (idleWithLag >= 2) throw new Error("consumer idle while its partitions have lag");
-              continue;
-            }
-            idleWithLag = 0;
-            await handleWithRetry(batch);
-            // A commit that never answers (the coordinator moved during a broker restart) must
-            // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
-            await withTimeout(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
-            for (const m of batch) options.metrics?.messageHandled(options.group_id, m.topic, "ok");
-            progress();
+        while (!stopped) {
+          const batch = await inbox.next(stopController.signal, IDLE_CHECK_MS);
+          progress();
+          if (batch.length === 0) {
+            // Nothing arrived for a while. If the group is behind on our partitions twice in a
+            // row, the stream has stopped fetching (seen after broker and group upheavals):
+            // rebuild the consumer rather than sit on a backlog forever.
+            idleWithLag = (await hasLag(consumer, options.topics)) ? idleWithLag + 1 : 0;
+            if (idleWithLag >= 2) throw new Error("consumer idle while its partitions have lag");
+            continue;
           }
-        } finally {
-          inbox.detach();
+          idleWithLag = 0;
+          await handleWithRetry(batch);
+          // A commit that never answers (the coordinator moved during a broker restart) must
+          // not hold the partition forever: rebuild; the batch is redelivered and is idempotent.
+          await withTimeout(commitBatch(batch), COMMIT_TIMEOUT_MS, "offset commit");
+          for (const m of batch) options.metrics?.messageHandled(options.group_id, m.topic, "ok");
+          progress();
         }
-      } catch (error) {
-        if (stopped) break;
-        failures += 1;
-        options.logger.warn({ err: error, failures }, "consumer failed; rebuilding");
-        running = false;
-        if (consumer !== undefined && !(await leaveGroup(consumer))) {
-          // A consumer that could not leave stays a member of the group, heartbeating and holding
-          // partitions that nobody fetches. Only a fresh process is sure to be rid of it.
-          options.logger.fatal({ group: options.group_id }, "consumer could not leave its group; exiting");
-          process.exit(70);
-        }
-        consumer = undefined;
-        progress();
-        await sleep(backoff_ms(failures, 500, 5_000));
+      } finally {
+        inbox.detach();
       }
+    } catch (error) {
+      if (stopped) return "busy";
+      running = false;
+      if (consumer !== undefined && !(await leaveGroup(consumer))) {
+        // A consumer that could not leave stays a member of the group, heartbeating and holding
+        // partitions that nobody fetches. Only a fresh process is sure to be rid of it.
+        options.logger.fatal({ group: options.group_id }, "consumer could not leave its group; exiting");
+        process.exit(70);
+      }
+      consumer = undefined;
+      progress();
+      throw error;
     }
+    return "busy";
   };
 
   const handleWithRetry = async (batch: KafkaMessage[]) => {
@@ -329,24 +336,24 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
       value: m.value ?? "",
       headers: m.headers,
     }));
-    for (let attempt = 0; ; attempt++) {
-      if (stopped) throw new Error("consumer stopping");
-      progress();
-      try {
-        await options.handleBatch(messages);
-        return;
-      } catch (error) {
-        const delay = backoff_ms(attempt, 100, 5_000);
-        options.logger.warn(
-          { err: error, attempt, delay_ms: delay, size: batch.length },
-          "batch failed; retrying",
-        );
-        await sleep(delay);
-      }
-    }
+    await handleWithPolicy(messages, {
+      handleBatch: options.handleBatch,
+      deadLetter: options.deadLetter,
+      logger: options.logger,
+      isStopped: () => stopped,
+      progress,
+    });
   };
 
-  const done = loop();
+  const loop = runLoop({
+    signal: stopController.signal,
+    idle_ms: IDLE_CHECK_MS,
+    retry_ms: (failures) => backoff_ms(failures, 500, 5_000),
+    onError: (error, failures) =>
+      options.logger.warn({ err: error, failures }, "consumer failed; rebuilding"),
+    tick: consumeOnce,
+  });
+  const done = loop.done;
 
   return {
     isRunning: () => running,

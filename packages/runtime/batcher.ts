@@ -1,3 +1,4 @@
+import { assert } from "#packages/runtime/assert.ts";
 /**
  * Group commit for round trips: callers submit one item each and await its own result, while
  * the batcher sends whatever has queued up as one batch (one statement, one HTTP call, one
@@ -100,11 +101,10 @@ export class Batcher<In, Out> {
     }
     results
       .then((outs) => {
-        if (outs.length !== batch.length) {
-          throw new Error(
-            `invariant: batch ${this.#options.name} of ${batch.length} returned ${outs.length} results`,
-          );
-        }
+        assert(
+          outs.length === batch.length,
+          `batch ${this.#options.name} of ${batch.length} returned ${outs.length} results`,
+        );
         batch.forEach((entry, i) => {
           entry.resolve(outs[i] as Out);
         });

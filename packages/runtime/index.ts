@@ -19,7 +19,7 @@ export async function retryStartup<T>(
       return await fn();
     } catch (error) {
       if (Date.now() - started > max_wait_ms) throw error;
-      const delay = Math.min(5_000, 200 * 2 ** attempt);
+      const delay = backoff_ms(attempt, 200, 5_000, { kind: "none" });
       logger.warn({ err: error, attempt, delay_ms: delay }, `${what} not ready; retrying`);
       await sleep(delay);
     }
@@ -67,8 +67,33 @@ export async function withTimeout<T>(promise: Promise<T>, timeout_ms: number, wh
   }
 }
 
-/** Capped exponential backoff with jitter (half fixed, half random). */
-export function backoff_ms(attempt: number, base_ms = 100, cap_ms = 5_000): number {
-  const exp = Math.min(cap_ms, base_ms * 2 ** Math.min(attempt, 16));
-  return Math.round(exp / 2 + Math.random() * (exp / 2));
+/** How a backoff's delay is spread below its ceiling. */
+export interface Jitter {
+  /**
+   * "half": half fixed, half random (a retry of one's own, soon but not in step with others);
+   * "full": uniform in [0, ceiling) (many retries failing together, an endpoint down, spread out);
+   * "none": the ceiling itself (a start-up or reconnect wait, where spreading buys nothing).
+   */
+  kind: "half" | "full" | "none";
+  /** Uniform in [0, 1); tests pin it. */
+  random?: (() => number) | undefined;
+}
+
+const HALF_JITTER: Jitter = { kind: "half" };
+
+/**
+ * Capped exponential backoff with jitter: the ceiling is base_ms * 2^attempt, at most cap_ms. The
+ * one home of backoff arithmetic; every retry in the tree waits this.
+ */
+export function backoff_ms(
+  attempt: number,
+  base_ms = 100,
+  cap_ms = 5_000,
+  jitter: Jitter = HALF_JITTER,
+): number {
+  const exp = Math.min(cap_ms, base_ms * 2 ** Math.min(Math.max(attempt, 0), 30));
+  const random = jitter.random ?? Math.random;
+  if (jitter.kind === "none") return exp;
+  if (jitter.kind === "full") return Math.floor(random() * exp);
+  return Math.round(exp / 2 + random() * (exp / 2));
 }

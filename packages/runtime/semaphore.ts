@@ -1,3 +1,4 @@
+import { assert } from "#packages/runtime/assert.ts";
 /**
  * At most `max` tasks at once, at most `queue_max` waiting; past that, `run` refuses at once
  * (SemaphoreFull) instead of queueing without bound. For CPU-heavy work such as password hashing,
@@ -12,9 +13,10 @@ export class Semaphore {
   readonly #waiting: Array<() => void> = [];
 
   constructor(max: number, queue_max: number) {
-    if (!Number.isInteger(max) || max < 1) throw new Error(`invariant: bad concurrency ${max}`);
-    if (!Number.isInteger(queue_max) || queue_max < 0)
-      throw new Error(`invariant: bad queue bound ${queue_max}`);
+    assert(Number.isInteger(max), `concurrency ${max} must be an integer`);
+    assert(max >= 1, `concurrency ${max} must be at least 1`);
+    assert(Number.isInteger(queue_max), `queue bound ${queue_max} must be an integer`);
+    assert(queue_max >= 0, `queue bound ${queue_max} must not be negative`);
     this.#max = max;
     this.#queue_max = queue_max;
   }

@@ -19,6 +19,7 @@ import {
   trace,
 } from "@opentelemetry/api";
 import { loadConfig } from "#packages/config/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { tracingEnv } from "./env.ts";
 import { startTraceIds, stopTraceIds } from "./ids.ts";
 import { setTracingEnabled, TRACER_NAME, tracingEnabled } from "./state.ts";
@@ -97,7 +98,7 @@ export function tracesUrl(env: NodeJS.ProcessEnv = process.env): string | undefi
 
 /** Once per process, before the first request or message; a bad URL stops the start with its variable's name. */
 export async function startTracing(options: TracingOptions): Promise<Tracing> {
-  if (active !== undefined) throw new Error("invariant: tracing already started in this process");
+  assert(active === undefined, "tracing already started in this process");
   const url = tracesUrl(options.env);
   if (url === undefined) {
     startTraceIds();

@@ -10,6 +10,7 @@ import { loggingErrorHandler, setGlobalErrorHandler, W3CTraceContextPropagator }
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BatchSpanProcessor, TracerProvider } from "@opentelemetry/sdk-trace";
+import { assert, InvariantError } from "#packages/runtime/assert.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 import type { TracingSdk } from "./index.ts";
 
@@ -25,8 +26,8 @@ export interface SdkOptions {
 }
 
 export function startSdk(options: SdkOptions): TracingSdk {
-  if (options.batch_max < 1 || options.batch_max > options.queue_max)
-    throw new Error("invariant: tracing batch_max must be within 1..queue_max");
+  assert(options.batch_max >= 1, "tracing batch_max must be at least 1");
+  assert(options.batch_max <= options.queue_max, "tracing batch_max must not exceed queue_max");
   const exporter = new OTLPTraceExporter({ url: options.url, timeoutMillis: options.export_timeout_ms });
   const processor = new BatchSpanProcessor({
     exporter,
@@ -52,7 +53,7 @@ export function startSdk(options: SdkOptions): TracingSdk {
   ];
   if (registered.includes(false)) {
     unregister();
-    throw new Error("invariant: another OpenTelemetry SDK is registered in this process");
+    throw new InvariantError("another OpenTelemetry SDK is registered in this process");
   }
   // The batch processor reports a failed background export here (a flush's failure rejects instead).
   setGlobalErrorHandler(options.on_export_error);

@@ -22,6 +22,7 @@ import https from "node:https";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
 import { type AddressGuardOptions, checkUrl, pinnedLookup } from "./address-guard.ts";
 import { type SignedHeaders, signHeaders } from "./secrets.ts";
@@ -49,8 +50,7 @@ export const defaultRetryPolicy: RetryPolicy = {
  * together (an endpoint down) do not come back together.
  */
 export function retryDelay_ms(attempt: number, policy: RetryPolicy): number {
-  const ceiling = Math.min(policy.cap_ms, policy.base_ms * 2 ** Math.min(Math.max(attempt - 1, 0), 30));
-  return Math.floor((policy.random ?? Math.random)() * ceiling);
+  return backoff_ms(attempt - 1, policy.base_ms, policy.cap_ms, { kind: "full", random: policy.random });
 }
 
 export interface DispatcherOptions {
@@ -112,9 +112,7 @@ const prune_batch_max = 1_000;
 const error_chars_max = 500;
 
 export function startDispatcher(options: DispatcherOptions): Dispatcher {
-  if (options.lease_ms <= options.attempt_timeout_ms) {
-    throw new Error("invariant: webhook lease_ms must exceed attempt_timeout_ms");
-  }
+  assert(options.lease_ms > options.attempt_timeout_ms, "webhook lease_ms must exceed attempt_timeout_ms");
   const inFlight = new Map<string, number>();
   let total = 0;
   let stopped = false;

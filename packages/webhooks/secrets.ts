@@ -6,6 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { Webhook } from "standardwebhooks";
+import { assert } from "#packages/runtime/assert.ts";
 
 const key_bytes = 32;
 
@@ -21,7 +22,7 @@ export interface SignedHeaders {
 
 /** The three Standard Webhooks headers for one attempt of one message, signed with every key given. */
 export function signHeaders(webhook_id: string, at: Date, body: string, secrets: string[]): SignedHeaders {
-  if (secrets.length === 0) throw new Error("invariant: a webhook is signed with at least one key");
+  assert(secrets.length > 0, "a webhook is signed with at least one key");
   const signatures = secrets.map((secret) => new Webhook(secret).sign(webhook_id, at, body));
   return {
     "webhook-id": webhook_id,

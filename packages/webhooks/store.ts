@@ -16,6 +16,7 @@ import {
 } from "#packages/contracts/pagination.ts";
 import { ApiError, notFound } from "#packages/http/errors.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { type AddressGuardOptions, AddressRefusedError, checkUrl } from "./address-guard.ts";
 import { newSecret } from "./secrets.ts";
 
@@ -161,20 +162,18 @@ export async function rotateSecret(
 
 /** The events as the one jsonb parameter of enqueueEventsSql: validated and bounded. */
 export function eventsParam(events: WebhookEvent[]): string {
-  if (events.length > EVENTS_PER_CALL_MAX) {
-    throw new Error(
-      `invariant: at most ${EVENTS_PER_CALL_MAX} webhook events per call, got ${events.length}`,
-    );
-  }
+  assert(
+    events.length <= EVENTS_PER_CALL_MAX,
+    `at most ${EVENTS_PER_CALL_MAX} webhook events per call, got ${events.length}`,
+  );
   const valid = events.map((event) => webhookEventSchema.parse(event));
   for (const event of valid) {
     // The body's bound in schema.sql, with room for its type and timestamp: refused here with the
     // event's name rather than as a constraint violation of the whole statement.
-    if (Buffer.byteLength(JSON.stringify(event.data)) > EVENT_DATA_BYTES_MAX) {
-      throw new Error(
-        `invariant: webhook event ${event.id} has more than ${EVENT_DATA_BYTES_MAX} bytes of data`,
-      );
-    }
+    assert(
+      Buffer.byteLength(JSON.stringify(event.data)) <= EVENT_DATA_BYTES_MAX,
+      `webhook event ${event.id} has more than ${EVENT_DATA_BYTES_MAX} bytes of data`,
+    );
   }
   return JSON.stringify(valid);
 }

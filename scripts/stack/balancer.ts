@@ -4,6 +4,7 @@
 // internal on INTERNAL_HOST), so clients and the other services keep their URLs.
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { assert } from "#packages/runtime/assert.ts";
 import { aptInstall } from "./engine.ts";
 import { type ServiceName, type StackEnv, servicePorts } from "./env.ts";
 import { confDir, logsDir } from "./paths.ts";
@@ -29,9 +30,9 @@ export function copySpec(spec: ServiceSpec, service: ServiceName, copy: number):
 
 /** N copies of every service in specs (named after their service), in place of the one copy each. */
 export function copySpecs(specs: readonly ServiceSpec[], replicas: number): ServiceSpec[] {
-  if (!Number.isInteger(replicas) || replicas < 1 || replicas > replicas_max) {
-    throw new Error(`invariant: replicas ${replicas} outside 1..${replicas_max}`);
-  }
+  assert(Number.isInteger(replicas), `replicas ${replicas} must be an integer`);
+  assert(replicas >= 1, `replicas ${replicas} must be at least 1`);
+  assert(replicas <= replicas_max, `replicas ${replicas} must be at most ${replicas_max}`);
   return specs.flatMap((spec) =>
     Array.from({ length: replicas }, (_, k) => copySpec(spec, spec.name as ServiceName, k + 1)),
   );

@@ -33,7 +33,7 @@ describe("Prometheus alert rules and configuration", () => {
 
   it("are valid rules: promtool check rules", async () => {
     const output = await promtool(tools, "check", "rules", "alerts.yml");
-    assert.match(output, /SUCCESS: 7 rules found/);
+    assert.match(output, /SUCCESS: 8 rules found/);
   });
 
   it("is a valid configuration that loads the rules: promtool check config", async () => {
@@ -57,6 +57,7 @@ describe("Prometheus alert rules and configuration", () => {
       "OutboxStale",
       "PublicApiErrorRate",
       "ServiceDown",
+      "TransferParked",
       "TransferPastDeadline",
     ]);
     for (const alert of alerts) {
@@ -69,7 +70,7 @@ describe("Prometheus alert rules and configuration", () => {
   it("name only metrics the services expose", async () => {
     const rules = readFileSync(join(dir, "alerts.yml"), "utf8");
     const exprs = [...rules.matchAll(/expr: (>-\n(?:\s{10}.*\n)+|.*)/g)].map((m) => m[1] as string);
-    assert.equal(exprs.length, 7);
+    assert.equal(exprs.length, 8);
     const used = metricsIn(exprs.join("\n"));
     assert.ok(used.length >= 8, used.join(", "));
     const exposed = await exposedMetricNames();

@@ -86,12 +86,12 @@ describe("a real Prometheus", { timeout: 15 * 60_000 }, () => {
     assert.equal(await eventually("dps_clearing_held_minor", (v) => v === 2500), 2500);
   });
 
-  it("loads the seven alert rules, all healthy", async () => {
+  it("loads the eight alert rules, all healthy", async () => {
     const data = await prometheus?.api<{ groups: Array<{ rules: Array<{ type: string; health: string }> }> }>(
       "rules",
     );
     const rules = (data?.groups ?? []).flatMap((group) => group.rules);
-    assert.equal(rules.filter((rule) => rule.type === "alerting").length, 7);
+    assert.equal(rules.filter((rule) => rule.type === "alerting").length, 8);
     await waitUntil(async () => {
       const again = await prometheus?.api<{ groups: Array<{ rules: Array<{ health: string }> }> }>("rules");
       return (again?.groups ?? []).flatMap((g) => g.rules).every((rule) => rule.health === "ok");

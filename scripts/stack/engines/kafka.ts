@@ -32,6 +32,7 @@ import {
   kafkaPrincipals,
 } from "#packages/kafka/access.ts";
 import { topicReplication } from "#packages/kafka/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
 import {
   aptInstall,
@@ -80,9 +81,10 @@ export interface KafkaNode {
 
 /** The single broker keeps `.data/kafka`; a cluster's nodes `.data/kafka-cluster/node-<k>` (a quorum is fixed at format time). */
 export function kafkaNode(index: number, count: number): KafkaNode {
-  if (!Number.isInteger(count) || count < 1 || index < 0 || index >= count) {
-    throw new Error(`invariant: kafka node ${index} of ${count}`);
-  }
+  assert(Number.isInteger(count), `kafka node count ${count} must be an integer`);
+  assert(count >= 1, `kafka node count ${count} must be at least 1`);
+  assert(index >= 0, `kafka node ${index} of ${count} must not be negative`);
+  assert(index < count, `kafka node ${index} of ${count} is past the last`);
   const name = count === 1 ? "kafka" : (`kafka-${index + 1}` as const);
   const nodeConfDir = join(confDir, name);
   return {

@@ -8,6 +8,7 @@
 import type { Db } from "mongodb";
 import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
 import { recordsCollection, toDocument } from "#packages/records/index.ts";
+import { runConcurrently } from "#packages/runtime/loops.ts";
 
 const DUPLICATE_KEY = 11000;
 const FINAL_WRITE_CONCURRENCY = 16;
@@ -34,26 +35,21 @@ export async function applySnapshots(db: Db, snapshots: TransferSnapshot[]): Pro
   }
 
   const finals = snapshots.filter((s) => statusRank(s.status) === 2);
-  let next = 0;
-  const worker = async () => {
-    while (next < finals.length) {
-      const snapshot = finals[next++] as TransferSnapshot;
-      const { _id, ...fields } = toDocument(snapshot);
-      const upgraded = await records.updateOne({ _id, rank: 1 }, { $set: fields });
-      if (upgraded.matchedCount === 1) continue;
-      try {
-        await records.insertOne({ _id, ...fields });
-      } catch (error) {
-        if (!isDuplicateKey(error)) throw error;
-        const stored = await records.findOne({ _id }, { projection: { status: 1 } });
-        if (stored === null) throw new Error(`record ${_id} neither upgraded, inserted nor found; retrying`);
-        if (stored.status === "PENDING") throw new Error(`record ${_id} raced back to PENDING; retrying`);
-        if (stored.status !== snapshot.status) {
-          conflicts.set(_id, `record ${_id} is ${stored.status}; refusing to make it ${snapshot.status}`);
-        }
+  await runConcurrently(finals, FINAL_WRITE_CONCURRENCY, async (snapshot) => {
+    const { _id, ...fields } = toDocument(snapshot);
+    const upgraded = await records.updateOne({ _id, rank: 1 }, { $set: fields });
+    if (upgraded.matchedCount === 1) return;
+    try {
+      await records.insertOne({ _id, ...fields });
+    } catch (error) {
+      if (!isDuplicateKey(error)) throw error;
+      const stored = await records.findOne({ _id }, { projection: { status: 1 } });
+      if (stored === null) throw new Error(`record ${_id} neither upgraded, inserted nor found; retrying`);
+      if (stored.status === "PENDING") throw new Error(`record ${_id} raced back to PENDING; retrying`);
+      if (stored.status !== snapshot.status) {
+        conflicts.set(_id, `record ${_id} is ${stored.status}; refusing to make it ${snapshot.status}`);
       }
     }
-  };
-  await Promise.all(Array.from({ length: Math.min(FINAL_WRITE_CONCURRENCY, finals.length) }, worker));
+  });
   return conflicts;
 }

@@ -13,7 +13,8 @@
  *   command, which then counts attempts like any failing command;
  * - MongoDB reachable but one command keeps failing: counted (by the command, not by where it
  *   sits in the batch), retried with backoff, and after max_attempts it goes to dead letters
- *   with its reason, and the saga is told (Rejected) so it can refund.
+ *   with its reason, and the saga is told (Rejected) so it can refund. One that breaks an
+ *   invariant (InvariantError: a bug no retry fixes) goes to dead letters at once.
  */
 import { randomUUID } from "node:crypto";
 import type { Db } from "mongodb";
@@ -33,6 +34,7 @@ import {
 } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { Metrics } from "#packages/metrics/index.ts";
+import { InvariantError } from "#packages/runtime/assert.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { contextFromKafkaHeaders, injectKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
 import { applyDisbursementSnapshots } from "./disbursement-records.ts";
@@ -233,7 +235,8 @@ export function createRecordWriter(deps: WriterDeps) {
   /** One command failed while the store answers: retry it later, or give up on it for good. */
   function failOne(parsed: Parsed, error: unknown, out: BatchOut): void {
     const tries = countFailure(parsed.command);
-    if (tries < deps.max_attempts) throw error;
+    // A broken invariant is a bug that no retry fixes: given up on at once, like bad input.
+    if (tries < deps.max_attempts && !(error instanceof InvariantError)) throw error;
     // Still counted until its letter is sent: if this batch fails later on, a retry gives up at once.
     out.given_up.push(attemptKey(parsed.command));
     const reason = `record write failed ${tries} times: ${(error as Error).message}`;

@@ -11,6 +11,7 @@ import type { TransferStatus } from "#packages/contracts/transfer.ts";
 import type { ConsumedMessage, OutgoingMessage } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import type { TransferDocument } from "#packages/records/index.ts";
+import { InvariantError } from "#packages/runtime/assert.ts";
 import { createRecordWriter } from "../src/writer.ts";
 
 const topics = topicNames("unit.");
@@ -187,6 +188,16 @@ describe("record writer failure policy", () => {
     // The third failure, even redelivered at another offset, is the last one.
     await handle([{ ...poisonMessage, offset: poisonMessage.offset + 100n }]);
     assert.deepEqual(deadLetterKeys(sent), [poison]);
+  });
+
+  it("dead-letters a command that breaks an invariant at once, without retries, and writes the others", async () => {
+    const poison = idOf(3000);
+    const { db, docs } = fakeStore(new Set([poison]), () => new InvariantError("a record went backwards"));
+    const { sent, producer } = fakeProducer();
+    const calls = await deliverUntilAccepted(writer(db, producer), [message(idOf(3001)), message(poison)]);
+    assert.equal(calls, 1, "no delivery is retried");
+    assert.deepEqual(deadLetterKeys(sent), [poison]);
+    assert.equal(docs.size, 1, "the other command is written");
   });
 
   it("gives a dead-lettered command a fresh count once its letter is sent (a replay is tried again)", async () => {

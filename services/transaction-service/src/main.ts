@@ -22,6 +22,7 @@ import {
 import { CachedTokenVersions } from "#packages/http/token-versions.ts";
 import { kafkaSasl } from "#packages/kafka/access.ts";
 import {
+  type ConsumedMessage,
   createProducer,
   deadLetterFor,
   ensureTopics,
@@ -32,7 +33,7 @@ import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
-import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { backoff_ms, onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts";
 import { TransferCache } from "./cache.ts";
@@ -42,6 +43,7 @@ import { createDisbursementReads, type DisbursementReads } from "./disbursements
 import { registerRoutes } from "./http.ts";
 import { collectSaga, recordTransition } from "./metrics.ts";
 import { registerEventCountersRoute } from "./ops.ts";
+import { registerRedriveRoute } from "./parked.ts";
 import { QueryClient } from "./query-client.ts";
 import { createEventHandler, type EventCounters } from "./saga/events.ts";
 import { LedgerClient } from "./saga/ledger-client.ts";
@@ -160,12 +162,15 @@ function startSaga(
         ]);
       },
       onDisbursementRecorded: (id) => disbursementReads.recorded(id),
-      onUnreadable: async (message, reason) => {
-        await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
-        metrics.deadLettered(message.topic);
-      },
+      onUnreadable: deadLetterEvent,
     }),
+    deadLetter: deadLetterEvent,
   });
+
+  async function deadLetterEvent(message: ConsumedMessage, reason: string): Promise<void> {
+    await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
+    metrics.deadLettered(message.topic);
+  }
 
   const sweeper = startSweeper({
     store,
@@ -337,6 +342,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     },
   });
   registerEventCountersRoute(listeners.internal, auth, eventCounters);
+  registerRedriveRoute(listeners.internal, auth, store, logger);
   if (config.FAULT_INJECTION) {
     registerCrashRoute(listeners.internal, auth, crashes, [
       "after_hold",
@@ -370,7 +376,10 @@ function openRedis(config: Config, logger: Logger) {
     url: config.REDIS_URL,
     // Fail fast while Redis is away (the cache is optional), reconnect in the background.
     disableOfflineQueue: true,
-    socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+    socket: {
+      connectTimeout: 2_000,
+      reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
+    },
   });
   redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
   redis

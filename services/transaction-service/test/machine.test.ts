@@ -106,6 +106,8 @@ describe("saga state machine", () => {
       failing: { "record_written:FAILED": "failed", "record_rejected:FAILED": "failed" },
       failed: {},
       voiding: { void_ok: "failing" },
+      // Parked waits for an operator: no input moves it.
+      parked: {},
     };
     const label = (input: SagaInput) => ("status" in input ? `${input.kind}:${input.status}` : input.kind);
     for (const state of sagaStates) {

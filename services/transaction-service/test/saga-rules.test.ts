@@ -10,7 +10,7 @@ import type { ConsumedMessage, OutgoingMessage } from "#packages/kafka/index.ts"
 import { noCrashes } from "#packages/runtime/faults.ts";
 import { groupByTransfer } from "../src/saga/events.ts";
 import { LedgerInvariantError, readBatchAnswer, type Step } from "../src/saga/ledger-client.ts";
-import { idleAfter, type OutboxRow, relayBatch } from "../src/saga/outbox-relay.ts";
+import { type OutboxRow, relayBatch, roundAfter } from "../src/saga/outbox-relay.ts";
 
 const A = "0190b5a8-0000-7000-8000-00000000000a";
 const B = "0190b5a8-0000-7000-8000-00000000000b";
@@ -188,9 +188,8 @@ describe("outbox relay", () => {
     assert.deepEqual(store.removed, []);
   });
 
-  it("waits only after a partial batch with no commit since", () => {
-    assert.equal(idleAfter(3, 10, false), true);
-    assert.equal(idleAfter(10, 10, false), false, "a full batch: more may be waiting");
-    assert.equal(idleAfter(3, 10, true), false, "woken during the batch");
+  it("looks again at once after a full batch, waits after a partial one", () => {
+    assert.equal(roundAfter(3, 10), "idle");
+    assert.equal(roundAfter(10, 10), "busy", "a full batch: more may be waiting");
   });
 });

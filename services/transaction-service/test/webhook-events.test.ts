@@ -26,7 +26,7 @@ describe("webhook events of saga transitions", () => {
       }
     }
     // From each pending state into each final one, and never between final states.
-    const pending = ["funding", "created", "held", "recorded", "refunding"];
+    const pending = ["funding", "created", "held", "recorded", "refunding", "parked"];
     const final = {
       posted: "completed",
       completed: "completed",

@@ -18,6 +18,7 @@ import {
 import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { backoff_ms } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
@@ -121,7 +122,10 @@ function openRedis(config: Config, log: Logger) {
     url: config.REDIS_URL,
     // Fail fast while Redis is away, reconnect in the background.
     disableOfflineQueue: true,
-    socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, 3_000) },
+    socket: {
+      connectTimeout: 2_000,
+      reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
+    },
   });
   redis.on("error", (error: Error) => log.debug({ err: error }, "redis error"));
   redis.connect().catch((error: unknown) => log.warn({ err: error }, "redis not reachable yet"));

@@ -10,6 +10,7 @@ import { fundingAnswerSchema } from "#packages/contracts/ledger.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import { callJson } from "#packages/http/client.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { LedgerInvariantError } from "../saga/ledger-client.ts";
 import { snapshotOf } from "../saga/machine.ts";
@@ -122,7 +123,7 @@ export class DisbursementFunder {
       "disbursement funding applied",
     );
     const after = await this.#store.get(disbursement.id);
-    if (after === null) throw new Error(`invariant: disbursement ${disbursement.id} vanished`);
+    assert(after !== null, `disbursement ${disbursement.id} vanished`);
     return after;
   }
 }

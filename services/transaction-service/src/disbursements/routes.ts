@@ -26,6 +26,7 @@ import { ApiError, errorBody, notFound, ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import type { RateLimiter } from "#packages/http/rate-limit.ts";
 import type { HttpServer } from "#packages/http/server.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { httpAnswer, type SubmissionOutcome, submitIdempotently } from "../idempotent-submission.ts";
 import { snapshotOf } from "../saga/machine.ts";
 import type { SagaStore } from "../saga/store.ts";
@@ -349,7 +350,7 @@ export function registerDisbursementRoutes(
       const rows = await deps.saga.getMany(page.ids);
       const items = page.ids.map((item_id) => {
         const row = rows.get(item_id);
-        if (row === undefined) throw new Error(`invariant: item ${item_id} of ${id} vanished`);
+        assert(row !== undefined, `item ${item_id} of ${id} vanished`);
         return {
           ...redactFor(principal, snapshotOf(row)),
           reference: page.references.get(item_id) ?? "",

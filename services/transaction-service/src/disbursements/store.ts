@@ -9,6 +9,7 @@ import { minorFromPg } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { enqueueEvents } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "../saga/machine.ts";
 import { transferEventOf } from "../saga/webhook-events.ts";
@@ -184,7 +185,7 @@ export class DisbursementStore {
         [input.idempotency_key],
       );
       const row = rows[0];
-      if (row === undefined) throw new Error(`invariant: disbursement with key of ${input.id} vanished`);
+      assert(row !== undefined, `disbursement with key of ${input.id} vanished`);
       return { created, disbursement: fromRow(row), age_ms: Number(row.age_ms) };
     });
   }

@@ -6,11 +6,14 @@
  * An event names a transfer; what the transfer is comes from the saga's own row, never from
  * the event. An event for a transfer the saga does not know (another environment's, a
  * forgery, or a transfer from before a database reset) is dropped, counted and logged: it can
- * neither be applied nor ever become applicable, and it says nothing a replay could fix.
+ * neither be applied nor ever become applicable, and it says nothing a replay could fix. An event
+ * whose transition breaks an invariant goes to the dead letters at once (packages/kafka/retry.ts).
  */
 import { recordEventSchema, type TransferEvent } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { InvariantError } from "#packages/runtime/assert.ts";
+import { runConcurrently } from "#packages/runtime/loops.ts";
 import { contextFromKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
 import type { SagaRunner } from "./runner.ts";
 import type { SagaStore, StoredTransfer } from "./store.ts";
@@ -62,9 +65,11 @@ export function createEventHandler(deps: {
     try {
       return await deps.runner.advance(after);
     } catch (error) {
-      deps.logger.warn(
+      // The partition moves on either way: the sweep retries an outage and parks a breach.
+      const level = error instanceof InvariantError ? "error" : "warn";
+      deps.logger[level](
         { err: error, transfer_id: after.id, state: after.state },
-        "saga step failed; the sweep will retry",
+        "saga step failed; the sweep takes it over",
       );
       return after;
     }
@@ -77,21 +82,16 @@ export function createEventHandler(deps: {
     // The batch's transfers in one read; the transitions and ledger steps they lead to are
     // batched across transfers by the store and the ledger client.
     const loaded = await deps.store.getMany(groups.map(([id]) => id));
-    let next = 0;
-    const worker = async () => {
-      while (next < groups.length) {
-        const [id, group] = groups[next++] as (typeof groups)[number];
-        let transfer = loaded.get(id) ?? null;
-        for (const { event, message } of group) {
-          transfer = await inTrace(message, event, async () => {
-            const after = await handleOne(event, transfer);
-            if (after !== null) await deps.onRecordEvent(after);
-            return after;
-          });
-        }
+    await runConcurrently(groups, deps.concurrency, async ([id, group]) => {
+      let transfer = loaded.get(id) ?? null;
+      for (const { event, message } of group) {
+        transfer = await inTrace(message, event, async () => {
+          const after = await handleOne(event, transfer);
+          if (after !== null) await deps.onRecordEvent(after);
+          return after;
+        });
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(deps.concurrency, groups.length) }, worker));
+    });
     await Promise.all([...batches].map((id) => deps.onDisbursementRecorded(id)));
   };
 }

@@ -16,6 +16,7 @@ import {
 } from "#packages/contracts/ledger.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import { callJson } from "#packages/http/client.ts";
+import { InvariantError } from "#packages/runtime/assert.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { withSpan } from "#packages/tracing/index.ts";
 
@@ -26,7 +27,7 @@ export type LedgerAnswer =
   | { kind: "already_posted" };
 
 /** The ledger said something the saga's state rules out: a bug, never retried into money movement. */
-export class LedgerInvariantError extends Error {}
+export class LedgerInvariantError extends InvariantError {}
 
 export type Step = LedgerOperation;
 

@@ -14,6 +14,8 @@
  *    │  └──void ok── voiding ◀── hold ok arriving late, in failing or failed, no hold known
  *    └──record FAILED──▶ failed
  *
+ *   created, recorded, refunding ──ledger breaks an invariant──▶ parked ──operator re-drive──▶ (the same state)
+ *
  * Money: `held` means A was debited into clearing; `posted` means clearing paid B; `refunding`
  * means the hold must be voided (clearing -> A). A transfer leaves clearing exactly once
  * (post xor void), which the ledger enforces too.
@@ -23,6 +25,12 @@
  * succeed anyway, the transfer is already FAILED and stays so: the saga voids that hold (its
  * money goes back to A) and confirms the FAILED record again. A durable state rather than a
  * one-off void, so that a crash or an unanswered void is retried by the sweep like any step.
+ *
+ * `parked` holds a transfer whose ledger step met a broken invariant (the ledger answered what
+ * the saga's state rules out): a bug to look at, not an outage to retry through. Nothing moves a
+ * parked transfer (no input applies) until an operator re-drives it to the state it was parked
+ * from. Only states whose public status is still PENDING are parked, so a client never sees a
+ * decided status go back.
  */
 import type { FailureReason, TransferSnapshot, TransferStatus } from "#packages/contracts/transfer.ts";
 
@@ -38,6 +46,8 @@ export const sagaStates = [
   "failing",
   "failed",
   "voiding",
+  /** A broken invariant stopped its ledger step; waits for an operator (store.ts park/redrive). */
+  "parked",
 ] as const;
 export type SagaState = (typeof sagaStates)[number];
 
@@ -89,8 +99,14 @@ export function nextAction(state: SagaState): NextAction {
     case "funding":
     case "completed":
     case "failed":
+    case "parked":
       return "none";
   }
+}
+
+/** States a broken invariant parks: a ledger step is next and the public status is still PENDING. */
+export function isParkable(state: SagaState): boolean {
+  return state === "created" || state === "recorded" || state === "refunding";
 }
 
 export function isFinal(state: SagaState): boolean {
@@ -200,6 +216,7 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
       return lateHold(current, input, to);
     case "funding":
     case "completed":
+    case "parked":
       return null;
   }
 }

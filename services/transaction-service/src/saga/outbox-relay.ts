@@ -4,12 +4,11 @@
  * between the send and the delete re-sends the batch: consumers are idempotent. Row locks with
  * SKIP LOCKED let several instances relay side by side without sending a row twice at once.
  */
-import { setTimeout as sleep } from "node:timers/promises";
 import type { JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
-import { backoff_ms } from "#packages/runtime/index.ts";
+import { runLoop } from "#packages/runtime/loops.ts";
 import { contextFromRow, injectKafkaHeaders } from "#packages/tracing/carriers.ts";
 
 export interface OutboxRelay {
@@ -28,9 +27,7 @@ export function startOutboxRelay(options: {
   topic_roles?: Readonly<Record<string, string>>;
 }): OutboxRelay {
   const crashes = options.crashes ?? noCrashes;
-  let stopped = false;
-  let wakeUp: (() => void) | null = null;
-  let pendingWake = false;
+  const stop = new AbortController();
 
   const relayOnce = async (): Promise<number> =>
     withTransaction(options.pool, async (client) =>
@@ -52,49 +49,31 @@ export function startOutboxRelay(options: {
       ),
     );
 
-  const loop = async () => {
-    let failures = 0;
-    while (!stopped) {
-      try {
-        pendingWake = false;
-        const sent = await relayOnce();
-        failures = 0;
-        // A full batch means more may be waiting; a partial one emptied the outbox as of its
-        // read, and any commit since then has called wake() (pendingWake): no need to ask again.
-        if (!idleAfter(sent, options.batch_max, pendingWake)) continue;
-        await new Promise<void>((resolve) => {
-          wakeUp = resolve;
-          setTimeout(resolve, options.idle_poll_ms).unref();
-        });
-        wakeUp = null;
-      } catch (error) {
-        failures += 1;
-        options.logger.warn({ err: error, failures }, "outbox relay failed; retrying");
-        await sleep(backoff_ms(failures, 100, 5_000));
-      }
-    }
-  };
-  const done = loop();
+  const loop = runLoop({
+    signal: stop.signal,
+    idle_ms: options.idle_poll_ms,
+    onError: (error, failures) =>
+      options.logger.warn({ err: error, failures }, "outbox relay failed; retrying"),
+    // A full batch means more may be waiting; a partial one emptied the outbox as of its read,
+    // and any commit since then has called wake(), which runs the loop again at once.
+    tick: async () => roundAfter(await relayOnce(), options.batch_max),
+  });
 
   return {
-    wake() {
-      pendingWake = true;
-      wakeUp?.();
-    },
+    wake: loop.wake,
     async stop() {
-      stopped = true;
-      wakeUp?.();
-      await done;
+      stop.abort();
+      await loop.done;
     },
   };
 }
 
 /**
- * Whether the relay may wait after a batch of `sent`: not after a full batch (more may be
- * waiting), nor when a commit woke it during the batch (its rows may be after the batch's read).
+ * A full batch means more may be waiting (busy: look again at once); a partial one emptied the
+ * outbox as of its read (idle). A commit during the batch woke the loop, which looks again too.
  */
-export function idleAfter(sent: number, batch_max: number, woken: boolean): boolean {
-  return sent < batch_max && !woken;
+export function roundAfter(sent: number, batch_max: number): "busy" | "idle" {
+  return sent >= batch_max ? "busy" : "idle";
 }
 
 /** The outbox rows of one relay transaction (locked until it ends). */

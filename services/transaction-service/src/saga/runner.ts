@@ -9,6 +9,7 @@ import type { TopicNames } from "#packages/contracts/messages.ts";
 import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { assert, InvariantError } from "#packages/runtime/assert.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { injectKafkaHeaders } from "#packages/tracing/carriers.ts";
 import type { LedgerAnswer, LedgerClient } from "./ledger-client.ts";
@@ -117,7 +118,7 @@ export class SagaRunner {
         return committed;
       }
       const reloaded = await this.#store.get(current.id);
-      if (reloaded === null) throw new Error(`invariant: transfer ${current.id} disappeared`);
+      assert(reloaded !== null, `transfer ${current.id} disappeared`);
       current = reloaded;
     }
     throw new Error(`transfer ${transfer.id}: too much contention applying ${input.kind}`);
@@ -163,8 +164,7 @@ export class SagaRunner {
           current = await this.apply(current, postInput(current.id, answer), respond);
           continue;
         }
-        if (answer.kind !== "ok")
-          throw new Error(`invariant: void of ${current.id} refused (${answer.kind})`);
+        assert(answer.kind === "ok", `void of ${current.id} refused (${answer.kind})`);
         current = await this.apply(current, { kind: "void_ok" }, respond);
       } else {
         return current;
@@ -201,13 +201,12 @@ export class SagaRunner {
 function holdInput(id: string, answer: LedgerAnswer): SagaInput {
   if (answer.kind === "ok") return { kind: "hold_ok", source_init_bal: answer.source_balance_before };
   if (answer.kind === "rejected") return { kind: "hold_rejected", reason: answer.reason };
-  throw new Error(`invariant: hold of ${id} answered ${answer.kind}`);
+  throw new InvariantError(`hold of ${id} answered ${answer.kind}`);
 }
 
 function postInput(id: string, answer: LedgerAnswer): SagaInput {
   if (answer.kind === "rejected") return { kind: "post_rejected", reason: answer.reason };
-  if (answer.kind !== "ok" || answer.dest_balance_before === null) {
-    throw new Error(`invariant: post of ${id} answered ${answer.kind} without a destination balance`);
-  }
+  assert(answer.kind === "ok", `post of ${id} answered ${answer.kind}`);
+  assert(answer.dest_balance_before !== null, `post of ${id} answered without a destination balance`);
   return { kind: "post_ok", dest_init_bal: answer.dest_balance_before };
 }

@@ -8,6 +8,7 @@ import { minorFromPg } from "#packages/contracts/money.ts";
 import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
+import { assert, InvariantError } from "#packages/runtime/assert.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
 import { rowFromContext, TRACEPARENT } from "#packages/tracing/carriers.ts";
@@ -120,6 +121,9 @@ export class TransferOutcomeUnknownError extends Error {
   }
 }
 
+/** Longest parked reason kept (an error message quoting a ledger answer can be long). */
+const PARKED_REASON_MAX = 2_000;
+
 /** Attempts, with backoff, to learn a failed write's outcome by reading it back. */
 const REREAD_ATTEMPTS = 4;
 
@@ -229,11 +233,13 @@ export class SagaStore {
     );
     const created = new Set(inserted.rows.map((row) => row.id));
     const taken = inputs.filter((i) => !created.has(i.id));
-    if (taken.some((i) => i.idempotency_key === null))
-      throw new Error("invariant: insert without a key cannot conflict");
+    assert(
+      taken.every((i) => i.idempotency_key !== null),
+      "insert without a key cannot conflict",
+    );
     const found = taken.length === 0 ? [] : await this.#readCreated(taken);
     return this.#resultsOf(inputs, [...inserted.rows, ...found], (input) => {
-      throw new Error(`invariant: the transfer holding idempotency key of ${input.id} vanished`);
+      throw new InvariantError(`the transfer holding idempotency key of ${input.id} vanished`);
     });
   }
 
@@ -448,7 +454,7 @@ export class SagaStore {
                     THEN least($5::float8, $4::float8 * power(2, least(t.attempts, 20)))
                     ELSE least($3::float8, $2::float8 * power(2, least(t.attempts, 20))) END) * interval '1 millisecond')
          FROM (SELECT id FROM transfers
-                WHERE state NOT IN ('completed', 'failed') AND next_attempt_at <= now()
+                WHERE state NOT IN ('completed', 'failed') AND state <> 'parked' AND next_attempt_at <= now()
                 ORDER BY next_attempt_at
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED) due
@@ -463,6 +469,45 @@ export class SagaStore {
       waited_ms: Number(row.waited_ms),
       traceparent: row.traceparent,
     }));
+  }
+
+  /**
+   * Park a transfer whose step met a broken invariant (machine.ts: `parked`), if it is still in
+   * `expected`. Returns the parked row, or null if another driver moved it first.
+   */
+  async park(id: string, expected: SagaState, reason: string): Promise<StoredTransfer | null> {
+    const { rows } = await this.pool.query<TransferRow>(
+      `UPDATE transfers SET state = 'parked', parked_from = state, parked_reason = $3, updated_at = now()
+        WHERE id = $1 AND state = $2
+      RETURNING ${COLUMNS}`,
+      [id, expected, reason.slice(0, PARKED_REASON_MAX)],
+    );
+    const row = rows[0];
+    return row === undefined ? null : fromRow(row);
+  }
+
+  /**
+   * An operator's re-drive: the parked transfer goes back to the state it was parked from, due at
+   * once for the sweep. Null if there is no such transfer; `parked: false` if it is not parked.
+   */
+  async redrive(id: string): Promise<{ parked: boolean; transfer: StoredTransfer } | null> {
+    const { rows } = await this.pool.query<TransferRow & { was_parked: boolean }>(
+      `WITH target AS (SELECT id, state FROM transfers WHERE id = $1 FOR UPDATE),
+       moved AS (
+         UPDATE transfers t SET state = t.parked_from, parked_from = NULL, parked_reason = NULL,
+                attempts = 0, next_attempt_at = now(), updated_at = now()
+           FROM target WHERE t.id = target.id AND target.state = 'parked'
+         RETURNING ${COLUMNS.split(", ")
+           .map((c) => `t.${c}`)
+           .join(", ")})
+       SELECT *, true AS was_parked FROM moved
+       UNION ALL
+       SELECT ${COLUMNS}, false AS was_parked FROM transfers
+        WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM moved)`,
+      [id],
+    );
+    const row = rows[0];
+    return row === undefined ? null : { parked: row.was_parked, transfer: fromRow(row) };
   }
 
   /** Counts by state, for health and tests. */

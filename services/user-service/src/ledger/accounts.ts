@@ -19,7 +19,8 @@
  */
 import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
 import type { Pool, PoolClient } from "#packages/pg/index.ts";
-import { invariant, type UserRow } from "../domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
+import type { UserRow } from "../domain.ts";
 
 /** Fixed by migrations/001_init.sql and checked at start by assertSystemAccounts. */
 export const EXTERNAL_ACCOUNT_ID = "1";
@@ -41,7 +42,7 @@ export async function assertSystemAccounts(pool: Pool): Promise<void> {
     "SELECT id, kind FROM accounts WHERE kind <> 'wallet' ORDER BY id",
   );
   const found = rows.map((r) => `${r.id}:${r.kind}`).join(",");
-  invariant(
+  assert(
     found === `${EXTERNAL_ACCOUNT_ID}:external,${CLEARING_ACCOUNT_ID}:clearing`,
     `system accounts are ${found}, expected 1:external,2:clearing`,
   );
@@ -104,7 +105,8 @@ export type PostingRef = { kind: "deposit"; deposit_id: string };
  */
 export async function journal(client: PoolClient, ref: PostingRef, legs: Leg[]): Promise<void> {
   const total = legs.reduce((sum, leg) => sum + BigInt(leg.amount), 0n);
-  invariant(legs.length >= 2 && total === 0n, `posting ${JSON.stringify(ref)} does not balance`);
+  assert(legs.length >= 2, `posting ${JSON.stringify(ref)} has fewer than two legs`);
+  assert(total === 0n, `posting ${JSON.stringify(ref)} does not balance`);
   const { rowCount } = await client.query(
     `WITH p AS (INSERT INTO postings (kind, deposit_id) VALUES ($1, $2) RETURNING id)
      INSERT INTO entries (posting_id, account_id, amount_minor, balance_after_minor)
@@ -118,5 +120,5 @@ export async function journal(client: PoolClient, ref: PostingRef, legs: Leg[]):
       legs.map((l) => l.balance_after),
     ],
   );
-  invariant(rowCount === legs.length, `posting ${JSON.stringify(ref)} wrote ${rowCount} entries`);
+  assert(rowCount === legs.length, `posting ${JSON.stringify(ref)} wrote ${rowCount} entries`);
 }

@@ -2,7 +2,7 @@
  * The audit: every figure from one repeatable-read snapshot, so they are consistent with each other.
  */
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
-import { invariant } from "../domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { CLEARING_ACCOUNT_ID, EXTERNAL_ACCOUNT_ID } from "./accounts.ts";
 
 export interface AuditReport {
@@ -64,7 +64,7 @@ export async function audit(pool: Pool): Promise<AuditReport> {
        WHERE a.kind = 'wallet' AND a.balance_minor <> coalesce(e.total, 0)`,
     );
     const r = rows[0];
-    invariant(r !== undefined, "audit query returned no row");
+    assert(r !== undefined, "audit query returned no row");
     const count = (key: string) => Number(r[key]);
     const sum = (key: string) => String(r[key]);
     const report = {

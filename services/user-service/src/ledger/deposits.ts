@@ -4,7 +4,8 @@
  */
 import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
-import { type DepositRow, invariant, type UserRow } from "../domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
+import type { DepositRow, UserRow } from "../domain.ts";
 import { creditWallet, EXTERNAL_ACCOUNT_ID, isLive, journal, liveUser } from "./accounts.ts";
 import { Refusal } from "./refusal.ts";
 
@@ -53,7 +54,7 @@ export async function depositIn(
     { account_id: credit.account_id, amount, balance_after: credit.balance_after },
   ]);
   const user = await liveUser(client, user_id);
-  invariant(user !== null, `user ${user_id} vanished while locked`);
+  assert(user !== null, `user ${user_id} vanished while locked`);
   return {
     user,
     deposit: {
@@ -73,7 +74,7 @@ async function replay(
   input: { user_id: number; amount: number; idempotency_key: string | null },
 ): Promise<DepositResult> {
   const { user_id, amount, idempotency_key } = input;
-  invariant(idempotency_key !== null, "a deposit without a key conflicted");
+  assert(idempotency_key !== null, "a deposit without a key conflicted");
   const { rows } = await client.query<DepositRow>(
     `SELECT d.id, d.user_id, d.amount_minor, e.balance_after_minor, d.created_at
      FROM deposits d JOIN postings p ON p.deposit_id = d.id
@@ -82,10 +83,8 @@ async function replay(
     [idempotency_key, EXTERNAL_ACCOUNT_ID],
   );
   const first = rows[0];
-  invariant(
-    first !== undefined && rows.length === 1,
-    `deposit with key ${idempotency_key} has no single wallet entry`,
-  );
+  assert(first !== undefined, `deposit with key ${idempotency_key} has no wallet entry`);
+  assert(rows.length === 1, `deposit with key ${idempotency_key} has ${rows.length} wallet entries`);
   if (Number(first.user_id) !== user_id || minorFromPg(first.amount_minor) !== amount) {
     throw new Refusal(
       "idempotency_key_reused",

@@ -12,7 +12,7 @@ import {
 } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import type { Pool } from "#packages/pg/index.ts";
-import { invariant } from "../domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
 
 const REFUSALS: ReadonlySet<string> = new Set(FUNDING_RESULTS.filter((r) => r !== "ok"));
 
@@ -23,9 +23,10 @@ const REFUSALS: ReadonlySet<string> = new Set(FUNDING_RESULTS.filter((r) => r !=
  */
 export async function fundBatch(pool: Pool, request: FundingRequest): Promise<FundingItemResult[]> {
   const { items } = request;
-  invariant(
-    items.length >= 1 && items.length <= FUNDING_ITEMS_MAX,
-    `a funding holds 1..${FUNDING_ITEMS_MAX} items, got ${items.length}`,
+  assert(items.length >= 1, "a funding holds at least one item");
+  assert(
+    items.length <= FUNDING_ITEMS_MAX,
+    `a funding holds at most ${FUNDING_ITEMS_MAX} items, got ${items.length}`,
   );
   const { rows } = await pool.query<{
     ordinal: number;
@@ -39,18 +40,18 @@ export async function fundBatch(pool: Pool, request: FundingRequest): Promise<Fu
     items.map((i) => i.dest_user_id),
     items.map((i) => i.amount),
   ]);
-  invariant(rows.length === items.length, `${items.length} items answered ${rows.length} rows`);
+  assert(rows.length === items.length, `${items.length} items answered ${rows.length} rows`);
   return rows.map((row, index) => {
-    invariant(row.ordinal === index + 1, `funding row ${index} is item ${row.ordinal}`);
+    assert(row.ordinal === index + 1, `funding row ${index} is item ${row.ordinal}`);
     if (row.result === "ok") {
-      invariant(row.source_balance_before_minor !== null, `item ${row.transfer_id} held without a balance`);
+      assert(row.source_balance_before_minor !== null, `item ${row.transfer_id} held without a balance`);
       return {
         transfer_id: row.transfer_id,
         result: "ok",
         source_balance_before: minorFromPg(row.source_balance_before_minor),
       };
     }
-    invariant(REFUSALS.has(row.result), `item ${row.transfer_id} answered '${row.result}'`);
+    assert(REFUSALS.has(row.result), `item ${row.transfer_id} answered '${row.result}'`);
     return { transfer_id: row.transfer_id, result: row.result as FundingRefusal };
   });
 }

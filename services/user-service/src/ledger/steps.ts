@@ -14,7 +14,8 @@ import {
 } from "#packages/contracts/ledger.ts";
 import { MAX_MINOR } from "#packages/contracts/money.ts";
 import type { Pool } from "#packages/pg/index.ts";
-import { type HoldRow, invariant } from "../domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
+import type { HoldRow } from "../domain.ts";
 import { Refusal } from "./refusal.ts";
 
 export type LedgerOperationResult =
@@ -48,27 +49,23 @@ export async function applyBatch(
   pool: Pool,
   operations: readonly LedgerOperation[],
 ): Promise<LedgerOperationResult[]> {
-  invariant(
-    operations.length >= 1 && operations.length <= LEDGER_BATCH_MAX,
-    `a batch holds 1..${LEDGER_BATCH_MAX} operations, got ${operations.length}`,
+  assert(operations.length >= 1, "a batch holds at least one operation");
+  assert(
+    operations.length <= LEDGER_BATCH_MAX,
+    `a batch holds at most ${LEDGER_BATCH_MAX} operations, got ${operations.length}`,
   );
   // UUIDs compare case-insensitively in PostgreSQL: so must the duplicate check.
   const ids = operations.map((o) => o.transfer_id.toLowerCase());
-  invariant(new Set(ids).size === ids.length, "a transfer appears more than once in one batch");
+  assert(new Set(ids).size === ids.length, "a transfer appears more than once in one batch");
   for (const o of operations) {
     if (o.op !== "hold") continue;
-    invariant(
-      Number.isSafeInteger(o.amount) && o.amount > 0 && o.amount <= MAX_MINOR,
-      `hold ${o.transfer_id}: amount ${o.amount} is not 1..${MAX_MINOR} minor units`,
-    );
-    invariant(
-      Number.isSafeInteger(o.source_user_id) && o.source_user_id > 0,
-      `hold ${o.transfer_id}: bad source ${o.source_user_id}`,
-    );
-    invariant(
-      Number.isSafeInteger(o.dest_user_id) && o.dest_user_id > 0,
-      `hold ${o.transfer_id}: bad destination ${o.dest_user_id}`,
-    );
+    assert(Number.isSafeInteger(o.amount), `hold ${o.transfer_id}: amount ${o.amount} is not an integer`);
+    assert(o.amount > 0, `hold ${o.transfer_id}: amount ${o.amount} is not positive`);
+    assert(o.amount <= MAX_MINOR, `hold ${o.transfer_id}: amount ${o.amount} is above ${MAX_MINOR}`);
+    assert(Number.isSafeInteger(o.source_user_id), `hold ${o.transfer_id}: source ${o.source_user_id}`);
+    assert(o.source_user_id > 0, `hold ${o.transfer_id}: source ${o.source_user_id} is not positive`);
+    assert(Number.isSafeInteger(o.dest_user_id), `hold ${o.transfer_id}: destination ${o.dest_user_id}`);
+    assert(o.dest_user_id > 0, `hold ${o.transfer_id}: destination ${o.dest_user_id} is not positive`);
   }
 
   const hold = (o: LedgerOperation) => (o.op === "hold" ? o : null);
@@ -82,21 +79,19 @@ export async function applyBatch(
       operations.map((o) => hold(o)?.amount ?? null),
     ],
   );
-  invariant(rows.length === operations.length, `${operations.length} steps answered ${rows.length} rows`);
+  assert(rows.length === operations.length, `${operations.length} steps answered ${rows.length} rows`);
 
   // Rows come in the order the steps were applied (wallet order); put them back in input order.
   const results: (LedgerOperationResult | undefined)[] = operations.map(() => undefined);
   for (const row of rows) {
     const index = row.ordinal - 1;
     const operation = operations[index];
-    invariant(
-      operation !== undefined && results[index] === undefined,
-      `step ordinal ${row.ordinal} is out of range or answered twice`,
-    );
+    assert(operation !== undefined, `step ordinal ${row.ordinal} is out of range`);
+    assert(results[index] === undefined, `step ordinal ${row.ordinal} is answered twice`);
     results[index] = toResult(operation, row);
   }
   return results.map((result, index) => {
-    invariant(result !== undefined, `step ${index + 1} was not answered`);
+    assert(result !== undefined, `step ${index + 1} was not answered`);
     return result;
   });
 }
@@ -104,15 +99,15 @@ export async function applyBatch(
 function toResult(operation: LedgerOperation, row: StepRow): LedgerOperationResult {
   if (row.result === "ok") {
     const hold = holdOf(row);
-    invariant(hold !== null, `step ${operation.op} ${operation.transfer_id} succeeded without a hold`);
-    invariant(
+    assert(hold !== null, `step ${operation.op} ${operation.transfer_id} succeeded without a hold`);
+    assert(
       hold.transfer_id === operation.transfer_id.toLowerCase(),
       `step ${operation.op} ${operation.transfer_id} answered with hold ${hold.transfer_id}`,
     );
     return { ok: true, hold };
   }
   const code = isStepRefusal(operation.op, row.result) ? row.result : null;
-  invariant(code !== null, `step ${operation.op} ${operation.transfer_id} answered '${row.result}'`);
+  assert(code !== null, `step ${operation.op} ${operation.transfer_id} answered '${row.result}'`);
   return { ok: false, code, message: refusalMessage(operation, code, holdOf(row)) };
 }
 
@@ -129,7 +124,7 @@ function holdOf(row: StepRow): HoldRow | null {
     updated_at,
   } = row;
   if (transfer_id === null) return null;
-  invariant(
+  assert(
     source_user_id !== null &&
       dest_user_id !== null &&
       amount_minor !== null &&
@@ -181,7 +176,7 @@ function refusalMessage(operation: LedgerOperation, code: StepRefusalCode, hold:
 /** One step as a batch of one; a refusal is thrown, with the code the single-step routes answer. */
 async function applyOne(pool: Pool, operation: LedgerOperation): Promise<HoldRow> {
   const [result] = await applyBatch(pool, [operation]);
-  invariant(result !== undefined, `step ${operation.op} ${operation.transfer_id} was not answered`);
+  assert(result !== undefined, `step ${operation.op} ${operation.transfer_id} was not answered`);
   if (!result.ok) throw new Refusal(result.code, result.message);
   return result.hold;
 }

@@ -5,7 +5,8 @@
  */
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
-import { invariant, type UserRow } from "../domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
+import type { UserRow } from "../domain.ts";
 import { isUniqueViolation, liveUser, USER_SELECT } from "./accounts.ts";
 import { depositIn } from "./deposits.ts";
 import { Refusal } from "./refusal.ts";
@@ -27,14 +28,14 @@ export async function createUser(
         throw error;
       });
     const id = inserted.rows[0]?.id;
-    invariant(id !== undefined, "user insert returned no id");
+    assert(id !== undefined, "user insert returned no id");
     await client.query("INSERT INTO accounts (kind, user_id, balance_minor) VALUES ('wallet', $1, 0)", [id]);
     // The opening balance is a deposit like any other, journaled in the same transaction.
     if (input.opening_balance > 0) {
       await depositIn(client, { user_id: Number(id), amount: input.opening_balance, idempotency_key: null });
     }
     const user = await liveUser(client, Number(id));
-    invariant(user !== null, `user ${id} vanished inside its own transaction`);
+    assert(user !== null, `user ${id} vanished inside its own transaction`);
     return user;
   });
 }
@@ -110,7 +111,7 @@ async function raiseTokenVersion(
   const row = rows[0];
   if (row === undefined) throw new Refusal("user_not_found", `user ${user_id} not found`);
   const next = await publish(user_id, Number(row.token_version));
-  invariant(next > Number(row.token_version), `token version of user ${user_id} must rise`);
+  assert(next > Number(row.token_version), `token version of user ${user_id} must rise`);
   await client.query("UPDATE users SET token_version = $2 WHERE id = $1", [user_id, next]);
 }
 
@@ -130,7 +131,7 @@ export async function setLocked(
     );
     if (rowCount !== 1) throw new Refusal("user_not_found", `user ${user_id} not found`);
     const user = await liveUser(client, user_id);
-    invariant(user !== null, `user ${user_id} vanished inside its own transaction`);
+    assert(user !== null, `user ${user_id} vanished inside its own transaction`);
     return user;
   });
 }
@@ -188,7 +189,7 @@ export async function updateUser(
       throw error;
     }
     const user = await liveUser(client, user_id);
-    invariant(user !== null, `user ${user_id} vanished inside its own transaction`);
+    assert(user !== null, `user ${user_id} vanished inside its own transaction`);
     return user;
   });
 }
@@ -228,7 +229,7 @@ export async function closeUser(pool: Pool, user_id: number): Promise<UserRow & 
       [user_id],
     );
     const closed = rows[0];
-    invariant(closed !== undefined, `user ${user_id} vanished while locked`);
+    assert(closed !== undefined, `user ${user_id} vanished while locked`);
     return { ...user, updated_at: closed.updated_at, deleted_at: closed.deleted_at };
   });
 }

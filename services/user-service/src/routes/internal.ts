@@ -18,7 +18,8 @@ import { securityFor } from "#packages/http/auth.ts";
 import { ok } from "#packages/http/errors.ts";
 import { BODY_ERRORS, envelope, errorResponses } from "#packages/http/openapi.ts";
 import { type HttpServer, refuseMethod } from "#packages/http/server.ts";
-import { invariant, toApiHold } from "../domain.ts";
+import { assert } from "#packages/runtime/assert.ts";
+import { toApiHold } from "../domain.ts";
 import { audit } from "../ledger/audit.ts";
 import { applyBatch, getHold, holdFunds, postHold, voidHold } from "../ledger/steps.ts";
 import { timedBatch } from "../metrics.ts";
@@ -140,7 +141,7 @@ function registerBatch(internal: InternalServer, deps: RouteDeps): void {
       return ok({
         results: operations.map(({ transfer_id, op }, index) => {
           const result = results[index];
-          invariant(result !== undefined, `operation ${index} of the batch has no result`);
+          assert(result !== undefined, `operation ${index} of the batch has no result`);
           return result.ok
             ? { transfer_id, op, ok: true as const, hold: toApiHold(result.hold) }
             : { transfer_id, op, ok: false as const, code: result.code, message: result.message };
