@@ -305,8 +305,8 @@ export async function countedLoop(
   mix: Mix,
   options: { concurrency: number; transfers: number },
 ): Promise<LoadResult> {
-  if (options.concurrency < 1 || options.transfers < 1)
-    throw new Error("invariant: bad counted-loop options");
+  assert(options.concurrency >= 1, "a counted loop has at least one client");
+  assert(options.transfers >= 1, "a counted loop makes at least one transfer");
   const recorder = new Recorder();
   let left = options.transfers;
   const t0 = performance.now();

@@ -18,6 +18,7 @@ import {
   TraceFlags,
   trace,
 } from "@opentelemetry/api";
+import { assert } from "#packages/runtime/assert.ts";
 
 const TRACEPARENT = "traceparent";
 /** Version 00 as the W3C Trace Context recommendation writes it; later versions start the same way. */
@@ -82,15 +83,11 @@ const traceparentPropagator: TextMapPropagator = {
 
 /** Registers the context manager and the propagator above; with tracing on, the SDK registers its own instead. */
 export function startTraceIds(): void {
-  if (
-    !context.setGlobalContextManager(new StorageContextManager()) ||
-    !propagation.setGlobalPropagator(traceparentPropagator)
-  ) {
-    stopTraceIds();
-    throw new Error(
-      "invariant: another OpenTelemetry context manager or propagator is registered in this process",
-    );
-  }
+  const registered =
+    context.setGlobalContextManager(new StorageContextManager()) &&
+    propagation.setGlobalPropagator(traceparentPropagator);
+  if (!registered) stopTraceIds();
+  assert(registered, "another OpenTelemetry context manager or propagator is registered in this process");
 }
 
 export function stopTraceIds(): void {

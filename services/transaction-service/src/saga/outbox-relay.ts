@@ -7,6 +7,7 @@
 import type { JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { runLoop } from "#packages/runtime/loops.ts";
 import { contextFromRow, injectKafkaHeaders } from "#packages/tracing/carriers.ts";
@@ -111,8 +112,7 @@ export interface OutboxRow {
 function messageOf(row: OutboxRow, roles: Readonly<Record<string, string>> = {}): OutgoingMessage {
   const topic = row.topic.startsWith("@") ? roles[row.topic.slice(1)] : row.topic;
   // A role nobody mapped is a wiring bug: failing the batch keeps the row until it is fixed.
-  if (topic === undefined)
-    throw new Error(`invariant: outbox row ${row.id} names unknown topic ${row.topic}`);
+  assert(topic !== undefined, `outbox row ${row.id} names unknown topic ${row.topic}`);
   const message = { topic, key: row.key, value: row.payload };
   if (row.traceparent === null) return message;
   return { ...message, headers: injectKafkaHeaders({}, contextFromRow(row.traceparent)) };
