@@ -15,6 +15,7 @@ import { Admin, type SASLOptions } from "@platformatic/kafka";
 import { createProducer, ensureTopics, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { busiestLeader, waitFullIsr } from "./cluster-kafka.ts";
+import { rateRecovery } from "./recovery.ts";
 
 // The stack reads its ports and data directory when first imported: set them, then import it.
 const base = Number(process.env.DPS_TEST_PORT_BASE || 18000);
@@ -70,24 +71,19 @@ function startWriters(count: number): { stop: () => Promise<void> } {
   };
 }
 
-const acksBetween = (from: number, to: number) => acked.filter((a) => a.at >= from && a.at < to).length;
-
 /** Times from a fault at `at` to the first acknowledged write and to the rate being back at 80%. */
 async function recoveryAfter(at: number, label: string): Promise<void> {
-  const rate_before = acksBetween(at - 5_000, at) / 5;
   await sleep(recovery_max_ms + 1_000);
   const first = acked.find((a) => a.at >= at);
-  let recovered_ms: number | undefined;
-  for (let t = at; t + 1_000 <= at + recovery_max_ms; t += 100) {
-    if (acksBetween(t, t + 1_000) >= 0.8 * rate_before) {
-      recovered_ms = t + 1_000 - at;
-      break;
-    }
-  }
-  say(
-    `${label}: ${rate_before.toFixed(0)} writes/s before; first write acknowledged after ${first === undefined ? "-" : first.at - at} ms; 80% of the rate after ${recovered_ms ?? "-"} ms`,
+  const recovery = rateRecovery(
+    acked.map((a) => a.at),
+    at,
+    { baseline_ms: 5_000, window_ms: 1_000, recovery_max_ms, share: 0.8 },
   );
-  assert.ok(recovered_ms !== undefined, `${label}: writes not back to 80% within ${recovery_max_ms} ms`);
+  say(
+    `${label}: ${recovery.before_per_s.toFixed(0)} writes/s before; first write acknowledged after ${first === undefined ? "-" : first.at - at} ms; 80% of the rate after ${recovery.ms ?? "-"} ms`,
+  );
+  assert.ok(recovery.ms !== undefined, `${label}: writes not back to 80% within ${recovery_max_ms} ms`);
 }
 
 /** SIGKILL node.id `id`, watch the writes recover, start it again and wait until it is back in sync. */
