@@ -32,6 +32,7 @@ import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
 import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
+import { compareStacks } from "./cluster.ts";
 import { cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import {
   ApiClient,
@@ -54,7 +55,7 @@ const HOT_SHARE = 0.1;
 const WEBHOOK_WALLETS = 100;
 
 interface Mode {
-  name: "quick" | "full" | "long";
+  name: "smoke" | "quick" | "full" | "long";
   concurrency: number[];
   warmup_s: number;
   duration_s: number;
@@ -63,6 +64,15 @@ interface Mode {
 }
 
 const modes: Record<Mode["name"], Mode> = {
+  // That it starts and reports, not a measure: one short case of each kind, no large wallet set.
+  smoke: {
+    name: "smoke",
+    concurrency: [4],
+    warmup_s: 1,
+    duration_s: 3,
+    wallets_small: 200,
+    wallets_large: [],
+  },
   quick: {
     name: "quick",
     concurrency: [8, 32, 64],
@@ -89,7 +99,7 @@ const modes: Record<Mode["name"], Mode> = {
   },
 };
 
-interface Case {
+export interface Case {
   name: string;
   wallets: number;
   hot_share: number;
@@ -108,7 +118,7 @@ interface Case {
   machine_cores_baseline: number;
 }
 
-interface Results {
+export interface Results {
   mode: Mode["name"];
   started_at: string;
   machine: { cpus: number; cpu_model: string; memory_gib: number; node: string };
@@ -147,7 +157,8 @@ async function runPhase(mode: Mode, out_dir: string, profiled: boolean): Promise
   const pgbench = required("BENCH_PGBENCH");
   const service_pids = new Map(
     Object.entries(JSON.parse(required("BENCH_SERVICE_PIDS")) as Record<string, number>).map(
-      ([name, pid]) => [pid, name],
+      // Copies count under their service's name ("transaction-service-2" is transaction-service).
+      ([name, pid]) => [pid, name.replace(/-\d+$/, "")],
     ),
   );
   const auth = new Authenticator({ token_secret: required("AUTH_TOKEN_SECRET"), token_ttl_s: 4 * 3600 });
@@ -616,23 +627,29 @@ async function reportPhase(out_dir: string): Promise<void> {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
+      smoke: { type: "boolean", default: false },
       quick: { type: "boolean", default: false },
       long: { type: "boolean", default: false },
       profile: { type: "boolean", default: false },
       out: { type: "string" },
       phase: { type: "string", default: "run" },
+      cluster: { type: "boolean", default: false },
+      /** With --cluster: the stack this run drives, "single" or "cluster" (its own subfolder). */
+      stack: { type: "string" },
     },
   });
-  const mode = modes[values.quick ? "quick" : values.long ? "long" : "full"];
-  const out_dir = resolve(
+  const mode = modes[values.smoke ? "smoke" : values.quick ? "quick" : values.long ? "long" : "full"];
+  const base_dir = resolve(
     repoRoot,
     values.out ??
-      (mode.name === "full" && !values.profile
+      (mode.name === "full" && !values.profile && !values.cluster
         ? "docs/benchmark"
-        : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}`),
+        : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}${values.cluster ? "-cluster" : ""}`),
   );
+  const out_dir = values.stack === undefined ? base_dir : join(base_dir, values.stack);
   if (values.phase === "run") await runPhase(mode, out_dir, values.profile);
   else if (values.phase === "report") await reportPhase(out_dir);
+  else if (values.phase === "compare") await compareStacks(base_dir);
   else throw new Error(`unknown phase ${values.phase}`);
 }
 
