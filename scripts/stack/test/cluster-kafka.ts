@@ -9,6 +9,8 @@ export interface ClusterAccess {
 }
 
 interface PartitionState {
+  topic: string;
+  index: number;
   leader: number;
   replicas: number[];
   isr: number[];
@@ -25,7 +27,15 @@ async function partitions(access: ClusterAccess, topics?: string[]): Promise<Par
   try {
     const names = topics ?? (await admin.listTopics({ includeInternals: true }));
     const metadata = await admin.metadata({ topics: names, forceUpdate: true });
-    return [...metadata.topics.values()].flatMap((t) => [...t.partitions]);
+    return [...metadata.topics.entries()].flatMap(([topic, t]) =>
+      [...t.partitions].map((p, index) => ({
+        topic,
+        index,
+        leader: p.leader,
+        replicas: p.replicas,
+        isr: p.isr,
+      })),
+    );
   } finally {
     await admin.close();
   }
@@ -45,17 +55,30 @@ export async function busiestLeader(access: ClusterAccess, topics?: string[]): P
   return busiest[0];
 }
 
-/** Waits until every replica of every partition is in sync; the time it took. */
+/** Partitions (topic/index) with a replica out of sync, or the error that kept the answer away. */
+async function outOfSync(access: ClusterAccess, topics?: string[]): Promise<string[]> {
+  try {
+    const all = await partitions(access, topics);
+    if (all.length === 0) return ["no partitions"];
+    return all.filter((p) => p.isr.length < p.replicas.length).map((p) => `${p.topic}/${p.index}`);
+  } catch (error) {
+    return [error instanceof Error ? error.message : String(error)];
+  }
+}
+
+/**
+ * Waits until every replica of every partition is in sync. The time it took; or, past the
+ * timeout, what was still out of sync.
+ */
 export async function waitFullIsr(
   access: ClusterAccess,
   timeout_ms: number,
   topics?: string[],
-): Promise<number> {
+): Promise<{ ms: number; behind: string[] }> {
   const t0 = Date.now();
-  while (Date.now() - t0 < timeout_ms) {
-    const all = await partitions(access, topics).catch(() => []);
-    if (all.length > 0 && all.every((p) => p.isr.length === p.replicas.length)) return Date.now() - t0;
+  for (;;) {
+    const behind = await outOfSync(access, topics);
+    if (behind.length === 0 || Date.now() - t0 >= timeout_ms) return { ms: Date.now() - t0, behind };
     await sleep(500);
   }
-  throw new Error(`replicas not back in sync within ${timeout_ms} ms`);
 }

@@ -96,7 +96,8 @@ async function killAndRestart(id: number, what: string): Promise<void> {
   const restarted_at = Date.now();
   await node.start();
   const healthy_ms = Date.now() - restarted_at;
-  const in_sync_ms = await waitFullIsr({ brokers, sasl }, 120_000, [topic]);
+  const { ms: in_sync_ms, behind } = await waitFullIsr({ brokers, sasl }, 120_000, [topic]);
+  assert.deepEqual(behind, [], "replicas not back in sync within 120 s");
   say(`restart ${node.name}: healthy after ${healthy_ms} ms, replicas in sync ${in_sync_ms} ms later`);
   await recoveryAfter(restarted_at, `restart ${node.name}`);
 }
