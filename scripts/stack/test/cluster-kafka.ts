@@ -16,7 +16,7 @@ interface PartitionState {
   isr: number[];
 }
 
-/** Every partition of the given topics (default: every topic, internal ones included). */
+/** Every partition of the given topics (default: every topic but the internal ones). */
 async function partitions(access: ClusterAccess, topics?: string[]): Promise<PartitionState[]> {
   const admin = new Admin({
     clientId: "cluster-chaos",
@@ -25,10 +25,11 @@ async function partitions(access: ClusterAccess, topics?: string[]): Promise<Par
     timeout: 5_000,
   });
   try {
-    const names = topics ?? (await admin.listTopics({ includeInternals: true }));
+    // The client keeps no metadata of internal topics (__consumer_offsets): the others, then.
+    const names = topics ?? (await admin.listTopics());
     const metadata = await admin.metadata({ topics: names, forceUpdate: true });
     return [...metadata.topics.entries()].flatMap(([topic, t]) =>
-      [...t.partitions].map((p, index) => ({
+      [...(t?.partitions ?? [])].map((p, index) => ({
         topic,
         index,
         leader: p.leader,
