@@ -689,9 +689,11 @@ const commandArgs: Record<string, (args: string[]) => void> = {
     }),
   bench: (args) =>
     checkArgs("bench", args, {
+      smoke: { type: "boolean" },
       quick: { type: "boolean" },
       profile: { type: "boolean" },
       long: { type: "boolean" },
+      cluster: { type: "boolean" },
       out: { type: "string" },
     }),
   audit: (args) => checkArgs("audit", args, { quiet: { type: "boolean" } }),
