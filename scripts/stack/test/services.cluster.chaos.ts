@@ -188,7 +188,9 @@ describe("two copies of every service and three brokers under kills", { timeout:
       await sleep(Math.max(0, back_at + recovery_max_ms + 1_000 - Date.now()));
       // The accepted rate now, in case a later fault ends the run; the completed rate needs the final reads.
       for (const e of events.slice(-2))
-        say(`${e.label}: accepted rate back to 80% after ${rateRecovery(acceptedAt, e.at, bounds).ms ?? "-"} ms`);
+        say(
+          `${e.label}: accepted rate back to 80% after ${rateRecovery(acceptedAt, e.at, bounds).ms ?? "-"} ms`,
+        );
     };
     /** A broker fault should find every partition with all its replicas in sync; says when it does not. */
     const inSync = async () => {
