@@ -65,10 +65,11 @@ interface Mode {
 
 const modes: Record<Mode["name"], Mode> = {
   // That it starts and reports, not a measure: one short case of each kind, no large wallet set.
+  // The warm-up covers a fresh cluster's consumer groups settling (no transfer completes before).
   smoke: {
     name: "smoke",
     concurrency: [4],
-    warmup_s: 1,
+    warmup_s: 10,
     duration_s: 3,
     wallets_small: 200,
     wallets_large: [],
