@@ -31,6 +31,7 @@ import { auditOptionsFromEnv, formatAudit, runAudit } from "../audit.ts";
 import { type BaselineResult, baselineTotal, ensureBaselineWallets, runBaseline } from "./baseline.ts";
 import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
+import { compareStacks } from "./cluster.ts";
 import { cpuPerTransfer_ms, cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import {
   ApiClient,
@@ -59,7 +60,7 @@ const WEBHOOK_WALLETS = 100;
 const WAIT_S = 10;
 
 interface Mode {
-  name: "quick" | "full" | "long";
+  name: "smoke" | "quick" | "full" | "long";
   concurrency: number[];
   warmup_s: number;
   duration_s: number;
@@ -68,6 +69,16 @@ interface Mode {
 }
 
 const modes: Record<Mode["name"], Mode> = {
+  // That it starts and reports, not a measure: one short case of each kind, no large wallet set.
+  // The warm-up covers a fresh cluster's consumer groups settling (no transfer completes before).
+  smoke: {
+    name: "smoke",
+    concurrency: [4],
+    warmup_s: 10,
+    duration_s: 3,
+    wallets_small: 200,
+    wallets_large: [],
+  },
   quick: {
     name: "quick",
     concurrency: [8, 32, 64],
@@ -94,7 +105,7 @@ const modes: Record<Mode["name"], Mode> = {
   },
 };
 
-interface Case {
+export interface Case {
   name: string;
   wallets: number;
   hot_share: number;
@@ -113,7 +124,7 @@ interface Case {
   machine_cores_baseline: number;
 }
 
-interface Results {
+export interface Results {
   mode: Mode["name"];
   started_at: string;
   machine: { cpus: number; cpu_model: string; memory_gib: number; node: string };
@@ -162,7 +173,8 @@ async function runPhase(
   const pgbench = required("BENCH_PGBENCH");
   const service_pids = new Map(
     Object.entries(JSON.parse(required("BENCH_SERVICE_PIDS")) as Record<string, number>).map(
-      ([name, pid]) => [pid, name],
+      // Copies count under their service's name ("transaction-service-2" is transaction-service).
+      ([name, pid]) => [pid, name.replace(/-\d+$/, "")],
     ),
   );
   const auth = new Authenticator({ token_secret: required("AUTH_TOKEN_SECRET"), token_ttl_s: 4 * 3600 });
@@ -766,6 +778,7 @@ async function reportPhase(out_dir: string): Promise<void> {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
+      smoke: { type: "boolean", default: false },
       quick: { type: "boolean", default: false },
       long: { type: "boolean", default: false },
       profile: { type: "boolean", default: false },
@@ -773,25 +786,29 @@ async function main(): Promise<void> {
       out: { type: "string" },
       phase: { type: "string", default: "run" },
       count: { type: "string" },
+      cluster: { type: "boolean", default: false },
+      /** With --cluster: the stack this run drives, "single" or "cluster" (its own subfolder). */
+      stack: { type: "string" },
     },
   });
   const counted = values.count === undefined ? null : Number(values.count);
   if (counted !== null && !(Number.isInteger(counted) && counted >= 1 && counted <= 1_000_000)) {
     throw new Error("--count takes a whole number of transfers, 1 to 1,000,000");
   }
-  const mode = modes[values.quick ? "quick" : values.long ? "long" : "full"];
-  const out_dir = resolve(
+  const mode = modes[values.smoke ? "smoke" : values.quick ? "quick" : values.long ? "long" : "full"];
+  const suffix = `${values.profile ? "-profile" : ""}${values.tracing ? "-tracing" : ""}${values.cluster ? "-cluster" : ""}`;
+  const base_dir = resolve(
     repoRoot,
     values.out ??
-      (mode.name === "full" && !values.profile && !values.tracing
-        ? "docs/benchmark"
-        : `.data/bench/${mode.name}${values.profile ? "-profile" : ""}${values.tracing ? "-tracing" : ""}`),
+      (mode.name === "full" && suffix === "" ? "docs/benchmark" : `.data/bench/${mode.name}${suffix}`),
   );
+  const out_dir = values.stack === undefined ? base_dir : join(base_dir, values.stack);
   if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing, counted);
   // A counted run has printed its figures: nothing to report.
   else if (values.phase === "report") {
     if (counted === null) await reportPhase(out_dir);
-  } else throw new Error(`unknown phase ${values.phase}`);
+  } else if (values.phase === "compare") await compareStacks(base_dir);
+  else throw new Error(`unknown phase ${values.phase}`);
 }
 
 await main();

@@ -9,7 +9,7 @@
 //   test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...
 //                              lint, schemathesis, unit + integration tests against a test stack
 //   chaos [--transfers N] [--faults N] ... the bank workload under faults, on a fresh test stack
-//   bench [--quick] [--profile] ...  throughput and latency against a pgbench baseline (ops/bench)
+//   bench [--quick] [--profile] [--cluster] ...  throughput and latency against a pgbench baseline (ops/bench)
 //   audit [--quiet]            the money guarantees, checked against the running engines
 //   dead-letters list|replay <id>|replay --all
 import { type ChildProcess, spawn } from "node:child_process";
@@ -130,8 +130,7 @@ function countFlag(args: string[], flag: string, max: number): number {
 const brokers_max = 5;
 
 /** The services' environment with every broker of the cluster in KAFKA_BROKERS. */
-function clusterEnv(brokers: number): StackEnv {
-  const env = stackEnv();
+function clusterEnv(brokers: number, env: StackEnv = stackEnv()): StackEnv {
   if (brokers > 1 && process.env.KAFKA_BROKERS === undefined) {
     env.KAFKA_BROKERS = kafkaBrokerList(kafkaNode(0, brokers)).join(",");
   }
@@ -415,6 +414,9 @@ interface TestStackOptions {
   node_args?: string[];
   /** The control server through which fault tests kill and restart (default true). */
   control?: boolean;
+  /** Kafka nodes and copies of each service behind HAProxy (default 1 and 1), as `npm start` takes them. */
+  brokers?: number;
+  replicas?: number;
 }
 
 async function withTestStack(
@@ -427,10 +429,14 @@ async function withTestStack(
   const stackLog = join(logsDir, `${prefix}stack.log`);
   const toFile = (line: string): void => appendFileSync(stackLog, line);
 
-  const env = options.env ?? testEnv();
+  const brokers = options.brokers ?? 1;
+  const replicas = options.replicas ?? 1;
+  const env = clusterEnv(brokers, options.env ?? testEnv());
   const controlPort = Number(process.env.DPS_TEST_CONTROL_PORT || 18099);
   // Engines that were already up are not ours to stop.
-  const before = engineOrder.filter((n) => engines[n].pid() !== undefined);
+  const before = engineOrder.filter((n) =>
+    (n === "kafka" ? kafkaEngines(brokers) : [engines[n]]).some((e) => e.pid() !== undefined),
+  );
   let sup: Supervisor | undefined;
   let control: Server | undefined;
   let watcher: EngineWatcher | undefined;
@@ -445,14 +451,22 @@ async function withTestStack(
     control?.close();
     await watcher?.stop();
     await sup?.stopAll();
-    await stopEngines(engineOrder.filter((n) => !before.includes(n)));
+    await stopEngines(
+      engineOrder.filter((n) => !before.includes(n)),
+      brokers,
+    );
   };
 
   try {
     const t0 = Date.now();
-    await ensureEnginesDetailed({ env, databases: options.extra_databases, signal: stopping.signal });
+    await ensureEnginesDetailed({
+      env,
+      databases: options.extra_databases,
+      signal: stopping.signal,
+      brokers,
+    });
     // Engines that die while the tests run come back, as under `npm start`.
-    watcher = watchEngines({ log: (m) => toFile(`[supervisor] ${m}\n`) });
+    watcher = watchEngines({ log: (m) => toFile(`[supervisor] ${m}\n`), brokers });
     if (options.resetData) await resetTestData(env, options.extra_databases);
     if (options.services) {
       stopping.signal.throwIfAborted();
@@ -462,6 +476,8 @@ async function withTestStack(
         skipMissing: true,
         log: (m) => toFile(`[supervisor] ${m}\n`),
         node_args: options.node_args,
+        replicas,
+        balancer: replicas > 1 ? await balancerSpec(env, serviceNames, replicas) : undefined,
       });
       await sup.startAll(60_000, stopping.signal);
       if (options.control !== false)
@@ -553,6 +569,30 @@ async function cmdChaos(args: string[]): Promise<number> {
  * `--cpu-prof`; their profiles are written when they stop, and summarised into the report.
  */
 async function cmdBench(args: string[]): Promise<number> {
+  if (!args.includes("--cluster")) return benchOn(args);
+  if (engines.kafka.pid() !== undefined) {
+    // The cluster's first node takes the single broker's port.
+    process.stderr.write(
+      "error: bench --cluster needs the single Kafka broker stopped (`npm run stack down`)\n",
+    );
+    return 1;
+  }
+  // `--cluster`: the same cases on one copy of everything, then on two copies of every service
+  // behind HAProxy and three brokers, then the two side by side.
+  for (const stack of ["single", "cluster"] as const) {
+    const code = await benchOn(
+      [...args, "--stack", stack],
+      stack === "cluster" ? 3 : 1,
+      stack === "cluster" ? 2 : 1,
+    );
+    if (code !== 0) return code;
+  }
+  const main = join(repoRoot, "ops", "bench", "main.ts");
+  return (await runInherit(process.execPath, [main, ...args, "--phase", "compare"])).code;
+}
+
+/** One bench stack (`brokers` Kafka nodes, `replicas` copies of each service), driven and reported. */
+async function benchOn(args: string[], brokers = 1, replicas = 1): Promise<number> {
   const profile = args.includes("--profile");
   const profile_dir = join(repoRoot, ".data", "bench", "profiles");
   const node_args = profile
@@ -575,6 +615,8 @@ async function cmdBench(args: string[]): Promise<number> {
       control: false,
       extra_databases: ["dps_bench_baseline"],
       node_args,
+      brokers,
+      replicas,
     },
     async (env, spawnChild, sup) => {
       const pids = Object.fromEntries((sup?.status() ?? []).map((s) => [s.name, s.pid ?? 0]));
@@ -602,7 +644,7 @@ const usage = [
   "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
   "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
   "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
-  "       scripts/run.sh bench [--quick] [--profile] [--tracing] [--long] [--out DIR]",
+  "       scripts/run.sh bench [--smoke|--quick|--long] [--profile] [--tracing] [--cluster] [--count N] [--out DIR]",
   "       scripts/run.sh audit [--quiet]",
   "       scripts/run.sh dead-letters list|replay <id>|replay --all",
 ];
@@ -656,10 +698,12 @@ const commandArgs: Record<string, (args: string[]) => void> = {
     }),
   bench: (args) =>
     checkArgs("bench", args, {
+      smoke: { type: "boolean" },
       quick: { type: "boolean" },
       profile: { type: "boolean" },
       tracing: { type: "boolean" },
       long: { type: "boolean" },
+      cluster: { type: "boolean" },
       out: { type: "string" },
       count: { type: "string" },
     }),

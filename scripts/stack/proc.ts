@@ -196,8 +196,13 @@ export function killTree(pid: number): void {
 }
 
 export function readPidFile(file: string): number | undefined {
-  if (!existsSync(file)) return undefined;
-  const pid = Number.parseInt(readFileSync(file, "utf8").split("\n")[0] ?? "", 10);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return undefined; // none, or removed meanwhile (a supervisor between a child's exit and its restart)
+  }
+  const pid = Number.parseInt(text.split("\n")[0] ?? "", 10);
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 

@@ -541,7 +541,9 @@ function nodeEngine(node: KafkaNode): Engine {
     logFile: node.logFile,
     url: `${kafkaHost}:${node.port}`,
     cmdlineMarker: node.serverProps,
-    startTimeoutMs: 90_000,
+    // A cluster's node is healthy only once a quorum of controllers is up, and all three JVMs
+    // start at once: on a busy 2-core box that alone took over 90 s.
+    startTimeoutMs: node.count === 1 ? 90_000 : 180_000,
     // A controlled shutdown normally takes a few seconds.
     stopTimeoutMs: 30_000,
     install,

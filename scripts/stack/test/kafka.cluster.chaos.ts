@@ -14,6 +14,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Admin, type SASLOptions } from "@platformatic/kafka";
 import { createProducer, ensureTopics, startBatchConsumer } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
+import { busiestLeader, waitFullIsr } from "./cluster-kafka.ts";
+import { rateRecovery } from "./recovery.ts";
 
 // The stack reads its ports and data directory when first imported: set them, then import it.
 const base = Number(process.env.DPS_TEST_PORT_BASE || 18000);
@@ -69,54 +71,19 @@ function startWriters(count: number): { stop: () => Promise<void> } {
   };
 }
 
-const acksBetween = (from: number, to: number) => acked.filter((a) => a.at >= from && a.at < to).length;
-
 /** Times from a fault at `at` to the first acknowledged write and to the rate being back at 80%. */
 async function recoveryAfter(at: number, label: string): Promise<void> {
-  const rate_before = acksBetween(at - 5_000, at) / 5;
   await sleep(recovery_max_ms + 1_000);
   const first = acked.find((a) => a.at >= at);
-  let recovered_ms: number | undefined;
-  for (let t = at; t + 1_000 <= at + recovery_max_ms; t += 100) {
-    if (acksBetween(t, t + 1_000) >= 0.8 * rate_before) {
-      recovered_ms = t + 1_000 - at;
-      break;
-    }
-  }
-  say(
-    `${label}: ${rate_before.toFixed(0)} writes/s before; first write acknowledged after ${first === undefined ? "-" : first.at - at} ms; 80% of the rate after ${recovered_ms ?? "-"} ms`,
+  const recovery = rateRecovery(
+    acked.map((a) => a.at),
+    at,
+    { baseline_ms: 5_000, window_ms: 1_000, recovery_max_ms, share: 0.8 },
   );
-  assert.ok(recovered_ms !== undefined, `${label}: writes not back to 80% within ${recovery_max_ms} ms`);
-}
-
-async function leaderCounts(): Promise<Map<number, number>> {
-  const admin = new Admin({ clientId: "cluster-chaos", bootstrapBrokers: brokers, sasl, timeout: 5_000 });
-  try {
-    const metadata = await admin.metadata({ topics: [topic], forceUpdate: true });
-    const counts = new Map<number, number>();
-    for (const p of metadata.topics.get(topic)?.partitions ?? [])
-      counts.set(p.leader, (counts.get(p.leader) ?? 0) + 1);
-    return counts;
-  } finally {
-    await admin.close();
-  }
-}
-
-/** Every partition of the topic back to three replicas in sync (a restarted broker has caught up). */
-async function waitFullIsr(): Promise<number> {
-  const t0 = Date.now();
-  const admin = new Admin({ clientId: "cluster-chaos", bootstrapBrokers: brokers, sasl, timeout: 5_000 });
-  try {
-    while (Date.now() - t0 < 120_000) {
-      const metadata = await admin.metadata({ topics: [topic], forceUpdate: true }).catch(() => undefined);
-      const partitions = metadata?.topics.get(topic)?.partitions ?? [];
-      if (partitions.length > 0 && partitions.every((p) => p.isr.length === 3)) return Date.now() - t0;
-      await sleep(500);
-    }
-    throw new Error("replicas not back in sync within 120 s");
-  } finally {
-    await admin.close();
-  }
+  say(
+    `${label}: ${recovery.before_per_s.toFixed(0)} writes/s before; first write acknowledged after ${first === undefined ? "-" : first.at - at} ms; 80% of the rate after ${recovery.ms ?? "-"} ms`,
+  );
+  assert.ok(recovery.ms !== undefined, `${label}: writes not back to 80% within ${recovery_max_ms} ms`);
 }
 
 /** SIGKILL node.id `id`, watch the writes recover, start it again and wait until it is back in sync. */
@@ -129,7 +96,8 @@ async function killAndRestart(id: number, what: string): Promise<void> {
   const restarted_at = Date.now();
   await node.start();
   const healthy_ms = Date.now() - restarted_at;
-  const in_sync_ms = await waitFullIsr();
+  const { ms: in_sync_ms, behind } = await waitFullIsr({ brokers, sasl }, 120_000, [topic]);
+  assert.deepEqual(behind, [], "replicas not back in sync within 120 s");
   say(`restart ${node.name}: healthy after ${healthy_ms} ms, replicas in sync ${in_sync_ms} ms later`);
   await recoveryAfter(restarted_at, `restart ${node.name}`);
 }
@@ -168,10 +136,10 @@ describe("kafka cluster under broker and controller kills", () => {
   }, async () => {
     writers = startWriters(4);
     await sleep(8_000);
-    const counts = await leaderCounts();
-    const busiest = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]?.[0];
-    assert.ok(busiest !== undefined);
-    await killAndRestart(busiest, "the broker leading the most partitions");
+    await killAndRestart(
+      await busiestLeader({ brokers, sasl }, [topic]),
+      "the broker leading the most partitions",
+    );
     await killAndRestart(await activeControllerId(kafkaNode(0, 3)), "the active controller");
     await writers.stop();
     writers = undefined;

@@ -131,13 +131,19 @@ export function killEverything(): void {
   }
 }
 
-/** The integration tests' API helpers, pointed at this stack with its generated credentials. */
-export async function apiOfThisStack(): Promise<typeof import("../../../test/integration/api.ts")> {
+/** The secrets this stack generated (its secrets.env). */
+export function secretsOfThisStack(): Record<string, string> {
   const secrets: Record<string, string> = {};
   for (const line of readFileSync(join(dataDir, "secrets.env"), "utf8").split("\n")) {
     const at = line.indexOf("=");
     if (/^[A-Z]/.test(line) && at > 0) secrets[line.slice(0, at)] = line.slice(at + 1);
   }
+  return secrets;
+}
+
+/** The integration tests' API helpers, pointed at this stack with its generated credentials. */
+export async function apiOfThisStack(): Promise<typeof import("../../../test/integration/api.ts")> {
+  const secrets = secretsOfThisStack();
   const url = (port: string | undefined): string => `http://127.0.0.1:${port}`;
   Object.assign(process.env, {
     ADMIN_TOKEN: secrets.ADMIN_TOKEN,
