@@ -74,7 +74,11 @@ describe("runLoop", () => {
       idle_ms: 60_000,
       tick: async () => {
         rounds += 1;
-        if (rounds === 1) loop.wake();
+        // Work arrives while the first round is still looking.
+        if (rounds === 1) {
+          await sleep(5);
+          loop.wake();
+        }
         return "idle";
       },
       onError: () => assert.fail("no failure"),
