@@ -19,6 +19,7 @@ import {
 import { z } from "zod";
 import type { Logger } from "#packages/log/index.ts";
 import { isTransientPgError } from "#packages/pg/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 import { type Authenticator, principalOf } from "./auth.ts";
 import { UpstreamError } from "./client.ts";
@@ -215,11 +216,19 @@ export interface HealthOptions {
    * to every caller, since only this host reaches that listener.
    */
   auth?: Authenticator;
+  /**
+   * The checks a copy needs to serve its own requests (`GET /health/ready`): a load balancer or a
+   * readiness probe takes a copy out only when these fail. Engines every copy shares and uses
+   * asynchronously (Kafka behind the outbox) stay out: a slow broker would otherwise take every
+   * copy out at once, and requests that need no broker would find no copy. All checks by default.
+   */
+  ready?: readonly string[];
 }
 
 /**
  * GET /health answers 200 when every engine answers within its timeout, 503 otherwise; the
- * detailed form has a line per engine so an operator sees which one is down.
+ * detailed form has a line per engine so an operator sees which one is down. GET /health/ready
+ * answers the same way for the checks in `options.ready` alone, with `{status}` only.
  */
 export function registerHealth(
   app: HttpServer,
@@ -255,17 +264,7 @@ export function registerHealth(
   };
   const onRequest = options.auth?.optional();
   app.get("/health", { schema, ...(onRequest ? { onRequest } : {}) }, async (request, reply) => {
-    const results: Record<string, { ok: boolean; error?: string }> = {};
-    await Promise.all(
-      Object.entries(checks).map(async ([name, check]) => {
-        try {
-          await withTimeout(check(), timeout_ms, `${name} health check`);
-          results[name] = { ok: true };
-        } catch (error) {
-          results[name] = { ok: false, error: (error as Error).message };
-        }
-      }),
-    );
+    const results = await runChecks(checks, timeout_ms);
     const healthy = Object.values(results).every((r) => r.ok);
     reply.status(healthy ? 200 : 503);
     if (publicSide && principalOf(request)?.kind !== "admin") {
@@ -273,6 +272,42 @@ export function registerHealth(
     }
     return reply.send({ success: healthy, data: { service, healthy, engines: results } });
   });
+  const readyChecks = Object.fromEntries(
+    Object.entries(checks).filter(([name]) => options.ready === undefined || options.ready.includes(name)),
+  );
+  for (const name of options.ready ?? []) assert(name in checks, `readiness names unknown check ${name}`);
+  const readySchema = {
+    summary:
+      "Whether this copy can serve its requests (the engines it needs for them answer): for load balancers",
+    tags: ["health"],
+    response: {
+      200: summarySchema.describe("Ready"),
+      503: summarySchema.describe("An engine this copy needs did not answer"),
+    },
+  };
+  app.get("/health/ready", { schema: readySchema }, async (_request, reply) => {
+    const results = await runChecks(readyChecks, timeout_ms);
+    const ready = Object.values(results).every((r) => r.ok);
+    return reply.status(ready ? 200 : 503).send({ status: ready ? "up" : "down" });
+  });
+}
+
+async function runChecks(
+  checks: HealthChecks,
+  timeout_ms: number,
+): Promise<Record<string, { ok: boolean; error?: string }>> {
+  const results: Record<string, { ok: boolean; error?: string }> = {};
+  await Promise.all(
+    Object.entries(checks).map(async ([name, check]) => {
+      try {
+        await withTimeout(check(), timeout_ms, `${name} health check`);
+        results[name] = { ok: true };
+      } catch (error) {
+        results[name] = { ok: false, error: (error as Error).message };
+      }
+    }),
+  );
+  return results;
 }
 
 /**

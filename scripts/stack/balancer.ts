@@ -40,7 +40,8 @@ export function copySpecs(specs: readonly ServiceSpec[], replicas: number): Serv
 
 /**
  * HAProxy's configuration: per service a public and an internal frontend on the service's usual
- * ports, each balancing over the copies that pass `GET /health`.
+ * ports, each balancing over the copies that pass `GET /health/ready` (the engines a copy needs
+ * for its own requests: a broker that all copies share being slow takes none of them out).
  *
  * Retries: only a failed connection is retried, on another copy (`retry-on conn-failure`,
  * `option redispatch`). Such a request never reached a service, so retrying is safe for every
@@ -92,7 +93,7 @@ function proxy(name: string, bind: string, port: number, replicas: number): stri
 
 backend ${name}
   balance leastconn
-  option httpchk GET /health
+  option httpchk GET /health/ready
   http-check expect status 200
 ${servers.join("\n")}
 `;

@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import { z } from "zod";
 import { createLogger } from "#packages/log/index.ts";
 import { UpstreamError } from "../client.ts";
-import { createHttpServer, isEngineUnavailable, refuseMethod } from "../server.ts";
+import { createHttpServer, isEngineUnavailable, refuseMethod, registerHealth } from "../server.ts";
 
 function app() {
   const server = createHttpServer({ logger: createLogger("http-test", "silent"), body_limit_bytes: 1024 });
@@ -91,5 +91,27 @@ describe("the shared HTTP plumbing", () => {
     assert.equal(isEngineUnavailable(Object.assign(new Error("x"), { name: "MongoNetworkError" })), true);
     assert.equal(isEngineUnavailable(new TypeError("undefined is not a function")), false);
     assert.equal(isEngineUnavailable(Object.assign(new Error("x"), { code: "23505" })), false);
+  });
+
+  it("is ready while the engines it needs answer, though a shared one it uses later does not", async () => {
+    const server = createHttpServer({ logger: createLogger("http-test", "silent") });
+    const checks = {
+      postgres: async () => undefined,
+      kafka: async () => {
+        throw new Error("broker unreachable");
+      },
+    };
+    registerHealth(server, "test-service", checks, { ready: ["postgres"] });
+    const health = await server.inject({ method: "GET", url: "/health" });
+    assert.equal(health.statusCode, 503, "the whole health names the broker");
+    const ready = await server.inject({ method: "GET", url: "/health/ready" });
+    assert.equal(ready.statusCode, 200);
+    assert.deepEqual(ready.json(), { status: "up" });
+
+    const strict = createHttpServer({ logger: createLogger("http-test", "silent") });
+    registerHealth(strict, "test-service", checks);
+    const all = await strict.inject({ method: "GET", url: "/health/ready" });
+    assert.equal(all.statusCode, 503, "without a readiness list every check counts");
+    assert.deepEqual(all.json(), { status: "down" });
   });
 });

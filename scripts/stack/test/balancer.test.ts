@@ -27,14 +27,14 @@ describe("service copies behind the balancer", () => {
     assert.equal(copies.length, 8);
   });
 
-  it("balances the usual ports over the copies that pass GET /health", () => {
+  it("balances the usual ports over the copies that pass GET /health/ready", () => {
     const config = haproxyConfig(env, serviceNames as readonly ServiceName[], 2);
     for (const port of [8000, 8001, 8002, 8003, 9000, 9001, 9002, 9003]) {
       assert.match(config, new RegExp(`bind 127\\.0\\.0\\.1:${port}\\n`));
       assert.match(config, new RegExp(`server copy1 127\\.0\\.0\\.1:${port + 100} check`));
       assert.match(config, new RegExp(`server copy2 127\\.0\\.0\\.1:${port + 200} check`));
     }
-    assert.equal(config.match(/option httpchk GET \/health/g)?.length, 8);
+    assert.equal(config.match(/option httpchk GET \/health\/ready$/gm)?.length, 8);
   });
 
   it("retries only a failed connection, never a request a copy may have acted on", () => {

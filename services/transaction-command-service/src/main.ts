@@ -118,8 +118,10 @@ export async function createApp(deps: AppDeps): Promise<App> {
       if (!consumer.isRunning()) throw new Error("consumer is not running");
     },
   };
-  registerHealth(listeners.public, SERVICE, health, { auth });
-  registerHealth(listeners.internal, SERVICE, health);
+  // Its work comes from Kafka, not from HTTP: a copy is ready while its MongoDB answers.
+  const ready = ["mongodb"];
+  registerHealth(listeners.public, SERVICE, health, { auth, ready });
+  registerHealth(listeners.internal, SERVICE, health, { ready });
 
   if (config.FAULT_INJECTION) registerFaultRoutes(app, auth, crashes, faults, logger);
   return {

@@ -302,8 +302,11 @@ export async function createApp(deps: AppDeps): Promise<App> {
       timeout_ms: config.CACHE_TIMEOUT_MS,
     }),
   );
-  registerHealth(app, SERVICE, health, { auth });
-  registerHealth(listeners.internal, SERVICE, health);
+  // A copy serves transfers while its saga database answers: Kafka is behind the outbox, the
+  // cache optional, and the event consumer's work waits in its topic.
+  const ready = ["postgres"];
+  registerHealth(app, SERVICE, health, { auth, ready });
+  registerHealth(listeners.internal, SERVICE, health, { ready });
   registerRoutes(app, {
     store,
     runner,
