@@ -179,8 +179,8 @@ async function runPhase(
   );
   const auth = new Authenticator({ token_secret: required("AUTH_TOKEN_SECRET"), token_ttl_s: 4 * 3600 });
   const tokens = new Map<number, Promise<string>>();
-  const max_concurrency = Math.max(...mode.concurrency);
-  const api = new ApiClient(transaction_url, max_concurrency * 2, 30_000);
+  const concurrency_max = Math.max(...mode.concurrency);
+  const api = new ApiClient(transaction_url, concurrency_max * 2, 30_000);
   const target: LoadTarget = {
     api,
     tokenFor(user_id) {
@@ -338,7 +338,7 @@ async function runPhase(
   const half = await openLoop(
     target,
     { wallets: wallets.slice(0, mode.wallets_small), hot_share: 0 },
-    { rate_tps, duration_s: mode.duration_s, max_in_flight: max_concurrency * 8 },
+    { rate_tps, duration_s: mode.duration_s, in_flight_max: concurrency_max * 8 },
   );
   say(
     `half the peak rate     ${rate_tps} tps offered: POST p50 ${half.post.p50_ms} / p95 ${half.post.p95_ms} / p99 ${half.post.p99_ms} ms; ` +

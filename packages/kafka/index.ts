@@ -209,7 +209,7 @@ export interface BatchConsumerOptions {
   topics: string[];
   logger: Logger;
   /** Upper bound on messages handed to one handleBatch call. */
-  max_batch: number;
+  batch_max: number;
   /**
    * Must be idempotent. Throwing means "nothing was lost, try the same batch again later"; throwing
    * an InvariantError means "this can never succeed" (see retry.ts).
@@ -235,8 +235,8 @@ export interface RunningConsumer {
 }
 
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
-  assert(options.max_batch >= 1, "max_batch must be at least 1");
-  assert(options.max_batch <= 10_000, "max_batch must be at most 10000");
+  assert(options.batch_max >= 1, "batch_max must be at least 1");
+  assert(options.batch_max <= 10_000, "batch_max must be at most 10000");
   let stopped = false;
   let running = false;
   let consumer: Consumer<string, string, string, string> | undefined;
@@ -281,12 +281,12 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
         fallbackMode: "earliest",
         maxWaitTime: CONSUMER_FETCH_WAIT_MS,
         minBytes: 1,
-        highWaterMark: options.max_batch * 2,
+        highWaterMark: options.batch_max * 2,
       });
       running = true;
       round.healthy();
       options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
-      const inbox = new Inbox(stream, options.max_batch);
+      const inbox = new Inbox(stream, options.batch_max);
       let idleWithLag = 0;
       try {
         while (!stopped) {

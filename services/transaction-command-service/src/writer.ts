@@ -12,7 +12,7 @@
  *   store. After a repeated timeout the batch is halved (kept across retries), down to one
  *   command, which then counts attempts like any failing command;
  * - MongoDB reachable but one command keeps failing: counted (by the command, not by where it
- *   sits in the batch), retried with backoff, and after max_attempts it goes to dead letters
+ *   sits in the batch), retried with backoff, and after attempts_max it goes to dead letters
  *   with its reason, and the saga is told (Rejected) so it can refund. One that breaks an
  *   invariant (InvariantError: a bug no retry fixes) goes to dead letters at once.
  */
@@ -52,7 +52,7 @@ export interface WriterDeps {
   topics: TopicNames;
   logger: Logger;
   faults: Faults;
-  max_attempts: number;
+  attempts_max: number;
   service: string;
   crashes?: CrashHook;
   /** Drop and reopen the store's connections (a pooled connection can stay broken after FerretDB restarts). */
@@ -236,7 +236,7 @@ export function createRecordWriter(deps: WriterDeps) {
   function failOne(parsed: Parsed, error: unknown, out: BatchOut): void {
     const tries = countFailure(parsed.command);
     // A broken invariant is a bug that no retry fixes: given up on at once, like bad input.
-    if (tries < deps.max_attempts && !(error instanceof InvariantError)) throw error;
+    if (tries < deps.attempts_max && !(error instanceof InvariantError)) throw error;
     // Still counted until its letter is sent: if this batch fails later on, a retry gives up at once.
     out.given_up.push(attemptKey(parsed.command));
     const reason = `record write failed ${tries} times: ${(error as Error).message}`;

@@ -144,7 +144,7 @@ function startSaga(
     client_id: SERVICE,
     topics: [topics.events],
     logger,
-    max_batch: config.EVENT_BATCH_MAX,
+    batch_max: config.EVENT_BATCH_MAX,
     metrics,
     handleBatch: createEventHandler({
       store,

@@ -12,7 +12,7 @@ import {
   disbursementView,
 } from "#packages/contracts/disbursement.ts";
 import { transferIdSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
-import { amountMinorSchema, MAX_MINOR } from "#packages/contracts/money.ts";
+import { AMOUNT_MAX_MINOR, amountMinorSchema } from "#packages/contracts/money.ts";
 import { decodeCursor, listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
 import { redactFor, transferSnapshotSchema } from "#packages/contracts/transfer.ts";
 import {
@@ -136,11 +136,11 @@ export function checkItems(body: DisbursementBody): bigint {
     references.set(item.reference, index);
     total += BigInt(item.amount);
   }
-  if (total > BigInt(MAX_MINOR)) {
+  if (total > BigInt(AMOUNT_MAX_MINOR)) {
     throw new ApiError(
       422,
       "total_too_large",
-      `items: the amounts total ${total}, more than ${MAX_MINOR} minor units`,
+      `items: the amounts total ${total}, more than ${AMOUNT_MAX_MINOR} minor units`,
     );
   }
   return total;
