@@ -58,6 +58,7 @@ export function auditOptionsFromEnv(env: NodeJS.ProcessEnv = process.env, quiet 
   };
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: one pass over the ledger, the saga and the records, read in order; each check is a few lines
 export async function runAudit(options: AuditOptions): Promise<AuditResult> {
   const ledgerPool = createPool(options.ledger_database_url, {
     max: 2,

@@ -133,6 +133,7 @@ async function persist(
   }
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the scenario's steps in the order they run against the stack
 export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const started = Date.now();
   const counters = { retries: 0 };

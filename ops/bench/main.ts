@@ -159,6 +159,7 @@ const withoutIds = (r: LoadResult): Omit<LoadResult, "completed_transfers"> => {
   return rest;
 };
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the phase's steps in the order they run, each a few lines
 async function runPhase(
   mode: Mode,
   out_dir: string,
@@ -560,6 +561,7 @@ const CASE_HEADER = [
   "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
 ];
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the report's sections in the order they print
 async function reportPhase(out_dir: string): Promise<void> {
   const results = JSON.parse(readFileSync(join(out_dir, "results.json"), "utf8")) as Results;
   const mode = modes[results.mode];

@@ -39,6 +39,7 @@ export type HttpServer = FastifyInstance<
   ZodTypeProvider
 >;
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the server's wiring: hooks, error mapping and docs registered in order
 export function createHttpServer(options: HttpServerOptions): HttpServer {
   const bodyLimit = options.body_limit_bytes ?? 64 * 1024;
   const app = Fastify({

@@ -234,6 +234,7 @@ export interface RunningConsumer {
   lag(): Promise<LagRow[]>;
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the consumer's state is shared by its closures: fetch, handle, commit and stop
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
   assert(options.batch_max >= 1, "batch_max must be at least 1");
   assert(options.batch_max <= 10_000, "batch_max must be at most 10000");

@@ -419,6 +419,7 @@ interface TestStackOptions {
   replicas?: number;
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: bring-up, run and tear-down of one test stack in order
 async function withTestStack(
   options: TestStackOptions,
   run: (env: NodeJS.ProcessEnv, spawnChild: SpawnChild, sup: Supervisor | undefined) => Promise<number>,

@@ -97,6 +97,7 @@ export function say(name: string, msg: string): void {
   sink(`[${name}] ${msg}\n`);
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the engine's state is shared by the closures it returns
 export function makeEngine(spec: EngineSpec): Engine {
   const ourPid = (): number | undefined => {
     const pid = spec.readPid();

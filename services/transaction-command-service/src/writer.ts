@@ -119,6 +119,7 @@ function chunksOf<T>(items: T[], size: number): T[][] {
   return chunks;
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the writer's state is shared by the closures it returns
 export function createRecordWriter(deps: WriterDeps) {
   const attempts_tracked_max = deps.attempts_tracked_max ?? ATTEMPTS_TRACKED_MAX;
   const attempts = new Map<string, number>();

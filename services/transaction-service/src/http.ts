@@ -83,6 +83,7 @@ function sendAs(reply: FastifyReply, status: number, body: unknown) {
   return (reply as unknown as FastifyReply).status(status).send(body);
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: route registration
 export function registerRoutes(
   app: HttpServer,
   deps: {

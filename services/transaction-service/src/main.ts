@@ -76,6 +76,7 @@ type Config = ReturnType<typeof loadConfig<typeof configShape>>;
 type RedisClient = ReturnType<typeof openRedis>;
 
 /** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring of the saga's parts
 function startSaga(
   deps: AppDeps,
   secrets: AuthSecrets,
@@ -202,6 +203,7 @@ function startSaga(
   };
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring of the service's engines and parts
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config, logger, pool, redis, secrets } = deps;
 

@@ -34,6 +34,7 @@ const secretAnswer = z.object({
   secret: z.string().describe("The signing secret (`whsec_<base64>`), shown only in this answer"),
 });
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: route registration
 export function registerWebhookRoutes(
   app: HttpServer,
   deps: {

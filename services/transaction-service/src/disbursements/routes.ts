@@ -199,6 +199,7 @@ function submitDisbursement(
   });
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: route registration
 export function registerDisbursementRoutes(
   app: HttpServer,
   deps: {
