@@ -199,24 +199,39 @@ function submitDisbursement(
   });
 }
 
-// biome-ignore lint/complexity/noExcessiveLinesPerFunction: route registration
-export function registerDisbursementRoutes(
-  app: HttpServer,
-  deps: {
-    store: DisbursementStore;
-    saga: SagaStore;
-    funder: DisbursementFunder;
-    auth: Authenticator;
-    limiter: RateLimiter;
-    waiters: FinalStatusWaiters;
-    reads: DisbursementReads;
-    step_timeout_ms: number;
-  },
-): void {
-  const limited = deps.limiter.hook();
-  const userOrAdmin = [deps.auth.guard("user", "admin"), limited];
-  const idParams = z.strictObject({ id: transferIdSchema });
+type DisbursementRouteDeps = {
+  store: DisbursementStore;
+  saga: SagaStore;
+  funder: DisbursementFunder;
+  auth: Authenticator;
+  limiter: RateLimiter;
+  waiters: FinalStatusWaiters;
+  reads: DisbursementReads;
+  step_timeout_ms: number;
+};
 
+/** The request hooks the routes share: one rate-limit hook, and the payer-or-operator guard. */
+type DisbursementHooks = {
+  limited: ReturnType<RateLimiter["hook"]>;
+  userOrAdmin: Array<ReturnType<RateLimiter["hook"]>>;
+};
+
+const idParams = z.strictObject({ id: transferIdSchema });
+
+export function registerDisbursementRoutes(app: HttpServer, deps: DisbursementRouteDeps): void {
+  const limited = deps.limiter.hook();
+  const hooks: DisbursementHooks = { limited, userOrAdmin: [deps.auth.guard("user", "admin"), limited] };
+  registerCreateRoute(app, deps, hooks);
+  registerOneRoute(app, deps, hooks);
+  registerItemsRoute(app, deps, hooks);
+  registerListRoute(app, deps, hooks);
+}
+
+function registerCreateRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { limited }: DisbursementHooks,
+): void {
   app.post(
     "/disbursements",
     {
@@ -263,7 +278,13 @@ export function registerDisbursementRoutes(
       return sendAs(reply, answer.status, answer.body);
     },
   );
+}
 
+function registerOneRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { userOrAdmin }: DisbursementHooks,
+): void {
   app.get(
     "/disbursements/:id",
     {
@@ -306,7 +327,13 @@ export function registerDisbursementRoutes(
       return ok({ disbursement: disbursementView(d) });
     },
   );
+}
 
+function registerItemsRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { userOrAdmin }: DisbursementHooks,
+): void {
   app.get(
     "/disbursements/:id/items",
     {
@@ -362,7 +389,13 @@ export function registerDisbursementRoutes(
       return ok({ items, pagination: { limit, has_more: page.has_more, next_cursor: next } });
     },
   );
+}
 
+function registerListRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { limited }: DisbursementHooks,
+): void {
   app.get(
     "/disbursements",
     {
