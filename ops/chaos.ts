@@ -133,7 +133,7 @@ async function persist(
   }
 }
 
-// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the scenario's steps in the order they run against the stack
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the transfer and batch workers, the fault injector and the quiet check share the run's counters and violations
 export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const started = Date.now();
   const counters = { retries: 0 };

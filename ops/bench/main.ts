@@ -159,7 +159,7 @@ const withoutIds = (r: LoadResult): Omit<LoadResult, "completed_transfers"> => {
   return rest;
 };
 
-// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the phase's steps in the order they run, each a few lines
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the benchmark's phases in the order they run, sharing one run's wallets, API client and CPU samples; the measurement order is the point
 async function runPhase(
   mode: Mode,
   out_dir: string,

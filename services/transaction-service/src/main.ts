@@ -76,7 +76,7 @@ type Config = ReturnType<typeof loadConfig<typeof configShape>>;
 type RedisClient = ReturnType<typeof openRedis>;
 
 /** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
-// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring of the saga's parts
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring; each part is built once, in the order its dependants need it (store, ledger, runner, relay, webhooks, consumer, sweep)
 function startSaga(
   deps: AppDeps,
   secrets: AuthSecrets,
@@ -203,7 +203,7 @@ function startSaga(
   };
 }
 
-// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring of the service's engines and parts
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring; the service's parts are built and registered in order (cache, reads, saga, limits, waiters, OpenAPI, routes, health)
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config, logger, pool, redis, secrets } = deps;
 
