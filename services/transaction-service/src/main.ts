@@ -75,23 +75,9 @@ export interface App {
 type Config = ReturnType<typeof loadConfig<typeof configShape>>;
 type RedisClient = ReturnType<typeof openRedis>;
 
-/** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
-// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring; each part is built once, in the order its dependants need it (store, ledger, runner, relay, webhooks, consumer, sweep)
-function startSaga(
-  deps: AppDeps,
-  secrets: AuthSecrets,
-  listeners: Listeners,
-  cache: TransferCache,
-  disbursementReads: DisbursementReads,
-) {
+/** The saga's store, its ledger client, and the runner that drives transfers with both. */
+function createSagaCore(deps: AppDeps, secrets: AuthSecrets, topics: ReturnType<typeof topicNames>) {
   const { config, logger, pool } = deps;
-  const brokers = splitList(config.KAFKA_BROKERS);
-  const sasl = kafkaSasl(config);
-  const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
-  const metrics = startServiceMetrics(listeners, logger);
-  cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
-
-  const producer = createProducer({ brokers, sasl, client_id: SERVICE });
   const store = new SagaStore(pool, {
     write_batch_max: config.SAGA_WRITE_BATCH_MAX,
     writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
@@ -108,35 +94,39 @@ function startSaga(
     record_resend_ms: config.RECORD_RESEND_MS,
     record_deadline_ms: config.RECORD_DEADLINE_MS,
   });
+  return { store, runner };
+}
 
-  // Write-through: the cache holds the newest status of a transfer from its first transition on
-  // (versioned, so a late record event never puts an older status back; failures only log).
-  runner.onChange = (snapshot) => void cache.putTransfer(snapshot);
-  runner.onTransition = (transfer) => recordTransition(metrics, transfer);
-
-  // Fault tests only (FAULT_INJECTION=true): crash points armed through PUT /ops/crash.
-  const crashes = new CrashSwitch(logger);
-  if (config.FAULT_INJECTION) runner.crashes = crashes;
-
-  const relay = startOutboxRelay({
-    pool,
-    producer,
+/**
+ * The consumer of the events topic (the records' events), which moves transfers on; an event that
+ * cannot be read, or whose handling breaks an invariant, goes to the dead letters.
+ */
+function startEventConsumer(parts: {
+  config: Config;
+  logger: Logger;
+  brokers: string[];
+  sasl: ReturnType<typeof kafkaSasl>;
+  topics: ReturnType<typeof topicNames>;
+  metrics: ReturnType<typeof startServiceMetrics>;
+  producer: ReturnType<typeof createProducer>;
+  store: SagaStore;
+  runner: SagaRunner;
+  cache: TransferCache;
+  disbursementReads: DisbursementReads;
+}) {
+  const {
+    config,
     logger,
-    batch_max: config.OUTBOX_BATCH_MAX,
-    idle_poll_ms: 500,
-    crashes: config.FAULT_INJECTION ? crashes : noCrashes,
-    topic_roles: { commands: topics.commands },
-  });
-  store.onOutbox = () => relay.wake();
-
-  // Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
-  const webhooks = startDispatcher({
-    ...dispatcherOptions(config, pool, logger),
-    on_result: (result) => metrics.webhookDelivery(result),
-    after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
-  });
-  store.onWebhooks = () => webhooks.wake();
-
+    brokers,
+    sasl,
+    topics,
+    metrics,
+    producer,
+    store,
+    runner,
+    cache,
+    disbursementReads,
+  } = parts;
   const eventCounters: EventCounters = { unknown_transfer_events: 0 };
   const events = startBatchConsumer({
     brokers,
@@ -172,6 +162,68 @@ function startSaga(
     await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
     metrics.deadLettered(message.topic);
   }
+  return { eventCounters, events };
+}
+
+/** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
+function startSaga(
+  deps: AppDeps,
+  secrets: AuthSecrets,
+  listeners: Listeners,
+  cache: TransferCache,
+  disbursementReads: DisbursementReads,
+) {
+  const { config, logger, pool } = deps;
+  const brokers = splitList(config.KAFKA_BROKERS);
+  const sasl = kafkaSasl(config);
+  const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+  const metrics = startServiceMetrics(listeners, logger);
+  cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
+
+  const producer = createProducer({ brokers, sasl, client_id: SERVICE });
+  const { store, runner } = createSagaCore(deps, secrets, topics);
+
+  // Write-through: the cache holds the newest status of a transfer from its first transition on
+  // (versioned, so a late record event never puts an older status back; failures only log).
+  runner.onChange = (snapshot) => void cache.putTransfer(snapshot);
+  runner.onTransition = (transfer) => recordTransition(metrics, transfer);
+
+  // Fault tests only (FAULT_INJECTION=true): crash points armed through PUT /ops/crash.
+  const crashes = new CrashSwitch(logger);
+  if (config.FAULT_INJECTION) runner.crashes = crashes;
+
+  const relay = startOutboxRelay({
+    pool,
+    producer,
+    logger,
+    batch_max: config.OUTBOX_BATCH_MAX,
+    idle_poll_ms: 500,
+    crashes: config.FAULT_INJECTION ? crashes : noCrashes,
+    topic_roles: { commands: topics.commands },
+  });
+  store.onOutbox = () => relay.wake();
+
+  // Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
+  const webhooks = startDispatcher({
+    ...dispatcherOptions(config, pool, logger),
+    on_result: (result) => metrics.webhookDelivery(result),
+    after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
+  });
+  store.onWebhooks = () => webhooks.wake();
+
+  const { eventCounters, events } = startEventConsumer({
+    config,
+    logger,
+    brokers,
+    sasl,
+    topics,
+    metrics,
+    producer,
+    store,
+    runner,
+    cache,
+    disbursementReads,
+  });
 
   const sweeper = startSweeper({
     store,
