@@ -17,7 +17,7 @@
  * cross-check reads the saga page by page and the records in one pass, and is meant for a
  * quiet system.
  */
-import { MongoClient } from "mongodb";
+import { type Collection, MongoClient } from "mongodb";
 import { engineDefaults } from "#packages/config/index.ts";
 import type { HoldState } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
@@ -82,55 +82,14 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
     const records = mongo.db(options.mongo_database).collection<TransferDocument>(RECORDS_COLLECTION);
     const ledger = await ledgerAudit(ledgerPool);
 
-    if (ledger.sum_all_entries !== "0") note(`I1: journal entries sum to ${ledger.sum_all_entries}, not 0`);
-    if (
-      BigInt(ledger.total_wallet_balance) + BigInt(ledger.clearing_balance) !==
-      BigInt(ledger.total_deposited)
-    ) {
-      note(
-        `I1: wallets ${ledger.total_wallet_balance} + clearing ${ledger.clearing_balance} != deposited ${ledger.total_deposited}`,
-      );
-    }
-    if (ledger.clearing_balance !== ledger.held_amount) {
-      note(
-        `I1: clearing ${ledger.clearing_balance} != amount held for transfers in flight ${ledger.held_amount}`,
-      );
-    }
-    if (ledger.negative_wallets > 0) note(`I2: ${ledger.negative_wallets} negative wallets`);
-    if (ledger.wallets_mismatching_journal.length > 0) {
-      note(
-        `I6: wallets whose balance differs from their journal: ${ledger.wallets_mismatching_journal.join(", ")}`,
-      );
-    }
-    if (ledger.unbalanced_postings > 0) note(`I1: ${ledger.unbalanced_postings} postings do not sum to zero`);
+    noteLedgerViolations(ledger, note);
 
     // Read order matters on a system that is still moving. The saga is read first, then the
     // ledger holds and the records: a transfer the saga saw completed had its hold posted and
     // its record written before that (both only move forward), so they are seen too. (Reading
     // the records first would report a transfer that completed in between as a mismatch.)
-    type SagaRow = {
-      id: string;
-      state: string;
-      amount_minor: string;
-      failure_reason: string | null;
-      parked_from: string | null;
-    };
-    const sagaPages: SagaRow[][] = [];
-    let after = "00000000-0000-0000-0000-000000000000";
-    for (;;) {
-      const page = await sagaPool.query<SagaRow>(
-        "SELECT id, state, amount_minor, failure_reason, parked_from FROM transfers WHERE id > $1 ORDER BY id LIMIT $2",
-        [after, PAGE],
-      );
-      if (page.rows.length === 0) break;
-      sagaPages.push(page.rows);
-      after = page.rows[page.rows.length - 1]?.id as string;
-    }
-    // One pass over the records (FerretDB v1 would scan the collection for every `$in` page).
-    const allRecords = new Map<string, { status: string; amount: number }>();
-    for await (const doc of records.find({}, { projection: { status: 1, amount: 1 }, batchSize: 10_000 })) {
-      allRecords.set(doc._id, { status: doc.status, amount: doc.amount });
-    }
+    const sagaPages = await readSagaPages(sagaPool);
+    const allRecords = await readAllRecords(records);
     const transfers = { total: 0, completed: 0, failed: 0, in_flight: 0 };
     const matched = { records: 0, holds: 0 };
     for (const rows of sagaPages) {
@@ -138,7 +97,7 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
       const ids = rows.map((r) => r.id);
       const holds = new Map(
         (
-          await ledgerPool.query<{ transfer_id: string; state: HoldState; amount_minor: string }>(
+          await ledgerPool.query<Hold>(
             "SELECT transfer_id, state, amount_minor FROM holds WHERE transfer_id = ANY($1::uuid[])",
             [ids],
           )
@@ -155,44 +114,7 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
 
       for (const row of page.rows) {
         transfers.total += 1;
-        const amount = minorFromPg(row.amount_minor);
-        const hold = holds.get(row.id);
-        const record = docs.get(row.id);
-        if (hold && minorFromPg(hold.amount_minor) !== amount)
-          note(`I5: ${row.id} hold amount differs from the transfer`);
-        if (record && record.amount !== amount) note(`I5: ${row.id} record amount differs from the transfer`);
-        if (row.state === "completed") {
-          transfers.completed += 1;
-          if (hold?.state !== "posted")
-            note(`I5: ${row.id} completed but its hold is ${hold?.state ?? "missing"}`);
-          if (record?.status !== "COMPLETED")
-            note(`I5: ${row.id} completed but its record is ${record?.status ?? "missing"}`);
-        } else if (row.state === "failed") {
-          transfers.failed += 1;
-          if (hold !== undefined && hold.state !== "voided")
-            note(`I5: ${row.id} failed but its hold is ${hold.state}`);
-          if (record?.status !== "FAILED")
-            note(`I5: ${row.id} failed but its record is ${record?.status ?? "missing"}`);
-        } else {
-          transfers.in_flight += 1;
-          if (options.quiet) note(`I4: ${row.id} is still ${row.state}`);
-          const expected: Record<string, Array<HoldState | undefined>> = {
-            created: [undefined, "held"],
-            // A disbursement's item: its batch's funding may have committed, not yet recorded.
-            funding: [undefined, "held"],
-            held: ["held"],
-            recorded: ["held"],
-            // posted: a late credit went through; the saga completes the transfer.
-            refunding: ["held", "voided", "posted"],
-            posted: ["posted"],
-            failing: [undefined, "voided"],
-            // A hold that succeeded after the transfer failed, being voided.
-            voiding: ["held", "voided"],
-          };
-          // A parked transfer's money stands where its state before parking left it.
-          if (!(expected[row.parked_from ?? row.state] ?? []).includes(hold?.state))
-            note(`I5: ${row.id} is ${row.state} but its hold is ${hold?.state ?? "missing"}`);
-        }
+        checkTransfer(row, holds.get(row.id), docs.get(row.id), { quiet: options.quiet, transfers, note });
       }
     }
     for (const parked of await parkedViolations(sagaPool)) note(parked);
@@ -218,6 +140,115 @@ export async function runAudit(options: AuditOptions): Promise<AuditResult> {
     };
   } finally {
     await Promise.allSettled([ledgerPool.end(), sagaPool.end(), mongo.close()]);
+  }
+}
+
+type Note = (message: string) => void;
+
+/** I1, I2 and I6 on the ledger's snapshot. */
+function noteLedgerViolations(ledger: AuditReport, note: Note): void {
+  if (ledger.sum_all_entries !== "0") note(`I1: journal entries sum to ${ledger.sum_all_entries}, not 0`);
+  if (
+    BigInt(ledger.total_wallet_balance) + BigInt(ledger.clearing_balance) !==
+    BigInt(ledger.total_deposited)
+  ) {
+    note(
+      `I1: wallets ${ledger.total_wallet_balance} + clearing ${ledger.clearing_balance} != deposited ${ledger.total_deposited}`,
+    );
+  }
+  if (ledger.clearing_balance !== ledger.held_amount) {
+    note(
+      `I1: clearing ${ledger.clearing_balance} != amount held for transfers in flight ${ledger.held_amount}`,
+    );
+  }
+  if (ledger.negative_wallets > 0) note(`I2: ${ledger.negative_wallets} negative wallets`);
+  if (ledger.wallets_mismatching_journal.length > 0) {
+    note(
+      `I6: wallets whose balance differs from their journal: ${ledger.wallets_mismatching_journal.join(", ")}`,
+    );
+  }
+  if (ledger.unbalanced_postings > 0) note(`I1: ${ledger.unbalanced_postings} postings do not sum to zero`);
+}
+
+type SagaRow = {
+  id: string;
+  state: string;
+  amount_minor: string;
+  failure_reason: string | null;
+  parked_from: string | null;
+};
+
+/** Every saga transfer, in pages of PAGE in id order. */
+async function readSagaPages(sagaPool: Pool): Promise<SagaRow[][]> {
+  const sagaPages: SagaRow[][] = [];
+  let after = "00000000-0000-0000-0000-000000000000";
+  for (;;) {
+    const page = await sagaPool.query<SagaRow>(
+      "SELECT id, state, amount_minor, failure_reason, parked_from FROM transfers WHERE id > $1 ORDER BY id LIMIT $2",
+      [after, PAGE],
+    );
+    if (page.rows.length === 0) break;
+    sagaPages.push(page.rows);
+    after = page.rows[page.rows.length - 1]?.id as string;
+  }
+  return sagaPages;
+}
+
+type RecordSummary = { status: string; amount: number };
+
+async function readAllRecords(records: Collection<TransferDocument>): Promise<Map<string, RecordSummary>> {
+  // One pass over the records (FerretDB v1 would scan the collection for every `$in` page).
+  const allRecords = new Map<string, RecordSummary>();
+  for await (const doc of records.find({}, { projection: { status: 1, amount: 1 }, batchSize: 10_000 })) {
+    allRecords.set(doc._id, { status: doc.status, amount: doc.amount });
+  }
+  return allRecords;
+}
+
+type Hold = { transfer_id: string; state: HoldState; amount_minor: string };
+
+/** I5 (and I4 with --quiet) for one transfer: its hold and its record agree with its state. */
+function checkTransfer(
+  row: SagaRow,
+  hold: Hold | undefined,
+  record: RecordSummary | undefined,
+  at: { quiet: boolean; transfers: AuditResult["transfers"]; note: Note },
+): void {
+  const { transfers, note } = at;
+  const amount = minorFromPg(row.amount_minor);
+  if (hold && minorFromPg(hold.amount_minor) !== amount)
+    note(`I5: ${row.id} hold amount differs from the transfer`);
+  if (record && record.amount !== amount) note(`I5: ${row.id} record amount differs from the transfer`);
+  if (row.state === "completed") {
+    transfers.completed += 1;
+    if (hold?.state !== "posted") note(`I5: ${row.id} completed but its hold is ${hold?.state ?? "missing"}`);
+    if (record?.status !== "COMPLETED")
+      note(`I5: ${row.id} completed but its record is ${record?.status ?? "missing"}`);
+  } else if (row.state === "failed") {
+    transfers.failed += 1;
+    if (hold !== undefined && hold.state !== "voided")
+      note(`I5: ${row.id} failed but its hold is ${hold.state}`);
+    if (record?.status !== "FAILED")
+      note(`I5: ${row.id} failed but its record is ${record?.status ?? "missing"}`);
+  } else {
+    transfers.in_flight += 1;
+    if (at.quiet) note(`I4: ${row.id} is still ${row.state}`);
+    const expected: Record<string, Array<HoldState | undefined>> = {
+      created: [undefined, "held"],
+      // A disbursement's item: its batch's funding may have committed, not yet recorded.
+      funding: [undefined, "held"],
+      held: ["held"],
+      recorded: ["held"],
+      // posted: a late credit went through; the saga completes the transfer.
+      refunding: ["held", "voided", "posted"],
+      posted: ["posted"],
+      failing: [undefined, "voided"],
+      // A hold that succeeded after the transfer failed, being voided.
+      voiding: ["held", "voided"],
+    };
+    // A parked transfer's money stands where its state before parking left it.
+    if (!(expected[row.parked_from ?? row.state] ?? []).includes(hold?.state))
+      note(`I5: ${row.id} is ${row.state} but its hold is ${hold?.state ?? "missing"}`);
   }
 }
 

@@ -117,7 +117,7 @@ async function persist(
   what: string,
   fn: () => Promise<Answer>,
   counters: { retries: number },
-  max_ms = 180_000,
+  wait_max_ms = 180_000,
 ): Promise<Answer> {
   const started = Date.now();
   for (let attempt = 0; ; attempt++) {
@@ -127,12 +127,13 @@ async function persist(
     } catch {
       // the service is down or restarting: retry
     }
-    if (Date.now() - started > max_ms) throw new Error(`${what}: no answer within ${max_ms} ms`);
+    if (Date.now() - started > wait_max_ms) throw new Error(`${what}: no answer within ${wait_max_ms} ms`);
     counters.retries += 1;
     await sleep(backoff_ms(attempt, 50, 2_000, { kind: "none" }));
   }
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the transfer and batch workers, the fault injector and the quiet check share the run's counters and violations
 export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const started = Date.now();
   const counters = { retries: 0 };

@@ -48,11 +48,11 @@ const FONT = "DejaVu Sans";
 const DEFAULT_WIDTH_PX = 720;
 const DEFAULT_HEIGHT_PX = 400;
 // Bounds keep a typo (say 72000) from allocating a multi-gigabyte pixel buffer.
-const MIN_SIZE_PX = 100;
-const MAX_SIZE_PX = 4000;
+const SIZE_MIN_PX = 100;
+const SIZE_MAX_PX = 4000;
 // Up to this many distinct x values on a log axis, ticks sit exactly on the measured points
 // (1, 4, 16, 64 reads better than the 1, 10, 100 a log scale picks by itself).
-const MAX_DATA_TICKS = 16;
+const DATA_TICKS_MAX = 16;
 
 /** Shared look: white background, readable type, same font that resvg is given below. */
 const CONFIG = {
@@ -111,7 +111,7 @@ export async function renderLineChartPng(chart: LineChart): Promise<Buffer> {
         ...(chart.x_log === true
           ? {
               scale: { type: "log", base: 2 },
-              axis: xs.length <= MAX_DATA_TICKS ? { values: xs, format: ",~g" } : { format: ",~g" },
+              axis: xs.length <= DATA_TICKS_MAX ? { values: xs, format: ",~g" } : { format: ",~g" },
             }
           : {}),
       },
@@ -194,9 +194,9 @@ function size(
 }
 
 function dimension(v: number, what: string): number {
-  if (!Number.isInteger(v) || v < MIN_SIZE_PX || v > MAX_SIZE_PX) {
+  if (!Number.isInteger(v) || v < SIZE_MIN_PX || v > SIZE_MAX_PX) {
     throw new Error(
-      `chart: ${what} must be an integer from ${MIN_SIZE_PX} to ${MAX_SIZE_PX}, got ${String(v)}`,
+      `chart: ${what} must be an integer from ${SIZE_MIN_PX} to ${SIZE_MAX_PX}, got ${String(v)}`,
     );
   }
   return v;

@@ -55,12 +55,12 @@ export class ApiClient {
   readonly #port: number;
   readonly #timeout_ms: number;
 
-  constructor(base_url: string, max_sockets: number, timeout_ms: number) {
+  constructor(base_url: string, sockets_max: number, timeout_ms: number) {
     const url = new URL(base_url);
     this.#host = url.hostname;
     this.#port = Number(url.port);
     this.#timeout_ms = timeout_ms;
-    this.#agent = new Agent({ keepAlive: true, maxSockets: max_sockets, maxFreeSockets: max_sockets });
+    this.#agent = new Agent({ keepAlive: true, maxSockets: sockets_max, maxFreeSockets: sockets_max });
   }
 
   call(
@@ -320,11 +320,11 @@ export async function countedLoop(
   return recorder.result((performance.now() - t0) / 1000);
 }
 
-/** Transfers arriving at `rate_tps` (at most `max_in_flight` open at once) for `duration_s`. */
+/** Transfers arriving at `rate_tps` (at most `in_flight_max` open at once) for `duration_s`. */
 export async function openLoop(
   target: LoadTarget,
   mix: Mix,
-  options: { rate_tps: number; duration_s: number; max_in_flight: number },
+  options: { rate_tps: number; duration_s: number; in_flight_max: number },
 ): Promise<LoadResult & { dropped: number }> {
   assert(options.rate_tps > 0, "an open loop needs a positive rate");
   assert(options.duration_s > 0, "an open loop needs a positive duration");
@@ -338,7 +338,7 @@ export async function openLoop(
     const due = t0 + i * interval_ms;
     const ahead_ms = due - performance.now();
     if (ahead_ms > 1) await sleep(ahead_ms);
-    if (open.size >= options.max_in_flight) {
+    if (open.size >= options.in_flight_max) {
       dropped += 1; // the system fell behind the rate: counted, not queued without bound
       continue;
     }

@@ -159,6 +159,7 @@ const withoutIds = (r: LoadResult): Omit<LoadResult, "completed_transfers"> => {
   return rest;
 };
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: the benchmark's phases in the order they run, sharing one run's wallets, API client and CPU samples; the measurement order is the point
 async function runPhase(
   mode: Mode,
   out_dir: string,
@@ -179,8 +180,8 @@ async function runPhase(
   );
   const auth = new Authenticator({ token_secret: required("AUTH_TOKEN_SECRET"), token_ttl_s: 4 * 3600 });
   const tokens = new Map<number, Promise<string>>();
-  const max_concurrency = Math.max(...mode.concurrency);
-  const api = new ApiClient(transaction_url, max_concurrency * 2, 30_000);
+  const concurrency_max = Math.max(...mode.concurrency);
+  const api = new ApiClient(transaction_url, concurrency_max * 2, 30_000);
   const target: LoadTarget = {
     api,
     tokenFor(user_id) {
@@ -338,7 +339,7 @@ async function runPhase(
   const half = await openLoop(
     target,
     { wallets: wallets.slice(0, mode.wallets_small), hot_share: 0 },
-    { rate_tps, duration_s: mode.duration_s, max_in_flight: max_concurrency * 8 },
+    { rate_tps, duration_s: mode.duration_s, in_flight_max: concurrency_max * 8 },
   );
   say(
     `half the peak rate     ${rate_tps} tps offered: POST p50 ${half.post.p50_ms} / p95 ${half.post.p95_ms} / p99 ${half.post.p99_ms} ms; ` +
@@ -562,7 +563,21 @@ const CASE_HEADER = [
 
 async function reportPhase(out_dir: string): Promise<void> {
   const results = JSON.parse(readFileSync(join(out_dir, "results.json"), "utf8")) as Results;
-  const mode = modes[results.mode];
+  const figures = reportFigures(results);
+  await writeCharts(out_dir, results, figures);
+  const profile_sections = profileSections(results);
+  const lines = [...reportHead(results, figures), ...reportBody(results, figures, profile_sections)];
+  writeFileSync(
+    join(out_dir, "report.md"),
+    lines.filter((l, i, all) => !(l === "" && all[i - 1] === "")).join("\n"),
+  );
+  const result = resultFigures(results, figures);
+  say(`report: ${relative(process.cwd(), join(out_dir, "report.md"))} (charts beside it)`);
+  process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
+}
+
+/** The cases and ratios the report and the RESULT line are made of. */
+function reportFigures(results: Results) {
   const peak = results.sweep.reduce((best, c) =>
     c.ours.throughput_tps > best.ours.throughput_tps ? c : best,
   );
@@ -571,7 +586,17 @@ async function reportPhase(out_dir: string): Promise<void> {
   );
   const small = results.sweep.find((c) => c.concurrency === peak.concurrency) ?? peak;
   const large = results.scale[0];
+  const cases = [small, results.hot, ...results.scale];
+  const ratio = peak.ours.throughput_tps / baseline_peak.baseline.throughput_tps;
+  const hot_vs_uniform = results.hot.ours.throughput_tps / small.ours.throughput_tps;
+  const large_vs_small = large === undefined ? null : large.ours.throughput_tps / small.ours.throughput_tps;
+  const half = results.half_rate.result;
+  return { peak, baseline_peak, small, large, cases, ratio, hot_vs_uniform, large_vs_small, half };
+}
 
+type ReportFigures = ReturnType<typeof reportFigures>;
+
+async function writeCharts(out_dir: string, results: Results, { peak, cases }: ReportFigures): Promise<void> {
   // Charts.
   const throughputPng = await renderLineChartPng({
     title: "Completed transfers per second against concurrency",
@@ -613,7 +638,6 @@ async function reportPhase(out_dir: string): Promise<void> {
     ],
   });
   writeFileSync(join(out_dir, "latency.png"), latencyPng);
-  const cases = [small, results.hot, ...results.scale];
   const scalePng = await renderBarChartPng({
     title: `Throughput by workload at ${peak.concurrency} clients`,
     y_label: "transfers per second",
@@ -623,8 +647,10 @@ async function reportPhase(out_dir: string): Promise<void> {
     ]),
   });
   writeFileSync(join(out_dir, "workloads.png"), scalePng);
+}
 
-  // Profiles, when the services ran under --cpu-prof.
+/** Profiles, when the services ran under --cpu-prof. */
+function profileSections(results: Results): string[] {
   const profile_dir = join(repoRoot, ".data", "bench", "profiles");
   const profile_sections: string[] = [];
   if (results.profiled && existsSync(profile_dir)) {
@@ -635,13 +661,15 @@ async function reportPhase(out_dir: string): Promise<void> {
       profile_sections.push(summaryMarkdown(file.replace(/\.cpuprofile$/, ""), summary, 12));
     }
   }
+  return profile_sections;
+}
 
-  const ratio = peak.ours.throughput_tps / baseline_peak.baseline.throughput_tps;
-  const hot_vs_uniform = results.hot.ours.throughput_tps / small.ours.throughput_tps;
-  const large_vs_small = large === undefined ? null : large.ours.throughput_tps / small.ours.throughput_tps;
-  const half = results.half_rate.result;
+/** The title, the machine and the summary table. */
+function reportHead(results: Results, figures: ReportFigures): string[] {
+  const { peak, baseline_peak, small, large, ratio, hot_vs_uniform, large_vs_small, half } = figures;
+  const mode = modes[results.mode];
   const target = (ok: boolean): string => (ok ? "met" : "**not met**");
-  const lines = [
+  return [
     `# Benchmark: ${results.mode} run of ${results.started_at}`,
     "",
     `Machine: ${results.machine.cpus} × ${results.machine.cpu_model}, ${results.machine.memory_gib} GiB, Node ${results.machine.node}. ` +
@@ -672,6 +700,14 @@ async function reportPhase(out_dir: string): Promise<void> {
     `| audit after the run | ${results.audit.ok ? "OK" : "VIOLATIONS"} | OK |`,
     `| baseline's money conserved | ${results.baseline_money_conserved ? "yes" : "NO"} | yes |`,
     "",
+  ];
+}
+
+/** The sections after the summary: tables, charts, latency, batches, reads, CPU, audit, profiles. */
+function reportBody(results: Results, figures: ReportFigures, profile_sections: string[]): string[] {
+  const { peak, small, cases, half } = figures;
+  const mode = modes[results.mode];
+  return [
     "## Throughput against concurrency",
     "",
     "![throughput](throughput.png)",
@@ -729,12 +765,12 @@ async function reportPhase(out_dir: string): Promise<void> {
     `\`npm run bench${results.mode === "full" ? "" : ` -- --${results.mode}`}${results.profiled ? " --profile" : ""}${results.tracing ? " --tracing" : ""}\` (see the README's Benchmark section).`,
     "",
   ];
-  writeFileSync(
-    join(out_dir, "report.md"),
-    lines.filter((l, i, all) => !(l === "" && all[i - 1] === "")).join("\n"),
-  );
+}
 
-  const result = {
+/** The RESULT line's figures. */
+function resultFigures(results: Results, figures: ReportFigures) {
+  const { peak, baseline_peak, small, ratio, hot_vs_uniform, large_vs_small, half } = figures;
+  return {
     mode: results.mode,
     throughput_tps: peak.ours.throughput_tps,
     baseline_tps: baseline_peak.baseline.throughput_tps,
@@ -771,8 +807,6 @@ async function reportPhase(out_dir: string): Promise<void> {
         ? null
         : Math.round((results.batches.batch_tps / baseline_peak.baseline.throughput_tps) * 1000) / 1000,
   };
-  say(`report: ${relative(process.cwd(), join(out_dir, "report.md"))} (charts beside it)`);
-  process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
 }
 
 async function main(): Promise<void> {

@@ -5,14 +5,14 @@
  */
 import { z } from "zod";
 import { transferIdSchema, userIdSchema } from "./ids.ts";
-import { MAX_MINOR } from "./money.ts";
+import { AMOUNT_MAX_MINOR } from "./money.ts";
 
 export const disbursementStatuses = ["PENDING", "COMPLETED", "PARTIALLY_COMPLETED", "FAILED"] as const;
 export const disbursementStatusSchema = z.enum(disbursementStatuses);
 export type DisbursementStatus = z.infer<typeof disbursementStatusSchema>;
 
 const count = z.number().int().nonnegative();
-const amount = z.number().int().nonnegative().max(MAX_MINOR);
+const amount = z.number().int().nonnegative().max(AMOUNT_MAX_MINOR);
 
 /** What the API answers for a disbursement. */
 export const disbursementSchema = z.object({

@@ -7,17 +7,17 @@
 import { z } from "zod";
 import { assert } from "#packages/runtime/assert.ts";
 
-export const MAX_MINOR = Number.MAX_SAFE_INTEGER;
+export const AMOUNT_MAX_MINOR = Number.MAX_SAFE_INTEGER;
 
 /** A positive amount to move: 1 .. 2^53-1 minor units. */
 export const amountMinorSchema = z
   .number({ error: "must be a number of minor units" })
   .int({ error: "must be an integer number of minor units" })
   .positive({ error: "must be positive" })
-  .max(MAX_MINOR, { error: `must be at most ${MAX_MINOR}` });
+  .max(AMOUNT_MAX_MINOR, { error: `must be at most ${AMOUNT_MAX_MINOR}` });
 
 /** A balance: 0 .. 2^53-1 minor units. */
-export const balanceMinorSchema = z.number().int().nonnegative().max(MAX_MINOR);
+export const balanceMinorSchema = z.number().int().nonnegative().max(AMOUNT_MAX_MINOR);
 
 export function assertAmountMinor(value: number): number {
   assert(Number.isSafeInteger(value), `amount must be a safe integer, got ${value}`);
@@ -38,7 +38,7 @@ export function assertBalanceMinor(value: number): number {
  */
 export function minorFromPg(value: string | number | bigint): number {
   const big = BigInt(value);
-  assert(big <= BigInt(MAX_MINOR), `money value ${big} is above the safe integer range`);
-  assert(big >= -BigInt(MAX_MINOR), `money value ${big} is below the safe integer range`);
+  assert(big <= BigInt(AMOUNT_MAX_MINOR), `money value ${big} is above the safe integer range`);
+  assert(big >= -BigInt(AMOUNT_MAX_MINOR), `money value ${big} is below the safe integer range`);
   return Number(big);
 }

@@ -54,19 +54,7 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
     return503OnClosing: false,
   }).withTypeProvider<ZodTypeProvider>();
 
-  // A shutting-down instance refuses new requests (on kept-alive connections) with 503, so the
-  // client retries on another instance, while the running ones finish.
-  let closing = false;
-  app.addHook("preClose", async () => {
-    closing = true;
-  });
-  app.addHook("onRequest", async (_request, reply) => {
-    if (!closing) return;
-    reply.header("connection", "close");
-    throw new ApiError(503, "shutting_down", "this instance is shutting down; retry", {
-      headers: { "retry-after": "1" },
-    });
-  });
+  refuseWhileClosing(app);
 
   // Every answer: browsers must not guess another media type than the one declared (a JSON
   // error echoing input must never run as HTML or script).
@@ -80,44 +68,7 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
   // 400 by the schema; it is the wrong media type, 415.
   app.removeContentTypeParser("text/plain");
 
-  // Which methods each path answers, so a known path with another method gets 405 and an Allow
-  // header (RFC 9110) instead of 404.
-  const paths = new Map<string, { pattern: RegExp; methods: Set<string> }>();
-  app.addHook("onRoute", (route) => {
-    if ((route.config as { refusal?: boolean } | undefined)?.refusal === true) return;
-    let entry = paths.get(route.url);
-    if (entry === undefined) {
-      const pattern = route.url
-        .split(/(:[A-Za-z0-9_]+|\*)/)
-        .map((part) =>
-          part === "*" ? ".*" : part.startsWith(":") ? "[^/]+" : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"),
-        )
-        .join("");
-      entry = { pattern: new RegExp(`^${pattern}$`), methods: new Set() };
-      paths.set(route.url, entry);
-    }
-    for (const method of [route.method].flat()) entry.methods.add(method);
-  });
-
-  /** No route for this method and path: 405 with Allow when the path exists, 404 otherwise. */
-  const noRoute = (request: FastifyRequest, reply: FastifyReply) => {
-    const path = request.url.split("?")[0] ?? "";
-    // The router prefers static segments to parameters: so does this (/transactions/transfer is
-    // not /transactions/:id).
-    const matches = [...paths.entries()].filter(([, { pattern }]) => pattern.test(path));
-    const fewest = Math.min(...matches.map(([url]) => (url.match(/:|\*/g) ?? []).length));
-    const allowed = new Set<string>();
-    for (const [url, { methods }] of matches) {
-      if ((url.match(/:|\*/g) ?? []).length === fewest) for (const method of methods) allowed.add(method);
-    }
-    if (allowed.size > 0) {
-      return reply
-        .status(405)
-        .header("allow", [...allowed].sort().join(", "))
-        .send(errorBody("method_not_allowed", `${request.method} is not allowed on ${path}`));
-    }
-    return reply.status(404).send(errorBody("route_not_found", `no route ${request.method} ${path}`));
-  };
+  const noRoute = indexRoutes(app);
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
     // A body that cannot be parsed for a route that does not exist: the route is the problem.
@@ -164,6 +115,64 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
   app.setNotFoundHandler((request, reply) => noRoute(request, reply));
 
   return app;
+}
+
+function refuseWhileClosing(app: HttpServer): void {
+  // A shutting-down instance refuses new requests (on kept-alive connections) with 503, so the
+  // client retries on another instance, while the running ones finish.
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+  });
+  app.addHook("onRequest", async (_request, reply) => {
+    if (!closing) return;
+    reply.header("connection", "close");
+    throw new ApiError(503, "shutting_down", "this instance is shutting down; retry", {
+      headers: { "retry-after": "1" },
+    });
+  });
+}
+
+/** Records each route's methods as it is added; answers a request no route took. */
+function indexRoutes(app: HttpServer): (request: FastifyRequest, reply: FastifyReply) => FastifyReply {
+  // Which methods each path answers, so a known path with another method gets 405 and an Allow
+  // header (RFC 9110) instead of 404.
+  const paths = new Map<string, { pattern: RegExp; methods: Set<string> }>();
+  app.addHook("onRoute", (route) => {
+    if ((route.config as { refusal?: boolean } | undefined)?.refusal === true) return;
+    let entry = paths.get(route.url);
+    if (entry === undefined) {
+      const pattern = route.url
+        .split(/(:[A-Za-z0-9_]+|\*)/)
+        .map((part) =>
+          part === "*" ? ".*" : part.startsWith(":") ? "[^/]+" : part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"),
+        )
+        .join("");
+      entry = { pattern: new RegExp(`^${pattern}$`), methods: new Set() };
+      paths.set(route.url, entry);
+    }
+    for (const method of [route.method].flat()) entry.methods.add(method);
+  });
+
+  /** No route for this method and path: 405 with Allow when the path exists, 404 otherwise. */
+  return (request: FastifyRequest, reply: FastifyReply) => {
+    const path = request.url.split("?")[0] ?? "";
+    // The router prefers static segments to parameters: so does this (/transactions/transfer is
+    // not /transactions/:id).
+    const matches = [...paths.entries()].filter(([, { pattern }]) => pattern.test(path));
+    const fewest = Math.min(...matches.map(([url]) => (url.match(/:|\*/g) ?? []).length));
+    const allowed = new Set<string>();
+    for (const [url, { methods }] of matches) {
+      if ((url.match(/:|\*/g) ?? []).length === fewest) for (const method of methods) allowed.add(method);
+    }
+    if (allowed.size > 0) {
+      return reply
+        .status(405)
+        .header("allow", [...allowed].sort().join(", "))
+        .send(errorBody("method_not_allowed", `${request.method} is not allowed on ${path}`));
+    }
+    return reply.status(404).send(errorBody("route_not_found", `no route ${request.method} ${path}`));
+  };
 }
 
 /**

@@ -209,7 +209,7 @@ export interface BatchConsumerOptions {
   topics: string[];
   logger: Logger;
   /** Upper bound on messages handed to one handleBatch call. */
-  max_batch: number;
+  batch_max: number;
   /**
    * Must be idempotent. Throwing means "nothing was lost, try the same batch again later"; throwing
    * an InvariantError means "this can never succeed" (see retry.ts).
@@ -235,58 +235,24 @@ export interface RunningConsumer {
 }
 
 export function startBatchConsumer(options: BatchConsumerOptions): RunningConsumer {
-  assert(options.max_batch >= 1, "max_batch must be at least 1");
-  assert(options.max_batch <= 10_000, "max_batch must be at most 10000");
+  assert(options.batch_max >= 1, "batch_max must be at least 1");
+  assert(options.batch_max <= 10_000, "batch_max must be at most 10000");
   let stopped = false;
   let running = false;
   let consumer: Consumer<string, string, string, string> | undefined;
   const stopController = new AbortController();
 
-  // The client can wedge in ways no call reports (a commit or close that never settles, a member
-  // that keeps its partitions without fetching). Every loop step marks progress; a process whose
-  // consumer stops progressing exits, and its supervisor restarts it with fresh consumers.
-  let progressAt = Date.now();
-  const progress = () => {
-    progressAt = Date.now();
-  };
-  const stall_ms = options.stall_exit_ms ?? 120_000;
-  const watchdog = setInterval(() => {
-    if (stopped || Date.now() - progressAt < stall_ms) return;
-    options.logger.fatal(
-      { group: options.group_id, stalled_ms: Date.now() - progressAt },
-      "consumer stalled; exiting",
-    );
-    process.exit(70);
-  }, 5_000);
-  watchdog.unref();
+  const { progress, watchdog } = startWatchdog(options, () => stopped);
 
   /** One consumer's life: built, consuming until it breaks (or the loop stops), then left. */
   const consumeOnce = async (round: { healthy(): void }): Promise<"busy"> => {
     try {
-      consumer = new Consumer({
-        clientId: options.client_id,
-        groupId: options.group_id,
-        bootstrapBrokers: options.brokers,
-        ...saslOption(options.sasl),
-        deserializers: stringDeserializers,
-        sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
-        heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
-        rebalanceTimeout: 15_000,
-        timeout: 10_000,
-      });
-      const stream = await consumer.consume({
-        topics: options.topics,
-        autocommit: false,
-        mode: "committed",
-        fallbackMode: "earliest",
-        maxWaitTime: CONSUMER_FETCH_WAIT_MS,
-        minBytes: 1,
-        highWaterMark: options.max_batch * 2,
-      });
+      consumer = newConsumer(options);
+      const stream = await consumeTopics(consumer, options);
       running = true;
       round.healthy();
       options.logger.info({ group: options.group_id, topics: options.topics }, "consumer started");
-      const inbox = new Inbox(stream, options.max_batch);
+      const inbox = new Inbox(stream, options.batch_max);
       let idleWithLag = 0;
       try {
         while (!stopped) {
@@ -328,15 +294,7 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
   };
 
   const handleWithRetry = async (batch: KafkaMessage[]) => {
-    const messages = batch.map((m) => ({
-      topic: m.topic,
-      partition: m.partition,
-      offset: m.offset,
-      key: m.key ?? null,
-      value: m.value ?? "",
-      headers: m.headers,
-    }));
-    await handleWithPolicy(messages, {
+    await handleWithPolicy(batch.map(consumedMessage), {
       handleBatch: options.handleBatch,
       deadLetter: options.deadLetter,
       logger: options.logger,
@@ -368,6 +326,70 @@ export function startBatchConsumer(options: BatchConsumerOptions): RunningConsum
       await consumer?.close(true).catch(() => {});
       await done;
     },
+  };
+}
+
+/**
+ * The client can wedge in ways no call reports (a commit or close that never settles, a member
+ * that keeps its partitions without fetching). Every loop step marks progress; a process whose
+ * consumer stops progressing exits, and its supervisor restarts it with fresh consumers.
+ */
+function startWatchdog(
+  options: BatchConsumerOptions,
+  isStopped: () => boolean,
+): { progress: () => void; watchdog: NodeJS.Timeout } {
+  let progressAt = Date.now();
+  const progress = () => {
+    progressAt = Date.now();
+  };
+  const stall_ms = options.stall_exit_ms ?? 120_000;
+  const watchdog = setInterval(() => {
+    if (isStopped() || Date.now() - progressAt < stall_ms) return;
+    options.logger.fatal(
+      { group: options.group_id, stalled_ms: Date.now() - progressAt },
+      "consumer stalled; exiting",
+    );
+    process.exit(70);
+  }, 5_000);
+  watchdog.unref();
+  return { progress, watchdog };
+}
+
+function newConsumer(options: BatchConsumerOptions): Consumer<string, string, string, string> {
+  return new Consumer({
+    clientId: options.client_id,
+    groupId: options.group_id,
+    bootstrapBrokers: options.brokers,
+    ...saslOption(options.sasl),
+    deserializers: stringDeserializers,
+    sessionTimeout: CONSUMER_SESSION_TIMEOUT_MS,
+    heartbeatInterval: CONSUMER_HEARTBEAT_INTERVAL_MS,
+    rebalanceTimeout: 15_000,
+    timeout: 10_000,
+  });
+}
+
+/** Joins the group on the topics, offsets committed by hand, at most two batches buffered. */
+function consumeTopics(consumer: Consumer<string, string, string, string>, options: BatchConsumerOptions) {
+  return consumer.consume({
+    topics: options.topics,
+    autocommit: false,
+    mode: "committed",
+    fallbackMode: "earliest",
+    maxWaitTime: CONSUMER_FETCH_WAIT_MS,
+    minBytes: 1,
+    highWaterMark: options.batch_max * 2,
+  });
+}
+
+function consumedMessage(m: KafkaMessage): ConsumedMessage {
+  return {
+    topic: m.topic,
+    partition: m.partition,
+    offset: m.offset,
+    key: m.key ?? null,
+    value: m.value ?? "",
+    headers: m.headers,
   };
 }
 

@@ -3,7 +3,7 @@ import { assert } from "#packages/runtime/assert.ts";
  * Group commit for round trips: callers submit one item each and await its own result, while
  * the batcher sends whatever has queued up as one batch (one statement, one HTTP call, one
  * commit for many transfers). Nothing waits on a timer: an idle batcher runs an item at once
- * (a batch of one, no added latency); only while `max_in_flight` batches are already running
+ * (a batch of one, no added latency); only while `in_flight_max` batches are already running
  * do new items queue, and the queue then leaves as the next batch. So batches grow with load,
  * which is when the saved round trips matter.
  */
@@ -12,11 +12,11 @@ export interface BatcherOptions<In, Out> {
   /** What the batches are of, for error messages. */
   name: string;
   /** Most items in one batch. */
-  max_batch: number;
+  batch_max: number;
   /** Most batches running at once. */
-  max_in_flight: number;
+  in_flight_max: number;
   /** Most items waiting; a submit beyond it is refused at once (back-pressure, not an unbounded queue). */
-  max_waiting: number;
+  waiting_max: number;
   /**
    * Items with equal keys never share a batch (they wait for the next one), for batch statements
    * that must see each row at most once, such as a compare-and-set per transfer.
@@ -40,7 +40,7 @@ export class Batcher<In, Out> {
   #in_flight = 0;
 
   constructor(options: BatcherOptions<In, Out>) {
-    if (!(options.max_batch >= 1 && options.max_in_flight >= 1 && options.max_waiting >= 1)) {
+    if (!(options.batch_max >= 1 && options.in_flight_max >= 1 && options.waiting_max >= 1)) {
       throw new Error(`batcher ${options.name}: limits must be at least 1`);
     }
     this.#options = options;
@@ -52,7 +52,7 @@ export class Batcher<In, Out> {
   }
 
   submit(item: In): Promise<Out> {
-    if (this.#waiting.length >= this.#options.max_waiting) {
+    if (this.#waiting.length >= this.#options.waiting_max) {
       return Promise.reject(
         new BatcherOverloadedError(
           `${this.#options.name}: ${this.#waiting.length} items already wait for a batch`,
@@ -66,7 +66,7 @@ export class Batcher<In, Out> {
   }
 
   #pump(): void {
-    while (this.#in_flight < this.#options.max_in_flight && this.#waiting.length > 0) {
+    while (this.#in_flight < this.#options.in_flight_max && this.#waiting.length > 0) {
       this.#start(this.#take());
     }
   }
@@ -74,13 +74,13 @@ export class Batcher<In, Out> {
   /** The next batch: oldest first, skipping (and keeping, in order) items whose key is taken. */
   #take(): Array<Waiting<In, Out>> {
     const key = this.#options.key;
-    if (key === undefined) return this.#waiting.splice(0, this.#options.max_batch);
+    if (key === undefined) return this.#waiting.splice(0, this.#options.batch_max);
     const batch: Array<Waiting<In, Out>> = [];
     const left: Array<Waiting<In, Out>> = [];
     const keys = new Set<string>();
     for (const entry of this.#waiting) {
       const k = key(entry.item);
-      if (batch.length < this.#options.max_batch && !keys.has(k)) {
+      if (batch.length < this.#options.batch_max && !keys.has(k)) {
         keys.add(k);
         batch.push(entry);
       } else {

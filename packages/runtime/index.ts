@@ -4,21 +4,21 @@ import type { Logger } from "#packages/log/index.ts";
 
 /**
  * Engines may still be starting (or restarting) when a service boots: retry a start-up step
- * with capped backoff instead of crashing into a restart loop. Gives up after max_wait_ms so a
+ * with capped backoff instead of crashing into a restart loop. Gives up after wait_max_ms so a
  * misconfiguration still ends in a clear crash.
  */
 export async function retryStartup<T>(
   what: string,
   logger: Logger,
   fn: () => Promise<T>,
-  max_wait_ms = 120_000,
+  wait_max_ms = 120_000,
 ): Promise<T> {
   const started = Date.now();
   for (let attempt = 0; ; attempt++) {
     try {
       return await fn();
     } catch (error) {
-      if (Date.now() - started > max_wait_ms) throw error;
+      if (Date.now() - started > wait_max_ms) throw error;
       const delay = backoff_ms(attempt, 200, 5_000, { kind: "none" });
       logger.warn({ err: error, attempt, delay_ms: delay }, `${what} not ready; retrying`);
       await sleep(delay);

@@ -489,11 +489,7 @@ async function withTestStack(
           port: controlPort,
         });
     }
-    const ports = serviceNames.map((n) => env[servicePorts[n].env]).join(", ");
-    const what = sup === undefined ? "engines" : `engines and services (ports ${ports})`;
-    out(
-      `[${prefix.replace(/-$/, "")}] stack up in ${secs(Date.now() - t0)}: ${what}; logs in ${rel(logsDir)}/`,
-    );
+    out(stackUpLine(prefix, env, sup !== undefined, Date.now() - t0));
     // From here on the stack's own messages (a chaos test restarting an engine...) go to a file.
     setMessageSink(toFile);
   } catch (err) {
@@ -502,12 +498,34 @@ async function withTestStack(
     throw err;
   }
 
+  const childEnv = testChildEnv(env, controlPort);
+  // Children run one at a time; on Ctrl-C the current one is stopped.
+  let current: ChildProcess | undefined;
+  const spawnChild: SpawnChild = (cmd, args, env, logFile) => {
+    const child = logFile === undefined ? runInherit(cmd, args, env) : runToFile(cmd, args, env, logFile);
+    current = child.child;
+    return child;
+  };
+  const code = await Promise.race([run(childEnv, spawnChild, sup), interrupted]);
+  current?.kill("SIGTERM"); // a no-op when it has exited
+  await cleanup();
+  return code;
+}
+
+function stackUpLine(prefix: string, env: StackEnv, services: boolean, took_ms: number): string {
+  const ports = serviceNames.map((n) => env[servicePorts[n].env]).join(", ");
+  const what = services ? `engines and services (ports ${ports})` : "engines";
+  return `[${prefix.replace(/-$/, "")}] stack up in ${secs(took_ms)}: ${what}; logs in ${rel(logsDir)}/`;
+}
+
+/** What a test process is told of the stack: the services' public and internal URLs, the engines'. */
+function testChildEnv(env: StackEnv, controlPort: number): NodeJS.ProcessEnv {
   const url = (name: keyof typeof servicePorts): string =>
     `http://${env.HOST}:${env[servicePorts[name].env]}`;
   // Internal listeners (ledger steps, audit, /ops/*): loopback, public port + 1000.
   const internalUrl = (name: keyof typeof servicePorts): string =>
     `http://${env.INTERNAL_HOST || "127.0.0.1"}:${env[servicePorts[name].internalEnv]}`;
-  const childEnv: NodeJS.ProcessEnv = {
+  return {
     ...process.env,
     ...env,
     TEST_USER_SERVICE_URL: url("user-service"),
@@ -527,17 +545,6 @@ async function withTestStack(
     TEST_KAFKA_BROKERS: env.KAFKA_BROKERS,
     TEST_REDIS_URL: env.REDIS_URL,
   };
-  // Children run one at a time; on Ctrl-C the current one is stopped.
-  let current: ChildProcess | undefined;
-  const spawnChild: SpawnChild = (cmd, args, env, logFile) => {
-    const child = logFile === undefined ? runInherit(cmd, args, env) : runToFile(cmd, args, env, logFile);
-    current = child.child;
-    return child;
-  };
-  const code = await Promise.race([run(childEnv, spawnChild, sup), interrupted]);
-  current?.kill("SIGTERM"); // a no-op when it has exited
-  await cleanup();
-  return code;
 }
 
 /** `npm run chaos`: the bank workload under faults against a fresh test stack (the same one `npm test` uses). */

@@ -98,106 +98,8 @@ export function say(name: string, msg: string): void {
 }
 
 export function makeEngine(spec: EngineSpec): Engine {
-  const ourPid = (): number | undefined => {
-    const pid = spec.readPid();
-    if (pid === undefined || !isAlive(pid)) return undefined;
-    // A stale pid file can name a recycled pid that now belongs to something else.
-    return cmdline(pid).includes(spec.cmdlineMarker) ? pid : undefined;
-  };
-
-  const waitHealthy = async (timeoutMs = spec.startTimeoutMs, signal?: AbortSignal): Promise<void> => {
-    const ok = await waitUntil(async () => {
-      signal?.throwIfAborted();
-      if (await spec.healthy()) return true;
-      // Fail fast when the process we launched has already died.
-      const pid = spec.readPid();
-      if (pid !== undefined && !isAlive(pid)) {
-        throw new Error(
-          `${spec.name} exited during start; last lines of ${spec.logFile}:\n${tailFile(spec.logFile)}`,
-        );
-      }
-      return false;
-    }, timeoutMs);
-    if (!ok) {
-      throw new Error(
-        `${spec.name} not healthy on ${spec.host}:${spec.port} after ${secs(timeoutMs)}; last lines of ${spec.logFile}:\n${tailFile(spec.logFile)}`,
-      );
-    }
-  };
-
-  const stop = async (): Promise<void> => {
-    const pid = ourPid();
-    if (pid === undefined) {
-      spec.clearPid();
-      return;
-    }
-    const t0 = Date.now();
-    await (spec.requestStop ? spec.requestStop(pid) : Promise.resolve(signal(pid, "SIGTERM")));
-    if (!(await waitUntil(() => !isAlive(pid), spec.stopTimeoutMs, 100))) {
-      say(spec.name, `did not stop within ${secs(spec.stopTimeoutMs)}; sending SIGKILL`);
-      killTree(pid);
-      await waitUntil(() => !isAlive(pid), 5000, 100);
-    }
-    // Our engines are reaped by init, which can take a moment; until then the pid still exists,
-    // and PostgreSQL, for one, refuses to start while its lock file names an existing pid.
-    await waitUntil(() => !pidExists(pid), 10_000, 50);
-    spec.clearPid();
-    say(spec.name, `stopped (${secs(Date.now() - t0)})`);
-  };
-
-  const startLock = join(runDir, `${spec.name}.starting`);
-
-  /**
-   * Two processes may start the same engine at once (`npm start` and `npm test` sharing engines,
-   * or both bringing back one that died): the second waits for the first, then reuses its instance.
-   */
-  const start = async (signal?: AbortSignal): Promise<"started" | "reused"> => {
-    const locked = await waitUntil(
-      () => {
-        signal?.throwIfAborted();
-        return takePidLock(startLock, "node") === undefined;
-      },
-      spec.startTimeoutMs,
-      200,
-    );
-    if (!locked)
-      throw new Error(`${spec.name}: another process has been starting it for ${secs(spec.startTimeoutMs)}`);
-    try {
-      return await startLocked(signal);
-    } finally {
-      releasePidLock(startLock);
-    }
-  };
-
-  const startLocked = async (signal?: AbortSignal): Promise<"started" | "reused"> => {
-    const t0 = Date.now();
-    if (ourPid() !== undefined) {
-      // Ours and running: maybe still starting up, so give it the usual time.
-      await waitHealthy(spec.startTimeoutMs, signal);
-      return "reused";
-    }
-    spec.clearPid();
-    if (await canConnect(spec.host, spec.port)) {
-      throw new Error(
-        `${spec.host}:${spec.port} is taken by a process that is not our ${spec.name} (no live pid file in ${runDir}). ` +
-          "Stop it, or move ours with the DPS_*_PORT variables.",
-      );
-    }
-    if (!(await canBind(spec.host, spec.port))) {
-      throw new Error(
-        `${spec.host}:${spec.port} cannot be bound although nobody listens there: most likely the local end of ` +
-          "an outgoing connection (the port lies in the ephemeral range). It frees when that connection closes; " +
-          "or move ours with the DPS_*_PORT variables.",
-      );
-    }
-    mkdirSync(runDir, { recursive: true });
-    mkdirSync(logsDir, { recursive: true });
-    await spec.launch();
-    await waitHealthy(spec.startTimeoutMs, signal);
-    say(spec.name, `started on ${spec.host}:${spec.port} in ${secs(Date.now() - t0)}`);
-    return "started";
-  };
-
+  const stop = () => stopEngine(spec);
+  const start = (signal?: AbortSignal) => startEngine(spec, signal);
   return {
     name: spec.name,
     host: spec.host,
@@ -223,16 +125,119 @@ export function makeEngine(spec: EngineSpec): Engine {
       await spec.afterStart?.();
     },
     kill9: async () => {
-      const pid = ourPid();
+      const pid = ourPid(spec);
       if (pid === undefined) return;
       const tree = processTree(pid);
       killTree(pid);
       await waitUntil(() => !tree.some(pidExists), 10_000, 50); // dead and reaped (see stop())
     },
     isHealthy: () => spec.healthy(),
-    waitHealthy,
-    pid: ourPid,
+    waitHealthy: (timeoutMs?: number) => waitHealthy(spec, timeoutMs),
+    pid: () => ourPid(spec),
   };
+}
+
+function ourPid(spec: EngineSpec): number | undefined {
+  const pid = spec.readPid();
+  if (pid === undefined || !isAlive(pid)) return undefined;
+  // A stale pid file can name a recycled pid that now belongs to something else.
+  return cmdline(pid).includes(spec.cmdlineMarker) ? pid : undefined;
+}
+
+async function waitHealthy(
+  spec: EngineSpec,
+  timeoutMs = spec.startTimeoutMs,
+  signal?: AbortSignal,
+): Promise<void> {
+  const ok = await waitUntil(async () => {
+    signal?.throwIfAborted();
+    if (await spec.healthy()) return true;
+    // Fail fast when the process we launched has already died.
+    const pid = spec.readPid();
+    if (pid !== undefined && !isAlive(pid)) {
+      throw new Error(
+        `${spec.name} exited during start; last lines of ${spec.logFile}:\n${tailFile(spec.logFile)}`,
+      );
+    }
+    return false;
+  }, timeoutMs);
+  if (!ok) {
+    throw new Error(
+      `${spec.name} not healthy on ${spec.host}:${spec.port} after ${secs(timeoutMs)}; last lines of ${spec.logFile}:\n${tailFile(spec.logFile)}`,
+    );
+  }
+}
+
+async function stopEngine(spec: EngineSpec): Promise<void> {
+  const pid = ourPid(spec);
+  if (pid === undefined) {
+    spec.clearPid();
+    return;
+  }
+  const t0 = Date.now();
+  await (spec.requestStop ? spec.requestStop(pid) : Promise.resolve(signal(pid, "SIGTERM")));
+  if (!(await waitUntil(() => !isAlive(pid), spec.stopTimeoutMs, 100))) {
+    say(spec.name, `did not stop within ${secs(spec.stopTimeoutMs)}; sending SIGKILL`);
+    killTree(pid);
+    await waitUntil(() => !isAlive(pid), 5000, 100);
+  }
+  // Our engines are reaped by init, which can take a moment; until then the pid still exists,
+  // and PostgreSQL, for one, refuses to start while its lock file names an existing pid.
+  await waitUntil(() => !pidExists(pid), 10_000, 50);
+  spec.clearPid();
+  say(spec.name, `stopped (${secs(Date.now() - t0)})`);
+}
+
+/**
+ * Two processes may start the same engine at once (`npm start` and `npm test` sharing engines,
+ * or both bringing back one that died): the second waits for the first, then reuses its instance.
+ */
+async function startEngine(spec: EngineSpec, signal?: AbortSignal): Promise<"started" | "reused"> {
+  const startLock = join(runDir, `${spec.name}.starting`);
+  const locked = await waitUntil(
+    () => {
+      signal?.throwIfAborted();
+      return takePidLock(startLock, "node") === undefined;
+    },
+    spec.startTimeoutMs,
+    200,
+  );
+  if (!locked)
+    throw new Error(`${spec.name}: another process has been starting it for ${secs(spec.startTimeoutMs)}`);
+  try {
+    return await startLocked(spec, signal);
+  } finally {
+    releasePidLock(startLock);
+  }
+}
+
+async function startLocked(spec: EngineSpec, signal?: AbortSignal): Promise<"started" | "reused"> {
+  const t0 = Date.now();
+  if (ourPid(spec) !== undefined) {
+    // Ours and running: maybe still starting up, so give it the usual time.
+    await waitHealthy(spec, spec.startTimeoutMs, signal);
+    return "reused";
+  }
+  spec.clearPid();
+  if (await canConnect(spec.host, spec.port)) {
+    throw new Error(
+      `${spec.host}:${spec.port} is taken by a process that is not our ${spec.name} (no live pid file in ${runDir}). ` +
+        "Stop it, or move ours with the DPS_*_PORT variables.",
+    );
+  }
+  if (!(await canBind(spec.host, spec.port))) {
+    throw new Error(
+      `${spec.host}:${spec.port} cannot be bound although nobody listens there: most likely the local end of ` +
+        "an outgoing connection (the port lies in the ephemeral range). It frees when that connection closes; " +
+        "or move ours with the DPS_*_PORT variables.",
+    );
+  }
+  mkdirSync(runDir, { recursive: true });
+  mkdirSync(logsDir, { recursive: true });
+  await spec.launch();
+  await waitHealthy(spec, spec.startTimeoutMs, signal);
+  say(spec.name, `started on ${spec.host}:${spec.port} in ${secs(Date.now() - t0)}`);
+  return "started";
 }
 
 let aptUpdated = false;

@@ -69,8 +69,8 @@ interface Running {
   restartTimer: NodeJS.Timeout | undefined;
 }
 
-const minBackoffMs = 250;
-const maxBackoffMs = 5000;
+const backoff_min_ms = 250;
+const backoff_max_ms = 5000;
 /** A service that ran this long before exiting is restarted right away, not with a grown backoff. */
 const stableAfterMs = 10_000;
 const stopGraceMs = 10_000;
@@ -96,7 +96,7 @@ export class Supervisor {
         child: undefined,
         wanted: false,
         startedAt: 0,
-        backoffMs: minBackoffMs,
+        backoffMs: backoff_min_ms,
         restarts: 0,
         restartTimer: undefined,
       });
@@ -163,9 +163,9 @@ export class Supervisor {
     if (!r.wanted) return;
     const upMs = Date.now() - r.startedAt;
     // After a stable run: restart at once. In a fast crash loop: double the wait each time (capped).
-    if (upMs >= stableAfterMs) r.backoffMs = minBackoffMs;
+    if (upMs >= stableAfterMs) r.backoffMs = backoff_min_ms;
     const delay = r.backoffMs;
-    r.backoffMs = Math.min(maxBackoffMs, r.backoffMs * 2);
+    r.backoffMs = Math.min(backoff_max_ms, r.backoffMs * 2);
     const why = sig === null ? `exit code ${code}` : `signal ${sig}`;
     this.#log(`${r.spec.name} exited (${why}) after ${secs(upMs)}; restarting in ${delay} ms`);
     r.restartTimer = setTimeout(() => {
@@ -187,7 +187,7 @@ export class Supervisor {
       r.wanted = false;
       throw new Error(`${name}: port ${r.spec.port} is already in use (another \`npm start\`?)`);
     }
-    r.backoffMs = minBackoffMs;
+    r.backoffMs = backoff_min_ms;
     this.#spawn(r);
   }
 
@@ -380,7 +380,7 @@ export class EngineWatcher {
   async #check(): Promise<void> {
     for (const e of this.#engines) {
       if (this.#stopping.signal.aborted || this.#paused.has(e.name) || e.pid() !== undefined) continue;
-      const retry = this.#retryAt.get(e.name) ?? { at: 0, backoffMs: minBackoffMs };
+      const retry = this.#retryAt.get(e.name) ?? { at: 0, backoffMs: backoff_min_ms };
       if (Date.now() < retry.at) continue;
       this.#log(`${e.name} is not running; starting it again`);
       try {
@@ -389,7 +389,7 @@ export class EngineWatcher {
         this.#log(`${e.name} is back`);
       } catch (err) {
         if (this.#stopping.signal.aborted) return;
-        const backoffMs = Math.min(maxBackoffMs, retry.backoffMs * 2);
+        const backoffMs = Math.min(backoff_max_ms, retry.backoffMs * 2);
         this.#retryAt.set(e.name, { at: Date.now() + retry.backoffMs, backoffMs });
         this.#log(
           `${e.name} did not start (${err instanceof Error ? err.message : String(err)}); retrying in ${retry.backoffMs} ms`,

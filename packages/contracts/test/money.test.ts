@@ -2,21 +2,27 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { transferIdSchema, userIdParamSchema, uuidv7 } from "../ids.ts";
-import { amountMinorSchema, MAX_MINOR, minorFromPg } from "../money.ts";
+import { AMOUNT_MAX_MINOR, amountMinorSchema, minorFromPg } from "../money.ts";
 
 describe("money", () => {
   it("accepts exactly the positive safe integers as amounts", () => {
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: MAX_MINOR }), (n) => amountMinorSchema.safeParse(n).success),
+      fc.property(
+        fc.integer({ min: 1, max: AMOUNT_MAX_MINOR }),
+        (n) => amountMinorSchema.safeParse(n).success,
+      ),
     );
-    for (const bad of [0, -1, 1.5, Number.NaN, MAX_MINOR + 1, 2 ** 53, "10", null, 1e300]) {
+    for (const bad of [0, -1, 1.5, Number.NaN, AMOUNT_MAX_MINOR + 1, 2 ** 53, "10", null, 1e300]) {
       assert.equal(amountMinorSchema.safeParse(bad).success, false, `${String(bad)} must be refused`);
     }
   });
 
   it("reads PostgreSQL bigints exactly and crashes beyond 2^53-1", () => {
     fc.assert(
-      fc.property(fc.integer({ min: -MAX_MINOR, max: MAX_MINOR }), (n) => minorFromPg(String(n)) === n),
+      fc.property(
+        fc.integer({ min: -AMOUNT_MAX_MINOR, max: AMOUNT_MAX_MINOR }),
+        (n) => minorFromPg(String(n)) === n,
+      ),
     );
     assert.throws(() => minorFromPg("9007199254740992"));
   });

@@ -54,7 +54,7 @@ describe("consumer fetch wait", { skip: process.env.KAFKA_PASSWORD_ADMIN ? false
       client_id: "fetch-wait-test",
       topics: [topic],
       logger: createLogger("fetch-wait-test", "warn"),
-      max_batch: 10,
+      batch_max: 10,
       async handleBatch(messages) {
         for (const _ of messages) arrived.push(Date.now());
       },

@@ -14,7 +14,7 @@ startBatchConsumer({
   client_id: `member-${process.pid}`,
   topics: [topic],
   logger: createLogger("member", "warn"),
-  max_batch: 100,
+  batch_max: 100,
   async handleBatch(messages) {
     const partitions = [...new Set(messages.map((m) => m.partition))];
     process.stdout.write(`${JSON.stringify({ partitions })}\n`);

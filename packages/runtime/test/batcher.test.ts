@@ -4,18 +4,18 @@ import { Batcher, BatcherOverloadedError } from "../batcher.ts";
 
 /** A batcher whose batches finish only when the test says so. */
 function gated(options: {
-  max_batch?: number;
-  max_in_flight?: number;
-  max_waiting?: number;
+  batch_max?: number;
+  in_flight_max?: number;
+  waiting_max?: number;
   keyed?: boolean;
 }) {
   const batches: number[][] = [];
   const gates: Array<() => void> = [];
   const batcher = new Batcher<number, number>({
     name: "test",
-    max_batch: options.max_batch ?? 100,
-    max_in_flight: options.max_in_flight ?? 1,
-    max_waiting: options.max_waiting ?? 1_000,
+    batch_max: options.batch_max ?? 100,
+    in_flight_max: options.in_flight_max ?? 1,
+    waiting_max: options.waiting_max ?? 1_000,
     ...(options.keyed ? { key: (n: number) => String(n % 10) } : {}),
     run: async (items) => {
       batches.push(items);
@@ -46,8 +46,8 @@ describe("Batcher", () => {
     assert.deepEqual(await Promise.all(rest), [4, 6, 8]);
   });
 
-  it("keeps batches within max_batch and runs max_in_flight of them side by side", async () => {
-    const { batcher, batches, release } = gated({ max_batch: 2, max_in_flight: 2 });
+  it("keeps batches within batch_max and runs in_flight_max of them side by side", async () => {
+    const { batcher, batches, release } = gated({ batch_max: 2, in_flight_max: 2 });
     const all = [1, 2, 3, 4, 5, 6].map((n) => batcher.submit(n));
     assert.deepEqual(batches, [[1], [2]]);
     await release();
@@ -76,9 +76,9 @@ describe("Batcher", () => {
     let calls = 0;
     const batcher = new Batcher<number, number>({
       name: "test",
-      max_batch: 10,
-      max_in_flight: 1,
-      max_waiting: 10,
+      batch_max: 10,
+      in_flight_max: 1,
+      waiting_max: 10,
       run: async (items) => {
         calls += 1;
         if (calls === 2) throw new Error("engine down");
@@ -95,16 +95,16 @@ describe("Batcher", () => {
   it("fails a batch whose run returns the wrong number of results", async () => {
     const batcher = new Batcher<number, number>({
       name: "short",
-      max_batch: 10,
-      max_in_flight: 1,
-      max_waiting: 10,
+      batch_max: 10,
+      in_flight_max: 1,
+      waiting_max: 10,
       run: async () => [],
     });
     await assert.rejects(batcher.submit(1), /invariant: batch short of 1 returned 0 results/);
   });
 
-  it("refuses at once beyond max_waiting", async () => {
-    const { batcher, release } = gated({ max_waiting: 2 });
+  it("refuses at once beyond waiting_max", async () => {
+    const { batcher, release } = gated({ waiting_max: 2 });
     const running = batcher.submit(1);
     const queued = [batcher.submit(2), batcher.submit(3)];
     await assert.rejects(batcher.submit(4), BatcherOverloadedError);

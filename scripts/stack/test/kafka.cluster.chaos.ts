@@ -154,7 +154,7 @@ describe("kafka cluster under broker and controller kills", () => {
       client_id: "cluster-chaos-reader",
       topics: [topic],
       logger,
-      max_batch: 1_000,
+      batch_max: 1_000,
       async handleBatch(messages) {
         for (const m of messages) seen.add((JSON.parse(m.value) as { n: number }).n);
       },

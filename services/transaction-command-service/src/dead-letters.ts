@@ -50,7 +50,7 @@ export function startDeadLetterTally(options: {
     client_id: "dead-letter-tally",
     topics: [t.deadLetters],
     logger: options.logger,
-    max_batch: 500,
+    batch_max: 500,
     handleBatch: async (messages) => {
       for (const message of messages) count(message.value);
     },

@@ -72,7 +72,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     client_id: SERVICE,
     topics: [topics.commands],
     logger,
-    max_batch: config.RECORD_BATCH_MAX,
+    batch_max: config.RECORD_BATCH_MAX,
     metrics,
     handleBatch: createRecordWriter({
       db,
@@ -80,7 +80,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
       topics,
       logger,
       faults,
-      max_attempts: config.RECORD_MAX_ATTEMPTS,
+      attempts_max: config.RECORD_MAX_ATTEMPTS,
       service: SERVICE,
       crashes,
       metrics,

@@ -12,7 +12,7 @@
  *   store. After a repeated timeout the batch is halved (kept across retries), down to one
  *   command, which then counts attempts like any failing command;
  * - MongoDB reachable but one command keeps failing: counted (by the command, not by where it
- *   sits in the batch), retried with backoff, and after max_attempts it goes to dead letters
+ *   sits in the batch), retried with backoff, and after attempts_max it goes to dead letters
  *   with its reason, and the saga is told (Rejected) so it can refund. One that breaks an
  *   invariant (InvariantError: a bug no retry fixes) goes to dead letters at once.
  */
@@ -52,7 +52,7 @@ export interface WriterDeps {
   topics: TopicNames;
   logger: Logger;
   faults: Faults;
-  max_attempts: number;
+  attempts_max: number;
   service: string;
   crashes?: CrashHook;
   /** Drop and reopen the store's connections (a pooled connection can stay broken after FerretDB restarts). */
@@ -129,83 +129,6 @@ export function createRecordWriter(deps: WriterDeps) {
   let chunk_max = Number.POSITIVE_INFINITY;
   let timeoutsInARow = 0;
 
-  const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage =>
-    deadLetterFor(deps.topics.deadLetters, deps.service, message, reason, tries);
-
-  // Made inside the command's span (replyInTrace): the event continues the saga's trace.
-  const event = (value: RecordEvent): OutgoingMessage => ({
-    topic: deps.topics.events,
-    key: value.type === "DisbursementRecorded" ? value.disbursement_id : value.transfer_id,
-    value,
-    headers: injectKafkaHeaders(),
-  });
-
-  const recorded = (command: RecordCommand): OutgoingMessage =>
-    command.type === "RecordDisbursement"
-      ? event({
-          type: "DisbursementRecorded",
-          message_id: randomUUID(),
-          disbursement_id: command.snapshot.id,
-          version: command.snapshot.version,
-        })
-      : event({
-          type: "TransferRecorded",
-          message_id: randomUUID(),
-          transfer_id: command.snapshot.id,
-          status: command.snapshot.status,
-          snapshot: command.snapshot,
-        });
-
-  const rejected = (command: RecordTransferCommand, reason: string): OutgoingMessage =>
-    event({
-      type: "TransferRecordRejected",
-      message_id: randomUUID(),
-      transfer_id: command.snapshot.id,
-      status: command.snapshot.status,
-      reason,
-    });
-
-  async function storeReachable(): Promise<boolean> {
-    try {
-      await deps.db.command({ ping: 1 });
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  /** Disbursement records first (nothing waits on them), then the transfers'. */
-  async function applyAll(parsed: Parsed[]): Promise<Applied[]> {
-    const batches = parsed.filter((p) => p.command.type === "RecordDisbursement");
-    await applyDisbursementSnapshots(
-      deps.db,
-      batches.map((p) => (p.command as RecordDisbursementCommand).snapshot),
-    );
-    const applied = await applyTransfers(parsed.filter(isTransfer));
-    for (const p of batches)
-      applied.push({
-        parsed: p,
-        outcome: { kind: "recorded", command: p.command as RecordDisbursementCommand },
-      });
-    return applied;
-  }
-
-  async function applyTransfers(parsed: ParsedTransfer[]): Promise<Applied[]> {
-    const plan = planWrites(parsed.map((p) => p.command));
-    const conflicts = await applySnapshots(deps.db, plan.writes);
-    return plan.outcomes.map((outcome, i) => {
-      const reason = conflicts.get(outcome.command.snapshot.id);
-      const final = outcome.command.snapshot.status !== "PENDING";
-      return {
-        parsed: parsed[i] as Parsed,
-        outcome:
-          outcome.kind === "recorded" && final && reason !== undefined
-            ? { kind: "conflict", command: outcome.command, reason }
-            : outcome,
-      };
-    });
-  }
-
   /** One more failure of this command; the oldest tracked command is forgotten first when full. */
   function countFailure(command: RecordCommand): number {
     const key = attemptKey(command);
@@ -236,14 +159,14 @@ export function createRecordWriter(deps: WriterDeps) {
   function failOne(parsed: Parsed, error: unknown, out: BatchOut): void {
     const tries = countFailure(parsed.command);
     // A broken invariant is a bug that no retry fixes: given up on at once, like bad input.
-    if (tries < deps.max_attempts && !(error instanceof InvariantError)) throw error;
+    if (tries < deps.attempts_max && !(error instanceof InvariantError)) throw error;
     // Still counted until its letter is sent: if this batch fails later on, a retry gives up at once.
     out.given_up.push(attemptKey(parsed.command));
     const reason = `record write failed ${tries} times: ${(error as Error).message}`;
     deps.logger.error({ transfer_id: parsed.command.snapshot.id, reason }, "record dead-lettered");
-    out.messages.push(deadLetter(parsed.message, reason, tries));
+    out.messages.push(deadLetterFor(deps.topics.deadLetters, deps.service, parsed.message, reason, tries));
     // The saga refunds a transfer whose record cannot be written; a batch record has no step to undo.
-    if (isTransfer(parsed)) out.messages.push(rejected(parsed.command, reason));
+    if (isTransfer(parsed)) out.messages.push(rejectedMessage(deps.topics, parsed.command, reason));
   }
 
   /** A chunk of several commands timed out while the store answers: halve it once it repeats. */
@@ -259,7 +182,7 @@ export function createRecordWriter(deps: WriterDeps) {
 
   async function applyChunk(chunk: Parsed[], out: BatchOut): Promise<Applied[]> {
     try {
-      const applied = await applyAll(chunk);
+      const applied = await applyAll(deps.db, chunk);
       networkFailures = 0;
       for (const { parsed } of applied) attempts.delete(attemptKey(parsed.command));
       return applied;
@@ -267,7 +190,7 @@ export function createRecordWriter(deps: WriterDeps) {
       for (const _ of chunk) deps.metrics?.recordWrite("error");
       await noteNetworkFailure(error);
       // An outage (no ping, or a connection that broke) is retried as a whole, uncounted.
-      if (!(await storeReachable()) || (isNetworkError(error) && !isTimeout(error))) throw error;
+      if (!(await storeReachable(deps.db)) || (isNetworkError(error) && !isTimeout(error))) throw error;
       if (chunk.length === 1) {
         failOne(chunk[0] as Parsed, error, out);
         return [];
@@ -284,67 +207,156 @@ export function createRecordWriter(deps: WriterDeps) {
     return applied;
   }
 
-  /** Commands that can never succeed (unreadable, or refused by an injected fault) are given up on at once. */
-  function parseAll(messages: ConsumedMessage[], out: BatchOut): Parsed[] {
-    const valid: Parsed[] = [];
-    for (const message of messages) {
-      let json: unknown;
-      try {
-        json = JSON.parse(message.value);
-      } catch {
-        out.messages.push(deadLetter(message, "value is not JSON", 1));
-        continue;
-      }
-      const result = recordCommandSchema.safeParse(json);
-      if (!result.success) {
-        out.messages.push(deadLetter(message, `not a valid record command: ${result.error.message}`, 1));
-        continue;
-      }
-      const command = result.data;
-      if (
-        command.type === "RecordTransfer" &&
-        command.snapshot.status === "PENDING" &&
-        deps.faults.reject_pending_for_source_user_ids.has(command.snapshot.source_user_id)
-      ) {
-        const reason = "injected fault: record refused";
-        out.messages.push(deadLetter(message, reason, 1), rejected(command, reason));
-        continue;
-      }
-      valid.push({ message, command });
-    }
-    return valid;
-  }
-
   return async function handleBatch(messages: ConsumedMessage[]): Promise<void> {
     const out: BatchOut = { messages: [], given_up: [] };
-    const valid = parseAll(messages, out);
+    const valid = parseAll(deps, messages, out);
 
     const outcomes: Applied[] = [];
     for (const chunk of chunksOf(valid, chunk_max)) outcomes.push(...(await applyChunk(chunk, out)));
     chunk_max = Number.POSITIVE_INFINITY;
     timeoutsInARow = 0;
 
-    for (const { parsed, outcome } of outcomes) {
-      await replyInTrace(parsed, async () => {
-        if (outcome.kind === "recorded") {
-          out.messages.push(recorded(outcome.command));
-        } else {
-          deps.logger.error(
-            { transfer_id: outcome.command.snapshot.id, reason: outcome.reason },
-            "conflicting record",
-          );
-          out.messages.push(
-            deadLetter(parsed.message, outcome.reason, 1),
-            rejected(outcome.command, outcome.reason),
-          );
-        }
-      });
-    }
+    await addReplies(deps, outcomes, out);
     (deps.crashes ?? noCrashes).reached("after_record_write");
     await deps.producer.send(out.messages);
     for (const key of out.given_up) attempts.delete(key);
     countSent(deps, outcomes, out.messages);
   };
+}
+
+// Made inside the command's span (replyInTrace): the event continues the saga's trace.
+function eventMessage(topics: WriterDeps["topics"], value: RecordEvent): OutgoingMessage {
+  return {
+    topic: topics.events,
+    key: value.type === "DisbursementRecorded" ? value.disbursement_id : value.transfer_id,
+    value,
+    headers: injectKafkaHeaders(),
+  };
+}
+
+function recordedMessage(topics: WriterDeps["topics"], command: RecordCommand): OutgoingMessage {
+  return command.type === "RecordDisbursement"
+    ? eventMessage(topics, {
+        type: "DisbursementRecorded",
+        message_id: randomUUID(),
+        disbursement_id: command.snapshot.id,
+        version: command.snapshot.version,
+      })
+    : eventMessage(topics, {
+        type: "TransferRecorded",
+        message_id: randomUUID(),
+        transfer_id: command.snapshot.id,
+        status: command.snapshot.status,
+        snapshot: command.snapshot,
+      });
+}
+
+function rejectedMessage(
+  topics: WriterDeps["topics"],
+  command: RecordTransferCommand,
+  reason: string,
+): OutgoingMessage {
+  return eventMessage(topics, {
+    type: "TransferRecordRejected",
+    message_id: randomUUID(),
+    transfer_id: command.snapshot.id,
+    status: command.snapshot.status,
+    reason,
+  });
+}
+
+async function storeReachable(db: Db): Promise<boolean> {
+  try {
+    await db.command({ ping: 1 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Disbursement records first (nothing waits on them), then the transfers'. */
+async function applyAll(db: Db, parsed: Parsed[]): Promise<Applied[]> {
+  const batches = parsed.filter((p) => p.command.type === "RecordDisbursement");
+  await applyDisbursementSnapshots(
+    db,
+    batches.map((p) => (p.command as RecordDisbursementCommand).snapshot),
+  );
+  const applied = await applyTransfers(db, parsed.filter(isTransfer));
+  for (const p of batches)
+    applied.push({
+      parsed: p,
+      outcome: { kind: "recorded", command: p.command as RecordDisbursementCommand },
+    });
+  return applied;
+}
+
+async function applyTransfers(db: Db, parsed: ParsedTransfer[]): Promise<Applied[]> {
+  const plan = planWrites(parsed.map((p) => p.command));
+  const conflicts = await applySnapshots(db, plan.writes);
+  return plan.outcomes.map((outcome, i) => {
+    const reason = conflicts.get(outcome.command.snapshot.id);
+    const final = outcome.command.snapshot.status !== "PENDING";
+    return {
+      parsed: parsed[i] as Parsed,
+      outcome:
+        outcome.kind === "recorded" && final && reason !== undefined
+          ? { kind: "conflict", command: outcome.command, reason }
+          : outcome,
+    };
+  });
+}
+
+/** Commands that can never succeed (unreadable, or refused by an injected fault) are given up on at once. */
+function parseAll(deps: WriterDeps, messages: ConsumedMessage[], out: BatchOut): Parsed[] {
+  const deadLetter = (message: ConsumedMessage, reason: string, tries: number): OutgoingMessage =>
+    deadLetterFor(deps.topics.deadLetters, deps.service, message, reason, tries);
+  const valid: Parsed[] = [];
+  for (const message of messages) {
+    let json: unknown;
+    try {
+      json = JSON.parse(message.value);
+    } catch {
+      out.messages.push(deadLetter(message, "value is not JSON", 1));
+      continue;
+    }
+    const result = recordCommandSchema.safeParse(json);
+    if (!result.success) {
+      out.messages.push(deadLetter(message, `not a valid record command: ${result.error.message}`, 1));
+      continue;
+    }
+    const command = result.data;
+    if (
+      command.type === "RecordTransfer" &&
+      command.snapshot.status === "PENDING" &&
+      deps.faults.reject_pending_for_source_user_ids.has(command.snapshot.source_user_id)
+    ) {
+      const reason = "injected fault: record refused";
+      out.messages.push(deadLetter(message, reason, 1), rejectedMessage(deps.topics, command, reason));
+      continue;
+    }
+    valid.push({ message, command });
+  }
+  return valid;
+}
+
+/** Each written command's event; a conflicting one's dead letter and rejection. */
+async function addReplies(deps: WriterDeps, outcomes: Applied[], out: BatchOut): Promise<void> {
+  for (const { parsed, outcome } of outcomes) {
+    await replyInTrace(parsed, async () => {
+      if (outcome.kind === "recorded") {
+        out.messages.push(recordedMessage(deps.topics, outcome.command));
+      } else {
+        deps.logger.error(
+          { transfer_id: outcome.command.snapshot.id, reason: outcome.reason },
+          "conflicting record",
+        );
+        out.messages.push(
+          deadLetterFor(deps.topics.deadLetters, deps.service, parsed.message, outcome.reason, 1),
+          rejectedMessage(deps.topics, outcome.command, outcome.reason),
+        );
+      }
+    });
+  }
 }
 
 /** After the batch's messages went out: its writes by result and its dead letters. */

@@ -107,7 +107,7 @@ function writer(db: Db, producer: ReturnType<typeof fakeProducer>["producer"], e
     topics,
     logger,
     faults: { reject_pending_for_source_user_ids: new Set() },
-    max_attempts: 3,
+    attempts_max: 3,
     service: "transaction-command-service",
     ...extra,
   });

@@ -83,24 +83,30 @@ function sendAs(reply: FastifyReply, status: number, body: unknown) {
   return (reply as unknown as FastifyReply).status(status).send(body);
 }
 
-export function registerRoutes(
-  app: HttpServer,
-  deps: {
-    store: SagaStore;
-    runner: SagaRunner;
-    cache: TransferCache;
-    query: QueryClient;
-    logger: Logger;
-    step_timeout_ms: number;
-    auth: Authenticator;
-    limiter: RateLimiter;
-    waiters: FinalStatusWaiters;
-  },
-): void {
+type RouteDeps = {
+  store: SagaStore;
+  runner: SagaRunner;
+  cache: TransferCache;
+  query: QueryClient;
+  logger: Logger;
+  step_timeout_ms: number;
+  auth: Authenticator;
+  limiter: RateLimiter;
+  waiters: FinalStatusWaiters;
+};
+
+type RequestHook = ReturnType<RateLimiter["hook"]>;
+
+export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
   // Authentication first (before the body is read), then the per-user rate limit.
   const limited = deps.limiter.hook();
   const userOrAdmin = [deps.auth.guard("user", "admin"), limited];
+  registerSubmitRoute(app, deps, limited);
+  registerReadRoutes(app, deps, userOrAdmin);
+}
 
+/** POST /transactions/transfer, and the 405 for its other methods. */
+function registerSubmitRoute(app: HttpServer, deps: RouteDeps, limited: RequestHook): void {
   app.post(
     "/transactions/transfer",
     {
@@ -153,7 +159,10 @@ export function registerRoutes(
   );
 
   refuseMethod(app, "GET", "/transactions/transfer", ["POST"]);
+}
 
+/** A transfer, and a user's transfers. */
+function registerReadRoutes(app: HttpServer, deps: RouteDeps, userOrAdmin: RequestHook[]): void {
   app.get(
     "/transactions/:id",
     {

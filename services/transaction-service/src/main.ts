@@ -75,22 +75,9 @@ export interface App {
 type Config = ReturnType<typeof loadConfig<typeof configShape>>;
 type RedisClient = ReturnType<typeof openRedis>;
 
-/** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
-function startSaga(
-  deps: AppDeps,
-  secrets: AuthSecrets,
-  listeners: Listeners,
-  cache: TransferCache,
-  disbursementReads: DisbursementReads,
-) {
+/** The saga's store, its ledger client, and the runner that drives transfers with both. */
+function createSagaCore(deps: AppDeps, secrets: AuthSecrets, topics: ReturnType<typeof topicNames>) {
   const { config, logger, pool } = deps;
-  const brokers = splitList(config.KAFKA_BROKERS);
-  const sasl = kafkaSasl(config);
-  const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
-  const metrics = startServiceMetrics(listeners, logger);
-  cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
-
-  const producer = createProducer({ brokers, sasl, client_id: SERVICE });
   const store = new SagaStore(pool, {
     write_batch_max: config.SAGA_WRITE_BATCH_MAX,
     writes_in_flight_max: config.SAGA_WRITES_IN_FLIGHT_MAX,
@@ -107,6 +94,94 @@ function startSaga(
     record_resend_ms: config.RECORD_RESEND_MS,
     record_deadline_ms: config.RECORD_DEADLINE_MS,
   });
+  return { store, runner };
+}
+
+/**
+ * The consumer of the events topic (the records' events), which moves transfers on; an event that
+ * cannot be read, or whose handling breaks an invariant, goes to the dead letters.
+ */
+function startEventConsumer(parts: {
+  config: Config;
+  logger: Logger;
+  brokers: string[];
+  sasl: ReturnType<typeof kafkaSasl>;
+  topics: ReturnType<typeof topicNames>;
+  metrics: ReturnType<typeof startServiceMetrics>;
+  producer: ReturnType<typeof createProducer>;
+  store: SagaStore;
+  runner: SagaRunner;
+  cache: TransferCache;
+  disbursementReads: DisbursementReads;
+}) {
+  const {
+    config,
+    logger,
+    brokers,
+    sasl,
+    topics,
+    metrics,
+    producer,
+    store,
+    runner,
+    cache,
+    disbursementReads,
+  } = parts;
+  const eventCounters: EventCounters = { unknown_transfer_events: 0 };
+  const events = startBatchConsumer({
+    brokers,
+    sasl,
+    group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
+    client_id: SERVICE,
+    topics: [topics.events],
+    logger,
+    batch_max: config.EVENT_BATCH_MAX,
+    metrics,
+    handleBatch: createEventHandler({
+      store,
+      runner,
+      logger,
+      concurrency: config.EVENT_CONCURRENCY,
+      counters: eventCounters,
+      // Invalidation only: the transfer entry is written through from the saga's own row (onChange
+      // above), never from the event's snapshot, which a stale or forged message could carry.
+      // Sent together: one round trip to Redis.
+      onRecordEvent: async (transfer) => {
+        await Promise.all([
+          cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
+          cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+        ]);
+      },
+      onDisbursementRecorded: (id) => disbursementReads.recorded(id),
+      onUnreadable: deadLetterEvent,
+    }),
+    deadLetter: deadLetterEvent,
+  });
+
+  async function deadLetterEvent(message: ConsumedMessage, reason: string): Promise<void> {
+    await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
+    metrics.deadLettered(message.topic);
+  }
+  return { eventCounters, events };
+}
+
+/** The saga's engine-side parts: its store, ledger steps, outbox, webhooks, event consumer and sweep. */
+function startSaga(
+  deps: AppDeps,
+  secrets: AuthSecrets,
+  listeners: Listeners,
+  cache: TransferCache,
+  disbursementReads: DisbursementReads,
+) {
+  const { config, logger, pool } = deps;
+  const brokers = splitList(config.KAFKA_BROKERS);
+  const sasl = kafkaSasl(config);
+  const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
+  const metrics = startServiceMetrics(listeners, logger);
+  cache.onLookup = (name, hit) => metrics.cacheLookup(name, hit);
+
+  const producer = createProducer({ brokers, sasl, client_id: SERVICE });
+  const { store, runner } = createSagaCore(deps, secrets, topics);
 
   // Write-through: the cache holds the newest status of a transfer from its first transition on
   // (versioned, so a late record event never puts an older status back; failures only log).
@@ -136,41 +211,19 @@ function startSaga(
   });
   store.onWebhooks = () => webhooks.wake();
 
-  const eventCounters: EventCounters = { unknown_transfer_events: 0 };
-  const events = startBatchConsumer({
+  const { eventCounters, events } = startEventConsumer({
+    config,
+    logger,
     brokers,
     sasl,
-    group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
-    client_id: SERVICE,
-    topics: [topics.events],
-    logger,
-    max_batch: config.EVENT_BATCH_MAX,
+    topics,
     metrics,
-    handleBatch: createEventHandler({
-      store,
-      runner,
-      logger,
-      concurrency: config.EVENT_CONCURRENCY,
-      counters: eventCounters,
-      // Invalidation only: the transfer entry is written through from the saga's own row (onChange
-      // above), never from the event's snapshot, which a stale or forged message could carry.
-      // Sent together: one round trip to Redis.
-      onRecordEvent: async (transfer) => {
-        await Promise.all([
-          cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
-          cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
-        ]);
-      },
-      onDisbursementRecorded: (id) => disbursementReads.recorded(id),
-      onUnreadable: deadLetterEvent,
-    }),
-    deadLetter: deadLetterEvent,
+    producer,
+    store,
+    runner,
+    cache,
+    disbursementReads,
   });
-
-  async function deadLetterEvent(message: ConsumedMessage, reason: string): Promise<void> {
-    await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
-    metrics.deadLettered(message.topic);
-  }
 
   const sweeper = startSweeper({
     store,
@@ -202,6 +255,7 @@ function startSaga(
   };
 }
 
+// biome-ignore lint/complexity/noExcessiveLinesPerFunction: wiring; the service's parts are built and registered in order (cache, reads, saga, limits, waiters, OpenAPI, routes, health)
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config, logger, pool, redis, secrets } = deps;
 

@@ -34,18 +34,23 @@ const secretAnswer = z.object({
   secret: z.string().describe("The signing secret (`whsec_<base64>`), shown only in this answer"),
 });
 
-export function registerWebhookRoutes(
-  app: HttpServer,
-  deps: {
-    pool: Pool;
-    /** Authentication (a user's token) and the rate limit. */
-    onRequest: Array<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>;
-    allow_private: boolean;
-    secret_grace_ms: number;
-    /** A redelivery was asked for: the dispatcher looks now. */
-    wake: () => void;
-  },
-): void {
+type WebhookRouteDeps = {
+  pool: Pool;
+  /** Authentication (a user's token) and the rate limit. */
+  onRequest: Array<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>;
+  allow_private: boolean;
+  secret_grace_ms: number;
+  /** A redelivery was asked for: the dispatcher looks now. */
+  wake: () => void;
+};
+
+export function registerWebhookRoutes(app: HttpServer, deps: WebhookRouteDeps): void {
+  registerEndpointRoutes(app, deps);
+  registerDeliveryRoutes(app, deps);
+}
+
+/** What every webhook route shares: its hooks, its OpenAPI tags and security, its error answers. */
+function routeParts(deps: WebhookRouteDeps) {
   const common = { onRequest: deps.onRequest };
   const meta = { tags: ["webhooks"], security: securityFor("user") };
   const errors = (notFound?: string) =>
@@ -55,6 +60,12 @@ export function registerWebhookRoutes(
       429,
       notFound === undefined ? { 403: "Not a user's token" } : { 403: "Not a user's token", 404: notFound },
     );
+  return { common, meta, errors };
+}
+
+/** Registering, listing, deleting an endpoint and rotating its secret. */
+function registerEndpointRoutes(app: HttpServer, deps: WebhookRouteDeps): void {
+  const { common, meta, errors } = routeParts(deps);
 
   app.post(
     "/webhooks",
@@ -145,6 +156,11 @@ export function registerWebhookRoutes(
         ),
       ),
   );
+}
+
+/** An endpoint's delivery log and redelivery. */
+function registerDeliveryRoutes(app: HttpServer, deps: WebhookRouteDeps): void {
+  const { common, meta, errors } = routeParts(deps);
 
   app.get(
     "/webhooks/:id/deliveries",

@@ -18,7 +18,7 @@ import {
   type TransferEvent,
   topicNames,
 } from "#packages/contracts/messages.ts";
-import { MAX_MINOR } from "#packages/contracts/money.ts";
+import { AMOUNT_MAX_MINOR } from "#packages/contracts/money.ts";
 import { type FailureReason, statusRank, type TransferStatus } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
@@ -86,7 +86,8 @@ class ModelLedger implements LedgerPort {
   /** Room rule: balance + held out + credit <= 2^53-1, so that any refund fits. */
   fits(user: number, amount: number): boolean {
     return (
-      BigInt(this.balances.get(user) ?? 0) + BigInt(this.heldOut(user)) + BigInt(amount) <= BigInt(MAX_MINOR)
+      BigInt(this.balances.get(user) ?? 0) + BigInt(this.heldOut(user)) + BigInt(amount) <=
+      BigInt(AMOUNT_MAX_MINOR)
     );
   }
 
@@ -207,7 +208,7 @@ class ModelLedger implements LedgerPort {
     if (hold.state === "posted") return this.#leave(id, { kind: "already_posted" }, null);
     if (hold.state === "held") {
       const balance = this.balances.get(hold.source) ?? 0;
-      assert.ok(balance + hold.amount <= MAX_MINOR, "a refund must always fit");
+      assert.ok(balance + hold.amount <= AMOUNT_MAX_MINOR, "a refund must always fit");
       this.clearing -= hold.amount;
       this.balances.set(hold.source, balance + hold.amount);
       hold.state = "voided";
@@ -552,7 +553,7 @@ async function runScenario(input: Scenario): Promise<void> {
   world.assertSettled();
 }
 
-const NEAR_MAX = MAX_MINOR - 150;
+const NEAR_MAX = AMOUNT_MAX_MINOR - 150;
 const first = (i: number) => `0190b5a8-0000-7000-8000-${String(i).padStart(12, "0")}`;
 
 describe("saga under duplicated, reordered and lost messages", () => {

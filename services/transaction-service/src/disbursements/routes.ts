@@ -12,7 +12,7 @@ import {
   disbursementView,
 } from "#packages/contracts/disbursement.ts";
 import { transferIdSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
-import { amountMinorSchema, MAX_MINOR } from "#packages/contracts/money.ts";
+import { AMOUNT_MAX_MINOR, amountMinorSchema } from "#packages/contracts/money.ts";
 import { decodeCursor, listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
 import { redactFor, transferSnapshotSchema } from "#packages/contracts/transfer.ts";
 import {
@@ -136,11 +136,11 @@ export function checkItems(body: DisbursementBody): bigint {
     references.set(item.reference, index);
     total += BigInt(item.amount);
   }
-  if (total > BigInt(MAX_MINOR)) {
+  if (total > BigInt(AMOUNT_MAX_MINOR)) {
     throw new ApiError(
       422,
       "total_too_large",
-      `items: the amounts total ${total}, more than ${MAX_MINOR} minor units`,
+      `items: the amounts total ${total}, more than ${AMOUNT_MAX_MINOR} minor units`,
     );
   }
   return total;
@@ -199,23 +199,39 @@ function submitDisbursement(
   });
 }
 
-export function registerDisbursementRoutes(
-  app: HttpServer,
-  deps: {
-    store: DisbursementStore;
-    saga: SagaStore;
-    funder: DisbursementFunder;
-    auth: Authenticator;
-    limiter: RateLimiter;
-    waiters: FinalStatusWaiters;
-    reads: DisbursementReads;
-    step_timeout_ms: number;
-  },
-): void {
-  const limited = deps.limiter.hook();
-  const userOrAdmin = [deps.auth.guard("user", "admin"), limited];
-  const idParams = z.strictObject({ id: transferIdSchema });
+type DisbursementRouteDeps = {
+  store: DisbursementStore;
+  saga: SagaStore;
+  funder: DisbursementFunder;
+  auth: Authenticator;
+  limiter: RateLimiter;
+  waiters: FinalStatusWaiters;
+  reads: DisbursementReads;
+  step_timeout_ms: number;
+};
 
+/** The request hooks the routes share: one rate-limit hook, and the payer-or-operator guard. */
+type DisbursementHooks = {
+  limited: ReturnType<RateLimiter["hook"]>;
+  userOrAdmin: Array<ReturnType<RateLimiter["hook"]>>;
+};
+
+const idParams = z.strictObject({ id: transferIdSchema });
+
+export function registerDisbursementRoutes(app: HttpServer, deps: DisbursementRouteDeps): void {
+  const limited = deps.limiter.hook();
+  const hooks: DisbursementHooks = { limited, userOrAdmin: [deps.auth.guard("user", "admin"), limited] };
+  registerCreateRoute(app, deps, hooks);
+  registerOneRoute(app, deps, hooks);
+  registerItemsRoute(app, deps, hooks);
+  registerListRoute(app, deps, hooks);
+}
+
+function registerCreateRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { limited }: DisbursementHooks,
+): void {
   app.post(
     "/disbursements",
     {
@@ -262,7 +278,13 @@ export function registerDisbursementRoutes(
       return sendAs(reply, answer.status, answer.body);
     },
   );
+}
 
+function registerOneRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { userOrAdmin }: DisbursementHooks,
+): void {
   app.get(
     "/disbursements/:id",
     {
@@ -305,7 +327,13 @@ export function registerDisbursementRoutes(
       return ok({ disbursement: disbursementView(d) });
     },
   );
+}
 
+function registerItemsRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { userOrAdmin }: DisbursementHooks,
+): void {
   app.get(
     "/disbursements/:id/items",
     {
@@ -361,7 +389,13 @@ export function registerDisbursementRoutes(
       return ok({ items, pagination: { limit, has_more: page.has_more, next_cursor: next } });
     },
   );
+}
 
+function registerListRoute(
+  app: HttpServer,
+  deps: DisbursementRouteDeps,
+  { limited }: DisbursementHooks,
+): void {
   app.get(
     "/disbursements",
     {

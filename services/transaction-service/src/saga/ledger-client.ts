@@ -81,9 +81,9 @@ export class LedgerClient {
     const lane = (name: string) =>
       new Batcher<Step, LedgerAnswer | Error>({
         name,
-        max_batch: limits.batch_max,
-        max_in_flight: limits.in_flight_max,
-        max_waiting: limits.waiting_max,
+        batch_max: limits.batch_max,
+        in_flight_max: limits.in_flight_max,
+        waiting_max: limits.waiting_max,
         key: (step) => step.transfer_id,
         run: (steps) => this.#call(steps),
       });

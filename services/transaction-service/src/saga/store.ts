@@ -168,9 +168,9 @@ export class SagaStore {
     // Concurrent requests and event handlers share statements (and commits): see Batcher. A
     // batch holds each transfer (and each idempotency key) at most once.
     const batching = {
-      max_batch: limits.write_batch_max,
-      max_in_flight: limits.writes_in_flight_max,
-      max_waiting: limits.writes_waiting_max,
+      batch_max: limits.write_batch_max,
+      in_flight_max: limits.writes_in_flight_max,
+      waiting_max: limits.writes_waiting_max,
     };
     this.#inserts = new Batcher({
       name: "saga inserts",

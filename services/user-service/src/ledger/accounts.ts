@@ -17,7 +17,7 @@
  *   order (the transfers' advisory locks by key, then the wallets by user id): two batches cannot
  *   deadlock. Deposits and closes lock one wallet only.
  */
-import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
+import { AMOUNT_MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
 import type { Pool, PoolClient } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import type { UserRow } from "../domain.ts";
@@ -83,7 +83,7 @@ export async function creditWallet(
     `UPDATE accounts SET balance_minor = balance_minor + $2::bigint, updated_at = now()
      WHERE user_id = $1 AND balance_minor::numeric + ledger_held_out($1) + $2::bigint <= $3::bigint
      RETURNING id, balance_minor`,
-    [user_id, amount, MAX_MINOR],
+    [user_id, amount, AMOUNT_MAX_MINOR],
   );
   const row = rows[0];
   return row ? { account_id: row.id, balance_after: minorFromPg(row.balance_minor) } : null;

@@ -2,7 +2,7 @@
  * Deposits: external -> wallet, one balanced posting each, idempotent by an optional key (a
  * replay answers the first deposit; the same key for another user or amount is refused).
  */
-import { MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
+import { AMOUNT_MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import type { DepositRow, UserRow } from "../domain.ts";
@@ -44,7 +44,7 @@ export async function depositIn(
   if (credit === null) {
     throw new Refusal(
       "balance_limit_exceeded",
-      `the balance of user ${user_id} would exceed ${MAX_MINOR} minor units`,
+      `the balance of user ${user_id} would exceed ${AMOUNT_MAX_MINOR} minor units`,
     );
   }
   // Asked again now that we hold the wallet lock: a close may have committed while we waited.

@@ -12,7 +12,7 @@ import {
   type LedgerOperation,
   type StepRefusalCode,
 } from "#packages/contracts/ledger.ts";
-import { MAX_MINOR } from "#packages/contracts/money.ts";
+import { AMOUNT_MAX_MINOR } from "#packages/contracts/money.ts";
 import type { Pool } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import type { HoldRow } from "../domain.ts";
@@ -61,7 +61,10 @@ export async function applyBatch(
     if (o.op !== "hold") continue;
     assert(Number.isSafeInteger(o.amount), `hold ${o.transfer_id}: amount ${o.amount} is not an integer`);
     assert(o.amount > 0, `hold ${o.transfer_id}: amount ${o.amount} is not positive`);
-    assert(o.amount <= MAX_MINOR, `hold ${o.transfer_id}: amount ${o.amount} is above ${MAX_MINOR}`);
+    assert(
+      o.amount <= AMOUNT_MAX_MINOR,
+      `hold ${o.transfer_id}: amount ${o.amount} is above ${AMOUNT_MAX_MINOR}`,
+    );
     assert(Number.isSafeInteger(o.source_user_id), `hold ${o.transfer_id}: source ${o.source_user_id}`);
     assert(o.source_user_id > 0, `hold ${o.transfer_id}: source ${o.source_user_id} is not positive`);
     assert(Number.isSafeInteger(o.dest_user_id), `hold ${o.transfer_id}: destination ${o.dest_user_id}`);

@@ -9,7 +9,7 @@ import {
   fundingItemResultSchema,
   fundingRequestSchema,
 } from "#packages/contracts/ledger.ts";
-import { MAX_MINOR } from "#packages/contracts/money.ts";
+import { AMOUNT_MAX_MINOR } from "#packages/contracts/money.ts";
 import type { Authenticator } from "#packages/http/auth.ts";
 import { securityFor } from "#packages/http/auth.ts";
 import { ApiError, ok } from "#packages/http/errors.ts";
@@ -61,8 +61,12 @@ export function registerBatchFundingRoute(internal: HttpServer, auth: Authentica
         }
         total += BigInt(item.amount);
       }
-      if (total > BigInt(MAX_MINOR)) {
-        throw new ApiError(422, "total_too_large", `the items total ${total}, over ${MAX_MINOR} minor units`);
+      if (total > BigInt(AMOUNT_MAX_MINOR)) {
+        throw new ApiError(
+          422,
+          "total_too_large",
+          `the items total ${total}, over ${AMOUNT_MAX_MINOR} minor units`,
+        );
       }
       const results = await fundBatch(pool, {
         disbursement_id: request.params.disbursement_id,
