@@ -480,7 +480,7 @@ describe("the Helm chart", () => {
     assert.match(res.stderr, /must not exceed engines.kafkaPartitions/);
   });
 
-  test("per service: a Deployment probed on /health, with resources, a PDB, an HPA, a ConfigMap and a Secret", () => {
+  test("per service: a Deployment probed on /health (ready: /health/ready), with resources, a PDB, an HPA, a ConfigMap and a Secret", () => {
     for (const name of serviceNames) {
       const deployment = of("Deployment", name);
       assert.ok(deployment?.spec !== undefined, `${name}: no Deployment`);
@@ -492,7 +492,7 @@ describe("the Helm chart", () => {
         resources: { requests: object; limits: object };
       };
       assert.deepEqual(container.args, [name]);
-      assert.equal(container.readinessProbe.httpGet.path, "/health");
+      assert.equal(container.readinessProbe.httpGet.path, "/health/ready");
       assert.equal(container.livenessProbe.httpGet.path, "/health");
       assert.deepEqual(keysOf(container.resources.requests), ["cpu", "memory"]);
       assert.deepEqual(keysOf(container.resources.limits), ["cpu", "memory"]);
