@@ -17,6 +17,8 @@ export interface BatchOptions {
   duration_s: number;
   /** Longest wait a read asks for (Prefer: wait=N), seconds. */
   wait_s: number;
+  /** Stop after this many disbursements were sent (a counted run), even before the duration. */
+  batches_max?: number;
 }
 
 export interface BatchResult {
@@ -108,7 +110,8 @@ export async function batchLoop(
   };
 
   const worker = async (): Promise<void> => {
-    while (performance.now() < deadline) {
+    const more = () => r.batches_sent < (options.batches_max ?? Number.POSITIVE_INFINITY);
+    while (performance.now() < deadline && more()) {
       await oneBatch().catch(() => {
         r.errors += 1;
       });

@@ -165,7 +165,7 @@ async function runPhase(
   out_dir: string,
   profiled: boolean,
   tracing: boolean,
-  counted: number | null = null,
+  counted: CountedRun | null = null,
 ): Promise<void> {
   const started_at = new Date().toISOString();
   const transaction_url = required("TEST_TRANSACTION_SERVICE_URL");
@@ -432,15 +432,52 @@ const COUNTED_CONCURRENCY = 16;
 const IDLE_SAMPLE_S = 10;
 const COUNTED_WARMUP = 200;
 
+/** A counted run: N single transfers (`--count N`) or N disbursements of 1,000 items (`--batches N`). */
+export type CountedRun = { kind: "transfers" | "batches"; count: number };
+
+const COUNTED_BATCH_SIZE = 1_000;
+
+/** Runs the counted load; returns how many transfers ended final and a line that says how. */
+async function countedLoad(
+  target: LoadTarget,
+  wallets: number[],
+  run: CountedRun,
+): Promise<{ finals: number; duration_s: number; summary: string }> {
+  if (run.kind === "transfers") {
+    const r = await countedLoop(
+      target,
+      { wallets, hot_share: 0 },
+      { concurrency: COUNTED_CONCURRENCY, transfers: run.count },
+    );
+    return {
+      finals: r.completed + r.failed,
+      duration_s: r.duration_s,
+      summary: `${run.count} transfers by ${COUNTED_CONCURRENCY} clients in ${r.duration_s.toFixed(1)} s, ${r.completed} completed, ${r.failed} failed, ${r.errors} errors, ${r.gets_per_transfer} GETs each`,
+    };
+  }
+  const r = await batchLoop(target, wallets, {
+    batch_size: COUNTED_BATCH_SIZE,
+    concurrency: 2,
+    duration_s: 3_600,
+    wait_s: 10,
+    batches_max: run.count,
+  });
+  return {
+    finals: r.items_completed + r.items_failed,
+    duration_s: r.duration_s,
+    summary: `${run.count} batches of ${COUNTED_BATCH_SIZE} by 2 clients in ${r.duration_s.toFixed(1)} s: ${r.batch_tps} completed items/s, ${r.items_completed} completed, ${r.items_failed} failed, ${r.errors} errors, batch p50 ${r.batch_p50_ms} / p99 ${r.batch_p99_ms} ms`,
+  };
+}
+
 /**
- * `--count N`: N transfers, and the CPU each process spent on them (its idle rate, measured
- * first, taken out), with the transactions each database committed per transfer. On a shared
- * machine these move little with other work, unlike throughput: compare two runs of this.
+ * `--count N` / `--batches N`: the run, and the CPU each process spent per transfer (its idle
+ * rate, measured first, taken out), with the transactions each database committed per transfer.
+ * On a shared machine these move little with other work, unlike throughput: compare two runs.
  */
 async function countedRun(
   target: LoadTarget,
   wallets: number[],
-  transfers: number,
+  counted: CountedRun,
   service_pids: ReadonlyMap<number, string>,
   ledger: ReturnType<typeof createPool>,
 ): Promise<void> {
@@ -451,29 +488,23 @@ async function countedRun(
     return Object.fromEntries(rows.map((r) => [r.datname, Number(r.xact_commit)]));
   };
   // Warm (JIT, pools, caches), then let the warm-up's last records settle before the idle sample.
-  await countedLoop(
-    target,
-    { wallets, hot_share: 0 },
-    { concurrency: COUNTED_CONCURRENCY, transfers: COUNTED_WARMUP },
-  );
+  await countedLoad(target, wallets, {
+    kind: counted.kind,
+    count: counted.kind === "transfers" ? COUNTED_WARMUP : 1,
+  });
   await sleep(3_000);
   const idle_from = sampleCpu(service_pids, data_dir);
   await sleep(IDLE_SAMPLE_S * 1000);
   const idle_s = cpuSecondsBetween(idle_from, sampleCpu(service_pids, data_dir));
+  const admin = createPool(required("BENCH_ADMIN_DATABASE_URL"), { max: 1, application_name: "bench" });
+  const statements = await statementStats(admin);
   const commits_before = await commits();
   const before = sampleCpu(service_pids, data_dir);
-  const run = await countedLoop(
-    target,
-    { wallets, hot_share: 0 },
-    { concurrency: COUNTED_CONCURRENCY, transfers },
-  );
+  const run = await countedLoad(target, wallets, counted);
   const used_s = cpuSecondsBetween(before, sampleCpu(service_pids, data_dir));
   const commits_after = await commits();
-  const finals = run.completed + run.failed;
-  say(
-    `counted run: ${transfers} transfers by ${COUNTED_CONCURRENCY} clients in ${run.duration_s.toFixed(1)} s, ` +
-      `${run.completed} completed, ${run.failed} failed, ${run.errors} errors, ${run.gets_per_transfer} GETs each`,
-  );
+  const finals = Math.max(1, run.finals);
+  say(`counted run: ${run.summary}`);
   const per_transfer: Record<string, { cpu_us: number; cpu_us_less_idle: number }> = {};
   for (const group of Object.keys(used_s).sort()) {
     const used = used_s[group] ?? 0;
@@ -491,9 +522,46 @@ async function countedRun(
     commits_per_transfer[db] = Math.round(((n - (commits_before[db] ?? 0)) / finals) * 100) / 100;
   }
   say(`  commits per transfer: ${JSON.stringify(commits_per_transfer)}`);
+  for (const line of await statements.top(finals)) say(line);
+  await admin.end();
   process.stdout.write(
-    `COUNTED ${JSON.stringify({ transfers, finals, per_transfer, commits_per_transfer })}\n`,
+    `COUNTED ${JSON.stringify({ kind: counted.kind, count: counted.count, finals: run.finals, per_transfer, commits_per_transfer })}\n`,
   );
+}
+
+const STATEMENTS_SHOWN = 15;
+
+/**
+ * PostgreSQL's statement statistics (pg_stat_statements, loaded by the stack's engine), reset
+ * now; `top` gives the costliest statements since, per transfer. Absent when the engine was
+ * started without the library (then `top` says so).
+ */
+async function statementStats(
+  db: ReturnType<typeof createPool>,
+): Promise<{ top(finals: number): Promise<string[]> }> {
+  try {
+    await db.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+    await db.query("SELECT pg_stat_statements_reset()");
+  } catch (error) {
+    const why = (error as Error).message;
+    return { top: async () => [`  statement statistics unavailable: ${why}`] };
+  }
+  return {
+    async top(finals) {
+      const { rows } = await db.query<{ datname: string; calls: string; total_ms: number; query: string }>(
+        `SELECT d.datname, s.calls, s.total_exec_time AS total_ms, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 110) AS query
+           FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+          ORDER BY s.total_exec_time DESC LIMIT ${STATEMENTS_SHOWN}`,
+      );
+      return [
+        "  costliest statements (µs per transfer, calls per transfer, database, statement):",
+        ...rows.map(
+          (r) =>
+            `  ${fmt((r.total_ms * 1000) / finals).padStart(8)} ${(Number(r.calls) / finals).toFixed(3).padStart(7)}  ${r.datname.padEnd(18)} ${r.query}`,
+        ),
+      ];
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -820,6 +888,7 @@ async function main(): Promise<void> {
       out: { type: "string" },
       phase: { type: "string", default: "run" },
       count: { type: "string" },
+      batches: { type: "string" },
       cluster: { type: "boolean", default: false },
       /** With --cluster: the stack this run drives, "single" or "cluster" (its own subfolder). */
       stack: { type: "string" },
@@ -829,6 +898,13 @@ async function main(): Promise<void> {
   if (counted !== null && !(Number.isInteger(counted) && counted >= 1 && counted <= 1_000_000)) {
     throw new Error("--count takes a whole number of transfers, 1 to 1,000,000");
   }
+  const batches_counted = values.batches === undefined ? null : Number(values.batches);
+  if (
+    batches_counted !== null &&
+    !(Number.isInteger(batches_counted) && batches_counted >= 1 && batches_counted <= 1_000)
+  ) {
+    throw new Error("--batches takes a whole number of batches of 1,000 items, 1 to 1,000");
+  }
   const mode = modes[values.smoke ? "smoke" : values.quick ? "quick" : values.long ? "long" : "full"];
   const suffix = `${values.profile ? "-profile" : ""}${values.tracing ? "-tracing" : ""}${values.cluster ? "-cluster" : ""}`;
   const base_dir = resolve(
@@ -837,10 +913,16 @@ async function main(): Promise<void> {
       (mode.name === "full" && suffix === "" ? "docs/benchmark" : `.data/bench/${mode.name}${suffix}`),
   );
   const out_dir = values.stack === undefined ? base_dir : join(base_dir, values.stack);
-  if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing, counted);
+  const run: CountedRun | null =
+    counted !== null
+      ? { kind: "transfers", count: counted }
+      : batches_counted !== null
+        ? { kind: "batches", count: batches_counted }
+        : null;
+  if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing, run);
   // A counted run has printed its figures: nothing to report.
   else if (values.phase === "report") {
-    if (counted === null) await reportPhase(out_dir);
+    if (run === null) await reportPhase(out_dir);
   } else if (values.phase === "compare") await compareStacks(base_dir);
   else throw new Error(`unknown phase ${values.phase}`);
 }

@@ -20,6 +20,7 @@ import { parseArgs } from "node:util";
 import { startOtlpReceiver } from "../../packages/tracing/test/otlp-receiver.ts";
 import { balancerSpec, replicas_max } from "./balancer.ts";
 import { kafkaBrokerList, kafkaNode } from "./engines/kafka.ts";
+import { pgUrl } from "./engines/postgres.ts";
 import { deleteKeysWithPrefix } from "./engines/redis.ts";
 import { benchOtlpPort, databaseOf, secretNames } from "./env.ts";
 import {
@@ -627,7 +628,13 @@ async function benchOn(args: string[], brokers = 1, replicas = 1): Promise<numbe
     },
     async (env, spawnChild, sup) => {
       const pids = Object.fromEntries((sup?.status() ?? []).map((s) => [s.name, s.pid ?? 0]));
-      const childEnv = { ...env, BENCH_SERVICE_PIDS: JSON.stringify(pids), BENCH_PGBENCH: pgbenchPath };
+      const childEnv = {
+        ...env,
+        BENCH_SERVICE_PIDS: JSON.stringify(pids),
+        BENCH_PGBENCH: pgbenchPath,
+        // The stack's superuser, for the server-wide statement statistics of a counted run.
+        BENCH_ADMIN_DATABASE_URL: pgUrl("dps_bench_baseline"),
+      };
       return (await spawnChild(process.execPath, [...benchArgs, "--phase", "run"], childEnv)).code;
     },
   ).finally(() => sink?.close());
@@ -651,7 +658,7 @@ const usage = [
   "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
   "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
   "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
-  "       scripts/run.sh bench [--smoke|--quick|--long] [--profile] [--tracing] [--cluster] [--count N] [--out DIR]",
+  "       scripts/run.sh bench [--smoke|--quick|--long] [--profile] [--tracing] [--cluster] [--count N] [--batches N] [--out DIR]",
   "       scripts/run.sh audit [--quiet]",
   "       scripts/run.sh dead-letters list|replay <id>|replay --all",
 ];
@@ -713,6 +720,7 @@ const commandArgs: Record<string, (args: string[]) => void> = {
       cluster: { type: "boolean" },
       out: { type: "string" },
       count: { type: "string" },
+      batches: { type: "string" },
     }),
   audit: (args) => checkArgs("audit", args, { quiet: { type: "boolean" } }),
   "dead-letters": (args) => checkArgs("dead-letters", args, { all: { type: "boolean" } }, 2),

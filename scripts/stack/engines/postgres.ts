@@ -128,6 +128,10 @@ function writeConfig(): void {
     "log_timezone = 'UTC'",
     "log_line_prefix = '%m [%p] %q%u@%d '",
     "lc_messages = 'C'",
+    // Statement statistics for operators and the benchmark's profile (`npm run bench -- --batches N`
+    // prints the costliest statements). Loaded at start: a restart of the engine takes it in.
+    "shared_preload_libraries = 'pg_stat_statements'",
+    "pg_stat_statements.track = 'all'",
     "",
   ].join("\n");
   const file = join(dataDir, "dps.conf");
