@@ -498,6 +498,7 @@ async function countedRun(
   const idle_s = cpuSecondsBetween(idle_from, sampleCpu(service_pids, data_dir));
   const admin = createPool(required("BENCH_ADMIN_DATABASE_URL"), { max: 1, application_name: "bench" });
   const statements = await statementStats(admin);
+  const messages_before = await kafkaMessagesHandled();
   const commits_before = await commits();
   const before = sampleCpu(service_pids, data_dir);
   const run = await countedLoad(target, wallets, counted);
@@ -522,11 +523,39 @@ async function countedRun(
     commits_per_transfer[db] = Math.round(((n - (commits_before[db] ?? 0)) / finals) * 100) / 100;
   }
   say(`  commits per transfer: ${JSON.stringify(commits_per_transfer)}`);
+  const messages_after = await kafkaMessagesHandled();
+  const messages_per_transfer: Record<string, number> = {};
+  for (const [topic, n] of Object.entries(messages_after)) {
+    messages_per_transfer[topic] = Math.round(((n - (messages_before[topic] ?? 0)) / finals) * 1000) / 1000;
+  }
+  say(`  Kafka messages handled per transfer: ${JSON.stringify(messages_per_transfer)}`);
   for (const line of await statements.top(finals)) say(line);
   await admin.end();
   process.stdout.write(
     `COUNTED ${JSON.stringify({ kind: counted.kind, count: counted.count, finals: run.finals, per_transfer, commits_per_transfer })}\n`,
   );
+}
+
+/**
+ * Kafka messages the services' consumers finished with, by topic, from their own counters
+ * (dps_kafka_messages_handled_total on each internal listener); a service that does not answer
+ * counts nothing.
+ */
+async function kafkaMessagesHandled(): Promise<Record<string, number>> {
+  const totals: Record<string, number> = {};
+  const ports = ["TRANSACTION_SERVICE_INTERNAL_PORT", "TRANSACTION_COMMAND_SERVICE_INTERNAL_PORT"]
+    .map((name) => process.env[name])
+    .filter((port): port is string => port !== undefined);
+  for (const port of ports) {
+    const text = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) })
+      .then((r) => r.text())
+      .catch(() => "");
+    for (const line of text.split("\n")) {
+      const match = /^dps_kafka_messages_handled_total\{[^}]*topic="([^"]+)"[^}]*\} (\S+)$/.exec(line);
+      if (match !== null) totals[match[1] as string] = (totals[match[1] as string] ?? 0) + Number(match[2]);
+    }
+  }
+  return totals;
 }
 
 const STATEMENTS_SHOWN = 15;

@@ -31,6 +31,24 @@ export const recordTransferCommandSchema = z.object({
 export type RecordTransferCommand = z.infer<typeof recordTransferCommandSchema>;
 
 /**
+ * Most transfer records one message carries. A record is about 350 bytes of JSON, so a full
+ * pack stays far below the brokers' 1 MiB message limit.
+ */
+export const RECORD_PACK_MAX = 250;
+
+/**
+ * Several RecordTransfer commands of one trace (a disbursement's items, moving in step) in one
+ * message: each snapshot is applied exactly as its own RecordTransfer would be. Keyed by its
+ * first transfer id; a transfer's records need no order between them (statuses only move forward).
+ */
+export const recordTransfersCommandSchema = z.object({
+  type: z.literal("RecordTransfers"),
+  message_id: z.uuid(),
+  snapshots: z.array(transferSnapshotSchema).min(1).max(RECORD_PACK_MAX),
+});
+export type RecordTransfersCommand = z.infer<typeof recordTransfersCommandSchema>;
+
+/**
  * Write the disbursement record so that it is at least at `snapshot.version`. Sent on the
  * commands topic, keyed by the disbursement id; applying it twice, or an older version after a
  * newer one, changes nothing.
@@ -45,6 +63,7 @@ export type RecordDisbursementCommand = z.infer<typeof recordDisbursementCommand
 /** Everything the commands topic carries. */
 export const recordCommandSchema = z.discriminatedUnion("type", [
   recordTransferCommandSchema,
+  recordTransfersCommandSchema,
   recordDisbursementCommandSchema,
 ]);
 export type RecordCommand = z.infer<typeof recordCommandSchema>;
@@ -55,8 +74,18 @@ export const transferRecordedEventSchema = z.object({
   message_id: z.uuid(),
   transfer_id: transferIdSchema,
   status: transferStatusSchema,
-  snapshot: transferSnapshotSchema,
 });
+
+/** The answer to a RecordTransfers: every record of the pack written, each at (at least) its status. */
+export const transfersRecordedEventSchema = z.object({
+  type: z.literal("TransfersRecorded"),
+  message_id: z.uuid(),
+  records: z
+    .array(z.object({ transfer_id: transferIdSchema, status: transferStatusSchema }))
+    .min(1)
+    .max(RECORD_PACK_MAX),
+});
+export type TransfersRecordedEvent = z.infer<typeof transfersRecordedEventSchema>;
 
 /** The record could not be written and never will be (the command went to dead letters). */
 export const transferRecordRejectedEventSchema = z.object({
@@ -84,6 +113,7 @@ export type DisbursementRecordedEvent = z.infer<typeof disbursementRecordedEvent
 /** Everything the events topic carries. */
 export const recordEventSchema = z.discriminatedUnion("type", [
   transferRecordedEventSchema,
+  transfersRecordedEventSchema,
   transferRecordRejectedEventSchema,
   disbursementRecordedEventSchema,
 ]);

@@ -25,6 +25,7 @@ import {
   type RecordTransferCommand,
   recordCommandSchema,
   type TopicNames,
+  type TransfersRecordedEvent,
 } from "#packages/contracts/messages.ts";
 import {
   type ConsumedMessage,
@@ -88,9 +89,15 @@ function isTimeout(error: unknown): boolean {
   );
 }
 
+/** One command to apply: a RecordTransfers pack is read as one RecordTransfer per snapshot. */
+type SingleCommand = RecordTransferCommand | RecordDisbursementCommand;
+
 interface Parsed {
+  /** The command's own message (for a pack's snapshot, a message of that one command). */
   message: ConsumedMessage;
-  command: RecordCommand;
+  command: SingleCommand;
+  /** The pack it came in (its message_id), answered by one TransfersRecorded. */
+  pack?: string;
 }
 
 interface Applied {
@@ -108,7 +115,7 @@ interface BatchOut {
 }
 
 /** A command's failures are counted by what it asks for, so a redelivery at another offset keeps its count. */
-function attemptKey(command: RecordCommand): string {
+function attemptKey(command: SingleCommand): string {
   const step = command.type === "RecordTransfer" ? command.snapshot.status : `v${command.snapshot.version}`;
   return `${command.snapshot.id.toLowerCase()}:${step}`;
 }
@@ -130,7 +137,7 @@ export function createRecordWriter(deps: WriterDeps) {
   let timeoutsInARow = 0;
 
   /** One more failure of this command; the oldest tracked command is forgotten first when full. */
-  function countFailure(command: RecordCommand): number {
+  function countFailure(command: SingleCommand): number {
     const key = attemptKey(command);
     const tries = (attempts.get(key) ?? 0) + 1;
     attempts.delete(key);
@@ -228,13 +235,19 @@ export function createRecordWriter(deps: WriterDeps) {
 function eventMessage(topics: WriterDeps["topics"], value: RecordEvent): OutgoingMessage {
   return {
     topic: topics.events,
-    key: value.type === "DisbursementRecorded" ? value.disbursement_id : value.transfer_id,
+    key: eventKey(value),
     value,
     headers: injectKafkaHeaders(),
   };
 }
 
-function recordedMessage(topics: WriterDeps["topics"], command: RecordCommand): OutgoingMessage {
+function eventKey(value: RecordEvent): string {
+  if (value.type === "DisbursementRecorded") return value.disbursement_id;
+  if (value.type === "TransfersRecorded") return value.records[0]?.transfer_id ?? "";
+  return value.transfer_id;
+}
+
+function recordedMessage(topics: WriterDeps["topics"], command: SingleCommand): OutgoingMessage {
   return command.type === "RecordDisbursement"
     ? eventMessage(topics, {
         type: "DisbursementRecorded",
@@ -247,7 +260,6 @@ function recordedMessage(topics: WriterDeps["topics"], command: RecordCommand): 
         message_id: randomUUID(),
         transfer_id: command.snapshot.id,
         status: command.snapshot.status,
-        snapshot: command.snapshot,
       });
 }
 
@@ -324,24 +336,62 @@ function parseAll(deps: WriterDeps, messages: ConsumedMessage[], out: BatchOut):
       out.messages.push(deadLetter(message, `not a valid record command: ${result.error.message}`, 1));
       continue;
     }
-    const command = result.data;
-    if (
-      command.type === "RecordTransfer" &&
-      command.snapshot.status === "PENDING" &&
-      deps.faults.reject_pending_for_source_user_ids.has(command.snapshot.source_user_id)
-    ) {
-      const reason = "injected fault: record refused";
-      out.messages.push(deadLetter(message, reason, 1), rejectedMessage(deps.topics, command, reason));
-      continue;
+    for (const parsed of unpack(message, result.data)) {
+      const command = parsed.command;
+      if (
+        command.type === "RecordTransfer" &&
+        command.snapshot.status === "PENDING" &&
+        deps.faults.reject_pending_for_source_user_ids.has(command.snapshot.source_user_id)
+      ) {
+        const reason = "injected fault: record refused";
+        out.messages.push(
+          deadLetter(parsed.message, reason, 1),
+          rejectedMessage(deps.topics, command, reason),
+        );
+        continue;
+      }
+      valid.push(parsed);
     }
-    valid.push({ message, command });
   }
   return valid;
 }
 
-/** Each written command's event; a conflicting one's dead letter and rejection. */
+/**
+ * A pack's snapshots as RecordTransfer commands, each with a message of its own: one that fails
+ * for good is dead-lettered alone, and replaying its letter replays that record only.
+ */
+function unpack(message: ConsumedMessage, command: RecordCommand): Parsed[] {
+  if (command.type !== "RecordTransfers") return [{ message, command }];
+  return command.snapshots.map((snapshot) => {
+    const single: RecordTransferCommand = { type: "RecordTransfer", message_id: randomUUID(), snapshot };
+    return {
+      message: { ...message, key: snapshot.id, value: JSON.stringify(single) },
+      command: single,
+      pack: command.message_id,
+    };
+  });
+}
+
+/**
+ * Each written command's event (one TransfersRecorded per pack, for its written snapshots); a
+ * conflicting one's dead letter and rejection.
+ */
 async function addReplies(deps: WriterDeps, outcomes: Applied[], out: BatchOut): Promise<void> {
+  const packs = new Map<string, { first: Parsed; records: TransfersRecordedEvent["records"] }>();
   for (const { parsed, outcome } of outcomes) {
+    if (
+      outcome.kind === "recorded" &&
+      parsed.pack !== undefined &&
+      outcome.command.type === "RecordTransfer"
+    ) {
+      const pack = packs.get(parsed.pack) ?? { first: parsed, records: [] };
+      pack.records.push({
+        transfer_id: outcome.command.snapshot.id,
+        status: outcome.command.snapshot.status,
+      });
+      packs.set(parsed.pack, pack);
+      continue;
+    }
     await replyInTrace(parsed, async () => {
       if (outcome.kind === "recorded") {
         out.messages.push(recordedMessage(deps.topics, outcome.command));
@@ -355,6 +405,13 @@ async function addReplies(deps: WriterDeps, outcomes: Applied[], out: BatchOut):
           rejectedMessage(deps.topics, outcome.command, outcome.reason),
         );
       }
+    });
+  }
+  for (const { first, records } of packs.values()) {
+    await replyInTrace(first, async () => {
+      out.messages.push(
+        eventMessage(deps.topics, { type: "TransfersRecorded", message_id: randomUUID(), records }),
+      );
     });
   }
 }

@@ -6,7 +6,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { Db } from "mongodb";
-import { type RecordTransferCommand, topicNames } from "#packages/contracts/messages.ts";
+import {
+  type RecordTransferCommand,
+  type RecordTransfersCommand,
+  recordCommandSchema,
+  topicNames,
+} from "#packages/contracts/messages.ts";
 import type { TransferStatus } from "#packages/contracts/transfer.ts";
 import type { ConsumedMessage, OutgoingMessage } from "#packages/kafka/index.ts";
 import { createLogger } from "#packages/log/index.ts";
@@ -67,21 +72,36 @@ function message(id: string, status: TransferStatus = "PENDING"): ConsumedMessag
   const command: RecordTransferCommand = {
     type: "RecordTransfer",
     message_id: "0190b5a8-0000-7000-8000-00000000000a",
-    snapshot: {
-      id,
-      amount: 10,
-      source_user_id: 1,
-      dest_user_id: 2,
-      source_init_bal: 100,
-      dest_init_bal: null,
-      status,
-      failure_reason: null,
-      created_at: "2026-01-01T00:00:00.000Z",
-      updated_at: "2026-01-01T00:00:00.000Z",
-    },
+    snapshot: snapshotOf(id, status),
   };
   offset += 1n;
   return { topic: topics.commands, partition: 0, offset, key: id, value: JSON.stringify(command) };
+}
+
+/** One RecordTransfers message carrying the records of `ids`. */
+function pack(ids: string[], status: TransferStatus = "PENDING"): ConsumedMessage {
+  const command: RecordTransfersCommand = {
+    type: "RecordTransfers",
+    message_id: "0190b5a8-0000-7000-8000-00000000000b",
+    snapshots: ids.map((id) => snapshotOf(id, status)),
+  };
+  offset += 1n;
+  return { topic: topics.commands, partition: 0, offset, key: ids[0] ?? "", value: JSON.stringify(command) };
+}
+
+function snapshotOf(id: string, status: TransferStatus): RecordTransferCommand["snapshot"] {
+  return {
+    id,
+    amount: 10,
+    source_user_id: 1,
+    dest_user_id: 2,
+    source_init_bal: 100,
+    dest_init_bal: null,
+    status,
+    failure_reason: null,
+    created_at: "2026-01-01T00:00:00.000Z",
+    updated_at: "2026-01-01T00:00:00.000Z",
+  };
 }
 
 const idOf = (n: number) => `0190b5a8-0000-7000-8000-${n.toString(16).padStart(12, "0")}`;
@@ -111,6 +131,14 @@ function writer(db: Db, producer: ReturnType<typeof fakeProducer>["producer"], e
     service: "transaction-command-service",
     ...extra,
   });
+}
+
+/** The records of the one TransfersRecorded sent. */
+function packAnswer(sent: OutgoingMessage[]): Array<{ transfer_id: string; status: string }> {
+  const answers = sent.filter((m) => (m.value as { type: string }).type === "TransfersRecorded");
+  const [answer, ...more] = answers;
+  assert.ok(answer !== undefined && more.length === 0, `${answers.length} TransfersRecorded sent`);
+  return (answer.value as { records: Array<{ transfer_id: string; status: string }> }).records;
 }
 
 const deadLetterKeys = (sent: OutgoingMessage[]) =>
@@ -208,5 +236,44 @@ describe("record writer failure policy", () => {
     assert.equal(await deliverUntilAccepted(handle, [message(poison)]), 3);
     assert.equal(await deliverUntilAccepted(handle, [message(poison)]), 3);
     assert.deepEqual(deadLetterKeys(sent), [poison, poison]);
+  });
+
+  it("answers a pack of records with one TransfersRecorded naming every record written", async () => {
+    const { db, docs } = fakeStore(new Set(), timeoutError);
+    const { sent, producer } = fakeProducer();
+    const ids = Array.from({ length: 40 }, (_, i) => idOf(4000 + i));
+    await deliverUntilAccepted(writer(db, producer), [pack(ids), message(idOf(4100))]);
+    assert.equal(docs.size, 41);
+    const types = sent.map((m) => (m.value as { type: string }).type).sort();
+    assert.deepEqual(types, ["TransferRecorded", "TransfersRecorded"]);
+    const records = packAnswer(sent);
+    assert.deepEqual(
+      records.map((r) => r.transfer_id),
+      ids,
+    );
+    assert.ok(records.every((r) => r.status === "PENDING"));
+  });
+
+  it("dead-letters a pack's failing record alone, as a RecordTransfer of its own, and answers the others", async () => {
+    const poison = idOf(5003);
+    const { db, docs } = fakeStore(new Set([poison]), () => new InvariantError("a record went backwards"));
+    const { sent, producer } = fakeProducer();
+    const ids = [idOf(5001), idOf(5002), poison, idOf(5004)];
+    assert.equal(await deliverUntilAccepted(writer(db, producer), [pack(ids)]), 1);
+    assert.equal(docs.size, 3);
+    assert.deepEqual(deadLetterKeys(sent), [poison]);
+    const letter = sent.find((m) => m.topic === topics.deadLetters)?.value as { value: string };
+    const replayable = recordCommandSchema.parse(JSON.parse(letter.value));
+    assert.equal(replayable.type, "RecordTransfer");
+    assert.equal(replayable.type === "RecordTransfer" && replayable.snapshot.id, poison);
+    assert.deepEqual(
+      packAnswer(sent).map((r) => r.transfer_id),
+      ids.filter((id) => id !== poison),
+    );
+    const rejected = sent.filter((m) => (m.value as { type: string }).type === "TransferRecordRejected");
+    assert.deepEqual(
+      rejected.map((m) => m.key),
+      [poison],
+    );
   });
 });

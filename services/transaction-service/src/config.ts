@@ -46,7 +46,11 @@ export const configShape = {
   SWEEP_BATCH_MAX: env.int(200, 1, 5_000),
   OUTBOX_BATCH_MAX: env.int(500, 1, 5_000),
   EVENT_BATCH_MAX: env.int(500, 1, 5_000),
-  EVENT_CONCURRENCY: env.int(32, 1, 512),
+  /**
+   * Transfers of a batch of events handled at once: at least a pack of records (RECORD_PACK_MAX),
+   * so a disbursement's items move in step and share saga statements and ledger calls.
+   */
+  EVENT_CONCURRENCY: env.int(256, 1, 1_024),
   CACHE_TTL_PENDING_MS: env.int(30_000, 100, 86_400_000),
   CACHE_TTL_FINAL_MS: env.int(600_000, 100, 86_400_000),
   CACHE_TTL_LIST_MS: env.int(5_000, 100, 86_400_000),

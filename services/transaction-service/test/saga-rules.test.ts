@@ -6,11 +6,12 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, it } from "node:test";
+import { RECORD_PACK_MAX } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage, OutgoingMessage } from "#packages/kafka/index.ts";
 import { noCrashes } from "#packages/runtime/faults.ts";
 import { groupByTransfer } from "../src/saga/events.ts";
 import { LedgerInvariantError, readBatchAnswer, type Step } from "../src/saga/ledger-client.ts";
-import { type OutboxRow, relayBatch, roundAfter } from "../src/saga/outbox-relay.ts";
+import { messagesOf, type OutboxRow, relayBatch, roundAfter } from "../src/saga/outbox-relay.ts";
 
 const A = "0190b5a8-0000-7000-8000-00000000000a";
 const B = "0190b5a8-0000-7000-8000-00000000000b";
@@ -66,6 +67,31 @@ describe("event grouping", () => {
     assert.equal(unreadable[0]?.reason, "value is not JSON");
     assert.match(unreadable[1]?.reason ?? "", /^not a valid transfer event: /);
     assert.deepEqual([...byTransfer.keys()], [B]);
+  });
+
+  it("reads a pack's answer as one TransferRecorded per record, in the pack's order", () => {
+    const packed = message({
+      type: "TransfersRecorded",
+      message_id: randomUUID(),
+      records: [
+        { transfer_id: A, status: "PENDING" },
+        { transfer_id: B, status: "COMPLETED" },
+      ],
+    });
+    const later = message(rejected(A, "COMPLETED"));
+    const { byTransfer, unreadable } = groupByTransfer([packed, later]);
+    assert.deepEqual(unreadable, []);
+    assert.deepEqual(
+      byTransfer.get(A)?.map((e) => [e.event.type, e.event.status]),
+      [
+        ["TransferRecorded", "PENDING"],
+        ["TransferRecordRejected", "COMPLETED"],
+      ],
+    );
+    assert.deepEqual(
+      byTransfer.get(B)?.map((e) => [e.event.type, e.event.status, e.message]),
+      [["TransferRecorded", "COMPLETED", packed]],
+    );
   });
 });
 
@@ -191,5 +217,36 @@ describe("outbox relay", () => {
   it("looks again at once after a full batch, waits after a partial one", () => {
     assert.equal(roundAfter(3, 10), "idle");
     assert.equal(roundAfter(10, 10), "busy", "a full batch: more may be waiting");
+  });
+
+  describe("packing records of one trace", () => {
+    const trace = (n: number) => `00-${n.toString(16).padStart(32, "0")}-${"1".repeat(16)}-01`;
+    const record = (id: string, traceparent: string | null): OutboxRow => ({
+      id: id.slice(-3),
+      topic: "commands",
+      key: id,
+      payload: { type: "RecordTransfer", message_id: randomUUID(), snapshot: { id } },
+      traceparent,
+    });
+    const idOf = (n: number) => `0190b5a8-0000-7000-8000-${n.toString(16).padStart(12, "0")}`;
+
+    it("packs one trace's records into one RecordTransfers, keeps a lone record and other messages as they are", () => {
+      const other: OutboxRow = { id: "9", topic: "commands", key: B, payload: { n: 9 }, traceparent: null };
+      const rows = [record(idOf(1), trace(1)), other, record(idOf(2), trace(2)), record(idOf(3), trace(1))];
+      const messages = messagesOf(rows);
+      assert.equal(messages.length, 3);
+      const [first, second, third] = messages.map((m) => m.value as { type?: string; snapshots?: unknown[] });
+      assert.equal(first?.type, "RecordTransfers");
+      assert.deepEqual(first?.snapshots, [{ id: idOf(1) }, { id: idOf(3) }]);
+      assert.equal(messages[0]?.key, idOf(1));
+      assert.deepEqual(second, { n: 9 });
+      assert.equal(third?.type, "RecordTransfer", "a trace with one record keeps its own message");
+    });
+
+    it("starts a new pack past RECORD_PACK_MAX", () => {
+      const rows = Array.from({ length: RECORD_PACK_MAX + 3 }, (_, i) => record(idOf(100 + i), trace(7)));
+      const sizes = messagesOf(rows).map((m) => (m.value as { snapshots: unknown[] }).snapshots.length);
+      assert.deepEqual(sizes, [RECORD_PACK_MAX, 3]);
+    });
   });
 });

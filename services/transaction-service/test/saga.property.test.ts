@@ -285,7 +285,6 @@ class ModelWriter {
       message_id: command.message_id,
       transfer_id: id,
       status: command.snapshot.status,
-      snapshot: command.snapshot,
     };
   }
 }

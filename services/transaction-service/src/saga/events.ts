@@ -9,7 +9,7 @@
  * neither be applied nor ever become applicable, and it says nothing a replay could fix. An event
  * whose transition breaks an invariant goes to the dead letters at once (packages/kafka/retry.ts).
  */
-import { recordEventSchema, type TransferEvent } from "#packages/contracts/messages.ts";
+import { type RecordEvent, recordEventSchema, type TransferEvent } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { InvariantError } from "#packages/runtime/assert.ts";
@@ -124,11 +124,24 @@ export function groupByTransfer(messages: readonly ConsumedMessage[]): Grouped {
       grouped.batches.add(parsed.data.disbursement_id);
       continue;
     }
-    const list = grouped.byTransfer.get(parsed.data.transfer_id) ?? [];
-    list.push({ event: parsed.data, message });
-    grouped.byTransfer.set(parsed.data.transfer_id, list);
+    for (const event of eventsOf(parsed.data)) {
+      const list = grouped.byTransfer.get(event.transfer_id) ?? [];
+      list.push({ event, message });
+      grouped.byTransfer.set(event.transfer_id, list);
+    }
   }
   return grouped;
+}
+
+/** A pack's answer (TransfersRecorded) as one TransferRecorded per record; any other event as is. */
+function eventsOf(event: Exclude<RecordEvent, { type: "DisbursementRecorded" }>): TransferEvent[] {
+  if (event.type !== "TransfersRecorded") return [event];
+  return event.records.map((r) => ({
+    type: "TransferRecorded",
+    message_id: event.message_id,
+    transfer_id: r.transfer_id,
+    status: r.status,
+  }));
 }
 
 /**

@@ -4,6 +4,8 @@
  * between the send and the delete re-sends the batch: consumers are idempotent. Row locks with
  * SKIP LOCKED let several instances relay side by side without sending a row twice at once.
  */
+import { randomUUID } from "node:crypto";
+import { RECORD_PACK_MAX } from "#packages/contracts/messages.ts";
 import type { JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
@@ -94,7 +96,7 @@ export async function relayBatch(
 ): Promise<number> {
   const rows = await store.oldest(options.batch_max);
   if (rows.length === 0) return 0;
-  await producer.send(rows.map((row) => messageOf(row, options.topic_roles)));
+  await producer.send(messagesOf(rows, options.topic_roles));
   options.crashes.reached("after_outbox_send");
   await store.remove(rows.map((r) => r.id));
   return rows.length;
@@ -106,6 +108,43 @@ export interface OutboxRow {
   key: string;
   payload: unknown;
   traceparent: string | null;
+}
+
+/**
+ * The rows' messages, in order, with the RecordTransfer commands of one trace and topic packed
+ * into RecordTransfers messages of at most RECORD_PACK_MAX: a disbursement's items move in step
+ * and share their batch's trace, so their records cost one message, not one each. A transfer
+ * of its own (its own trace) keeps its own message.
+ */
+export function messagesOf(rows: readonly OutboxRow[], roles: Readonly<Record<string, string>> = {}) {
+  const groups: Array<{ message: OutgoingMessage; snapshots: unknown[] }> = [];
+  const open = new Map<string, { message: OutgoingMessage; snapshots: unknown[] }>();
+  for (const row of rows) {
+    const message = messageOf(row, roles);
+    const payload = row.payload as { type?: unknown; snapshot?: unknown } | null;
+    if (payload?.type !== "RecordTransfer") {
+      groups.push({ message, snapshots: [] });
+      continue;
+    }
+    const pack_key = `${message.topic} ${traceIdOf(row.traceparent)}`;
+    let group = open.get(pack_key);
+    if (group === undefined || group.snapshots.length >= RECORD_PACK_MAX) {
+      group = { message, snapshots: [] };
+      groups.push(group);
+      open.set(pack_key, group);
+    }
+    group.snapshots.push(payload.snapshot);
+  }
+  return groups.map(({ message, snapshots }) =>
+    snapshots.length <= 1
+      ? message
+      : { ...message, value: { type: "RecordTransfers", message_id: randomUUID(), snapshots } },
+  );
+}
+
+/** The trace id of a stored traceparent (version-traceid-spanid-flags), or "" without one. */
+function traceIdOf(traceparent: string | null): string {
+  return traceparent?.split("-")[1] ?? "";
 }
 
 /** Each row's message continues the trace of the step that wrote it, not one of the batch's. */
