@@ -290,21 +290,6 @@ export async function createApp(deps: AppDeps): Promise<App> {
     },
   });
   const saga = startSaga(deps, secrets, listeners, cache, disbursementReads);
-  const {
-    brokers,
-    sasl,
-    topics,
-    metrics,
-    producer,
-    store,
-    runner,
-    crashes,
-    relay,
-    webhooks,
-    eventCounters,
-    events,
-    sweeper,
-  } = saga;
   const limiter = new RateLimiter(redis, {
     prefix: config.REDIS_KEY_PREFIX,
     max: config.RATE_LIMIT_MAX,
@@ -312,9 +297,9 @@ export async function createApp(deps: AppDeps): Promise<App> {
     timeout_ms: config.CACHE_TIMEOUT_MS,
     logger,
   });
-  metrics.declareDeadLetterTopics([topics.events]);
-  collectSaga(metrics, pool, config.TRANSFER_DEADLINE_MS);
-  metrics.collectConsumerLag(() => events.lag());
+  saga.metrics.declareDeadLetterTopics([saga.topics.events]);
+  collectSaga(saga.metrics, pool, config.TRANSFER_DEADLINE_MS);
+  saga.metrics.collectConsumerLag(() => saga.events.lag());
   // Waiting reads learn of final statuses from every copy through the saga database's NOTIFY.
   const waiters = new FinalStatusWaiters({
     waiting_max: config.WAITING_READS_MAX,
@@ -341,10 +326,10 @@ export async function createApp(deps: AppDeps): Promise<App> {
   });
   const health = {
     postgres: () => pool.query("SELECT 1"),
-    kafka: () => pingKafka(brokers, sasl),
+    kafka: () => pingKafka(saga.brokers, saga.sasl),
     redis: () => redis.ping(),
     consumer: async () => {
-      if (!events.isRunning()) throw new Error("event consumer is not running");
+      if (!saga.events.isRunning()) throw new Error("event consumer is not running");
     },
   };
   // Token versions from user-service's copy in Redis, remembered for TOKEN_VERSION_CACHE_MS.
@@ -362,8 +347,8 @@ export async function createApp(deps: AppDeps): Promise<App> {
   registerHealth(app, SERVICE, health, { auth, ready });
   registerHealth(listeners.internal, SERVICE, health, { ready });
   registerRoutes(app, {
-    store,
-    runner,
+    store: saga.store,
+    runner: saga.runner,
     cache,
     query,
     logger,
@@ -377,12 +362,12 @@ export async function createApp(deps: AppDeps): Promise<App> {
     onRequest: [auth.guard("user"), limiter.hook()],
     allow_private: config.WEBHOOK_ALLOW_PRIVATE,
     secret_grace_ms: config.WEBHOOK_SECRET_GRACE_MS,
-    wake: () => webhooks.wake(),
+    wake: () => saga.webhooks.wake(),
   });
   const disbursements = startDisbursements({
     app,
-    saga: store,
-    runner,
+    saga: saga.store,
+    runner: saga.runner,
     auth,
     limiter,
     waiters,
@@ -390,18 +375,18 @@ export async function createApp(deps: AppDeps): Promise<App> {
     logger,
     ledger_url: config.USER_SERVICE_INTERNAL_URL,
     ledger_token: secrets.ledger_token ?? "",
-    crashes: config.FAULT_INJECTION ? crashes : noCrashes,
-    onOutbox: () => relay.wake(),
+    crashes: config.FAULT_INJECTION ? saga.crashes : noCrashes,
+    onOutbox: () => saga.relay.wake(),
     timings: {
       step_timeout_ms: config.STEP_TIMEOUT_MS,
       record_resend_ms: config.RECORD_RESEND_MS,
       sweep_interval_ms: config.SWEEP_INTERVAL_MS,
     },
   });
-  registerEventCountersRoute(listeners.internal, auth, eventCounters);
-  registerRedriveRoute(listeners.internal, auth, store, logger);
+  registerEventCountersRoute(listeners.internal, auth, saga.eventCounters);
+  registerRedriveRoute(listeners.internal, auth, saga.store, logger);
   if (config.FAULT_INJECTION) {
-    registerCrashRoute(listeners.internal, auth, crashes, [
+    registerCrashRoute(listeners.internal, auth, saga.crashes, [
       "after_hold",
       "after_post",
       "after_void",
@@ -418,12 +403,12 @@ export async function createApp(deps: AppDeps): Promise<App> {
       async () => waiters.close(),
       () => closeBoth(listeners),
       () => finalStatuses.stop(),
-      () => sweeper.stop(),
+      () => saga.sweeper.stop(),
       () => disbursements.stop(),
-      () => events.stop(),
-      () => relay.stop(),
-      () => webhooks.stop(),
-      () => producer.close(),
+      () => saga.events.stop(),
+      () => saga.relay.stop(),
+      () => saga.webhooks.stop(),
+      () => saga.producer.close(),
     ],
   };
 }
