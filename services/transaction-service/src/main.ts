@@ -5,7 +5,6 @@
  */
 
 import { fileURLToPath } from "node:url";
-import { createClient } from "redis";
 import { internalPort, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, type AuthSecrets, secretsOrExit } from "#packages/http/auth.ts";
@@ -32,8 +31,9 @@ import {
 import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { openRedis, type RedisClient } from "#packages/redis/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
-import { backoff_ms, onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts";
 import { TransferCache } from "./cache.ts";
@@ -73,7 +73,6 @@ export interface App {
 }
 
 type Config = ReturnType<typeof loadConfig<typeof configShape>>;
-type RedisClient = ReturnType<typeof openRedis>;
 
 /** The saga's store, its ledger client, and the runner that drives transfers with both. */
 function createSagaCore(deps: AppDeps, secrets: AuthSecrets, topics: ReturnType<typeof topicNames>) {
@@ -413,24 +412,6 @@ export async function createApp(deps: AppDeps): Promise<App> {
   };
 }
 
-function openRedis(config: Config, logger: Logger) {
-  const redis = createClient({
-    url: config.REDIS_URL,
-    // Fail fast while Redis is away (the cache is optional), reconnect in the background.
-    disableOfflineQueue: true,
-    socket: {
-      connectTimeout: 2_000,
-      reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
-    },
-  });
-  redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
-  redis
-    .connect()
-    .catch((error: unknown) => logger.warn({ err: error }, "redis not reachable yet; serving without cache"));
-
-  return redis;
-}
-
 /** The saga database migrated, the topics there, Redis connecting: what createApp runs on. */
 export async function openDeps(config: Config, logger: Logger): Promise<AppDeps> {
   // It checks the operator's credential, presents its own to the ledger and the read side, and
@@ -454,7 +435,12 @@ export async function openDeps(config: Config, logger: Logger): Promise<AppDeps>
     ensureTopics({ brokers, sasl: kafkaSasl(config), topics, partitions: config.KAFKA_PARTITIONS, logger }),
   );
 
-  const redis = openRedis(config, logger);
+  // The cache is optional: the service serves without it while Redis is away.
+  const redis = openRedis({
+    url: config.REDIS_URL,
+    logger,
+    unreachable_message: "redis not reachable yet; serving without cache",
+  });
   return { config, logger, pool, redis, secrets };
 }
 
