@@ -52,7 +52,11 @@ const repoRoot = resolve(import.meta.dirname, "..", "..");
 /** The stack's engines run in folders under here (ops/bench/cpu.ts tells them from other stacks' by it). */
 const data_dir = join(repoRoot, ".data");
 const OPENING_BALANCE_MINOR = 100_000_000;
-const AMOUNT_MAX_MINOR = 1_000;
+/**
+ * The largest amount of one bench transfer (each moves 1 to this many minor units), small beside
+ * the opening balances so that no wallet runs dry; not the API's limit (contracts' AMOUNT_MAX_MINOR).
+ */
+const BENCH_TRANSFER_AMOUNT_MAX_MINOR = 1_000;
 const HOT_SHARE = 0.1;
 /** Wallets with a webhook endpoint: their transfers (as payer or payee) are delivered and timed. */
 const WEBHOOK_WALLETS = 100;
@@ -192,7 +196,7 @@ async function runPhase(
       }
       return token;
     },
-    amount_max_minor: AMOUNT_MAX_MINOR,
+    amount_max_minor: BENCH_TRANSFER_AMOUNT_MAX_MINOR,
     final_timeout_ms: 60_000,
   };
 
@@ -279,7 +283,7 @@ async function runPhase(
       duration_s: mode.duration_s,
       wallets: wallet_count,
       hot_share,
-      amount_max_minor: AMOUNT_MAX_MINOR,
+      amount_max_minor: BENCH_TRANSFER_AMOUNT_MAX_MINOR,
       timeout_ms: (mode.duration_s + 60) * 1000,
     });
     clearTimeout(late_timer);
