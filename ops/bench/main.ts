@@ -33,6 +33,7 @@ import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
 import { compareStacks } from "./cluster.ts";
 import { cpuPerTransfer_ms, cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
+import { type ErrorKinds, errorKindsLines, errorsSaid, formatErrorKinds } from "./errors.ts";
 import {
   ApiClient,
   cachedReads,
@@ -138,7 +139,7 @@ export interface Results {
   waiting?: Case;
   scale: Case[];
   half_rate: { rate_tps: number; result: Omit<LoadResult, "completed_transfers"> & { dropped: number } };
-  cached_get: { reads: number; errors: number; get: Latency };
+  cached_get: { reads: number; errors: number; error_kinds?: ErrorKinds; get: Latency };
   /** Absent in results written before the batch workload. */
   batches?: BatchResult;
   audit: { ok: boolean; summary: string; wait_for_quiet_s: number };
@@ -289,7 +290,7 @@ async function runPhase(
     clearTimeout(late_timer);
     say(
       `${name.padEnd(22)} c=${String(concurrency).padStart(3)}  ours ${ours.throughput_tps.toFixed(0).padStart(6)} tps ` +
-        `(POST p99 ${ours.post.p99_ms} ms, done p99 ${ours.completion.p99_ms} ms, ${ours.errors} errors)  ` +
+        `(POST p99 ${ours.post.p99_ms} ms, done p99 ${ours.completion.p99_ms} ms, ${errorsSaid(ours.errors, ours.error_kinds)})  ` +
         `baseline ${baseline.throughput_tps.toFixed(0).padStart(6)} tps (p99 ${baseline.latency.p99_ms} ms)  ` +
         `ratio ${(ours.throughput_tps / baseline.throughput_tps).toFixed(3)}`,
     );
@@ -347,7 +348,7 @@ async function runPhase(
   );
   say(
     `half the peak rate     ${rate_tps} tps offered: POST p50 ${half.post.p50_ms} / p95 ${half.post.p95_ms} / p99 ${half.post.p99_ms} ms; ` +
-      `done p99 ${half.completion.p99_ms} ms; ${half.dropped} dropped, ${half.errors} errors`,
+      `done p99 ${half.completion.p99_ms} ms; ${half.dropped} dropped, ${errorsSaid(half.errors, half.error_kinds)}`,
   );
 
   // 5. Cached reads of final transfers.
@@ -476,7 +477,7 @@ async function countedRun(
   const finals = run.completed + run.failed;
   say(
     `counted run: ${transfers} transfers by ${COUNTED_CONCURRENCY} clients in ${run.duration_s.toFixed(1)} s, ` +
-      `${run.completed} completed, ${run.failed} failed, ${run.errors} errors, ${run.gets_per_transfer} GETs each`,
+      `${run.completed} completed, ${run.failed} failed, ${errorsSaid(run.errors, run.error_kinds)}, ${run.gets_per_transfer} GETs each`,
   );
   const per_transfer: Record<string, { cpu_us: number; cpu_us_less_idle: number }> = {};
   for (const group of Object.keys(used_s).sort()) {
@@ -559,6 +560,15 @@ function caseRow(c: Case): string {
     `${o.completed} | ${o.failed} | ${o.errors + o.unfinished} |`
   );
 }
+
+/** The kinds of the errors in a table of cases, under it. */
+const caseErrorKinds = (cases: Case[]): string[] =>
+  errorKindsLines(
+    cases.map((c) => ({
+      label: `${c.name}, ${c.concurrency} clients`,
+      said: formatErrorKinds(c.ours.error_kinds),
+    })),
+  );
 
 const CASE_HEADER = [
   "| case | clients | ours (tps) | baseline (tps) | ratio | POST p50 / p95 / p99 (ms) | done p50 / p99 (ms) | baseline p50 / p99 (ms) | completed | refused | errors |",
@@ -719,6 +729,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
     ...CASE_HEADER,
     ...results.sweep.map(caseRow),
     "",
+    ...caseErrorKinds(results.sweep),
     "![latency](latency.png)",
     "",
     "## Workloads: more wallets, a hot wallet",
@@ -728,6 +739,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
     ...CASE_HEADER,
     ...cases.map(caseRow),
     "",
+    ...caseErrorKinds(cases),
     ...waitingSection(small, results.waiting),
     "## Latency at half the peak rate (open loop)",
     "",
@@ -739,7 +751,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
     `| to COMPLETED through the API (ms) | ${half.completion.p50_ms} | ${half.completion.p95_ms} | ${half.completion.p99_ms} | ${half.completion.max_ms} |`,
     `| GET while polling (ms) | ${half.poll_get.p50_ms} | ${half.poll_get.p95_ms} | ${half.poll_get.p99_ms} | ${half.poll_get.max_ms} |`,
     "",
-    `Completed ${half.completed}, refused ${half.failed}, errors ${half.errors}, not final in time ${half.unfinished}, dropped (more than ${mode.concurrency.at(-1)} × 8 in flight) ${half.dropped}.`,
+    `Completed ${half.completed}, refused ${half.failed}, ${errorsSaid(half.errors, half.error_kinds)}, not final in time ${half.unfinished}, dropped (more than ${mode.concurrency.at(-1)} × 8 in flight) ${half.dropped}.`,
     "",
     ...(results.batches === undefined
       ? []
@@ -751,7 +763,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
         ]),
     "## Cached reads",
     "",
-    `GET /transactions/:id of final transfers by 8 readers: ${results.cached_get.reads} reads, p50 ${results.cached_get.get.p50_ms} ms, p95 ${results.cached_get.get.p95_ms} ms, p99 ${results.cached_get.get.p99_ms} ms, ${results.cached_get.errors} errors.`,
+    `GET /transactions/:id of final transfers by 8 readers: ${results.cached_get.reads} reads, p50 ${results.cached_get.get.p50_ms} ms, p95 ${results.cached_get.get.p95_ms} ms, p99 ${results.cached_get.get.p99_ms} ms, ${errorsSaid(results.cached_get.errors, results.cached_get.error_kinds)}.`,
     "",
     `## CPU by process at the peak (${peak.concurrency} clients, ${fmt(small.wallets)} wallets)`,
     "",
