@@ -258,14 +258,16 @@ function startSaga(
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config, logger, pool, redis, secrets } = deps;
 
-  const cache = new TransferCache(redis, {
+  // One set of TTLs for the transfers' and the batches' entries.
+  const cacheOptions = {
     prefix: config.REDIS_KEY_PREFIX,
     logger,
     ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
     ttl_final_ms: config.CACHE_TTL_FINAL_MS,
     ttl_list_ms: config.CACHE_TTL_LIST_MS,
     timeout_ms: config.CACHE_TIMEOUT_MS,
-  });
+  };
+  const cache = new TransferCache(redis, cacheOptions);
 
   const listeners = createListeners({ logger });
   traceListeners(listeners);
@@ -279,14 +281,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     pool,
     redis,
     query,
-    cache: {
-      prefix: config.REDIS_KEY_PREFIX,
-      logger,
-      ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
-      ttl_final_ms: config.CACHE_TTL_FINAL_MS,
-      ttl_list_ms: config.CACHE_TTL_LIST_MS,
-      timeout_ms: config.CACHE_TIMEOUT_MS,
-    },
+    cache: cacheOptions,
   });
   const saga = startSaga(deps, secrets, listeners, cache, disbursementReads);
   const limiter = new RateLimiter(redis, {
