@@ -113,53 +113,40 @@ function startEventConsumer(parts: {
   cache: TransferCache;
   disbursementReads: DisbursementReads;
 }) {
-  const {
-    config,
-    logger,
-    brokers,
-    sasl,
-    topics,
-    metrics,
-    producer,
-    store,
-    runner,
-    cache,
-    disbursementReads,
-  } = parts;
   const eventCounters: EventCounters = { unknown_transfer_events: 0 };
   const events = startBatchConsumer({
-    brokers,
-    sasl,
-    group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
+    brokers: parts.brokers,
+    sasl: parts.sasl,
+    group_id: `${parts.config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
     client_id: SERVICE,
-    topics: [topics.events],
-    logger,
-    batch_max: config.EVENT_BATCH_MAX,
-    metrics,
+    topics: [parts.topics.events],
+    logger: parts.logger,
+    batch_max: parts.config.EVENT_BATCH_MAX,
+    metrics: parts.metrics,
     handleBatch: createEventHandler({
-      store,
-      runner,
-      logger,
-      concurrency: config.EVENT_CONCURRENCY,
+      store: parts.store,
+      runner: parts.runner,
+      logger: parts.logger,
+      concurrency: parts.config.EVENT_CONCURRENCY,
       counters: eventCounters,
       // Invalidation only: the transfer entry is written through from the saga's own row (onChange
       // above), never from the event's snapshot, which a stale or forged message could carry.
       // Sent together: one round trip to Redis.
       onRecordEvent: async (transfer) => {
         await Promise.all([
-          cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
-          cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+          parts.cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
+          parts.cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
         ]);
       },
-      onDisbursementRecorded: (id) => disbursementReads.recorded(id),
+      onDisbursementRecorded: (id) => parts.disbursementReads.recorded(id),
       onUnreadable: deadLetterEvent,
     }),
     deadLetter: deadLetterEvent,
   });
 
   async function deadLetterEvent(message: ConsumedMessage, reason: string): Promise<void> {
-    await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
-    metrics.deadLettered(message.topic);
+    await parts.producer.send([deadLetterFor(parts.topics.deadLetters, SERVICE, message, reason, 1)]);
+    parts.metrics.deadLettered(message.topic);
   }
   return { eventCounters, events };
 }
