@@ -10,7 +10,7 @@ import { backoff_ms } from "#packages/runtime/index.ts";
 export interface RedisOptions {
   url: string;
   logger: Logger;
-  /** Logged (warn) when the first connection fails: what the service does without Redis meanwhile. */
+  /** Logged (warn) once when the first attempt fails: what the service does without Redis meanwhile. */
   unreachable_message: string;
   /** How long one connection attempt may take. */
   connect_timeout_ms?: number;
@@ -27,10 +27,21 @@ export function openRedis(options: RedisOptions) {
       reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
     },
   });
-  // Every failed attempt emits 'error'; unhandled it would end the process, and a warn for each
-  // one while Redis is down would flood the log.
-  redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
-  redis.connect().catch((error: unknown) => logger.warn({ err: error }, options.unreachable_message));
+  // Every failed attempt emits 'error' (unhandled, it would end the process). The first one before
+  // Redis ever answered is the warning; connect() itself keeps retrying and does not fail then.
+  // Later ones are debug: a warn per attempt while Redis is down would flood the log.
+  let answered = false;
+  let warned = false;
+  redis.on("ready", () => {
+    answered = true;
+  });
+  redis.on("error", (error: Error) => {
+    if (answered || warned) return void logger.debug({ err: error }, "redis error");
+    warned = true;
+    logger.warn({ err: error }, options.unreachable_message);
+  });
+  // It fails only when the client is closed before it could connect (a shutdown).
+  redis.connect().catch((error: unknown) => logger.debug({ err: error }, "redis closed before it connected"));
   return redis;
 }
 

@@ -2,11 +2,12 @@
  * The services' Redis client: while Redis is away a command fails at once instead of waiting in a
  * queue, and the client connects by itself once Redis answers (a relay to the test stack's Redis,
  * TEST_REDIS_URL or REDIS_URL, opened late on the port the client was given; skipped when
- * neither is set).
+ * neither is set). It warns once while Redis is away at start, at debug after that.
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { createServer, type Server, connect as tcpConnect } from "node:net";
+import { Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
@@ -61,6 +62,33 @@ describe("openRedis", () => {
     } finally {
       redis.destroy();
     }
+  });
+
+  it("warns once when Redis is not there at start, not on every attempt nor at shutdown", async () => {
+    const lines: Array<{ level: number; msg: string }> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString("utf8")) as { level: number; msg: string });
+        done();
+      },
+    });
+    const watched = pino({ level: "debug" }, sink);
+    const redis = openRedis({
+      url: `redis://127.0.0.1:${await freePort()}/0`,
+      logger: watched,
+      unreachable_message: "away",
+    });
+    // Several attempts (the backoff starts at 100 ms).
+    await sleep(800);
+    const warned = () => lines.filter((line) => line.level === 40);
+    assert.deepEqual(
+      warned().map((line) => line.msg),
+      ["away"],
+    );
+    assert.ok(lines.filter((line) => line.level === 20).length >= 2, "later attempts are logged at debug");
+    redis.destroy();
+    await sleep(100);
+    assert.equal(warned().length, 1, "closing the client is no new warning");
   });
 
   it("connects by itself once Redis answers", {
