@@ -7,6 +7,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
+import { errorKindsLines, formatErrorKinds } from "./errors.ts";
 import type { Case, Results } from "./main.ts";
 
 export const stacks = ["single", "cluster"] as const;
@@ -27,20 +28,43 @@ export function cpuPerTransfer_us(c: Case): Map<string, number> {
 const peakOf = (r: Results): Case =>
   r.sweep.reduce((best, c) => (c.ours.throughput_tps > best.ours.throughput_tps ? c : best));
 
-function caseRows(single: Results, cluster: Results): string[] {
+/** Each case the two stacks both ran, single's first. */
+function casePairs(single: Results, cluster: Results): Array<[Case, Case]> {
   const cases = (r: Results): Case[] => [...r.sweep, r.hot, ...r.scale];
   const clusterCases = cases(cluster);
-  return cases(single).flatMap((s) => {
+  return cases(single).flatMap((s): Array<[Case, Case]> => {
     const c = clusterCases.find((x) => x.name === s.name && x.concurrency === s.concurrency);
-    if (c === undefined) return [];
+    return c === undefined ? [] : [[s, c]];
+  });
+}
+
+function caseRows(single: Results, cluster: Results): string[] {
+  return casePairs(single, cluster).map(([s, c]) => {
     const ratio =
       s.ours.throughput_tps === 0 ? "-" : (c.ours.throughput_tps / s.ours.throughput_tps).toFixed(2);
-    return [
+    return (
       `| ${s.name} | ${s.concurrency} | ${fmt(s.ours.throughput_tps, 1)} | ${fmt(c.ours.throughput_tps, 1)} | ${ratio} | ` +
-        `${s.ours.post.p99_ms} / ${c.ours.post.p99_ms} | ${s.ours.completion.p50_ms} / ${c.ours.completion.p50_ms} | ` +
-        `${s.ours.completion.p99_ms} / ${c.ours.completion.p99_ms} | ${s.ours.errors + s.ours.unfinished} / ${c.ours.errors + c.ours.unfinished} |`,
-    ];
+      `${s.ours.post.p99_ms} / ${c.ours.post.p99_ms} | ${s.ours.completion.p50_ms} / ${c.ours.completion.p50_ms} | ` +
+      `${s.ours.completion.p99_ms} / ${c.ours.completion.p99_ms} | ${s.ours.errors + s.ours.unfinished} / ${c.ours.errors + c.ours.unfinished} |`
+    );
   });
+}
+
+/** The kinds of each case's errors in either stack, under the table. */
+function errorKindRows(single: Results, cluster: Results): string[] {
+  return errorKindsLines(
+    casePairs(single, cluster).map(([s, c]) => {
+      const [in_single, in_cluster] = [
+        formatErrorKinds(s.ours.error_kinds),
+        formatErrorKinds(c.ours.error_kinds),
+      ];
+      const said =
+        in_single === "" && in_cluster === ""
+          ? ""
+          : `single ${in_single || "none"}; cluster ${in_cluster || "none"}`;
+      return { label: `${s.name}, ${s.concurrency} clients`, said };
+    }),
+  );
 }
 
 function cpuRows(single: Case, cluster: Case): string[] {
@@ -77,6 +101,7 @@ export async function compareStacks(base_dir: string): Promise<void> {
     "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ...caseRows(single, cluster),
     "",
+    ...errorKindRows(single, cluster),
     `At half of each stack's peak rate (${single.half_rate.rate_tps} and ${cluster.half_rate.rate_tps} tps offered): POST p99 ` +
       `${single.half_rate.result.post.p99_ms} ms and ${cluster.half_rate.result.post.p99_ms} ms. Cached GET p99 ` +
       `${single.cached_get.get.p99_ms} ms and ${cluster.cached_get.get.p99_ms} ms.`,

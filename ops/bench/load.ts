@@ -15,6 +15,7 @@ import { Agent, request } from "node:http";
 import { createHistogram, type RecordableHistogram } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { assert } from "#packages/runtime/assert.ts";
+import { countError, type ErrorKinds, errorKind, statusKind } from "./errors.ts";
 
 /** Summary of a latency histogram, in milliseconds. */
 export interface Latency {
@@ -41,6 +42,9 @@ const newHistogram = (): RecordableHistogram =>
   createHistogram({ lowest: 1, highest: 600_000_000, figures: 3 });
 const recordSince = (histogram: RecordableHistogram, started_ms: number): void =>
   histogram.record(Math.max(1, Math.round((performance.now() - started_ms) * 1000)));
+
+/** An error whose code is the kind it is counted as (errors.ts). */
+const failure = (message: string, code: string): Error => Object.assign(new Error(message), { code });
 
 interface Answer {
   status: number;
@@ -82,14 +86,20 @@ export class ApiClient {
             try {
               resolve({ status: res.statusCode ?? 0, body: text === "" ? null : JSON.parse(text) });
             } catch {
-              reject(new Error(`${method} ${path}: ${res.statusCode} with a body that is not JSON`));
+              // A proxy's own error page (HAProxy's 503, say) is HTML: counted by its status.
+              reject(
+                failure(
+                  `${method} ${path}: ${res.statusCode} with a body that is not JSON`,
+                  `${statusKind(res.statusCode ?? 0)} not JSON`,
+                ),
+              );
             }
           });
           res.on("error", reject);
         },
       );
       req.setTimeout(this.#timeout_ms, () =>
-        req.destroy(new Error(`${method} ${path}: no answer in ${this.#timeout_ms} ms`)),
+        req.destroy(failure(`${method} ${path}: no answer in ${this.#timeout_ms} ms`, "TIMEOUT")),
       );
       req.on("error", reject);
       req.end(payload);
@@ -155,6 +165,8 @@ export interface LoadResult {
   /** Accepted but not seen final within final_timeout_ms, or an error answer. */
   unfinished: number;
   errors: number;
+  /** The errors by kind (errors.ts); absent in results written before they were counted. */
+  error_kinds?: ErrorKinds;
   throughput_tps: number;
   post: Latency;
   completion: Latency;
@@ -173,10 +185,16 @@ class Recorder {
   failed = 0;
   unfinished = 0;
   errors = 0;
+  readonly error_kinds: ErrorKinds = {};
   gets = 0;
   readonly completed_transfers: { id: string; reader: number }[] = [];
   /** Smoothed time to completion: the first poll waits most of it, so polls stay few. */
   completion_ewma_ms = 20;
+
+  error(kind: string): void {
+    this.errors += 1;
+    countError(this.error_kinds, kind);
+  }
 
   result(duration_s: number): LoadResult {
     return {
@@ -186,6 +204,7 @@ class Recorder {
       failed: this.failed,
       unfinished: this.unfinished,
       errors: this.errors,
+      error_kinds: this.error_kinds,
       throughput_tps: Math.round((this.completed / duration_s) * 10) / 10,
       post: latencyOf(this.post),
       completion: latencyOf(this.completion),
@@ -219,8 +238,8 @@ async function oneTransfer(
       { ...auth, "idempotency-key": randomUUID() },
       { source_user_id: source, dest_user_id: dest, amount },
     );
-  } catch {
-    if (recorder !== null) recorder.errors += 1;
+  } catch (error) {
+    recorder?.error(errorKind(error));
     return;
   }
   if (recorder !== null) recordSince(recorder.post, started_ms);
@@ -228,7 +247,7 @@ async function oneTransfer(
     // 422 insufficient funds is a final answer too; anything else is an error of the run.
     if (recorder !== null) {
       if (answer.status === 422) recorder.failed += 1;
-      else recorder.errors += 1;
+      else recorder.error(statusKind(answer.status));
     }
     return;
   }
@@ -255,8 +274,8 @@ async function oneTransfer(
         recordSince(recorder.poll_get, polled);
       }
       if (got.status === 200) status = got.body.data.transaction.status;
-    } catch {
-      if (recorder !== null) recorder.errors += 1;
+    } catch (error) {
+      recorder?.error(errorKind(error));
     }
   }
   if (recorder === null) return;
@@ -355,11 +374,16 @@ export async function cachedReads(
   target: LoadTarget,
   transfers: readonly { id: string; reader: number }[],
   options: { concurrency: number; duration_s: number },
-): Promise<{ reads: number; errors: number; get: Latency }> {
+): Promise<{ reads: number; errors: number; error_kinds: ErrorKinds; get: Latency }> {
   assert(transfers.length > 0, "no transfers to read");
   const histogram = newHistogram();
   let reads = 0;
   let errors = 0;
+  const error_kinds: ErrorKinds = {};
+  const error = (kind: string): void => {
+    errors += 1;
+    countError(error_kinds, kind);
+  };
   const until = performance.now() + options.duration_s * 1000;
   const reader = async (offset: number): Promise<void> => {
     for (let i = offset; performance.now() < until; i += options.concurrency) {
@@ -372,12 +396,12 @@ export async function cachedReads(
         });
         recordSince(histogram, started);
         if (got.status === 200) reads += 1;
-        else errors += 1;
-      } catch {
-        errors += 1;
+        else error(statusKind(got.status));
+      } catch (failed) {
+        error(errorKind(failed));
       }
     }
   };
   await Promise.all(Array.from({ length: options.concurrency }, (_, i) => reader(i)));
-  return { reads, errors, get: latencyOf(histogram) };
+  return { reads, errors, error_kinds, get: latencyOf(histogram) };
 }

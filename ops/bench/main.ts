@@ -33,6 +33,7 @@ import { type BatchResult, batchLoop } from "./batches.ts";
 import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
 import { compareStacks } from "./cluster.ts";
 import { cpuPerTransfer_ms, cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
+import { type ErrorKinds, errorKindsLines, errorsSaid, formatErrorKinds } from "./errors.ts";
 import {
   ApiClient,
   cachedReads,
@@ -52,7 +53,11 @@ const repoRoot = resolve(import.meta.dirname, "..", "..");
 /** The stack's engines run in folders under here (ops/bench/cpu.ts tells them from other stacks' by it). */
 const data_dir = join(repoRoot, ".data");
 const OPENING_BALANCE_MINOR = 100_000_000;
-const AMOUNT_MAX_MINOR = 1_000;
+/**
+ * The largest amount of one bench transfer (each moves 1 to this many minor units), small beside
+ * the opening balances so that no wallet runs dry; not the API's limit (contracts' AMOUNT_MAX_MINOR).
+ */
+const BENCH_TRANSFER_AMOUNT_MAX_MINOR = 1_000;
 const HOT_SHARE = 0.1;
 /** Wallets with a webhook endpoint: their transfers (as payer or payee) are delivered and timed. */
 const WEBHOOK_WALLETS = 100;
@@ -134,7 +139,7 @@ export interface Results {
   waiting?: Case;
   scale: Case[];
   half_rate: { rate_tps: number; result: Omit<LoadResult, "completed_transfers"> & { dropped: number } };
-  cached_get: { reads: number; errors: number; get: Latency };
+  cached_get: { reads: number; errors: number; error_kinds?: ErrorKinds; get: Latency };
   /** Absent in results written before the batch workload. */
   batches?: BatchResult;
   audit: { ok: boolean; summary: string; wait_for_quiet_s: number };
@@ -192,7 +197,7 @@ async function runPhase(
       }
       return token;
     },
-    amount_max_minor: AMOUNT_MAX_MINOR,
+    amount_max_minor: BENCH_TRANSFER_AMOUNT_MAX_MINOR,
     final_timeout_ms: 60_000,
   };
 
@@ -279,13 +284,13 @@ async function runPhase(
       duration_s: mode.duration_s,
       wallets: wallet_count,
       hot_share,
-      amount_max_minor: AMOUNT_MAX_MINOR,
+      amount_max_minor: BENCH_TRANSFER_AMOUNT_MAX_MINOR,
       timeout_ms: (mode.duration_s + 60) * 1000,
     });
     clearTimeout(late_timer);
     say(
       `${name.padEnd(22)} c=${String(concurrency).padStart(3)}  ours ${ours.throughput_tps.toFixed(0).padStart(6)} tps ` +
-        `(POST p99 ${ours.post.p99_ms} ms, done p99 ${ours.completion.p99_ms} ms, ${ours.errors} errors)  ` +
+        `(POST p99 ${ours.post.p99_ms} ms, done p99 ${ours.completion.p99_ms} ms, ${errorsSaid(ours.errors, ours.error_kinds)})  ` +
         `baseline ${baseline.throughput_tps.toFixed(0).padStart(6)} tps (p99 ${baseline.latency.p99_ms} ms)  ` +
         `ratio ${(ours.throughput_tps / baseline.throughput_tps).toFixed(3)}`,
     );
@@ -343,7 +348,7 @@ async function runPhase(
   );
   say(
     `half the peak rate     ${rate_tps} tps offered: POST p50 ${half.post.p50_ms} / p95 ${half.post.p95_ms} / p99 ${half.post.p99_ms} ms; ` +
-      `done p99 ${half.completion.p99_ms} ms; ${half.dropped} dropped, ${half.errors} errors`,
+      `done p99 ${half.completion.p99_ms} ms; ${half.dropped} dropped, ${errorsSaid(half.errors, half.error_kinds)}`,
   );
 
   // 5. Cached reads of final transfers.
@@ -452,7 +457,7 @@ async function countedLoad(
     return {
       finals: r.completed + r.failed,
       duration_s: r.duration_s,
-      summary: `${run.count} transfers by ${COUNTED_CONCURRENCY} clients in ${r.duration_s.toFixed(1)} s, ${r.completed} completed, ${r.failed} failed, ${r.errors} errors, ${r.gets_per_transfer} GETs each`,
+      summary: `${run.count} transfers by ${COUNTED_CONCURRENCY} clients in ${r.duration_s.toFixed(1)} s, ${r.completed} completed, ${r.failed} failed, ${errorsSaid(r.errors, r.error_kinds)}, ${r.gets_per_transfer} GETs each`,
     };
   }
   const r = await batchLoop(target, wallets, {
@@ -653,6 +658,15 @@ function caseRow(c: Case): string {
   );
 }
 
+/** The kinds of the errors in a table of cases, under it. */
+const caseErrorKinds = (cases: Case[]): string[] =>
+  errorKindsLines(
+    cases.map((c) => ({
+      label: `${c.name}, ${c.concurrency} clients`,
+      said: formatErrorKinds(c.ours.error_kinds),
+    })),
+  );
+
 const CASE_HEADER = [
   "| case | clients | ours (tps) | baseline (tps) | ratio | POST p50 / p95 / p99 (ms) | done p50 / p99 (ms) | baseline p50 / p99 (ms) | completed | refused | errors |",
   "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -812,6 +826,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
     ...CASE_HEADER,
     ...results.sweep.map(caseRow),
     "",
+    ...caseErrorKinds(results.sweep),
     "![latency](latency.png)",
     "",
     "## Workloads: more wallets, a hot wallet",
@@ -821,6 +836,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
     ...CASE_HEADER,
     ...cases.map(caseRow),
     "",
+    ...caseErrorKinds(cases),
     ...waitingSection(small, results.waiting),
     "## Latency at half the peak rate (open loop)",
     "",
@@ -832,7 +848,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
     `| to COMPLETED through the API (ms) | ${half.completion.p50_ms} | ${half.completion.p95_ms} | ${half.completion.p99_ms} | ${half.completion.max_ms} |`,
     `| GET while polling (ms) | ${half.poll_get.p50_ms} | ${half.poll_get.p95_ms} | ${half.poll_get.p99_ms} | ${half.poll_get.max_ms} |`,
     "",
-    `Completed ${half.completed}, refused ${half.failed}, errors ${half.errors}, not final in time ${half.unfinished}, dropped (more than ${mode.concurrency.at(-1)} × 8 in flight) ${half.dropped}.`,
+    `Completed ${half.completed}, refused ${half.failed}, ${errorsSaid(half.errors, half.error_kinds)}, not final in time ${half.unfinished}, dropped (more than ${mode.concurrency.at(-1)} × 8 in flight) ${half.dropped}.`,
     "",
     ...(results.batches === undefined
       ? []
@@ -844,7 +860,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
         ]),
     "## Cached reads",
     "",
-    `GET /transactions/:id of final transfers by 8 readers: ${results.cached_get.reads} reads, p50 ${results.cached_get.get.p50_ms} ms, p95 ${results.cached_get.get.p95_ms} ms, p99 ${results.cached_get.get.p99_ms} ms, ${results.cached_get.errors} errors.`,
+    `GET /transactions/:id of final transfers by 8 readers: ${results.cached_get.reads} reads, p50 ${results.cached_get.get.p50_ms} ms, p95 ${results.cached_get.get.p95_ms} ms, p99 ${results.cached_get.get.p99_ms} ms, ${errorsSaid(results.cached_get.errors, results.cached_get.error_kinds)}.`,
     "",
     `## CPU by process at the peak (${peak.concurrency} clients, ${fmt(small.wallets)} wallets)`,
     "",

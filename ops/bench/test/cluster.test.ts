@@ -89,5 +89,28 @@ describe("bench --cluster: the two stacks side by side", () => {
     assert.match(report, /\| kafka \| 1,000 \| 2,500 \| \+1,500 \|/);
     assert.match(report, /\| balancer \| 0 \| 1,000 \| \+1,000 \|/);
     assert.match(report, /\| \*\*whole machine\*\* \| 15,000 \| 18,750 \| \+3,750 \|/);
+    // No errors in either stack: no list of kinds.
+    assert.doesNotMatch(report, /Errors by kind/);
+  });
+
+  it("says the kinds of the errors under the table, per case and stack", async () => {
+    const single = results(100, {});
+    const cluster = results(80, {});
+    const peak = cluster.sweep[1] as Case;
+    peak.ours = { ...peak.ours, errors: 8, error_kinds: { TIMEOUT: 3, "HTTP 503 not JSON": 5 } };
+    const kinds_dir = join(dir, "kinds");
+    for (const [name, r] of Object.entries({ single, cluster })) {
+      mkdirSync(join(kinds_dir, name), { recursive: true });
+      writeFileSync(join(kinds_dir, name, "results.json"), JSON.stringify(r));
+    }
+    await compareStacks(kinds_dir);
+    const report = readFileSync(join(kinds_dir, "report.md"), "utf8");
+    assert.match(report, /\| 1,000 wallets \| 16 \|.*\| 0 \/ 8 \|/);
+    assert.match(
+      report,
+      /- 1,000 wallets, 16 clients: single none; cluster HTTP 503 not JSON ×5, TIMEOUT ×3\n/,
+    );
+    // Only the case with errors is listed.
+    assert.doesNotMatch(report, /- 1,000 wallets, 4 clients:/);
   });
 });

@@ -5,7 +5,6 @@
  */
 
 import { fileURLToPath } from "node:url";
-import { createClient } from "redis";
 import { internalPort, loadConfig, splitList } from "#packages/config/index.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { Authenticator, type AuthSecrets, secretsOrExit } from "#packages/http/auth.ts";
@@ -32,8 +31,9 @@ import {
 import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { openRedis, type RedisClient } from "#packages/redis/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
-import { backoff_ms, onShutdown, retryStartup } from "#packages/runtime/index.ts";
+import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts";
 import { TransferCache } from "./cache.ts";
@@ -73,7 +73,6 @@ export interface App {
 }
 
 type Config = ReturnType<typeof loadConfig<typeof configShape>>;
-type RedisClient = ReturnType<typeof openRedis>;
 
 /** The saga's store, its ledger client, and the runner that drives transfers with both. */
 function createSagaCore(deps: AppDeps, secrets: AuthSecrets, topics: ReturnType<typeof topicNames>) {
@@ -114,53 +113,40 @@ function startEventConsumer(parts: {
   cache: TransferCache;
   disbursementReads: DisbursementReads;
 }) {
-  const {
-    config,
-    logger,
-    brokers,
-    sasl,
-    topics,
-    metrics,
-    producer,
-    store,
-    runner,
-    cache,
-    disbursementReads,
-  } = parts;
   const eventCounters: EventCounters = { unknown_transfer_events: 0 };
   const events = startBatchConsumer({
-    brokers,
-    sasl,
-    group_id: `${config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
+    brokers: parts.brokers,
+    sasl: parts.sasl,
+    group_id: `${parts.config.KAFKA_TOPIC_PREFIX}${SERVICE}`,
     client_id: SERVICE,
-    topics: [topics.events],
-    logger,
-    batch_max: config.EVENT_BATCH_MAX,
-    metrics,
+    topics: [parts.topics.events],
+    logger: parts.logger,
+    batch_max: parts.config.EVENT_BATCH_MAX,
+    metrics: parts.metrics,
     handleBatch: createEventHandler({
-      store,
-      runner,
-      logger,
-      concurrency: config.EVENT_CONCURRENCY,
+      store: parts.store,
+      runner: parts.runner,
+      logger: parts.logger,
+      concurrency: parts.config.EVENT_CONCURRENCY,
       counters: eventCounters,
       // Invalidation only: the transfer entry is written through from the saga's own row (onChange
       // above), never from the event's snapshot, which a stale or forged message could carry.
       // Sent together: one round trip to Redis.
       onRecordEvent: async (transfer) => {
         await Promise.all([
-          cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
-          cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+          parts.cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
+          parts.cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
         ]);
       },
-      onDisbursementRecorded: (id) => disbursementReads.recorded(id),
+      onDisbursementRecorded: (id) => parts.disbursementReads.recorded(id),
       onUnreadable: deadLetterEvent,
     }),
     deadLetter: deadLetterEvent,
   });
 
   async function deadLetterEvent(message: ConsumedMessage, reason: string): Promise<void> {
-    await producer.send([deadLetterFor(topics.deadLetters, SERVICE, message, reason, 1)]);
-    metrics.deadLettered(message.topic);
+    await parts.producer.send([deadLetterFor(parts.topics.deadLetters, SERVICE, message, reason, 1)]);
+    parts.metrics.deadLettered(message.topic);
   }
   return { eventCounters, events };
 }
@@ -259,14 +245,16 @@ function startSaga(
 export async function createApp(deps: AppDeps): Promise<App> {
   const { config, logger, pool, redis, secrets } = deps;
 
-  const cache = new TransferCache(redis, {
+  // One set of TTLs for the transfers' and the batches' entries.
+  const cacheOptions = {
     prefix: config.REDIS_KEY_PREFIX,
     logger,
     ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
     ttl_final_ms: config.CACHE_TTL_FINAL_MS,
     ttl_list_ms: config.CACHE_TTL_LIST_MS,
     timeout_ms: config.CACHE_TIMEOUT_MS,
-  });
+  };
+  const cache = new TransferCache(redis, cacheOptions);
 
   const listeners = createListeners({ logger });
   traceListeners(listeners);
@@ -280,31 +268,9 @@ export async function createApp(deps: AppDeps): Promise<App> {
     pool,
     redis,
     query,
-    cache: {
-      prefix: config.REDIS_KEY_PREFIX,
-      logger,
-      ttl_pending_ms: config.CACHE_TTL_PENDING_MS,
-      ttl_final_ms: config.CACHE_TTL_FINAL_MS,
-      ttl_list_ms: config.CACHE_TTL_LIST_MS,
-      timeout_ms: config.CACHE_TIMEOUT_MS,
-    },
+    cache: cacheOptions,
   });
   const saga = startSaga(deps, secrets, listeners, cache, disbursementReads);
-  const {
-    brokers,
-    sasl,
-    topics,
-    metrics,
-    producer,
-    store,
-    runner,
-    crashes,
-    relay,
-    webhooks,
-    eventCounters,
-    events,
-    sweeper,
-  } = saga;
   const limiter = new RateLimiter(redis, {
     prefix: config.REDIS_KEY_PREFIX,
     max: config.RATE_LIMIT_MAX,
@@ -312,9 +278,9 @@ export async function createApp(deps: AppDeps): Promise<App> {
     timeout_ms: config.CACHE_TIMEOUT_MS,
     logger,
   });
-  metrics.declareDeadLetterTopics([topics.events]);
-  collectSaga(metrics, pool, config.TRANSFER_DEADLINE_MS);
-  metrics.collectConsumerLag(() => events.lag());
+  saga.metrics.declareDeadLetterTopics([saga.topics.events]);
+  collectSaga(saga.metrics, pool, config.TRANSFER_DEADLINE_MS);
+  saga.metrics.collectConsumerLag(() => saga.events.lag());
   // Waiting reads learn of final statuses from every copy through the saga database's NOTIFY.
   const waiters = new FinalStatusWaiters({
     waiting_max: config.WAITING_READS_MAX,
@@ -341,10 +307,10 @@ export async function createApp(deps: AppDeps): Promise<App> {
   });
   const health = {
     postgres: () => pool.query("SELECT 1"),
-    kafka: () => pingKafka(brokers, sasl),
+    kafka: () => pingKafka(saga.brokers, saga.sasl),
     redis: () => redis.ping(),
     consumer: async () => {
-      if (!events.isRunning()) throw new Error("event consumer is not running");
+      if (!saga.events.isRunning()) throw new Error("event consumer is not running");
     },
   };
   // Token versions from user-service's copy in Redis, remembered for TOKEN_VERSION_CACHE_MS.
@@ -362,8 +328,8 @@ export async function createApp(deps: AppDeps): Promise<App> {
   registerHealth(app, SERVICE, health, { auth, ready });
   registerHealth(listeners.internal, SERVICE, health, { ready });
   registerRoutes(app, {
-    store,
-    runner,
+    store: saga.store,
+    runner: saga.runner,
     cache,
     query,
     logger,
@@ -377,12 +343,12 @@ export async function createApp(deps: AppDeps): Promise<App> {
     onRequest: [auth.guard("user"), limiter.hook()],
     allow_private: config.WEBHOOK_ALLOW_PRIVATE,
     secret_grace_ms: config.WEBHOOK_SECRET_GRACE_MS,
-    wake: () => webhooks.wake(),
+    wake: () => saga.webhooks.wake(),
   });
   const disbursements = startDisbursements({
     app,
-    saga: store,
-    runner,
+    saga: saga.store,
+    runner: saga.runner,
     auth,
     limiter,
     waiters,
@@ -390,18 +356,18 @@ export async function createApp(deps: AppDeps): Promise<App> {
     logger,
     ledger_url: config.USER_SERVICE_INTERNAL_URL,
     ledger_token: secrets.ledger_token ?? "",
-    crashes: config.FAULT_INJECTION ? crashes : noCrashes,
-    onOutbox: () => relay.wake(),
+    crashes: config.FAULT_INJECTION ? saga.crashes : noCrashes,
+    onOutbox: () => saga.relay.wake(),
     timings: {
       step_timeout_ms: config.STEP_TIMEOUT_MS,
       record_resend_ms: config.RECORD_RESEND_MS,
       sweep_interval_ms: config.SWEEP_INTERVAL_MS,
     },
   });
-  registerEventCountersRoute(listeners.internal, auth, eventCounters);
-  registerRedriveRoute(listeners.internal, auth, store, logger);
+  registerEventCountersRoute(listeners.internal, auth, saga.eventCounters);
+  registerRedriveRoute(listeners.internal, auth, saga.store, logger);
   if (config.FAULT_INJECTION) {
-    registerCrashRoute(listeners.internal, auth, crashes, [
+    registerCrashRoute(listeners.internal, auth, saga.crashes, [
       "after_hold",
       "after_post",
       "after_void",
@@ -418,32 +384,14 @@ export async function createApp(deps: AppDeps): Promise<App> {
       async () => waiters.close(),
       () => closeBoth(listeners),
       () => finalStatuses.stop(),
-      () => sweeper.stop(),
+      () => saga.sweeper.stop(),
       () => disbursements.stop(),
-      () => events.stop(),
-      () => relay.stop(),
-      () => webhooks.stop(),
-      () => producer.close(),
+      () => saga.events.stop(),
+      () => saga.relay.stop(),
+      () => saga.webhooks.stop(),
+      () => saga.producer.close(),
     ],
   };
-}
-
-function openRedis(config: Config, logger: Logger) {
-  const redis = createClient({
-    url: config.REDIS_URL,
-    // Fail fast while Redis is away (the cache is optional), reconnect in the background.
-    disableOfflineQueue: true,
-    socket: {
-      connectTimeout: 2_000,
-      reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
-    },
-  });
-  redis.on("error", (error: Error) => logger.debug({ err: error }, "redis error"));
-  redis
-    .connect()
-    .catch((error: unknown) => logger.warn({ err: error }, "redis not reachable yet; serving without cache"));
-
-  return redis;
 }
 
 /** The saga database migrated, the topics there, Redis connecting: what createApp runs on. */
@@ -469,7 +417,12 @@ export async function openDeps(config: Config, logger: Logger): Promise<AppDeps>
     ensureTopics({ brokers, sasl: kafkaSasl(config), topics, partitions: config.KAFKA_PARTITIONS, logger }),
   );
 
-  const redis = openRedis(config, logger);
+  // The cache is optional: the service serves without it while Redis is away.
+  const redis = openRedis({
+    url: config.REDIS_URL,
+    logger,
+    unreachable_message: "redis not reachable yet; serving without cache",
+  });
   return { config, logger, pool, redis, secrets };
 }
 

@@ -5,6 +5,9 @@
  */
 import { callJson, type JsonResponse } from "#packages/http/client.ts";
 
+/** A page of a list: its size, and where the last page ended (absent for the first). */
+type PageQuery = { limit: number; cursor?: string | undefined };
+
 export class QueryClient {
   readonly #base_url: string;
   readonly #timeout_ms: number;
@@ -17,44 +20,33 @@ export class QueryClient {
   }
 
   getTransfer(id: string): Promise<JsonResponse> {
-    return callJson(`${this.#base_url}/transactions/${encodeURIComponent(id)}`, {
-      method: "GET",
-      timeout_ms: this.#timeout_ms,
-      headers: this.#headers,
-    });
+    return this.#get(`/transactions/${encodeURIComponent(id)}`);
   }
 
   getDisbursement(id: string): Promise<JsonResponse> {
-    return callJson(`${this.#base_url}/disbursements/${encodeURIComponent(id)}`, {
-      method: "GET",
-      timeout_ms: this.#timeout_ms,
-      headers: this.#headers,
-    });
+    return this.#get(`/disbursements/${encodeURIComponent(id)}`);
   }
 
-  listPayerDisbursements(
-    user_id: number,
-    query: { limit: number; cursor?: string | undefined },
-  ): Promise<JsonResponse> {
-    const params = new URLSearchParams({ limit: String(query.limit) });
-    if (query.cursor !== undefined) params.set("cursor", query.cursor);
-    return callJson(`${this.#base_url}/disbursements/user/${user_id}?${params}`, {
-      method: "GET",
-      timeout_ms: this.#timeout_ms,
-      headers: this.#headers,
-    });
+  listPayerDisbursements(user_id: number, query: PageQuery): Promise<JsonResponse> {
+    return this.#get(`/disbursements/user/${user_id}?${pageParams(query)}`);
   }
 
-  listUserTransfers(
-    user_id: number,
-    query: { limit: number; cursor?: string | undefined },
-  ): Promise<JsonResponse> {
-    const params = new URLSearchParams({ limit: String(query.limit) });
-    if (query.cursor !== undefined) params.set("cursor", query.cursor);
-    return callJson(`${this.#base_url}/transactions/user/${user_id}?${params}`, {
+  listUserTransfers(user_id: number, query: PageQuery): Promise<JsonResponse> {
+    return this.#get(`/transactions/user/${user_id}?${pageParams(query)}`);
+  }
+
+  #get(path: string): Promise<JsonResponse> {
+    return callJson(`${this.#base_url}${path}`, {
       method: "GET",
       timeout_ms: this.#timeout_ms,
       headers: this.#headers,
     });
   }
+}
+
+/** A page's query string: its size, and the cursor where one is given. */
+function pageParams(query: PageQuery): URLSearchParams {
+  const params = new URLSearchParams({ limit: String(query.limit) });
+  if (query.cursor !== undefined) params.set("cursor", query.cursor);
+  return params;
 }

@@ -3,7 +3,6 @@
  * for money. Start: config, migrations, a check of the system accounts, then HTTP.
  */
 import { join } from "node:path";
-import { createClient } from "redis";
 import { internalPort, loadConfig } from "#packages/config/index.ts";
 import { Authenticator, type AuthSecrets, secretsOrExit } from "#packages/http/auth.ts";
 import { registerOpenApi } from "#packages/http/openapi.ts";
@@ -18,7 +17,7 @@ import {
 import { createLogger, type Logger } from "#packages/log/index.ts";
 import { startServiceMetrics } from "#packages/metrics/service.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
-import { backoff_ms } from "#packages/runtime/index.ts";
+import { openRedis, type RedisClient } from "#packages/redis/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
 import { configShape } from "./config.ts";
 import { PasswordHasher } from "./domain.ts";
@@ -51,8 +50,6 @@ export interface AppDeps {
   redis: RedisClient;
   secrets: AuthSecrets;
 }
-
-type RedisClient = ReturnType<typeof openRedis>;
 
 /** The service's routes on its two listeners, not yet listening. */
 export async function createApp(deps: AppDeps): Promise<{ listeners: Listeners }> {
@@ -117,21 +114,6 @@ export async function createApp(deps: AppDeps): Promise<{ listeners: Listeners }
   return { listeners };
 }
 
-function openRedis(config: Config, log: Logger) {
-  const redis = createClient({
-    url: config.REDIS_URL,
-    // Fail fast while Redis is away, reconnect in the background.
-    disableOfflineQueue: true,
-    socket: {
-      connectTimeout: 2_000,
-      reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
-    },
-  });
-  redis.on("error", (error: Error) => log.debug({ err: error }, "redis error"));
-  redis.connect().catch((error: unknown) => log.warn({ err: error }, "redis not reachable yet"));
-  return redis;
-}
-
 async function main(config: Config, log: Logger): Promise<void> {
   // It checks the operator's and the saga's credentials (digests suffice) and signs users' tokens.
   const secrets = secretsOrExit(
@@ -148,7 +130,11 @@ async function main(config: Config, log: Logger): Promise<void> {
   if (applied.length > 0) log.info({ applied }, "migrations applied");
   await assertSystemAccounts(pool);
 
-  const redis = openRedis(config, log);
+  const redis = openRedis({
+    url: config.REDIS_URL,
+    logger: log,
+    unreachable_message: "redis not reachable yet",
+  });
   const tracing = await startServiceTracing(SERVICE, log);
   const { listeners } = await createApp({ config, log, pool, redis, secrets });
   await listenBoth(listeners, {
