@@ -121,9 +121,13 @@ export class TransferOutcomeUnknownError extends Error {
   }
 }
 
-/** A transfer event's deliveries continue the trace of the request that created the transfer. */
-const EVENT_TRACEPARENT =
-  "(SELECT tr.traceparent FROM transfers tr WHERE tr.id = (ev.data->'transaction'->>'id')::uuid)";
+/**
+ * A transfer event's deliveries continue the trace of the request that created the transfer, or,
+ * for an item of a batch (whose row keeps none), of the request that created the batch.
+ */
+const EVENT_TRACEPARENT = `(SELECT coalesce(tr.traceparent, d.traceparent)
+                              FROM transfers tr LEFT JOIN disbursements d ON d.id = tr.disbursement_id
+                             WHERE tr.id = (ev.data->'transaction'->>'id')::uuid)`;
 
 /** Longest parked reason kept (an error message quoting a ledger answer can be long). */
 const PARKED_REASON_MAX = 2_000;
