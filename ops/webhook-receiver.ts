@@ -13,6 +13,8 @@ export interface Received {
   // biome-ignore lint/suspicious/noExplicitAny: free-form JSON
   body: any;
   verified: boolean;
+  /** The W3C trace context the delivery carried, if any. */
+  traceparent: string | undefined;
   at_ms: number;
 }
 
@@ -45,6 +47,7 @@ export class WebhookReceiver {
           webhook_id: headers["webhook-id"] ?? "",
           body: JSON.parse(payload),
           verified,
+          traceparent: headers.traceparent,
           at_ms: Date.now(),
         });
         response.writeHead(verified ? 200 : 400).end();

@@ -36,7 +36,8 @@ export {
 export { traceHttpServer } from "./http.ts";
 export { traceFields, traceLogMixin } from "./log.ts";
 export type { Attributes, Context, Span };
-export { TRACER_NAME, tracingEnabled, tracingEnv };
+/** For span.setStatus() where an outcome, not a throw, is the failure (withSpan marks a throw itself). */
+export { SpanStatusCode, TRACER_NAME, tracingEnabled, tracingEnv };
 
 export interface TracingOptions {
   /** service.name of every span this process exports. */

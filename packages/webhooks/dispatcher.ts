@@ -12,6 +12,10 @@
  * - Each attempt: SSRF check and DNS pinning (address-guard.ts), Standard Webhooks signature with
  *   every valid key, attempt_timeout_ms for the whole exchange, no redirects followed (a redirect
  *   could lead anywhere), a bounded read of the answer.
+ * - Trace: each attempt is a client span `webhook deliver` in the trace the delivery row keeps
+ *   (the request that caused its event), and the request carries its `traceparent` header; with
+ *   tracing off the header carries the row's trace context itself, and the attempt's log lines
+ *   name the trace and the transfer either way.
  * - Record: one log row per attempt; delivered on a 2xx; otherwise the next attempt after a
  *   full-jitter exponential delay, until the retry window (3 days by default) is spent: then the
  *   delivery fails and its endpoint is marked failing (its other pending deliveries fail too, and
@@ -24,6 +28,8 @@ import type { Logger } from "#packages/log/index.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
+import { contextFromRow, injectHttpHeaders } from "#packages/tracing/carriers.ts";
+import { type Context, type Span, SpanStatusCode, traceFields, withSpan } from "#packages/tracing/index.ts";
 import { type AddressGuardOptions, checkUrl, pinnedLookup } from "./address-guard.ts";
 import { type SignedHeaders, signHeaders } from "./secrets.ts";
 import { pruneDeliveries } from "./store.ts";
@@ -97,6 +103,8 @@ interface Claimed {
   claim_token: string;
   url: string;
   secrets: string[];
+  /** The trace the delivery continues (carriers.ts), or null. */
+  traceparent: string | null;
 }
 
 interface Outcome {
@@ -128,12 +136,10 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   const run = (row: Claimed) => {
     total += 1;
     inFlight.set(row.endpoint_id, (inFlight.get(row.endpoint_id) ?? 0) + 1);
-    const task = attemptAndRecord(options, row)
+    const traced = tracedDelivery(options.logger, row);
+    const task = attemptAndRecord(options, row, traced)
       .catch((error: unknown) =>
-        options.logger.warn(
-          { err: error, delivery_id: row.id },
-          "webhook attempt not recorded; the lease will expire",
-        ),
+        traced.logger.warn({ err: error }, "webhook attempt not recorded; the lease will expire"),
       )
       .finally(() => {
         total -= 1;
@@ -227,7 +233,7 @@ async function claim(
               claim_token = gen_random_uuid(), attempts = d.attempts + 1, updated_at = now()
          FROM chosen, webhook_endpoints e
         WHERE d.id = chosen.id AND e.id = d.endpoint_id
-        RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url,
+        RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url, d.traceparent,
                   array_remove(ARRAY[e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END],
                                NULL) AS secrets`,
     [
@@ -243,14 +249,62 @@ async function claim(
   return rows.rows;
 }
 
-async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promise<void> {
-  const outcome = await attempt(options, row);
+/**
+ * What a delivery's log lines name: the delivery, and the transfer or batch its event is about
+ * (the `data` transaction-service sends: `{transaction}` or `{disbursement}`).
+ */
+function subjectOf(row: Claimed): Record<string, string> {
+  const fields: Record<string, string> = { delivery_id: row.id, webhook_id: row.webhook_id };
+  const data = (row.payload as { data?: Record<string, { id?: unknown } | undefined> } | null)?.data;
+  const transfer_id = data?.transaction?.id;
+  const disbursement_id = data?.disbursement?.id;
+  if (typeof transfer_id === "string") fields.transfer_id = transfer_id;
+  if (typeof disbursement_id === "string") fields.disbursement_id = disbursement_id;
+  return fields;
+}
+
+/** A delivery's trace (from its row), what its span and log lines name, and its logger. */
+interface TracedDelivery {
+  parent: Context;
+  attributes: Record<string, string>;
+  logger: Logger;
+}
+
+function tracedDelivery(logger: Logger, row: Claimed): TracedDelivery {
+  const parent = contextFromRow(row.traceparent);
+  const attributes = subjectOf(row);
+  // Its lines are written outside the span: they name the delivery's trace themselves.
+  return { parent, attributes, logger: logger.child({ ...traceFields(parent), ...attributes }) };
+}
+
+async function attemptAndRecord(
+  options: DispatcherOptions,
+  row: Claimed,
+  traced: TracedDelivery,
+): Promise<void> {
+  const spec = { kind: "client" as const, parent: traced.parent, attributes: traced.attributes };
+  const outcome = await withSpan("webhook deliver", spec, (span) => tracedAttempt(options, row, span));
   options.after_send?.(row.id);
   const result = await record(options, row, outcome);
+  traced.logger.debug(
+    { attempt: row.attempts, result, response_code: outcome.response_code, latency_ms: outcome.latency_ms },
+    "webhook attempt",
+  );
   if (result !== null) options.on_result?.(result);
 }
 
-/** One signed POST; never throws: every failure is an outcome to log and retry. */
+/** The attempt inside its span: the span says how the exchange ended. */
+async function tracedAttempt(options: DispatcherOptions, row: Claimed, span: Span): Promise<Outcome> {
+  const outcome = await attempt(options, row);
+  if (outcome.response_code !== null) span.setAttribute("http.response.status_code", outcome.response_code);
+  if (!outcome.ok) span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.error ?? undefined });
+  return outcome;
+}
+
+/**
+ * One signed POST, with the active trace context's `traceparent`; never throws: every failure
+ * is an outcome to log and retry.
+ */
 async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcome> {
   const started = performance.now();
   const latency = () => Math.round(performance.now() - started);
@@ -266,7 +320,8 @@ async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcom
       "webhook URL check",
     );
     const body = JSON.stringify(row.payload);
-    const headers = signHeaders(row.webhook_id, new Date(), body, row.secrets);
+    // The signature covers id, timestamp and body only: the trace header needs no signing.
+    const headers = injectHttpHeaders({ ...signHeaders(row.webhook_id, new Date(), body, row.secrets) });
     const response_code = await post(target.url, target.address, body, headers, signal, options);
     const ok = response_code >= 200 && response_code < 300;
     return { ok, response_code, latency_ms: latency(), error: ok ? null : `answered ${response_code}` };
@@ -281,7 +336,7 @@ function post(
   url: URL,
   address: Parameters<typeof pinnedLookup>[0],
   body: string,
-  signed: SignedHeaders,
+  signed: SignedHeaders & Record<string, string>,
   signal: AbortSignal,
   options: DispatcherOptions,
 ): Promise<number> {

@@ -17,13 +17,17 @@ import {
 import { ApiError, notFound } from "#packages/http/errors.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
+import { rowFromContext } from "#packages/tracing/carriers.ts";
 import { type AddressGuardOptions, AddressRefusedError, checkUrl } from "./address-guard.ts";
 import { newSecret } from "./secrets.ts";
 
 /** The DDL, for a service migration to include (its one home is schema.sql beside this file). */
 export const schemaSqlPath = join(import.meta.dirname, "schema.sql");
+/** The deliveries' trace context, added later: a migration of its own, after schema.sql's. */
+export const traceparentSqlPath = join(import.meta.dirname, "traceparent.sql");
+/** Every table as the migrations leave them, for a schema made in one go (tests). */
 export function schemaSql(): string {
-  return readFileSync(schemaSqlPath, "utf8");
+  return [schemaSqlPath, traceparentSqlPath].map((path) => readFileSync(path, "utf8")).join("\n");
 }
 
 export const webhookEventTypes = ["transfer.completed", "transfer.failed", "disbursement.completed"] as const;
@@ -184,15 +188,18 @@ export function eventsParam(events: WebhookEvent[]): string {
  * is the placeholder of an eventsParam value; `gate`, an optional condition on the event `ev`,
  * lets a statement that also moves state embed this as a data-modifying CTE and enqueue only the
  * events of the rows it really moved, e.g. `ev.data->>'transfer_id' IN (SELECT id::text FROM moved)`.
+ * `traceparent`, a text expression (it may read `ev`), is the W3C trace context each delivery
+ * continues (carriers.ts): a placeholder, or a copy from the row the event is about.
  */
-export function enqueueEventsSql(events: string, gate = "true"): string {
+export function enqueueEventsSql(events: string, gate = "true", traceparent = "NULL"): string {
   return `INSERT INTO webhook_deliveries
-       (id, endpoint_id, webhook_id, event_type, payload, next_attempt_at, retry_from, created_at, updated_at)
+       (id, endpoint_id, webhook_id, event_type, payload, next_attempt_at, retry_from, created_at, updated_at,
+        traceparent)
      SELECT gen_random_uuid(), e.id, ev.id, ev.type,
             jsonb_build_object('type', ev.type,
                                'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                                'data', ev.data),
-            now(), now(), now(), now()
+            now(), now(), now(), now(), ${traceparent}
        FROM jsonb_to_recordset(${events}::jsonb) AS ev(id text, type text, user_ids bigint[], data jsonb)
        JOIN webhook_endpoints e
          ON e.owner_user_id = ANY (ev.user_ids) AND ev.type = ANY (e.events) AND e.state = 'enabled'
@@ -202,11 +209,19 @@ export function enqueueEventsSql(events: string, gate = "true"): string {
 
 /**
  * Enqueues the events in the caller's transaction: the rows commit with the transition that
- * caused the events, or not at all. Returns the number of deliveries enqueued.
+ * caused the events, or not at all. Returns the number of deliveries enqueued. Their deliveries
+ * continue `traceparent`, by default the active context's: the trace of what caused them.
  */
-export async function enqueueEvents(client: PoolClient, events: WebhookEvent[]): Promise<number> {
+export async function enqueueEvents(
+  client: PoolClient,
+  events: WebhookEvent[],
+  traceparent: string | null = rowFromContext(),
+): Promise<number> {
   if (events.length === 0) return 0;
-  const inserted = await client.query(enqueueEventsSql("$1"), [eventsParam(events)]);
+  const inserted = await client.query(enqueueEventsSql("$1", "true", "$2::text"), [
+    eventsParam(events),
+    traceparent,
+  ]);
   return inserted.rowCount ?? 0;
 }
 

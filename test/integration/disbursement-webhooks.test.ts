@@ -1,8 +1,10 @@
 /**
  * A batch's webhooks: every item is a transfer and raises its transfer event, including an item
- * refused at funding (an unknown payee, never held), and the batch raises disbursement.completed.
+ * refused at funding (an unknown payee, never held), and the batch raises disbursement.completed,
+ * in the trace of the request that created the batch.
  */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { bearer, call, createUser, type TestUser, uniqueName, urls } from "./api.ts";
 import { WebhookReceiver } from "./webhook-receiver.ts";
@@ -33,6 +35,7 @@ describe("batch webhooks", { timeout: 180_000 }, () => {
 
   it("sends transfer.failed for an item refused at funding, as for every other item", async () => {
     const payee = await createUser();
+    const trace_id = randomBytes(16).toString("hex");
     const made = await call("POST", `${urls.transaction}/disbursements`, {
       body: {
         source_user_id: payer.id,
@@ -41,7 +44,11 @@ describe("batch webhooks", { timeout: 180_000 }, () => {
           { dest_user_id: UNKNOWN_USER, amount: 50, reference: "nobody" },
         ],
       },
-      headers: { ...bearer(payer.token), "idempotency-key": uniqueName("hook") },
+      headers: {
+        ...bearer(payer.token),
+        "idempotency-key": uniqueName("hook"),
+        traceparent: `00-${trace_id}-${randomBytes(8).toString("hex")}-01`,
+      },
     });
     assert.equal(made.status, 201, JSON.stringify(made.body));
     const id: string = made.body.data.disbursement.id;
@@ -62,5 +69,10 @@ describe("batch webhooks", { timeout: 180_000 }, () => {
       60_000,
     );
     assert.ok(receiver.received.every((r) => r.verified));
+    // Every delivery the batch caused is in the trace of the request that created it.
+    for (const webhook_id of expected) {
+      const got = receiver.received.find((r) => r.webhook_id === webhook_id);
+      assert.equal(got?.traceparent?.split("-")[1], trace_id, `${webhook_id}: ${got?.traceparent}`);
+    }
   });
 });

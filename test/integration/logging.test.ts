@@ -3,6 +3,7 @@
  * transaction-service with no OTLP endpoint (and debug lines, so that it writes some about the
  * transfer) takes the POST, and every line of every service's log that names the transfer
  * carries one W3C trace id: the client's when it sent a traceparent, else the one the copy made.
+ * The payer's webhook delivery carries that trace id too, in its `traceparent` header.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -11,8 +12,9 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { logsDir } from "../../scripts/stack/paths.ts";
-import { call, createUser, settled, uniqueName } from "./api.ts";
+import { bearer, call, createUser, settled, uniqueName } from "./api.ts";
 import { type SecondCopy, startSecondCopy } from "./second-copy.ts";
+import { WebhookReceiver } from "./webhook-receiver.ts";
 
 const COPY_LOG = "transaction-service-second-copy.log";
 /** Lines reach the files through each process's stdout: a moment after the transfer settles. */
@@ -43,8 +45,10 @@ async function linesNaming(transfer_id: string): Promise<Line[]> {
 
 describe("trace ids in the log lines about a transfer", { timeout: 5 * 60_000 }, () => {
   let copy: SecondCopy | undefined;
+  const hooks = new WebhookReceiver();
 
   before(async () => {
+    await hooks.start();
     copy = await startSecondCopy({
       OTEL_EXPORTER_OTLP_ENDPOINT: "",
       OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "",
@@ -54,6 +58,7 @@ describe("trace ids in the log lines about a transfer", { timeout: 5 * 60_000 },
 
   after(async () => {
     await copy?.stop();
+    await hooks.stop();
   });
 
   /** Pays 300 through the copy with tracing off; returns the transfer's id and every line naming it. */
@@ -62,6 +67,13 @@ describe("trace ids in the log lines about a transfer", { timeout: 5 * 60_000 },
   ): Promise<{ id: string; lines: Line[] }> {
     const a = await createUser(1_000);
     const b = await createUser(0);
+    // The payer's endpoint: its delivery (and, when the copy sends it, the attempt's line) names the transfer.
+    const registered = await call("POST", `${(copy as SecondCopy).base}/webhooks`, {
+      body: { url: `${hooks.url}/payer`, events: ["transfer.completed"] },
+      headers: bearer(a.token),
+    });
+    assert.equal(registered.status, 201, JSON.stringify(registered.body));
+    hooks.secrets.set("/payer", registered.body.data.secret);
     const answer = await call("POST", `${(copy as SecondCopy).base}/transactions/transfer`, {
       body: { source_user_id: a.id, dest_user_id: b.id, amount: 300 },
       headers: { authorization: `Bearer ${a.token}`, "idempotency-key": uniqueName("key"), ...headers },
@@ -99,11 +111,18 @@ describe("trace ids in the log lines about a transfer", { timeout: 5 * 60_000 },
     assertOneTrace(id, lines);
   });
 
-  it("keeps the client's trace id on every line about the transfer", async () => {
+  it("keeps the client's trace id on every line about the transfer, and in its webhook's traceparent", async () => {
     const trace_id = randomBytes(16).toString("hex");
     const { id, lines } = await transferThroughCopy({
       traceparent: `00-${trace_id}-${randomBytes(8).toString("hex")}-00`,
     });
     assert.equal(assertOneTrace(id, lines), trace_id);
+    await hooks.until("the payer's webhook", () => hooks.count(`${id}.completed`, "/payer") > 0);
+    const delivery = hooks.received.find((r) => r.webhook_id === `${id}.completed`);
+    assert.equal(delivery?.verified, true);
+    assert.equal(delivery?.traceparent?.split("-")[1], trace_id, `traceparent: ${delivery?.traceparent}`);
+    // The attempt's lines (debug, written if the copy sent it) are in the trace too.
+    await sleep(500);
+    assert.equal(assertOneTrace(id, await linesNaming(id)), trace_id);
   });
 });

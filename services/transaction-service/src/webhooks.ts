@@ -76,7 +76,8 @@ function registerEndpointRoutes(app: HttpServer, deps: WebhookRouteDeps): void {
         summary: "Register a webhook endpoint for the caller's transfers (the answer shows its secret once)",
         description:
           "Events: `transfer.completed` and `transfer.failed` (to payer and payee), `disbursement.completed` (to the payer). " +
-          "Deliveries are signed as Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).",
+          "Deliveries are signed as Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`), " +
+          "and carry a W3C `traceparent` header (not signed) in the trace of the request that created the transfer or batch.",
         body: createEndpointBodySchema,
         response: {
           201: envelope(secretAnswer.extend({ endpoint: endpointSchema })).describe(

@@ -10,6 +10,7 @@ import type { FailureReason } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
+import { rowFromContext } from "#packages/tracing/carriers.ts";
 import { enqueueEvents } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "../saga/machine.ts";
 import { transferEventOf } from "../saga/webhook-events.ts";
@@ -144,10 +145,11 @@ export class DisbursementStore {
     return withTransaction(this.#pool, async (client) => {
       const inserted = await client.query<{ id: string }>(
         `INSERT INTO disbursements (id, idempotency_key, request_fingerprint, source_user_id, reference, state,
-                                    item_count, total_minor, pending_count, next_attempt_at, created_at, updated_at)
+                                    item_count, total_minor, pending_count, next_attempt_at, created_at, updated_at,
+                                    traceparent)
          -- Milliseconds, as the API shows them: a page cursor then names a row exactly.
          VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $6, now() + ($8 * interval '1 millisecond'),
-                 date_trunc('milliseconds', now()), now())
+                 date_trunc('milliseconds', now()), now(), $9)
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
         [
           input.id,
@@ -158,6 +160,8 @@ export class DisbursementStore {
           input.items.length,
           input.total_amount,
           input.funding_timeout_ms,
+          // The creating request's trace, for the webhook deliveries the batch causes (migration 013).
+          rowFromContext(),
         ],
       );
       const created = inserted.rowCount === 1;

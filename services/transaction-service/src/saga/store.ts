@@ -121,6 +121,14 @@ export class TransferOutcomeUnknownError extends Error {
   }
 }
 
+/**
+ * A transfer event's deliveries continue the trace of the request that created the transfer, or,
+ * for an item of a batch (whose row keeps none), of the request that created the batch.
+ */
+const EVENT_TRACEPARENT = `(SELECT coalesce(tr.traceparent, d.traceparent)
+                              FROM transfers tr LEFT JOIN disbursements d ON d.id = tr.disbursement_id
+                             WHERE tr.id = (ev.data->'transaction'->>'id')::uuid)`;
+
 /** Longest parked reason kept (an error message quoting a ledger answer can be long). */
 const PARKED_REASON_MAX = 2_000;
 
@@ -395,7 +403,7 @@ export class SagaStore {
              AS m(transfer_id, topic, key, payload, traceparent, n)
            JOIN moved mv ON mv.id = m.transfer_id
           ORDER BY m.n),
-       hooks AS (${enqueueEventsSql("$15", "ev.data->'transaction'->>'id' IN (SELECT id::text FROM moved)")}
+       hooks AS (${enqueueEventsSql("$15", "ev.data->'transaction'->>'id' IN (SELECT id::text FROM moved)", EVENT_TRACEPARENT)}
                  RETURNING 1)
        -- The dispatcher is woken only for deliveries that exist: most final transfers have no endpoint.
        SELECT moved.*, (SELECT count(*) FROM hooks)::int AS hooks_enqueued FROM moved`,

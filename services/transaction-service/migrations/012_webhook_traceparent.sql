@@ -1,0 +1,1 @@
+../../../packages/webhooks/traceparent.sql
