@@ -33,8 +33,8 @@
 --   one being posted meanwhile is still counted (an overestimate, which is safe).
 -- - A post never lowers it: the bound then overstates by the posted amount until (b) runs.
 -- So every hold in state 'held' is counted in its payer's bound, and voiding a hold subtracts
--- money the bound holds: the bound never goes below zero (a CHECK) nor below the exact figure
--- (the audit checks: wallets_understating_held_out).
+-- money the bound holds: the bound never goes below the exact figure (the audit checks:
+-- wallets_understating_held_out).
 -- It cannot run away either: a rise that would pass 2^53-1 takes the exact sum instead, which
 -- 003's rule keeps within 2^53-1 - balance.
 
@@ -67,10 +67,12 @@ CREATE TRIGGER holds_raise_held_out_bound AFTER INSERT ON holds
   FOR EACH STATEMENT EXECUTE FUNCTION holds_raise_held_out_bound();
 
 -- A void gives the hold's money back to the balance, so it leaves the bound. Row-level with a
--- WHEN, so that posts (the hot path) queue no trigger at all.
+-- WHEN, so that posts (the hot path) queue no trigger at all. The bound counts every held hold,
+-- so it is never below the amount; were it ever (a bug, which the audit names), the refund still
+-- lands rather than failing on the CHECK and aborting its batch.
 CREATE FUNCTION holds_lower_held_out_bound() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  UPDATE accounts SET held_out_bound_minor = held_out_bound_minor - OLD.amount_minor
+  UPDATE accounts SET held_out_bound_minor = greatest(held_out_bound_minor - OLD.amount_minor, 0)
   WHERE user_id = OLD.source_user_id;
   RETURN NULL;
 END
