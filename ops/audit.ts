@@ -168,6 +168,11 @@ function noteLedgerViolations(ledger: AuditReport, note: Note): void {
     );
   }
   if (ledger.unbalanced_postings > 0) note(`I1: ${ledger.unbalanced_postings} postings do not sum to zero`);
+  if (ledger.wallets_understating_held_out > 0) {
+    note(
+      `I4: ${ledger.wallets_understating_held_out} wallets understate the money held out of them (a refund might not fit)`,
+    );
+  }
 }
 
 type SagaRow = {

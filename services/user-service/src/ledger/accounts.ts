@@ -17,7 +17,7 @@
  *   order (the transfers' advisory locks by key, then the wallets by user id): two batches cannot
  *   deadlock. Deposits and closes lock one wallet only.
  */
-import { AMOUNT_MAX_MINOR, minorFromPg } from "#packages/contracts/money.ts";
+import { minorFromPg } from "#packages/contracts/money.ts";
 import type { Pool, PoolClient } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import type { UserRow } from "../domain.ts";
@@ -70,8 +70,9 @@ export interface WalletChange {
 /**
  * Guarded credit: no row when the wallet is missing or has no room. Room counts the money held
  * out of the wallet (holds not yet posted or voided) as if it were back, so that a refund always
- * fits (migrations/003). The wallet's row lock is taken first, in a statement of its own, so the
- * guard's count of held-out money is read after it: a new hold out of this wallet needs the lock.
+ * fits (migrations/003); ledger_credit_room (migrations/006) asks the wallet's upper bound of it
+ * first and sums the holds only near the ceiling. The wallet's row lock is taken first, in a
+ * statement of its own, so the count is read after it: a new hold out of this wallet needs the lock.
  */
 export async function creditWallet(
   client: PoolClient,
@@ -80,10 +81,14 @@ export async function creditWallet(
 ): Promise<WalletChange | null> {
   await client.query("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", [user_id]);
   const { rows } = await client.query<{ id: string; balance_minor: string }>(
-    `UPDATE accounts SET balance_minor = balance_minor + $2::bigint, updated_at = now()
-     WHERE user_id = $1 AND balance_minor::numeric + ledger_held_out($1) + $2::bigint <= $3::bigint
-     RETURNING id, balance_minor`,
-    [user_id, amount, AMOUNT_MAX_MINOR],
+    `WITH room AS (
+       SELECT id, ledger_credit_room(user_id, balance_minor, held_out_bound_minor, $2::bigint) AS held_out_minor
+       FROM accounts WHERE user_id = $1)
+     UPDATE accounts a SET balance_minor = a.balance_minor + $2::bigint,
+       held_out_bound_minor = room.held_out_minor, updated_at = now()
+     FROM room WHERE a.id = room.id AND room.held_out_minor IS NOT NULL
+     RETURNING a.id, a.balance_minor`,
+    [user_id, amount],
   );
   const row = rows[0];
   return row ? { account_id: row.id, balance_after: minorFromPg(row.balance_minor) } : null;

@@ -21,8 +21,11 @@ export interface AuditReport {
   entries_without_account: number;
   held_amount: string;
   holds_by_state: { held: number; posted: number; voided: number };
+  /** Wallets whose held_out_bound_minor is below the money held out of them (migrations/006). */
+  wallets_understating_held_out: number;
   /** All of: sum_all_entries = 0, no mismatching or negative wallet, every posting balanced and
-   * pointing at real accounts, held_amount = clearing_balance, external_balance = -total_deposited. */
+   * pointing at real accounts, held_amount = clearing_balance, external_balance = -total_deposited,
+   * no wallet understating its held-out money. */
   consistent: boolean;
 }
 
@@ -45,7 +48,11 @@ const FIGURES_SQL = `SELECT
      (SELECT coalesce(sum(amount_minor), 0) FROM holds WHERE state = 'held')::text AS held_amount,
      (SELECT count(*) FROM holds WHERE state = 'held') AS holds_held,
      (SELECT count(*) FROM holds WHERE state = 'posted') AS holds_posted,
-     (SELECT count(*) FROM holds WHERE state = 'voided') AS holds_voided`;
+     (SELECT count(*) FROM holds WHERE state = 'voided') AS holds_voided,
+     (SELECT count(*) FROM accounts a
+        JOIN (SELECT source_user_id, sum(amount_minor) AS held FROM holds WHERE state = 'held'
+              GROUP BY source_user_id) h ON h.source_user_id = a.user_id
+      WHERE a.held_out_bound_minor < h.held) AS wallets_understating_held_out`;
 
 export async function audit(pool: Pool): Promise<AuditReport> {
   return withTransaction(pool, async (client) => {
@@ -87,6 +94,7 @@ export async function audit(pool: Pool): Promise<AuditReport> {
         posted: count("holds_posted"),
         voided: count("holds_voided"),
       },
+      wallets_understating_held_out: count("wallets_understating_held_out"),
     };
     const consistent =
       BigInt(report.sum_all_entries) === 0n &&
@@ -95,7 +103,8 @@ export async function audit(pool: Pool): Promise<AuditReport> {
       report.unbalanced_postings === 0 &&
       report.entries_without_account === 0 &&
       BigInt(report.held_amount) === BigInt(report.clearing_balance) &&
-      BigInt(report.external_balance) === -BigInt(report.total_deposited);
+      BigInt(report.external_balance) === -BigInt(report.total_deposited) &&
+      report.wallets_understating_held_out === 0;
     return { ...report, consistent };
   });
 }

@@ -55,6 +55,7 @@ export const auditSchema = z.object({
   entries_without_account: count,
   held_amount: bigSum,
   holds_by_state: z.object({ held: count, posted: count, voided: count }),
+  wallets_understating_held_out: count,
   consistent: z.boolean(),
 });
 
