@@ -3,6 +3,7 @@
  * (TEST_SAGA_DATABASE_URL; skipped when unset): one statement moving items of several batches
  * updates each batch once, with its own deltas; and its cost stays linear in the statement's rows
  * on a connection whose first statements were small (PL/pgSQL keeps the plans of its first call).
+ * saga_public_status, which it reads twice per row, answers as machine.ts and costs no call.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -12,6 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { uuidv7 } from "#packages/contracts/ids.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
 import { DisbursementStore } from "../src/disbursements/store.ts";
+import { publicStatus, sagaStates } from "../src/saga/machine.ts";
 
 const BASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
 const SCHEMA = `saga_disbursement_counts_test_${process.pid}_${Date.now()}`;
@@ -174,5 +176,21 @@ describe("disbursement counts on PostgreSQL", {
       [[a.id, b.id]],
     );
     assert.deepEqual(changes.rows, [{ id: a.id, old_status: "PENDING", new_status: "PARTIALLY_COMPLETED" }]);
+  });
+
+  it("saga_public_status answers as publicStatus for every state, NULL for NULL, inlined into its caller", async () => {
+    const { rows } = await pool.query<{ state: string | null; status: string | null }>(
+      "SELECT s AS state, saga_public_status(s) AS status FROM unnest($1::text[]) AS s",
+      [[...sagaStates, null]],
+    );
+    assert.deepEqual(rows, [
+      ...sagaStates.map((state) => ({ state, status: publicStatus(state) })),
+      { state: null, status: null },
+    ]);
+    const plan = await pool.query<{ "QUERY PLAN": string }>(
+      "EXPLAIN (VERBOSE, COSTS OFF) SELECT saga_public_status(state) FROM transfers",
+    );
+    const text = plan.rows.map((r) => r["QUERY PLAN"]).join("\n");
+    assert.doesNotMatch(text, /saga_public_status/, `a call per row, not a CASE:\n${text}`);
   });
 });
