@@ -1,5 +1,5 @@
 /**
- * The batch counts trigger (migrations 004, 008, 013) against a real PostgreSQL
+ * The batch counts trigger (migrations 004, 008, 014) against a real PostgreSQL
  * (TEST_SAGA_DATABASE_URL; skipped when unset): one statement moving items of several batches
  * updates each batch once, with its own deltas; and its cost stays linear in the statement's rows
  * on a connection whose first statements were small (PL/pgSQL keeps the plans of its first call).
