@@ -22,8 +22,11 @@ import { newSecret } from "./secrets.ts";
 
 /** The DDL, for a service migration to include (its one home is schema.sql beside this file). */
 export const schemaSqlPath = join(import.meta.dirname, "schema.sql");
+/** The DDL's later changes, in order, each a migration of its own in the service. */
+export const schemaChangePaths = [join(import.meta.dirname, "due-by-endpoint.sql")];
+/** The tables as the migrations leave them (for tests that create them afresh). */
 export function schemaSql(): string {
-  return readFileSync(schemaSqlPath, "utf8");
+  return [schemaSqlPath, ...schemaChangePaths].map((path) => readFileSync(path, "utf8")).join("\n");
 }
 
 export const webhookEventTypes = ["transfer.completed", "transfer.failed", "disbursement.completed"] as const;
