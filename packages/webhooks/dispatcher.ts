@@ -119,6 +119,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   let pendingWake = false;
   let wakeUp: (() => void) | null = null;
   const running = new Set<Promise<void>>();
+  const recordDelivered = deliveredRecorder(options);
 
   const wake = () => {
     pendingWake = true;
@@ -128,7 +129,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   const run = (row: Claimed) => {
     total += 1;
     inFlight.set(row.endpoint_id, (inFlight.get(row.endpoint_id) ?? 0) + 1);
-    const task = attemptAndRecord(options, row)
+    const task = attemptAndRecord(options, row, recordDelivered)
       .catch((error: unknown) =>
         options.logger.warn(
           { err: error, delivery_id: row.id },
@@ -278,10 +279,16 @@ export async function claim(
   return rows.rows;
 }
 
-async function attemptAndRecord(options: DispatcherOptions, row: Claimed): Promise<void> {
+type RecordDelivered = (row: Claimed, outcome: Outcome) => Promise<DeliveryResult | null>;
+
+async function attemptAndRecord(
+  options: DispatcherOptions,
+  row: Claimed,
+  recordDelivered: RecordDelivered,
+): Promise<void> {
   const outcome = await attempt(options, row);
   options.after_send?.(row.id);
-  const result = await record(options, row, outcome);
+  const result = outcome.ok ? await recordDelivered(row, outcome) : await record(options, row, outcome);
   if (result !== null) options.on_result?.(result);
 }
 
@@ -358,7 +365,7 @@ function post(
 }
 
 /**
- * Logs the attempt and moves the delivery on, if this attempt still holds its lease. Null when
+ * Logs a failed attempt and moves the delivery on, if this attempt still holds its lease. Null when
  * the delivery is no longer this attempt's to decide (deleted, or claimed by another copy).
  */
 async function record(
@@ -366,7 +373,6 @@ async function record(
   row: Claimed,
   outcome: Outcome,
 ): Promise<DeliveryResult | null> {
-  if (outcome.ok) return recordDelivered(options, row, outcome);
   const delay_ms = retryDelay_ms(row.attempts, options.retry);
   return withTransaction(options.pool, async (client): Promise<DeliveryResult | null> => {
     // Locked first: a concurrent endpoint deletion either ran already (nothing to record) or waits.
@@ -404,26 +410,71 @@ async function record(
 }
 
 /**
- * A delivered attempt in one statement (the common case, once per delivery): the row is locked
- * first, as in record(); the attempt is logged if the delivery still exists, and the delivery is
- * marked delivered if this attempt still holds its lease.
+ * Records delivered attempts, those that finish together in one statement: the first is written
+ * at once, and the ones that finish while a statement runs go together in the next (at most
+ * batch_max each), so a burst of answers costs a few statements, not one each.
  */
-async function recordDelivered(
+function deliveredRecorder(options: DispatcherOptions): RecordDelivered {
+  type Waiting = {
+    row: Claimed;
+    outcome: Outcome;
+    done: (result: DeliveryResult | null) => void;
+    fail: (error: unknown) => void;
+  };
+  const waiting: Waiting[] = [];
+  let writing = false;
+  const write = async () => {
+    writing = true;
+    while (waiting.length > 0) {
+      const batch = waiting.splice(0, options.batch_max);
+      try {
+        const delivered = await recordDeliveredMany(options, batch);
+        for (const w of batch) w.done(delivered.has(w.row.id) ? "delivered" : null);
+      } catch (error) {
+        for (const w of batch) w.fail(error);
+      }
+    }
+    writing = false;
+  };
+  return (row, outcome) =>
+    new Promise((done, fail) => {
+      waiting.push({ row, outcome, done, fail });
+      if (!writing) void write();
+    });
+}
+
+/**
+ * Delivered attempts in one statement: each row is locked first, as in record(); its attempt is
+ * logged if the delivery still exists, and it is marked delivered if the attempt still holds its
+ * lease. Returns the ids marked delivered.
+ */
+async function recordDeliveredMany(
   options: DispatcherOptions,
-  row: Claimed,
-  outcome: Outcome,
-): Promise<DeliveryResult | null> {
-  const delivered = await options.pool.query(
-    `WITH current AS (SELECT id, claim_token FROM webhook_deliveries WHERE id = $1 FOR UPDATE),
+  batch: { row: Claimed; outcome: Outcome }[],
+): Promise<Set<string>> {
+  const delivered = await options.pool.query<{ id: string }>(
+    `WITH input AS (
+       SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::uuid[])
+                  AS i(id, attempt, response_code, latency_ms, claim_token)),
+     -- In id order, so that copies recording overlapping rows cannot deadlock.
+     current AS (
+       SELECT id, claim_token FROM webhook_deliveries WHERE id IN (SELECT id FROM input) ORDER BY id FOR UPDATE),
      logged AS (
        INSERT INTO webhook_attempts (delivery_id, attempt, status, response_code, latency_ms, error)
-       SELECT id, $2, 'succeeded', $3, $4, NULL FROM current)
+       SELECT i.id, i.attempt, 'succeeded', i.response_code, i.latency_ms, NULL FROM input i JOIN current c USING (id))
      UPDATE webhook_deliveries d SET state = 'delivered', claim_token = NULL, updated_at = now()
-       FROM current c
-      WHERE d.id = c.id AND c.claim_token = $5`,
-    [row.id, row.attempts, outcome.response_code, outcome.latency_ms, row.claim_token],
+       FROM current c JOIN input i USING (id)
+      WHERE d.id = c.id AND c.claim_token = i.claim_token
+      RETURNING d.id`,
+    [
+      batch.map((b) => b.row.id),
+      batch.map((b) => b.row.attempts),
+      batch.map((b) => b.outcome.response_code),
+      batch.map((b) => b.outcome.latency_ms),
+      batch.map((b) => b.row.claim_token),
+    ],
   );
-  return delivered.rowCount === 1 ? "delivered" : null;
+  return new Set(delivered.rows.map((r) => r.id));
 }
 
 async function markFailing(client: PoolClient, row: Claimed): Promise<void> {

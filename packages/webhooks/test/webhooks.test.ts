@@ -459,6 +459,51 @@ describe("webhooks: isolation and crashes", () => {
   });
 });
 
+describe("webhooks: recording", () => {
+  it("records attempts that are answered together in a few statements, each one logged", async () => {
+    const ep = await endpoint("/together");
+    const ids = Array.from({ length: 8 }, (_, i) => `evt_together_${i}`);
+    await enqueue(ids.map((id) => transferEvent(id, [ep.user])));
+    // Every request is answered at the same instant, however they arrived.
+    const answer_at = performance.now() + 1_000;
+    receiver.on("/together", () => ({ status: 204, delay_ms: Math.max(0, answer_at - performance.now()) }));
+    let statements = 0;
+    const counting = new Proxy(pool, {
+      get(target, key) {
+        if (key === "query") {
+          return (text: string, values?: unknown[]) => {
+            if (text.includes("'succeeded'")) statements += 1;
+            return target.query(text, values);
+          };
+        }
+        const value = Reflect.get(target, key);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const d = dispatcher({ pool: counting, concurrency_max: 8, batch_max: 8, endpoint_in_flight_max: 8 });
+    try {
+      await until("every delivery", async () => {
+        const rows = await pool.query(
+          "SELECT 1 FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'delivered'",
+          [ep.id],
+        );
+        return rows.rowCount === ids.length;
+      });
+    } finally {
+      await d.stop();
+    }
+    assert.ok(statements <= 3, `${statements} statements recorded ${ids.length} delivered attempts`);
+    const deliveries = await deliveriesOf(ep);
+    assert.equal(deliveries.length, ids.length);
+    for (const delivery of deliveries) {
+      assert.deepEqual(
+        delivery.attempts.map((a) => [a.attempt, a.status, a.response_code]),
+        [[1, "succeeded", 204]],
+      );
+    }
+  });
+});
+
 describe("webhooks: kill -9 and several dispatchers", () => {
   it("after a dispatcher process is killed with SIGKILL mid-delivery, every webhook arrives at least once, signed", async () => {
     const ep = await endpoint("/killed");
