@@ -127,6 +127,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   let pendingWake = false;
   let wakeUp: (() => void) | null = null;
   const running = new Set<Promise<void>>();
+  const recordDelivered = deliveredRecorder(options);
 
   const wake = () => {
     pendingWake = true;
@@ -137,7 +138,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
     total += 1;
     inFlight.set(row.endpoint_id, (inFlight.get(row.endpoint_id) ?? 0) + 1);
     const traced = tracedDelivery(options.logger, row);
-    const task = attemptAndRecord(options, row, traced)
+    const task = attemptAndRecord(options, row, traced, recordDelivered)
       .catch((error: unknown) =>
         traced.logger.warn({ err: error }, "webhook attempt not recorded; the lease will expire"),
       )
@@ -198,54 +199,89 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   };
 }
 
+/** Due rows read in time order by a claim, per row of room, before it reads every endpoint's head. */
+const window_per_room = 4;
+
+// $1 room, $2 and $3 this process's requests in flight per endpoint, $4 lease_ms,
+// $5 endpoint_in_flight_max, $6 the window's rows.
+const claimSql = `WITH RECURSIVE busy AS (SELECT * FROM unnest($2::uuid[], $3::int[]) AS b(endpoint_id, in_flight)),
+  -- Endpoints that may take a row, with their free slots: enabled (the rows of the others stay
+  -- out, or they could fill the claim) and below their limit in this process.
+  open AS NOT MATERIALIZED (
+    SELECT e.id AS endpoint_id, $5 - COALESCE(b.in_flight, 0) AS free
+      FROM webhook_endpoints e LEFT JOIN busy b ON b.endpoint_id = e.id
+     WHERE e.state = 'enabled' AND COALESCE(b.in_flight, 0) < $5),
+  -- The oldest due rows across endpoints, a bounded read: an endpoint's first row here is its
+  -- oldest due row.
+  first_due AS (
+    SELECT endpoint_id, next_attempt_at FROM webhook_deliveries
+     WHERE state = 'pending' AND next_attempt_at <= now()
+     ORDER BY next_attempt_at LIMIT $6),
+  window_heads AS (
+    SELECT f.endpoint_id, min(f.next_attempt_at) AS head, o.free
+      FROM first_due f JOIN open o USING (endpoint_id) GROUP BY f.endpoint_id, o.free),
+  -- The window decides when it holds every due row, or $1 open endpoints (any other endpoint's
+  -- oldest row comes after theirs). Otherwise it is full of the rows of endpoints at their limit
+  -- (one endpoint's backlog): then every endpoint's oldest pending row is read instead.
+  decided AS (
+    SELECT (SELECT count(*) FROM first_due) < $6 OR (SELECT count(*) FROM window_heads) >= $1 AS yes),
+  -- Each endpoint with pending rows and its oldest one, by a skip scan of
+  -- webhook_deliveries_endpoint_due: one index descent per endpoint, whatever its backlog.
+  heads AS (
+    (SELECT endpoint_id, next_attempt_at FROM webhook_deliveries WHERE state = 'pending'
+      ORDER BY endpoint_id, next_attempt_at LIMIT 1)
+    UNION ALL
+    SELECT n.endpoint_id, n.next_attempt_at FROM heads h CROSS JOIN LATERAL (
+      SELECT d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+       WHERE d.state = 'pending' AND d.endpoint_id > h.endpoint_id
+       ORDER BY d.endpoint_id, d.next_attempt_at LIMIT 1) n),
+  served AS (
+    SELECT endpoint_id, head, free FROM window_heads WHERE (SELECT yes FROM decided)
+    UNION ALL
+    SELECT h.endpoint_id, h.next_attempt_at, o.free FROM heads h JOIN open o USING (endpoint_id)
+     WHERE NOT (SELECT yes FROM decided) AND h.next_attempt_at <= now()
+    ORDER BY head LIMIT $1),
+  picked AS (
+    SELECT p.id, p.next_attempt_at FROM served s CROSS JOIN LATERAL (
+      SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
+       WHERE d.endpoint_id = s.endpoint_id AND d.state = 'pending' AND d.next_attempt_at <= now()
+       ORDER BY d.next_attempt_at, d.id LIMIT s.free
+       FOR UPDATE SKIP LOCKED) p),
+  -- Exactly the rows this process has room for: a row leased but not sent would wait out its lease.
+  chosen AS (SELECT id FROM picked ORDER BY next_attempt_at, id LIMIT $1)
+UPDATE webhook_deliveries d
+   SET next_attempt_at = now() + make_interval(secs => $4::int / 1000.0),
+       claim_token = gen_random_uuid(), attempts = d.attempts + 1, updated_at = now()
+  FROM chosen, webhook_endpoints e
+ WHERE d.id = chosen.id AND e.id = d.endpoint_id
+ RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url, d.traceparent,
+           array_remove(ARRAY[e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END],
+                        NULL) AS secrets`;
+
 /**
- * Leases up to `room` due rows, leaving out endpoints at their in-flight limit and taking at most
- * the remaining room of each other endpoint.
+ * Leases up to `room` due rows, oldest first across endpoints, leaving out endpoints at their
+ * in-flight limit and taking at most the remaining room of each other endpoint. The rows taken are
+ * the `room` oldest of each open endpoint's oldest due rows (as many as its free slots), so only
+ * the `room` open endpoints with the oldest due rows can contribute. Those are found first (in a
+ * bounded window of the oldest due rows or, when that window is full of the backlog of endpoints
+ * at their limit, from every endpoint's oldest pending row), then only their rows are read: one
+ * endpoint's backlog does not make every claim read it.
  */
-async function claim(
+export async function claim(
   options: DispatcherOptions,
   room: number,
   inFlight: Map<string, number>,
 ): Promise<Claimed[]> {
   const busy = [...inFlight.entries()];
-  const full = busy.filter(([, n]) => n >= options.endpoint_in_flight_max).map(([id]) => id);
   // One statement, so its own transaction: no BEGIN and COMMIT round trips around it.
-  const rows = await options.pool.query<Claimed>(
-    `WITH busy AS (SELECT * FROM unnest($3::uuid[], $4::int[]) AS b(endpoint_id, in_flight)),
-       due AS (
-         -- Rows of an endpoint that is not enabled stay out of the window, or they could fill it.
-         SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
-           JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.state = 'enabled'
-          WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND d.endpoint_id <> ALL ($2::uuid[])
-          ORDER BY d.next_attempt_at
-          LIMIT $1
-          FOR UPDATE OF d SKIP LOCKED),
-       ranked AS (
-         SELECT due.id, due.next_attempt_at,
-                row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at, due.id)
-                  + COALESCE(busy.in_flight, 0) AS slot
-           FROM due LEFT JOIN busy USING (endpoint_id)),
-       -- Exactly the rows this process has room for: a row leased but not sent would wait out its lease.
-       chosen AS (
-         SELECT id FROM ranked WHERE slot <= $6 ORDER BY next_attempt_at, id LIMIT $7)
-       UPDATE webhook_deliveries d
-          SET next_attempt_at = now() + make_interval(secs => $5::int / 1000.0),
-              claim_token = gen_random_uuid(), attempts = d.attempts + 1, updated_at = now()
-         FROM chosen, webhook_endpoints e
-        WHERE d.id = chosen.id AND e.id = d.endpoint_id
-        RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url, d.traceparent,
-                  array_remove(ARRAY[e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END],
-                               NULL) AS secrets`,
-    [
-      room * 4,
-      full,
-      busy.map(([id]) => id),
-      busy.map(([, n]) => n),
-      options.lease_ms,
-      options.endpoint_in_flight_max,
-      room,
-    ],
-  );
+  const rows = await options.pool.query<Claimed>(claimSql, [
+    room,
+    busy.map(([id]) => id),
+    busy.map(([, n]) => n),
+    options.lease_ms,
+    options.endpoint_in_flight_max,
+    room * window_per_room,
+  ]);
   return rows.rows;
 }
 
@@ -277,15 +313,18 @@ function tracedDelivery(logger: Logger, row: Claimed): TracedDelivery {
   return { parent, attributes, logger: logger.child({ ...traceFields(parent), ...attributes }) };
 }
 
+type RecordDelivered = (row: Claimed, outcome: Outcome) => Promise<DeliveryResult | null>;
+
 async function attemptAndRecord(
   options: DispatcherOptions,
   row: Claimed,
   traced: TracedDelivery,
+  recordDelivered: RecordDelivered,
 ): Promise<void> {
   const spec = { kind: "client" as const, parent: traced.parent, attributes: traced.attributes };
   const outcome = await withSpan("webhook deliver", spec, (span) => tracedAttempt(options, row, span));
   options.after_send?.(row.id);
-  const result = await record(options, row, outcome);
+  const result = outcome.ok ? await recordDelivered(row, outcome) : await record(options, row, outcome);
   traced.logger.debug(
     { attempt: row.attempts, result, response_code: outcome.response_code, latency_ms: outcome.latency_ms },
     "webhook attempt",
@@ -378,7 +417,7 @@ function post(
 }
 
 /**
- * Logs the attempt and moves the delivery on, if this attempt still holds its lease. Null when
+ * Logs a failed attempt and moves the delivery on, if this attempt still holds its lease. Null when
  * the delivery is no longer this attempt's to decide (deleted, or claimed by another copy).
  */
 async function record(
@@ -386,7 +425,6 @@ async function record(
   row: Claimed,
   outcome: Outcome,
 ): Promise<DeliveryResult | null> {
-  if (outcome.ok) return recordDelivered(options, row, outcome);
   const delay_ms = retryDelay_ms(row.attempts, options.retry);
   return withTransaction(options.pool, async (client): Promise<DeliveryResult | null> => {
     // Locked first: a concurrent endpoint deletion either ran already (nothing to record) or waits.
@@ -424,26 +462,71 @@ async function record(
 }
 
 /**
- * A delivered attempt in one statement (the common case, once per delivery): the row is locked
- * first, as in record(); the attempt is logged if the delivery still exists, and the delivery is
- * marked delivered if this attempt still holds its lease.
+ * Records delivered attempts, those that finish together in one statement: the first is written
+ * at once, and the ones that finish while a statement runs go together in the next (at most
+ * batch_max each), so a burst of answers costs a few statements, not one each.
  */
-async function recordDelivered(
+function deliveredRecorder(options: DispatcherOptions): RecordDelivered {
+  type Waiting = {
+    row: Claimed;
+    outcome: Outcome;
+    done: (result: DeliveryResult | null) => void;
+    fail: (error: unknown) => void;
+  };
+  const waiting: Waiting[] = [];
+  let writing = false;
+  const write = async () => {
+    writing = true;
+    while (waiting.length > 0) {
+      const batch = waiting.splice(0, options.batch_max);
+      try {
+        const delivered = await recordDeliveredMany(options, batch);
+        for (const w of batch) w.done(delivered.has(w.row.id) ? "delivered" : null);
+      } catch (error) {
+        for (const w of batch) w.fail(error);
+      }
+    }
+    writing = false;
+  };
+  return (row, outcome) =>
+    new Promise((done, fail) => {
+      waiting.push({ row, outcome, done, fail });
+      if (!writing) void write();
+    });
+}
+
+/**
+ * Delivered attempts in one statement: each row is locked first, as in record(); its attempt is
+ * logged if the delivery still exists, and it is marked delivered if the attempt still holds its
+ * lease. Returns the ids marked delivered.
+ */
+async function recordDeliveredMany(
   options: DispatcherOptions,
-  row: Claimed,
-  outcome: Outcome,
-): Promise<DeliveryResult | null> {
-  const delivered = await options.pool.query(
-    `WITH current AS (SELECT id, claim_token FROM webhook_deliveries WHERE id = $1 FOR UPDATE),
+  batch: { row: Claimed; outcome: Outcome }[],
+): Promise<Set<string>> {
+  const delivered = await options.pool.query<{ id: string }>(
+    `WITH input AS (
+       SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::uuid[])
+                  AS i(id, attempt, response_code, latency_ms, claim_token)),
+     -- In id order, so that copies recording overlapping rows cannot deadlock.
+     current AS (
+       SELECT id, claim_token FROM webhook_deliveries WHERE id IN (SELECT id FROM input) ORDER BY id FOR UPDATE),
      logged AS (
        INSERT INTO webhook_attempts (delivery_id, attempt, status, response_code, latency_ms, error)
-       SELECT id, $2, 'succeeded', $3, $4, NULL FROM current)
+       SELECT i.id, i.attempt, 'succeeded', i.response_code, i.latency_ms, NULL FROM input i JOIN current c USING (id))
      UPDATE webhook_deliveries d SET state = 'delivered', claim_token = NULL, updated_at = now()
-       FROM current c
-      WHERE d.id = c.id AND c.claim_token = $5`,
-    [row.id, row.attempts, outcome.response_code, outcome.latency_ms, row.claim_token],
+       FROM current c JOIN input i USING (id)
+      WHERE d.id = c.id AND c.claim_token = i.claim_token
+      RETURNING d.id`,
+    [
+      batch.map((b) => b.row.id),
+      batch.map((b) => b.row.attempts),
+      batch.map((b) => b.outcome.response_code),
+      batch.map((b) => b.outcome.latency_ms),
+      batch.map((b) => b.row.claim_token),
+    ],
   );
-  return delivered.rowCount === 1 ? "delivered" : null;
+  return new Set(delivered.rows.map((r) => r.id));
 }
 
 async function markFailing(client: PoolClient, row: Claimed): Promise<void> {

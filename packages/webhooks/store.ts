@@ -23,11 +23,13 @@ import { newSecret } from "./secrets.ts";
 
 /** The DDL, for a service migration to include (its one home is schema.sql beside this file). */
 export const schemaSqlPath = join(import.meta.dirname, "schema.sql");
-/** The deliveries' trace context, added later: a migration of its own, after schema.sql's. */
-export const traceparentSqlPath = join(import.meta.dirname, "traceparent.sql");
-/** Every table as the migrations leave them, for a schema made in one go (tests). */
+/** The DDL's later changes, in order, each a migration of its own in the service. */
+export const schemaChangePaths = ["traceparent.sql", "due-by-endpoint.sql"].map((file) =>
+  join(import.meta.dirname, file),
+);
+/** The tables as the migrations leave them (for tests that create them afresh). */
 export function schemaSql(): string {
-  return [schemaSqlPath, traceparentSqlPath].map((path) => readFileSync(path, "utf8")).join("\n");
+  return [schemaSqlPath, ...schemaChangePaths].map((path) => readFileSync(path, "utf8")).join("\n");
 }
 
 export const webhookEventTypes = ["transfer.completed", "transfer.failed", "disbursement.completed"] as const;

@@ -11,7 +11,7 @@ import { Webhook } from "standardwebhooks";
 import type { ApiError } from "#packages/http/errors.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
 import type { Resolver } from "../address-guard.ts";
-import { type Dispatcher, type DispatcherOptions, startDispatcher } from "../dispatcher.ts";
+import { claim, type Dispatcher, type DispatcherOptions, startDispatcher } from "../dispatcher.ts";
 import {
   createEndpoint,
   deleteEndpoint,
@@ -84,6 +84,54 @@ function verified(
   secret: string,
 ): { type: string; timestamp: string; data: Record<string, unknown> } {
   return new Webhook(secret).verify(got.body, got.headers as Record<string, string>) as never;
+}
+
+interface PlanNode {
+  "Relation Name"?: string;
+  "Actual Rows": number;
+  "Actual Loops": number;
+  "Rows Removed by Filter"?: number;
+  Plans?: PlanNode[];
+}
+
+/** Rows of webhook_deliveries a plan's scans read, those its filters dropped included. */
+function deliveryRowsRead(node: PlanNode): number {
+  const own =
+    node["Relation Name"] === "webhook_deliveries"
+      ? (node["Actual Rows"] + (node["Rows Removed by Filter"] ?? 0)) * node["Actual Loops"]
+      : 0;
+  return own + (node.Plans ?? []).reduce((sum, child) => sum + deliveryRowsRead(child), 0);
+}
+
+/** A claim as the dispatcher runs it, under EXPLAIN ANALYZE and rolled back: what it reads, what it takes. */
+async function explainedClaim(
+  options: DispatcherOptions,
+  room: number,
+  inFlight: Map<string, number>,
+  endpoint_ids: string[],
+) {
+  return withTransaction(pool, async (client) => {
+    let plan: PlanNode | undefined;
+    const explaining = {
+      query: async (text: string, values: unknown[]) => {
+        const explained = await client.query(`EXPLAIN (ANALYZE, FORMAT JSON) ${text}`, values);
+        plan = explained.rows[0]["QUERY PLAN"][0].Plan;
+        return { rows: [] };
+      },
+    };
+    await claim({ ...options, pool: explaining as unknown as Pool }, room, inFlight);
+    const taken = await client.query<{ url: string }>(
+      `SELECT e.url FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+        WHERE d.claim_token IS NOT NULL AND d.state = 'pending' AND d.endpoint_id = ANY ($1::uuid[])
+        ORDER BY e.url`,
+      [endpoint_ids],
+    );
+    await client.query("ROLLBACK AND CHAIN");
+    return {
+      rows_read: plan === undefined ? 0 : deliveryRowsRead(plan),
+      paths: taken.rows.map((r) => new URL(r.url).pathname),
+    };
+  });
 }
 
 async function deliveriesOf(ep: { user: number; id: string }) {
@@ -287,6 +335,59 @@ describe("webhooks: isolation and crashes", () => {
     }
   });
 
+  it("a backlog of one endpoint at its limit does not delay another endpoint, and the limit holds", async () => {
+    const big = await endpoint("/backlog");
+    const small = await endpoint("/beside-backlog");
+    receiver.on("/backlog", () => ({ status: 200, delay_ms: 4_000 }));
+    // Far more due rows than a claim's window (4 per row of room): the window holds only them.
+    await enqueue(Array.from({ length: 300 }, (_, i) => transferEvent(`evt_backlog_${i}`, [big.user])));
+    await sleep(20); // the other endpoint's event is the newest: behind the whole backlog
+    await enqueue([transferEvent("evt_beside_backlog", [small.user])]);
+    const started = performance.now();
+    const d = dispatcher({ concurrency_max: 4, batch_max: 4, endpoint_in_flight_max: 2 });
+    try {
+      await until("the other endpoint's delivery", () => receiver.at("/beside-backlog").length === 1);
+      const waited_ms = performance.now() - started;
+      assert.ok(waited_ms < 2_500, `the other endpoint waited ${Math.round(waited_ms)} ms`);
+      await sleep(300);
+      assert.equal(receiver.answered.filter((r) => r.path === "/backlog").length, 0, "no backlog answer yet");
+      assert.equal(receiver.at("/backlog").length, 2, "two requests in flight to the backlogged endpoint");
+    } finally {
+      await deleteEndpoint(pool, big.user, big.id);
+      await d.stop();
+    }
+  });
+
+  it("a claim reads about as many rows with 2,000 rows due on an endpoint at its limit as with 200", async () => {
+    const heavy = await endpoint("/heavy");
+    const light = await Promise.all([1, 2, 3].map((n) => endpoint(`/light-${n}`)));
+    const backlog = (from: number, count: number) =>
+      Array.from({ length: count }, (_, i) => transferEvent(`evt_heavy_${from + i}`, [heavy.user]));
+    await enqueue(backlog(0, 200));
+    await sleep(20);
+    await enqueue(light.map((ep, i) => transferEvent(`evt_light_${i}`, [ep.user])));
+    const options = { endpoint_in_flight_max: 2, lease_ms: 10_000 } as DispatcherOptions;
+    // Statistics, as a running system's table has (a table never analyzed gets guessed plans).
+    await pool.query("ANALYZE webhook_deliveries");
+    const full = new Map([[heavy.id, 2]]);
+    const ids = [heavy.id, ...light.map((ep) => ep.id)];
+    try {
+      const small = await explainedClaim(options, 8, full, ids);
+      assert.deepEqual(small.paths, ["/light-1", "/light-2", "/light-3"]);
+      for (let from = 200; from < 2_000; from += 600) await enqueue(backlog(from, 600));
+      await pool.query("ANALYZE webhook_deliveries");
+      const large = await explainedClaim(options, 8, full, ids);
+      assert.deepEqual(large.paths, ["/light-1", "/light-2", "/light-3"]);
+      assert.ok(
+        large.rows_read < small.rows_read * 1.5 + 50,
+        `${large.rows_read} rows read with 2,000 rows due, ${small.rows_read} with 200`,
+      );
+    } finally {
+      await deleteEndpoint(pool, heavy.user, heavy.id);
+      for (const ep of light) await deleteEndpoint(pool, ep.user, ep.id);
+    }
+  });
+
   it("leases only the deliveries it has room to send", async () => {
     const eps = await Promise.all(["/room-a", "/room-b", "/room-c"].map((path) => endpoint(path)));
     await enqueue(eps.flatMap((ep, i) => [0, 1].map((n) => transferEvent(`evt_room_${i}_${n}`, [ep.user]))));
@@ -354,6 +455,51 @@ describe("webhooks: isolation and crashes", () => {
     for (const r of got) {
       assert.equal(r.headers["webhook-id"], "evt_crash");
       verified(r, ep.secret);
+    }
+  });
+});
+
+describe("webhooks: recording", () => {
+  it("records attempts that are answered together in a few statements, each one logged", async () => {
+    const ep = await endpoint("/together");
+    const ids = Array.from({ length: 8 }, (_, i) => `evt_together_${i}`);
+    await enqueue(ids.map((id) => transferEvent(id, [ep.user])));
+    // Every request is answered at the same instant, however they arrived.
+    const answer_at = performance.now() + 1_000;
+    receiver.on("/together", () => ({ status: 204, delay_ms: Math.max(0, answer_at - performance.now()) }));
+    let statements = 0;
+    const counting = new Proxy(pool, {
+      get(target, key) {
+        if (key === "query") {
+          return (text: string, values?: unknown[]) => {
+            if (text.includes("'succeeded'")) statements += 1;
+            return target.query(text, values);
+          };
+        }
+        const value = Reflect.get(target, key);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const d = dispatcher({ pool: counting, concurrency_max: 8, batch_max: 8, endpoint_in_flight_max: 8 });
+    try {
+      await until("every delivery", async () => {
+        const rows = await pool.query(
+          "SELECT 1 FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'delivered'",
+          [ep.id],
+        );
+        return rows.rowCount === ids.length;
+      });
+    } finally {
+      await d.stop();
+    }
+    assert.ok(statements <= 3, `${statements} statements recorded ${ids.length} delivered attempts`);
+    const deliveries = await deliveriesOf(ep);
+    assert.equal(deliveries.length, ids.length);
+    for (const delivery of deliveries) {
+      assert.deepEqual(
+        delivery.attempts.map((a) => [a.attempt, a.status, a.response_code]),
+        [[1, "succeeded", 204]],
+      );
     }
   });
 });
