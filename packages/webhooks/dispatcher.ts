@@ -31,6 +31,7 @@ import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
 import { contextFromRow, injectHttpHeaders } from "#packages/tracing/carriers.ts";
 import { type Context, type Span, SpanStatusCode, traceFields, withSpan } from "#packages/tracing/index.ts";
 import { type AddressGuardOptions, checkUrl, pinnedLookup } from "./address-guard.ts";
+import { DeliveryConnections } from "./connections.ts";
 import { type SignedHeaders, signHeaders } from "./secrets.ts";
 import { pruneDeliveries } from "./store.ts";
 
@@ -115,6 +116,13 @@ interface Outcome {
 }
 
 const response_bytes_max = 64 * 1024;
+/** Endpoint addresses whose connections are kept alive at once (least recently used closed first). */
+const connection_agents_max = 1_000;
+/** An idle kept-alive connection to an endpoint is closed after this long. */
+const connection_idle_ms = 30_000;
+
+/** The dispatcher's options as an attempt sees them: with the kept-alive connections. */
+type AttemptOptions = DispatcherOptions & { connections: DeliveryConnections };
 const prune_interval_ms = 60_000;
 const prune_batch_max = 1_000;
 const error_chars_max = 500;
@@ -128,6 +136,12 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   let wakeUp: (() => void) | null = null;
   const running = new Set<Promise<void>>();
   const recordDelivered = deliveredRecorder(options);
+  const connections = new DeliveryConnections({
+    sockets_max: options.endpoint_in_flight_max,
+    agents_max: connection_agents_max,
+    idle_ms: connection_idle_ms,
+  });
+  const attempt_options: AttemptOptions = { ...options, connections };
 
   const wake = () => {
     pendingWake = true;
@@ -138,7 +152,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
     total += 1;
     inFlight.set(row.endpoint_id, (inFlight.get(row.endpoint_id) ?? 0) + 1);
     const traced = tracedDelivery(options.logger, row);
-    const task = attemptAndRecord(options, row, traced, recordDelivered)
+    const task = attemptAndRecord(attempt_options, row, traced, recordDelivered)
       .catch((error: unknown) =>
         traced.logger.warn({ err: error }, "webhook attempt not recorded; the lease will expire"),
       )
@@ -195,6 +209,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
       stopped = true;
       wakeUp?.();
       await done;
+      connections.close();
     },
   };
 }
@@ -316,7 +331,7 @@ function tracedDelivery(logger: Logger, row: Claimed): TracedDelivery {
 type RecordDelivered = (row: Claimed, outcome: Outcome) => Promise<DeliveryResult | null>;
 
 async function attemptAndRecord(
-  options: DispatcherOptions,
+  options: AttemptOptions,
   row: Claimed,
   traced: TracedDelivery,
   recordDelivered: RecordDelivered,
@@ -333,7 +348,7 @@ async function attemptAndRecord(
 }
 
 /** The attempt inside its span: the span says how the exchange ended. */
-async function tracedAttempt(options: DispatcherOptions, row: Claimed, span: Span): Promise<Outcome> {
+async function tracedAttempt(options: AttemptOptions, row: Claimed, span: Span): Promise<Outcome> {
   const outcome = await attempt(options, row);
   if (outcome.response_code !== null) span.setAttribute("http.response.status_code", outcome.response_code);
   if (!outcome.ok) span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.error ?? undefined });
@@ -344,7 +359,7 @@ async function tracedAttempt(options: DispatcherOptions, row: Claimed, span: Spa
  * One signed POST, with the active trace context's `traceparent`; never throws: every failure
  * is an outcome to log and retry.
  */
-async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcome> {
+async function attempt(options: AttemptOptions, row: Claimed): Promise<Outcome> {
   const started = performance.now();
   const latency = () => Math.round(performance.now() - started);
   // One deadline for the whole attempt, DNS included; cleared when the attempt ends (an
@@ -361,7 +376,7 @@ async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcom
     const body = JSON.stringify(row.payload);
     // The signature covers id, timestamp and body only: the trace header needs no signing.
     const headers = injectHttpHeaders({ ...signHeaders(row.webhook_id, new Date(), body, row.secrets) });
-    const response_code = await post(target.url, target.address, body, headers, signal, options);
+    const response_code = await post(row.endpoint_id, target, body, headers, signal, options);
     const ok = response_code >= 200 && response_code < 300;
     return { ok, response_code, latency_ms: latency(), error: ok ? null : `answered ${response_code}` };
   } catch (error) {
@@ -372,12 +387,12 @@ async function attempt(options: DispatcherOptions, row: Claimed): Promise<Outcom
 }
 
 function post(
-  url: URL,
-  address: Parameters<typeof pinnedLookup>[0],
+  endpoint_id: string,
+  { url, address }: { url: URL; address: Parameters<typeof pinnedLookup>[0] },
   body: string,
   signed: SignedHeaders & Record<string, string>,
   signal: AbortSignal,
-  options: DispatcherOptions,
+  options: AttemptOptions,
 ): Promise<number> {
   const transport = url.protocol === "https:" ? https : http;
   return new Promise<number>((resolve, reject) => {
@@ -387,7 +402,7 @@ function post(
         method: "POST",
         // The checked address, whatever DNS says now; TLS still verifies the certificate for the host name.
         lookup: pinnedLookup(address) as never,
-        agent: false,
+        agent: options.connections.agentFor(endpoint_id, url, address),
         signal,
         headers: {
           "content-type": "application/json",

@@ -41,6 +41,8 @@ export interface Received {
   headers: IncomingHttpHeaders;
   body: string;
   at_ms: number;
+  /** The client's end of the connection the request came on (address:port). */
+  socket: string;
 }
 
 /** What the receiver answers on a path: a status after an optional delay. */
@@ -71,6 +73,7 @@ export class Receiver {
           headers: req.headers,
           body: Buffer.concat(chunks).toString("utf8"),
           at_ms: performance.now(),
+          socket: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
         };
         r.received.push(got);
         const count = r.received.filter((x) => x.path === path).length;

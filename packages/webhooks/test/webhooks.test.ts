@@ -625,6 +625,20 @@ describe("webhooks: secrets and addresses", () => {
     assert.equal(String(got.headers["webhook-signature"]).split(" ").length, 2);
   });
 
+  it("keeps one endpoint's connection alive across deliveries instead of opening one per event", async () => {
+    const ep = await endpoint("/kept-alive");
+    const ids = Array.from({ length: 6 }, (_, i) => `evt_kept_alive_${i}`);
+    await enqueue(ids.map((id) => transferEvent(id, [ep.user])));
+    const d = dispatcher({ endpoint_in_flight_max: 1 });
+    try {
+      await until("every delivery", () => receiver.at("/kept-alive").length === ids.length);
+    } finally {
+      await d.stop();
+    }
+    const sockets = new Set(receiver.at("/kept-alive").map((r) => r.socket));
+    assert.equal(sockets.size, 1, `${ids.length} deliveries over ${sockets.size} connections`);
+  });
+
   it("connects to the address that was checked, not to a second DNS answer", async () => {
     // Only the guard's resolver knows this name; a connection that asked DNS again would fail.
     const resolve: Resolver = async () => [{ address: "127.0.0.1", family: 4 }];
