@@ -11,7 +11,8 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { after, before, describe, it } from "node:test";
 import { uuidv7 } from "#packages/contracts/ids.ts";
-import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import type { Pool } from "#packages/pg/index.ts";
+import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { DisbursementStore } from "../src/disbursements/store.ts";
 import { publicStatus, sagaStates } from "../src/saga/machine.ts";
 
@@ -20,8 +21,8 @@ const SCHEMA = `saga_disbursement_counts_test_${process.pid}_${Date.now()}`;
 /** A 2,000-row statement takes well under a second; comparing every row with every other took 5 s. */
 const STATEMENT_2000_MAX_MS = 2_000;
 
-let admin: Pool;
 let pool: Pool;
+let test_schema: TestSchema | undefined;
 let store: DisbursementStore;
 
 async function newBatch(amounts: number[]) {
@@ -78,13 +79,13 @@ describe("disbursement counts on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_SAGA_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    admin = createPool(BASE_URL, { max: 1, application_name: "saga-disbursement-counts-test" });
-    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
-    const url = new URL(BASE_URL);
-    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
-    // One connection: every statement meets the plans the trigger made on its first call.
-    pool = createPool(url.toString(), { max: 1, application_name: "saga-disbursement-counts-test" });
-    await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+    test_schema = await openTestSchema(BASE_URL, SCHEMA, {
+      application_name: "saga-disbursement-counts-test",
+      // One connection: every statement meets the plans the trigger made on its first call.
+      pool_max: 1,
+      migrations: join(import.meta.dirname, "..", "migrations"),
+    });
+    ({ pool } = test_schema);
     store = new DisbursementStore(pool);
     await pool.query("CREATE TABLE status_changes (id uuid, old_status text, new_status text)");
     await pool.query(`CREATE OR REPLACE FUNCTION disbursement_status_changed(d disbursements, p_old_status text)
@@ -94,9 +95,7 @@ describe("disbursement counts on PostgreSQL", {
   });
 
   after(async () => {
-    await pool?.end();
-    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
-    await admin?.end();
+    await test_schema?.drop();
   });
 
   it("moves 2,000 items in linear time after the connection's first statement moved one item", async () => {

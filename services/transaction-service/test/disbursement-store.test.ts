@@ -8,15 +8,16 @@ import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { uuidv7 } from "#packages/contracts/ids.ts";
-import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import type { Pool } from "#packages/pg/index.ts";
+import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { DisbursementStore } from "../src/disbursements/store.ts";
 import { SagaStore } from "../src/saga/store.ts";
 
 const BASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
 const SCHEMA = `saga_disbursement_test_${process.pid}_${Date.now()}`;
 
-let admin: Pool;
 let pool: Pool;
+let test_schema: TestSchema | undefined;
 let store: DisbursementStore;
 let saga: SagaStore;
 
@@ -44,12 +45,12 @@ describe("disbursement store on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_SAGA_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    admin = createPool(BASE_URL, { max: 1, application_name: "saga-disbursement-test" });
-    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
-    const url = new URL(BASE_URL);
-    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
-    pool = createPool(url.toString(), { max: 5, application_name: "saga-disbursement-test" });
-    await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+    test_schema = await openTestSchema(BASE_URL, SCHEMA, {
+      application_name: "saga-disbursement-test",
+      pool_max: 5,
+      migrations: join(import.meta.dirname, "..", "migrations"),
+    });
+    ({ pool } = test_schema);
     store = new DisbursementStore(pool);
     saga = new SagaStore(pool);
     // The hook, observed: each call logged.
@@ -61,9 +62,7 @@ describe("disbursement store on PostgreSQL", {
   });
 
   after(async () => {
-    await pool?.end();
-    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
-    await admin?.end();
+    await test_schema?.drop();
   });
 
   it("keeps counts and amounts as items move, and calls the hook once, in the commit that makes it final", async () => {

@@ -12,7 +12,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { uuidv7 } from "#packages/contracts/ids.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { createLogger } from "#packages/log/index.ts";
-import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import type { Pool } from "#packages/pg/index.ts";
+import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { LedgerInvariantError } from "../src/saga/ledger-client.ts";
 import { type LedgerPort, SagaRunner } from "../src/saga/runner.ts";
 import { SagaStore } from "../src/saga/store.ts";
@@ -22,8 +23,8 @@ const BASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
 const SCHEMA = `saga_parking_test_${process.pid}_${Date.now()}`;
 const BACKOFF = { step_base_ms: 1, step_cap_ms: 1, resend_base_ms: 1, resend_cap_ms: 1 };
 
-let admin: Pool;
 let pool: Pool;
+let test_schema: TestSchema | undefined;
 let store: SagaStore;
 
 /** A ledger whose every hold answers with `failure` (a broken invariant, or an outage). */
@@ -96,19 +97,17 @@ describe("parking a transfer whose step breaks an invariant", {
   skip: BASE_URL === "" ? "TEST_SAGA_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    admin = createPool(BASE_URL, { max: 1, application_name: "saga-parking-test" });
-    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
-    const url = new URL(BASE_URL);
-    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
-    pool = createPool(url.toString(), { max: 10, application_name: "saga-parking-test" });
-    await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+    test_schema = await openTestSchema(BASE_URL, SCHEMA, {
+      application_name: "saga-parking-test",
+      pool_max: 10,
+      migrations: join(import.meta.dirname, "..", "migrations"),
+    });
+    ({ pool } = test_schema);
     store = new SagaStore(pool);
   });
 
   after(async () => {
-    await pool?.end();
-    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
-    await admin?.end();
+    await test_schema?.drop();
   });
 
   it("parks the transfer with its reason, and the sweep never picks it again", async () => {

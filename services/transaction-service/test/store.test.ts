@@ -12,7 +12,8 @@ import { after, before, describe, it, mock } from "node:test";
 import { uuidv7 } from "#packages/contracts/ids.ts";
 import { topicNames } from "#packages/contracts/messages.ts";
 import { createLogger } from "#packages/log/index.ts";
-import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import type { Pool } from "#packages/pg/index.ts";
+import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import type { SagaTransfer } from "../src/saga/machine.ts";
 import type { LedgerPort } from "../src/saga/runner.ts";
 import { SagaRunner } from "../src/saga/runner.ts";
@@ -21,8 +22,8 @@ import { type NewTransfer, SagaStore, TransferOutcomeUnknownError } from "../src
 const BASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
 const SCHEMA = `saga_store_test_${process.pid}_${Date.now()}`;
 
-let admin: Pool;
 let pool: Pool;
+let test_schema: TestSchema | undefined;
 let store: SagaStore;
 
 function newTransfer(key: string | null = randomUUID()): NewTransfer {
@@ -88,19 +89,17 @@ describe("saga store on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_SAGA_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    admin = createPool(BASE_URL, { max: 1, application_name: "saga-store-test" });
-    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
-    const url = new URL(BASE_URL);
-    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
-    pool = createPool(url.toString(), { max: 10, application_name: "saga-store-test" });
-    await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+    test_schema = await openTestSchema(BASE_URL, SCHEMA, {
+      application_name: "saga-store-test",
+      pool_max: 10,
+      migrations: join(import.meta.dirname, "..", "migrations"),
+    });
+    ({ pool } = test_schema);
     store = new SagaStore(pool, { write_batch_max: 7, writes_in_flight_max: 2, writes_waiting_max: 1_000 });
   });
 
   after(async () => {
-    await pool?.end();
-    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
-    await admin?.end();
+    await test_schema?.drop();
   });
 
   it("creates one transfer per idempotency key, however the requests are batched", async () => {

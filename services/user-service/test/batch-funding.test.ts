@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FundingItem } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
-import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import type { Pool } from "#packages/pg/index.ts";
+import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { assertSystemAccounts } from "../src/ledger/accounts.ts";
 import { audit } from "../src/ledger/audit.ts";
 import { deposit } from "../src/ledger/deposits.ts";
@@ -20,7 +21,7 @@ const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const SCHEMA = `user_service_funding_test_${process.pid}_${Date.now()}`;
 
 let pool: Pool;
-let admin: Pool;
+let test_schema: TestSchema | undefined;
 let names = 0;
 
 async function newUser(balance = 0): Promise<number> {
@@ -62,19 +63,17 @@ describe("batch funding on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_LEDGER_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    admin = createPool(BASE_URL, { max: 1, application_name: "user-service-funding-test" });
-    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
-    const url = new URL(BASE_URL);
-    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
-    pool = createPool(url.toString(), { max: 10, application_name: "user-service-funding-test" });
-    await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+    test_schema = await openTestSchema(BASE_URL, SCHEMA, {
+      application_name: "user-service-funding-test",
+      pool_max: 10,
+      migrations: join(import.meta.dirname, "..", "migrations"),
+    });
+    ({ pool } = test_schema);
     await assertSystemAccounts(pool);
   });
 
   after(async () => {
-    await pool?.end();
-    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
-    await admin?.end();
+    await test_schema?.drop();
   });
 
   it("holds 1,000 items in one commit, each with its own hold and posting, and a retry changes nothing", async () => {

@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { LEDGER_BATCH_MAX, type LedgerOperation } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
-import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { createPool, type Pool } from "#packages/pg/index.ts";
+import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { assertSystemAccounts } from "../src/ledger/accounts.ts";
 import { audit } from "../src/ledger/audit.ts";
 import { deposit } from "../src/ledger/deposits.ts";
@@ -28,6 +29,7 @@ const SCHEMA = `user_service_test_${process.pid}_${Date.now()}`;
 const FAKE_HASH = "scrypt$not-a-real-hash"; // hashing is unit-tested; here it would only be slow
 
 let pool: Pool;
+let test_schema: TestSchema | undefined;
 let admin: Pool;
 /** A pool of its own name, so a test can see in pg_stat_activity when its query waits for a lock. */
 let racer: Pool;
@@ -137,21 +139,19 @@ describe("ledger on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_LEDGER_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    admin = createPool(BASE_URL, { max: 1, application_name: "user-service-test" });
-    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
-    const url = new URL(BASE_URL);
-    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
-    pool = createPool(url.toString(), { max: 30, application_name: "user-service-test" });
-    racer = createPool(url.toString(), { max: 2, application_name: RACER_NAME });
-    await migrate(pool, join(import.meta.dirname, "..", "migrations"));
+    test_schema = await openTestSchema(BASE_URL, SCHEMA, {
+      application_name: "user-service-test",
+      pool_max: 30,
+      migrations: join(import.meta.dirname, "..", "migrations"),
+    });
+    ({ admin, pool } = test_schema);
+    racer = createPool(test_schema.url, { max: 2, application_name: RACER_NAME });
     await assertSystemAccounts(pool);
   });
 
   after(async () => {
-    await pool?.end();
     await racer?.end();
-    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
-    await admin?.end();
+    await test_schema?.drop();
   });
 
   it("journals the opening balance as a deposit from the external account", async () => {

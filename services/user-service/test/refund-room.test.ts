@@ -13,6 +13,7 @@ import { after, before, describe, it } from "node:test";
 import type { LedgerOperation } from "#packages/contracts/ledger.ts";
 import { minorFromPg } from "#packages/contracts/money.ts";
 import { createPool, migrate, type Pool } from "#packages/pg/index.ts";
+import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { assertSystemAccounts } from "../src/ledger/accounts.ts";
 import { audit } from "../src/ledger/audit.ts";
 import { deposit } from "../src/ledger/deposits.ts";
@@ -26,6 +27,7 @@ const MIGRATIONS = join(import.meta.dirname, "..", "migrations");
 const MAX = Number.MAX_SAFE_INTEGER;
 
 let pool: Pool;
+let test_schema: TestSchema | undefined;
 let admin: Pool;
 /** A pool of its own name, so a test can see in pg_stat_activity when its query waits for a lock. */
 let racer: Pool;
@@ -97,21 +99,20 @@ describe("refund room with a bound of the held-out money, on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_LEDGER_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    admin = createPool(BASE_URL, { max: 2, application_name: "user-service-room-test" });
-    await admin.query(`CREATE SCHEMA ${SCHEMA}`);
-    const url = new URL(BASE_URL);
-    url.searchParams.set("options", `-c search_path=${SCHEMA}`);
-    pool = createPool(url.toString(), { max: 5, application_name: "user-service-room-test" });
-    racer = createPool(url.toString(), { max: 1, application_name: RACER_NAME });
-    await migrate(pool, MIGRATIONS);
+    test_schema = await openTestSchema(BASE_URL, SCHEMA, {
+      application_name: "user-service-room-test",
+      pool_max: 5,
+      admin_max: 2,
+      migrations: MIGRATIONS,
+    });
+    ({ admin, pool } = test_schema);
+    racer = createPool(test_schema.url, { max: 1, application_name: RACER_NAME });
     await assertSystemAccounts(pool);
   });
 
   after(async () => {
-    await pool?.end();
     await racer?.end();
-    await admin?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`);
-    await admin?.end();
+    await test_schema?.drop();
   });
 
   it("holds raise the payer's bound, posts leave it, voids lower it; an ordinary credit fits by the bound", async () => {
