@@ -120,16 +120,16 @@ export function messagesOf(rows: readonly OutboxRow[], roles: Readonly<Record<st
   const groups: Array<{ message: OutgoingMessage; snapshots: unknown[] }> = [];
   const open = new Map<string, { message: OutgoingMessage; snapshots: unknown[] }>();
   for (const row of rows) {
-    const message = messageOf(row, roles);
     const payload = row.payload as { type?: unknown; snapshot?: unknown } | null;
     if (payload?.type !== "RecordTransfer") {
-      groups.push({ message, snapshots: [] });
+      groups.push({ message: messageOf(row, roles), snapshots: [] });
       continue;
     }
-    const pack_key = `${message.topic} ${traceIdOf(row.traceparent)}`;
+    // A pack's message (topic, key, trace headers) is its first row's: only that row's is made.
+    const pack_key = `${row.topic} ${traceIdOf(row.traceparent)}`;
     let group = open.get(pack_key);
     if (group === undefined || group.snapshots.length >= RECORD_PACK_MAX) {
-      group = { message, snapshots: [] };
+      group = { message: messageOf(row, roles), snapshots: [] };
       groups.push(group);
       open.set(pack_key, group);
     }
