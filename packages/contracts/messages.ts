@@ -8,7 +8,7 @@
 import { z } from "zod";
 import { disbursementSnapshotSchema } from "./disbursement.ts";
 import { transferIdSchema } from "./ids.ts";
-import { transferSnapshotSchema, transferStatusSchema } from "./transfer.ts";
+import { transferRecordSchema, transferStatusSchema } from "./transfer.ts";
 
 export function topicNames(prefix: string) {
   return {
@@ -26,7 +26,7 @@ export type TopicNames = ReturnType<typeof topicNames>;
 export const recordTransferCommandSchema = z.object({
   type: z.literal("RecordTransfer"),
   message_id: z.uuid(),
-  snapshot: transferSnapshotSchema,
+  snapshot: transferRecordSchema,
 });
 export type RecordTransferCommand = z.infer<typeof recordTransferCommandSchema>;
 
@@ -44,7 +44,7 @@ export const RECORD_PACK_MAX = 250;
 export const recordTransfersCommandSchema = z.object({
   type: z.literal("RecordTransfers"),
   message_id: z.uuid(),
-  snapshots: z.array(transferSnapshotSchema).min(1).max(RECORD_PACK_MAX),
+  snapshots: z.array(transferRecordSchema).min(1).max(RECORD_PACK_MAX),
 });
 export type RecordTransfersCommand = z.infer<typeof recordTransfersCommandSchema>;
 

@@ -46,6 +46,25 @@ export const transferSnapshotSchema = z.object({
 });
 export type TransferSnapshot = z.infer<typeof transferSnapshotSchema>;
 
+/** The most positions a batch's items take: the public items cursor is at most four digits. */
+export const ITEM_INDEX_MAX = 9_999;
+
+/**
+ * A batch item's place in its batch, which its records carry so that the records alone serve
+ * `GET /disbursements/:id/items`. Optional: a lone transfer has none, and a command written
+ * before the fields existed (redelivered across a deploy) still parses.
+ */
+export const batchPlaceSchema = z.object({
+  disbursement_id: transferIdSchema.nullable().optional(),
+  /** 0-based position in the batch, in the order the payer gave the items. */
+  item_index: z.number().int().min(0).max(ITEM_INDEX_MAX).optional(),
+  reference: z.string().max(255).optional(),
+});
+
+/** What a record command carries and a record holds: the snapshot and, for an item, its place. */
+export const transferRecordSchema = transferSnapshotSchema.extend(batchPlaceSchema.shape);
+export type TransferRecord = z.infer<typeof transferRecordSchema>;
+
 /** Who reads: the operator, a user, or a service credential (which sees no balance of either party). */
 export type TransferViewer =
   | { kind: "admin" }

@@ -2,10 +2,12 @@
  * The MongoDB shape of a transfer record, in one place: transaction-command-service writes it,
  * transaction-query-service reads it. `_id` is the transfer id; `rank` makes "statuses only move
  * forward" a single comparison; `party_user_ids` lets one multikey index serve "all transfers
- * of a user, newest first" whether the user sent or received.
+ * of a user, newest first" whether the user sent or received. A batch's item also holds its
+ * place (`disbursement_id`, `item_index`, `reference`): `{disbursement_id, item_index}` serves
+ * the batch's items in order.
  */
 import type { Collection, Db } from "mongodb";
-import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
+import { statusRank, type TransferRecord, type TransferSnapshot } from "#packages/contracts/transfer.ts";
 
 export const RECORDS_COLLECTION = "transfers";
 
@@ -22,6 +24,10 @@ export interface TransferDocument {
   updated_at: Date;
   rank: number;
   party_user_ids: number[];
+  /** Set on a batch's items only (absent on lone transfers and on records written before). */
+  disbursement_id?: string;
+  item_index?: number;
+  reference?: string;
 }
 
 export function recordsCollection(db: Db): Collection<TransferDocument> {
@@ -31,6 +37,7 @@ export function recordsCollection(db: Db): Collection<TransferDocument> {
 const RECORD_INDEXES = [
   { key: { party_user_ids: 1, created_at: -1, _id: -1 }, name: "party_newest_first" },
   { key: { status: 1, updated_at: 1 }, name: "status_updated" },
+  { key: { disbursement_id: 1, item_index: 1 }, name: "batch_items" },
 ] as const;
 
 export async function ensureRecordIndexes(db: Db): Promise<void> {
@@ -41,8 +48,8 @@ export async function ensureRecordIndexes(db: Db): Promise<void> {
   }
 }
 
-export function toDocument(snapshot: TransferSnapshot): TransferDocument {
-  return {
+export function toDocument(snapshot: TransferRecord): TransferDocument {
+  const doc: TransferDocument = {
     _id: snapshot.id,
     amount: snapshot.amount,
     source_user_id: snapshot.source_user_id,
@@ -56,8 +63,16 @@ export function toDocument(snapshot: TransferSnapshot): TransferDocument {
     rank: statusRank(snapshot.status),
     party_user_ids: [snapshot.source_user_id, snapshot.dest_user_id],
   };
+  // Only an item's fields are written: a lone transfer's document stays as it always was.
+  if (typeof snapshot.disbursement_id === "string") {
+    doc.disbursement_id = snapshot.disbursement_id;
+    if (snapshot.item_index !== undefined) doc.item_index = snapshot.item_index;
+    if (snapshot.reference !== undefined) doc.reference = snapshot.reference;
+  }
+  return doc;
 }
 
+/** The record as the public transfer reads serve it: the snapshot alone. */
 export function fromDocument(doc: TransferDocument): TransferSnapshot {
   return {
     id: doc._id,
@@ -71,4 +86,13 @@ export function fromDocument(doc: TransferDocument): TransferSnapshot {
     created_at: doc.created_at.toISOString(),
     updated_at: doc.updated_at.toISOString(),
   };
+}
+
+/** The record with its place in its batch (for the items of a batch). */
+export function recordFromDocument(doc: TransferDocument): TransferRecord {
+  const record: TransferRecord = fromDocument(doc);
+  if (doc.disbursement_id !== undefined) record.disbursement_id = doc.disbursement_id;
+  if (doc.item_index !== undefined) record.item_index = doc.item_index;
+  if (doc.reference !== undefined) record.reference = doc.reference;
+  return record;
 }

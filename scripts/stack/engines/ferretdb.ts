@@ -106,7 +106,8 @@ async function healthy(): Promise<boolean> {
  * index on (_jsonb->'_id') cannot serve (a btree knows `=`, not `@>`): every findOne, updateOne,
  * replaceOne or deleteOne by _id reads the whole collection, so the record writer's cost grew with
  * the collection. A GIN index (jsonb_path_ops) on the same expression serves `@>`; an event trigger
- * gives one to every collection table FerretDB creates (and the launch to those that exist).
+ * gives one to every collection table FerretDB creates (and the launch to those that exist), and a
+second on `disbursement_id`, which serves a batch's items (`find({disbursement_id})`) the same way.
  * `force_custom_plan`: FerretDB's statements name the field as a parameter (`_jsonb->$1`), so a
  * cached generic plan can never use an expression index and would fall back to a sequential scan.
  */
@@ -120,6 +121,10 @@ BEGIN
   EXECUTE format(
     'CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((_jsonb -> %L) jsonb_path_ops) WITH (fastupdate = off)',
     name, rel, '_id');
+  SELECT left(c.relname, 40) || '_batch_gin_' || c.oid INTO name FROM pg_class c WHERE c.oid = rel;
+  EXECUTE format(
+    'CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((_jsonb -> %L) jsonb_path_ops) WITH (fastupdate = off)',
+    name, rel, 'disbursement_id');
 END
 $fn$;
 

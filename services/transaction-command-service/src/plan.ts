@@ -6,7 +6,7 @@
  * in records.ts, which report the same kind of conflict.
  */
 import type { RecordTransferCommand } from "#packages/contracts/messages.ts";
-import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
+import { statusRank, type TransferRecord } from "#packages/contracts/transfer.ts";
 
 export type Outcome =
   | { kind: "recorded"; command: RecordTransferCommand }
@@ -14,13 +14,13 @@ export type Outcome =
 
 export interface WritePlan {
   /** One write per transfer id: the most advanced snapshot seen in the batch. */
-  writes: TransferSnapshot[];
+  writes: TransferRecord[];
   /** One outcome per command, in input order (conflicts found in the store are added later). */
   outcomes: Outcome[];
 }
 
 export function planWrites(commands: RecordTransferCommand[]): WritePlan {
-  const best = new Map<string, TransferSnapshot>();
+  const best = new Map<string, TransferRecord>();
   const outcomes: Outcome[] = [];
   for (const command of commands) {
     const snapshot = command.snapshot;

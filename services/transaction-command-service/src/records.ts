@@ -6,7 +6,7 @@
  * backwards, even with two writers racing during a consumer rebalance.
  */
 import type { Db } from "mongodb";
-import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
+import { statusRank, type TransferRecord } from "#packages/contracts/transfer.ts";
 import { recordsCollection, toDocument } from "#packages/records/index.ts";
 import { runConcurrently } from "#packages/runtime/loops.ts";
 
@@ -18,7 +18,7 @@ function isDuplicateKey(error: unknown): boolean {
 }
 
 /** Apply the snapshots; returns the transfer ids whose stored final status conflicts, with why. */
-export async function applySnapshots(db: Db, snapshots: TransferSnapshot[]): Promise<Map<string, string>> {
+export async function applySnapshots(db: Db, snapshots: TransferRecord[]): Promise<Map<string, string>> {
   const records = recordsCollection(db);
   const conflicts = new Map<string, string>();
 

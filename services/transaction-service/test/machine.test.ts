@@ -4,6 +4,7 @@ import {
   isFinal,
   nextAction,
   publicStatus,
+  recordOf,
   type SagaInput,
   type SagaState,
   type SagaTransfer,
@@ -30,6 +31,25 @@ const base = (state: SagaState): SagaTransfer => ({
 });
 
 describe("saga state machine", () => {
+  it("sends a batch item's place with each of its records, and none for a lone transfer", () => {
+    const place = { disbursement_id: "0190b5a8-0000-7000-8000-0000000000aa", item_index: 7, reference: "r7" };
+    const item = { ...base("created"), place };
+    const held = must(transition(item, { kind: "hold_ok", source_init_bal: 1_000 }, NOW));
+    assert.deepEqual(
+      {
+        disbursement_id: held.record?.disbursement_id,
+        item_index: held.record?.item_index,
+        reference: held.record?.reference,
+      },
+      place,
+    );
+    const posted = must(
+      transition({ ...item, state: "recorded" }, { kind: "post_ok", dest_init_bal: 0 }, NOW),
+    );
+    assert.equal(posted.record?.item_index, 7);
+    assert.equal("disbursement_id" in recordOf(base("held")), false);
+  });
+
   it("walks the happy path and emits a record at each decided point", () => {
     const held = transition(base("created"), { kind: "hold_ok", source_init_bal: 1_000 }, NOW);
     assert.equal(held?.next.state, "held");

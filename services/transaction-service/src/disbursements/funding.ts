@@ -13,7 +13,7 @@ import type { Logger } from "#packages/log/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import { LedgerInvariantError } from "../saga/ledger-client.ts";
-import { snapshotOf } from "../saga/machine.ts";
+import { recordOf } from "../saga/machine.ts";
 import type { SagaRunner } from "../saga/runner.ts";
 import type { Disbursement, DisbursementStore, ItemFunding, ItemRow } from "./store.ts";
 
@@ -116,7 +116,7 @@ export class DisbursementFunder {
     const outcome = await this.#client.fund(disbursement, items);
     this.crashes.reached("after_fund");
     const applied = await this.#store.applyFunding(disbursement.id, outcome, this.#record_wait_ms, (rows) =>
-      rows.map((row) => this.#runner.recordCommand(snapshotOf(row))),
+      rows.map((row) => this.#runner.recordCommand(recordOf(row))),
     );
     this.#logger.info(
       { disbursement_id: disbursement.id, refused: outcome.refused, applied },

@@ -13,6 +13,7 @@ import { assert } from "#packages/runtime/assert.ts";
 import { rowFromContext } from "#packages/tracing/carriers.ts";
 import { enqueueEvents } from "#packages/webhooks/index.ts";
 import type { SagaState, SagaTransfer } from "../saga/machine.ts";
+import { placeOf } from "../saga/store.ts";
 import { transferEventOf } from "../saga/webhook-events.ts";
 
 export type DisbursementState = "created" | "funded" | "refused";
@@ -256,6 +257,9 @@ export class DisbursementStore {
         failure_reason: FailureReason | null;
         created_at: Date;
         updated_at: Date;
+        disbursement_id: string | null;
+        item_index: number | null;
+        reference: string | null;
       }>(
         `UPDATE transfers t
             SET state = CASE WHEN i.held THEN 'held' ELSE 'failing' END,
@@ -265,7 +269,7 @@ export class DisbursementStore {
            FROM unnest($3::uuid[], $4::boolean[], $5::bigint[], $6::text[]) AS i(id, held, source_init_bal, reason)
           WHERE t.id = i.id AND t.disbursement_id = $1 AND t.state = 'funding'
           RETURNING t.id, t.state, t.source_user_id, t.dest_user_id, t.amount_minor, t.source_init_bal,
-                    t.failure_reason, t.created_at, t.updated_at`,
+                    t.failure_reason, t.created_at, t.updated_at, t.disbursement_id, t.item_index, t.reference`,
         [
           id,
           record_wait_ms,
@@ -286,6 +290,7 @@ export class DisbursementStore {
         failure_reason: r.failure_reason,
         created_at: r.created_at.toISOString(),
         updated_at: r.updated_at.toISOString(),
+        place: placeOf(r),
       }));
       const messages = records(items);
       // An item not held is final now (FAILED): its transfer.failed goes out like any transfer's.

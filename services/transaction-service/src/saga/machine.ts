@@ -32,7 +32,12 @@
  * from. Only states whose public status is still PENDING are parked, so a client never sees a
  * decided status go back.
  */
-import type { FailureReason, TransferSnapshot, TransferStatus } from "#packages/contracts/transfer.ts";
+import type {
+  FailureReason,
+  TransferRecord,
+  TransferSnapshot,
+  TransferStatus,
+} from "#packages/contracts/transfer.ts";
 
 export const sagaStates = [
   /** A disbursement's item before its batch is funded: no step of its own (disbursements/). */
@@ -62,6 +67,14 @@ export interface SagaTransfer {
   failure_reason: FailureReason | null;
   created_at: string;
   updated_at: string;
+  /** A batch item's place in its batch (absent for a lone transfer): its records carry it. */
+  place?: BatchPlace | null;
+}
+
+export interface BatchPlace {
+  disbursement_id: string;
+  item_index: number;
+  reference: string;
 }
 
 export type SagaInput =
@@ -77,7 +90,7 @@ export type SagaInput =
 export interface Transition {
   next: SagaTransfer;
   /** The record snapshot to send to transaction-command-service with this transition, if any. */
-  record: TransferSnapshot | null;
+  record: TransferRecord | null;
 }
 
 /** What the saga must do next to leave a state: call the ledger, or wait for the record writer. */
@@ -143,6 +156,12 @@ export function snapshotOf(transfer: SagaTransfer): TransferSnapshot {
   };
 }
 
+/** The snapshot a record command carries: for a batch's item, with its place in the batch. */
+export function recordOf(transfer: SagaTransfer): TransferRecord {
+  const snapshot = snapshotOf(transfer);
+  return transfer.place ? { ...snapshot, ...transfer.place } : snapshot;
+}
+
 /** The record status the saga expects the writer to confirm while it waits in `state`. */
 export function awaitedRecordStatus(state: SagaState): TransferStatus | null {
   if (state === "held") return "PENDING";
@@ -163,7 +182,7 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
     state,
     updated_at: now,
   });
-  const withRecord = (next: SagaTransfer): Transition => ({ next, record: snapshotOf(next) });
+  const withRecord = (next: SagaTransfer): Transition => ({ next, record: recordOf(next) });
 
   switch (current.state) {
     case "created":

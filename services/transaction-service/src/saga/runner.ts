@@ -6,7 +6,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { TopicNames } from "#packages/contracts/messages.ts";
-import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
+import type { TransferRecord, TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { assert, InvariantError } from "#packages/runtime/assert.ts";
@@ -17,6 +17,7 @@ import {
   awaitedRecordStatus,
   nextAction,
   publicStatus,
+  recordOf,
   type SagaInput,
   type SagaTransfer,
   snapshotOf,
@@ -70,7 +71,7 @@ export class SagaRunner {
     this.#timings = timings;
   }
 
-  recordCommand(snapshot: TransferSnapshot): OutgoingMessage {
+  recordCommand(snapshot: TransferRecord): OutgoingMessage {
     return {
       topic: this.#topics.commands,
       key: snapshot.id,
@@ -194,7 +195,7 @@ export class SagaRunner {
       { transfer_id: transfer.id, state: transfer.state, attempts: transfer.attempts },
       "re-sending record command",
     );
-    await this.#store.enqueue([this.recordCommand(snapshotOf(transfer))]);
+    await this.#store.enqueue([this.recordCommand(recordOf(transfer))]);
   }
 }
 

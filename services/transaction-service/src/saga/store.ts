@@ -13,7 +13,7 @@ import { Batcher } from "#packages/runtime/batcher.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
 import { rowFromContext, TRACEPARENT } from "#packages/tracing/carriers.ts";
 import { enqueueEventsSql, eventsParam } from "#packages/webhooks/index.ts";
-import type { SagaState, SagaTransfer } from "./machine.ts";
+import type { BatchPlace, SagaState, SagaTransfer } from "./machine.ts";
 import { transferEventOf } from "./webhook-events.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -44,6 +44,9 @@ interface TransferRow {
   attempts: number;
   created_at: Date;
   updated_at: Date;
+  disbursement_id: string | null;
+  item_index: number | null;
+  reference: string | null;
 }
 
 export interface StoredTransfer extends SagaTransfer {
@@ -55,7 +58,7 @@ export interface StoredTransfer extends SagaTransfer {
 }
 
 const COLUMNS =
-  "id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor, state, failure_reason, source_init_bal, dest_init_bal, response_status, response_body, attempts, created_at, updated_at";
+  "id, idempotency_key, request_fingerprint, source_user_id, dest_user_id, amount_minor, state, failure_reason, source_init_bal, dest_init_bal, response_status, response_body, attempts, created_at, updated_at, disbursement_id, item_index, reference";
 
 function fromRow(row: TransferRow): StoredTransfer {
   return {
@@ -74,7 +77,16 @@ function fromRow(row: TransferRow): StoredTransfer {
     attempts: row.attempts,
     created_at: row.created_at.toISOString(),
     updated_at: row.updated_at.toISOString(),
+    place: placeOf(row),
   };
+}
+
+/** A batch item's place, from the columns its batch's creation filled (all three, or none). */
+export function placeOf(
+  row: Pick<TransferRow, "disbursement_id" | "item_index" | "reference">,
+): BatchPlace | null {
+  if (row.disbursement_id === null || row.item_index === null || row.reference === null) return null;
+  return { disbursement_id: row.disbursement_id, item_index: row.item_index, reference: row.reference };
 }
 
 /**
