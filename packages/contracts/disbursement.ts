@@ -6,6 +6,8 @@
 import { z } from "zod";
 import { transferIdSchema, userIdSchema } from "./ids.ts";
 import { AMOUNT_MAX_MINOR } from "./money.ts";
+import { listQuerySchema, paginationSchema } from "./pagination.ts";
+import { transferSnapshotSchema, transferStatusSchema } from "./transfer.ts";
 
 export const disbursementStatuses = ["PENDING", "COMPLETED", "PARTIALLY_COMPLETED", "FAILED"] as const;
 export const disbursementStatusSchema = z.enum(disbursementStatuses);
@@ -46,3 +48,32 @@ export function disbursementView(snapshot: DisbursementSnapshot): DisbursementVi
   const { version: _version, ...view } = snapshot;
   return view;
 }
+
+/**
+ * `GET /disbursements/:id/items`, the same at transaction-service (the public route) and at
+ * transaction-query-service (the records): an optional status, the page size, and the cursor,
+ * which is the `item_index` of the last item served (digits, at most four: ITEM_INDEX_MAX).
+ */
+export const itemsQuerySchema = z.strictObject({
+  status: transferStatusSchema.optional(),
+  limit: listQuerySchema.shape.limit,
+  cursor: z
+    .string()
+    .regex(/^[0-9]{1,4}$/, { error: "is not a cursor this API returned" })
+    .optional(),
+});
+export type ItemsQuery = z.infer<typeof itemsQuerySchema>;
+
+/** An item: an ordinary transfer, with its batch and the reference the payer gave it. */
+export const disbursementItemSchema = transferSnapshotSchema.extend({
+  reference: z.string(),
+  disbursement_id: transferIdSchema,
+});
+export type DisbursementItem = z.infer<typeof disbursementItemSchema>;
+
+/** A page of items, in batch order. */
+export const itemsPageSchema = z.object({
+  items: z.array(disbursementItemSchema),
+  pagination: paginationSchema,
+});
+export type ItemsPage = z.infer<typeof itemsPageSchema>;

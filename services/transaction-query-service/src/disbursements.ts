@@ -1,6 +1,6 @@
 /**
- * The read side of disbursement records: one batch by id, and a payer's batches newest first,
- * mirroring the transfer reads (the same cursor, the same credentials).
+ * The read side of disbursement records: one batch by id, a payer's batches newest first,
+ * mirroring the transfer reads (the same cursor, the same credentials), and a batch's items.
  */
 import type { Db, Filter } from "mongodb";
 import { z } from "zod";
@@ -22,6 +22,7 @@ import {
   disbursementsCollection,
   fromDisbursementDocument,
 } from "#packages/records/disbursements.ts";
+import { registerItemReads } from "./disbursement-items.ts";
 
 export function registerDisbursementReads(app: HttpServer, deps: { db: Db; auth: Authenticator }): void {
   // Like the transfer reads: transaction-service (QUERY_TOKEN) and the operator only.
@@ -77,6 +78,8 @@ export function registerDisbursementReads(app: HttpServer, deps: { db: Db; auth:
       return ok({ disbursements: page.items, pagination: { limit, has_more: page.has_more, next_cursor } });
     },
   );
+
+  registerItemReads(app, deps);
 }
 
 async function listPayerDisbursements(db: Db, user_id: number, limit: number, after: Cursor | null) {

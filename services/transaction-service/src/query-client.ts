@@ -31,6 +31,16 @@ export class QueryClient {
     return this.#get(`/disbursements/user/${user_id}?${pageParams(query)}`);
   }
 
+  /** A page of a batch's item records, in batch order (the cursor is the last item_index served). */
+  listDisbursementItems(
+    id: string,
+    query: PageQuery & { status?: string | undefined },
+  ): Promise<JsonResponse> {
+    const params = pageParams(query);
+    if (query.status !== undefined) params.set("status", query.status);
+    return this.#get(`/disbursements/${encodeURIComponent(id)}/items?${params}`);
+  }
+
   listUserTransfers(user_id: number, query: PageQuery): Promise<JsonResponse> {
     return this.#get(`/transactions/user/${user_id}?${pageParams(query)}`);
   }

@@ -36,6 +36,8 @@ describe("QueryClient", () => {
       query.getDisbursement("d1"),
       query.listPayerDisbursements(7, { limit: 5 }),
       query.listUserTransfers(8, { limit: 20, cursor: "abc=" }),
+      query.listDisbursementItems("d2", { limit: 3 }),
+      query.listDisbursementItems("d2", { limit: 3, cursor: "12", status: "FAILED" }),
     ]);
     assert.deepEqual(
       answers.map((a) => [a.status, (a.body as { path: string }).path]),
@@ -44,6 +46,8 @@ describe("QueryClient", () => {
         [200, "/disbursements/d1"],
         [200, "/disbursements/user/7?limit=5"],
         [200, "/transactions/user/8?limit=20&cursor=abc%3D"],
+        [200, "/disbursements/d2/items?limit=3"],
+        [200, "/disbursements/d2/items?limit=3&cursor=12&status=FAILED"],
       ],
     );
     for (const req of seen) {

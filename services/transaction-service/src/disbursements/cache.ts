@@ -62,6 +62,20 @@ export class DisbursementCache {
     });
   }
 
+  /** A page of a settled batch's items (such pages never change; the TTL of final records). */
+  async getItems(id: string, page_key: string): Promise<unknown | null> {
+    const value = await this.#safe("get disbursement items", () =>
+      this.#redis.get(this.#itemsKey(id, page_key)),
+    );
+    return typeof value === "string" ? (JSON.parse(value) as unknown) : null;
+  }
+
+  async putItems(id: string, page_key: string, page: unknown): Promise<void> {
+    await this.#safe("put disbursement items", () =>
+      this.#redis.set(this.#itemsKey(id, page_key), JSON.stringify(page), { PX: this.#options.ttl_final_ms }),
+    );
+  }
+
   /** A batch of this payer changed: their cached lists are stale from now on. */
   async touchPayer(user_id: number): Promise<void> {
     await this.#safe("touch payer", () => this.#redis.incr(this.#generationKey(user_id)));
@@ -69,6 +83,10 @@ export class DisbursementCache {
 
   #key(id: string): string {
     return `${this.#options.prefix}disbursement:${id.toLowerCase()}`;
+  }
+
+  #itemsKey(id: string, page_key: string): string {
+    return `${this.#options.prefix}disbursement-items:${id.toLowerCase()}:${page_key}`;
   }
 
   #generationKey(user_id: number): string {

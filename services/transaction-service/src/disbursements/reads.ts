@@ -3,11 +3,18 @@
  * the query service's record (then cached), else the saga's own row (a batch whose record is
  * not written yet, or a query service that cannot answer); a payer's list from Redis, else the
  * query service (503 when it cannot answer). A record event puts the saga's row in the cache
- * and makes the payer's cached lists stale.
+ * and makes the payer's cached lists stale. A settled batch's items: from Redis, else the query
+ * service's records (then cached), else the saga's rows.
  */
 import type { FastifyBaseLogger } from "fastify";
 import { z } from "zod";
-import { type DisbursementSnapshot, disbursementSnapshotSchema } from "#packages/contracts/disbursement.ts";
+import {
+  type DisbursementSnapshot,
+  disbursementSnapshotSchema,
+  type ItemsPage,
+  type ItemsQuery,
+  itemsPageSchema,
+} from "#packages/contracts/disbursement.ts";
 import { canonicalCursor, paginationSchema } from "#packages/contracts/pagination.ts";
 import { ApiError } from "#packages/http/errors.ts";
 import type { Pool } from "#packages/pg/index.ts";
@@ -71,6 +78,52 @@ export class DisbursementReads {
       log.warn({ err: error }, "query service unreachable; reading the saga row");
     }
     return this.fromSaga(id);
+  }
+
+  /**
+   * A page of a settled batch's items from its records (through Redis: such a page never
+   * changes), or null when the saga's rows answer: the batch is PENDING or not settled (an item
+   * without its final record yet), the query service cannot answer, or its page disagrees with
+   * the saga's count of what the page holds (records written before items carried their place).
+   */
+  async items(d: DisbursementSnapshot, query: ItemsQuery, log: FastifyBaseLogger): Promise<ItemsPage | null> {
+    if (d.status === "PENDING") return null;
+    const page_key = `${query.status ?? ""}:${query.limit}:${query.cursor ?? ""}`;
+    const cached = itemsPageSchema.safeParse(await this.#cache.getItems(d.id, page_key));
+    if (cached.success) return cached.data;
+    const after_index = query.cursor === undefined ? -1 : Number(query.cursor);
+    const expected = await this.#store.itemsSettled(d.id, { after_index, status: query.status ?? null });
+    if (!expected.settled) return null;
+    const page = await this.#recordsPage(d.id, query, log);
+    if (page === null) return null;
+    const shown = Math.min(query.limit, expected.remaining);
+    if (page.items.length !== shown || page.pagination.has_more !== expected.remaining > query.limit) {
+      log.warn(
+        { disbursement_id: d.id, served: page.items.length, expected: shown },
+        "item records disagree with the saga; reading the saga rows",
+      );
+      return null;
+    }
+    await this.#cache.putItems(d.id, page_key, page);
+    return page;
+  }
+
+  async #recordsPage(id: string, query: ItemsQuery, log: FastifyBaseLogger): Promise<ItemsPage | null> {
+    try {
+      const answer = await this.#query.listDisbursementItems(id, query);
+      const body = z.object({ data: itemsPageSchema }).safeParse(answer.body);
+      if (answer.status === 200 && body.success) return body.data.data;
+      log.warn(
+        { status: answer.status, disbursement_id: id },
+        "query service error on items; reading the saga rows",
+      );
+    } catch (error) {
+      log.warn(
+        { err: error, disbursement_id: id },
+        "query service unreachable on items; reading the saga rows",
+      );
+    }
+    return null;
   }
 
   /** The saga's own row: where a final status is committed first (waiting reads). */

@@ -10,11 +10,15 @@ import {
   type DisbursementSnapshot,
   disbursementSchema,
   disbursementView,
+  type ItemsPage,
+  type ItemsQuery,
+  itemsPageSchema,
+  itemsQuerySchema,
 } from "#packages/contracts/disbursement.ts";
 import { transferIdSchema, userIdSchema, uuidv7 } from "#packages/contracts/ids.ts";
 import { AMOUNT_MAX_MINOR, amountMinorSchema } from "#packages/contracts/money.ts";
 import { decodeCursor, listQuerySchema, paginationSchema } from "#packages/contracts/pagination.ts";
-import { redactFor, transferSnapshotSchema } from "#packages/contracts/transfer.ts";
+import { redactFor } from "#packages/contracts/transfer.ts";
 import {
   type Authenticator,
   forbidden,
@@ -66,10 +70,6 @@ const idempotencyKeySchema = z
   .string({ error: "Idempotency-Key is required" })
   .regex(/^[\x21-\x7e]{1,255}$/, { error: "must be 1-255 printable ASCII characters without spaces" });
 
-const itemSchema = transferSnapshotSchema.extend({
-  reference: z.string(),
-  disbursement_id: transferIdSchema,
-});
 const oneResponse = envelope(z.object({ disbursement: disbursementSchema }));
 
 function toApi(d: Disbursement): z.infer<typeof disbursementSchema> {
@@ -344,16 +344,9 @@ function registerItemsRoute(
         tags: ["disbursements"],
         security: securityFor("user", "admin"),
         params: idParams,
-        querystring: z.strictObject({
-          status: z.enum(["PENDING", "COMPLETED", "FAILED"]).optional(),
-          limit: listQuerySchema.shape.limit,
-          cursor: z
-            .string()
-            .regex(/^[0-9]{1,4}$/, { error: "is not a cursor this API returned" })
-            .optional(),
-        }),
+        querystring: itemsQuerySchema,
         response: {
-          200: envelope(z.object({ items: z.array(itemSchema), pagination: paginationSchema })).describe(
+          200: envelope(itemsPageSchema).describe(
             "A page; pass `pagination.next_cursor` as `cursor` for the next one",
           ),
           ...errorResponses(400, 401, 429, {
@@ -366,29 +359,38 @@ function registerItemsRoute(
     async (request) => {
       const principal = requirePrincipal(request);
       const { id } = request.params;
-      const d = await deps.store.get(id);
+      const d = await deps.reads.one(id, request.log);
       if (d === null) throw notFound(`disbursement ${request.params.id}`);
       requireOwner(principal, d);
-      const { limit, cursor, status } = request.query;
-      const page = await deps.store.itemPage(id, {
-        limit,
-        after_index: cursor === undefined ? -1 : Number(cursor),
-        status: status ?? null,
-      });
-      const rows = await deps.saga.getMany(page.ids);
-      const items = page.ids.map((item_id) => {
-        const row = rows.get(item_id);
-        assert(row !== undefined, `item ${item_id} of ${id} vanished`);
-        return {
-          ...redactFor(principal, snapshotOf(row)),
-          reference: page.references.get(item_id) ?? "",
-          disbursement_id: id,
-        };
-      });
-      const next = page.has_more && page.last_index !== null ? String(page.last_index) : null;
-      return ok({ items, pagination: { limit, has_more: page.has_more, next_cursor: next } });
+      const page =
+        (await deps.reads.items(d, request.query, request.log)) ??
+        (await itemsFromSaga(deps, id, request.query));
+      const items = page.items.map((item) => ({ ...item, ...redactFor(principal, item) }));
+      return ok({ items, pagination: page.pagination });
     },
   );
+}
+
+/** A page of items from the saga's own rows: a batch still PENDING (items in `funding` have no record). */
+async function itemsFromSaga(
+  deps: Pick<DisbursementRouteDeps, "store" | "saga">,
+  id: string,
+  query: ItemsQuery,
+): Promise<ItemsPage> {
+  const { limit, cursor, status } = query;
+  const page = await deps.store.itemPage(id, {
+    limit,
+    after_index: cursor === undefined ? -1 : Number(cursor),
+    status: status ?? null,
+  });
+  const rows = await deps.saga.getMany(page.ids);
+  const items = page.ids.map((item_id) => {
+    const row = rows.get(item_id);
+    assert(row !== undefined, `item ${item_id} of ${id} vanished`);
+    return { ...snapshotOf(row), reference: page.references.get(item_id) ?? "", disbursement_id: id };
+  });
+  const next = page.has_more && page.last_index !== null ? String(page.last_index) : null;
+  return { items, pagination: { limit, has_more: page.has_more, next_cursor: next } };
 }
 
 function registerListRoute(

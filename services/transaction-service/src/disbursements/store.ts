@@ -361,4 +361,23 @@ export class DisbursementStore {
       has_more: rows.length > page.limit,
     };
   }
+
+  /**
+   * Whether every item is settled (completed or failed: its final record confirmed by the
+   * writer), and how many items a page from `after_index` has to show: what a page read from
+   * the records must agree with.
+   */
+  async itemsSettled(
+    id: string,
+    page: { after_index: number; status: string | null },
+  ): Promise<{ settled: boolean; remaining: number }> {
+    const { rows } = await this.#pool.query<{ settled: boolean | null; remaining: string }>(
+      `SELECT bool_and(state IN ('completed', 'failed')) AS settled,
+              count(*) FILTER (WHERE item_index > $2 AND ($3::text IS NULL OR saga_public_status(state) = $3)) AS remaining
+         FROM transfers WHERE disbursement_id = $1`,
+      [id, page.after_index, page.status],
+    );
+    const row = rows[0];
+    return { settled: row?.settled === true, remaining: Number(row?.remaining ?? 0) };
+  }
 }
