@@ -88,10 +88,11 @@ export class DisbursementReads {
    */
   async items(d: DisbursementSnapshot, query: ItemsQuery, log: FastifyBaseLogger): Promise<ItemsPage | null> {
     if (d.status === "PENDING") return null;
-    const page_key = `${query.status ?? ""}:${query.limit}:${query.cursor ?? ""}`;
+    const after_index = query.cursor === undefined ? -1 : Number(query.cursor);
+    // Keyed by the position, so spellings of one cursor ("7", "007") share a page.
+    const page_key = `${query.status ?? ""}:${query.limit}:${after_index}`;
     const cached = itemsPageSchema.safeParse(await this.#cache.getItems(d.id, page_key));
     if (cached.success) return cached.data;
-    const after_index = query.cursor === undefined ? -1 : Number(query.cursor);
     const expected = await this.#store.itemsSettled(d.id, { after_index, status: query.status ?? null });
     if (!expected.settled) return null;
     const page = await this.#recordsPage(d.id, query, log);
