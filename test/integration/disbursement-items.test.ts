@@ -221,6 +221,39 @@ describe("disbursement items", { skip: SAGA_DATABASE_URL === "" ? "no saga datab
     }
   });
 
+  it("finds a batch's records through FerretDB's index on disbursement_id, not a scan of all records", async () => {
+    const { pgUrl } = await import("../../scripts/stack/engines/postgres.ts");
+    const { ferretPgDatabase } = await import("../../scripts/stack/engines/ferretdb.ts");
+    const ferret = createPool(pgUrl(ferretPgDatabase), { max: 1, application_name: "test-items" });
+    try {
+      const schema = process.env.TEST_MONGO_DATABASE ?? "dps_test";
+      const { rows } = await ferret.query<{ tablename: string }>(
+        "SELECT tablename FROM pg_tables WHERE schemaname = $1 AND tablename LIKE $2",
+        [schema, `${RECORDS_COLLECTION}_%`],
+      );
+      const table = rows[0]?.tablename;
+      assert.ok(table !== undefined, `no records table in ${schema}`);
+      // FerretDB v1.24's own statement for find({disbursement_id}); a scan is ruled out so that
+      // the plan shows whether an index can serve the expression at all, whatever the table's size.
+      const client = await ferret.connect();
+      try {
+        await client.query("BEGIN");
+        await client.query("SET LOCAL enable_seqscan = off");
+        const plan = await client.query(
+          `EXPLAIN SELECT _jsonb FROM "${schema}"."${table}" WHERE _jsonb->$1 @> $2`,
+          ["disbursement_id", JSON.stringify(settled)],
+        );
+        const text = plan.rows.map((r: Record<string, string>) => Object.values(r).join(" ")).join("\n");
+        assert.match(text, /Index Scan on \S+_batch_gin_/, text);
+        await client.query("ROLLBACK");
+      } finally {
+        client.release();
+      }
+    } finally {
+      await ferret.end();
+    }
+  });
+
   it("answers a PENDING batch, whose items have no records yet, from the saga's rows", async () => {
     const payee = await createUser();
     const id = uuidv7();
