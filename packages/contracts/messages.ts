@@ -37,15 +37,29 @@ export type RecordTransferCommand = z.infer<typeof recordTransferCommandSchema>;
 export const RECORD_PACK_MAX = 250;
 
 /**
- * Several RecordTransfer commands of one trace (a disbursement's items, moving in step) in one
- * message: each snapshot is applied exactly as its own RecordTransfer would be. Keyed by its
- * first transfer id; a transfer's records need no order between them (statuses only move forward).
+ * A W3C trace context as text (version-traceid-spanid-flags), carried inside a message for the
+ * parts of a pack that continue another trace than the message's headers.
  */
-export const recordTransfersCommandSchema = z.object({
-  type: z.literal("RecordTransfers"),
-  message_id: z.uuid(),
-  snapshots: z.array(transferRecordSchema).min(1).max(RECORD_PACK_MAX),
-});
+export const traceparentSchema = z.string().regex(/^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/);
+
+/**
+ * Several RecordTransfer commands in one message (the records one relay round sends: a
+ * disbursement's items moving in step, or transfers of their own side by side): each snapshot is
+ * applied exactly as its own RecordTransfer would be. Keyed by its first transfer id; a transfer's
+ * records need no order between them (statuses only move forward). The message's headers carry
+ * the first snapshot's trace; when the snapshots come from several traces, `traceparents` gives
+ * each one's (null: none), so the writer and the saga continue every transfer's own trace.
+ */
+export const recordTransfersCommandSchema = z
+  .object({
+    type: z.literal("RecordTransfers"),
+    message_id: z.uuid(),
+    snapshots: z.array(transferRecordSchema).min(1).max(RECORD_PACK_MAX),
+    traceparents: z.array(traceparentSchema.nullable()).max(RECORD_PACK_MAX).optional(),
+  })
+  .refine((c) => c.traceparents === undefined || c.traceparents.length === c.snapshots.length, {
+    error: "traceparents must give one entry per snapshot",
+  });
 export type RecordTransfersCommand = z.infer<typeof recordTransfersCommandSchema>;
 
 /**
@@ -81,7 +95,14 @@ export const transfersRecordedEventSchema = z.object({
   type: z.literal("TransfersRecorded"),
   message_id: z.uuid(),
   records: z
-    .array(z.object({ transfer_id: transferIdSchema, status: transferStatusSchema }))
+    .array(
+      z.object({
+        transfer_id: transferIdSchema,
+        status: transferStatusSchema,
+        /** The record's own trace, when the pack's records come from several (else the headers'). */
+        traceparent: traceparentSchema.optional(),
+      }),
+    )
     .min(1)
     .max(RECORD_PACK_MAX),
 });

@@ -37,7 +37,13 @@ import type { Logger } from "#packages/log/index.ts";
 import type { Metrics } from "#packages/metrics/index.ts";
 import { InvariantError } from "#packages/runtime/assert.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
-import { contextFromKafkaHeaders, injectKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
+import {
+  contextFromKafkaHeaders,
+  contextFromRow,
+  injectKafkaHeaders,
+  rowFromContext,
+  withSpan,
+} from "#packages/tracing/index.ts";
 import { applyDisbursementSnapshots } from "./disbursement-records.ts";
 import { type Outcome, planWrites } from "./plan.ts";
 import { applySnapshots } from "./records.ts";
@@ -98,6 +104,8 @@ interface Parsed {
   command: SingleCommand;
   /** The pack it came in (its message_id), answered by one TransfersRecorded. */
   pack?: string;
+  /** Its pack's records come from several traces: its answer names its own (see unpack). */
+  own_trace?: boolean;
 }
 
 interface Applied {
@@ -173,7 +181,11 @@ export function createRecordWriter(deps: WriterDeps) {
     deps.logger.error({ transfer_id: parsed.command.snapshot.id, reason }, "record dead-lettered");
     out.messages.push(deadLetterFor(deps.topics.deadLetters, deps.service, parsed.message, reason, tries));
     // The saga refunds a transfer whose record cannot be written; a batch record has no step to undo.
-    if (isTransfer(parsed)) out.messages.push(rejectedMessage(deps.topics, parsed.command, reason));
+    if (isTransfer(parsed)) {
+      // Outside the record's span (the write failed before one began): its trace still goes on.
+      const headers = injectKafkaHeaders({}, contextFromKafkaHeaders(parsed.message.headers));
+      out.messages.push({ ...rejectedMessage(deps.topics, parsed.command, reason), headers });
+    }
   }
 
   /** A chunk of several commands timed out while the store answers: halve it once it repeats. */
@@ -362,12 +374,18 @@ function parseAll(deps: WriterDeps, messages: ConsumedMessage[], out: BatchOut):
  */
 function unpack(message: ConsumedMessage, command: RecordCommand): Parsed[] {
   if (command.type !== "RecordTransfers") return [{ message, command }];
-  return command.snapshots.map((snapshot) => {
+  const { traceparents } = command;
+  return command.snapshots.map((snapshot, i) => {
     const single: RecordTransferCommand = { type: "RecordTransfer", message_id: randomUUID(), snapshot };
+    // A pack of several traces: each record's message carries its own, so its span, its answer
+    // and any dead letter continue its transfer's trace, not the pack's first.
+    const headers =
+      traceparents === undefined ? message.headers : injectKafkaHeaders({}, contextFromRow(traceparents[i]));
     return {
-      message: { ...message, key: snapshot.id, value: JSON.stringify(single) },
+      message: { ...message, key: snapshot.id, value: JSON.stringify(single), headers },
       command: single,
       pack: command.message_id,
+      own_trace: traceparents !== undefined,
     };
   });
 }
@@ -385,10 +403,13 @@ async function addReplies(deps: WriterDeps, outcomes: Applied[], out: BatchOut):
       outcome.command.type === "RecordTransfer"
     ) {
       const pack = packs.get(parsed.pack) ?? { first: parsed, records: [] };
-      pack.records.push({
+      const record: TransfersRecordedEvent["records"][number] = {
         transfer_id: outcome.command.snapshot.id,
         status: outcome.command.snapshot.status,
-      });
+      };
+      // The record's own step in its trace: the saga goes on from there for this transfer.
+      if (parsed.own_trace) await replyInTrace(parsed, async () => void withTraceOf(record));
+      pack.records.push(record);
       packs.set(parsed.pack, pack);
       continue;
     }
@@ -414,6 +435,12 @@ async function addReplies(deps: WriterDeps, outcomes: Applied[], out: BatchOut):
       );
     });
   }
+}
+
+/** The active context, as the trace the record's answer names (none: left out). */
+function withTraceOf(record: TransfersRecordedEvent["records"][number]): void {
+  const traceparent = rowFromContext();
+  if (traceparent !== null) record.traceparent = traceparent;
 }
 
 /** After the batch's messages went out: its writes by result and its dead letters. */

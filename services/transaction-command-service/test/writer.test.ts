@@ -4,7 +4,7 @@
  * transfers. The writer against the real store is covered by the integration tests.
  */
 import assert from "node:assert/strict";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import type { Db } from "mongodb";
 import {
   type RecordTransferCommand,
@@ -17,6 +17,7 @@ import type { ConsumedMessage, OutgoingMessage } from "#packages/kafka/index.ts"
 import { createLogger } from "#packages/log/index.ts";
 import type { TransferDocument } from "#packages/records/index.ts";
 import { InvariantError } from "#packages/runtime/assert.ts";
+import { startTracing } from "#packages/tracing/index.ts";
 import { createRecordWriter } from "../src/writer.ts";
 
 const topics = topicNames("unit.");
@@ -79,11 +80,16 @@ function message(id: string, status: TransferStatus = "PENDING"): ConsumedMessag
 }
 
 /** One RecordTransfers message carrying the records of `ids`. */
-function pack(ids: string[], status: TransferStatus = "PENDING"): ConsumedMessage {
+function pack(
+  ids: string[],
+  status: TransferStatus = "PENDING",
+  traceparents?: Array<string | null>,
+): ConsumedMessage {
   const command: RecordTransfersCommand = {
     type: "RecordTransfers",
     message_id: "0190b5a8-0000-7000-8000-00000000000b",
     snapshots: ids.map((id) => snapshotOf(id, status)),
+    ...(traceparents === undefined ? {} : { traceparents }),
   };
   offset += 1n;
   return { topic: topics.commands, partition: 0, offset, key: ids[0] ?? "", value: JSON.stringify(command) };
@@ -252,6 +258,30 @@ describe("record writer failure policy", () => {
       ids,
     );
     assert.ok(records.every((r) => r.status === "PENDING"));
+  });
+
+  it("answers a pack of several traces naming each record's own, and rejects a record in its own trace", async () => {
+    const tracing = await startTracing({ service: "writer-test", env: {} });
+    after(() => tracing.shutdown());
+    const traceOf = (n: number) => `00-${n.toString(16).padStart(32, "0")}-${"2".repeat(16)}-01`;
+    const poison = idOf(4203);
+    const { db } = fakeStore(new Set([poison]), () => new InvariantError("a record went backwards"));
+    const { sent, producer } = fakeProducer();
+    const ids = [idOf(4201), idOf(4202), poison];
+    const traces = [traceOf(1), traceOf(2), traceOf(3)];
+    assert.equal(await deliverUntilAccepted(writer(db, producer), [pack(ids, "PENDING", traces)]), 1);
+    const records = packAnswer(sent) as Array<{ transfer_id: string; traceparent?: string }>;
+    assert.deepEqual(
+      records.map((r) => [r.transfer_id, r.traceparent?.split("-")[1]]),
+      [
+        [idOf(4201), traceOf(1).split("-")[1]],
+        [idOf(4202), traceOf(2).split("-")[1]],
+      ],
+    );
+    assert.deepEqual(deadLetterKeys(sent), [poison]);
+    const rejected = sent.find((m) => (m.value as { type: string }).type === "TransferRecordRejected");
+    const headers = (rejected?.headers ?? {}) as Record<string, string>;
+    assert.equal(headers.traceparent?.split("-")[1], traceOf(3).split("-")[1]);
   });
 
   it("dead-letters a pack's failing record alone, as a RecordTransfer of its own, and answers the others", async () => {

@@ -5,10 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
+import { trace } from "@opentelemetry/api";
 import { RECORD_PACK_MAX } from "#packages/contracts/messages.ts";
 import type { ConsumedMessage, OutgoingMessage } from "#packages/kafka/index.ts";
 import { noCrashes } from "#packages/runtime/faults.ts";
+import { contextFromKafkaHeaders, startTracing, type Tracing } from "#packages/tracing/index.ts";
 import { groupByTransfer } from "../src/saga/events.ts";
 import { LedgerInvariantError, readBatchAnswer, type Step } from "../src/saga/ledger-client.ts";
 import { messagesOf, type OutboxRow, relayBatch, roundAfter } from "../src/saga/outbox-relay.ts";
@@ -92,6 +94,30 @@ describe("event grouping", () => {
       byTransfer.get(B)?.map((e) => [e.event.type, e.event.status, e.message]),
       [["TransferRecorded", "COMPLETED", packed]],
     );
+  });
+
+  describe("with trace ids on (as every service runs)", () => {
+    let tracing: Tracing;
+    before(async () => {
+      tracing = await startTracing({ service: "saga-rules-test", env: {} });
+    });
+    after(() => tracing.shutdown());
+
+    it("handles a pack's record in the trace the record names", () => {
+      const traceparent = `00-${"ab".repeat(16)}-${"cd".repeat(8)}-01`;
+      const packed = message({
+        type: "TransfersRecorded",
+        message_id: randomUUID(),
+        records: [
+          { transfer_id: A, status: "PENDING", traceparent },
+          { transfer_id: B, status: "PENDING" },
+        ],
+      });
+      const { byTransfer } = groupByTransfer([packed]);
+      const own = byTransfer.get(A)?.[0]?.message;
+      assert.equal(trace.getSpanContext(contextFromKafkaHeaders(own?.headers))?.traceId, "ab".repeat(16));
+      assert.equal(byTransfer.get(B)?.[0]?.message, packed, "a record naming none keeps the message's");
+    });
   });
 });
 
@@ -219,7 +245,7 @@ describe("outbox relay", () => {
     assert.equal(roundAfter(10, 10), "busy", "a full batch: more may be waiting");
   });
 
-  describe("packing records of one trace", () => {
+  describe("packing records", () => {
     const trace = (n: number) => `00-${n.toString(16).padStart(32, "0")}-${"1".repeat(16)}-01`;
     const record = (id: string, traceparent: string | null): OutboxRow => ({
       id: id.slice(-3),
@@ -229,18 +255,37 @@ describe("outbox relay", () => {
       traceparent,
     });
     const idOf = (n: number) => `0190b5a8-0000-7000-8000-${n.toString(16).padStart(12, "0")}`;
+    type Pack = { type?: string; snapshots?: unknown[]; traceparents?: Array<string | null> };
 
-    it("packs one trace's records into one RecordTransfers, keeps a lone record and other messages as they are", () => {
+    it("packs a round's records into one RecordTransfers naming each one's trace, other messages as they are", () => {
       const other: OutboxRow = { id: "9", topic: "commands", key: B, payload: { n: 9 }, traceparent: null };
-      const rows = [record(idOf(1), trace(1)), other, record(idOf(2), trace(2)), record(idOf(3), trace(1))];
+      const rows = [
+        record(idOf(1), trace(1)),
+        other,
+        record(idOf(2), trace(2)),
+        record(idOf(3), trace(1)),
+        record(idOf(4), "not a trace context"),
+      ];
       const messages = messagesOf(rows);
-      assert.equal(messages.length, 3);
-      const [first, second, third] = messages.map((m) => m.value as { type?: string; snapshots?: unknown[] });
+      assert.equal(messages.length, 2);
+      const [first, second] = messages.map((m) => m.value as Pack);
       assert.equal(first?.type, "RecordTransfers");
-      assert.deepEqual(first?.snapshots, [{ id: idOf(1) }, { id: idOf(3) }]);
+      assert.deepEqual(first?.snapshots, [
+        { id: idOf(1) },
+        { id: idOf(2) },
+        { id: idOf(3) },
+        { id: idOf(4) },
+      ]);
+      assert.deepEqual(first?.traceparents, [trace(1), trace(2), trace(1), null]);
       assert.equal(messages[0]?.key, idOf(1));
       assert.deepEqual(second, { n: 9 });
-      assert.equal(third?.type, "RecordTransfer", "a trace with one record keeps its own message");
+    });
+
+    it("leaves the traces out of a pack of one trace, and a record alone in its own message", () => {
+      const one = messagesOf([record(idOf(5), trace(5)), record(idOf(6), trace(5))]);
+      assert.equal((one[0]?.value as Pack | undefined)?.traceparents, undefined);
+      const alone = messagesOf([record(idOf(7), trace(7))]);
+      assert.equal((alone[0]?.value as Pack | undefined)?.type, "RecordTransfer");
     });
 
     it("starts a new pack past RECORD_PACK_MAX", () => {

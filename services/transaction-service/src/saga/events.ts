@@ -14,7 +14,12 @@ import type { ConsumedMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { InvariantError } from "#packages/runtime/assert.ts";
 import { runConcurrently } from "#packages/runtime/loops.ts";
-import { contextFromKafkaHeaders, withSpan } from "#packages/tracing/index.ts";
+import {
+  contextFromKafkaHeaders,
+  contextFromRow,
+  injectKafkaHeaders,
+  withSpan,
+} from "#packages/tracing/index.ts";
 import type { SagaRunner } from "./runner.ts";
 import type { SagaStore, StoredTransfer } from "./store.ts";
 
@@ -124,23 +129,36 @@ export function groupByTransfer(messages: readonly ConsumedMessage[]): Grouped {
       grouped.batches.add(parsed.data.disbursement_id);
       continue;
     }
-    for (const event of eventsOf(parsed.data)) {
+    for (const { event, traceparent } of eventsOf(parsed.data)) {
       const list = grouped.byTransfer.get(event.transfer_id) ?? [];
-      list.push({ event, message });
+      // A record of a pack of several traces names its own: its handling continues that one.
+      const own =
+        traceparent === undefined
+          ? message
+          : { ...message, headers: injectKafkaHeaders({}, contextFromRow(traceparent)) };
+      list.push({ event, message: own });
       grouped.byTransfer.set(event.transfer_id, list);
     }
   }
   return grouped;
 }
 
-/** A pack's answer (TransfersRecorded) as one TransferRecorded per record; any other event as is. */
-function eventsOf(event: Exclude<RecordEvent, { type: "DisbursementRecorded" }>): TransferEvent[] {
-  if (event.type !== "TransfersRecorded") return [event];
+/**
+ * A pack's answer (TransfersRecorded) as one TransferRecorded per record, with the record's own
+ * trace when it names one; any other event as is.
+ */
+function eventsOf(
+  event: Exclude<RecordEvent, { type: "DisbursementRecorded" }>,
+): Array<{ event: TransferEvent; traceparent?: string | undefined }> {
+  if (event.type !== "TransfersRecorded") return [{ event }];
   return event.records.map((r) => ({
-    type: "TransferRecorded",
-    message_id: event.message_id,
-    transfer_id: r.transfer_id,
-    status: r.status,
+    event: {
+      type: "TransferRecorded",
+      message_id: event.message_id,
+      transfer_id: r.transfer_id,
+      status: r.status,
+    },
+    traceparent: r.traceparent,
   }));
 }
 

@@ -5,7 +5,7 @@
  * SKIP LOCKED let several instances relay side by side without sending a row twice at once.
  */
 import { randomUUID } from "node:crypto";
-import { RECORD_PACK_MAX } from "#packages/contracts/messages.ts";
+import { RECORD_PACK_MAX, traceparentSchema } from "#packages/contracts/messages.ts";
 import type { JsonProducer, OutgoingMessage } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
@@ -111,35 +111,44 @@ export interface OutboxRow {
 }
 
 /**
- * The rows' messages, in order, with the RecordTransfer commands of one trace and topic packed
- * into RecordTransfers messages of at most RECORD_PACK_MAX: a disbursement's items move in step
- * and share their batch's trace, so their records cost one message, not one each. A transfer
- * of its own (its own trace) keeps its own message.
+ * The rows' messages, in order, with the RecordTransfer commands of one topic packed into
+ * RecordTransfers messages of at most RECORD_PACK_MAX: the records a relay round finds (a
+ * disbursement's items moving in step, or transfers of their own committed side by side) cost one
+ * message, one fetch and one answer, not one each. A pack's headers carry its first row's trace;
+ * a pack of several traces also lists each row's, so every transfer's trace goes on. A record
+ * alone in its round keeps its own message.
  */
 export function messagesOf(rows: readonly OutboxRow[], roles: Readonly<Record<string, string>> = {}) {
-  const groups: Array<{ message: OutgoingMessage; snapshots: unknown[] }> = [];
-  const open = new Map<string, { message: OutgoingMessage; snapshots: unknown[] }>();
+  const groups: Array<{
+    message: OutgoingMessage;
+    snapshots: unknown[];
+    traceparents: Array<string | null>;
+  }> = [];
+  const open = new Map<string, (typeof groups)[number]>();
   for (const row of rows) {
     const payload = row.payload as { type?: unknown; snapshot?: unknown } | null;
     if (payload?.type !== "RecordTransfer") {
-      groups.push({ message: messageOf(row, roles), snapshots: [] });
+      groups.push({ message: messageOf(row, roles), snapshots: [], traceparents: [] });
       continue;
     }
     // A pack's message (topic, key, trace headers) is its first row's: only that row's is made.
-    const pack_key = `${row.topic} ${traceIdOf(row.traceparent)}`;
-    let group = open.get(pack_key);
+    let group = open.get(row.topic);
     if (group === undefined || group.snapshots.length >= RECORD_PACK_MAX) {
-      group = { message: messageOf(row, roles), snapshots: [] };
+      group = { message: messageOf(row, roles), snapshots: [], traceparents: [] };
       groups.push(group);
-      open.set(pack_key, group);
+      open.set(row.topic, group);
     }
     group.snapshots.push(payload.snapshot);
+    // A context the message could not carry is dropped rather than failing the whole pack.
+    group.traceparents.push(traceparentSchema.safeParse(row.traceparent).success ? row.traceparent : null);
   }
-  return groups.map(({ message, snapshots }) =>
-    snapshots.length <= 1
-      ? message
-      : { ...message, value: { type: "RecordTransfers", message_id: randomUUID(), snapshots } },
-  );
+  return groups.map(({ message, snapshots, traceparents }) => {
+    if (snapshots.length <= 1) return message;
+    const value = { type: "RecordTransfers", message_id: randomUUID(), snapshots };
+    const trace_id = traceIdOf(traceparents[0] ?? null);
+    const oneTrace = traceparents.every((t) => traceIdOf(t) === trace_id);
+    return { ...message, value: oneTrace ? value : { ...value, traceparents } };
+  });
 }
 
 /** The trace id of a stored traceparent (version-traceid-spanid-flags), or "" without one. */
