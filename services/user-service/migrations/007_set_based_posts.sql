@@ -1,0 +1,252 @@
+-- user-service: the posts of one ledger_apply_batch call, set-based. The saga settles a
+-- disbursement's items in packs of up to ~250 posts per call; 002 ran ledger_post once per item
+-- (about ten statements each: a row lock on the hold, one on the payee's wallet, two updates, a
+-- posting and two entries). A payee credited by many items of one call had its wallet row
+-- rewritten once per item, each a new row version that the transaction cannot prune.
+--
+-- Now each run of posts that follow one another in the call's lock order is one pass: the holds
+-- locked, the payees' wallets locked in user id order, one update per payee's wallet, one update
+-- of the holds, one insert of postings and one of entries. Every answer, lock and journal line
+-- is the one ledger_post would have made, step by step, in the same order:
+-- - Locks: the advisory locks first (phase 1 of 002, unchanged), then the wallets in the order of
+--   002's phase 2. A run is a stretch of that order holding posts only, so locking its payees'
+--   wallets at once, in user id order, takes them in the order the steps would have; a hold or
+--   void between two runs runs between them, as before. The holds' row locks are never waited for
+--   (002), so taking them first changes no wait. Only the wallets of held holds are locked, as
+--   ledger_post locks only those.
+-- - Whether a payee is open is asked in a statement after its wallet's lock (a new snapshot), as
+--   ledger_post asks it.
+-- - The journal: one posting and two entries per post (clearing, then the wallet), written in the
+--   run's order, and the wallet's balance after each credit a running balance in that order: the
+--   order ledger_post would have applied them, by wallet, then transfer id.
+-- - Room: ledger_post asks ledger_credit_room per credit, which keeps the bound unchanged while
+--   balance + bound + amount fits 2^53-1. Credits only grow the balance, so every credit of a run
+--   fits that way exactly when the payee's balance + bound + the run's total to them fits. When it
+--   does for every payee, no credit is refused for room and no bound changes. When it does not
+--   for some payee (a wallet near the ceiling, where an item may be refused alone), the whole run
+--   goes through ledger_post item by item, which decides as before.
+-- - The deferred checks of 001 run on the same rows.
+-- A run of one post takes ledger_post directly: one pass buys nothing there.
+
+-- The posts of one run, in the order given (the call's lock order), with each one's ordinal in
+-- the call. Answers as ledger_post would, one row per post, in the order given.
+CREATE FUNCTION ledger_post_run(p_transfer_ids uuid[], p_ordinals integer[]) RETURNS TABLE (
+  ordinal integer,
+  result text,
+  transfer_id uuid,
+  source_user_id bigint,
+  dest_user_id bigint,
+  amount_minor bigint,
+  state text,
+  source_balance_before_minor bigint,
+  dest_balance_before_minor bigint,
+  created_at timestamptz,
+  updated_at timestamptz
+)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  v_count integer := coalesce(cardinality(p_transfer_ids), 0);
+  v_tight boolean;
+  v_posted integer;
+  s ledger_step;
+BEGIN
+  IF coalesce(cardinality(p_ordinals), 0) <> v_count THEN
+    RAISE EXCEPTION 'ledger_post_run: % transfer ids, % ordinals', v_count, cardinality(p_ordinals)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF v_count = 0 THEN
+    RETURN;
+  END IF;
+  IF v_count = 1 THEN
+    s := ledger_post(p_transfer_ids[1]);
+    RETURN QUERY SELECT p_ordinals[1], s.result, s.transfer_id, s.source_user_id, s.dest_user_id,
+      s.amount_minor, s.state, s.source_balance_before_minor, s.dest_balance_before_minor,
+      s.created_at, s.updated_at;
+    RETURN;
+  END IF;
+
+  PERFORM FROM holds h WHERE h.transfer_id = ANY (p_transfer_ids) FOR UPDATE OF h;
+  -- The payees' money locks, in user id order (see the top).
+  PERFORM FROM accounts a
+  WHERE a.user_id IN (SELECT h.dest_user_id FROM holds h
+                      WHERE h.transfer_id = ANY (p_transfer_ids) AND h.state = 'held')
+  ORDER BY a.user_id
+  FOR UPDATE OF a;
+
+  -- A new statement, a new snapshot: which payees are open, and whether every credit fits.
+  SELECT EXISTS (
+    SELECT FROM holds h
+    JOIN accounts a ON a.user_id = h.dest_user_id
+    JOIN users u ON u.id = h.dest_user_id AND u.deleted_at IS NULL
+    WHERE h.transfer_id = ANY (p_transfer_ids) AND h.state = 'held'
+    GROUP BY a.id, a.balance_minor, a.held_out_bound_minor
+    HAVING a.balance_minor::numeric + a.held_out_bound_minor + sum(h.amount_minor) > 9007199254740991
+  ) INTO v_tight;
+
+  IF v_tight THEN
+    FOR v_i IN 1 .. v_count LOOP
+      s := ledger_post(p_transfer_ids[v_i]);
+      ordinal := p_ordinals[v_i];
+      result := s.result;
+      transfer_id := s.transfer_id;
+      source_user_id := s.source_user_id;
+      dest_user_id := s.dest_user_id;
+      amount_minor := s.amount_minor;
+      state := s.state;
+      source_balance_before_minor := s.source_balance_before_minor;
+      dest_balance_before_minor := s.dest_balance_before_minor;
+      created_at := s.created_at;
+      updated_at := s.updated_at;
+      RETURN NEXT;
+    END LOOP;
+    RETURN;
+  END IF;
+
+  -- The credits, each with its payee's balance before it (the balance under the lock plus the
+  -- earlier credits of this run to the same payee), in one statement.
+  WITH items AS (
+    SELECT o.id, o.pos, h.amount_minor AS amount, a.id AS account_id,
+           a.balance_minor + coalesce(sum(h.amount_minor) OVER (
+             PARTITION BY a.id ORDER BY o.pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+    FROM unnest(p_transfer_ids) WITH ORDINALITY AS o(id, pos)
+    JOIN holds h ON h.transfer_id = o.id AND h.state = 'held'
+    JOIN accounts a ON a.user_id = h.dest_user_id
+    JOIN users u ON u.id = h.dest_user_id AND u.deleted_at IS NULL
+  ), credited AS (
+    UPDATE accounts a SET balance_minor = a.balance_minor + t.total, updated_at = now()
+    FROM (SELECT i.account_id, sum(i.amount)::bigint AS total FROM items i GROUP BY i.account_id) t
+    WHERE a.id = t.account_id
+  ), posted AS (
+    -- The state guard is a second line: under the holds' row locks the state is known.
+    UPDATE holds h SET state = 'posted', dest_balance_before_minor = i.before, updated_at = now()
+    FROM items i
+    WHERE h.transfer_id = i.id AND h.state = 'held'
+    RETURNING h.transfer_id
+  ), journal AS (
+    INSERT INTO postings (kind, transfer_id)
+    SELECT 'post', i.id FROM items i ORDER BY i.pos
+    RETURNING postings.id, postings.transfer_id
+  ), journaled AS (
+    INSERT INTO entries (posting_id, account_id, amount_minor, balance_after_minor)
+    SELECT p.id, x.account_id, x.amount, x.balance_after
+    FROM journal p JOIN items i ON i.id = p.transfer_id,
+         LATERAL (VALUES (1, 2::bigint, -i.amount, NULL::bigint),
+                         (2, i.account_id, i.amount, i.before + i.amount)) AS x(leg, account_id, amount, balance_after)
+    ORDER BY p.id, x.leg
+  )
+  SELECT (SELECT count(*) FROM posted) - (SELECT count(*) FROM items) INTO v_posted;
+  IF v_posted <> 0 THEN
+    RAISE EXCEPTION 'ledger_post_run: % holds changed under their locks', v_posted;
+  END IF;
+
+  -- The answers, from the holds as they now stand: posted (now or before) is ok, a hold still
+  -- held was refused (payee closed or without a wallet).
+  RETURN QUERY
+  SELECT p_ordinals[o.pos::integer],
+         CASE WHEN h.transfer_id IS NULL THEN 'hold_not_found'
+              WHEN h.state = 'posted' THEN 'ok'
+              WHEN h.state = 'voided' THEN 'hold_voided'
+              ELSE 'dest_unavailable' END,
+         h.transfer_id, h.source_user_id, h.dest_user_id, h.amount_minor, h.state,
+         h.source_balance_before_minor, h.dest_balance_before_minor, h.created_at, h.updated_at
+  FROM unnest(p_transfer_ids) WITH ORDINALITY AS o(id, pos)
+  LEFT JOIN holds h ON h.transfer_id = o.id
+  ORDER BY o.pos;
+END
+$$;
+
+-- As in 002, with the posts gathered into runs (see the top): a run ends at the next hold or
+-- void, which is applied after it, in its place in the lock order.
+CREATE OR REPLACE FUNCTION ledger_apply_batch(
+  p_ops text[],
+  p_transfer_ids uuid[],
+  p_source_user_ids bigint[],
+  p_dest_user_ids bigint[],
+  p_amounts_minor bigint[]
+) RETURNS TABLE (
+  ordinal integer,
+  result text,
+  transfer_id uuid,
+  source_user_id bigint,
+  dest_user_id bigint,
+  amount_minor bigint,
+  state text,
+  source_balance_before_minor bigint,
+  dest_balance_before_minor bigint,
+  created_at timestamptz,
+  updated_at timestamptz
+)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  v_count integer := coalesce(cardinality(p_ops), 0);
+  v_key integer;
+  v_step record;
+  v_run_ids uuid[] := '{}';
+  v_run_ordinals integer[] := '{}';
+  s ledger_step;
+BEGIN
+  IF v_count NOT BETWEEN 1 AND 1000
+     OR coalesce(cardinality(p_transfer_ids), 0) <> v_count
+     OR coalesce(cardinality(p_source_user_ids), 0) <> v_count
+     OR coalesce(cardinality(p_dest_user_ids), 0) <> v_count
+     OR coalesce(cardinality(p_amounts_minor), 0) <> v_count THEN
+    RAISE EXCEPTION 'ledger_apply_batch: give 1..1000 steps in arrays of one length'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF EXISTS (SELECT FROM unnest(p_ops) AS o(op) WHERE o.op IS NULL OR o.op NOT IN ('hold', 'post', 'void')) THEN
+    RAISE EXCEPTION 'ledger_apply_batch: every op must be hold, post or void'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF (SELECT count(DISTINCT t.id) FROM unnest(p_transfer_ids) AS t(id)) <> v_count
+     OR array_position(p_transfer_ids, NULL) IS NOT NULL THEN
+    RAISE EXCEPTION 'ledger_apply_batch: every transfer id must be given, once'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  -- Phase 1: the transfers' advisory locks, in key order (see the lock order at the top of 002).
+  FOR v_key IN
+    SELECT DISTINCT ledger_transfer_lock_key(t.id) AS k FROM unnest(p_transfer_ids) AS t(id) ORDER BY k
+  LOOP
+    PERFORM pg_advisory_xact_lock(7274, v_key);
+  END LOOP;
+
+  -- Phase 2: the steps in wallet order, as in 002.
+  FOR v_step IN
+    SELECT o.i::integer AS i, o.op, o.id, o.source_user_id, o.dest_user_id, o.amount_minor
+    FROM unnest(p_ops, p_transfer_ids, p_source_user_ids, p_dest_user_ids, p_amounts_minor)
+           WITH ORDINALITY AS o(op, id, source_user_id, dest_user_id, amount_minor, i)
+    LEFT JOIN holds h ON h.transfer_id = o.id AND o.op <> 'hold'
+    ORDER BY CASE o.op WHEN 'hold' THEN o.source_user_id
+                       WHEN 'post' THEN h.dest_user_id
+                       ELSE h.source_user_id END NULLS FIRST,
+             o.id
+  LOOP
+    IF v_step.op = 'post' THEN
+      v_run_ids := v_run_ids || v_step.id;
+      v_run_ordinals := v_run_ordinals || v_step.i;
+      CONTINUE;
+    END IF;
+    RETURN QUERY SELECT * FROM ledger_post_run(v_run_ids, v_run_ordinals);
+    v_run_ids := '{}';
+    v_run_ordinals := '{}';
+    IF v_step.op = 'hold' THEN
+      s := ledger_hold(v_step.id, v_step.source_user_id, v_step.dest_user_id, v_step.amount_minor);
+    ELSE
+      s := ledger_void(v_step.id);
+    END IF;
+    ordinal := v_step.i;
+    result := s.result;
+    transfer_id := s.transfer_id;
+    source_user_id := s.source_user_id;
+    dest_user_id := s.dest_user_id;
+    amount_minor := s.amount_minor;
+    state := s.state;
+    source_balance_before_minor := s.source_balance_before_minor;
+    dest_balance_before_minor := s.dest_balance_before_minor;
+    created_at := s.created_at;
+    updated_at := s.updated_at;
+    RETURN NEXT;
+  END LOOP;
+  RETURN QUERY SELECT * FROM ledger_post_run(v_run_ids, v_run_ordinals);
+END
+$$;
