@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FundingItem, LedgerOperation } from "#packages/contracts/ledger.ts";
-import type { Pool } from "#packages/pg/index.ts";
+import { createPool, type Pool } from "#packages/pg/index.ts";
 import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { assertSystemAccounts } from "../src/ledger/accounts.ts";
 import { audit } from "../src/ledger/audit.ts";
@@ -23,6 +23,7 @@ const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const STAMP = `${process.pid}_${Date.now()}`;
 const MIGRATIONS = join(import.meta.dirname, "..", "migrations");
 const MAX = Number.MAX_SAFE_INTEGER;
+const APPLICATION_NAME = "user-service-posts-test";
 
 let current: TestSchema | undefined;
 let baseline: TestSchema | undefined;
@@ -73,6 +74,20 @@ async function brokenChains(pool: Pool): Promise<unknown[]> {
      WHERE e.balance_after_minor <> e.running`,
   );
   return rows;
+}
+
+/** Waits until a ledger_apply_batch call of this file's pools waits for a lock (bounded: 10 s). */
+async function waitingForLock(admin: Pool): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    const { rowCount } = await admin.query(
+      `SELECT 1 FROM pg_stat_activity
+       WHERE application_name = $1 AND wait_event_type = 'Lock' AND query LIKE '%ledger_apply_batch%'`,
+      [APPLICATION_NAME],
+    );
+    if (rowCount !== 0) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.fail("the call never waited for the lock");
 }
 
 /** The transfer ids of a run, fixed once so that both schemas see the same ones. */
@@ -213,7 +228,7 @@ describe("set-based posts on PostgreSQL", {
 }, () => {
   before(async () => {
     current = await openTestSchema(BASE_URL, `user_service_posts_test_${STAMP}`, {
-      application_name: "user-service-posts-test",
+      application_name: APPLICATION_NAME,
       pool_max: 4,
       migrations: MIGRATIONS,
     });
@@ -222,7 +237,7 @@ describe("set-based posts on PostgreSQL", {
     const files = (await readdir(MIGRATIONS)).filter((f) => /^00[1-6]_.+\.sql$/.test(f));
     await Promise.all(files.map((f) => copyFile(join(MIGRATIONS, f), join(baseline_dir ?? "", f))));
     baseline = await openTestSchema(BASE_URL, `user_service_posts_base_${STAMP}`, {
-      application_name: "user-service-posts-test",
+      application_name: APPLICATION_NAME,
       pool_max: 4,
       migrations: baseline_dir,
     });
@@ -291,6 +306,50 @@ describe("set-based posts on PostgreSQL", {
       rows.map((_, i) => rows.slice(0, i + 1).reduce((sum, r) => sum + Number(r.amount_minor), 0)),
     );
     assert.equal(rows.length, 3);
+  });
+
+  it("takes the payees' wallet locks in user id order: waiting for the last, it holds all the others", async () => {
+    assert.ok(current);
+    const { pool, admin, url } = current;
+    const p = await people(pool, "order");
+    const payees: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const row = await createUser(pool, {
+        username: `orderpayee${i}`,
+        password_hash: "scrypt$not-a-real-hash",
+        opening_balance: 0,
+      });
+      payees.push(Number(row.id));
+    }
+    const pack = payees.map((dest_user_id, i) => ({
+      transfer_id: randomUUID(),
+      dest_user_id,
+      amount: 1 + i,
+    }));
+    await funded(pool, p.payer, randomUUID(), pack);
+    const last = payees[payees.length - 1];
+    const racer = createPool(url, { max: 1, application_name: `posts_racer_${STAMP}` });
+    const client = await racer.connect();
+    try {
+      await client.query("BEGIN");
+      await client.query("SELECT FROM accounts WHERE user_id = $1 FOR UPDATE", [last]);
+      const call = applyBatch(
+        pool,
+        [...pack].reverse().map((item) => post(item.transfer_id)),
+      );
+      await waitingForLock(admin);
+      // Every other payee's wallet is locked by the waiting call: none can be taken now.
+      const { rows } = await pool.query<{ free: string }>(
+        "SELECT count(*) AS free FROM (SELECT FROM accounts WHERE user_id = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED) x",
+        [payees.slice(0, -1)],
+      );
+      assert.equal(Number(rows[0]?.free), 0);
+      await client.query("ROLLBACK");
+      assert.ok((await call).every((r) => r.ok));
+    } finally {
+      client.release();
+      await racer.end();
+    }
   });
 
   it("concurrent packs to the same payees in opposite orders, with voids, all finish", async () => {
