@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FundingItem, LedgerOperation } from "#packages/contracts/ledger.ts";
-import { createPool, type Pool } from "#packages/pg/index.ts";
+import { createPool, type Pool, withTransaction } from "#packages/pg/index.ts";
 import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { assertSystemAccounts } from "../src/ledger/accounts.ts";
 import { audit } from "../src/ledger/audit.ts";
@@ -349,6 +349,52 @@ describe("set-based posts on PostgreSQL", {
     } finally {
       client.release();
       await racer.end();
+    }
+  });
+
+  it("a single post or void reaches its hold by primary key, not by scanning every held hold", async () => {
+    const schema = await openTestSchema(BASE_URL, `user_service_posts_plan_${STAMP}`, {
+      application_name: APPLICATION_NAME,
+      pool_max: 2,
+      migrations: MIGRATIONS,
+    });
+    try {
+      const { pool } = schema;
+      await assertSystemAccounts(pool);
+      const p = await people(pool, "plan");
+      const items = (n: number) =>
+        Array.from({ length: n }, (_, i) => ({
+          transfer_id: randomUUID(),
+          dest_user_id: i % 2 === 0 ? p.a : p.b,
+          amount: 1,
+        }));
+      // Statistics taken at a quiet moment: holds in the table, none of them held. The partial
+      // indexes of held holds then look empty to the planner.
+      const settled = items(200);
+      await funded(pool, p.payer, randomUUID(), settled);
+      await pool.query("SELECT ledger_post(t) FROM unnest($1::uuid[]) AS t(t)", [
+        settled.map((i) => i.transfer_id),
+      ]);
+      await pool.query("ANALYZE holds");
+      const held = items(1_000);
+      await funded(pool, p.payer, randomUUID(), held);
+      const read = await withTransaction(pool, async (client) => {
+        const step = (op: string, transfer_id: string | undefined) =>
+          client.query(
+            "SELECT * FROM ledger_apply_batch($1::text[], $2::uuid[], $3::bigint[], $3::bigint[], $3::bigint[])",
+            [[op], [transfer_id], [null]],
+          );
+        await step("post", held[0]?.transfer_id);
+        await step("void", held[1]?.transfer_id);
+        const { rows } = await client.query<{ n: string }>(
+          `SELECT pg_stat_get_xact_tuples_returned('holds_held_by_source'::regclass)
+                + pg_stat_get_xact_tuples_returned('holds_held_by_dest'::regclass) AS n`,
+        );
+        return Number(rows[0]?.n);
+      });
+      assert.equal(read, 0);
+    } finally {
+      await schema.drop();
     }
   });
 
