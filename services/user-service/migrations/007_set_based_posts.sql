@@ -29,7 +29,7 @@
 -- A run of one post takes ledger_post directly: one pass buys nothing there.
 --
 -- Plans. Every statement here reaches the holds of the call by primary key, once per hold, and
--- never filters holds by state in SQL: holds are never deleted, so a scan of the table grows with
+-- never filters the holds table by state: holds are never deleted, so a scan of the table grows with
 -- the whole history, and the partial indexes of 001 on held holds look empty to the planner
 -- whenever the last analyze found none held (right after a pack is posted), so a lookup that also
 -- says state = 'held' may scan every held hold instead (measured: ledger_post's UPDATE of the hold
@@ -248,9 +248,11 @@ BEGIN
       v_run_ordinals := v_run_ordinals || v_step.i;
       CONTINUE;
     END IF;
-    RETURN QUERY SELECT * FROM ledger_post_run(v_run_ids, v_run_ordinals);
-    v_run_ids := '{}';
-    v_run_ordinals := '{}';
+    IF cardinality(v_run_ids) > 0 THEN
+      RETURN QUERY SELECT * FROM ledger_post_run(v_run_ids, v_run_ordinals);
+      v_run_ids := '{}';
+      v_run_ordinals := '{}';
+    END IF;
     IF v_step.op = 'hold' THEN
       s := ledger_hold(v_step.id, v_step.source_user_id, v_step.dest_user_id, v_step.amount_minor);
     ELSE
