@@ -48,6 +48,19 @@ export async function ensureRecordIndexes(db: Db): Promise<void> {
   }
 }
 
+/**
+ * The users whose lists show the record. A batch's item whose money never left the payer (its
+ * batch refused, or its payee unknown at funding) lists the payer alone: a batch takes payees
+ * that do not exist and fails their items, and a transfer must not appear in the list of a user
+ * who gets that id later. Every other record lists both parties.
+ */
+function partiesOf(snapshot: TransferRecord): number[] {
+  const neverLeftPayer = snapshot.status === "FAILED" && snapshot.source_init_bal === null;
+  return typeof snapshot.disbursement_id === "string" && neverLeftPayer
+    ? [snapshot.source_user_id]
+    : [snapshot.source_user_id, snapshot.dest_user_id];
+}
+
 export function toDocument(snapshot: TransferRecord): TransferDocument {
   const doc: TransferDocument = {
     _id: snapshot.id,
@@ -61,7 +74,7 @@ export function toDocument(snapshot: TransferRecord): TransferDocument {
     created_at: new Date(snapshot.created_at),
     updated_at: new Date(snapshot.updated_at),
     rank: statusRank(snapshot.status),
-    party_user_ids: [snapshot.source_user_id, snapshot.dest_user_id],
+    party_user_ids: partiesOf(snapshot),
   };
   // Only an item's fields are written: a lone transfer's document stays as it always was.
   if (typeof snapshot.disbursement_id === "string") {

@@ -27,6 +27,24 @@ describe("transfer documents", () => {
     assert.deepEqual(fromDocument(doc), lone);
   });
 
+  it("list a batch item that never left the payer under the payer alone, any other under both", () => {
+    const refused = {
+      ...lone,
+      ...place,
+      status: "FAILED" as const,
+      source_init_bal: null,
+      dest_init_bal: null,
+    };
+    assert.deepEqual(toDocument({ ...refused, failure_reason: "dest_not_found" }).party_user_ids, [1]);
+    assert.deepEqual(toDocument({ ...refused, failure_reason: "insufficient_funds" }).party_user_ids, [1]);
+    // Held, then refunded: the payee existed and was tried.
+    const refunded = { ...refused, source_init_bal: 1_000, failure_reason: "dest_unavailable" as const };
+    assert.deepEqual(toDocument(refunded).party_user_ids, [1, 2]);
+    assert.deepEqual(toDocument({ ...lone, ...place }).party_user_ids, [1, 2]);
+    // A single transfer's payee was checked when it was made.
+    assert.deepEqual(toDocument({ ...lone, status: "FAILED", source_init_bal: null }).party_user_ids, [1, 2]);
+  });
+
   it("keep a lone transfer's document as it always was", () => {
     for (const snapshot of [lone, { ...lone, disbursement_id: null }]) {
       const doc = toDocument(snapshot);
