@@ -88,6 +88,9 @@ export interface DispatcherOptions {
 
 export type DeliveryResult = "delivered" | "failed" | "gave_up";
 
+/** The options that are plain values, without the engines and hooks: they can cross to a worker thread. */
+export type DispatcherSettings = Omit<DispatcherOptions, "pool" | "logger" | "on_result" | "after_send">;
+
 export interface Dispatcher {
   /** Something was enqueued: look for due rows now. */
   wake(): void;
