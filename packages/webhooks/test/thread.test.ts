@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { after, before, describe, it } from "node:test";
 import { Worker } from "node:worker_threads";
+import { type Logger, pino } from "pino";
 import { type Pool, withTransaction } from "#packages/pg/index.ts";
 import type { DeliveryResult } from "../dispatcher.ts";
 import { createEndpoint, enqueueEvents } from "../store.ts";
@@ -47,7 +48,7 @@ after(async () => {
   await pool.end();
 });
 
-function startThread(results: DeliveryResult[]): DispatcherThread {
+function startThread(results: DeliveryResult[], threadLogger: Logger = logger): DispatcherThread {
   return startDispatcherThread({
     settings: {
       guard: { allow_private: true },
@@ -63,7 +64,7 @@ function startThread(results: DeliveryResult[]): DispatcherThread {
     pool_max: 2,
     service: "webhooks-test",
     log_level: "silent",
-    logger,
+    logger: threadLogger,
     on_result: (result) => results.push(result),
   });
 }
@@ -126,5 +127,23 @@ describe("the dispatcher thread", () => {
       [id],
     );
     assert.equal(row.rows[0]?.state, "delivered");
+  });
+
+  it("starts a thread that died again, after a backoff", async () => {
+    const lines: string[] = [];
+    const watching = pino({ level: "error" }, { write: (line: string) => lines.push(line) });
+    // A worker copies the environment when it starts: this one dies at its start (a bad collector URL).
+    process.env.OTEL_EXPORTER_OTLP_ENDPOINT = "not a url";
+    const thread = startThread([], watching);
+    try {
+      await until("the thread's death logged", () => lines.some((l) => l.includes("starting it again")));
+      delete process.env.OTEL_EXPORTER_OTLP_ENDPOINT;
+      const enqueue = await endpointAt("/after-restart");
+      const id = await enqueue("after-restart");
+      await until("a delivery by the thread started again", () => arrivals.has(id), 30_000);
+    } finally {
+      delete process.env.OTEL_EXPORTER_OTLP_ENDPOINT;
+      await thread.stop();
+    }
   });
 });
