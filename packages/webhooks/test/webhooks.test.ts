@@ -113,7 +113,7 @@ async function explainedClaim(
   return withTransaction(pool, async (client) => {
     let plan: PlanNode | undefined;
     const explaining = {
-      query: async (text: string, values: unknown[]) => {
+      query: async ({ text, values }: { text: string; values: unknown[] }) => {
         const explained = await client.query(`EXPLAIN (ANALYZE, FORMAT JSON) ${text}`, values);
         plan = explained.rows[0]["QUERY PLAN"][0].Plan;
         return { rows: [] };
@@ -471,9 +471,9 @@ describe("webhooks: recording", () => {
     const counting = new Proxy(pool, {
       get(target, key) {
         if (key === "query") {
-          return (text: string, values?: unknown[]) => {
-            if (text.includes("'succeeded'")) statements += 1;
-            return target.query(text, values);
+          return (query: string | { text: string; values: unknown[] }, values?: unknown[]) => {
+            if (typeof query === "string" && query.includes("'succeeded'")) statements += 1;
+            return target.query(query as string, values);
           };
         }
         const value = Reflect.get(target, key);
