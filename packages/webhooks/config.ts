@@ -15,7 +15,12 @@ export const webhookConfigShape = {
   WEBHOOK_RETRY_CAP_MS: env.int(21_600_000, 10, 86_400_000),
   WEBHOOK_RETRY_WINDOW_MS: env.int(259_200_000, 1_000, 2_592_000_000),
   WEBHOOK_CONCURRENCY_MAX: env.int(32, 1, 1_024),
-  WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(4, 1, 64),
+  /**
+   * A payer's burst (a batch's 1,000 events) drains this many per claim-and-answer cycle: 4 left
+   * it seconds behind at the batch peak. Half of WEBHOOK_CONCURRENCY_MAX: one slow endpoint leaves
+   * the other half to the rest.
+   */
+  WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(16, 1, 64),
   WEBHOOK_BATCH_MAX: env.int(100, 1, 1_000),
   WEBHOOK_IDLE_POLL_MS: env.int(1_000, 10, 60_000),
   /** How long delivered and failed deliveries (and their attempt logs) are kept. */
