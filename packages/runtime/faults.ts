@@ -27,6 +27,7 @@ export type CrashPoint = (typeof crashPoints)[number];
 export class CrashSwitch {
   readonly #armed = new Set<CrashPoint>();
   readonly #logger: Logger;
+  readonly #onArm: Array<(point: CrashPoint) => void> = [];
 
   constructor(logger: Logger) {
     this.#logger = logger;
@@ -34,6 +35,12 @@ export class CrashSwitch {
 
   arm(point: CrashPoint): void {
     this.#armed.add(point);
+    for (const listener of this.#onArm) listener(point);
+  }
+
+  /** Told of each point armed: a point reached on another thread (a worker) is armed there through it. */
+  onArm(listener: (point: CrashPoint) => void): void {
+    this.#onArm.push(listener);
   }
 
   armed(): CrashPoint[] {

@@ -5,7 +5,7 @@
 import { env } from "#packages/config/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
-import type { DispatcherOptions } from "./dispatcher.ts";
+import type { DispatcherOptions, DispatcherSettings } from "./dispatcher.ts";
 
 export const webhookConfigShape = {
   /** Allow webhook URLs on loopback, private and link-local addresses: development and test stacks only. */
@@ -15,13 +15,22 @@ export const webhookConfigShape = {
   WEBHOOK_RETRY_CAP_MS: env.int(21_600_000, 10, 86_400_000),
   WEBHOOK_RETRY_WINDOW_MS: env.int(259_200_000, 1_000, 2_592_000_000),
   WEBHOOK_CONCURRENCY_MAX: env.int(32, 1, 1_024),
-  WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(4, 1, 64),
+  /**
+   * A payer's burst (a batch's 1,000 events) drains this many per claim-and-answer cycle: 4 left
+   * it seconds behind at the batch peak. Half of WEBHOOK_CONCURRENCY_MAX: one slow endpoint leaves
+   * the other half to the rest.
+   */
+  WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(16, 1, 64),
   WEBHOOK_BATCH_MAX: env.int(100, 1, 1_000),
   WEBHOOK_IDLE_POLL_MS: env.int(1_000, 10, 60_000),
   /** How long delivered and failed deliveries (and their attempt logs) are kept. */
   WEBHOOK_RETENTION_MS: env.int(2_592_000_000, 60_000, 31_536_000_000),
   /** How long the previous signing secret keeps signing after a rotation. */
   WEBHOOK_SECRET_GRACE_MS: env.int(86_400_000, 0, 604_800_000),
+  /** Deliveries on an event loop of their own (a worker thread); false: on the service's main loop. */
+  WEBHOOK_DISPATCHER_THREAD: env.bool(true),
+  /** Connections of the dispatcher thread's own pool: claims, recorded outcomes, pruning. */
+  WEBHOOK_DATABASE_POOL_MAX: env.int(4, 2, 64),
 };
 
 export interface WebhookConfig {
@@ -38,9 +47,12 @@ export interface WebhookConfig {
 }
 
 export function dispatcherOptions(config: WebhookConfig, pool: Pool, logger: Logger): DispatcherOptions {
+  return { ...dispatcherSettings(config), pool, logger };
+}
+
+/** The options that are plain values: what a dispatcher thread is handed (thread.ts). */
+export function dispatcherSettings(config: WebhookConfig): DispatcherSettings {
   return {
-    pool,
-    logger,
     guard: { allow_private: config.WEBHOOK_ALLOW_PRIVATE },
     attempt_timeout_ms: config.WEBHOOK_ATTEMPT_TIMEOUT_MS,
     concurrency_max: config.WEBHOOK_CONCURRENCY_MAX,

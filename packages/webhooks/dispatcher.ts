@@ -88,6 +88,9 @@ export interface DispatcherOptions {
 
 export type DeliveryResult = "delivered" | "failed" | "gave_up";
 
+/** The options that are plain values, without the engines and hooks: they can cross to a worker thread. */
+export type DispatcherSettings = Omit<DispatcherOptions, "pool" | "logger" | "on_result" | "after_send">;
+
 export interface Dispatcher {
   /** Something was enqueued: look for due rows now. */
   wake(): void;
@@ -150,19 +153,19 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
 
   const run = (row: Claimed) => {
     total += 1;
-    inFlight.set(row.endpoint_id, (inFlight.get(row.endpoint_id) ?? 0) + 1);
+    const slot = holdSlot(inFlight, row.endpoint_id, wake);
     const traced = tracedDelivery(options.logger, row);
-    const task = attemptAndRecord(attempt_options, row, traced, recordDelivered)
+    const task = attemptAndRecord(attempt_options, row, traced, recordDelivered, slot.release)
       .catch((error: unknown) =>
         traced.logger.warn({ err: error }, "webhook attempt not recorded; the lease will expire"),
       )
       .finally(() => {
+        const was_full = total === options.concurrency_max;
         total -= 1;
-        const left = (inFlight.get(row.endpoint_id) ?? 1) - 1;
-        if (left === 0) inFlight.delete(row.endpoint_id);
-        else inFlight.set(row.endpoint_id, left);
         running.delete(task);
-        wake();
+        // Room for a claim again: the endpoint's slot, or the process's if it was full.
+        if (slot.held()) slot.release();
+        else if (was_full) wake();
       });
     running.add(task);
   };
@@ -210,6 +213,27 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
       wakeUp?.();
       await done;
       connections.close();
+    },
+  };
+}
+
+/**
+ * One request's slot of its endpoint (this process's in-flight count), given back once: when a 2xx
+ * answers it, or when its attempt ends. A delivered row stays leased until it is recorded, so no
+ * claim takes it again meanwhile; the process's total still counts it until then.
+ */
+function holdSlot(inFlight: Map<string, number>, endpoint_id: string, freed: () => void) {
+  inFlight.set(endpoint_id, (inFlight.get(endpoint_id) ?? 0) + 1);
+  let held = true;
+  return {
+    held: () => held,
+    release: () => {
+      if (!held) return;
+      held = false;
+      const left = (inFlight.get(endpoint_id) ?? 1) - 1;
+      if (left === 0) inFlight.delete(endpoint_id);
+      else inFlight.set(endpoint_id, left);
+      freed();
     },
   };
 }
@@ -288,15 +312,20 @@ export async function claim(
   inFlight: Map<string, number>,
 ): Promise<Claimed[]> {
   const busy = [...inFlight.entries()];
-  // One statement, so its own transaction: no BEGIN and COMMIT round trips around it.
-  const rows = await options.pool.query<Claimed>(claimSql, [
-    room,
-    busy.map(([id]) => id),
-    busy.map(([, n]) => n),
-    options.lease_ms,
-    options.endpoint_in_flight_max,
-    room * window_per_room,
-  ]);
+  // One statement, so its own transaction: no BEGIN and COMMIT round trips around it. Named, so
+  // each connection parses it once: at a payer's burst the dispatcher claims after every answer.
+  const rows = await options.pool.query<Claimed>({
+    name: "webhook_claim",
+    text: claimSql,
+    values: [
+      room,
+      busy.map(([id]) => id),
+      busy.map(([, n]) => n),
+      options.lease_ms,
+      options.endpoint_in_flight_max,
+      room * window_per_room,
+    ],
+  });
   return rows.rows;
 }
 
@@ -335,10 +364,14 @@ async function attemptAndRecord(
   row: Claimed,
   traced: TracedDelivery,
   recordDelivered: RecordDelivered,
+  answered: () => void,
 ): Promise<void> {
   const spec = { kind: "client" as const, parent: traced.parent, attributes: traced.attributes };
   const outcome = await withSpan("webhook deliver", spec, (span) => tracedAttempt(options, row, span));
   options.after_send?.(row.id);
+  // A 2xx frees the endpoint's slot at once: its next request need not wait for this record. A
+  // failure keeps it until recorded, so a failing endpoint gets no more requests meanwhile.
+  if (outcome.ok) answered();
   const result = outcome.ok ? await recordDelivered(row, outcome) : await record(options, row, outcome);
   traced.logger.debug(
     { attempt: row.attempts, result, response_code: outcome.response_code, latency_ms: outcome.latency_ms },

@@ -3,7 +3,7 @@
  * transaction, a dispatcher that delivers at least once with retries, and an SSRF guard.
  */
 export { AddressRefusedError, checkUrl, refusalOf } from "./address-guard.ts";
-export { dispatcherOptions, webhookConfigShape } from "./config.ts";
+export { dispatcherOptions, dispatcherSettings, webhookConfigShape } from "./config.ts";
 export { type Dispatcher, defaultRetryPolicy, retryDelay_ms, startDispatcher } from "./dispatcher.ts";
 export { newSecret, signHeaders } from "./secrets.ts";
 export {
@@ -27,3 +27,4 @@ export {
   type WebhookEvent,
   webhookEventTypes,
 } from "./store.ts";
+export { type DispatcherThread, startDispatcherThread } from "./thread.ts";

@@ -113,7 +113,7 @@ async function explainedClaim(
   return withTransaction(pool, async (client) => {
     let plan: PlanNode | undefined;
     const explaining = {
-      query: async (text: string, values: unknown[]) => {
+      query: async ({ text, values }: { text: string; values: unknown[] }) => {
         const explained = await client.query(`EXPLAIN (ANALYZE, FORMAT JSON) ${text}`, values);
         plan = explained.rows[0]["QUERY PLAN"][0].Plan;
         return { rows: [] };
@@ -471,9 +471,9 @@ describe("webhooks: recording", () => {
     const counting = new Proxy(pool, {
       get(target, key) {
         if (key === "query") {
-          return (text: string, values?: unknown[]) => {
-            if (text.includes("'succeeded'")) statements += 1;
-            return target.query(text, values);
+          return (query: string | { text: string; values: unknown[] }, values?: unknown[]) => {
+            if (typeof query === "string" && query.includes("'succeeded'")) statements += 1;
+            return target.query(query as string, values);
           };
         }
         const value = Reflect.get(target, key);
@@ -500,6 +500,34 @@ describe("webhooks: recording", () => {
         delivery.attempts.map((a) => [a.attempt, a.status, a.response_code]),
         [[1, "succeeded", 204]],
       );
+    }
+  });
+});
+
+describe("webhooks: an endpoint's slot", () => {
+  it("is free again at a 2xx answer, before the attempt is recorded", async () => {
+    const ep = await endpoint("/slot");
+    await enqueue(["evt_slot_0", "evt_slot_1"].map((id) => transferEvent(id, [ep.user])));
+    // Every delivered attempt takes 2 s to record: the second request must not wait for it.
+    const slowRecords = new Proxy(pool, {
+      get(target, key) {
+        if (key === "query") {
+          return async (query: string | { text: string; values: unknown[] }, values?: unknown[]) => {
+            if (typeof query === "string" && query.includes("'succeeded'")) await sleep(2_000);
+            return target.query(query as string, values);
+          };
+        }
+        const value = Reflect.get(target, key);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const d = dispatcher({ pool: slowRecords, endpoint_in_flight_max: 1 });
+    try {
+      await until("both requests", () => receiver.at("/slot").length === 2);
+      const [first, second] = receiver.at("/slot") as [Received, Received];
+      assert.ok(second.at_ms - first.at_ms < 1_500, `${second.at_ms - first.at_ms} ms between the requests`);
+    } finally {
+      await d.stop();
     }
   });
 });

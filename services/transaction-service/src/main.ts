@@ -35,7 +35,6 @@ import { openRedis, type RedisClient } from "#packages/redis/index.ts";
 import { CrashSwitch, noCrashes } from "#packages/runtime/faults.ts";
 import { onShutdown, retryStartup } from "#packages/runtime/index.ts";
 import { startServiceTracing, traceListeners } from "#packages/tracing/service.ts";
-import { dispatcherOptions, startDispatcher } from "#packages/webhooks/index.ts";
 import { TransferCache } from "./cache.ts";
 import { configShape } from "./config.ts";
 import { startDisbursements } from "./disbursements/index.ts";
@@ -53,6 +52,7 @@ import { SagaRunner } from "./saga/runner.ts";
 import { SagaStore } from "./saga/store.ts";
 import { startSweeper } from "./saga/sweeper.ts";
 import { FinalStatusWaiters, startFinalStatusListener } from "./waiting.ts";
+import { startWebhookDispatcher } from "./webhook-dispatcher.ts";
 import { registerWebhookRoutes } from "./webhooks.ts";
 
 const SERVICE = "transaction-service";
@@ -190,10 +190,13 @@ function startSaga(
   store.onOutbox = () => relay.wake();
 
   // Webhooks: deliveries enqueued by the saga's transitions, sent at least once by any copy.
-  const webhooks = startDispatcher({
-    ...dispatcherOptions(config, pool, logger),
-    on_result: (result) => metrics.webhookDelivery(result),
-    after_send: () => (config.FAULT_INJECTION ? crashes : noCrashes).reached("after_webhook_send"),
+  const webhooks = startWebhookDispatcher({
+    service: SERVICE,
+    config,
+    pool,
+    logger,
+    metrics,
+    crashes: config.FAULT_INJECTION ? crashes : null,
   });
   store.onWebhooks = () => webhooks.wake();
 

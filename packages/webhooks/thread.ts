@@ -1,0 +1,122 @@
+/**
+ * The dispatcher on an event loop of its own: a worker thread of the service's process
+ * (thread-entry.ts) with its own small PostgreSQL pool, logger and tracing. The service's main
+ * loop runs the saga (event batches, outbox relay, sweeps); a delivery's exchange no longer waits
+ * behind that work for each of its steps, so deliveries keep pace when a batch completes
+ * thousands of transfers at once.
+ *
+ * The main thread keeps what others reach it by: wake() (a message to the worker), the delivery
+ * results (posted by the worker, counted by the main thread's metrics), and the crash point
+ * after a send (a shared flag the worker reads synchronously; a SIGKILL from any thread kills the
+ * whole process). A worker that dies is logged and started again after a backoff: the saga goes on
+ * meanwhile, and the deliveries the dead worker had leased are claimed again when their leases end.
+ */
+import { Worker } from "node:worker_threads";
+import type { Logger } from "#packages/log/index.ts";
+import { backoff_ms } from "#packages/runtime/index.ts";
+import type { DeliveryResult, Dispatcher, DispatcherSettings } from "./dispatcher.ts";
+
+export interface DispatcherThreadOptions {
+  settings: DispatcherSettings;
+  /** The worker's own pool: the service's database, a few connections. */
+  database_url: string;
+  pool_max: number;
+  /** The worker's log lines and spans are the service's. */
+  service: string;
+  log_level: string;
+  /** The main thread's logger: the worker's starts, deaths and restarts. */
+  logger: Logger;
+  on_result?: (result: DeliveryResult) => void;
+}
+
+export interface DispatcherThread extends Dispatcher {
+  /** Fault tests: the next send, in the worker, kills the process before its outcome is recorded. */
+  crashAfterSend(): void;
+}
+
+/** What the worker is handed at its start. */
+export interface ThreadData {
+  settings: DispatcherSettings;
+  database_url: string;
+  pool_max: number;
+  service: string;
+  log_level: string;
+  /** One Int32: 1 once the crash point after a send is armed. */
+  crash_after_send: SharedArrayBuffer;
+}
+
+/** Main thread to worker. */
+export type ToWorker = { type: "wake" } | { type: "stop" };
+/** Worker to main thread. */
+export type FromWorker = { type: "result"; result: DeliveryResult };
+
+const restart_base_ms = 1_000;
+const restart_cap_ms = 30_000;
+/** A worker that ran this long counts as healthy: its next death restarts after the base delay again. */
+const healthy_run_ms = 60_000;
+/** How long stop() waits past the attempts' own timeout for the worker to record them and exit. */
+const stop_grace_ms = 5_000;
+
+const entry = new URL("./thread-entry.ts", import.meta.url);
+
+export function startDispatcherThread(options: DispatcherThreadOptions): DispatcherThread {
+  const crash_after_send = new SharedArrayBuffer(4);
+  const data: ThreadData = {
+    settings: options.settings,
+    database_url: options.database_url,
+    pool_max: options.pool_max,
+    service: options.service,
+    log_level: options.log_level,
+    crash_after_send,
+  };
+  let worker: Worker | null = null;
+  let stopping = false;
+  let failures = 0;
+  let restartTimer: NodeJS.Timeout | undefined;
+  let exited: Promise<void> = Promise.resolve();
+
+  const start = () => {
+    const started_ms = Date.now();
+    const w = new Worker(entry, { workerData: data, name: "webhook-dispatcher" });
+    worker = w;
+    w.on("message", (message: FromWorker) => {
+      if (message.type === "result") options.on_result?.(message.result);
+    });
+    w.on("error", (error) => options.logger.error({ err: error }, "webhook dispatcher thread failed"));
+    exited = new Promise((resolve) =>
+      w.once("exit", (code) => {
+        worker = null;
+        resolve();
+        if (stopping) return;
+        if (Date.now() - started_ms >= healthy_run_ms) failures = 0;
+        failures += 1;
+        const delay_ms = backoff_ms(failures - 1, restart_base_ms, restart_cap_ms);
+        options.logger.error(
+          { code, failures, restart_in_ms: delay_ms },
+          "webhook dispatcher thread exited; starting it again",
+        );
+        restartTimer = setTimeout(start, delay_ms);
+      }),
+    );
+  };
+  start();
+
+  const send = (message: ToWorker) => worker?.postMessage(message);
+  return {
+    wake: () => send({ type: "wake" }),
+    crashAfterSend: () => Atomics.store(new Int32Array(crash_after_send), 0, 1),
+    async stop() {
+      stopping = true;
+      clearTimeout(restartTimer);
+      const w = worker;
+      if (w === null) return;
+      send({ type: "stop" });
+      const timer = setTimeout(() => {
+        options.logger.warn("webhook dispatcher thread did not stop in time; terminating it");
+        void w.terminate();
+      }, options.settings.attempt_timeout_ms + stop_grace_ms);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
