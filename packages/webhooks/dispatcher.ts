@@ -81,7 +81,7 @@ export interface DispatcherOptions {
   retention_ms?: number;
   /** Told each attempt's recorded result (metrics): gave_up when it was the delivery's last. */
   on_result?: (result: DeliveryResult) => void;
-  /** Runs after a send, before its outcome is recorded: a crash point for fault tests. */
+  /** Runs after a send its receiver answered with a 2xx, before that is recorded: a crash point for fault tests. */
   after_send?: (delivery_id: string) => void;
   user_agent?: string;
 }
@@ -368,7 +368,9 @@ async function attemptAndRecord(
 ): Promise<void> {
   const spec = { kind: "client" as const, parent: traced.parent, attributes: traced.attributes };
   const outcome = await withSpan("webhook deliver", spec, (span) => tracedAttempt(options, row, span));
-  options.after_send?.(row.id);
+  // The crash point is a send its receiver took (a 2xx) and nobody recorded: an attempt that
+  // failed anyway (an endpoint long gone, still retried) is no such moment.
+  if (outcome.ok) options.after_send?.(row.id);
   // A 2xx frees the endpoint's slot at once: its next request need not wait for this record. A
   // failure keeps it until recorded, so a failing endpoint gets no more requests meanwhile.
   if (outcome.ok) answered();
