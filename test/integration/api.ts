@@ -136,6 +136,23 @@ export async function settled(id: string, token: string, timeout_ms = 30_000): P
   }
 }
 
+/**
+ * Poll the query service (the records, as the operator) until the transfer's record says
+ * `status`: a client sees a transfer final before its final record is written.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: free-form JSON
+export async function recordIn(id: string, status: string, timeout_ms = 30_000): Promise<any> {
+  const deadline = Date.now() + timeout_ms;
+  for (;;) {
+    const answer = await call("GET", `${urls.query}/transactions/${id}`, { headers: asAdmin() });
+    const record = answer.status === 200 ? answer.body.data.transaction : undefined;
+    if (record?.status === status) return record;
+    if (Date.now() > deadline)
+      assert.fail(`record of ${id} not ${status} after ${timeout_ms} ms: ${answer.status}`);
+    await sleep(100);
+  }
+}
+
 /** The ledger's own consistency figures (I1, I2, I6): the operator, on the internal listener. */
 // biome-ignore lint/suspicious/noExplicitAny: free-form JSON
 export async function ledgerAudit(): Promise<any> {

@@ -1,8 +1,8 @@
 /**
  * Waiting reads (`Prefer: wait=N` on GET /transactions/:id) through the public API, with two
  * copies of transaction-service: the stack's, and a second one started here with the same
- * environment on another port. Transfers are held PENDING by stopping the record writer
- * (transaction-command-service); starting it again lets them complete.
+ * environment on another port. Transfers are held PENDING by stopping the ledger (user-service):
+ * accepted, not yet debited; starting it again lets the sweep of either copy complete them.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -78,16 +78,16 @@ describe("waiting reads", () => {
 
   describe("while transfers are PENDING", () => {
     let second: SecondCopy | undefined;
-    let writerStopped = false;
+    let ledgerStopped = false;
 
     before(async () => {
       second = await startSecondCopy();
-      await controlService("transaction-command-service", "stop");
-      writerStopped = true;
+      await controlService("user-service", "stop");
+      ledgerStopped = true;
     });
 
     after(async () => {
-      if (writerStopped) await controlService("transaction-command-service", "start");
+      if (ledgerStopped) await controlService("user-service", "start");
       await second?.stop();
     });
 
@@ -137,12 +137,12 @@ describe("waiting reads", () => {
       }
       await sleep(2_000);
 
-      // Waits on the second copy; the writer starts again and whichever copy consumes its
-      // events completes the transfers: every wait answers before it runs out, final.
+      // Waits on the second copy; the ledger starts again and whichever copy's sweep retries the
+      // debits completes the transfers: every wait answers before it runs out, final.
       const across = ids.map((id) => read(base2, id, a.token, "wait=30"));
       await sleep(500);
-      await controlService("transaction-command-service", "start");
-      writerStopped = false;
+      await controlService("user-service", "start");
+      ledgerStopped = false;
       for (const answer of await Promise.all([...across, ...held])) {
         assert.equal(answer.transaction.status, "COMPLETED", JSON.stringify(answer));
         assert.equal(answer.applied, "wait=30");

@@ -39,7 +39,6 @@ export const configShape = {
   QUERY_TIMEOUT_MS: env.int(2_000, 100, 60_000),
   STEP_TIMEOUT_MS: env.int(5_000, 500, 600_000),
   RECORD_RESEND_MS: env.int(300_000, 500, 3_600_000),
-  RECORD_DEADLINE_MS: env.int(600_000, 1_000, 86_400_000),
   /** A transfer not final this long after its creation counts as overdue (dps_transfers_overdue, an alert). */
   TRANSFER_DEADLINE_MS: env.int(900_000, 1_000, 86_400_000),
   SWEEP_INTERVAL_MS: env.int(1_000, 50, 60_000),

@@ -91,7 +91,6 @@ function createSagaCore(deps: AppDeps, secrets: AuthSecrets, topics: ReturnType<
   const runner = new SagaRunner(store, ledger, topics, logger, {
     step_timeout_ms: config.STEP_TIMEOUT_MS,
     record_resend_ms: config.RECORD_RESEND_MS,
-    record_deadline_ms: config.RECORD_DEADLINE_MS,
   });
   return { store, runner };
 }

@@ -20,6 +20,8 @@ const BASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
 const SCHEMA = `saga_disbursement_counts_test_${process.pid}_${Date.now()}`;
 /** A 2,000-row statement takes well under a second; comparing every row with every other took 5 s. */
 const STATEMENT_2000_MAX_MS = 2_000;
+/** How long a funded item waits for its credit, and a refused one for its record, before the sweep. */
+const WAITS = { step_ms: 60_000, record_ms: 60_000 };
 
 let pool: Pool;
 let test_schema: TestSchema | undefined;
@@ -53,7 +55,7 @@ async function fundAll(batch: { id: string; ids: string[] }) {
     held: true as const,
     source_init_bal: 10_000,
   }));
-  assert.equal(await store.applyFunding(batch.id, { refused: null, items }, 60_000, () => []), true);
+  assert.equal(await store.applyFunding(batch.id, { refused: null, items }, WAITS, () => []), true);
 }
 
 /** One UPDATE statement moving each listed transfer to its state. */
@@ -100,13 +102,13 @@ describe("disbursement counts on PostgreSQL", {
 
   it("moves 2,000 items in linear time after the connection's first statement moved one item", async () => {
     const small = await newBatch([7]);
-    await moveAtOnce([[small.ids[0] as string, "held"]]);
+    await moveAtOnce([[small.ids[0] as string, "recorded"]]);
 
     const amounts = Array.from({ length: 1_000 }, (_, i) => 1 + (i % 50));
     const batches = [await newBatch(amounts), await newBatch(amounts)];
-    // Every tenth item fails (a refusal), the others are held: one statement, as a funding is.
+    // Every tenth item fails (a refusal), the others funded: one statement, as a funding is.
     const moves = batches.flatMap((b) =>
-      b.ids.map((id, i): [string, string] => [id, i % 10 === 0 ? "failing" : "held"]),
+      b.ids.map((id, i): [string, string] => [id, i % 10 === 0 ? "failing" : "recorded"]),
     );
     const started = performance.now();
     await moveAtOnce(moves);

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
+  awaitedRecordStatus,
   isFinal,
+  isParkable,
   nextAction,
   publicStatus,
   recordOf,
@@ -34,12 +36,12 @@ describe("saga state machine", () => {
   it("sends a batch item's place with each of its records, and none for a lone transfer", () => {
     const place = { disbursement_id: "0190b5a8-0000-7000-8000-0000000000aa", item_index: 7, reference: "r7" };
     const item = { ...base("created"), place };
-    const held = must(transition(item, { kind: "hold_ok", source_init_bal: 1_000 }, NOW));
+    const debited = must(transition(item, { kind: "hold_ok", source_init_bal: 1_000 }, NOW));
     assert.deepEqual(
       {
-        disbursement_id: held.record?.disbursement_id,
-        item_index: held.record?.item_index,
-        reference: held.record?.reference,
+        disbursement_id: debited.record?.disbursement_id,
+        item_index: debited.record?.item_index,
+        reference: debited.record?.reference,
       },
       place,
     );
@@ -47,27 +49,32 @@ describe("saga state machine", () => {
       transition({ ...item, state: "recorded" }, { kind: "post_ok", dest_init_bal: 0 }, NOW),
     );
     assert.equal(posted.record?.item_index, 7);
-    assert.equal("disbursement_id" in recordOf(base("held")), false);
+    assert.equal("disbursement_id" in recordOf(base("recorded")), false);
   });
 
-  it("walks the happy path and emits a record at each decided point", () => {
-    const held = transition(base("created"), { kind: "hold_ok", source_init_bal: 1_000 }, NOW);
-    assert.equal(held?.next.state, "held");
-    assert.equal(held?.record?.status, "PENDING");
-    assert.equal(held?.record?.source_init_bal, 1_000);
+  it("walks the happy path: the debit queues PENDING and goes straight on to the credit", () => {
+    const debited = transition(base("created"), { kind: "hold_ok", source_init_bal: 1_000 }, NOW);
+    assert.equal(debited?.next.state, "recorded");
+    assert.equal(debited?.record?.status, "PENDING");
+    assert.equal(debited?.record?.source_init_bal, 1_000);
+    assert.equal(nextAction("recorded"), "post", "no wait for the PENDING record");
 
-    const recorded = transition(must(held).next, { kind: "record_written", status: "PENDING" }, NOW);
-    assert.equal(recorded?.next.state, "recorded");
-    assert.equal(recorded?.record, null);
-
-    const posted = transition(must(recorded).next, { kind: "post_ok", dest_init_bal: 70 }, NOW);
+    const posted = transition(must(debited).next, { kind: "post_ok", dest_init_bal: 70 }, NOW);
     assert.equal(posted?.next.state, "posted");
     assert.equal(posted?.record?.status, "COMPLETED");
     assert.equal(posted?.record?.dest_init_bal, 70);
+    assert.equal(nextAction("posted"), "await_record", "the final record is awaited");
 
     const completed = transition(must(posted).next, { kind: "record_written", status: "COMPLETED" }, NOW);
     assert.equal(completed?.next.state, "completed");
     assert.ok(isFinal("completed"));
+  });
+
+  it("drives a row an earlier version left waiting in held on to its credit", () => {
+    assert.equal(nextAction("held"), "post");
+    assert.equal(awaitedRecordStatus("held"), null);
+    assert.equal(transition(base("held"), { kind: "post_ok", dest_init_bal: 3 }, NOW)?.next.state, "posted");
+    assert.equal(isParkable("held"), true);
   });
 
   it("ends a refused debit FAILED with no refund step (no money moved)", () => {
@@ -78,18 +85,19 @@ describe("saga state machine", () => {
     assert.equal(nextAction("failing"), "await_record");
   });
 
-  it("refunds when the record is rejected, times out, or the credit is refused", () => {
+  it("refunds when the credit is refused; a PENDING record's answer, even a refusal, changes nothing", () => {
     for (const input of [
       { kind: "record_rejected", status: "PENDING" },
-      { kind: "record_deadline" },
+      { kind: "record_written", status: "PENDING" },
     ] as SagaInput[]) {
-      const step = transition(base("held"), input, NOW);
-      assert.equal(step?.next.state, "refunding");
-      assert.equal(nextAction("refunding"), "void");
+      for (const state of ["recorded", "posted", "completed"] as const) {
+        assert.equal(transition(base(state), input, NOW), null, `${input.kind} in ${state}`);
+      }
     }
     const refused = transition(base("recorded"), { kind: "post_rejected", reason: "dest_unavailable" }, NOW);
     assert.equal(refused?.next.state, "refunding");
     assert.equal(refused?.next.failure_reason, "dest_unavailable");
+    assert.equal(nextAction("refunding"), "void");
     const voided = transition(must(refused).next, { kind: "void_ok" }, NOW);
     assert.equal(voided?.next.state, "failing");
     assert.equal(voided?.record?.status, "FAILED");
@@ -105,7 +113,6 @@ describe("saga state machine", () => {
       { kind: "record_rejected", status: "PENDING" },
       { kind: "record_rejected", status: "COMPLETED" },
       { kind: "record_rejected", status: "FAILED" },
-      { kind: "record_deadline" },
       { kind: "post_ok", dest_init_bal: 1 },
       { kind: "post_rejected", reason: "dest_unavailable" },
       { kind: "void_ok" },
@@ -113,12 +120,8 @@ describe("saga state machine", () => {
     // Each state's inputs that apply, and where they lead; every other input is ignored.
     const expected: Record<SagaState, Record<string, SagaState>> = {
       funding: {},
-      created: { hold_ok: "held", hold_rejected: "failing" },
-      held: {
-        "record_written:PENDING": "recorded",
-        "record_rejected:PENDING": "refunding",
-        record_deadline: "refunding",
-      },
+      created: { hold_ok: "recorded", hold_rejected: "failing" },
+      held: { post_ok: "posted", post_rejected: "refunding" },
       recorded: { post_ok: "posted", post_rejected: "refunding" },
       posted: { "record_written:COMPLETED": "completed", "record_rejected:COMPLETED": "completed" },
       completed: {},

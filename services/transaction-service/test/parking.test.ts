@@ -71,7 +71,6 @@ async function sweepUntil(ledger: LedgerPort, done: () => Promise<boolean>, wait
   const runner = new SagaRunner(store, ledger, topicNames("test."), logger, {
     step_timeout_ms: 1,
     record_resend_ms: 1_000,
-    record_deadline_ms: 60_000,
   });
   const sweeper = startSweeper({
     store,

@@ -38,8 +38,8 @@ function newTransfer(key: string | null = randomUUID()): NewTransfer {
   };
 }
 
-function heldFrom(transfer: SagaTransfer, source_init_bal: number): SagaTransfer {
-  return { ...transfer, state: "held", source_init_bal, updated_at: new Date().toISOString() };
+function debitedFrom(transfer: SagaTransfer, source_init_bal: number): SagaTransfer {
+  return { ...transfer, state: "recorded", source_init_bal, updated_at: new Date().toISOString() };
 }
 
 const command = (id: string) => ({ topic: "commands", key: id, value: { id } });
@@ -132,7 +132,7 @@ describe("saga store on PostgreSQL", {
     const created = await Promise.all(Array.from({ length: 30 }, () => store.createOrGet(newTransfer())));
     const moved = await Promise.all(
       created.map(({ transfer }, i) =>
-        store.commitTransition("created", heldFrom(transfer, 1_000 + i), [command(transfer.id)], 1_000, {
+        store.commitTransition("created", debitedFrom(transfer, 1_000 + i), [command(transfer.id)], 1_000, {
           status: 201,
           body: { n: i },
         }),
@@ -141,7 +141,7 @@ describe("saga store on PostgreSQL", {
     for (const [i, row] of moved.entries()) {
       assert.ok(row !== null);
       assert.equal(row.id, created[i]?.transfer.id);
-      assert.equal(row.state, "held");
+      assert.equal(row.state, "recorded");
       assert.equal(row.source_init_bal, 1_000 + i);
       assert.equal(row.response_status, 201);
       assert.deepEqual(row.response_body, { n: i });
@@ -154,11 +154,11 @@ describe("saga store on PostgreSQL", {
     const { transfer } = await store.createOrGet(newTransfer());
     const failing: SagaTransfer = { ...transfer, state: "failing", failure_reason: "insufficient_funds" };
     const [a, b] = await Promise.all([
-      store.commitTransition("created", heldFrom(transfer, 5), [command(transfer.id)], 1_000),
+      store.commitTransition("created", debitedFrom(transfer, 5), [command(transfer.id)], 1_000),
       store.commitTransition("created", failing, [{ ...command(transfer.id), key: "loser" }], 1_000),
     ]);
     assert.ok((a === null) !== (b === null), "exactly one wins");
-    const [state, key] = a !== null ? ["held", transfer.id] : ["failing", "loser"];
+    const [state, key] = a !== null ? ["recorded", transfer.id] : ["failing", "loser"];
     assert.equal((a ?? b)?.state, state);
     assert.deepEqual(await outboxKeys(), [key]);
     const stored = await store.get(transfer.id);
@@ -200,16 +200,19 @@ describe("saga store on PostgreSQL", {
 
   it("keeps the first answer given for a request", async () => {
     const { transfer } = await store.createOrGet(newTransfer());
-    const held = await store.commitTransition("created", heldFrom(transfer, 5), [], 1_000, {
+    const debited = await store.commitTransition("created", debitedFrom(transfer, 5), [], 1_000, {
       status: 201,
       body: { first: true },
     });
-    assert.ok(held !== null);
-    const recorded = await store.commitTransition("held", { ...held, state: "recorded" }, [], 1_000, {
-      status: 201,
-      body: { first: false },
-    });
-    assert.deepEqual(recorded?.response_body, { first: true });
+    assert.ok(debited !== null);
+    const posted = await store.commitTransition(
+      "recorded",
+      { ...debited, state: "posted", dest_init_bal: 0 },
+      [],
+      1_000,
+      { status: 201, body: { first: false } },
+    );
+    assert.deepEqual(posted?.response_body, { first: true });
   });
 
   it("reads several transfers in one call", async () => {
@@ -235,41 +238,35 @@ describe("saga store on PostgreSQL", {
     }
   });
 
-  it("the record deadline is measured on PostgreSQL's clock: a skewed service neither refunds early nor late", async () => {
+  it("a transfer an earlier version left waiting in held for its PENDING record is credited by the sweep", async () => {
     const runner = new SagaRunner(
       store,
       agreeingLedger,
       topicNames("test."),
       createLogger("store-test", "silent"),
-      {
-        step_timeout_ms: 1_000,
-        record_resend_ms: 1_000,
-        record_deadline_ms: 60_000,
-      },
+      { step_timeout_ms: 1_000, record_resend_ms: 1_000 },
     );
-    const held = async (waited: string) => {
-      const { transfer } = await store.createOrGet(newTransfer());
-      const moved = await store.commitTransition("created", heldFrom(transfer, 1_000), [], 1_000);
-      assert.ok(moved !== null);
-      await pool.query(
-        `UPDATE transfers SET updated_at = now() - $2::interval, next_attempt_at = now() - interval '1 second'
-          WHERE id = $1`,
-        [transfer.id, waited],
-      );
-      const claimed = (await store.claimDue(1_000, BACKOFF)).find((t) => t.id === transfer.id);
-      assert.ok(claimed !== undefined, "the held transfer is due");
-      return claimed;
-    };
-    // Waiting 2 s of a 60 s deadline, on a service 10 min fast: the command is re-sent, no refund.
-    const fresh = await held("2 seconds");
-    await withSkewedClock(SKEW_MS, () => runner.recover(fresh));
-    assert.equal((await store.get(fresh.id))?.state, "held");
-    // Waiting 2 min, on a service 10 min slow: refunded now, not 10 min later.
-    const overdue = await held("2 minutes");
-    await withSkewedClock(-SKEW_MS, () => runner.recover(overdue));
-    const refunded = await store.get(overdue.id);
-    assert.equal(refunded?.state, "failing");
-    assert.equal(refunded?.failure_reason, "record_timeout");
+    const { transfer } = await store.createOrGet(newTransfer());
+    await pool.query(
+      `UPDATE transfers SET state = 'held', source_init_bal = 1000, next_attempt_at = now() - interval '1 second'
+        WHERE id = $1`,
+      [transfer.id],
+    );
+    const claimed = (await store.claimDue(1_000, BACKOFF)).find((t) => t.id === transfer.id);
+    assert.ok(claimed !== undefined, "the held transfer is due");
+    await runner.recover(claimed);
+    const after = await store.get(transfer.id);
+    assert.equal(after?.state, "posted");
+    assert.equal(after?.dest_init_bal, 0);
+    const queued = await pool.query<{ status: string }>(
+      "SELECT payload->'snapshot'->>'status' AS status FROM outbox WHERE key = $1",
+      [transfer.id],
+    );
+    assert.deepEqual(
+      queued.rows.map((r) => r.status),
+      ["COMPLETED"],
+      "its COMPLETED record is queued with the credit",
+    );
   });
 
   it("an insert that fails after its commit still tells every request of the batch its own outcome", async () => {
@@ -332,27 +329,27 @@ describe("saga store on PostgreSQL", {
     const { transfer } = await store.createOrGet(newTransfer());
     const moved = await faulty.commitTransition(
       "created",
-      heldFrom(transfer, 7),
+      debitedFrom(transfer, 7),
       [command(transfer.id)],
       1_000,
     );
-    assert.equal(moved?.state, "held");
+    assert.equal(moved?.state, "recorded");
     assert.equal(moved?.source_init_bal, 7);
     assert.deepEqual(await outboxKeys(), [transfer.id]);
     // The same failure on a compare-and-set that another actor won answers null, as a lost race.
-    const recorded = await store.commitTransition(
-      "held",
-      { ...(moved as SagaTransfer), state: "recorded" },
+    const posted = await store.commitTransition(
+      "recorded",
+      { ...(moved as SagaTransfer), state: "posted", dest_init_bal: 0 },
       [],
       1_000,
     );
-    assert.equal(recorded?.state, "recorded");
+    assert.equal(posted?.state, "posted");
     const refunding: SagaTransfer = {
       ...(moved as SagaTransfer),
       state: "refunding",
-      failure_reason: "record_timeout",
+      failure_reason: "dest_unavailable",
     };
-    assert.equal(await faulty.commitTransition("held", refunding, [command("late")], 1_000), null);
+    assert.equal(await faulty.commitTransition("recorded", refunding, [command("late")], 1_000), null);
     assert.deepEqual(await outboxKeys(), [transfer.id]);
   });
 
@@ -367,7 +364,7 @@ describe("saga store on PostgreSQL", {
     const held = await withSkewedClock(SKEW_MS, () =>
       store.commitTransition(
         "created",
-        heldFrom(transfer, 5),
+        debitedFrom(transfer, 5),
         [{ topic: "commands", key: transfer.id, value: { type: "RecordTransfer", snapshot } }],
         1_000,
       ),

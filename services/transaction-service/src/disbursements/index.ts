@@ -39,10 +39,11 @@ export function startDisbursements(deps: {
   store.onWebhooks = () => deps.saga.onWebhooks();
   const funder = new DisbursementFunder({
     store,
+    saga: deps.saga,
     client: new FundingClient(deps.ledger_url, deps.ledger_token),
     runner: deps.runner,
     logger: deps.logger,
-    record_wait_ms: deps.timings.record_resend_ms,
+    waits: { step_ms: deps.timings.step_timeout_ms, record_ms: deps.timings.record_resend_ms },
   });
   funder.crashes = deps.crashes;
   registerDisbursementRoutes(deps.app, {
@@ -55,7 +56,7 @@ export function startDisbursements(deps: {
     reads: deps.reads,
     step_timeout_ms: deps.timings.step_timeout_ms,
   });
-  return startDisbursementSweeper({
+  const sweeper = startDisbursementSweeper({
     store,
     funder,
     logger: deps.logger,
@@ -64,4 +65,10 @@ export function startDisbursements(deps: {
     backoff_base_ms: deps.timings.step_timeout_ms,
     backoff_cap_ms: 60_000,
   });
+  return {
+    async stop() {
+      await sweeper.stop();
+      await funder.drained();
+    },
+  };
 }

@@ -228,15 +228,15 @@ export class DisbursementStore {
   /**
    * The ledger's answer, applied in one transaction: the disbursement leaves `created` (a
    * compare-and-set: false if another driver applied it first), each item leaves `funding` for
-   * `held` (its PENDING record queued) or, not held (the whole batch refused, or its payee
+   * `recorded` (debited, its PENDING record queued, its credit next) or, not held (the whole batch refused, or its payee
    * unknown), for `failing` (its FAILED record queued), as a refused single transfer does.
    * `records` builds the items' record commands from their rows as committed.
    */
   async applyFunding(
     id: string,
     outcome: { refused: FailureReason | null; items: readonly ItemFunding[] },
-    /** How long an item waits for its record before the sweep sends the command again. */
-    record_wait_ms: number,
+    /** How long a funded item waits for its credit, and a refused one for its FAILED record, before the sweep steps in. */
+    waits: { step_ms: number; record_ms: number },
     records: (items: SagaTransfer[]) => OutgoingMessage[],
   ): Promise<boolean> {
     let hooked = false;
@@ -262,21 +262,22 @@ export class DisbursementStore {
         reference: string | null;
       }>(
         `UPDATE transfers t
-            SET state = CASE WHEN i.held THEN 'held' ELSE 'failing' END,
+            SET state = CASE WHEN i.held THEN 'recorded' ELSE 'failing' END,
                 failure_reason = i.reason,
                 source_init_bal = i.source_init_bal, updated_at = now(), attempts = 0,
-                next_attempt_at = now() + ($2::float8 * interval '1 millisecond')
+                next_attempt_at = now() + ((CASE WHEN i.held THEN $2::float8 ELSE $7::float8 END) * interval '1 millisecond')
            FROM unnest($3::uuid[], $4::boolean[], $5::bigint[], $6::text[]) AS i(id, held, source_init_bal, reason)
           WHERE t.id = i.id AND t.disbursement_id = $1 AND t.state = 'funding'
           RETURNING t.id, t.state, t.source_user_id, t.dest_user_id, t.amount_minor, t.source_init_bal,
                     t.failure_reason, t.created_at, t.updated_at, t.disbursement_id, t.item_index, t.reference`,
         [
           id,
-          record_wait_ms,
+          waits.step_ms,
           outcome.items.map((i) => i.transfer_id),
           outcome.items.map((i) => i.held),
           outcome.items.map((i) => (i.held ? i.source_init_bal : null)),
           outcome.items.map((i) => (i.held ? null : i.reason)),
+          waits.record_ms,
         ],
       );
       const items: SagaTransfer[] = rows.map((r) => ({

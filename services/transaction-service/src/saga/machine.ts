@@ -3,20 +3,28 @@
  * property-tested. The runner (runner.ts) performs the side effects this file asks for and
  * persists each transition atomically with the message it emits.
  *
- *   created ──hold ok──▶ held ──record PENDING──▶ recorded ──post ok──▶ posted ──record COMPLETED──▶ completed
- *      │                  │                          │
- *      │ hold rejected    │ record rejected /        │ post rejected (dest closed)
- *      │ (no money moved) │ record deadline passed   │
- *      ▼                  ▼                          ▼
- *   failing ◀──void ok── refunding ◀─────────────────┘
- *    │  ▲                  │ void finds the hold posted (a late post went through)
- *    │  │                  └─────────────────────────▶ posted
- *    │  └──void ok── voiding ◀── hold ok arriving late, in failing or failed, no hold known
- *    └──record FAILED──▶ failed
+ *   created ──hold ok──▶ recorded ──post ok──▶ posted ──record COMPLETED──▶ completed
+ *      │  (PENDING record     │                    ▲
+ *      │   queued, not        │ post rejected      │ void finds the hold posted
+ *      │   awaited)           ▼ (dest closed)      │ (a late post went through)
+ *      │                  refunding ───────────────┘
+ *      │ hold rejected        │ void ok
+ *      │ (no money moved)     ▼
+ *      └────────────────▶ failing ──record FAILED──▶ failed
+ *                             ▲
+ *                             └──void ok── voiding ◀── hold ok arriving late, in failing or
+ *                                                      failed, no hold known
  *
  *   created, recorded, refunding ──ledger breaks an invariant──▶ parked ──operator re-drive──▶ (the same state)
  *
- * Money: `held` means A was debited into clearing; `posted` means clearing paid B; `refunding`
+ * The hold's transition queues the PENDING record (so lists show the transfer while its money
+ * moves) but does not wait for it: the credit follows at once. Only a final record is awaited
+ * (`posted`, `failing`), so a transfer is done only once its record says so; a PENDING record
+ * that comes late, twice or refused changes nothing (the writer never moves a record back).
+ * `held` is the state that once waited for that PENDING record; a row still in it (written by
+ * an earlier version) is treated as `recorded`.
+ *
+ * Money: `recorded` means A was debited into clearing; `posted` means clearing paid B; `refunding`
  * means the hold must be voided (clearing -> A). A transfer leaves clearing exactly once
  * (post xor void), which the ledger enforces too.
  *
@@ -43,6 +51,7 @@ export const sagaStates = [
   /** A disbursement's item before its batch is funded: no step of its own (disbursements/). */
   "funding",
   "created",
+  /** Earlier versions' wait for the PENDING record: now the same as `recorded`. */
   "held",
   "recorded",
   "posted",
@@ -82,7 +91,6 @@ export type SagaInput =
   | { kind: "hold_rejected"; reason: FailureReason }
   | { kind: "record_written"; status: TransferStatus }
   | { kind: "record_rejected"; status: TransferStatus }
-  | { kind: "record_deadline" }
   | { kind: "post_ok"; dest_init_bal: number }
   | { kind: "post_rejected"; reason: FailureReason }
   | { kind: "void_ok" };
@@ -100,12 +108,12 @@ export function nextAction(state: SagaState): NextAction {
   switch (state) {
     case "created":
       return "hold";
+    case "held":
     case "recorded":
       return "post";
     case "refunding":
     case "voiding":
       return "void";
-    case "held":
     case "posted":
     case "failing":
       return "await_record";
@@ -119,7 +127,7 @@ export function nextAction(state: SagaState): NextAction {
 
 /** States a broken invariant parks: a ledger step is next and the public status is still PENDING. */
 export function isParkable(state: SagaState): boolean {
-  return state === "created" || state === "recorded" || state === "refunding";
+  return state === "created" || state === "held" || state === "recorded" || state === "refunding";
 }
 
 export function isFinal(state: SagaState): boolean {
@@ -164,7 +172,6 @@ export function recordOf(transfer: SagaTransfer): TransferRecord {
 
 /** The record status the saga expects the writer to confirm while it waits in `state`. */
 export function awaitedRecordStatus(state: SagaState): TransferStatus | null {
-  if (state === "held") return "PENDING";
   if (state === "posted") return "COMPLETED";
   if (state === "failing") return "FAILED";
   return null;
@@ -186,18 +193,11 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
 
   switch (current.state) {
     case "created":
-      if (input.kind === "hold_ok") return withRecord(to("held", { source_init_bal: input.source_init_bal }));
+      if (input.kind === "hold_ok")
+        return withRecord(to("recorded", { source_init_bal: input.source_init_bal }));
       if (input.kind === "hold_rejected") return withRecord(to("failing", { failure_reason: input.reason }));
       return null;
     case "held":
-      if (input.kind === "record_written" && input.status === "PENDING")
-        return { next: to("recorded"), record: null };
-      if (input.kind === "record_rejected" && input.status === "PENDING") {
-        return { next: to("refunding", { failure_reason: "record_rejected" }), record: null };
-      }
-      if (input.kind === "record_deadline")
-        return { next: to("refunding", { failure_reason: "record_timeout" }), record: null };
-      return null;
     case "recorded":
       if (input.kind === "post_ok") return withRecord(to("posted", { dest_init_bal: input.dest_init_bal }));
       if (input.kind === "post_rejected")

@@ -30,8 +30,6 @@ export interface SagaTimings {
   step_timeout_ms: number;
   /** How long to wait for the record writer's answer before sending the command again. */
   record_resend_ms: number;
-  /** How long to wait for the record of a debited transfer before refunding it. */
-  record_deadline_ms: number;
 }
 
 /** What the runner needs from its store and its ledger (the property tests supply models). */
@@ -175,24 +173,23 @@ export class SagaRunner {
   }
 
   /**
-   * The recovery sweep's treatment of one overdue transfer. How long it has waited is measured
-   * by PostgreSQL (DueTransfer.waited_ms), never against this process's clock, which may be skewed.
+   * The recovery sweep's treatment of one overdue transfer: its ledger step again, or its final
+   * record's command again. How long it has waited is PostgreSQL's measure (DueTransfer.waited_ms).
    */
   async recover(transfer: DueTransfer): Promise<void> {
-    const awaited = awaitedRecordStatus(transfer.state);
-    if (awaited === null) {
+    if (awaitedRecordStatus(transfer.state) === null) {
       await this.advance(transfer);
-      return;
-    }
-    if (transfer.state === "held" && transfer.waited_ms > this.#timings.record_deadline_ms) {
-      const refunding = await this.apply(transfer, { kind: "record_deadline" });
-      await this.advance(refunding);
       return;
     }
     // The command may have been lost with a crashed consumer's uncommitted batch, or is still
     // queued behind an outage: send it again (the writer is idempotent).
     this.#logger.info(
-      { transfer_id: transfer.id, state: transfer.state, attempts: transfer.attempts },
+      {
+        transfer_id: transfer.id,
+        state: transfer.state,
+        attempts: transfer.attempts,
+        waited_ms: Math.round(transfer.waited_ms),
+      },
       "re-sending record command",
     );
     await this.#store.enqueue([this.recordCommand(recordOf(transfer))]);

@@ -470,7 +470,7 @@ export class SagaStore {
     const result = await this.pool.query<TransferRow & { waited_ms: number; traceparent: string | null }>(
       `UPDATE transfers t
           SET attempts = t.attempts + 1,
-              next_attempt_at = now() + ((CASE WHEN t.state IN ('held', 'posted', 'failing')
+              next_attempt_at = now() + ((CASE WHEN t.state IN ('posted', 'failing')
                     THEN least($5::float8, $4::float8 * power(2, least(t.attempts, 20)))
                     ELSE least($3::float8, $2::float8 * power(2, least(t.attempts, 20))) END) * interval '1 millisecond')
          FROM (SELECT id FROM transfers
