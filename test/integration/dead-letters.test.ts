@@ -134,7 +134,7 @@ describe("dead letters", () => {
     const a = await createUser(2_000);
     const b = await createUser(0);
     const fault = await call("PUT", `${internalUrls.command}/ops/faults`, {
-      body: { reject_pending_for_source_user_ids: [a.id] },
+      body: { reject_records_for_source_user_ids: [a.id] },
       headers: asAdmin(),
     });
     assert.equal(fault.status, 200);
@@ -148,14 +148,14 @@ describe("dead letters", () => {
       );
       assert.equal(answer.status, 201);
       id = answer.body.data.transaction.id;
-      // The credit does not wait for the PENDING record: the transfer completes all the same.
+      // The money moved: a record refused for good is an operator's matter, never undone money.
       assert.equal((await settled(id, a.token)).status, "COMPLETED");
-      // The refused PENDING command reaches the dead letters on its own time (the fault stays on
-      // until then, since nothing waits for that command).
+      // The refused COMPLETED command reaches the dead letters after the client saw the transfer
+      // final (the fault stays on until then).
       letter = await letterFor(id, 60_000);
     } finally {
       await call("PUT", `${internalUrls.command}/ops/faults`, {
-        body: { reject_pending_for_source_user_ids: [] },
+        body: { reject_records_for_source_user_ids: [] },
         headers: asAdmin(),
       });
     }
@@ -166,6 +166,9 @@ describe("dead letters", () => {
     assert.equal(letter.letter.origin.service, "transaction-command-service");
     assert.equal(letter.letter.origin.topic, `${options.topic_prefix}transfer.commands`);
     assert.equal(JSON.parse(letter.letter.value).snapshot.id, id);
+    assert.equal(JSON.parse(letter.letter.value).snapshot.status, "COMPLETED");
+    const missing = await call("GET", `${urls.query}/transactions/${id}`, { headers: asAdmin() });
+    assert.equal(missing.status, 404, "no record until the letter is replayed");
     await gaugeUntil("dps_dead_letters_open", (open) => open >= open_before + 1);
 
     assert.deepEqual(await replayDeadLetters(options, [letter]), {
@@ -178,11 +181,11 @@ describe("dead letters", () => {
     assert.ok(after?.replayed_at, "the replay is recorded");
     const replayed = await gaugeUntil("dps_dead_letters_replayed", (n) => n >= replayed_before + 1);
     assert.equal(replayed, replayed_before + 1, "one replay, counted once");
-    // The writer takes the replayed PENDING command (it answers it on the events topic), and it
-    // cannot move the COMPLETED record back, nor move money.
-    await awaitRecordedEvents(id, "PENDING", 1, 90_000);
-    const record = await call("GET", `${urls.query}/transactions/${id}`, { headers: asAdmin() });
-    assert.equal(record.body.data.transaction.status, "COMPLETED");
+    // The writer takes the replayed command (it answers it on the events topic): the record is
+    // written, and no money moves.
+    await awaitRecordedEvents(id, "COMPLETED", 1, 90_000);
+    const record = await recordIn(id, "COMPLETED");
+    assert.equal(record.amount, 700);
     assert.equal(await balanceOf(a.id), 1_300);
     assert.equal(await balanceOf(b.id), 700);
   });

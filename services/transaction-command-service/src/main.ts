@@ -57,7 +57,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   const topics = topicNames(config.KAFKA_TOPIC_PREFIX);
   const db = mongo.db(config.MONGO_DATABASE);
   const producer = createProducer({ brokers, sasl, client_id: SERVICE });
-  const faults: Faults = { reject_pending_for_source_user_ids: new Set() };
+  const faults: Faults = { reject_records_for_source_user_ids: new Set() };
   const crashes = new CrashSwitch(logger);
 
   const listeners = createListeners({ logger });
@@ -145,7 +145,7 @@ function registerFaultRoutes(
 ): void {
   registerCrashRoute(app, auth, crashes, ["after_record_write"]);
   const faultsSchema = z.strictObject({
-    reject_pending_for_source_user_ids: z
+    reject_records_for_source_user_ids: z
       .array(z.number().int().positive().max(Number.MAX_SAFE_INTEGER))
       .max(1_000),
   });
@@ -163,7 +163,7 @@ function registerFaultRoutes(
       },
     },
     async () =>
-      ok({ faults: { reject_pending_for_source_user_ids: [...faults.reject_pending_for_source_user_ids] } }),
+      ok({ faults: { reject_records_for_source_user_ids: [...faults.reject_records_for_source_user_ids] } }),
   );
   app.put(
     "/ops/faults",
@@ -171,13 +171,13 @@ function registerFaultRoutes(
       ...ops,
       schema: {
         ...opsSchema,
-        summary: "Reject the PENDING record of transfers from these users (test builds only)",
+        summary: "Refuse every record of transfers from these users, for good (test builds only)",
         body: faultsSchema,
         response: { 200: faultsResponse, ...errorResponses(BODY_ERRORS, 401, 403) },
       },
     },
     async (request) => {
-      faults.reject_pending_for_source_user_ids = new Set(request.body.reject_pending_for_source_user_ids);
+      faults.reject_records_for_source_user_ids = new Set(request.body.reject_records_for_source_user_ids);
       logger.warn({ faults: request.body }, "fault injection changed");
       return ok({ faults: request.body });
     },

@@ -49,8 +49,8 @@ import { type Outcome, planWrites } from "./plan.ts";
 import { applySnapshots } from "./records.ts";
 
 export interface Faults {
-  /** Test hook (only with FAULT_INJECTION=true): PENDING records of these payers are refused for good. */
-  reject_pending_for_source_user_ids: Set<number>;
+  /** Test hook (only with FAULT_INJECTION=true): every record of these payers is refused for good. */
+  reject_records_for_source_user_ids: Set<number>;
 }
 
 export interface WriterDeps {
@@ -352,8 +352,7 @@ function parseAll(deps: WriterDeps, messages: ConsumedMessage[], out: BatchOut):
       const command = parsed.command;
       if (
         command.type === "RecordTransfer" &&
-        command.snapshot.status === "PENDING" &&
-        deps.faults.reject_pending_for_source_user_ids.has(command.snapshot.source_user_id)
+        deps.faults.reject_records_for_source_user_ids.has(command.snapshot.source_user_id)
       ) {
         const reason = "injected fault: record refused";
         out.messages.push(

@@ -132,7 +132,7 @@ function writer(db: Db, producer: ReturnType<typeof fakeProducer>["producer"], e
     producer,
     topics,
     logger,
-    faults: { reject_pending_for_source_user_ids: new Set() },
+    faults: { reject_records_for_source_user_ids: new Set() },
     attempts_max: 3,
     service: "transaction-command-service",
     ...extra,

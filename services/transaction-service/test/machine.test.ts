@@ -37,27 +37,25 @@ describe("saga state machine", () => {
     const place = { disbursement_id: "0190b5a8-0000-7000-8000-0000000000aa", item_index: 7, reference: "r7" };
     const item = { ...base("created"), place };
     const debited = must(transition(item, { kind: "hold_ok", source_init_bal: 1_000 }, NOW));
+    const posted = must(transition(debited.next, { kind: "post_ok", dest_init_bal: 0 }, NOW));
     assert.deepEqual(
       {
-        disbursement_id: debited.record?.disbursement_id,
-        item_index: debited.record?.item_index,
-        reference: debited.record?.reference,
+        disbursement_id: posted.record?.disbursement_id,
+        item_index: posted.record?.item_index,
+        reference: posted.record?.reference,
       },
       place,
     );
-    const posted = must(
-      transition({ ...item, state: "recorded" }, { kind: "post_ok", dest_init_bal: 0 }, NOW),
-    );
-    assert.equal(posted.record?.item_index, 7);
+    assert.equal(recordOf(debited.next).item_index, 7, "and with a late credit's PENDING record");
     assert.equal("disbursement_id" in recordOf(base("recorded")), false);
   });
 
-  it("walks the happy path: the debit queues PENDING and goes straight on to the credit", () => {
+  it("walks the happy path: the debit goes straight on to the credit, whose record is the first", () => {
     const debited = transition(base("created"), { kind: "hold_ok", source_init_bal: 1_000 }, NOW);
     assert.equal(debited?.next.state, "recorded");
-    assert.equal(debited?.record?.status, "PENDING");
-    assert.equal(debited?.record?.source_init_bal, 1_000);
-    assert.equal(nextAction("recorded"), "post", "no wait for the PENDING record");
+    assert.equal(debited?.record, null, "no PENDING record between debit and credit");
+    assert.equal(debited?.next.source_init_bal, 1_000);
+    assert.equal(nextAction("recorded"), "post", "no wait for a record");
 
     const posted = transition(must(debited).next, { kind: "post_ok", dest_init_bal: 70 }, NOW);
     assert.equal(posted?.next.state, "posted");

@@ -228,7 +228,7 @@ export class DisbursementStore {
   /**
    * The ledger's answer, applied in one transaction: the disbursement leaves `created` (a
    * compare-and-set: false if another driver applied it first), each item leaves `funding` for
-   * `recorded` (debited, its PENDING record queued, its credit next) or, not held (the whole batch refused, or its payee
+   * `recorded` (debited, its credit next) or, not held (the whole batch refused, or its payee
    * unknown), for `failing` (its FAILED record queued), as a refused single transfer does.
    * `records` builds the items' record commands from their rows as committed.
    */
@@ -293,7 +293,8 @@ export class DisbursementStore {
         updated_at: r.updated_at.toISOString(),
         place: placeOf(r),
       }));
-      const messages = records(items);
+      // Only the refused items' (FAILED) records: a funded item's first record is its final one.
+      const messages = records(items.filter((t) => t.state === "failing"));
       // An item not held is final now (FAILED): its transfer.failed goes out like any transfer's.
       hooked =
         (await enqueueEvents(

@@ -4,9 +4,9 @@
  * persists each transition atomically with the message it emits.
  *
  *   created ──hold ok──▶ recorded ──post ok──▶ posted ──record COMPLETED──▶ completed
- *      │  (PENDING record     │                    ▲
- *      │   queued, not        │ post rejected      │ void finds the hold posted
- *      │   awaited)           ▼ (dest closed)      │ (a late post went through)
+ *      │                      │                    ▲
+ *      │                      │ post rejected      │ void finds the hold posted
+ *      │                      ▼ (dest closed)      │ (a late post went through)
  *      │                  refunding ───────────────┘
  *      │ hold rejected        │ void ok
  *      │ (no money moved)     ▼
@@ -17,12 +17,14 @@
  *
  *   created, recorded, refunding ──ledger breaks an invariant──▶ parked ──operator re-drive──▶ (the same state)
  *
- * The hold's transition queues the PENDING record (so lists show the transfer while its money
- * moves) but does not wait for it: the credit follows at once. Only a final record is awaited
- * (`posted`, `failing`), so a transfer is done only once its record says so; a PENDING record
- * that comes late, twice or refused changes nothing (the writer never moves a record back).
- * `held` is the state that once waited for that PENDING record; a row still in it (written by
- * an earlier version) is treated as `recorded`.
+ * The credit follows the debit at once: no record is written or awaited between them (`recorded`
+ * is the name of that step from when it waited for a PENDING record; it now means "debited,
+ * credit next"). A transfer's first record is usually its final one, awaited (`posted`,
+ * `failing`), so a transfer is done only once its record says so. A credit that is late (the
+ * ledger away) gets a PENDING record from the sweep, so lists show it meanwhile; the writer never
+ * moves a record back, so a PENDING command arriving after the final one changes nothing. `held`
+ * is the state that once waited for that PENDING record; a row still in it (written by an
+ * earlier version) is treated as `recorded`.
  *
  * Money: `recorded` means A was debited into clearing; `posted` means clearing paid B; `refunding`
  * means the hold must be voided (clearing -> A). A transfer leaves clearing exactly once
@@ -193,8 +195,10 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
 
   switch (current.state) {
     case "created":
+      // No record yet: the credit follows at once, and its COMPLETED record is the first one
+      // (a credit that is late gets its PENDING record from the sweep: runner.recover).
       if (input.kind === "hold_ok")
-        return withRecord(to("recorded", { source_init_bal: input.source_init_bal }));
+        return { next: to("recorded", { source_init_bal: input.source_init_bal }), record: null };
       if (input.kind === "hold_rejected") return withRecord(to("failing", { failure_reason: input.reason }));
       return null;
     case "held":

@@ -178,6 +178,10 @@ export class SagaRunner {
    */
   async recover(transfer: DueTransfer): Promise<void> {
     if (awaitedRecordStatus(transfer.state) === null) {
+      // A debited transfer whose credit is late: list it (PENDING) while the credit is retried.
+      // The writer never moves a record back, so this is harmless if the credit then lands.
+      if (nextAction(transfer.state) === "post")
+        await this.#store.enqueue([this.recordCommand(recordOf(transfer))]);
       await this.advance(transfer);
       return;
     }
