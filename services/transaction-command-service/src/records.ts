@@ -5,11 +5,13 @@
  * upgraded with `{_id, rank: 1}` (PENDING is the only status below a final one), so a record never
  * moves backwards, even with two writers racing during a consumer rebalance.
  *
- * A batch's final records are written together: FerretDB v1 turns every updateOne into a statement
- * and a commit of its own (a bulkWrite of updates too), but deletes many documents in one statement
- * and inserts many in one. So the PENDING records of one batch's items give way to their final
- * records in two statements: delete those still PENDING (filtered by the batch, which its GIN index
- * serves, then by id and rank), insert the finals. Between the two a reader finds no record and
+ * Final records are written together: FerretDB v1 turns every updateOne into a statement and a
+ * commit of its own (a bulkWrite of updates too), but deletes many documents in one statement and
+ * inserts many in one. A transfer's first record is usually its final one (the saga writes a
+ * PENDING record only for a credit that is late), so a pack's finals are first inserted at once,
+ * unordered; only those that meet a record already there go on. Of those, the PENDING records of
+ * one batch's items give way to their final records in two statements: delete those still PENDING
+ * (filtered by the batch, which its GIN index serves, then by id and rank), insert the finals. Between the two a reader finds no record and
  * reads the saga's own row (transaction-service's fallback), never an older status; a crash between
  * them leaves the command unacknowledged, and its redelivery inserts the finals. A final that meets
  * a record already there (a redelivery, or a PENDING record re-inserted by a late PENDING command in
@@ -37,7 +39,11 @@ export async function applySnapshots(db: Db, snapshots: TransferRecord[]): Promi
   const pending = snapshots.filter((s) => statusRank(s.status) === 1).map(toDocument);
   if (pending.length > 0) await insertAll(records, pending);
 
-  const { batches, lone } = groupFinals(snapshots.filter((s) => statusRank(s.status) === 2).map(toDocument));
+  // Most finals meet no record (the saga writes none before them): all go in by one insert, and
+  // only those that meet one (a late credit's PENDING record, a redelivery) take the paths below.
+  const finals = snapshots.filter((s) => statusRank(s.status) === 2).map(toDocument);
+  const met = finals.length === 0 ? [] : await insertAll(records, finals);
+  const { batches, lone } = groupFinals(met);
   const left = [...lone];
   for (const [disbursement_id, docs] of batches)
     left.push(...(await replaceBatchFinals(records, disbursement_id, docs)));

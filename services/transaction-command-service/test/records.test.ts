@@ -88,7 +88,13 @@ describe("record writes on the real store", () => {
 
   it("inserts finals with no PENDING record, takes a redelivery as done and refuses another final", async () => {
     const finals = [item(30, "COMPLETED"), item(31, "FAILED"), item(32, "COMPLETED")];
-    assert.equal((await applySnapshots(db, finals)).size, 0);
+    const lone = [item(40, "COMPLETED", null), item(41, "FAILED", null)];
+    commands.length = 0;
+    assert.equal((await applySnapshots(db, [...finals, ...lone])).size, 0);
+    // Batch items and lone transfers alike: one insert, no update, no delete.
+    assert.deepEqual(commands, ["insert"]);
+    assert.equal((await stored(40))?.status, "COMPLETED");
+    assert.equal((await stored(41))?.status, "FAILED");
     assert.equal((await applySnapshots(db, finals)).size, 0);
 
     const flipped = [item(30, "COMPLETED"), item(31, "COMPLETED"), item(32, "COMPLETED")];
