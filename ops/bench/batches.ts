@@ -7,6 +7,7 @@
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { assert } from "#packages/runtime/assert.ts";
+import { countError, type ErrorKinds, errorKind, statusKind } from "./errors.ts";
 import type { LoadTarget } from "./load.ts";
 
 export interface BatchOptions {
@@ -28,6 +29,8 @@ export interface BatchResult {
   items_completed: number;
   items_failed: number;
   errors: number;
+  /** The errors by kind (an unexpected answer's status, a failed call's code, "FINAL_TIMEOUT"). */
+  error_kinds: ErrorKinds;
   /** Completed items per second. */
   batch_tps: number;
   /** From POST to seen final, per batch. */
@@ -71,6 +74,11 @@ export async function batchLoop(
   const times: number[] = [];
   let next_payer = 0;
   const r = { batches_sent: 0, batches_final: 0, items_completed: 0, items_failed: 0, errors: 0 };
+  const error_kinds: ErrorKinds = {};
+  const failed = (kind: string): void => {
+    r.errors += 1;
+    countError(error_kinds, kind);
+  };
 
   const oneBatch = async (): Promise<void> => {
     const { payer, items } = itemsFor(wallets, next_payer++, options.batch_size, target.amount_max_minor);
@@ -83,9 +91,8 @@ export async function batchLoop(
       { ...auth, "idempotency-key": key },
       { source_user_id: payer, items },
     );
-    r.batches_sent += 1;
     if (posted.status !== 201) {
-      r.errors += 1;
+      failed(statusKind(posted.status));
       return;
     }
     const id: string = posted.body.data.disbursement.id;
@@ -106,15 +113,15 @@ export async function batchLoop(
       // Still PENDING: a server that waited has spent the wait; one that does not is polled gently.
       await sleep(100);
     }
-    r.errors += 1;
+    failed("FINAL_TIMEOUT");
   };
 
   const worker = async (): Promise<void> => {
     const more = () => r.batches_sent < (options.batches_max ?? Number.POSITIVE_INFINITY);
     while (performance.now() < deadline && more()) {
-      await oneBatch().catch(() => {
-        r.errors += 1;
-      });
+      // Counted when sent, so that two clients never send one more than batches_max between them.
+      r.batches_sent += 1;
+      await oneBatch().catch((error: unknown) => failed(errorKind(error)));
     }
   };
   const started = performance.now();
@@ -124,6 +131,7 @@ export async function batchLoop(
   return {
     duration_s: Math.round(duration_s * 10) / 10,
     ...r,
+    error_kinds,
     batch_tps: Math.round((r.items_completed / duration_s) * 10) / 10,
     batch_p50_ms: percentile(sorted, 50),
     batch_p99_ms: percentile(sorted, 99),

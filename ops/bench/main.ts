@@ -370,7 +370,7 @@ async function runPhase(
     wait_s: 10,
   });
   say(
-    `batches of 1,000        ${batches.batch_tps} completed items/s; batch done p50 ${batches.batch_p50_ms} / p99 ${batches.batch_p99_ms} ms; ${batches.errors} errors`,
+    `batches of 1,000        ${batches.batch_tps} completed items/s; batch done p50 ${batches.batch_p50_ms} / p99 ${batches.batch_p99_ms} ms; ${errorsSaid(batches.errors, batches.error_kinds)}`,
   );
   const batch_window_ms: [number, number] = [batch_window_from_ms, Date.now()];
 
@@ -480,7 +480,7 @@ async function countedLoad(
   return {
     finals: r.items_completed + r.items_failed,
     duration_s: r.duration_s,
-    summary: `${run.count} batches of ${COUNTED_BATCH_SIZE} by 2 clients in ${r.duration_s.toFixed(1)} s: ${r.batch_tps} completed items/s, ${r.items_completed} completed, ${r.items_failed} failed, ${r.errors} errors, batch p50 ${r.batch_p50_ms} / p99 ${r.batch_p99_ms} ms`,
+    summary: `${run.count} batches of ${COUNTED_BATCH_SIZE} by 2 clients in ${r.duration_s.toFixed(1)} s: ${r.batch_tps} completed items/s, ${r.items_completed} completed, ${r.items_failed} failed, ${errorsSaid(r.errors, r.error_kinds)}, batch p50 ${r.batch_p50_ms} / p99 ${r.batch_p99_ms} ms`,
   };
 }
 
@@ -868,7 +868,7 @@ function reportBody(results: Results, figures: ReportFigures, profile_sections: 
       : [
           "## Batches",
           "",
-          `Disbursements of 1,000 items, 2 in flight, each read until final: ${results.batches.batches_final} of ${results.batches.batches_sent} final, ${fmt(results.batches.items_completed)} items completed, ${results.batches.items_failed} failed, ${results.batches.errors} errors; POST to final p50 ${results.batches.batch_p50_ms} ms, p99 ${results.batches.batch_p99_ms} ms.`,
+          `Disbursements of 1,000 items, 2 in flight, each read until final: ${results.batches.batches_final} of ${results.batches.batches_sent} final, ${fmt(results.batches.items_completed)} items completed, ${results.batches.items_failed} failed, ${errorsSaid(results.batches.errors, results.batches.error_kinds)}; POST to final p50 ${results.batches.batch_p50_ms} ms, p99 ${results.batches.batch_p99_ms} ms.`,
           "",
         ]),
     "## Cached reads",
