@@ -9,6 +9,10 @@
  * - Fairness: at most concurrency_max requests at once, and at most endpoint_in_flight_max per
  *   endpoint; an endpoint at its limit is left out of the claim, so a slow or dead endpoint never
  *   holds the slots (or the head of the queue) that other endpoints' deliveries need.
+ * - Lease ahead: a claim takes up to three rows per slot (per endpoint and in all), and a slot
+ *   that frees takes the next leased row at once, so a busy endpoint costs a claim every few
+ *   answers rather than one per answer. A leased row is sent well inside its lease, or given up
+ *   to a later claim; on stop the rows never sent are released at once.
  * - Each attempt: SSRF check and DNS pinning (address-guard.ts), Standard Webhooks signature with
  *   every valid key, attempt_timeout_ms for the whole exchange, no redirects followed (a redirect
  *   could lead anywhere), a bounded read of the answer.
@@ -139,57 +143,60 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   let wakeUp: (() => void) | null = null;
   const running = new Set<Promise<void>>();
   const recordDelivered = deliveredRecorder(options);
-  const connections = new DeliveryConnections({
-    sockets_max: options.endpoint_in_flight_max,
-    agents_max: connection_agents_max,
-    idle_ms: connection_idle_ms,
-  });
-  const attempt_options: AttemptOptions = { ...options, connections };
+  const attempt_options = attemptOptionsOf(options);
+  const waiting = new WaitingRows(options, (row) => total < options.concurrency_max && hasSlot(row));
+  const hasSlot = (row: Claimed) => (inFlight.get(row.endpoint_id) ?? 0) < options.endpoint_in_flight_max;
 
   const wake = () => {
+    waiting.enqueued();
     pendingWake = true;
     wakeUp?.();
+  };
+  /** A slot came free: the rows leased ahead take it; a claim only once the endpoint's run low. */
+  const freed = (endpoint_id: string) => {
+    if (stopped) return;
+    for (const row of waiting.startable()) run(row);
+    if (waiting.ranLow(endpoint_id)) wakeUp?.();
   };
 
   const run = (row: Claimed) => {
     total += 1;
-    const slot = holdSlot(inFlight, row.endpoint_id, wake);
+    const slot = holdSlot(inFlight, row.endpoint_id, () => freed(row.endpoint_id));
     const traced = tracedDelivery(options.logger, row);
     const task = attemptAndRecord(attempt_options, row, traced, recordDelivered, slot.release)
       .catch((error: unknown) =>
         traced.logger.warn({ err: error }, "webhook attempt not recorded; the lease will expire"),
       )
       .finally(() => {
-        const was_full = total === options.concurrency_max;
         total -= 1;
         running.delete(task);
-        // Room for a claim again: the endpoint's slot, or the process's if it was full.
+        // Room again: the endpoint's slot, or the process's.
         if (slot.held()) slot.release();
-        else if (was_full) wake();
+        else freed(row.endpoint_id);
       });
     running.add(task);
   };
 
-  let pruned_at_ms = 0;
-  const pruneWhenDue = async () => {
-    if (options.retention_ms === undefined || Date.now() - pruned_at_ms < prune_interval_ms) return;
-    pruned_at_ms = Date.now();
-    await pruneDeliveries(options.pool, options.retention_ms, prune_batch_max);
-  };
+  const pruneWhenDue = pruner(options);
 
   const loop = async () => {
     let failures = 0;
     while (!stopped) {
       try {
         pendingWake = false;
-        const room = Math.min(options.batch_max, options.concurrency_max - total);
-        const rows = room > 0 ? await claim(options, room, inFlight) : [];
+        const room = Math.min(options.batch_max, waiting.lease_max - total - waiting.size);
+        const held = waiting.claiming(inFlight);
+        const rows = room > 0 ? await claim(options, room, held, waiting.endpoint_lease_max) : [];
         failures = 0;
-        for (const row of rows) run(row);
-        // A full claim may have left more due rows; otherwise wait for a wake (an enqueue, a
-        // finished request) or the poll interval.
+        waiting.claimed(held, rows, room);
+        for (const row of rows) {
+          if (total < options.concurrency_max && hasSlot(row)) run(row);
+          else waiting.add(row);
+        }
+        // A full claim may have left more due rows; otherwise wait for a wake (an enqueue, an
+        // endpoint whose leased rows ran low) or the poll interval.
         if (rows.length > 0 && rows.length === room) continue;
-        if (pendingWake) continue;
+        if (pendingWake || waiting.wantsClaim()) continue;
         await pruneWhenDue();
         await new Promise<void>((resolve) => {
           wakeUp = resolve;
@@ -202,7 +209,8 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
         await sleep(backoff_ms(failures, 100, 5_000));
       }
     }
-    await Promise.allSettled([...running]);
+    while (running.size > 0) await Promise.allSettled([...running]);
+    await waiting.release();
   };
   const done = loop();
 
@@ -212,9 +220,169 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
       stopped = true;
       wakeUp?.();
       await done;
-      connections.close();
+      attempt_options.connections.close();
     },
   };
+}
+
+/** The options as attempts see them: with the kept-alive connections, at most one per slot. */
+function attemptOptionsOf(options: DispatcherOptions): AttemptOptions {
+  const connections = new DeliveryConnections({
+    sockets_max: options.endpoint_in_flight_max,
+    agents_max: connection_agents_max,
+    idle_ms: connection_idle_ms,
+  });
+  return { ...options, connections };
+}
+
+/** Prunes finished deliveries past retention, at most once per prune_interval_ms. */
+function pruner(options: DispatcherOptions): () => Promise<void> {
+  let pruned_at_ms = 0;
+  return async () => {
+    if (options.retention_ms === undefined || Date.now() - pruned_at_ms < prune_interval_ms) return;
+    pruned_at_ms = Date.now();
+    await pruneDeliveries(options.pool, options.retention_ms, prune_batch_max);
+  };
+}
+
+/**
+ * Rows the dispatcher may hold per slot (in flight, then waiting), per endpoint and in all: a
+ * busy endpoint's next rows are at hand when a slot frees, and a claim comes once its waiting rows
+ * fall to one slot's worth each, so deliveries to it cost a claim per endpoint_in_flight_max
+ * answers, not one each (the claim, not the exchange, bounded one endpoint's rate). Three: a
+ * waiting row has at most two waves of attempts ahead of it, well inside its lease.
+ */
+const lease_ahead = 3;
+
+/**
+ * Rows leased ahead of a free slot, in claim order per endpoint. Each is sent once a slot frees,
+ * well within its lease: a row that waited too long (its endpoint slow) is given up to a later
+ * claim, so the copy that holds it never sends it after another copy could have claimed it.
+ */
+class WaitingRows {
+  readonly lease_max: number;
+  readonly #endpoint_lease_max: number;
+  readonly #wait_max_ms: number;
+  readonly #pool: Pool;
+  readonly #logger: Logger;
+  readonly #startable: (row: Claimed) => boolean;
+  readonly #rows = new Map<string, Array<{ row: Claimed; at_ms: number }>>();
+  /** Endpoints whose waiting rows ran low since the last claim, and those it found with none due beyond. */
+  readonly #low = new Set<string>();
+  readonly #drained = new Set<string>();
+  size = 0;
+
+  constructor(options: DispatcherOptions, startable: (row: Claimed) => boolean) {
+    this.lease_max = options.concurrency_max * lease_ahead;
+    this.#endpoint_lease_max = options.endpoint_in_flight_max * lease_ahead;
+    // Sent at the latest this long after its claim, its whole attempt then ends inside the lease.
+    this.#wait_max_ms = options.lease_ms - options.attempt_timeout_ms - 1_000;
+    this.#pool = options.pool;
+    this.#logger = options.logger;
+    this.#startable = startable;
+  }
+
+  get endpoint_lease_max(): number {
+    return this.#endpoint_lease_max;
+  }
+
+  /** Few enough of the endpoint's rows at hand (one slot's worth each, or fewer) that a claim is worth its cost. */
+  low(endpoint_id: string): boolean {
+    return this.count(endpoint_id) * lease_ahead <= this.#endpoint_lease_max;
+  }
+
+  count(endpoint_id: string): number {
+    return this.#rows.get(endpoint_id)?.length ?? 0;
+  }
+
+  add(row: Claimed): void {
+    const rows = this.#rows.get(row.endpoint_id) ?? [];
+    rows.push({ row, at_ms: performance.now() });
+    this.#rows.set(row.endpoint_id, rows);
+    this.size += 1;
+  }
+
+  /** Takes the rows that can start now (their endpoint's slot and the process's free), oldest first per endpoint. */
+  *startable(): Generator<Claimed> {
+    for (const [endpoint_id, rows] of this.#rows) {
+      while (rows.length > 0) {
+        const first = rows[0] as { row: Claimed; at_ms: number };
+        const stale = performance.now() - first.at_ms > this.#wait_max_ms;
+        if (!stale && !this.#startable(first.row)) break;
+        rows.shift();
+        this.size -= 1;
+        if (!stale) yield first.row;
+        else
+          this.#logger.warn(
+            { delivery_id: first.row.id },
+            "webhook row waited too long; left to a later claim",
+          );
+      }
+      if (rows.length === 0) this.#rows.delete(endpoint_id);
+    }
+  }
+
+  /** A slot of the endpoint freed: true if its waiting rows ran low and a claim may find more. */
+  ranLow(endpoint_id: string): boolean {
+    if (!this.low(endpoint_id) || this.#drained.has(endpoint_id)) return false;
+    this.#low.add(endpoint_id);
+    return true;
+  }
+
+  /** Some endpoint ran low since the last claim and may have more due. */
+  wantsClaim(): boolean {
+    return [...this.#low].some((endpoint_id) => this.low(endpoint_id) && !this.#drained.has(endpoint_id));
+  }
+
+  /** New rows were enqueued: any endpoint may have some due again. */
+  enqueued(): void {
+    this.#drained.clear();
+  }
+
+  /** A claim starts: the rows each endpoint holds (in flight and waiting), for it to count. */
+  claiming(inFlight: Map<string, number>): Map<string, number> {
+    this.#low.clear();
+    const held = new Map(inFlight);
+    for (const [endpoint_id, rows] of this.#rows)
+      held.set(endpoint_id, (held.get(endpoint_id) ?? 0) + rows.length);
+    return held;
+  }
+
+  /**
+   * A claim ended. One that did not fill its room took every open endpoint's due rows up to its
+   * free slots: the endpoints it gave fewer than they had room for have none due beyond.
+   */
+  claimed(held: Map<string, number>, rows: readonly Claimed[], room: number): void {
+    if (rows.length >= room) return;
+    this.#drained.clear();
+    const got = new Map<string, number>();
+    for (const row of rows) got.set(row.endpoint_id, (got.get(row.endpoint_id) ?? 0) + 1);
+    for (const endpoint_id of new Set([...held.keys(), ...got.keys()])) {
+      const free = this.#endpoint_lease_max - (held.get(endpoint_id) ?? 0);
+      if ((got.get(endpoint_id) ?? 0) < free) this.#drained.add(endpoint_id);
+    }
+  }
+
+  /** On stop: the rows never sent go back to due at once, for any copy (their lease ends now). */
+  async release(): Promise<void> {
+    const rows = [...this.#rows.values()].flat().map((w) => w.row);
+    this.#rows.clear();
+    this.size = 0;
+    if (rows.length === 0) return;
+    await this.#pool
+      .query(
+        `UPDATE webhook_deliveries d SET next_attempt_at = now(), attempts = d.attempts - 1, claim_token = NULL
+           FROM unnest($1::uuid[], $2::uuid[]) AS r(id, claim_token)
+          WHERE d.id = r.id AND d.claim_token = r.claim_token AND d.state = 'pending'`,
+        [rows.map((r) => r.id), rows.map((r) => r.claim_token)],
+      )
+      .catch((error: unknown) =>
+        this.#logger.warn(
+          { err: error, count: rows.length },
+          "leased webhook rows not released; their lease will expire",
+        ),
+      );
+  }
 }
 
 /**
@@ -241,8 +409,8 @@ function holdSlot(inFlight: Map<string, number>, endpoint_id: string, freed: () 
 /** Due rows read in time order by a claim, per row of room, before it reads every endpoint's head. */
 const window_per_room = 4;
 
-// $1 room, $2 and $3 this process's requests in flight per endpoint, $4 lease_ms,
-// $5 endpoint_in_flight_max, $6 the window's rows.
+// $1 room, $2 and $3 the rows this process holds per endpoint (in flight and leased ahead),
+// $4 lease_ms, $5 the rows one endpoint may hold, $6 the window's rows.
 const claimSql = `WITH RECURSIVE busy AS (SELECT * FROM unnest($2::uuid[], $3::int[]) AS b(endpoint_id, in_flight)),
   -- Endpoints that may take a row, with their free slots: enabled (the rows of the others stay
   -- out, or they could fill the claim) and below their limit in this process.
@@ -309,9 +477,11 @@ UPDATE webhook_deliveries d
 export async function claim(
   options: DispatcherOptions,
   room: number,
-  inFlight: Map<string, number>,
+  held: Map<string, number>,
+  /** Rows one endpoint may hold in this process (in flight and waiting). */
+  endpoint_max = options.endpoint_in_flight_max,
 ): Promise<Claimed[]> {
-  const busy = [...inFlight.entries()];
+  const busy = [...held.entries()];
   // One statement, so its own transaction: no BEGIN and COMMIT round trips around it. Named, so
   // each connection parses it once: at a payer's burst the dispatcher claims after every answer.
   const rows = await options.pool.query<Claimed>({
@@ -322,7 +492,7 @@ export async function claim(
       busy.map(([id]) => id),
       busy.map(([, n]) => n),
       options.lease_ms,
-      options.endpoint_in_flight_max,
+      endpoint_max,
       room * window_per_room,
     ],
   });

@@ -530,6 +530,67 @@ describe("webhooks: an endpoint's slot", () => {
       await d.stop();
     }
   });
+
+  it("a busy endpoint's rows are leased ahead: a claim every few answers, never more in flight than its limit", async () => {
+    const ep = await endpoint("/ahead");
+    let in_flight = 0;
+    let in_flight_max = 0;
+    receiver.on("/ahead", () => {
+      in_flight += 1;
+      in_flight_max = Math.max(in_flight_max, in_flight);
+      setTimeout(() => {
+        in_flight -= 1;
+      }, 20);
+      return { status: 200, delay_ms: 20 };
+    });
+    await enqueue(Array.from({ length: 120 }, (_, i) => transferEvent(`evt_ahead_${i}`, [ep.user])));
+    let claims = 0;
+    const counting = new Proxy(pool, {
+      get(target, key) {
+        if (key === "query") {
+          return (query: string | { name?: string; text: string; values: unknown[] }, values?: unknown[]) => {
+            if (typeof query === "object" && query.name === "webhook_claim") claims += 1;
+            return typeof query === "string" ? target.query(query, values) : target.query(query);
+          };
+        }
+        const value = Reflect.get(target, key);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    // Claims come from answers here, not from the idle poll.
+    const d = dispatcher({
+      pool: counting,
+      endpoint_in_flight_max: 4,
+      concurrency_max: 8,
+      batch_max: 16,
+      idle_poll_ms: 5_000,
+    });
+    try {
+      await until("every delivery", () => receiver.at("/ahead").length >= 120, 20_000);
+    } finally {
+      await d.stop();
+    }
+    assert.ok(in_flight_max <= 4, `${in_flight_max} requests in flight to one endpoint`);
+    // About one claim per four answers (the endpoint's in-flight limit); one per answer without.
+    assert.ok(claims < 50, `${claims} claims for 120 deliveries`);
+  });
+
+  it("on stop, rows leased ahead and never sent are due again at once", async () => {
+    const ep = await endpoint("/released");
+    receiver.on("/released", () => ({ status: 200, delay_ms: 1_000 }));
+    await enqueue(Array.from({ length: 6 }, (_, i) => transferEvent(`evt_released_${i}`, [ep.user])));
+    const d = dispatcher({ endpoint_in_flight_max: 2, concurrency_max: 4, batch_max: 12, lease_ms: 60_000 });
+    await until("two requests in flight", () => receiver.at("/released").length === 2);
+    await d.stop();
+    const { rows } = await pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM webhook_deliveries
+        WHERE endpoint_id = $1 AND state = 'pending' AND next_attempt_at <= now() AND claim_token IS NULL`,
+      [ep.id],
+    );
+    // Two sent and delivered; four leased ahead (three rows per slot), released.
+    assert.equal(rows[0]?.n, 4, "the rows leased ahead are due again at once");
+    await deleteEndpoint(pool, ep.user, ep.id);
+  });
 });
 
 describe("webhooks: kill -9 and several dispatchers", () => {
