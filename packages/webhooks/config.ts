@@ -14,13 +14,14 @@ export const webhookConfigShape = {
   WEBHOOK_RETRY_BASE_MS: env.int(5_000, 10, 3_600_000),
   WEBHOOK_RETRY_CAP_MS: env.int(21_600_000, 10, 86_400_000),
   WEBHOOK_RETRY_WINDOW_MS: env.int(259_200_000, 1_000, 2_592_000_000),
-  WEBHOOK_CONCURRENCY_MAX: env.int(32, 1, 1_024),
+  WEBHOOK_CONCURRENCY_MAX: env.int(128, 1, 1_024),
   /**
-   * A payer's burst (a batch's 1,000 events) drains this many per claim-and-answer cycle: 4 left
-   * it seconds behind at the batch peak. Half of WEBHOOK_CONCURRENCY_MAX: one slow endpoint leaves
-   * the other half to the rest.
+   * A payer's burst (a batch's 1,000 events) drains at about this many per exchange time, which
+   * on a loaded two-core host is tens of milliseconds: 16 left it seconds behind at the batch
+   * peak, 64 within about a second (README, Profile-guided rounds 11). Half of
+   * WEBHOOK_CONCURRENCY_MAX: one slow endpoint leaves the other half to the rest.
    */
-  WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(16, 1, 64),
+  WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(64, 1, 64),
   WEBHOOK_BATCH_MAX: env.int(100, 1, 1_000),
   WEBHOOK_IDLE_POLL_MS: env.int(1_000, 10, 60_000),
   /** How long delivered and failed deliveries (and their attempt logs) are kept. */
