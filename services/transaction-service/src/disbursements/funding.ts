@@ -1,8 +1,8 @@
 /**
  * Funding a disbursement: one call to the ledger (`POST /internal/disbursements/:id/fund`, one
  * commit for every item), then one saga transaction that records the answer and starts every
- * funded item on the ordinary saga from `recorded` (debited, its PENDING record queued), whose
- * credits the funder then drives at once. Idempotent end to end: the ledger answers a repeated
+ * funded item on the ordinary saga from `recorded` (debited, its credit next), whose credits
+ * the funder then drives at once. Idempotent end to end: the ledger answers a repeated
  * funding with its first decision, and applying it is a compare-and-set, so the creating
  * request, the sweep and a restarted process may all drive the same disbursement; an item whose
  * credit this process does not finish is the transfer sweep's, like any transfer.
