@@ -183,6 +183,9 @@ describe("cache", () => {
     const stale = { ...seen, status: "PENDING", dest_init_bal: null };
     await redis.set(`${redisPrefix}transfer:${id}`, `1|${JSON.stringify(stale)}`, { PX: 120_000 });
     assert.equal((await readAs(id, bearer(a.token))).status, "PENDING");
+    const generation = async () =>
+      Number((await redis.get(`${redisPrefix}user-transfers-gen:${a.id}`)) ?? "0");
+    const generation_before = await generation();
     // A redelivered record event (the writer's own, unchanged) makes the saga look again.
     await producer.send([
       {
@@ -202,6 +205,8 @@ describe("cache", () => {
       assert.ok(Date.now() < deadline, "the stale entry outlived the record event");
       await sleep(100);
     }
+    // And the payer's cached list pages are stale from then on: a new generation.
+    assert.ok((await generation()) > generation_before, "the record event started a new generation of lists");
   });
 
   it("drops and counts an event for a transfer the saga does not know", async () => {

@@ -30,6 +30,9 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1`;
 
+/** Entries (transfers, users' list generations) one pipelined write invalidates. */
+const INVALIDATE_CHUNK_MAX = 500;
+
 export const DELETE_IF_OLDER = `
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -92,13 +95,24 @@ export class TransferCache {
    * The saga holds this transfer at `status`: drop a cached entry that is behind it (e.g. a read
    * that cached the record while the record lagged the saga), so the next read fetches afresh.
    */
-  async invalidateOlder(id: string, status: TransferSnapshot["status"]): Promise<void> {
-    await this.#safe("invalidate", () =>
-      this.#redis.eval(DELETE_IF_OLDER, {
-        keys: [this.#transferKey(id)],
-        arguments: [String(statusRank(status))],
-      }),
-    );
+  async invalidateOlder(
+    transfers: ReadonlyArray<{ id: string; status: TransferSnapshot["status"] }>,
+  ): Promise<void> {
+    // Sent together, a bounded chunk at a time: commands issued in one tick leave in one write
+    // (node-redis pipelines them), and each chunk has the timeout one command would.
+    for (let from = 0; from < transfers.length; from += INVALIDATE_CHUNK_MAX) {
+      const chunk = transfers.slice(from, from + INVALIDATE_CHUNK_MAX);
+      await this.#safe("invalidate", () =>
+        Promise.all(
+          chunk.map((t) =>
+            this.#redis.eval(DELETE_IF_OLDER, {
+              keys: [this.#transferKey(t.id)],
+              arguments: [String(statusRank(t.status))],
+            }),
+          ),
+        ),
+      );
+    }
   }
 
   async getList(user_id: number, page_key: string): Promise<unknown | null> {
@@ -121,10 +135,14 @@ export class TransferCache {
 
   /** A transfer of these users changed: their cached lists are stale from now on. */
   async touchUsers(user_ids: number[]): Promise<void> {
-    // Sent together: commands issued in one tick leave in one write (node-redis pipelines them).
-    await this.#safe("touch users", () =>
-      Promise.all([...new Set(user_ids)].map((id) => this.#redis.incr(this.#generationKey(id)))),
-    );
+    // Sent together, a bounded chunk at a time (as invalidateOlder).
+    const users = [...new Set(user_ids)];
+    for (let from = 0; from < users.length; from += INVALIDATE_CHUNK_MAX) {
+      const chunk = users.slice(from, from + INVALIDATE_CHUNK_MAX);
+      await this.#safe("touch users", () =>
+        Promise.all(chunk.map((id) => this.#redis.incr(this.#generationKey(id)))),
+      );
+    }
   }
 
   /** One entry per transfer, however its id is spelled: ids are compared in lower case everywhere. */

@@ -130,11 +130,11 @@ function startEventConsumer(parts: {
       counters: eventCounters,
       // Invalidation only: the transfer entry is written through from the saga's own row (onChange
       // above), never from the event's snapshot, which a stale or forged message could carry.
-      // Sent together: one round trip to Redis.
-      onRecordEvent: async (transfer) => {
+      // Sent together: one round trip to Redis for the whole batch.
+      onRecordEvents: async (transfers) => {
         await Promise.all([
-          parts.cache.invalidateOlder(transfer.id, publicStatus(transfer.state)),
-          parts.cache.touchUsers([transfer.source_user_id, transfer.dest_user_id]),
+          parts.cache.invalidateOlder(transfers.map((t) => ({ id: t.id, status: publicStatus(t.state) }))),
+          parts.cache.touchUsers(transfers.flatMap((t) => [t.source_user_id, t.dest_user_id])),
         ]);
       },
       onDisbursementRecorded: (id) => parts.disbursementReads.recorded(id),

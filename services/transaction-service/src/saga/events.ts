@@ -34,8 +34,8 @@ export function createEventHandler(deps: {
   logger: Logger;
   concurrency: number;
   counters: EventCounters;
-  /** A record event was handled for this transfer (as the saga now holds it): readers' copies may be stale. */
-  onRecordEvent: (transfer: StoredTransfer) => Promise<void>;
+  /** Record events of a batch were handled for these transfers (as the saga now holds them): readers' copies may be stale. */
+  onRecordEvents: (transfers: StoredTransfer[]) => Promise<void>;
   /** A disbursement's record moved: readers' copies of the batch may be stale. */
   onDisbursementRecorded: (disbursement_id: string) => Promise<void>;
   onUnreadable: (message: ConsumedMessage, reason: string) => Promise<void>;
@@ -87,16 +87,16 @@ export function createEventHandler(deps: {
     // The batch's transfers in one read; the transitions and ledger steps they lead to are
     // batched across transfers by the store and the ledger client.
     const loaded = await deps.store.getMany(groups.map(([id]) => id));
+    const handled: StoredTransfer[] = [];
     await runConcurrently(groups, deps.concurrency, async ([id, group]) => {
       let transfer = loaded.get(id) ?? null;
       for (const { event, message } of group) {
-        transfer = await inTrace(message, event, async () => {
-          const after = await handleOne(event, transfer);
-          if (after !== null) await deps.onRecordEvent(after);
-          return after;
-        });
+        transfer = await inTrace(message, event, () => handleOne(event, transfer));
       }
+      if (transfer !== null) handled.push(transfer);
     });
+    // Readers' copies, once for the batch: a pack's 250 records are one round trip, not 250.
+    if (handled.length > 0) await deps.onRecordEvents(handled);
     await Promise.all([...batches].map((id) => deps.onDisbursementRecorded(id)));
   };
 }
