@@ -18,6 +18,7 @@ import { configShape } from "../../services/transaction-service/src/config.ts";
 import { DisbursementStore } from "../../services/transaction-service/src/disbursements/store.ts";
 import { type App, type AppDeps, createApp, openDeps } from "../../services/transaction-service/src/main.ts";
 import { bearer, call, createUser, type TestUser, uniqueName, urls } from "./api.ts";
+import { copyEnv } from "./second-copy.ts";
 
 const UNKNOWN_USER = 2_000_000_000;
 const SAGA_DATABASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
@@ -55,15 +56,11 @@ const LISTINGS = ["", "&status=COMPLETED", "&status=FAILED", "&status=PENDING"].
 
 /** transaction-service in this process, its query service an address where nothing listens. */
 async function startWithoutQueryService(): Promise<{ app: App; deps: AppDeps; base: string }> {
-  const { serviceEnv } = await import("../../scripts/stack/env.ts");
-  // Beside the stack's copy (+0), the second copy (+10) and the in-process app of transaction-app (+20).
-  const port = Number(new URL(urls.transaction).port) + 30;
-  const env = {
-    ...serviceEnv("transaction-service", process.env as Record<string, string>),
-    TRANSACTION_SERVICE_PORT: String(port),
-    TRANSACTION_SERVICE_INTERNAL_PORT: String(port + 1_000),
-    TRANSACTION_QUERY_SERVICE_URL: `http://127.0.0.1:${port + 1}`,
-  };
+  // Its query service: the port above its own, where nothing listens.
+  const query_port = Number(new URL(urls.transaction).port) + 31;
+  const { port, env } = await copyEnv(30, {
+    TRANSACTION_QUERY_SERVICE_URL: `http://127.0.0.1:${query_port}`,
+  });
   const deps = await openDeps(
     loadConfig(configShape, env),
     createLogger("transaction-service-no-query", "error"),

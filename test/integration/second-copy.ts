@@ -26,15 +26,28 @@ export async function healthy(base: string, timeout_ms = 90_000): Promise<void> 
   }
 }
 
-export async function startSecondCopy(overrides: Record<string, string> = {}): Promise<SecondCopy> {
+/**
+ * The environment of another copy of transaction-service beside the stack's, on the stack's port
+ * + `offset` (its internal listener 1,000 above): the stack's copy is +0, the second copy +10, the
+ * in-process app of transaction-app.test +20, the one of disbursement-items.test +30.
+ */
+export async function copyEnv(
+  offset: number,
+  overrides: Record<string, string> = {},
+): Promise<{ port: number; env: Record<string, string> }> {
   const { serviceEnv } = await import("../../scripts/stack/env.ts");
-  const port = Number(new URL(urls.transaction).port) + 10;
+  const port = Number(new URL(urls.transaction).port) + offset;
   const env = {
     ...serviceEnv("transaction-service", process.env as Record<string, string>),
     TRANSACTION_SERVICE_PORT: String(port),
     TRANSACTION_SERVICE_INTERNAL_PORT: String(port + 1_000),
     ...overrides,
   };
+  return { port, env };
+}
+
+export async function startSecondCopy(overrides: Record<string, string> = {}): Promise<SecondCopy> {
+  const { port, env } = await copyEnv(10, overrides);
   const log = openSync(join(logsDir, "transaction-service-second-copy.log"), "a");
   const child = spawn(process.execPath, [join(repoRoot, "services/transaction-service/src/main.ts")], {
     cwd: repoRoot,

@@ -11,7 +11,8 @@ import { listenBoth } from "#packages/http/server.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { configShape } from "../../services/transaction-service/src/config.ts";
 import { type App, type AppDeps, createApp, openDeps } from "../../services/transaction-service/src/main.ts";
-import { balanceOf, bearer, call, createUser, urls } from "./api.ts";
+import { balanceOf, bearer, call, createUser } from "./api.ts";
+import { copyEnv } from "./second-copy.ts";
 
 describe("transaction-service from createApp", () => {
   let deps: AppDeps;
@@ -19,14 +20,7 @@ describe("transaction-service from createApp", () => {
   let base: string;
 
   before(async () => {
-    const { serviceEnv } = await import("../../scripts/stack/env.ts");
-    // Beside the stack's copy (+0) and the second copy of the integration tests (+10).
-    const port = Number(new URL(urls.transaction).port) + 20;
-    const env = {
-      ...serviceEnv("transaction-service", process.env as Record<string, string>),
-      TRANSACTION_SERVICE_PORT: String(port),
-      TRANSACTION_SERVICE_INTERNAL_PORT: String(port + 1_000),
-    };
+    const { port, env } = await copyEnv(20);
     const config = loadConfig(configShape, env);
     deps = await openDeps(config, createLogger("transaction-service-in-process", "warn"));
     app = await createApp(deps);
