@@ -1,8 +1,10 @@
 /**
- * PostgreSQL plumbing: a bounded pool with statement and connection timeouts, a transaction
- * helper, and a migration runner that applies a service's numbered .sql files exactly once
- * (under an advisory lock, so several instances starting together do not race).
+ * PostgreSQL plumbing: a bounded pool with statement and connection timeouts, whose
+ * parameterised statements are prepared once per connection, a transaction helper, and a
+ * migration runner that applies a service's numbered .sql files exactly once (under an advisory
+ * lock, so several instances starting together do not race).
  */
+import { createHash } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import pg from "pg";
@@ -10,11 +12,50 @@ import pg from "pg";
 export type Pool = pg.Pool;
 export type PoolClient = pg.PoolClient;
 
+/**
+ * Distinct statement texts given a name (prepared); beyond it, a text runs unnamed. Every text
+ * the services send is a constant (arrays travel as parameters), so this is a guard, not a cache.
+ */
+export const PREPARED_TEXTS_MAX = 500;
+const preparedNames = new Map<string, string>();
+
+/** The prepared statement's name for a parameterised text, or undefined to run it unnamed. */
+export function preparedNameOf(text: string): string | undefined {
+  const known = preparedNames.get(text);
+  if (known !== undefined || preparedNames.size >= PREPARED_TEXTS_MAX) return known;
+  const name = `dps_${createHash("sha1").update(text).digest("hex").slice(0, 20)}`;
+  preparedNames.set(text, name);
+  return name;
+}
+
+/**
+ * A client that names every parameterised statement, so that PostgreSQL parses and plans it once
+ * per connection rather than at every call: the saga's batched statements (CTEs over a dozen
+ * arrays) took longer to plan than to run. Statements without parameters (migrations, BEGIN,
+ * COMMIT) run as given.
+ */
+class PreparingClient extends pg.Client {
+  constructor(config?: string | pg.ClientConfig) {
+    super(config);
+    const query = this.query.bind(this) as (config: unknown, values?: unknown, callback?: unknown) => unknown;
+    const preparing = (config: unknown, values?: unknown, callback?: unknown): unknown => {
+      const name =
+        typeof config === "string" && Array.isArray(values) && values.length > 0
+          ? preparedNameOf(config)
+          : undefined;
+      if (name === undefined) return query(config, values, callback);
+      return query({ name, text: config, values }, callback);
+    };
+    (this as unknown as { query: typeof preparing }).query = preparing;
+  }
+}
+
 export function createPool(
   url: string,
   options: { max?: number; statement_timeout_ms?: number; application_name: string },
 ): Pool {
   const pool = new pg.Pool({
+    Client: PreparingClient,
     connectionString: url,
     max: options.max ?? 20,
     connectionTimeoutMillis: 5_000,
