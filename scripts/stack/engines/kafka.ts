@@ -274,6 +274,10 @@ function writeConfig(node: KafkaNode): void {
 function jvmArgs(node: KafkaNode): string[] {
   const heap = (process.env.DPS_KAFKA_HEAP_OPTS || defaultHeap(node)).split(" ").filter((s) => s !== "");
   return [
+    // Only the client compiler (C1): on a box of two cores the optimising compiler (C2) spent a
+    // third of the broker's CPU compiling for minutes after each start, more than its faster
+    // code saved at this load. Set -XX:TieredStopAtLevel=4 in DPS_KAFKA_HEAP_OPTS to get it back.
+    "-XX:TieredStopAtLevel=1",
     ...heap,
     // Kafka's own launcher defaults (kafka-run-class.sh).
     "-XX:+UseG1GC",
