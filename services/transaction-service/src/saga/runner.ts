@@ -97,7 +97,12 @@ export class SagaRunner {
         awaitedRecordStatus(step.next.state) === null
           ? this.#timings.step_timeout_ms
           : this.#timings.record_resend_ms;
-      const response = respond === undefined ? null : respond(step.next);
+      // The request's answer is kept with the transition that decides the status: a debited
+      // transfer's credit follows within the same request, so keeping its PENDING answer would
+      // tell the client less than the request knew. A drive that ends PENDING (the ledger did
+      // not answer in time) keeps its answer afterwards (idempotent-submission.ts).
+      const response =
+        respond === undefined || publicStatus(step.next.state) === "PENDING" ? null : respond(step.next);
       const committed = await this.#store.commitTransition(
         current.state,
         step.next,
@@ -126,8 +131,9 @@ export class SagaRunner {
   /**
    * Perform ledger steps until the transfer waits on the record writer or is final. Throws if
    * the ledger does not answer; the transfer then stays where it is and the sweep retries it.
-   * `respond` (the POST handler's) gives the request's answer for a state, kept with the first
-   * transition that this call commits, so the answer costs no statement of its own.
+   * `respond` (the POST handler's) gives the request's answer for a state, kept with the
+   * transition that decides the public status (COMPLETED or FAILED), so a final answer costs no
+   * statement of its own.
    */
   async advance(transfer: StoredTransfer, respond?: RespondWith): Promise<StoredTransfer> {
     let current = transfer;
