@@ -10,6 +10,7 @@
  */
 import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { Logger } from "#packages/log/index.ts";
+import { Batcher } from "#packages/runtime/batcher.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 
 /** The few Redis commands the cache uses (structural, so any node-redis client type fits). */
@@ -30,6 +31,27 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1`;
 
+/**
+ * SET_IF_NEWER for several entries in one call, in order: KEYS[i] gets ARGV[3i-2] (rank),
+ * ARGV[3i-1] (JSON) and ARGV[3i] (TTL in ms).
+ */
+export const SET_IF_NEWER_MANY = `
+for i = 1, #KEYS do
+  local rank = ARGV[3 * i - 2]
+  local current = redis.call('GET', KEYS[i])
+  local held = current and tonumber(string.match(current, '^(%d+)|'))
+  if not (held and held > tonumber(rank)) then
+    redis.call('SET', KEYS[i], rank .. '|' .. ARGV[3 * i - 1], 'PX', ARGV[3 * i])
+  end
+end
+return #KEYS`;
+
+/**
+ * Transfers one write-through call puts. Puts made while others are in flight leave together:
+ * at a batch's peak a call per transition timed out by the hundred on a busy event loop.
+ */
+export const PUT_BATCH_MAX = 200;
+
 /** Entries (transfers, users' list generations) one pipelined write invalidates. */
 const INVALIDATE_CHUNK_MAX = 500;
 
@@ -49,6 +71,8 @@ export class TransferCache {
   readonly #ttl_final_ms: number;
   readonly #ttl_list_ms: number;
   readonly #timeout_ms: number;
+  /** Write-through puts, several to a call when they come together (see PUT_BATCH_MAX). */
+  readonly #puts: Batcher<TransferSnapshot, null>;
   /** Told of each read: which cache, and whether it was a hit (metrics). */
   onLookup: (cache: "transfer" | "list", hit: boolean) => void = () => {};
 
@@ -70,6 +94,13 @@ export class TransferCache {
     this.#ttl_final_ms = options.ttl_final_ms;
     this.#ttl_list_ms = options.ttl_list_ms;
     this.#timeout_ms = options.timeout_ms;
+    this.#puts = new Batcher({
+      name: "cache puts",
+      batch_max: PUT_BATCH_MAX,
+      in_flight_max: 2,
+      waiting_max: 10_000,
+      run: (snapshots) => this.#putMany(snapshots),
+    });
   }
 
   async getTransfer(id: string): Promise<TransferSnapshot | null> {
@@ -80,15 +111,27 @@ export class TransferCache {
     return JSON.parse(value.slice(separator + 1)) as TransferSnapshot;
   }
 
+  /** Never throws: a put that cannot be made leaves the entry to its TTL and the invalidations. */
   async putTransfer(snapshot: TransferSnapshot): Promise<void> {
-    const rank = statusRank(snapshot.status);
-    const ttl = snapshot.status === "PENDING" ? this.#ttl_pending_ms : this.#ttl_final_ms;
+    await this.#puts.submit(snapshot).catch((error: unknown) => {
+      // Only a full queue lands here (a put's own failure is logged by #safe).
+      this.#logger.warn({ err: error }, "cache put failed; serving without cache");
+    });
+  }
+
+  async #putMany(snapshots: TransferSnapshot[]): Promise<null[]> {
+    const args = snapshots.flatMap((snapshot) => [
+      String(statusRank(snapshot.status)),
+      JSON.stringify(snapshot),
+      String(snapshot.status === "PENDING" ? this.#ttl_pending_ms : this.#ttl_final_ms),
+    ]);
     await this.#safe("put", () =>
-      this.#redis.eval(SET_IF_NEWER, {
-        keys: [this.#transferKey(snapshot.id)],
-        arguments: [String(rank), JSON.stringify(snapshot), String(ttl)],
+      this.#redis.eval(SET_IF_NEWER_MANY, {
+        keys: snapshots.map((snapshot) => this.#transferKey(snapshot.id)),
+        arguments: args,
       }),
     );
+    return snapshots.map(() => null);
   }
 
   /**

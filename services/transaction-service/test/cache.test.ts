@@ -1,0 +1,96 @@
+/**
+ * The transfer cache's write-through on a real Redis (TEST_REDIS_URL; skipped when unset): puts
+ * made together leave as one call, each entry still a compare-and-set by status rank (a PENDING
+ * put never overwrites a COMPLETED entry), with the TTL of its status.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import { createClient } from "redis";
+import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
+import { createLogger } from "#packages/log/index.ts";
+import { PUT_BATCH_MAX, type Redis, TransferCache } from "../src/cache.ts";
+
+const REDIS_URL = process.env.TEST_REDIS_URL ?? "";
+const PREFIX = `${process.env.REDIS_KEY_PREFIX ?? ""}cache-test-${randomUUID()}:`;
+const TTL_PENDING_MS = 60_000;
+const TTL_FINAL_MS = 600_000;
+
+function snapshot(status: TransferSnapshot["status"], id = randomUUID()): TransferSnapshot {
+  const at = new Date().toISOString();
+  return {
+    id,
+    amount: 100,
+    source_user_id: 1,
+    dest_user_id: 2,
+    source_init_bal: 1_000,
+    dest_init_bal: status === "COMPLETED" ? 0 : null,
+    status,
+    failure_reason: null,
+    created_at: at,
+    updated_at: at,
+  };
+}
+
+describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_URL unset" : false }, () => {
+  const redis = createClient({ url: REDIS_URL });
+  let evals = 0;
+  let cache: TransferCache;
+
+  before(async () => {
+    await redis.connect();
+    const counting: Redis = {
+      get: (key) => redis.get(key),
+      set: (key, value, options) => redis.set(key, value, options),
+      incr: (key) => redis.incr(key),
+      eval: (script, options) => {
+        evals += 1;
+        return redis.eval(script, options);
+      },
+    };
+    cache = new TransferCache(counting, {
+      prefix: PREFIX,
+      logger: createLogger("cache-test", "silent"),
+      ttl_pending_ms: TTL_PENDING_MS,
+      ttl_final_ms: TTL_FINAL_MS,
+      ttl_list_ms: 60_000,
+      timeout_ms: 5_000,
+    });
+  });
+  after(async () => {
+    const keys = await redis.keys(`${PREFIX}*`);
+    if (keys.length > 0) await redis.del(keys);
+    await redis.quit();
+  });
+
+  it("sends puts made together as a few calls, every entry written with its status's TTL", async () => {
+    const snapshots = Array.from({ length: 2 * PUT_BATCH_MAX + 10 }, (_, i) =>
+      snapshot(i % 2 === 0 ? "COMPLETED" : "PENDING"),
+    );
+    evals = 0;
+    await Promise.all(snapshots.map((s) => cache.putTransfer(s)));
+    // The first goes alone (nothing in flight), the rest queue behind it and leave in full batches.
+    assert.ok(evals <= 5, `${snapshots.length} puts took ${evals} calls`);
+    for (const s of snapshots) {
+      assert.deepEqual(await cache.getTransfer(s.id), s);
+      const ttl_ms = await redis.pTTL(`${PREFIX}transfer:${s.id}`);
+      const expected_ms = s.status === "PENDING" ? TTL_PENDING_MS : TTL_FINAL_MS;
+      assert.ok(ttl_ms > expected_ms - 10_000 && ttl_ms <= expected_ms, `${s.status} TTL ${ttl_ms}`);
+    }
+  });
+
+  it("never puts an older status over a newer one, in one call or across calls", async () => {
+    const id = randomUUID();
+    const completed = snapshot("COMPLETED", id);
+    const pending = snapshot("PENDING", id);
+    // One batch: the COMPLETED entry first, then a late PENDING put of the same transfer.
+    await Promise.all([
+      cache.putTransfer(snapshot("PENDING")),
+      cache.putTransfer(completed),
+      cache.putTransfer(pending),
+    ]);
+    assert.equal((await cache.getTransfer(id))?.status, "COMPLETED");
+    await cache.putTransfer(pending);
+    assert.equal((await cache.getTransfer(id))?.status, "COMPLETED");
+  });
+});
