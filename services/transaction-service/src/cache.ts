@@ -52,16 +52,23 @@ return #KEYS`;
  */
 export const PUT_BATCH_MAX = 200;
 
-/** Entries (transfers, users' list generations) one pipelined write invalidates. */
+/** Entries (transfers, users' list generations) one call invalidates. */
 const INVALIDATE_CHUNK_MAX = 500;
 
-export const DELETE_IF_OLDER = `
-local current = redis.call('GET', KEYS[1])
-if current then
-  local rank = tonumber(string.match(current, '^(%d+)|'))
-  if rank and rank < tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+/** Drops each entry KEYS[i] whose stored rank is below ARGV[i]; returns how many it dropped. */
+export const DELETE_IF_OLDER_MANY = `
+local dropped = 0
+for i = 1, #KEYS do
+  local current = redis.call('GET', KEYS[i])
+  local held = current and tonumber(string.match(current, '^(%d+)|'))
+  if held and held < tonumber(ARGV[i]) then dropped = dropped + redis.call('DEL', KEYS[i]) end
 end
-return 0`;
+return dropped`;
+
+/** Starts a new generation of each user's cached lists (KEYS: their generation keys). */
+const INCR_EACH = `
+for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
+return #KEYS`;
 
 export class TransferCache {
   readonly #redis: Redis;
@@ -141,19 +148,14 @@ export class TransferCache {
   async invalidateOlder(
     transfers: ReadonlyArray<{ id: string; status: TransferSnapshot["status"] }>,
   ): Promise<void> {
-    // Sent together, a bounded chunk at a time: commands issued in one tick leave in one write
-    // (node-redis pipelines them), and each chunk has the timeout one command would.
+    // One call per bounded chunk, each with the timeout one command would have.
     for (let from = 0; from < transfers.length; from += INVALIDATE_CHUNK_MAX) {
       const chunk = transfers.slice(from, from + INVALIDATE_CHUNK_MAX);
       await this.#safe("invalidate", () =>
-        Promise.all(
-          chunk.map((t) =>
-            this.#redis.eval(DELETE_IF_OLDER, {
-              keys: [this.#transferKey(t.id)],
-              arguments: [String(statusRank(t.status))],
-            }),
-          ),
-        ),
+        this.#redis.eval(DELETE_IF_OLDER_MANY, {
+          keys: chunk.map((t) => this.#transferKey(t.id)),
+          arguments: chunk.map((t) => String(statusRank(t.status))),
+        }),
       );
     }
   }
@@ -178,12 +180,12 @@ export class TransferCache {
 
   /** A transfer of these users changed: their cached lists are stale from now on. */
   async touchUsers(user_ids: number[]): Promise<void> {
-    // Sent together, a bounded chunk at a time (as invalidateOlder).
+    // One call per bounded chunk (as invalidateOlder).
     const users = [...new Set(user_ids)];
     for (let from = 0; from < users.length; from += INVALIDATE_CHUNK_MAX) {
       const chunk = users.slice(from, from + INVALIDATE_CHUNK_MAX);
       await this.#safe("touch users", () =>
-        Promise.all(chunk.map((id) => this.#redis.incr(this.#generationKey(id)))),
+        this.#redis.eval(INCR_EACH, { keys: chunk.map((id) => this.#generationKey(id)), arguments: [] }),
       );
     }
   }

@@ -1,7 +1,8 @@
 /**
- * The transfer cache's write-through on a real Redis (TEST_REDIS_URL; skipped when unset): puts
- * made together leave as one call, each entry still a compare-and-set by status rank (a PENDING
- * put never overwrites a COMPLETED entry), with the TTL of its status.
+ * The transfer cache on a real Redis (TEST_REDIS_URL; skipped when unset): puts made together
+ * leave as one call, each entry still a compare-and-set by status rank (a PENDING put never
+ * overwrites a COMPLETED entry), with the TTL of its status; an invalidation drops only entries
+ * behind the saga's status and starts new generations of the users' lists, one call per chunk.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -92,5 +93,30 @@ describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_
     assert.equal((await cache.getTransfer(id))?.status, "COMPLETED");
     await cache.putTransfer(pending);
     assert.equal((await cache.getTransfer(id))?.status, "COMPLETED");
+  });
+
+  it("drops only entries behind the saga's status, and starts new list generations, one call each", async () => {
+    const behind = snapshot("PENDING");
+    const level = snapshot("COMPLETED");
+    const absent = snapshot("COMPLETED");
+    await Promise.all([cache.putTransfer(behind), cache.putTransfer(level)]);
+    evals = 0;
+    await cache.invalidateOlder([
+      { id: behind.id, status: "COMPLETED" },
+      { id: level.id, status: "COMPLETED" },
+      { id: absent.id, status: "FAILED" },
+    ]);
+    assert.equal(evals, 1);
+    assert.equal(await cache.getTransfer(behind.id), null, "a PENDING entry behind COMPLETED is dropped");
+    assert.deepEqual(await cache.getTransfer(level.id), level, "an entry at the saga's status stays");
+
+    const users = [7_001, 7_002, 7_001];
+    await cache.putList(7_001, "page", { rows: 1 });
+    assert.deepEqual(await cache.getList(7_001, "page"), { rows: 1 });
+    evals = 0;
+    await cache.touchUsers(users);
+    assert.equal(evals, 1);
+    assert.equal(await cache.getList(7_001, "page"), null, "the list's generation moved on");
+    assert.equal(await redis.get(`${PREFIX}user-transfers-gen:7002`), "1");
   });
 });
