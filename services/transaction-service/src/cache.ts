@@ -21,19 +21,9 @@ export interface Redis {
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
 }
 
-/** Versioned entries (`<rank>|<json>`): set unless the stored rank is higher. */
-export const SET_IF_NEWER = `
-local current = redis.call('GET', KEYS[1])
-if current then
-  local rank = tonumber(string.match(current, '^(%d+)|'))
-  if rank and rank > tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
-return 1`;
-
 /**
- * SET_IF_NEWER for several entries in one call, in order: KEYS[i] gets ARGV[3i-2] (rank),
- * ARGV[3i-1] (JSON) and ARGV[3i] (TTL in ms).
+ * Versioned entries (`<rank>|<json>`), each set unless its stored rank is higher; several in one
+ * call, in order: KEYS[i] gets ARGV[3i-2] (rank), ARGV[3i-1] (JSON) and ARGV[3i] (TTL in ms).
  */
 export const SET_IF_NEWER_MANY = `
 for i = 1, #KEYS do

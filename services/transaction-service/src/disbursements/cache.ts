@@ -9,7 +9,7 @@
 import type { DisbursementSnapshot } from "#packages/contracts/disbursement.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
-import { type Redis, SET_IF_NEWER } from "../cache.ts";
+import { type Redis, SET_IF_NEWER_MANY } from "../cache.ts";
 
 export interface DisbursementCacheOptions {
   prefix: string;
@@ -38,7 +38,7 @@ export class DisbursementCache {
   async put(snapshot: DisbursementSnapshot): Promise<void> {
     const ttl = snapshot.status === "PENDING" ? this.#options.ttl_pending_ms : this.#options.ttl_final_ms;
     await this.#safe("put disbursement", () =>
-      this.#redis.eval(SET_IF_NEWER, {
+      this.#redis.eval(SET_IF_NEWER_MANY, {
         keys: [this.#key(snapshot.id)],
         arguments: [String(snapshot.version), JSON.stringify(snapshot), String(ttl)],
       }),
