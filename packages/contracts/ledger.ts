@@ -10,13 +10,14 @@ import { amountMinorSchema, balanceMinorSchema } from "./money.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Holds and the steps that move them: hold (source -> clearing), then post (clearing -> dest)
-// or void (clearing -> source), each idempotent on the transfer id.
+// or void (clearing -> source), each idempotent on the transfer id; or transfer, a hold and its
+// post in one step (a credit that cannot land is refunded in the same step: dest_unavailable).
 
 export const HOLD_STATES = ["held", "posted", "voided"] as const;
 export const holdStateSchema = z.enum(HOLD_STATES);
 export type HoldState = z.infer<typeof holdStateSchema>;
 
-export const LEDGER_OPS = ["hold", "post", "void"] as const;
+export const LEDGER_OPS = ["hold", "post", "void", "transfer"] as const;
 export const ledgerOpSchema = z.enum(LEDGER_OPS);
 export type LedgerOp = z.infer<typeof ledgerOpSchema>;
 
@@ -28,6 +29,14 @@ export const STEP_REFUSALS = {
   hold: ["same_wallet", "source_not_found", "dest_not_found", "insufficient_funds", "hold_mismatch"],
   post: ["hold_not_found", "hold_voided", "dest_unavailable"],
   void: ["hold_not_found", "hold_posted"],
+  transfer: [
+    "same_wallet",
+    "source_not_found",
+    "dest_not_found",
+    "insufficient_funds",
+    "hold_mismatch",
+    "dest_unavailable",
+  ],
 } as const satisfies Record<LedgerOp, readonly string[]>;
 export type StepRefusalCode<Op extends LedgerOp = LedgerOp> = (typeof STEP_REFUSALS)[Op][number];
 
@@ -54,6 +63,7 @@ export const ledgerOperationSchema = z.discriminatedUnion("op", [
   holdRequestSchema.extend({ op: z.literal("hold"), transfer_id: transferIdSchema }),
   z.strictObject({ op: z.literal("post"), transfer_id: transferIdSchema }),
   z.strictObject({ op: z.literal("void"), transfer_id: transferIdSchema }),
+  holdRequestSchema.extend({ op: z.literal("transfer"), transfer_id: transferIdSchema }),
 ]);
 export type LedgerOperation = z.infer<typeof ledgerOperationSchema>;
 

@@ -7,11 +7,11 @@
 import type { Logger } from "#packages/log/index.ts";
 
 export const crashPoints = [
-  /** transaction-service: the ledger debited A, the saga has not recorded it. */
-  "after_hold",
-  /** transaction-service: the ledger credited B, the saga has not recorded it. */
+  /** transaction-service: the ledger debited A and credited B (or refused), the saga has not recorded it. */
+  "after_transfer",
+  /** transaction-service: the ledger credited a disbursement item's payee, the saga has not recorded it. */
   "after_post",
-  /** transaction-service: the ledger refunded A, the saga has not recorded it. */
+  /** transaction-service: the ledger refunded an item's payer, the saga has not recorded it. */
   "after_void",
   /** transaction-service: the ledger funded a disbursement, the saga has not recorded it. */
   "after_fund",

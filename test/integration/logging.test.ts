@@ -85,7 +85,7 @@ describe("trace ids in the log lines about a transfer", { timeout: 5 * 60_000 },
     const deadline = Date.now() + LINES_TIMEOUT_MS;
     for (;;) {
       const lines = await linesNaming(id);
-      if (lines.some((l) => l.file === COPY_LOG && l.fields.to === "recorded")) return { id, lines };
+      if (lines.some((l) => l.file === COPY_LOG && l.fields.to === "posted")) return { id, lines };
       if (Date.now() > deadline) assert.fail(`no transition of ${id} in ${COPY_LOG}`);
       await sleep(250);
     }

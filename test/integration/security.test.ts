@@ -350,7 +350,7 @@ describe("authorization", () => {
     assertError(await call("GET", `${urls.command}/ops/faults`, { headers: asAdmin() }), 404);
     assertError(
       await call("PUT", `${urls.transaction}/ops/crash`, {
-        body: { point: "after_hold" },
+        body: { point: "after_transfer" },
         headers: asAdmin(),
       }),
       404,

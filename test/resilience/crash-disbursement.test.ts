@@ -1,7 +1,7 @@
 /**
  * Kill -9 of transaction-service in a batch's worst moments: right after the ledger's funding
- * commit (the items' money is in clearing, the saga has not recorded it), and in the middle of
- * the items' credits. The supervisor restarts it; the sweeps must finish every item, the batch's
+ * commit (the items' money is in clearing, the saga has not recorded it), in the middle of
+ * the items' credits, and in an item's refund. The supervisor restarts it; the sweeps must finish every item, the batch's
  * status must agree with its items, and the money must be right.
  */
 import assert from "node:assert/strict";
@@ -114,5 +114,28 @@ describe("crash in a batch disbursement", { timeout: 600_000 }, () => {
 
   it("during the items' credits", async () => {
     await runThroughCrash("after_post");
+  });
+
+  it("during an item's refund (its payee has no room for the credit)", async () => {
+    const payer = await createUser(10_000);
+    const payee = await createUser();
+    // No room under 2^53-1: this payee's credits are refused, and their items refunded.
+    const full = await createUser(Number.MAX_SAFE_INTEGER - 5);
+    const items = Array.from({ length: 10 }, (_, i) => ({
+      dest_user_id: i % 2 === 0 ? payee.id : full.id,
+      amount: 100,
+      reference: `item-${i}`,
+    }));
+    await arm("after_void");
+    const id = await disburseThroughCrash(payer, items);
+    await healthy();
+    const done = await finalThroughCrash(id, payer.token);
+    assert.equal(done.status, "PARTIALLY_COMPLETED", JSON.stringify(done));
+    assert.deepEqual(done.counts, { pending: 0, completed: 5, failed: 5 });
+    assert.equal(await balanceOf(payer.id), 9_500);
+    assert.equal(await balanceOf(payee.id), 500);
+    assert.equal(await balanceOf(full.id), Number.MAX_SAFE_INTEGER - 5);
+    const audit = await ledgerAudit();
+    assert.equal(audit.consistent, true, JSON.stringify(audit));
   });
 });

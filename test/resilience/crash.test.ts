@@ -81,36 +81,25 @@ async function expectMoney(a: TestUser, b: TestUser, a_balance: number, b_balanc
 }
 
 describe("crash at every step", { timeout: 600_000 }, () => {
-  it("after the debit, before the saga records it", async () => {
-    const a = await createUser(1_000);
-    const b = await createUser(0);
-    await arm("transaction", "after_hold");
-    const id = await transferThroughCrash(a, b, 300);
-    await healthy("transaction");
-    const done = await settledThroughCrash(id, a.token);
-    assert.equal(done.status, "COMPLETED");
-    assert.equal(done.source_init_bal, 1_000);
-    await expectMoney(a, b, 700, 300);
-  });
-
-  it("after the credit, before the saga records it", async () => {
+  it("after the transfer (debit and credit in one ledger step), before the saga records it", async () => {
     const a = await createUser(1_000);
     const b = await createUser(50);
-    await arm("transaction", "after_post");
+    await arm("transaction", "after_transfer");
     const id = await transferThroughCrash(a, b, 300);
     await healthy("transaction");
-    // Read as the payee: dest_init_bal is shown to them only.
+    // Each party sees their own balance before the transfer (source_init_bal, dest_init_bal).
     const done = await settledThroughCrash(id, b.token);
     assert.equal(done.status, "COMPLETED");
-    assert.equal(done.dest_init_bal, 50, "the retried credit returns the first credit's balance");
+    assert.equal(done.dest_init_bal, 50, "the retried step returns the first step's balances");
+    assert.equal((await settledThroughCrash(id, a.token)).source_init_bal, 1_000);
     await expectMoney(a, b, 700, 350);
   });
 
-  it("after the refund, before the saga records it", async () => {
+  it("after a refused transfer (refunded within its step), before the saga records it", async () => {
     const a = await createUser(1_000);
-    // No room under 2^53-1 for the credit: it is refused, and the hold is voided.
+    // No room under 2^53-1 for the credit: the step refunds its debit and answers dest_unavailable.
     const b = await createUser(Number.MAX_SAFE_INTEGER - 5);
-    await arm("transaction", "after_void");
+    await arm("transaction", "after_transfer");
     const id = await transferThroughCrash(a, b, 300);
     await healthy("transaction");
     const done = await settledThroughCrash(id, a.token);

@@ -370,7 +370,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   registerRedriveRoute(listeners.internal, auth, saga.store, logger);
   if (config.FAULT_INJECTION) {
     registerCrashRoute(listeners.internal, auth, saga.crashes, [
-      "after_hold",
+      "after_transfer",
       "after_post",
       "after_void",
       "after_outbox_send",

@@ -35,9 +35,8 @@ const base = (state: SagaState): SagaTransfer => ({
 describe("saga state machine", () => {
   it("sends a batch item's place with each of its records, and none for a lone transfer", () => {
     const place = { disbursement_id: "0190b5a8-0000-7000-8000-0000000000aa", item_index: 7, reference: "r7" };
-    const item = { ...base("created"), place };
-    const debited = must(transition(item, { kind: "hold_ok", source_init_bal: 1_000 }, NOW));
-    const posted = must(transition(debited.next, { kind: "post_ok", dest_init_bal: 0 }, NOW));
+    const debited = { ...base("recorded"), place };
+    const posted = must(transition(debited, { kind: "post_ok", dest_init_bal: 0 }, NOW));
     assert.deepEqual(
       {
         disbursement_id: posted.record?.disbursement_id,
@@ -46,26 +45,34 @@ describe("saga state machine", () => {
       },
       place,
     );
-    assert.equal(recordOf(debited.next).item_index, 7, "and with a late credit's PENDING record");
+    assert.equal(recordOf(debited).item_index, 7, "and with a late credit's PENDING record");
     assert.equal("disbursement_id" in recordOf(base("recorded")), false);
   });
 
-  it("walks the happy path: the debit goes straight on to the credit, whose record is the first", () => {
-    const debited = transition(base("created"), { kind: "hold_ok", source_init_bal: 1_000 }, NOW);
-    assert.equal(debited?.next.state, "recorded");
-    assert.equal(debited?.record, null, "no PENDING record between debit and credit");
-    assert.equal(debited?.next.source_init_bal, 1_000);
-    assert.equal(nextAction("recorded"), "post", "no wait for a record");
-
-    const posted = transition(must(debited).next, { kind: "post_ok", dest_init_bal: 70 }, NOW);
+  it("walks the happy path: one ledger step, whose COMPLETED record is the first and is awaited", () => {
+    assert.equal(nextAction("created"), "transfer");
+    const posted = transition(
+      base("created"),
+      { kind: "transfer_ok", source_init_bal: 1_000, dest_init_bal: 70 },
+      NOW,
+    );
     assert.equal(posted?.next.state, "posted");
     assert.equal(posted?.record?.status, "COMPLETED");
+    assert.equal(posted?.record?.source_init_bal, 1_000);
     assert.equal(posted?.record?.dest_init_bal, 70);
     assert.equal(nextAction("posted"), "await_record", "the final record is awaited");
 
     const completed = transition(must(posted).next, { kind: "record_written", status: "COMPLETED" }, NOW);
     assert.equal(completed?.next.state, "completed");
     assert.ok(isFinal("completed"));
+  });
+
+  it("credits a funded item (recorded) with no record before its credit's", () => {
+    assert.equal(nextAction("recorded"), "post", "no wait for a record");
+    const posted = transition(base("recorded"), { kind: "post_ok", dest_init_bal: 70 }, NOW);
+    assert.equal(posted?.next.state, "posted");
+    assert.equal(posted?.record?.status, "COMPLETED");
+    assert.equal(posted?.next.source_init_bal, 1_000);
   });
 
   it("drives a row an earlier version left waiting in held on to its credit", () => {
@@ -75,8 +82,12 @@ describe("saga state machine", () => {
     assert.equal(isParkable("held"), true);
   });
 
-  it("ends a refused debit FAILED with no refund step (no money moved)", () => {
-    const failing = transition(base("created"), { kind: "hold_rejected", reason: "insufficient_funds" }, NOW);
+  it("ends a refused transfer FAILED with no refund step (no money moved)", () => {
+    const failing = transition(
+      base("created"),
+      { kind: "transfer_rejected", reason: "insufficient_funds" },
+      NOW,
+    );
     assert.equal(failing?.next.state, "failing");
     assert.equal(failing?.next.failure_reason, "insufficient_funds");
     assert.equal(failing?.record?.status, "FAILED");
@@ -103,8 +114,8 @@ describe("saga state machine", () => {
 
   it("ignores inputs that do not apply (duplicates, late answers) in every state", () => {
     const inputs: SagaInput[] = [
-      { kind: "hold_ok", source_init_bal: 1 },
-      { kind: "hold_rejected", reason: "insufficient_funds" },
+      { kind: "transfer_ok", source_init_bal: 1, dest_init_bal: 1 },
+      { kind: "transfer_rejected", reason: "insufficient_funds" },
       { kind: "record_written", status: "PENDING" },
       { kind: "record_written", status: "COMPLETED" },
       { kind: "record_written", status: "FAILED" },
@@ -118,7 +129,7 @@ describe("saga state machine", () => {
     // Each state's inputs that apply, and where they lead; every other input is ignored.
     const expected: Record<SagaState, Record<string, SagaState>> = {
       funding: {},
-      created: { hold_ok: "recorded", hold_rejected: "failing" },
+      created: { transfer_ok: "posted", transfer_rejected: "failing" },
       held: { post_ok: "posted", post_rejected: "refunding" },
       recorded: { post_ok: "posted", post_rejected: "refunding" },
       posted: { "record_written:COMPLETED": "completed", "record_rejected:COMPLETED": "completed" },
@@ -161,24 +172,20 @@ describe("saga state machine", () => {
     assert.equal(posted?.record?.status, "COMPLETED");
   });
 
-  it("voids a hold that succeeds after the transfer failed without one, and stays FAILED", () => {
+  it("refunds a row an earlier version left voiding, and keeps it FAILED", () => {
+    const voiding = { ...base("voiding"), failure_reason: "insufficient_funds" as const };
+    assert.equal(nextAction("voiding"), "void");
+    assert.equal(publicStatus("voiding"), "FAILED");
+    const failing = transition(voiding, { kind: "void_ok" }, NOW);
+    assert.equal(failing?.next.state, "failing");
+    assert.equal(failing?.record?.status, "FAILED");
+    assert.equal(failing?.next.failure_reason, "insufficient_funds");
+  });
+
+  it("ignores a transfer's success arriving for a FAILED transfer (the runner reports it)", () => {
     for (const state of ["failing", "failed"] as const) {
-      const refused = {
-        ...base(state),
-        source_init_bal: null,
-        failure_reason: "insufficient_funds" as const,
-      };
-      const voiding = transition(refused, { kind: "hold_ok", source_init_bal: 900 }, NOW);
-      assert.equal(voiding?.next.state, "voiding");
-      assert.equal(voiding?.record, null);
-      assert.equal(nextAction("voiding"), "void");
-      assert.equal(publicStatus("voiding"), "FAILED");
-      const failing = transition(must(voiding).next, { kind: "void_ok" }, NOW);
-      assert.equal(failing?.next.state, "failing");
-      assert.equal(failing?.record?.status, "FAILED");
-      assert.equal(failing?.next.failure_reason, "insufficient_funds");
-      // A duplicate hold_ok for a transfer that did hold (and was refunded) changes nothing.
-      assert.equal(transition(base(state), { kind: "hold_ok", source_init_bal: 900 }, NOW), null);
+      const input = { kind: "transfer_ok", source_init_bal: 900, dest_init_bal: 0 } as const;
+      assert.equal(transition(base(state), input, NOW), null);
     }
   });
 

@@ -27,10 +27,10 @@ let pool: Pool;
 let test_schema: TestSchema | undefined;
 let store: SagaStore;
 
-/** A ledger whose every hold answers with `failure` (a broken invariant, or an outage). */
+/** A ledger whose every step answers with `failure` (a broken invariant, or an outage). */
 function failingLedger(failure: () => Error): LedgerPort {
   return {
-    hold: async () => {
+    transfer: async () => {
       throw failure();
     },
     post: async () => {
@@ -112,17 +112,17 @@ describe("parking a transfer whose step breaks an invariant", {
   it("parks the transfer with its reason, and the sweep never picks it again", async () => {
     await pool.query("DELETE FROM transfers");
     const id = await createDue();
-    let holds = 0;
+    let steps = 0;
     const breaking = failingLedger(() => {
-      holds += 1;
-      return new LedgerInvariantError("hold answered hold_mismatch");
+      steps += 1;
+      return new LedgerInvariantError("transfer answered hold_mismatch");
     });
     await sweepUntil(breaking, async () => (await row(id))?.state === "parked");
     const parked = await row(id);
     assert.equal(parked?.state, "parked", "a broken invariant parks the transfer");
     assert.equal(parked?.parked_from, "created");
     assert.match(parked?.parked_reason ?? "", /hold_mismatch/);
-    assert.equal(holds, 1, "the breach was not retried");
+    assert.equal(steps, 1, "the breach was not retried");
     // Due or not, a parked transfer is never claimed.
     await pool.query("UPDATE transfers SET next_attempt_at = now() - interval '1 hour' WHERE id = $1", [id]);
     assert.deepEqual(
@@ -130,7 +130,7 @@ describe("parking a transfer whose step breaks an invariant", {
       [],
     );
     await sweepUntil(breaking, async () => false, 500);
-    assert.equal(holds, 1, "the sweep left the parked transfer alone");
+    assert.equal(steps, 1, "the sweep left the parked transfer alone");
   });
 
   it("retries an ordinary failure (an outage) instead of parking it", async () => {

@@ -121,7 +121,7 @@ describe("event grouping", () => {
   });
 });
 
-const hold: Step = { op: "hold", transfer_id: A, source_user_id: 1, dest_user_id: 2, amount: 100 };
+const transfer: Step = { op: "transfer", transfer_id: A, source_user_id: 1, dest_user_id: 2, amount: 100 };
 const post: Step = { op: "post", transfer_id: A };
 const voidB: Step = { op: "void", transfer_id: B };
 const answer = (results: unknown[]) => ({ status: 200, body: { success: true, data: { results } } });
@@ -139,8 +139,14 @@ describe("ledger batch answers", () => {
       { kind: "ok", source_balance_before: 1_000, dest_balance_before: 70 },
       { kind: "already_posted" },
     ]);
-    assert.deepEqual(readBatchAnswer([hold], answer([refused(A, "insufficient_funds")])), [
+    assert.deepEqual(readBatchAnswer([transfer], answer([refused(A, "insufficient_funds")])), [
       { kind: "rejected", reason: "insufficient_funds" },
+    ]);
+    assert.deepEqual(readBatchAnswer([transfer], answer([refused(A, "dest_unavailable")])), [
+      { kind: "rejected", reason: "dest_unavailable" },
+    ]);
+    assert.deepEqual(readBatchAnswer([transfer], answer([ok(A, "posted", 5)])), [
+      { kind: "ok", source_balance_before: 1_000, dest_balance_before: 5 },
     ]);
     assert.deepEqual(readBatchAnswer([post], answer([refused(A, "dest_unavailable")])), [
       { kind: "rejected", reason: "dest_unavailable" },
@@ -148,12 +154,14 @@ describe("ledger batch answers", () => {
   });
 
   it("makes an unexpected refusal or hold state an invariant error of that step alone", () => {
-    const [voidPosted, holdVoided] = readBatchAnswer(
-      [voidB, { ...hold, transfer_id: B }],
+    const [voidPosted, mismatch] = readBatchAnswer(
+      [voidB, { ...transfer, transfer_id: B }],
       answer([refused(B, "hold_voided"), refused(B, "hold_mismatch")]),
     );
     assert.ok(voidPosted instanceof LedgerInvariantError);
-    assert.ok(holdVoided instanceof LedgerInvariantError);
+    assert.ok(mismatch instanceof LedgerInvariantError);
+    const [transferHeld] = readBatchAnswer([transfer], answer([ok(A, "held")]));
+    assert.ok(transferHeld instanceof LedgerInvariantError, "a transfer whose hold is not posted");
     // A refusal code of another step is not this one's: a post cannot be refused for funds.
     const [postFunds] = readBatchAnswer([post], answer([refused(A, "insufficient_funds")]));
     assert.ok(postFunds instanceof LedgerInvariantError);

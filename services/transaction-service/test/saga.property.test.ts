@@ -1,7 +1,9 @@
 /**
  * Property test of the saga's orchestration: the real SagaRunner and the real record-writer
  * plan, against a model ledger and a model network that duplicates, reorders and drops
- * deliveries, loses ledger answers after the effect, refuses records and closes wallets. Ledger
+ * deliveries, loses ledger answers after the effect, refuses records and closes wallets. Lone
+ * transfers take one ledger step (transfer); funded disbursement items take the two-phase path
+ * (post, or a refund when the payee cannot take the credit). Ledger
  * calls can also stall (a batch waiting for a lock) and finish later, deciding then, while other
  * drivers race on the same transfer; answers can be delivered twice; wallets are topped up; and
  * balances may start near 2^53-1, where credits must leave room for every refund.
@@ -52,14 +54,18 @@ interface Parked {
   driver?: Promise<unknown>;
 }
 
+function holdOf(t: { source: number; dest: number; amount: number }, source_before: number): Hold {
+  const { source, dest, amount } = t;
+  return { state: "held", amount, source, dest, source_before, dest_before: null, effects: 0 };
+}
+
 class ModelLedger implements LedgerPort {
   balances = new Map<number, number>();
   closed = new Set<number>();
   clearing = 0;
   deposited = 0n;
   holds = new Map<string, Hold>();
-  /** The ledger's refusal memory (migrations/003); off, the saga's own defence must hold. */
-  remembers_refusals = true;
+  /** The ledger's refusal memory (migrations/003): a refused transfer id stays refused. */
   refusals = new Map<string, FailureReason>();
   /** When set, the next call loses its answer: before (0) or after (1) its effect. */
   lose: 0 | 1 | null = null;
@@ -125,51 +131,87 @@ class ModelLedger implements LedgerPort {
     return answer;
   }
 
-  async hold(
+  /** A disbursement item's funding (its money into clearing), done before its saga row exists. */
+  fund(id: string, t: { source: number; dest: number; amount: number }): number | null {
+    const balance = this.balances.get(t.source) ?? 0;
+    if (balance < t.amount) return null;
+    this.balances.set(t.source, balance - t.amount);
+    this.clearing += t.amount;
+    this.holds.set(id, { ...holdOf(t, balance), effects: 1 });
+    return balance;
+  }
+
+  /** Debit and credit in one step; a credit that cannot land is refunded within it. */
+  async transfer(
     id: string,
     body: { source_user_id: number; dest_user_id: number; amount: number },
   ): Promise<LedgerAnswer> {
     await this.#enter();
     const existing = this.holds.get(id);
+    if (existing?.state === "held") {
+      // A hold an earlier version made: the step posts it, or refunds it.
+      if (this.closed.has(existing.dest) || !this.fits(existing.dest, existing.amount)) {
+        this.#refund(existing);
+        return this.#refused(id, "dest_unavailable");
+      }
+      this.#credit(existing);
+    }
     if (existing !== undefined) {
-      const source_init_bal = existing.source_before;
-      return this.#leave(
-        id,
-        { kind: "ok", source_balance_before: source_init_bal, dest_balance_before: null },
-        { kind: "hold_ok", source_init_bal },
-      );
+      if (existing.state === "voided") return this.#refused(id, "dest_unavailable");
+      return this.#transferred(id, existing);
     }
     const refused = this.refusals.get(id);
-    if (refused !== undefined)
-      return this.#leave(
-        id,
-        { kind: "rejected", reason: refused },
-        { kind: "hold_rejected", reason: refused },
-      );
+    if (refused !== undefined) return this.#refused(id, refused);
     const balance = this.balances.get(body.source_user_id) ?? 0;
     if (balance < body.amount) {
-      if (this.remembers_refusals) this.refusals.set(id, "insufficient_funds");
-      return this.#leave(
-        id,
-        { kind: "rejected", reason: "insufficient_funds" },
-        { kind: "hold_rejected", reason: "insufficient_funds" },
-      );
+      this.refusals.set(id, "insufficient_funds");
+      return this.#refused(id, "insufficient_funds");
     }
-    this.balances.set(body.source_user_id, balance - body.amount);
-    this.clearing += body.amount;
-    this.holds.set(id, {
-      state: "held",
-      amount: body.amount,
-      source: body.source_user_id,
-      dest: body.dest_user_id,
-      source_before: balance,
-      dest_before: null,
-      effects: 1,
-    });
+    const hold = {
+      ...holdOf({ source: body.source_user_id, dest: body.dest_user_id, amount: body.amount }, balance),
+      effects: 0,
+    };
+    this.holds.set(id, hold);
+    if (this.closed.has(hold.dest) || !this.fits(hold.dest, hold.amount)) {
+      hold.state = "voided";
+      hold.effects = 2;
+      return this.#refused(id, "dest_unavailable");
+    }
+    this.balances.set(hold.source, balance - hold.amount);
+    this.clearing += hold.amount;
+    hold.effects = 1;
+    this.#credit(hold);
+    return this.#transferred(id, hold);
+  }
+
+  #credit(hold: Hold): void {
+    const before = this.balances.get(hold.dest) ?? 0;
+    this.clearing -= hold.amount;
+    this.balances.set(hold.dest, before + hold.amount);
+    hold.state = "posted";
+    hold.dest_before = before;
+    hold.effects += 1;
+  }
+
+  #refund(hold: Hold): void {
+    const balance = this.balances.get(hold.source) ?? 0;
+    assert.ok(balance + hold.amount <= AMOUNT_MAX_MINOR, "a refund must always fit");
+    this.clearing -= hold.amount;
+    this.balances.set(hold.source, balance + hold.amount);
+    hold.state = "voided";
+    hold.effects += 1;
+  }
+
+  #refused(id: string, reason: FailureReason): LedgerAnswer {
+    return this.#leave(id, { kind: "rejected", reason }, { kind: "transfer_rejected", reason });
+  }
+
+  #transferred(id: string, hold: Hold): LedgerAnswer {
+    const dest_init_bal = hold.dest_before as number;
     return this.#leave(
       id,
-      { kind: "ok", source_balance_before: balance, dest_balance_before: null },
-      { kind: "hold_ok", source_init_bal: balance },
+      { kind: "ok", source_balance_before: hold.source_before, dest_balance_before: dest_init_bal },
+      { kind: "transfer_ok", source_init_bal: hold.source_before, dest_init_bal },
     );
   }
 
@@ -186,12 +228,7 @@ class ModelLedger implements LedgerPort {
           { kind: "post_rejected", reason: "dest_unavailable" },
         );
       }
-      const before = this.balances.get(hold.dest) ?? 0;
-      this.clearing -= hold.amount;
-      this.balances.set(hold.dest, before + hold.amount);
-      hold.state = "posted";
-      hold.dest_before = before;
-      hold.effects += 1;
+      this.#credit(hold);
     }
     const dest_init_bal = hold.dest_before as number;
     return this.#leave(
@@ -206,14 +243,7 @@ class ModelLedger implements LedgerPort {
     const hold = this.holds.get(id);
     assert.ok(hold, "void of an unknown hold");
     if (hold.state === "posted") return this.#leave(id, { kind: "already_posted" }, null);
-    if (hold.state === "held") {
-      const balance = this.balances.get(hold.source) ?? 0;
-      assert.ok(balance + hold.amount <= AMOUNT_MAX_MINOR, "a refund must always fit");
-      this.clearing -= hold.amount;
-      this.balances.set(hold.source, balance + hold.amount);
-      hold.state = "voided";
-      hold.effects += 1;
-    }
+    if (hold.state === "held") this.#refund(hold);
     return this.#leave(
       id,
       { kind: "ok", source_balance_before: hold.source_before, dest_balance_before: null },
@@ -337,14 +367,15 @@ const transferArb = fc.record({
   source: fc.integer({ min: 1, max: 4 }),
   dest: fc.integer({ min: 1, max: 4 }),
   amount: fc.integer({ min: 1, max: 80 }),
+  item: fc.boolean(),
 });
 
 interface Scenario {
-  transfers: Array<{ source: number; dest: number; amount: number }>;
+  /** Lone transfers, and disbursement items (`item`: funded before the saga drives them). */
+  transfers: Array<{ source: number; dest: number; amount: number; item: boolean }>;
   steps: Step[];
   /** Every wallet's opening balance: small, or near 2^53-1. */
   opening: number;
-  remembers_refusals: boolean;
 }
 
 class World {
@@ -355,9 +386,8 @@ class World {
   readonly ids: string[] = [];
   readonly #total: bigint;
 
-  constructor(scenario: Pick<Scenario, "opening" | "remembers_refusals">) {
+  constructor(scenario: Pick<Scenario, "opening">) {
     for (let user = 1; user <= 4; user++) this.ledger.balances.set(user, scenario.opening);
-    this.ledger.remembers_refusals = scenario.remembers_refusals;
     this.#total = this.ledger.total();
     this.runner = new SagaRunner(this.store, this.ledger, topics, logger, {
       step_timeout_ms: 1,
@@ -401,17 +431,30 @@ class World {
     if (call.driver !== undefined) await this.#follow(call.driver, parked);
   }
 
-  async request(i: number, t: { source: number; dest: number; amount: number }): Promise<void> {
-    const id = `0190b5a8-0000-7000-8000-${String(i).padStart(12, "0")}`;
+  /**
+   * A lone transfer (state created, its one step next), or a disbursement's item: funded first
+   * (its money in clearing), then driven from `recorded` (its credit next). An item the payer
+   * cannot fund is left out, as the funding refuses it.
+   */
+  async request(
+    i: number,
+    t: { source: number; dest: number; amount: number; item?: boolean },
+  ): Promise<void> {
+    const id = first(i);
+    let source_init_bal: number | null = null;
+    if (t.item === true) {
+      source_init_bal = this.ledger.fund(id, t);
+      if (source_init_bal === null) return;
+    }
     this.ids.push(id);
     const now = new Date(0).toISOString();
     this.store.rows.set(id, {
       id,
-      state: "created",
+      state: t.item === true ? "recorded" : "created",
       source_user_id: t.source,
       dest_user_id: t.dest,
       amount: t.amount,
-      source_init_bal: null,
+      source_init_bal,
       dest_init_bal: null,
       failure_reason: null,
       created_at: now,
@@ -561,7 +604,6 @@ describe("saga under duplicated, reordered and lost messages", () => {
           transfers: fc.array(transferArb, { minLength: 1, maxLength: 8 }),
           steps: fc.array(stepArb, { maxLength: 80 }),
           opening: fc.constantFrom(100, NEAR_MAX),
-          remembers_refusals: fc.boolean(),
         }),
         runScenario,
       ),
@@ -569,44 +611,53 @@ describe("saga under duplicated, reordered and lost messages", () => {
     );
   });
 
-  it("a hold that waited while its retry was refused and the payer was topped up moves no money", async () => {
-    for (const remembers_refusals of [true, false]) {
-      const world = new World({ opening: 50, remembers_refusals });
-      const { ledger } = world;
-      // 1. Hold 1 is delayed (a batch waiting for another's lock).
-      ledger.stall = true;
-      await world.request(0, { source: 1, dest: 2, amount: 100 });
-      assert.equal(ledger.parked.length, 1);
-      // 2. Its retry is refused, and the transfer ends FAILED.
-      await world.sweep(first(0));
-      while (world.store.network.length > 0) await world.deliver(0);
-      assert.equal(world.store.rows.get(first(0))?.state, "failed");
-      // 3. The payer receives a deposit; 4. hold 1 resumes.
-      ledger.deposit(1, 100);
-      await world.resume(0);
-      await world.drain();
-      world.assertSettled();
-      assert.equal(ledger.balances.get(1), 150, "no money left the payer");
-      assert.equal(world.store.rows.get(first(0))?.failure_reason, "insufficient_funds");
-      world.check();
-    }
+  it("a transfer step that waited while its retry was refused and the payer was topped up moves no money", async () => {
+    const world = new World({ opening: 50 });
+    const { ledger } = world;
+    // 1. The step is delayed (a batch waiting for another's lock).
+    ledger.stall = true;
+    await world.request(0, { source: 1, dest: 2, amount: 100 });
+    assert.equal(ledger.parked.length, 1);
+    // 2. Its retry is refused, and the transfer ends FAILED.
+    await world.sweep(first(0));
+    while (world.store.network.length > 0) await world.deliver(0);
+    assert.equal(world.store.rows.get(first(0))?.state, "failed");
+    // 3. The payer receives a deposit; 4. the first step resumes, and answers the same refusal.
+    ledger.deposit(1, 100);
+    await world.resume(0);
+    await world.drain();
+    world.assertSettled();
+    assert.equal(ledger.balances.get(1), 150, "no money left the payer");
+    assert.equal(world.store.rows.get(first(0))?.failure_reason, "insufficient_funds");
+    world.check();
   });
 
-  it("a refund that finds the hold posted by a late credit completes the transfer", async () => {
+  it("a transfer whose payee has no room is refunded within its step, and retries agree", async () => {
+    const world = new World({ opening: NEAR_MAX });
+    const { ledger } = world;
+    ledger.lose = 1;
+    await world.request(0, { source: 1, dest: 2, amount: 151 });
+    assert.equal(world.store.rows.get(first(0))?.state, "created", "the answer was lost");
+    assert.equal(ledger.holds.get(first(0))?.state, "voided");
+    await world.drain();
+    world.assertSettled();
+    assert.equal(world.store.rows.get(first(0))?.failure_reason, "dest_unavailable");
+    assert.equal(ledger.balances.get(1), NEAR_MAX);
+  });
+
+  it("an item's refund that finds the hold posted by a late credit completes the item", async () => {
     // Near the ceiling: B has room for one 80 credit, not two.
-    const world = new World({ opening: NEAR_MAX, remembers_refusals: true });
+    const world = new World({ opening: NEAR_MAX });
     const { ledger, store } = world;
     const deliverAll = async (id: string) => {
       for (let i = 0; i < store.network.length; )
         if (store.network[i]?.key === id) await world.deliver(i);
         else i++;
     };
-    /** Request transfer i and let its debit through; its credit stalls (the last parked call). */
+    /** Fund item i; its credit stalls (the last parked call). */
     const debitOnly = async (i: number, t: { source: number; dest: number; amount: number }) => {
       ledger.stall = true;
-      await world.request(i, t);
-      ledger.stall = true;
-      await world.resume(ledger.parked.length - 1);
+      await world.request(i, { ...t, item: true });
     };
     // Transfer 0 completes: B now has room for one more 80 credit only once B's own hold leaves.
     await world.request(0, { source: 1, dest: 2, amount: 80 });

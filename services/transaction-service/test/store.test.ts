@@ -59,7 +59,7 @@ async function withSkewedClock<T>(skew_ms: number, work: () => Promise<T>): Prom
 
 /** A ledger that agrees to everything. */
 const agreeingLedger: LedgerPort = {
-  hold: async () => ({ kind: "ok", source_balance_before: 1_000, dest_balance_before: null }),
+  transfer: async () => ({ kind: "ok", source_balance_before: 1_000, dest_balance_before: 0 }),
   post: async () => ({ kind: "ok", source_balance_before: 1_000, dest_balance_before: 0 }),
   void: async () => ({ kind: "ok", source_balance_before: 1_000, dest_balance_before: null }),
 };

@@ -89,6 +89,8 @@ async function assertConsistent(): Promise<void> {
 
 const hold = (transfer_id: string, source_user_id: number, dest_user_id: number, amount: number) =>
   ({ op: "hold", transfer_id, source_user_id, dest_user_id, amount }) as const satisfies LedgerOperation;
+const transfer = (transfer_id: string, source_user_id: number, dest_user_id: number, amount: number) =>
+  ({ op: "transfer", transfer_id, source_user_id, dest_user_id, amount }) as const satisfies LedgerOperation;
 const post = (transfer_id: string) => ({ op: "post", transfer_id }) as const satisfies LedgerOperation;
 const voiding = (transfer_id: string) => ({ op: "void", transfer_id }) as const satisfies LedgerOperation;
 
@@ -653,6 +655,88 @@ describe("ledger on PostgreSQL", {
       [previous],
     );
     // Money only moved among these wallets: what they hold plus their last round in clearing.
+    assert.equal(total + BigInt(rows[0]?.held ?? "NaN"), 50_000n);
+    await assertConsistent();
+  });
+
+  it("a transfer step debits and credits in one commit, once under retries, and takes over a hold", async () => {
+    const a = await newUser(1_000);
+    const b = await newUser(50);
+    const t = randomUUID();
+    const [first] = await applyBatch(pool, [transfer(t, a, b, 300)]);
+    const moved = okHold(first);
+    assert.equal(moved.state, "posted");
+    assert.equal(moved.source_balance_before_minor, "1000");
+    assert.equal(moved.dest_balance_before_minor, "50");
+    const [again] = await applyBatch(pool, [transfer(t, a, b, 300)]);
+    assert.deepEqual(okHold(again), moved, "a retry answers with the first step's hold");
+    assert.deepEqual(await postingsFor(t), { hold: 1, post: 1 });
+    assert.equal(await balanceOf(a), 700);
+    assert.equal(await balanceOf(b), 350);
+    const [mismatch] = await applyBatch(pool, [transfer(t, a, b, 301)]);
+    assert.equal(mismatch?.ok === false && mismatch.code, "hold_mismatch");
+    // A hold an earlier version made is posted by the step.
+    const h = randomUUID();
+    await holdFunds(pool, { transfer_id: h, source_user_id: a, dest_user_id: b, amount: 100 });
+    const [posted] = await applyBatch(pool, [transfer(h, a, b, 100)]);
+    assert.equal(okHold(posted).state, "posted");
+    assert.equal(await balanceOf(b), 450);
+    await assertConsistent();
+  });
+
+  it("a transfer whose credit cannot land is refunded within its step, and its refusals stay final", async () => {
+    const a = await newUser(1_000);
+    const full = await newUser(Number.MAX_SAFE_INTEGER - 5);
+    const t = randomUUID();
+    const [refused] = await applyBatch(pool, [transfer(t, a, full, 300)]);
+    assert.equal(refused?.ok === false && refused.code, "dest_unavailable");
+    assert.equal(await balanceOf(a), 1_000, "no money moved");
+    assert.equal((await getHold(pool, t))?.state, "voided");
+    const [again] = await applyBatch(pool, [transfer(t, a, full, 300)]);
+    assert.equal(again?.ok === false && again.code, "dest_unavailable", "a retry answers the same");
+    // Not enough money: refused, and still refused once the money is there.
+    const b = await newUser(0);
+    const poor = randomUUID();
+    const [funds] = await applyBatch(pool, [transfer(poor, b, a, 10)]);
+    assert.equal(funds?.ok === false && funds.code, "insufficient_funds");
+    await deposit(pool, { user_id: b, amount: 10, idempotency_key: null });
+    const [later] = await applyBatch(pool, [transfer(poor, b, a, 10)]);
+    assert.equal(later?.ok === false && later.code, "insufficient_funds");
+    assert.equal(await balanceOf(b), 10);
+    const [same] = await applyBatch(pool, [transfer(randomUUID(), a, a, 1)]);
+    assert.equal(same?.ok === false && same.code, "same_wallet");
+    await assertConsistent();
+  });
+
+  it("transfer steps in batches over the same wallets in opposite orders neither deadlock nor break the audit", async () => {
+    const wallets = await Promise.all(Array.from({ length: 5 }, () => newUser(10_000)));
+    const pairs = wallets.flatMap((s) => wallets.filter((d) => d > s).map((d) => [s, d] as const));
+    let previous: string[] = [];
+    for (let round = 0; round < 10; round++) {
+      // Upwards in one batch, downwards in the other: each step locks its payer's wallet, then its
+      // payee's, so without the batch-wide lock order the two would wait for each other (the
+      // first upward step holds the lowest wallet and wants the next, the first downward step
+      // holds that one and wants the lowest).
+      const forward = pairs.map(([s, d]) => transfer(randomUUID(), s, d, 1 + round));
+      const backward = pairs.map(([s, d]) => transfer(randomUUID(), d, s, 2)).reverse();
+      const held = pairs.slice(0, 5).map(([s, d]) => hold(randomUUID(), s, d, 1));
+      // Two-phase steps ride along: one batch posts the previous round's holds while the other
+      // voids them, so the wallets each batch locks interleave.
+      const left = [...forward, ...previous.map(post), ...held];
+      const right = [...previous.map(voiding).reverse(), ...backward];
+      assert.ok(left.length <= LEDGER_BATCH_MAX && right.length <= LEDGER_BATCH_MAX);
+      const [l, r] = await Promise.all([applyBatch(pool, left), applyBatch(pool, right)]);
+      for (const result of [...l.slice(0, forward.length), ...r.slice(-backward.length)]) {
+        assert.equal(okHold(result).state, "posted");
+      }
+      previous = held.map((h) => h.transfer_id);
+    }
+    let total = 0n;
+    for (const user of wallets) total += BigInt(await balanceOf(user));
+    const { rows } = await pool.query<{ held: string }>(
+      "SELECT coalesce(sum(amount_minor), 0) AS held FROM holds WHERE transfer_id = ANY($1::uuid[]) AND state = 'held'",
+      [previous],
+    );
     assert.equal(total + BigInt(rows[0]?.held ?? "NaN"), 50_000n);
     await assertConsistent();
   });

@@ -1,6 +1,7 @@
 /**
- * The saga's calls to user-service's two-phase ledger (hold, post, void), keyed by transfer id
- * so any retry returns the first result. Concurrent steps of different transfers travel as one
+ * The saga's calls to user-service's ledger (transfer: debit and credit in one step; post and
+ * void of a disbursement item's hold, or of a hold made by an earlier version), keyed by
+ * transfer id so any retry returns the first result. Concurrent steps of different transfers travel as one
  * batch (`POST /internal/transfers/batch`: one HTTP call, one ledger transaction); a lone step
  * goes at once as a batch of one. Each step's answer is one of: done (with the balances the
  * record needs), a definitive refusal (the saga moves to its failure branch), or no answer
@@ -40,6 +41,12 @@ const refusals: { [Op in LedgerOp]: Partial<Record<StepRefusalCode<Op>, FailureR
   },
   post: { dest_unavailable: "dest_unavailable" },
   void: {},
+  transfer: {
+    insufficient_funds: "insufficient_funds",
+    source_not_found: "source_not_found",
+    dest_not_found: "dest_not_found",
+    dest_unavailable: "dest_unavailable",
+  },
 };
 
 function refusalReason(op: LedgerOp, code: string): FailureReason | undefined {
@@ -47,16 +54,18 @@ function refusalReason(op: LedgerOp, code: string): FailureReason | undefined {
   return isStepRefusal(op, code) ? known[code] : undefined;
 }
 
-const settledState = { hold: null, post: "posted", void: "voided" } as const satisfies Record<
-  LedgerOp,
-  HoldState | null
->;
+const settledState = {
+  hold: null,
+  post: "posted",
+  void: "voided",
+  transfer: "posted",
+} as const satisfies Record<LedgerOp, HoldState | null>;
 
 export interface LedgerLimits {
   timeout_ms: number;
   /** Most steps per call (user-service accepts at most LEDGER_BATCH_MAX). */
   batch_max: number;
-  /** Most calls running at once, per lane (holds; posts and voids). */
+  /** Most calls running at once, per lane (transfers; posts and voids). */
   in_flight_max: number;
   /** Most steps waiting for a call before callers are refused. */
   waiting_max: number;
@@ -67,11 +76,11 @@ export class LedgerClient {
   readonly #timeout_ms: number;
   readonly #headers: Record<string, string>;
   /**
-   * Two lanes: holds (a client's POST waits on them) and settlements (post and void, driven by
-   * record events, which arrive in large batches). Apart, a POST never queues behind a batch of
-   * settlements.
+   * Two lanes: transfers (a client's POST waits on them) and settlements (post and void of a
+   * disbursement's items, which come in large batches). Apart, a POST never queues behind a
+   * batch of settlements.
    */
-  readonly #holds: Batcher<Step, LedgerAnswer | Error>;
+  readonly #transfers: Batcher<Step, LedgerAnswer | Error>;
   readonly #settlements: Batcher<Step, LedgerAnswer | Error>;
 
   constructor(base_url: string, ledger_token: string, limits: LedgerLimits) {
@@ -87,15 +96,16 @@ export class LedgerClient {
         key: (step) => step.transfer_id,
         run: (steps) => this.#call(steps),
       });
-    this.#holds = lane("ledger holds");
+    this.#transfers = lane("ledger transfers");
     this.#settlements = lane("ledger settlements");
   }
 
-  hold(
+  /** Debit and credit in one step; a credit that cannot land is refunded within it (rejected). */
+  transfer(
     transfer_id: string,
     body: { source_user_id: number; dest_user_id: number; amount: number },
   ): Promise<LedgerAnswer> {
-    return this.#step({ op: "hold", transfer_id, ...body });
+    return this.#step({ op: "transfer", transfer_id, ...body });
   }
 
   post(transfer_id: string): Promise<LedgerAnswer> {
@@ -107,7 +117,7 @@ export class LedgerClient {
   }
 
   async #step(step: Step): Promise<LedgerAnswer> {
-    const answer = await (step.op === "hold" ? this.#holds : this.#settlements).submit(step);
+    const answer = await (step.op === "transfer" ? this.#transfers : this.#settlements).submit(step);
     if (answer instanceof Error) throw answer;
     return answer;
   }

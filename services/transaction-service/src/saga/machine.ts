@@ -3,38 +3,38 @@
  * property-tested. The runner (runner.ts) performs the side effects this file asks for and
  * persists each transition atomically with the message it emits.
  *
- *   created ──hold ok──▶ recorded ──post ok──▶ posted ──record COMPLETED──▶ completed
- *      │                      │                    ▲
- *      │                      │ post rejected      │ void finds the hold posted
- *      │                      ▼ (dest closed)      │ (a late post went through)
- *      │                  refunding ───────────────┘
- *      │ hold rejected        │ void ok
- *      │ (no money moved)     ▼
- *      └────────────────▶ failing ──record FAILED──▶ failed
- *                             ▲
- *                             └──void ok── voiding ◀── hold ok arriving late, in failing or
- *                                                      failed, no hold known
+ *   created ──transfer ok──▶ posted ──record COMPLETED──▶ completed
+ *      │                       ▲
+ *      │ transfer refused      │ void finds the hold posted
+ *      │ (no money moved)      │ (a late post went through)
+ *      │                       │
+ *      │         recorded ──post ok──┘ (a disbursement's funded item, or a row held by an
+ *      │            │                   earlier version)
+ *      │            │ post refused (dest closed)
+ *      │            ▼
+ *      │        refunding ──void ok──┐
+ *      ▼                             ▼
+ *   failing ◀────────────────────────┘ ──record FAILED──▶ failed     voiding ──void ok──▶ failing
  *
  *   created, recorded, refunding ──ledger breaks an invariant──▶ parked ──operator re-drive──▶ (the same state)
  *
- * The credit follows the debit at once: no record is written or awaited between them (`recorded`
- * is the name of that step from when it waited for a PENDING record; it now means "debited,
- * credit next"). A transfer's first record is usually its final one, awaited (`posted`,
- * `failing`), so a transfer is done only once its record says so. A credit that is late (the
- * ledger away) gets a PENDING record from the sweep, so lists show it meanwhile; the writer never
- * moves a record back, so a PENDING command arriving after the final one changes nothing. `held`
- * is the state that once waited for that PENDING record; a row still in it (written by an
- * earlier version) is treated as `recorded`.
+ * A lone transfer is one ledger step: `transfer` debits A and credits B in one ledger commit, or
+ * refuses with no money moved (a credit that cannot land is refunded within the step). Its first
+ * record is its final one, awaited (`posted`, `failing`), so a transfer is done only once its
+ * record says so. The ledger keeps a refusal final for its transfer id, so a transfer refused
+ * once cannot succeed later: a copy of the step that was still waiting answers the same refusal.
  *
- * Money: `recorded` means A was debited into clearing; `posted` means clearing paid B; `refunding`
- * means the hold must be voided (clearing -> A). A transfer leaves clearing exactly once
- * (post xor void), which the ledger enforces too.
+ * Two-phase steps remain for what is already held: a disbursement's item, funded with its batch
+ * (disbursements/), waits in `recorded` for its credit (post), refunded (void) if the payee
+ * cannot take it. Rows an earlier version left in `held`, `recorded` or `voiding` are driven on
+ * the same way. A credit that is late (the ledger away) gets a PENDING record from the sweep, so
+ * lists show it meanwhile; the writer never moves a record back, so a PENDING command arriving
+ * after the final one changes nothing.
  *
- * `voiding` is a second line of defence: the ledger keeps a hold's refusal final for its
- * transfer id, so a hold cannot succeed after the saga was told it was refused. Should one ever
- * succeed anyway, the transfer is already FAILED and stays so: the saga voids that hold (its
- * money goes back to A) and confirms the FAILED record again. A durable state rather than a
- * one-off void, so that a crash or an unanswered void is retried by the sweep like any step.
+ * Money: `posted` means B was credited (from A or from clearing); `recorded` means the item's
+ * money is in clearing, credit next; `refunding` and `voiding` mean a hold must be voided
+ * (clearing -> A). A hold leaves clearing exactly once (post xor void), which the ledger
+ * enforces too.
  *
  * `parked` holds a transfer whose ledger step met a broken invariant (the ledger answered what
  * the saga's state rules out): a bug to look at, not an outage to retry through. Nothing moves a
@@ -55,12 +55,14 @@ export const sagaStates = [
   "created",
   /** Earlier versions' wait for the PENDING record: now the same as `recorded`. */
   "held",
+  /** Debited into clearing, credit next: a disbursement's funded item (or an earlier version's hold). */
   "recorded",
   "posted",
   "completed",
   "refunding",
   "failing",
   "failed",
+  /** An earlier version's late hold, to refund: the void, then the FAILED record again. */
   "voiding",
   /** A broken invariant stopped its ledger step; waits for an operator (store.ts park/redrive). */
   "parked",
@@ -89,8 +91,8 @@ export interface BatchPlace {
 }
 
 export type SagaInput =
-  | { kind: "hold_ok"; source_init_bal: number }
-  | { kind: "hold_rejected"; reason: FailureReason }
+  | { kind: "transfer_ok"; source_init_bal: number; dest_init_bal: number }
+  | { kind: "transfer_rejected"; reason: FailureReason }
   | { kind: "record_written"; status: TransferStatus }
   | { kind: "record_rejected"; status: TransferStatus }
   | { kind: "post_ok"; dest_init_bal: number }
@@ -104,12 +106,12 @@ export interface Transition {
 }
 
 /** What the saga must do next to leave a state: call the ledger, or wait for the record writer. */
-export type NextAction = "hold" | "post" | "void" | "await_record" | "none";
+export type NextAction = "transfer" | "post" | "void" | "await_record" | "none";
 
 export function nextAction(state: SagaState): NextAction {
   switch (state) {
     case "created":
-      return "hold";
+      return "transfer";
     case "held":
     case "recorded":
       return "post";
@@ -195,11 +197,12 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
 
   switch (current.state) {
     case "created":
-      // No record yet: the credit follows at once, and its COMPLETED record is the first one
-      // (a credit that is late gets its PENDING record from the sweep: runner.recover).
-      if (input.kind === "hold_ok")
-        return { next: to("recorded", { source_init_bal: input.source_init_bal }), record: null };
-      if (input.kind === "hold_rejected") return withRecord(to("failing", { failure_reason: input.reason }));
+      if (input.kind === "transfer_ok") {
+        const { source_init_bal, dest_init_bal } = input;
+        return withRecord(to("posted", { source_init_bal, dest_init_bal }));
+      }
+      if (input.kind === "transfer_rejected")
+        return withRecord(to("failing", { failure_reason: input.reason }));
       return null;
     case "held":
     case "recorded":
@@ -234,26 +237,11 @@ export function transition(current: SagaTransfer, input: SagaInput, now: string)
       ) {
         return { next: to("failed"), record: null };
       }
-      return lateHold(current, input, to);
+      return null;
     case "failed":
-      return lateHold(current, input, to);
     case "funding":
     case "completed":
     case "parked":
       return null;
   }
-}
-
-/**
- * A hold that succeeded for a transfer already FAILED without one (its hold was refused): never
- * expected (the ledger keeps refusals final), voided if it happens. A hold_ok for a transfer
- * that did hold (and was refunded) is a duplicate and is ignored.
- */
-function lateHold(
-  current: SagaTransfer,
-  input: SagaInput,
-  to: (state: SagaState, patch?: Partial<SagaTransfer>) => SagaTransfer,
-): Transition | null {
-  if (input.kind !== "hold_ok" || current.source_init_bal !== null) return null;
-  return { next: to("voiding"), record: null };
 }

@@ -36,7 +36,7 @@ export interface SagaTimings {
 export type SagaStorePort = Pick<SagaStore, "get" | "commitTransition" | "enqueue">;
 /** The answer a request gets for a transfer in a given state (http.ts's responseFor). */
 export type RespondWith = (transfer: SagaTransfer) => { status: number; body: unknown };
-export type LedgerPort = Pick<LedgerClient, "hold" | "post" | "void">;
+export type LedgerPort = Pick<LedgerClient, "transfer" | "post" | "void">;
 
 export class SagaRunner {
   readonly #store: SagaStorePort;
@@ -129,7 +129,8 @@ export class SagaRunner {
   }
 
   /**
-   * Perform ledger steps until the transfer waits on the record writer or is final. Throws if
+   * Perform ledger steps until the transfer waits on the record writer or is final (a lone
+   * transfer: one step; a disbursement's item: its credit, and its refund if refused). Throws if
    * the ledger does not answer; the transfer then stays where it is and the sweep retries it.
    * `respond` (the POST handler's) gives the request's answer for a state, kept with the
    * transition that decides the public status (COMPLETED or FAILED), so a final answer costs no
@@ -140,19 +141,19 @@ export class SagaRunner {
     for (let steps = 0; steps < 4; steps++) {
       const action = nextAction(current.state);
       let answer: LedgerAnswer;
-      if (action === "hold") {
-        answer = await this.#ledger.hold(current.id, {
+      if (action === "transfer") {
+        answer = await this.#ledger.transfer(current.id, {
           source_user_id: current.source_user_id,
           dest_user_id: current.dest_user_id,
           amount: current.amount,
         });
-        this.crashes.reached("after_hold");
-        current = await this.apply(current, holdInput(current.id, answer), respond);
-        if (current.state === "voiding") {
-          this.#logger.error(
-            { transfer_id: current.id, failure_reason: current.failure_reason },
-            "a hold succeeded for a transfer that had already failed; voiding it",
-          );
+        this.crashes.reached("after_transfer");
+        current = await this.apply(current, transferInput(current.id, answer), respond);
+        // The ledger keeps a refusal final for its transfer id, so a transfer that moved money
+        // cannot meet a saga that ended it FAILED; if it ever did, B holds money of a FAILED
+        // transfer: stop and say so, never retry or hide it.
+        if (answer.kind === "ok" && publicStatus(current.state) !== "COMPLETED") {
+          throw new InvariantError(`transfer ${current.id} moved money but the saga is ${current.state}`);
         }
       } else if (action === "post") {
         answer = await this.#ledger.post(current.id);
@@ -206,10 +207,15 @@ export class SagaRunner {
   }
 }
 
-function holdInput(id: string, answer: LedgerAnswer): SagaInput {
-  if (answer.kind === "ok") return { kind: "hold_ok", source_init_bal: answer.source_balance_before };
-  if (answer.kind === "rejected") return { kind: "hold_rejected", reason: answer.reason };
-  throw new InvariantError(`hold of ${id} answered ${answer.kind}`);
+function transferInput(id: string, answer: LedgerAnswer): SagaInput {
+  if (answer.kind === "rejected") return { kind: "transfer_rejected", reason: answer.reason };
+  assert(answer.kind === "ok", `transfer of ${id} answered ${answer.kind}`);
+  assert(answer.dest_balance_before !== null, `transfer of ${id} answered without a destination balance`);
+  return {
+    kind: "transfer_ok",
+    source_init_bal: answer.source_balance_before,
+    dest_init_bal: answer.dest_balance_before,
+  };
 }
 
 function postInput(id: string, answer: LedgerAnswer): SagaInput {

@@ -1,6 +1,7 @@
 /**
  * Two-phase transfers: hold (source -> clearing), then post (clearing -> dest) or void
- * (clearing -> source). Each is idempotent on the transfer id. The steps run server-side (the
+ * (clearing -> source); or both phases as one step (transfer: a hold and its post, refunded in
+ * the same step when the credit cannot land). Each is idempotent on the transfer id. The steps run server-side (the
  * functions of migrations/002_ledger_batch.sql); this side validates, sends one statement, and
  * turns the answers into results and messages.
  */
@@ -58,7 +59,7 @@ export async function applyBatch(
   const ids = operations.map((o) => o.transfer_id.toLowerCase());
   assert(new Set(ids).size === ids.length, "a transfer appears more than once in one batch");
   for (const o of operations) {
-    if (o.op !== "hold") continue;
+    if (o.op !== "hold" && o.op !== "transfer") continue;
     assert(Number.isSafeInteger(o.amount), `hold ${o.transfer_id}: amount ${o.amount} is not an integer`);
     assert(o.amount > 0, `hold ${o.transfer_id}: amount ${o.amount} is not positive`);
     assert(
@@ -71,7 +72,7 @@ export async function applyBatch(
     assert(o.dest_user_id > 0, `hold ${o.transfer_id}: destination ${o.dest_user_id} is not positive`);
   }
 
-  const hold = (o: LedgerOperation) => (o.op === "hold" ? o : null);
+  const hold = (o: LedgerOperation) => (o.op === "hold" || o.op === "transfer" ? o : null);
   const { rows } = await pool.query<StepRow>(
     "SELECT * FROM ledger_apply_batch($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[])",
     [
@@ -153,7 +154,7 @@ function holdOf(row: StepRow): HoldRow | null {
 /** The messages the single-step API has always answered with. */
 function refusalMessage(operation: LedgerOperation, code: StepRefusalCode, hold: HoldRow | null): string {
   const { transfer_id } = operation;
-  const input = operation.op === "hold" ? operation : null;
+  const input = operation.op === "hold" || operation.op === "transfer" ? operation : null;
   switch (code) {
     case "same_wallet":
       return "source and destination are the same user";
