@@ -4,24 +4,30 @@
 -- saga commit, a ledger call and a ledger commit per transfer, and a client's POST waited on all
 -- of them in turn.
 --
--- ledger_transfer(id, source, dest, amount) is ledger_hold followed by ledger_post in the same
--- transaction, so its journal, its holds row and every check are the ones the two steps make
--- (the audit, the deferred triggers and the held-out bound need nothing new):
--- - The hold's refusals (same_wallet, source_not_found, dest_not_found, insufficient_funds,
---   hold_mismatch) are answered as they are, and stay final (hold_refusals, 003).
--- - A credit that cannot land (the payee closed, or no room under 2^53-1) is refunded at once:
---   the hold is voided in the same transaction and the answer is dest_unavailable, with no money
---   moved. A voided hold is final, so a retry answers dest_unavailable again. A refused transfer
---   therefore never leaves money in clearing.
--- - Idempotent by transfer id: a retry finds the hold posted (ok, the first balances), voided
---   (dest_unavailable) or, if a hold step made it earlier, held, and posts it.
+-- ledger_transfer(id, source, dest, amount) moves the money from the payer's wallet to the
+-- payee's in one pass, and leaves what a hold and its post would have left:
+-- - the hold row, inserted already posted (with both balances before), so that every later
+--   question about the transfer (a retry, a post, a void, the audit) is answered from it;
+-- - the journal of both steps: a 'hold' posting (wallet -> clearing) and a 'post' posting
+--   (clearing -> wallet), written in two statements;
+-- - the payee's held-out bound as a post leaves it (ledger_credit_room, 006); the payer's is left
+--   alone, as nothing stays held out of it.
+-- Refusals, decided before anything is written:
+-- - same_wallet, hold_mismatch, and the hold's final refusals (003): dest_not_found (the payee
+--   has no open wallet), source_not_found, insufficient_funds, written to hold_refusals and
+--   answered again to every later copy;
+-- - dest_unavailable: no room under 2^53-1 for the credit. Final too: the hold row is inserted
+--   voided (no money moved, so no journal), and a voided hold answers dest_unavailable for ever.
+-- Idempotent by transfer id: a retry finds the hold posted (ok, the first balances) or voided
+-- (dest_unavailable). A hold an earlier version's hold step made, still held, is posted (or
+-- refunded, when the credit cannot land) by the two-phase functions.
 --
--- Locks. A transfer locks two wallets: the payer's (the hold) and the payee's (the post). The
--- lock order of 002 (phase 2: each step in the order of the one wallet it locks) does not cover
--- a step that locks two, so a batch that holds a transfer step first takes every wallet the
--- batch will lock, in user id order, in one statement; its steps then take nothing they wait
--- for. Every transaction still takes the advisory locks first, then wallets in ascending order,
--- so no cycle of waits can form. A batch without transfer steps runs as in 007.
+-- Locks. A transfer locks two wallets: the payer's and the payee's, in user id order. The lock
+-- order of 002 (phase 2: each step in the order of the one wallet it locks) does not cover a step
+-- that locks two, so a batch that holds a transfer step first takes every wallet the batch will
+-- lock, in user id order, in one statement; its steps then take nothing they wait for. Every
+-- transaction still takes the advisory locks first, then wallets in ascending order, so no cycle
+-- of waits can form. A batch without transfer steps runs as in 007.
 
 CREATE FUNCTION ledger_transfer(
   p_transfer_id uuid,
@@ -31,31 +37,110 @@ CREATE FUNCTION ledger_transfer(
 ) RETURNS ledger_step
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+  h holds;
+  r hold_refusals;
   s ledger_step;
-  v ledger_step;
+  w record;
+  v_source accounts;
+  v_dest accounts;
+  v_source_open boolean;
+  v_dest_open boolean;
+  v_dest_held_out_minor bigint;
 BEGIN
-  s := ledger_hold(p_transfer_id, p_source_user_id, p_dest_user_id, p_amount_minor);
-  IF s.result <> 'ok' OR s.state = 'posted' THEN
-    RETURN s;
+  IF p_transfer_id IS NULL OR p_source_user_id IS NULL OR p_dest_user_id IS NULL
+     OR p_amount_minor IS NULL OR p_amount_minor NOT BETWEEN 1 AND 9007199254740991 THEN
+    RAISE EXCEPTION 'ledger_transfer: invalid input (transfer %, source %, dest %, amount %)',
+      p_transfer_id, p_source_user_id, p_dest_user_id, p_amount_minor
+      USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF s.state = 'voided' THEN
-    RETURN ROW('dest_unavailable', s.transfer_id, s.source_user_id, s.dest_user_id, s.amount_minor,
-               s.state, s.source_balance_before_minor, s.dest_balance_before_minor, s.created_at,
-               s.updated_at)::ledger_step;
+  IF p_source_user_id = p_dest_user_id THEN
+    RETURN ledger_step_of('same_wallet', NULL);
   END IF;
-  s := ledger_post(p_transfer_id);
-  IF s.result <> 'dest_unavailable' THEN
-    -- ok, or a refusal that a hold found held cannot give (hold_not_found, hold_voided): the
-    -- service treats any answer but ok and dest_unavailable as a broken invariant.
-    RETURN s;
+
+  -- Every copy of this transfer takes this lock before deciding (as ledger_hold does).
+  PERFORM ledger_lock_transfer(p_transfer_id);
+  SELECT * INTO h FROM holds WHERE transfer_id = p_transfer_id;
+  IF FOUND THEN
+    IF (h.source_user_id, h.dest_user_id, h.amount_minor)
+       IS DISTINCT FROM (p_source_user_id, p_dest_user_id, p_amount_minor) THEN
+      RETURN ledger_step_of('hold_mismatch', h);
+    END IF;
+    IF h.state = 'posted' THEN
+      RETURN ledger_step_of('ok', h);
+    END IF;
+    IF h.state = 'held' THEN
+      s := ledger_post(p_transfer_id);
+      IF s.result <> 'dest_unavailable' THEN
+        RETURN s;
+      END IF;
+      s := ledger_void(p_transfer_id);
+      IF s.result <> 'ok' THEN
+        RAISE EXCEPTION 'ledger_transfer: the refund of % answered %', p_transfer_id, s.result;
+      END IF;
+      SELECT * INTO STRICT h FROM holds WHERE transfer_id = p_transfer_id;
+    END IF;
+    RETURN ledger_step_of('dest_unavailable', h);
   END IF;
-  v := ledger_void(p_transfer_id);
-  IF v.result <> 'ok' THEN
-    RAISE EXCEPTION 'ledger_transfer: the refund of % answered %', p_transfer_id, v.result;
+  SELECT * INTO r FROM hold_refusals WHERE transfer_id = p_transfer_id;
+  IF FOUND THEN
+    IF (r.source_user_id, r.dest_user_id, r.amount_minor)
+       = (p_source_user_id, p_dest_user_id, p_amount_minor) THEN
+      RETURN ledger_step_of(r.result, NULL);
+    END IF;
+    RETURN ledger_step_of('hold_mismatch', NULL);
   END IF;
-  RETURN ROW('dest_unavailable', v.transfer_id, v.source_user_id, v.dest_user_id, v.amount_minor,
-             v.state, v.source_balance_before_minor, v.dest_balance_before_minor, v.created_at,
-             v.updated_at)::ledger_step;
+
+  -- Both wallets, in user id order; then, in a later statement (a new snapshot), who is open.
+  FOR w IN SELECT a FROM accounts a WHERE a.user_id IN (p_source_user_id, p_dest_user_id)
+           ORDER BY a.user_id FOR UPDATE LOOP
+    IF (w.a).user_id = p_source_user_id THEN v_source := w.a; ELSE v_dest := w.a; END IF;
+  END LOOP;
+  SELECT coalesce(bool_or(u.id = p_source_user_id), false), coalesce(bool_or(u.id = p_dest_user_id), false)
+  INTO v_source_open, v_dest_open
+  FROM users u WHERE u.id IN (p_source_user_id, p_dest_user_id) AND u.deleted_at IS NULL;
+  IF v_dest.id IS NULL OR NOT v_dest_open THEN
+    RETURN ledger_refuse_hold('dest_not_found', p_transfer_id, p_source_user_id, p_dest_user_id, p_amount_minor);
+  END IF;
+  IF v_source.id IS NULL OR NOT v_source_open THEN
+    RETURN ledger_refuse_hold('source_not_found', p_transfer_id, p_source_user_id, p_dest_user_id, p_amount_minor);
+  END IF;
+  IF v_source.balance_minor < p_amount_minor THEN
+    RETURN ledger_refuse_hold('insufficient_funds', p_transfer_id, p_source_user_id, p_dest_user_id, p_amount_minor);
+  END IF;
+  v_dest_held_out_minor := ledger_credit_room(p_dest_user_id, v_dest.balance_minor,
+                                              v_dest.held_out_bound_minor, p_amount_minor);
+  IF v_dest_held_out_minor IS NULL THEN
+    INSERT INTO holds (transfer_id, source_user_id, dest_user_id, amount_minor, state, source_balance_before_minor)
+    VALUES (p_transfer_id, p_source_user_id, p_dest_user_id, p_amount_minor, 'voided', v_source.balance_minor)
+    RETURNING * INTO h;
+    RETURN ledger_step_of('dest_unavailable', h);
+  END IF;
+
+  UPDATE accounts SET balance_minor = balance_minor - p_amount_minor, updated_at = now()
+  WHERE id = v_source.id;
+  UPDATE accounts SET balance_minor = balance_minor + p_amount_minor,
+                      held_out_bound_minor = v_dest_held_out_minor, updated_at = now()
+  WHERE id = v_dest.id;
+  INSERT INTO holds (transfer_id, source_user_id, dest_user_id, amount_minor, state,
+                     source_balance_before_minor, dest_balance_before_minor)
+  VALUES (p_transfer_id, p_source_user_id, p_dest_user_id, p_amount_minor, 'posted',
+          v_source.balance_minor, v_dest.balance_minor)
+  RETURNING * INTO h;
+  -- The journal of a hold and its post: wallet -> clearing (2), then clearing -> wallet.
+  WITH journal AS (
+    INSERT INTO postings (kind, transfer_id) VALUES ('hold', p_transfer_id), ('post', p_transfer_id)
+    RETURNING postings.id, postings.kind
+  )
+  INSERT INTO entries (posting_id, account_id, amount_minor, balance_after_minor)
+  SELECT j.id, e.account_id, e.amount_minor, e.balance_after_minor
+  FROM journal j
+  JOIN (VALUES ('hold', 1, v_source.id, -p_amount_minor, v_source.balance_minor - p_amount_minor),
+               ('hold', 2, 2::bigint, p_amount_minor, NULL::bigint),
+               ('post', 3, 2::bigint, -p_amount_minor, NULL::bigint),
+               ('post', 4, v_dest.id, p_amount_minor, v_dest.balance_minor + p_amount_minor))
+    AS e(kind, leg, account_id, amount_minor, balance_after_minor) ON e.kind = j.kind
+  ORDER BY e.leg;
+  RETURN ledger_step_of('ok', h);
 END
 $$;
 
