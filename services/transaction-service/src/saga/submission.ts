@@ -90,10 +90,10 @@ export async function submitTransfer(
       drive: async (transfer) => {
         deps.runner.onTransition(transfer);
         return deps.runner.advance(transfer, responseFor).catch((error: unknown) => {
-          // Accepted but not yet debited (the ledger did not answer): the sweep finishes it.
+          // Accepted, its ledger step not confirmed (the ledger did not answer): the sweep finishes it.
           log.warn(
             { err: error, transfer_id: transfer.id },
-            "debit not confirmed in time; left to the sweep",
+            "ledger step not confirmed in time; left to the sweep",
           );
           return transfer;
         });
