@@ -42,6 +42,14 @@ return #KEYS`;
  */
 export const PUT_BATCH_MAX = 200;
 
+/**
+ * Final transfers this process also keeps (the oldest leaves first). A final status never changes
+ * (no transition leaves COMPLETED or FAILED, and parking never turns a decided status back), so a
+ * kept copy needs no invalidation, in this copy of the service or any other, and a read of it costs
+ * no Redis round trip.
+ */
+export const FINAL_LOCAL_MAX = 20_000;
+
 /** Entries (transfers, users' list generations) one call invalidates. */
 const INVALIDATE_CHUNK_MAX = 500;
 
@@ -70,6 +78,9 @@ export class TransferCache {
   readonly #timeout_ms: number;
   /** Write-through puts, several to a call when they come together (see PUT_BATCH_MAX). */
   readonly #puts: Batcher<TransferSnapshot, null>;
+  /** Final transfers by lower-case id, in the order kept (see FINAL_LOCAL_MAX). */
+  readonly #finals = new Map<string, Readonly<TransferSnapshot>>();
+  readonly #final_local_max: number;
   /** Told of each read: which cache, and whether it was a hit (metrics). */
   onLookup: (cache: "transfer" | "list", hit: boolean) => void = () => {};
 
@@ -82,6 +93,8 @@ export class TransferCache {
       ttl_final_ms: number;
       ttl_list_ms: number;
       timeout_ms: number;
+      /** Final transfers kept in this process (default FINAL_LOCAL_MAX; 0 keeps none). */
+      final_local_max?: number;
     },
   ) {
     this.#redis = redis;
@@ -91,6 +104,7 @@ export class TransferCache {
     this.#ttl_final_ms = options.ttl_final_ms;
     this.#ttl_list_ms = options.ttl_list_ms;
     this.#timeout_ms = options.timeout_ms;
+    this.#final_local_max = options.final_local_max ?? FINAL_LOCAL_MAX;
     this.#puts = new Batcher({
       name: "cache puts",
       batch_max: PUT_BATCH_MAX,
@@ -100,16 +114,36 @@ export class TransferCache {
     });
   }
 
-  async getTransfer(id: string): Promise<TransferSnapshot | null> {
+  /** The transfer, if cached; a final one from this process when it has it. Never to be mutated. */
+  async getTransfer(id: string): Promise<Readonly<TransferSnapshot> | null> {
+    const kept = this.#finals.get(id.toLowerCase());
+    if (kept !== undefined) {
+      this.onLookup("transfer", true);
+      return kept;
+    }
     const value = await this.#safe("get", () => this.#redis.get(this.#transferKey(id)));
     this.onLookup("transfer", typeof value === "string");
     if (typeof value !== "string") return null;
     const separator = value.indexOf("|");
-    return JSON.parse(value.slice(separator + 1)) as TransferSnapshot;
+    const snapshot = JSON.parse(value.slice(separator + 1)) as TransferSnapshot;
+    this.#keepFinal(snapshot);
+    return snapshot;
+  }
+
+  #keepFinal(snapshot: TransferSnapshot): void {
+    if (snapshot.status === "PENDING" || this.#final_local_max === 0) return;
+    const key = snapshot.id.toLowerCase();
+    if (this.#finals.has(key)) return;
+    if (this.#finals.size >= this.#final_local_max) {
+      const oldest = this.#finals.keys().next();
+      if (oldest.done !== true) this.#finals.delete(oldest.value);
+    }
+    this.#finals.set(key, Object.freeze({ ...snapshot }));
   }
 
   /** Never throws: a put that cannot be made leaves the entry to its TTL and the invalidations. */
   async putTransfer(snapshot: TransferSnapshot): Promise<void> {
+    this.#keepFinal(snapshot);
     await this.#puts.submit(snapshot).catch((error: unknown) => {
       // Only a full queue lands here (a put's own failure is logged by #safe).
       this.#logger.warn({ err: error }, "cache put failed; serving without cache");

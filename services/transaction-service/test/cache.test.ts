@@ -3,6 +3,7 @@
  * leave as one call, each entry still a compare-and-set by status rank (a PENDING put never
  * overwrites a COMPLETED entry), with the TTL of its status; an invalidation drops only entries
  * behind the saga's status and starts new generations of the users' lists, one call per chunk.
+ * Final transfers are also kept in the process, a bounded number, and read from there.
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
@@ -36,12 +37,18 @@ function snapshot(status: TransferSnapshot["status"], id = randomUUID()): Transf
 describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_URL unset" : false }, () => {
   const redis = createClient({ url: REDIS_URL });
   let evals = 0;
+  let gets = 0;
   let cache: TransferCache;
+  /** As `cache`, and keeping up to two final transfers in the process. */
+  let keeping: TransferCache;
 
   before(async () => {
     await redis.connect();
     const counting: Redis = {
-      get: (key) => redis.get(key),
+      get: (key) => {
+        gets += 1;
+        return redis.get(key);
+      },
       set: (key, value, options) => redis.set(key, value, options),
       incr: (key) => redis.incr(key),
       eval: (script, options) => {
@@ -49,14 +56,17 @@ describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_
         return redis.eval(script, options);
       },
     };
-    cache = new TransferCache(counting, {
+    const options = {
       prefix: PREFIX,
       logger: createLogger("cache-test", "silent"),
       ttl_pending_ms: TTL_PENDING_MS,
       ttl_final_ms: TTL_FINAL_MS,
       ttl_list_ms: 60_000,
       timeout_ms: 5_000,
-    });
+    };
+    // Redis alone, so that every read below asks it.
+    cache = new TransferCache(counting, { ...options, final_local_max: 0 });
+    keeping = new TransferCache(counting, { ...options, final_local_max: 2 });
   });
   after(async () => {
     const keys = await redis.keys(`${PREFIX}*`);
@@ -118,5 +128,23 @@ describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_
     assert.equal(evals, 1);
     assert.equal(await cache.getList(7_001, "page"), null, "the list's generation moved on");
     assert.equal(await redis.get(`${PREFIX}user-transfers-gen:7002`), "1");
+  });
+
+  it("keeps final transfers in the process, at most final_local_max, and never a pending one", async () => {
+    const [first, second, third] = [snapshot("COMPLETED"), snapshot("FAILED"), snapshot("COMPLETED")];
+    const pending = snapshot("PENDING");
+    await Promise.all([first, second, pending].map((s) => keeping.putTransfer(s)));
+    // Gone from Redis (its TTL, say): the final ones are still read, from the process.
+    await redis.del([first, second, pending].map((s) => `${PREFIX}transfer:${s.id}`));
+    gets = 0;
+    assert.deepEqual(await keeping.getTransfer(first.id.toUpperCase()), first);
+    assert.deepEqual(await keeping.getTransfer(second.id), second);
+    assert.equal(gets, 0, "no Redis round trip for a kept transfer");
+    assert.equal(await keeping.getTransfer(pending.id), null, "a pending transfer is never kept");
+    // A third final one (read from Redis) pushes out the oldest.
+    await cache.putTransfer(third);
+    assert.deepEqual(await keeping.getTransfer(third.id), third);
+    assert.equal(await keeping.getTransfer(first.id), null, "the oldest kept transfer left");
+    assert.deepEqual(await keeping.getTransfer(second.id), second);
   });
 });
