@@ -80,8 +80,13 @@ describe("user access tokens", () => {
     const header = `Bearer ${issued.access_token}`;
     assert.deepEqual(await fresh.authenticate(header), { kind: "user", user_id: 7 });
     assert.deepEqual(await fresh.authenticate(header), { kind: "user", user_id: 7 });
-    // A token with one changed signature byte is not the remembered one.
-    const forged = `${issued.access_token.slice(0, -2)}${issued.access_token.endsWith("A") ? "BB" : "AA"}`;
+    // A token with one changed signature byte is not the remembered one. (The byte is changed in
+    // the decoded signature: editing the base64url text's last characters can leave the bytes
+    // as they were, since its last character carries unused bits.)
+    const [head, body, signature] = issued.access_token.split(".");
+    const bytes = Buffer.from(signature ?? "", "base64url");
+    bytes[0] = (bytes[0] ?? 0) ^ 0xff;
+    const forged = `${head}.${body}.${bytes.toString("base64url")}`;
     assert.equal((await refusal(fresh.authenticate(`Bearer ${forged}`))).status, 401);
     // Past its expiry (and jose's 5 s of clock tolerance) the remembered token is refused too.
     t.mock.timers.enable({ apis: ["Date"], now: Date.now() + 10_000 });
