@@ -97,10 +97,9 @@ export class SagaRunner {
         awaitedRecordStatus(step.next.state) === null
           ? this.#timings.step_timeout_ms
           : this.#timings.record_resend_ms;
-      // The request's answer is kept with the transition that decides the status: a debited
-      // transfer's credit follows within the same request, so keeping its PENDING answer would
-      // tell the client less than the request knew. A drive that ends PENDING (the ledger did
-      // not answer in time) keeps its answer afterwards (idempotent-submission.ts).
+      // The request's answer is kept with the transition that decides the status (a lone
+      // transfer's first; an item's after its credit or refund). A drive that ends PENDING (the
+      // ledger did not answer in time) keeps its answer afterwards (idempotent-submission.ts).
       const response =
         respond === undefined || publicStatus(step.next.state) === "PENDING" ? null : respond(step.next);
       const committed = await this.#store.commitTransition(

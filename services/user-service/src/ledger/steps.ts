@@ -58,29 +58,29 @@ export async function applyBatch(
   // UUIDs compare case-insensitively in PostgreSQL: so must the duplicate check.
   const ids = operations.map((o) => o.transfer_id.toLowerCase());
   assert(new Set(ids).size === ids.length, "a transfer appears more than once in one batch");
-  for (const o of operations) {
-    if (o.op !== "hold" && o.op !== "transfer") continue;
-    assert(Number.isSafeInteger(o.amount), `hold ${o.transfer_id}: amount ${o.amount} is not an integer`);
-    assert(o.amount > 0, `hold ${o.transfer_id}: amount ${o.amount} is not positive`);
+  for (const operation of operations) {
+    const o = withParties(operation);
+    if (o === null) continue;
+    assert(Number.isSafeInteger(o.amount), `${o.op} ${o.transfer_id}: amount ${o.amount} is not an integer`);
+    assert(o.amount > 0, `${o.op} ${o.transfer_id}: amount ${o.amount} is not positive`);
     assert(
       o.amount <= AMOUNT_MAX_MINOR,
-      `hold ${o.transfer_id}: amount ${o.amount} is above ${AMOUNT_MAX_MINOR}`,
+      `${o.op} ${o.transfer_id}: amount ${o.amount} is above ${AMOUNT_MAX_MINOR}`,
     );
-    assert(Number.isSafeInteger(o.source_user_id), `hold ${o.transfer_id}: source ${o.source_user_id}`);
-    assert(o.source_user_id > 0, `hold ${o.transfer_id}: source ${o.source_user_id} is not positive`);
-    assert(Number.isSafeInteger(o.dest_user_id), `hold ${o.transfer_id}: destination ${o.dest_user_id}`);
-    assert(o.dest_user_id > 0, `hold ${o.transfer_id}: destination ${o.dest_user_id} is not positive`);
+    assert(Number.isSafeInteger(o.source_user_id), `${o.op} ${o.transfer_id}: source ${o.source_user_id}`);
+    assert(o.source_user_id > 0, `${o.op} ${o.transfer_id}: source ${o.source_user_id} is not positive`);
+    assert(Number.isSafeInteger(o.dest_user_id), `${o.op} ${o.transfer_id}: destination ${o.dest_user_id}`);
+    assert(o.dest_user_id > 0, `${o.op} ${o.transfer_id}: destination ${o.dest_user_id} is not positive`);
   }
 
-  const hold = (o: LedgerOperation) => (o.op === "hold" || o.op === "transfer" ? o : null);
   const { rows } = await pool.query<StepRow>(
     "SELECT * FROM ledger_apply_batch($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[])",
     [
       operations.map((o) => o.op),
       operations.map((o) => o.transfer_id),
-      operations.map((o) => hold(o)?.source_user_id ?? null),
-      operations.map((o) => hold(o)?.dest_user_id ?? null),
-      operations.map((o) => hold(o)?.amount ?? null),
+      operations.map((o) => withParties(o)?.source_user_id ?? null),
+      operations.map((o) => withParties(o)?.dest_user_id ?? null),
+      operations.map((o) => withParties(o)?.amount ?? null),
     ],
   );
   assert(rows.length === operations.length, `${operations.length} steps answered ${rows.length} rows`);
@@ -98,6 +98,11 @@ export async function applyBatch(
     assert(result !== undefined, `step ${index + 1} was not answered`);
     return result;
   });
+}
+
+/** A step that names its parties and amount (hold, transfer); null for post and void. */
+function withParties(operation: LedgerOperation) {
+  return operation.op === "hold" || operation.op === "transfer" ? operation : null;
 }
 
 function toResult(operation: LedgerOperation, row: StepRow): LedgerOperationResult {
@@ -154,7 +159,7 @@ function holdOf(row: StepRow): HoldRow | null {
 /** The messages the single-step API has always answered with. */
 function refusalMessage(operation: LedgerOperation, code: StepRefusalCode, hold: HoldRow | null): string {
   const { transfer_id } = operation;
-  const input = operation.op === "hold" || operation.op === "transfer" ? operation : null;
+  const input = withParties(operation);
   switch (code) {
     case "same_wallet":
       return "source and destination are the same user";
