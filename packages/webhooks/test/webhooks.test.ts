@@ -388,6 +388,34 @@ describe("webhooks: isolation and crashes", () => {
     }
   });
 
+  it("a burst after an ANALYZE that saw no pending row is claimed endpoint by endpoint, not by reading every due row", async () => {
+    const eps = await Promise.all(Array.from({ length: 20 }, (_, n) => endpoint(`/burst-${n}`)));
+    const events = (round: string, per_endpoint: number) =>
+      eps.flatMap((ep, e) =>
+        Array.from({ length: per_endpoint }, (_, i) => transferEvent(`evt_${round}_${e}_${i}`, [ep.user])),
+      );
+    const ids = eps.map((ep) => ep.id);
+    try {
+      // Between bursts every delivery is delivered: that is what the statistics see.
+      await pool.query("UPDATE webhook_deliveries SET state = 'delivered' WHERE state = 'pending'");
+      await enqueue(events("quiet", 50));
+      await pool.query(
+        "UPDATE webhook_deliveries SET state = 'delivered' WHERE endpoint_id = ANY ($1::uuid[])",
+        [ids],
+      );
+      await pool.query("ANALYZE webhook_deliveries");
+      for (const half of [events("burst", 100).slice(0, 1_000), events("burst", 100).slice(1_000)])
+        await enqueue(half);
+      const options = { endpoint_in_flight_max: 2, lease_ms: 10_000 } as DispatcherOptions;
+      const claimed = await explainedClaim(options, 16, new Map(), ids);
+      assert.equal(claimed.paths.length, 16);
+      // 2,000 rows due: the window reads 64 of them, then each of 8 endpoints its own 2.
+      assert.ok(claimed.rows_read < 400, `${claimed.rows_read} rows read to claim 16 of 2,000 due rows`);
+    } finally {
+      for (const ep of eps) await deleteEndpoint(pool, ep.user, ep.id);
+    }
+  });
+
   it("leases only the deliveries it has room to send", async () => {
     const eps = await Promise.all(["/room-a", "/room-b", "/room-c"].map((path) => endpoint(path)));
     await enqueue(eps.flatMap((ep, i) => [0, 1].map((n) => transferEvent(`evt_room_${i}_${n}`, [ep.user]))));
