@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { preparedNameOf } from "../index.ts";
+import { planGenerationOf, preparedNameOf, REPLAN_AT_EXECUTIONS } from "../index.ts";
 import { openTestSchema, type TestSchema } from "../test-schema.ts";
 
 const BASE_URL = process.env.TEST_SAGA_DATABASE_URL ?? "";
@@ -40,9 +40,48 @@ describe("prepared statements", { skip: BASE_URL === "" ? "TEST_SAGA_DATABASE_UR
     // One connection (pool_max 1): the statements it prepared are its own session's.
     const prepared = await schema.pool.query<{ name: string; statement: string }>(
       "SELECT name, statement FROM pg_prepared_statements WHERE name = ANY($1::text[]) ORDER BY name",
-      [[preparedNameOf(insert), preparedNameOf(select)]],
+      [[`${preparedNameOf(insert)}_0`, `${preparedNameOf(select)}_0`]],
     );
     assert.deepEqual(prepared.rows.map((r) => r.statement).sort(), [insert, select].sort());
+  });
+
+  it("plans a statement again as its runs grow, so a plan made on an empty table does not stay", async () => {
+    await schema.pool.query("CREATE TABLE growing (id int PRIMARY KEY, label text NOT NULL)");
+    const update =
+      "UPDATE growing g SET label = i.label FROM unnest($1::int[], $2::text[]) AS i(id, label) WHERE g.id = i.id";
+    // Ten rows a run, as a batch of transitions: custom plans cost what the generic one does, so
+    // PostgreSQL settles on the generic plan.
+    const ids = Array.from({ length: 10 }, (_, i) => i + 1);
+    const run = () => schema.pool.query(update, [ids, ids.map(String)]);
+    const planOf = async () => {
+      const prepared = await schema.pool.query<{ name: string }>(
+        "SELECT name FROM pg_prepared_statements WHERE statement = $1",
+        [update],
+      );
+      assert.equal(prepared.rows.length, 1, "one statement prepared for the text");
+      const name = prepared.rows[0]?.name ?? "";
+      const explained = await schema.pool.query<{ "QUERY PLAN": string }>(
+        `EXPLAIN EXECUTE ${name}('{1,2,3,4,5,6,7,8,9,10}'::int[], '{1,2,3,4,5,6,7,8,9,10}'::text[])`,
+      );
+      return explained.rows.map((r) => r["QUERY PLAN"]).join("\n");
+    };
+    // Past PostgreSQL's five custom plans: the generic plan is the empty table's.
+    for (let i = 0; i < 10; i++) await run();
+    await schema.pool.query("INSERT INTO growing SELECT n, 'x' FROM generate_series(1, 50000) n");
+    assert.match(await planOf(), /Seq Scan on growing/);
+    for (let i = 10; i < (REPLAN_AT_EXECUTIONS[0] ?? 0) + 10; i++) await run();
+    const replanned = await planOf();
+    assert.match(replanned, /Index Scan using growing_pkey/);
+    assert.doesNotMatch(replanned, /Seq Scan/);
+  });
+
+  it("prepares anew at each step of runs, then no more", () => {
+    assert.equal(planGenerationOf(1), 0);
+    assert.equal(planGenerationOf(REPLAN_AT_EXECUTIONS[0] - 1), 0);
+    assert.equal(planGenerationOf(REPLAN_AT_EXECUTIONS[0]), 1);
+    const last = REPLAN_AT_EXECUTIONS[REPLAN_AT_EXECUTIONS.length - 1] ?? 0;
+    assert.equal(planGenerationOf(last), REPLAN_AT_EXECUTIONS.length);
+    assert.equal(planGenerationOf(last * 1_000), REPLAN_AT_EXECUTIONS.length);
   });
 
   it("runs a statement without parameters as given, several at once", async () => {

@@ -124,6 +124,11 @@ function writeConfig(): void {
     "fsync = on",
     "synchronous_commit = on",
     "full_page_writes = on",
+    // Tables start empty and fill fast: PostgreSQL keeps the plans of prepared statements and of
+    // the ledger's PL/pgSQL functions, made for empty tables, until an ANALYZE of those tables.
+    // Autovacuum looks at each database this often (default 1 min), so the first ANALYZE comes
+    // seconds after a table has grown, not a minute (a sequential scan per step meanwhile).
+    "autovacuum_naptime = '5s'",
     "timezone = 'UTC'",
     "log_timezone = 'UTC'",
     "log_line_prefix = '%m [%p] %q%u@%d '",
