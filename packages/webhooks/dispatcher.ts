@@ -106,7 +106,11 @@ interface Claimed {
   id: string;
   endpoint_id: string;
   webhook_id: string;
-  payload: unknown;
+  /** The request body, the payload as PostgreSQL writes it: sent and signed as it is, never re-serialised. */
+  body: string;
+  /** What the event is about, for the delivery's log lines. */
+  transfer_id: string | null;
+  disbursement_id: string | null;
   attempts: number;
   claim_token: string;
   url: string;
@@ -461,7 +465,9 @@ UPDATE webhook_deliveries d
        claim_token = gen_random_uuid(), attempts = d.attempts + 1, updated_at = now()
   FROM chosen, webhook_endpoints e
  WHERE d.id = chosen.id AND e.id = d.endpoint_id
- RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload, d.attempts, d.claim_token, e.url, d.traceparent,
+ RETURNING d.id, d.endpoint_id, d.webhook_id, d.payload::text AS body, d.attempts, d.claim_token, e.url, d.traceparent,
+           d.payload->'data'->'transaction'->>'id' AS transfer_id,
+           d.payload->'data'->'disbursement'->>'id' AS disbursement_id,
            array_remove(ARRAY[e.secret, CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END],
                         NULL) AS secrets`;
 
@@ -505,11 +511,8 @@ export async function claim(
  */
 function subjectOf(row: Claimed): Record<string, string> {
   const fields: Record<string, string> = { delivery_id: row.id, webhook_id: row.webhook_id };
-  const data = (row.payload as { data?: Record<string, { id?: unknown } | undefined> } | null)?.data;
-  const transfer_id = data?.transaction?.id;
-  const disbursement_id = data?.disbursement?.id;
-  if (typeof transfer_id === "string") fields.transfer_id = transfer_id;
-  if (typeof disbursement_id === "string") fields.disbursement_id = disbursement_id;
+  if (row.transfer_id !== null) fields.transfer_id = row.transfer_id;
+  if (row.disbursement_id !== null) fields.disbursement_id = row.disbursement_id;
   return fields;
 }
 
@@ -578,7 +581,7 @@ async function attempt(options: AttemptOptions, row: Claimed): Promise<Outcome> 
       options.attempt_timeout_ms,
       "webhook URL check",
     );
-    const body = JSON.stringify(row.payload);
+    const body = row.body;
     // The signature covers id, timestamp and body only: the trace header needs no signing.
     const headers = injectHttpHeaders({ ...signHeaders(row.webhook_id, new Date(), body, row.secrets) });
     const response_code = await post(row.endpoint_id, target, body, headers, signal, options);

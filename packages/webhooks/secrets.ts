@@ -20,10 +20,27 @@ export interface SignedHeaders {
   "webhook-signature": string;
 }
 
+/**
+ * Signers by key, kept so that a burst to one endpoint decodes its key once, not once per event.
+ * Bounded: past `signers_max` keys the oldest is dropped (it is made again if still in use).
+ */
+const signers = new Map<string, Webhook>();
+const signers_max = 1_024;
+
+function signerOf(secret: string): Webhook {
+  let signer = signers.get(secret);
+  if (signer === undefined) {
+    signer = new Webhook(secret);
+    signers.set(secret, signer);
+    if (signers.size > signers_max) signers.delete(signers.keys().next().value as string);
+  }
+  return signer;
+}
+
 /** The three Standard Webhooks headers for one attempt of one message, signed with every key given. */
 export function signHeaders(webhook_id: string, at: Date, body: string, secrets: string[]): SignedHeaders {
   assert(secrets.length > 0, "a webhook is signed with at least one key");
-  const signatures = secrets.map((secret) => new Webhook(secret).sign(webhook_id, at, body));
+  const signatures = secrets.map((secret) => signerOf(secret).sign(webhook_id, at, body));
   return {
     "webhook-id": webhook_id,
     "webhook-timestamp": String(Math.floor(at.getTime() / 1000)),

@@ -77,7 +77,7 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
 
   const start = () => {
     const started_ms = Date.now();
-    const w = new Worker(entry, { workerData: data, name: "webhook-dispatcher" });
+    const w = new Worker(entry, { workerData: data, name: "webhook-dispatcher", execArgv: workerExecArgv() });
     worker = w;
     w.on("message", (message: FromWorker) => {
       if (message.type === "result") options.on_result?.(message.result);
@@ -119,4 +119,15 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
       clearTimeout(timer);
     },
   };
+}
+
+/**
+ * A profiled process's Node options for the worker (the benchmark's --profile), with a CPU profile
+ * name of its own: under one --cpu-prof-name the thread that stops last would overwrite the
+ * other's profile. Otherwise none are given, and the worker inherits the process's.
+ */
+function workerExecArgv(): string[] | undefined {
+  const named = /^--cpu-prof-name=(.+)\.cpuprofile$/;
+  if (!process.execArgv.some((arg) => named.test(arg))) return undefined;
+  return process.execArgv.map((arg) => arg.replace(named, "--cpu-prof-name=$1-webhooks.cpuprofile"));
 }
