@@ -47,7 +47,7 @@ import {
 } from "./load.ts";
 import { summariseProfile, summaryMarkdown } from "./profile.ts";
 import { openWalletsInBulk } from "./wallets.ts";
-import { startWebhookProbe } from "./webhooks.ts";
+import { startWebhookProbe, type WebhookProbe } from "./webhooks.ts";
 
 const repoRoot = resolve(import.meta.dirname, "..", "..");
 /** The stack's engines run in folders under here (ops/bench/cpu.ts tells them from other stacks' by it). */
@@ -234,7 +234,7 @@ async function runPhase(
   });
 
   if (counted !== null) {
-    await countedRun(target, wallets.slice(0, mode.wallets_small), counted, service_pids, ledger);
+    await countedRun(target, wallets.slice(0, mode.wallets_small), counted, service_pids, ledger, webhooks);
     api.close();
     await webhooks.close();
     await ledger.end();
@@ -495,6 +495,7 @@ async function countedRun(
   counted: CountedRun,
   service_pids: ReadonlyMap<number, string>,
   ledger: ReturnType<typeof createPool>,
+  webhooks: WebhookProbe,
 ): Promise<void> {
   const commits = async (): Promise<Record<string, number>> => {
     const { rows } = await ledger.query<{ datname: string; xact_commit: string }>(
@@ -516,8 +517,10 @@ async function countedRun(
   const messages_before = await kafkaMessagesHandled();
   const commits_before = await commits();
   const before = sampleCpu(service_pids, data_dir);
+  const run_from_ms = Date.now();
   const run = await countedLoad(target, wallets, counted);
   const used_s = cpuSecondsBetween(before, sampleCpu(service_pids, data_dir));
+  const run_to_ms = Date.now();
   const commits_after = await commits();
   const finals = Math.max(1, run.finals);
   say(`counted run: ${run.summary}`);
@@ -546,9 +549,34 @@ async function countedRun(
   say(`  Kafka messages handled per transfer: ${JSON.stringify(messages_per_transfer)}`);
   for (const line of await statements.top(finals)) say(line);
   await admin.end();
-  process.stdout.write(
-    `COUNTED ${JSON.stringify({ kind: counted.kind, count: counted.count, finals: run.finals, per_transfer, commits_per_transfer })}\n`,
+  const webhook = await settledWebhookLatency(webhooks, run_from_ms, run_to_ms);
+  say(
+    `  webhooks, final status to receiver: p50 ${webhook.p50_ms} ms, p99 ${webhook.p99_ms} ms over ${webhook.count} events (${WEBHOOK_WALLETS} wallets' endpoints)`,
   );
+  process.stdout.write(
+    `COUNTED ${JSON.stringify({ kind: counted.kind, count: counted.count, finals: run.finals, per_transfer, commits_per_transfer, webhook })}\n`,
+  );
+}
+
+/**
+ * The webhook latency of the events that became final in [from_ms, to_ms), once their deliveries
+ * have stopped arriving (no new one for 2 s, or 60 s at most): the last ones of a burst are the
+ * p99, and they arrive after the load has ended.
+ */
+async function settledWebhookLatency(
+  webhooks: WebhookProbe,
+  from_ms: number,
+  to_ms: number,
+): Promise<Latency> {
+  const deadline_ms = Date.now() + 60_000;
+  let latency = webhooks.latencyBetween(from_ms, to_ms);
+  while (Date.now() < deadline_ms) {
+    await sleep(2_000);
+    const now = webhooks.latencyBetween(from_ms, to_ms);
+    if (now.count === latency.count) return now;
+    latency = now;
+  }
+  return latency;
 }
 
 /**
