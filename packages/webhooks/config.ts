@@ -28,9 +28,14 @@ export const webhookConfigShape = {
   WEBHOOK_RETENTION_MS: env.int(2_592_000_000, 60_000, 31_536_000_000),
   /** How long the previous signing secret keeps signing after a rotation. */
   WEBHOOK_SECRET_GRACE_MS: env.int(86_400_000, 0, 604_800_000),
-  /** Deliveries on an event loop of their own (a worker thread); false: on the service's main loop. */
+  /** Deliveries on event loops of their own (worker threads); false: on the service's main loop. */
   WEBHOOK_DISPATCHER_THREAD: env.bool(true),
-  /** Connections of the dispatcher thread's own pool: claims, recorded outcomes, pruning. */
+  /**
+   * Worker threads delivering, with WEBHOOK_DISPATCHER_THREAD: they share the queue and split
+   * WEBHOOK_CONCURRENCY_MAX and WEBHOOK_ENDPOINT_IN_FLIGHT_MAX between them.
+   */
+  WEBHOOK_DISPATCHER_THREADS: env.int(2, 1, 16),
+  /** Connections of each dispatcher thread's own pool: claims, recorded outcomes, pruning. */
   WEBHOOK_DATABASE_POOL_MAX: env.int(4, 2, 64),
 };
 

@@ -10,9 +10,15 @@
  * after a send (a shared flag the worker reads synchronously; a SIGKILL from any thread kills the
  * whole process). A worker that dies is logged and started again after a backoff: the saga goes on
  * meanwhile, and the deliveries the dead worker had leased are claimed again when their leases end.
+ *
+ * Several workers may share the queue (their claims skip each other's rows, as several copies'
+ * do), the process's limits split between them. On a busy host a thread's deliveries go at its
+ * share of the CPU: at a batch peak on two cores one thread fell behind a payer's 1,000 events a
+ * batch, two kept up (README, Profile-guided rounds 21).
  */
 import { Worker } from "node:worker_threads";
 import type { Logger } from "#packages/log/index.ts";
+import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms } from "#packages/runtime/index.ts";
 import type { DeliveryResult, Dispatcher, DispatcherSettings } from "./dispatcher.ts";
 
@@ -27,6 +33,12 @@ export interface DispatcherThreadOptions {
   /** The main thread's logger: the worker's starts, deaths and restarts. */
   logger: Logger;
   on_result?: (result: DeliveryResult) => void;
+  /**
+   * Worker threads sharing the queue (1 by default). The settings' limits are the process's: each
+   * thread gets its share of concurrency_max and endpoint_in_flight_max (at least 1), and a pool
+   * of pool_max connections of its own.
+   */
+  threads?: number;
 }
 
 export interface DispatcherThread extends Dispatcher {
@@ -58,17 +70,44 @@ const healthy_run_ms = 60_000;
 const stop_grace_ms = 5_000;
 
 const entry = new URL("./thread-entry.ts", import.meta.url);
+/** Most dispatcher threads in one process. */
+export const THREADS_MAX = 16;
 
 export function startDispatcherThread(options: DispatcherThreadOptions): DispatcherThread {
+  const threads = options.threads ?? 1;
+  assert(Number.isSafeInteger(threads) && threads >= 1 && threads <= THREADS_MAX, `threads: ${threads}`);
+  // One flag for every worker: whichever sends next reaches the crash point.
   const crash_after_send = new SharedArrayBuffer(4);
+  const share = (limit: number) => Math.max(1, Math.floor(limit / threads));
   const data: ThreadData = {
-    settings: options.settings,
+    settings: {
+      ...options.settings,
+      concurrency_max: share(options.settings.concurrency_max),
+      endpoint_in_flight_max: share(options.settings.endpoint_in_flight_max),
+    },
     database_url: options.database_url,
     pool_max: options.pool_max,
     service: options.service,
     log_level: options.log_level,
     crash_after_send,
   };
+  const workers = Array.from({ length: threads }, (_, index) => superviseWorker(data, index, options));
+  return {
+    wake: () => {
+      for (const w of workers) w.send({ type: "wake" });
+    },
+    crashAfterSend: () => Atomics.store(new Int32Array(crash_after_send), 0, 1),
+    async stop() {
+      await Promise.all(workers.map((w) => w.stop()));
+    },
+  };
+}
+
+/**
+ * One worker thread, started again after a backoff whenever it dies (its leased deliveries are
+ * claimed again when their leases end), until stop().
+ */
+function superviseWorker(data: ThreadData, index: number, options: DispatcherThreadOptions) {
   let worker: Worker | null = null;
   let stopping = false;
   let failures = 0;
@@ -77,12 +116,18 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
 
   const start = () => {
     const started_ms = Date.now();
-    const w = new Worker(entry, { workerData: data, name: "webhook-dispatcher", execArgv: workerExecArgv() });
+    const w = new Worker(entry, {
+      workerData: data,
+      name: `webhook-dispatcher-${index}`,
+      execArgv: workerExecArgv(index),
+    });
     worker = w;
     w.on("message", (message: FromWorker) => {
       if (message.type === "result") options.on_result?.(message.result);
     });
-    w.on("error", (error) => options.logger.error({ err: error }, "webhook dispatcher thread failed"));
+    w.on("error", (error) =>
+      options.logger.error({ err: error, thread: index }, "webhook dispatcher thread failed"),
+    );
     exited = new Promise((resolve) =>
       w.once("exit", (code) => {
         worker = null;
@@ -92,7 +137,7 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
         failures += 1;
         const delay_ms = backoff_ms(failures - 1, restart_base_ms, restart_cap_ms);
         options.logger.error(
-          { code, failures, restart_in_ms: delay_ms },
+          { code, failures, restart_in_ms: delay_ms, thread: index },
           "webhook dispatcher thread exited; starting it again",
         );
         restartTimer = setTimeout(start, delay_ms);
@@ -103,8 +148,7 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
 
   const send = (message: ToWorker) => worker?.postMessage(message);
   return {
-    wake: () => send({ type: "wake" }),
-    crashAfterSend: () => Atomics.store(new Int32Array(crash_after_send), 0, 1),
+    send,
     async stop() {
       stopping = true;
       clearTimeout(restartTimer);
@@ -112,9 +156,12 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
       if (w === null) return;
       send({ type: "stop" });
       const timer = setTimeout(() => {
-        options.logger.warn("webhook dispatcher thread did not stop in time; terminating it");
+        options.logger.warn(
+          { thread: index },
+          "webhook dispatcher thread did not stop in time; terminating it",
+        );
         void w.terminate();
-      }, options.settings.attempt_timeout_ms + stop_grace_ms);
+      }, data.settings.attempt_timeout_ms + stop_grace_ms);
       await exited;
       clearTimeout(timer);
     },
@@ -126,8 +173,9 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
  * name of its own: under one --cpu-prof-name the thread that stops last would overwrite the
  * other's profile. Otherwise none are given, and the worker inherits the process's.
  */
-function workerExecArgv(): string[] | undefined {
+function workerExecArgv(index: number): string[] | undefined {
   const named = /^--cpu-prof-name=(.+)\.cpuprofile$/;
   if (!process.execArgv.some((arg) => named.test(arg))) return undefined;
-  return process.execArgv.map((arg) => arg.replace(named, "--cpu-prof-name=$1-webhooks.cpuprofile"));
+  const suffix = index === 0 ? "webhooks" : `webhooks-${index}`;
+  return process.execArgv.map((arg) => arg.replace(named, `--cpu-prof-name=$1-${suffix}.cpuprofile`));
 }

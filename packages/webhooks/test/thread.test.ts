@@ -48,8 +48,13 @@ after(async () => {
   await pool.end();
 });
 
-function startThread(results: DeliveryResult[], threadLogger: Logger = logger): DispatcherThread {
+function startThread(
+  results: DeliveryResult[],
+  threadLogger: Logger = logger,
+  threads = 1,
+): DispatcherThread {
   return startDispatcherThread({
+    threads,
     settings: {
       guard: { allow_private: true },
       attempt_timeout_ms: 5_000,
@@ -110,6 +115,27 @@ describe("the dispatcher thread", () => {
       );
       await until("both results on the main thread", () => results.length === 2);
       assert.deepEqual(results, ["delivered", "delivered"]);
+    } finally {
+      await thread.stop();
+    }
+  });
+
+  it("two threads share the queue: every delivery sent once, every result reported", async () => {
+    const results: DeliveryResult[] = [];
+    const thread = startThread(results, logger, 2);
+    try {
+      const enqueue = await endpointAt("/shared");
+      const ids = await Promise.all(Array.from({ length: 40 }, (_, i) => enqueue(`shared-${i}`)));
+      thread.wake();
+      await until("every delivery arrived", () => ids.every((id) => arrivals.has(id)), 30_000);
+      await until("every result on the main thread", () => results.length === 40);
+      assert.deepEqual(new Set(results), new Set(["delivered"]));
+      const attempts = await pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+          WHERE d.webhook_id = ANY ($1::text[])`,
+        [ids],
+      );
+      assert.equal(attempts.rows[0]?.n, 40, "one attempt per delivery");
     } finally {
       await thread.stop();
     }

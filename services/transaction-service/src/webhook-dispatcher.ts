@@ -1,7 +1,8 @@
 /**
- * transaction-service's webhook dispatcher: on a worker thread of its own by default
- * (packages/webhooks/thread.ts), so that deliveries do not queue behind the saga's work on the
- * main event loop; WEBHOOK_DISPATCHER_THREAD=false runs it on the main loop instead.
+ * transaction-service's webhook dispatcher: on worker threads of its own by default
+ * (packages/webhooks/thread.ts, WEBHOOK_DISPATCHER_THREADS of them), so that deliveries do not
+ * queue behind the saga's work on the main event loop; WEBHOOK_DISPATCHER_THREAD=false runs it on
+ * the main loop instead.
  */
 
 import type { loadConfig } from "#packages/config/index.ts";
@@ -44,6 +45,7 @@ export function startWebhookDispatcher(parts: {
     log_level: config.LOG_LEVEL,
     logger: parts.logger,
     on_result,
+    threads: config.WEBHOOK_DISPATCHER_THREADS,
   });
   crashes?.onArm((point) => {
     if (point === "after_webhook_send") thread.crashAfterSend();
