@@ -34,9 +34,9 @@ export interface DispatcherThreadOptions {
   logger: Logger;
   on_result?: (result: DeliveryResult) => void;
   /**
-   * Worker threads sharing the queue (1 by default). The settings' limits are the process's: each
-   * thread gets its share of concurrency_max and endpoint_in_flight_max (at least 1), and a pool
-   * of pool_max connections of its own.
+   * Worker threads sharing the queue (1 by default; never more than the limits below allow). The
+   * settings' limits are the process's: each thread gets its share of concurrency_max and
+   * endpoint_in_flight_max, and a pool of pool_max connections of its own.
    */
   threads?: number;
 }
@@ -73,18 +73,36 @@ const entry = new URL("./thread-entry.ts", import.meta.url);
 /** Most dispatcher threads in one process. */
 export const THREADS_MAX = 16;
 
+/**
+ * How many threads start, and each one's settings: its share of the process's concurrency_max and
+ * endpoint_in_flight_max. Never more threads than those limits allow requests at once, so the
+ * shares add up to no more than the limits (an endpoint limited to 1 stays at 1).
+ */
+export function threadShares(
+  settings: DispatcherSettings,
+  requested: number,
+): { threads: number; settings: DispatcherSettings } {
+  assert(
+    Number.isSafeInteger(requested) && requested >= 1 && requested <= THREADS_MAX,
+    `threads: ${requested}`,
+  );
+  const threads = Math.min(requested, settings.concurrency_max, settings.endpoint_in_flight_max);
+  return {
+    threads,
+    settings: {
+      ...settings,
+      concurrency_max: Math.floor(settings.concurrency_max / threads),
+      endpoint_in_flight_max: Math.floor(settings.endpoint_in_flight_max / threads),
+    },
+  };
+}
+
 export function startDispatcherThread(options: DispatcherThreadOptions): DispatcherThread {
-  const threads = options.threads ?? 1;
-  assert(Number.isSafeInteger(threads) && threads >= 1 && threads <= THREADS_MAX, `threads: ${threads}`);
+  const { threads, settings } = threadShares(options.settings, options.threads ?? 1);
   // One flag for every worker: whichever sends next reaches the crash point.
   const crash_after_send = new SharedArrayBuffer(4);
-  const share = (limit: number) => Math.max(1, Math.floor(limit / threads));
   const data: ThreadData = {
-    settings: {
-      ...options.settings,
-      concurrency_max: share(options.settings.concurrency_max),
-      endpoint_in_flight_max: share(options.settings.endpoint_in_flight_max),
-    },
+    settings,
     database_url: options.database_url,
     pool_max: options.pool_max,
     service: options.service,

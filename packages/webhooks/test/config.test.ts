@@ -8,7 +8,8 @@ import type { z } from "zod";
 import { loadConfig } from "#packages/config/index.ts";
 import { createLogger } from "#packages/log/index.ts";
 import type { Pool } from "#packages/pg/index.ts";
-import { dispatcherOptions, webhookConfigShape } from "../config.ts";
+import { dispatcherOptions, dispatcherSettings, webhookConfigShape } from "../config.ts";
+import { threadShares } from "../thread.ts";
 
 const readme = readFileSync(join(import.meta.dirname, "..", "README.md"), "utf8");
 const section = readme.split("## Environment variables")[1]?.split("\n## ")[0] ?? "";
@@ -37,4 +38,21 @@ test("the defaults make a dispatcher whose lease outlasts an attempt", () => {
   assert.equal(options.retry.window_ms, 3 * 86_400_000);
   assert.equal(options.guard.allow_private, false);
   assert.equal(loadConfig(webhookConfigShape, { WEBHOOK_ALLOW_PRIVATE: "true" }).WEBHOOK_ALLOW_PRIVATE, true);
+});
+
+test("dispatcher threads split the process's limits, and never outnumber them", () => {
+  const settings = {
+    ...dispatcherSettings(loadConfig(webhookConfigShape, {})),
+    concurrency_max: 128,
+    endpoint_in_flight_max: 64,
+  };
+  const two = threadShares(settings, 2);
+  assert.equal(two.threads, 2);
+  assert.equal(two.settings.concurrency_max, 64);
+  assert.equal(two.settings.endpoint_in_flight_max, 32);
+  const fragile = threadShares({ ...settings, endpoint_in_flight_max: 1 }, 2);
+  assert.deepEqual([fragile.threads, fragile.settings.endpoint_in_flight_max], [1, 1]);
+  const odd = threadShares({ ...settings, endpoint_in_flight_max: 5 }, 2);
+  assert.ok(odd.threads * odd.settings.endpoint_in_flight_max <= 5);
+  assert.throws(() => threadShares(settings, 0));
 });
