@@ -67,14 +67,24 @@ class PreparingClient extends pg.Client {
       const executions = (this.#executions.get(config as string) ?? 0) + 1;
       this.#executions.set(config as string, executions);
       const generation = planGenerationOf(executions);
-      if (generation > planGenerationOf(executions - 1)) {
-        // Queued before the statement, on this connection; a failure (an aborted transaction)
-        // leaves an unused statement behind, nothing worse.
-        (query(`DEALLOCATE ${base}_${generation - 1}`) as Promise<unknown>).catch(() => {});
+      const previous = `${base}_${generation - 1}`;
+      // Only a statement this connection really prepared (the driver's own record): DEALLOCATE of
+      // an unknown name is an error, and inside the caller's transaction it would abort it.
+      if (generation > planGenerationOf(executions - 1) && this.#prepared(previous)) {
+        // Queued before the statement, on this connection. Its only possible failure is a
+        // transaction the caller's statement finds aborted anyway; it then stays allocated.
+        (query(`DEALLOCATE ${previous}`) as Promise<unknown>).catch(() => {});
       }
       return query({ name: `${base}_${generation}`, text: config, values }, callback);
     };
     (this as unknown as { query: typeof preparing }).query = preparing;
+  }
+
+  /** Whether PostgreSQL confirmed `name` on this connection (pg records it at ParseComplete). */
+  #prepared(name: string): boolean {
+    const connection = (this as unknown as { connection?: { parsedStatements?: Record<string, string> } })
+      .connection;
+    return connection?.parsedStatements?.[name] !== undefined;
   }
 }
 
