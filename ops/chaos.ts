@@ -8,6 +8,7 @@
  * Faults are driven through the stack's control server (scripts/stack/control.ts).
  */
 import { randomUUID } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { backoff_ms } from "#packages/runtime/index.ts";
@@ -201,187 +202,209 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     return total;
   };
   const hooks = options.webhooks ? await registerWebhooks(options, wallets, tokenFor, counters) : null;
-  const client_total_before = await walletTotal();
-  options.log(`chaos: ${wallets.length} wallets holding ${client_total_before}`);
+  // The receiver is closed however the run ends, so that a failed run's process can exit.
+  try {
+    const client_total_before = await walletTotal();
+    options.log(`chaos: ${wallets.length} wallets holding ${client_total_before}`);
 
-  // The workload.
-  const accepted = new Map<string, string>(); // idempotency key -> transfer id
-  let sent = 0;
-  let refused = 0;
-  let replays = 0;
-  let faultsDone = false;
-  const worker = async () => {
-    while (sent < options.transfers || !faultsDone) {
-      sent += 1;
-      const source = wallets[Math.floor(Math.random() * wallets.length)] as number;
-      let dest = wallets[Math.floor(Math.random() * wallets.length)] as number;
-      if (dest === source) dest = wallets[(wallets.indexOf(source) + 1) % wallets.length] as number;
-      const body = {
-        source_user_id: source,
-        dest_user_id: dest,
-        amount: 1 + Math.floor(Math.random() * (options.opening_balance / 20)),
-      };
-      const key = randomUUID();
-      const send = async () =>
-        call("POST", `${options.transaction_url}/transactions/transfer`, body, {
-          ...(await tokenFor(source)),
-          "idempotency-key": key,
-        });
-      const answer = await persist("transfer", send, counters);
-      const id: string | undefined =
-        answer.body?.data?.transaction?.id ?? answer.body?.details?.transaction?.id;
-      if (answer.status === 201 && id) accepted.set(key, id);
-      else if ((answer.status === 422 || answer.status === 404) && id) {
-        refused += 1;
-        accepted.set(key, id);
-      } else violations.push(`unexpected answer ${answer.status}: ${JSON.stringify(answer.body)}`);
-      if (Math.random() < options.replay_share) {
-        replays += 1;
-        const again = await persist("replay", send, counters);
-        const againId = again.body?.data?.transaction?.id ?? again.body?.details?.transaction?.id;
-        if (againId !== id) violations.push(`I3: key ${key} made two transfers (${id}, ${againId})`);
-      }
-    }
-  };
-
-  // Disbursements beside the transfers: funded in one ledger commit, then item by item, while
-  // the faults hit. One batch in four pays an unknown user too, whose item must end FAILED.
-  const batches = new Map<string, string>(); // idempotency key -> disbursement id
-  let batches_sent = 0;
-  const batchWorker = async () => {
-    while (batches_sent < options.batches || !faultsDone) {
-      batches_sent += 1;
-      const payer = wallets[Math.floor(Math.random() * wallets.length)] as number;
-      const items = Array.from({ length: options.batch_items }, (_, i) => {
+    // The workload.
+    const accepted = new Map<string, string>(); // idempotency key -> transfer id
+    let sent = 0;
+    let refused = 0;
+    let replays = 0;
+    let faultsDone = false;
+    // Set when any part of the run fails: the others stop sending, so a failed run ends (and
+    // says why) instead of sending transfers for ever to a system that will not recover.
+    let halted = false;
+    const worker = async () => {
+      while (!halted && (sent < options.transfers || !faultsDone)) {
+        sent += 1;
+        const source = wallets[Math.floor(Math.random() * wallets.length)] as number;
         let dest = wallets[Math.floor(Math.random() * wallets.length)] as number;
-        if (dest === payer) dest = wallets[(wallets.indexOf(payer) + 1) % wallets.length] as number;
-        if (i === 0 && batches_sent % 4 === 0) dest = UNKNOWN_PAYEE;
-        const amount = 1 + Math.floor(Math.random() * (options.opening_balance / (10 * options.batch_items)));
-        return { dest_user_id: dest, amount, reference: `chaos-${i}` };
-      });
-      const key = randomUUID();
-      const send = async () =>
-        call(
-          "POST",
-          `${options.transaction_url}/disbursements`,
-          { source_user_id: payer, items },
-          {
-            ...(await tokenFor(payer)),
+        if (dest === source) dest = wallets[(wallets.indexOf(source) + 1) % wallets.length] as number;
+        const body = {
+          source_user_id: source,
+          dest_user_id: dest,
+          amount: 1 + Math.floor(Math.random() * (options.opening_balance / 20)),
+        };
+        const key = randomUUID();
+        const send = async () =>
+          call("POST", `${options.transaction_url}/transactions/transfer`, body, {
+            ...(await tokenFor(source)),
             "idempotency-key": key,
-          },
-        );
-      const answer = await persist("disbursement", send, counters);
-      const id: string | undefined =
-        answer.body?.data?.disbursement?.id ?? answer.body?.details?.disbursement?.id;
-      if ((answer.status === 201 || answer.status === 422) && id) batches.set(key, id);
-      else violations.push(`unexpected disbursement answer ${answer.status}: ${JSON.stringify(answer.body)}`);
-      await sleep(200);
-    }
-  };
-
-  // The faults, one after another, each followed by recovery.
-  const faults: string[] = [];
-  const injector = async () => {
-    await sleep(options.fault_gap_ms);
-    for (let i = 0; i < options.faults; i++) {
-      const fault = faultKinds[i % faultKinds.length] as FaultKind;
-      const [action, target] = fault.split(":") as ["kill" | "kill9" | "restart", string];
-      const url =
-        action === "kill"
-          ? `${options.control_url}/services/${target}/kill?signal=KILL`
-          : `${options.control_url}/engines/${target}/${action}`;
-      const t0 = Date.now();
-      // An engine restart answers once the engine is healthy again (Kafka takes ~15 s); a kill9
-      // once it is dead, and waitHealthy() then waits for the watcher to bring it back.
-      const answer = await call("POST", url, undefined, control, 120_000).catch(
-        (error: Error) => ({ status: 0, body: error.message }) as Answer,
-      );
-      if (answer.status !== 200)
-        violations.push(
-          `fault ${fault} could not be injected: ${answer.status} ${JSON.stringify(answer.body)}`,
-        );
-      await waitHealthy(options.control_url, control, 120_000);
-      faults.push(`${fault} (${Date.now() - t0} ms to recover)`);
-      options.log(
-        `chaos: fault ${i + 1}/${options.faults} ${fault}, recovered in ${Date.now() - t0} ms; ${sent} transfers sent`,
-      );
-      await sleep(options.fault_gap_ms);
-    }
-    faultsDone = true;
-  };
-
-  await Promise.all([
-    injector(),
-    ...(options.batches > 0 ? [batchWorker()] : []),
-    ...Array.from({ length: options.concurrency }, worker),
-  ]);
-  const run_ms = Date.now() - started;
-  options.log(`chaos: workload done: ${sent} sent, ${accepted.size} accepted, waiting for quiet`);
-
-  // Quiet: every transfer final, seen through the public API.
-  const quietStarted = Date.now();
-  let completed = 0;
-  let failed = 0;
-  const ids = [...accepted.values()];
-  await runConcurrently(ids, 16, async (id) => {
-    for (;;) {
-      const answer = await persist(
-        "read transfer",
-        () => call("GET", `${options.transaction_url}/transactions/${id}`, undefined, admin),
-        counters,
-      );
-      const status = answer.body?.data?.transaction?.status;
-      if (status === "COMPLETED" || status === "FAILED") hooks?.expectTransfer(answer.body.data.transaction);
-      if (status === "COMPLETED") completed += 1;
-      if (status === "FAILED") failed += 1;
-      if (status === "COMPLETED" || status === "FAILED") break;
-      if (Date.now() - quietStarted > options.quiet_timeout_ms) {
-        violations.push(`I4: transfer ${id} still ${status} after ${options.quiet_timeout_ms} ms of quiet`);
-        break;
+          });
+        const answer = await persist("transfer", send, counters);
+        const id: string | undefined =
+          answer.body?.data?.transaction?.id ?? answer.body?.details?.transaction?.id;
+        if (answer.status === 201 && id) accepted.set(key, id);
+        else if ((answer.status === 422 || answer.status === 404) && id) {
+          refused += 1;
+          accepted.set(key, id);
+        } else violations.push(`unexpected answer ${answer.status}: ${JSON.stringify(answer.body)}`);
+        if (Math.random() < options.replay_share) {
+          replays += 1;
+          const again = await persist("replay", send, counters);
+          const againId = again.body?.data?.transaction?.id ?? again.body?.details?.transaction?.id;
+          if (againId !== id) violations.push(`I3: key ${key} made two transfers (${id}, ${againId})`);
+        }
       }
-      await sleep(200);
+    };
+
+    // Disbursements beside the transfers: funded in one ledger commit, then item by item, while
+    // the faults hit. One batch in four pays an unknown user too, whose item must end FAILED.
+    const batches = new Map<string, string>(); // idempotency key -> disbursement id
+    let batches_sent = 0;
+    const batchWorker = async () => {
+      while (!halted && (batches_sent < options.batches || !faultsDone)) {
+        batches_sent += 1;
+        const payer = wallets[Math.floor(Math.random() * wallets.length)] as number;
+        const items = Array.from({ length: options.batch_items }, (_, i) => {
+          let dest = wallets[Math.floor(Math.random() * wallets.length)] as number;
+          if (dest === payer) dest = wallets[(wallets.indexOf(payer) + 1) % wallets.length] as number;
+          if (i === 0 && batches_sent % 4 === 0) dest = UNKNOWN_PAYEE;
+          const amount =
+            1 + Math.floor(Math.random() * (options.opening_balance / (10 * options.batch_items)));
+          return { dest_user_id: dest, amount, reference: `chaos-${i}` };
+        });
+        const key = randomUUID();
+        const send = async () =>
+          call(
+            "POST",
+            `${options.transaction_url}/disbursements`,
+            { source_user_id: payer, items },
+            {
+              ...(await tokenFor(payer)),
+              "idempotency-key": key,
+            },
+          );
+        const answer = await persist("disbursement", send, counters);
+        const id: string | undefined =
+          answer.body?.data?.disbursement?.id ?? answer.body?.details?.disbursement?.id;
+        if ((answer.status === 201 || answer.status === 422) && id) batches.set(key, id);
+        else
+          violations.push(`unexpected disbursement answer ${answer.status}: ${JSON.stringify(answer.body)}`);
+        await sleep(200);
+      }
+    };
+
+    // The faults, one after another, each followed by recovery.
+    const faults: string[] = [];
+    const injector = async () => {
+      await sleep(options.fault_gap_ms);
+      for (let i = 0; i < options.faults; i++) {
+        const fault = faultKinds[i % faultKinds.length] as FaultKind;
+        const [action, target] = fault.split(":") as ["kill" | "kill9" | "restart", string];
+        const url =
+          action === "kill"
+            ? `${options.control_url}/services/${target}/kill?signal=KILL`
+            : `${options.control_url}/engines/${target}/${action}`;
+        const t0 = Date.now();
+        // An engine restart answers once the engine is healthy again (Kafka takes ~15 s); a kill9
+        // once it is dead, and waitHealthy() then waits for the watcher to bring it back.
+        const answer = await call("POST", url, undefined, control, 120_000).catch(
+          (error: Error) => ({ status: 0, body: error.message }) as Answer,
+        );
+        if (answer.status !== 200)
+          violations.push(
+            `fault ${fault} could not be injected: ${answer.status} ${JSON.stringify(answer.body)}`,
+          );
+        await waitHealthy(options.control_url, control, 120_000);
+        faults.push(`${fault} (${Date.now() - t0} ms to recover)`);
+        options.log(
+          `chaos: fault ${i + 1}/${options.faults} ${fault}, recovered in ${Date.now() - t0} ms; ${sent} transfers sent`,
+        );
+        await sleep(options.fault_gap_ms);
+      }
+      faultsDone = true;
+    };
+
+    const haltOnFailure = (part: () => Promise<void>) => async () => {
+      try {
+        await part();
+      } catch (error) {
+        halted = true;
+        throw error;
+      }
+    };
+    const outcomes = await Promise.allSettled(
+      [
+        injector,
+        ...(options.batches > 0 ? [batchWorker] : []),
+        ...Array.from({ length: options.concurrency }, () => worker),
+      ].map((part) => haltOnFailure(part)()),
+    );
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected");
+    if (failure !== undefined) throw failure.reason;
+    const run_ms = Date.now() - started;
+    options.log(`chaos: workload done: ${sent} sent, ${accepted.size} accepted, waiting for quiet`);
+
+    // Quiet: every transfer final, seen through the public API.
+    const quietStarted = Date.now();
+    let completed = 0;
+    let failed = 0;
+    const ids = [...accepted.values()];
+    await runConcurrently(ids, 16, async (id) => {
+      for (;;) {
+        const answer = await persist(
+          "read transfer",
+          () => call("GET", `${options.transaction_url}/transactions/${id}`, undefined, admin),
+          counters,
+        );
+        const status = answer.body?.data?.transaction?.status;
+        if (status === "COMPLETED" || status === "FAILED")
+          hooks?.expectTransfer(answer.body.data.transaction);
+        if (status === "COMPLETED") completed += 1;
+        if (status === "FAILED") failed += 1;
+        if (status === "COMPLETED" || status === "FAILED") break;
+        if (Date.now() - quietStarted > options.quiet_timeout_ms) {
+          violations.push(`I4: transfer ${id} still ${status} after ${options.quiet_timeout_ms} ms of quiet`);
+          break;
+        }
+        await sleep(200);
+      }
+    });
+    let batches_final = 0;
+    for (const id of batches.values()) {
+      const problem = await checkBatch(options, id, admin, counters, quietStarted, hooks);
+      if (problem === null) batches_final += 1;
+      else violations.push(problem);
     }
-  });
-  let batches_final = 0;
-  for (const id of batches.values()) {
-    const problem = await checkBatch(options, id, admin, counters, quietStarted, hooks);
-    if (problem === null) batches_final += 1;
-    else violations.push(problem);
+    // The records may trail the public status by a moment: let the saga finish its last steps.
+    let audit = await runAudit({ ...options.audit, quiet: true });
+    while (!audit.ok && Date.now() - quietStarted < options.quiet_timeout_ms) {
+      await sleep(500);
+      audit = await runAudit({ ...options.audit, quiet: true });
+    }
+    const hooked = hooks === null ? null : await hooks.check(options.quiet_timeout_ms);
+    if (hooked !== null) violations.push(...hooked.violations);
+    const quiet_ms = Date.now() - quietStarted;
+    const client_total_after = await walletTotal();
+    if (client_total_after !== client_total_before) {
+      violations.push(`I1: the wallets held ${client_total_before} and now hold ${client_total_after}`);
+    }
+    return {
+      sent,
+      accepted: accepted.size - refused,
+      refused,
+      completed,
+      failed,
+      replays,
+      retries: counters.retries,
+      batches_sent,
+      batches_final,
+      webhooks: hooked?.summary ?? null,
+      faults,
+      run_ms,
+      quiet_ms,
+      client_total_before,
+      client_total_after,
+      violations,
+      audit,
+      ok: violations.length === 0 && audit.ok,
+    };
+  } finally {
+    await hooks?.stop();
   }
-  // The records may trail the public status by a moment: let the saga finish its last steps.
-  let audit = await runAudit({ ...options.audit, quiet: true });
-  while (!audit.ok && Date.now() - quietStarted < options.quiet_timeout_ms) {
-    await sleep(500);
-    audit = await runAudit({ ...options.audit, quiet: true });
-  }
-  const hooked = hooks === null ? null : await hooks.check(options.quiet_timeout_ms);
-  await hooks?.stop();
-  if (hooked !== null) violations.push(...hooked.violations);
-  const quiet_ms = Date.now() - quietStarted;
-  const client_total_after = await walletTotal();
-  if (client_total_after !== client_total_before) {
-    violations.push(`I1: the wallets held ${client_total_before} and now hold ${client_total_after}`);
-  }
-  return {
-    sent,
-    accepted: accepted.size - refused,
-    refused,
-    completed,
-    failed,
-    replays,
-    retries: counters.retries,
-    batches_sent,
-    batches_final,
-    webhooks: hooked?.summary ?? null,
-    faults,
-    run_ms,
-    quiet_ms,
-    client_total_before,
-    client_total_after,
-    violations,
-    audit,
-    ok: violations.length === 0 && audit.ok,
-  };
 }
 
 /** No user has this id: an item paid to it must be refunded on its own and end FAILED. */
@@ -487,12 +510,13 @@ async function waitHealthy(
 ): Promise<void> {
   const deadline = Date.now() + timeout_ms;
   let unhealthy = "the control server";
+  let logFiles: string[] = [];
   for (;;) {
     try {
       const status = await call("GET", `${control_url}/status`, undefined, control);
       const body = status.body as {
         engines: Array<{ name: string; healthy: boolean }>;
-        services: Array<{ name: string; url: string }>;
+        services: Array<{ name: string; url: string; pid?: number; restarts: number; logFile: string }>;
       };
       const sick = body.engines.filter((e) => !e.healthy).map((e) => e.name);
       const health = await Promise.all(
@@ -501,18 +525,31 @@ async function waitHealthy(
           answer: await call("GET", `${s.url}/health`).catch(() => null),
         })),
       );
+      logFiles = [];
       for (const { s, answer } of health) {
-        if (answer?.status !== 200)
-          sick.push(`${s.name} ${JSON.stringify(answer?.body?.data?.engines ?? "down")}`);
+        if (answer?.status === 200) continue;
+        sick.push(
+          `${s.name} ${JSON.stringify(answer?.body?.data?.engines ?? "down")} (pid ${s.pid ?? "none"}, ${s.restarts} restarts)`,
+        );
+        logFiles.push(s.logFile);
       }
       if (sick.length === 0) return;
       unhealthy = sick.join("; ");
     } catch {
       // control server busy: retry
     }
-    if (Date.now() > deadline) throw new Error(`the system did not recover in time: ${unhealthy}`);
+    if (Date.now() > deadline) {
+      const tails = await Promise.all(logFiles.map((file) => logTail(file, 20)));
+      throw new Error(`the system did not recover in time: ${unhealthy}${tails.join("")}`);
+    }
     await sleep(250);
   }
+}
+
+/** The last lines of a service's log, to say why it did not come back. */
+async function logTail(file: string, lines_max: number): Promise<string> {
+  const text = await readFile(file, "utf8").catch((error: Error) => `(no log: ${error.message})`);
+  return `\n--- ${file}, last ${lines_max} lines:\n${text.trimEnd().split("\n").slice(-lines_max).join("\n")}`;
 }
 
 export function formatChaos(report: ChaosReport): string {

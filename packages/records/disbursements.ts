@@ -5,6 +5,7 @@
  */
 import type { Collection, Db } from "mongodb";
 import type { DisbursementSnapshot } from "#packages/contracts/disbursement.ts";
+import { ensureIndexes } from "./index.ts";
 
 export const DISBURSEMENTS_COLLECTION = "disbursements";
 
@@ -29,7 +30,7 @@ export function disbursementsCollection(db: Db): Collection<DisbursementDocument
 }
 
 export async function ensureDisbursementIndexes(db: Db): Promise<void> {
-  await disbursementsCollection(db).createIndexes([
+  await ensureIndexes(disbursementsCollection(db), [
     { key: { source_user_id: 1, created_at: -1, _id: -1 }, name: "payer_newest_first" },
   ]);
 }

@@ -6,7 +6,7 @@
  * place (`disbursement_id`, `item_index`, `reference`): `{disbursement_id, item_index}` serves
  * the batch's items in order.
  */
-import type { Collection, Db } from "mongodb";
+import type { Collection, Db, Document } from "mongodb";
 import { statusRank, type TransferRecord, type TransferSnapshot } from "#packages/contracts/transfer.ts";
 
 export const RECORDS_COLLECTION = "transfers";
@@ -41,12 +41,35 @@ const RECORD_INDEXES = [
 ] as const;
 
 export async function ensureRecordIndexes(db: Db): Promise<void> {
-  // One index per call: FerretDB v1 drops the connection when a multi-index createIndexes
-  // names indexes that already exist (a real MongoDB accepts either form).
-  for (const index of RECORD_INDEXES) {
-    await recordsCollection(db).createIndexes([{ key: { ...index.key }, name: index.name }]);
+  await ensureIndexes(recordsCollection(db), RECORD_INDEXES);
+}
+
+/**
+ * Creates the indexes the collection lacks, by name. Only missing ones are asked for: FerretDB
+ * v1 takes its metadata's write lock for every createIndexes, even of an existing index, which
+ * stalls every other collection operation behind it; a restart after the first must not. One
+ * index per call: FerretDB v1 drops the connection when a multi-index createIndexes names
+ * indexes that already exist (a real MongoDB accepts either form).
+ */
+export async function ensureIndexes<T extends Document>(
+  collection: Collection<T>,
+  indexes: ReadonlyArray<{ key: Readonly<Record<string, 1 | -1>>; name: string }>,
+): Promise<void> {
+  const existing = await collection
+    .listIndexes()
+    .toArray()
+    .catch((error: { code?: number }) => {
+      if (error.code === NAMESPACE_NOT_FOUND) return [];
+      throw error;
+    });
+  const names = new Set(existing.map((index) => String(index.name)));
+  for (const index of indexes) {
+    if (!names.has(index.name)) await collection.createIndexes([{ key: { ...index.key }, name: index.name }]);
   }
 }
+
+/** MongoDB's code for a collection that does not exist (yet). */
+const NAMESPACE_NOT_FOUND = 26;
 
 /**
  * The users whose lists show the record. A batch's item whose money never left the payer (its

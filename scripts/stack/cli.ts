@@ -386,10 +386,19 @@ async function cmdTest(args: string[]): Promise<number> {
       // spec reads best in a terminal; tap (node's own default off a terminal) ends with "# pass N" / "# fail N" for CI.
       const reporter = process.env.DPS_TEST_REPORTER || (process.stdout.isTTY ? "spec" : "tap");
       // One runner for unit and integration tests: one summary at the end. Integration tests share
-      // one stack, so files run one at a time.
+      // one stack, so files run one at a time. A file whose tests are over (passed, failed or
+      // timed out) ends even if something it started still runs, so one failure cannot hold the
+      // whole run until CI's deadline.
       const { code } = await spawnChild(
         process.execPath,
-        ["--test", `--test-reporter=${reporter}`, "--test-concurrency=1", ...unit, ...integration],
+        [
+          "--test",
+          "--test-force-exit",
+          `--test-reporter=${reporter}`,
+          "--test-concurrency=1",
+          ...unit,
+          ...integration,
+        ],
         testRunEnv,
       );
       return code !== 0 ? code : schemathesisCode;

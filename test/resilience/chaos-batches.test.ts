@@ -13,6 +13,7 @@ describe("chaos with batches", () => {
     timeout: 600_000,
   }, async (t) => {
     const lines: string[] = [];
+    // The run's log (faults and their recovery) goes into the report however the run ends.
     const report = await runChaos(
       chaosOptionsFromEnv(process.env, {
         transfers: 40,
@@ -22,7 +23,7 @@ describe("chaos with batches", () => {
         batch_items: 20,
         log: (line) => lines.push(line),
       }),
-    );
+    ).finally(() => t.diagnostic(lines.join("\n")));
     t.diagnostic(formatChaos(report));
     assert.deepEqual(report.violations, []);
     assert.ok(report.batches_sent >= 4, `only ${report.batches_sent} batches sent`);

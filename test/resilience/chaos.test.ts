@@ -11,13 +11,14 @@ import { chaosOptionsFromEnv, formatChaos, runChaos } from "../../ops/chaos.ts";
 describe("chaos", () => {
   it("keeps I1-I6 through SIGKILLs of every service and engine", { timeout: 900_000 }, async (t) => {
     const lines: string[] = [];
+    // The run's log (faults and their recovery) goes into the report however the run ends.
     const report = await runChaos(
       chaosOptionsFromEnv(process.env, {
         transfers: 500,
         faults: 8, // the first round: every engine and every service SIGKILLed once
         log: (line) => lines.push(line),
       }),
-    );
+    ).finally(() => t.diagnostic(lines.join("\n")));
     t.diagnostic(formatChaos(report));
     assert.ok(report.sent >= 500, `only ${report.sent} transfers sent`);
     assert.ok(report.faults.length >= 6, `only ${report.faults.length} faults injected`);

@@ -198,7 +198,9 @@ async function main(): Promise<void> {
     maxPoolSize: 20,
   });
   const db = mongo.db(config.MONGO_DATABASE);
-  await retryStartup("mongodb", logger, async () => {
+  await retryStartup("mongodb", logger, async (attempt) => {
+    // A fresh client per retry: an attempt that timed out may still hold the old one's pool.
+    if (attempt > 0) await mongo.close(true);
     await mongo.connect();
     await ensureRecordIndexes(db);
     await ensureDisbursementIndexes(db);

@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { type Db, MongoClient } from "mongodb";
 import type { TransferRecord, TransferStatus } from "#packages/contracts/transfer.ts";
-import { recordsCollection } from "#packages/records/index.ts";
+import { ensureDisbursementIndexes } from "#packages/records/disbursements.ts";
+import { ensureRecordIndexes, recordsCollection } from "#packages/records/index.ts";
 import { applySnapshots } from "../src/records.ts";
 
 const mongo_url = process.env.TEST_MONGO_URL ?? "mongodb://127.0.0.1:27017/";
@@ -105,5 +106,24 @@ describe("record writes on the real store", () => {
     // A late PENDING never takes a final record back.
     assert.equal((await applySnapshots(db, [item(30, "PENDING")])).size, 0);
     assert.equal((await stored(30))?.status, "COMPLETED");
+  });
+
+  it("creates the missing indexes at start-up, and asks for none once they exist", async () => {
+    // A restart must not issue createIndexes: FerretDB takes a lock over every collection for it.
+    commands.length = 0;
+    await ensureRecordIndexes(db);
+    await ensureDisbursementIndexes(db);
+    assert.equal(commands.filter((c) => c === "createIndexes").length, 4, commands.join(","));
+    const names = (await recordsCollection(db).listIndexes().toArray()).map((index) => index.name);
+    for (const name of ["party_newest_first", "status_updated", "batch_items"])
+      assert.ok(names.includes(name), name);
+
+    commands.length = 0;
+    await ensureRecordIndexes(db);
+    await ensureDisbursementIndexes(db);
+    assert.deepEqual(
+      commands.filter((c) => c !== "listIndexes"),
+      [],
+    );
   });
 });
