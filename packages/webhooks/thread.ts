@@ -110,9 +110,14 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
     crash_after_send,
   };
   const workers = Array.from({ length: threads }, (_, index) => superviseWorker(data, index, options));
+  // One worker per wake, in turn: waking all of them for one enqueue made each claim while only
+  // one could get the new rows (the others' claims came back empty). A busy stream of enqueues
+  // wakes every worker in turn; a worker that misses one finds its rows at its next poll.
+  let next = 0;
   return {
     wake: () => {
-      for (const w of workers) w.send({ type: "wake" });
+      workers[next]?.send({ type: "wake" });
+      next = (next + 1) % workers.length;
     },
     crashAfterSend: () => Atomics.store(new Int32Array(crash_after_send), 0, 1),
     async stop() {
