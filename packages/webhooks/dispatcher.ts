@@ -96,8 +96,11 @@ export type DeliveryResult = "delivered" | "failed" | "gave_up";
 export type DispatcherSettings = Omit<DispatcherOptions, "pool" | "logger" | "on_result" | "after_send">;
 
 export interface Dispatcher {
-  /** Something was enqueued: look for due rows now. */
-  wake(): void;
+  /**
+   * `deliveries` were enqueued (1 when unknown): look for due rows now. A dispatcher on several
+   * threads wakes as many of them as there are deliveries, in turn.
+   */
+  wake(deliveries?: number): void;
   /** Stops claiming and waits for the requests in flight to be recorded. */
   stop(): Promise<void>;
 }

@@ -110,14 +110,17 @@ export function startDispatcherThread(options: DispatcherThreadOptions): Dispatc
     crash_after_send,
   };
   const workers = Array.from({ length: threads }, (_, index) => superviseWorker(data, index, options));
-  // One worker per wake, in turn: waking all of them for one enqueue made each claim while only
-  // one could get the new rows (the others' claims came back empty). A busy stream of enqueues
-  // wakes every worker in turn; a worker that misses one finds its rows at its next poll.
+  // As many workers as deliveries, in turn: waking all of them for one delivery made each claim
+  // while one could get it (the others' claims came back empty); a burst wakes them all, so
+  // that its deliveries spread over the threads' CPU.
   let next = 0;
   return {
-    wake: () => {
-      workers[next]?.send({ type: "wake" });
-      next = (next + 1) % workers.length;
+    wake: (deliveries = 1) => {
+      const count = Math.min(workers.length, Math.max(1, deliveries));
+      for (let i = 0; i < count; i++) {
+        workers[next]?.send({ type: "wake" });
+        next = (next + 1) % workers.length;
+      }
     },
     crashAfterSend: () => Atomics.store(new Int32Array(crash_after_send), 0, 1),
     async stop() {

@@ -197,7 +197,7 @@ function startSaga(
     metrics,
     crashes: config.FAULT_INJECTION ? crashes : null,
   });
-  store.onWebhooks = () => webhooks.wake();
+  store.onWebhooks = (deliveries) => webhooks.wake(deliveries);
 
   const { eventCounters, events } = startEventConsumer({
     config,

@@ -36,7 +36,7 @@ export function startDisbursements(deps: {
 }): { stop(): Promise<void> } {
   const store = new DisbursementStore(deps.saga.pool);
   store.onOutbox = deps.onOutbox;
-  store.onWebhooks = () => deps.saga.onWebhooks();
+  store.onWebhooks = () => deps.saga.onWebhooks(1);
   const funder = new DisbursementFunder({
     store,
     saga: deps.saga,

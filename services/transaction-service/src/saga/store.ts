@@ -176,7 +176,8 @@ export class SagaStore {
   /** Called after a commit that added outbox rows, so the relay wakes at once instead of polling. */
   onOutbox: () => void = () => {};
   /** Called after a commit that enqueued webhook deliveries, so the dispatcher sends them at once. */
-  onWebhooks: () => void = () => {};
+  /** Deliveries were enqueued (how many): the dispatcher looks for them now. */
+  onWebhooks: (deliveries: number) => void = () => {};
   /** Per item, its result or the error that item alone raises (an outcome a re-read could not learn). */
   readonly #inserts: Batcher<TracedNewTransfer, CreateResult | Error>;
   /** Two lanes: the first transition (a client's POST waits on it), and all later ones. */
@@ -439,7 +440,8 @@ export class SagaStore {
     );
     const moved = new Map(updated.rows.map((row) => [row.id, fromRow(row)]));
     if (messages.some((m) => moved.has(m.transfer_id))) this.onOutbox();
-    if ((updated.rows[0]?.hooks_enqueued ?? 0) > 0) this.onWebhooks();
+    const hooks_enqueued = updated.rows[0]?.hooks_enqueued ?? 0;
+    if (hooks_enqueued > 0) this.onWebhooks(hooks_enqueued);
     return batch.map((p) => moved.get(p.next.id) ?? null);
   }
 
