@@ -89,6 +89,8 @@ async function healthy(): Promise<boolean> {
   const client = new MongoClient(mongoUrl, {
     serverSelectionTimeoutMS: 2000,
     connectTimeoutMS: 2000,
+    // A FerretDB whose backend stalls accepts the command and never answers: unhealthy, not a hang.
+    socketTimeoutMS: 5000,
     directConnection: true,
   });
   try {
