@@ -291,7 +291,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     const faults: string[] = [];
     const injector = async () => {
       await sleep(options.fault_gap_ms);
-      for (let i = 0; i < options.faults; i++) {
+      for (let i = 0; i < options.faults && !halted; i++) {
         const fault = faultKinds[i % faultKinds.length] as FaultKind;
         const [action, target] = fault.split(":") as ["kill" | "kill9" | "restart", string];
         const url =
