@@ -175,8 +175,7 @@ export class SagaStore {
   readonly pool: Pool;
   /** Called after a commit that added outbox rows, so the relay wakes at once instead of polling. */
   onOutbox: () => void = () => {};
-  /** Called after a commit that enqueued webhook deliveries, so the dispatcher sends them at once. */
-  /** Deliveries were enqueued (how many): the dispatcher looks for them now. */
+  /** Called after a commit that enqueued webhook deliveries (how many), so the dispatcher sends them at once. */
   onWebhooks: (deliveries: number) => void = () => {};
   /** Per item, its result or the error that item alone raises (an outcome a re-read could not learn). */
   readonly #inserts: Batcher<TracedNewTransfer, CreateResult | Error>;
