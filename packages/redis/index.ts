@@ -22,6 +22,11 @@ export function openRedis(options: RedisOptions) {
   const redis = createClient({
     url: options.url,
     disableOfflineQueue: true,
+    // No per-command timer from the library: its default (5 s) builds an AbortSignal.timeout per
+    // command, whose timer fires 5 s later whatever happened (10-15 µs of CPU a command, about
+    // half of one), and it only covers a command not yet written. Every call here is bounded by
+    // its caller's own timeout (withTimeout) instead.
+    commandOptions: { timeout: 0 },
     socket: {
       connectTimeout: options.connect_timeout_ms ?? 2_000,
       reconnectStrategy: (retries) => backoff_ms(retries, 100, 3_000, { kind: "none" }),
