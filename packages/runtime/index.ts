@@ -4,22 +4,27 @@ import type { Logger } from "#packages/log/index.ts";
 
 /**
  * Engines may still be starting (or restarting) when a service boots: retry a start-up step
- * with capped backoff instead of crashing into a restart loop. Each attempt is bounded by
- * attempt_timeout_ms (a driver call that never answers fails the attempt instead of holding the
- * service off the network for good); `fn` gets the attempt number, to reset a client before a
- * retry. Gives up after wait_max_ms so a misconfiguration still ends in a clear crash.
+ * with capped backoff instead of crashing into a restart loop. Gives up after wait_max_ms so a
+ * misconfiguration still ends in a clear crash. `attempt_timeout_ms`, where given, bounds each
+ * attempt: a driver call that never answers then fails the attempt instead of holding the
+ * service off the network for good (`fn` gets the attempt number, to reset its client before a
+ * retry). Not for steps that must not run twice at once, such as migrations: an attempt that
+ * timed out still runs.
  */
 export async function retryStartup<T>(
   what: string,
   logger: Logger,
   fn: (attempt: number) => Promise<T>,
   wait_max_ms = 120_000,
-  attempt_timeout_ms = 30_000,
+  attempt_timeout_ms: number | null = null,
 ): Promise<T> {
   const started = Date.now();
   for (let attempt = 0; ; attempt++) {
     try {
-      return await withTimeout(fn(attempt), attempt_timeout_ms, `${what}: attempt ${attempt}`);
+      const running = fn(attempt);
+      return await (attempt_timeout_ms === null
+        ? running
+        : withTimeout(running, attempt_timeout_ms, `${what}: attempt ${attempt}`));
     } catch (error) {
       if (Date.now() - started > wait_max_ms) throw error;
       const delay = backoff_ms(attempt, 200, 5_000, { kind: "none" });

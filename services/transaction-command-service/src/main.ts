@@ -32,6 +32,12 @@ import { startDeadLetterTally } from "./dead-letters.ts";
 import { createRecordWriter, type Faults } from "./writer.ts";
 
 const SERVICE = "transaction-command-service";
+/**
+ * One start-up attempt on MongoDB (connect, index checks): FerretDB can accept a command and
+ * not answer it while its PostgreSQL pool is stalled, and the service stays off the network
+ * until this step is done.
+ */
+const MONGO_STARTUP_ATTEMPT_TIMEOUT_MS = 30_000;
 
 type Config = ReturnType<typeof loadConfig<typeof configShape>>;
 
@@ -198,13 +204,19 @@ async function main(): Promise<void> {
     maxPoolSize: 20,
   });
   const db = mongo.db(config.MONGO_DATABASE);
-  await retryStartup("mongodb", logger, async (attempt) => {
-    // A fresh client per retry: an attempt that timed out may still hold the old one's pool.
-    if (attempt > 0) await mongo.close(true);
-    await mongo.connect();
-    await ensureRecordIndexes(db);
-    await ensureDisbursementIndexes(db);
-  });
+  await retryStartup(
+    "mongodb",
+    logger,
+    async (attempt) => {
+      // A fresh client per retry: an attempt that timed out may still hold the old one's pool.
+      if (attempt > 0) await mongo.close(true);
+      await mongo.connect();
+      await ensureRecordIndexes(db);
+      await ensureDisbursementIndexes(db);
+    },
+    120_000,
+    MONGO_STARTUP_ATTEMPT_TIMEOUT_MS,
+  );
   await retryStartup("kafka topics", logger, () =>
     ensureTopics({
       brokers,
