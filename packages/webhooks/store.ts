@@ -24,9 +24,12 @@ import { newSecret } from "./secrets.ts";
 /** The DDL, for a service migration to include (its one home is schema.sql beside this file). */
 export const schemaSqlPath = join(import.meta.dirname, "schema.sql");
 /** The DDL's later changes, in order, each a migration of its own in the service. */
-export const schemaChangePaths = ["traceparent.sql", "due-by-endpoint.sql", "state-unmeasured.sql"].map(
-  (file) => join(import.meta.dirname, file),
-);
+export const schemaChangePaths = [
+  "traceparent.sql",
+  "due-by-endpoint.sql",
+  "state-unmeasured.sql",
+  "due-covering.sql",
+].map((file) => join(import.meta.dirname, file));
 /** The tables as the migrations leave them (for tests that create them afresh). */
 export function schemaSql(): string {
   return [schemaSqlPath, ...schemaChangePaths].map((path) => readFileSync(path, "utf8")).join("\n");

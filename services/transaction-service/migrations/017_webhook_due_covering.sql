@@ -1,0 +1,1 @@
+../../../packages/webhooks/due-covering.sql
