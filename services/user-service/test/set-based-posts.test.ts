@@ -6,9 +6,6 @@
  */
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { copyFile, mkdtemp, readdir, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { FundingItem, LedgerOperation } from "#packages/contracts/ledger.ts";
 import { createPool, type Pool, withTransaction } from "#packages/pg/index.ts";
@@ -16,65 +13,20 @@ import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
 import { assertSystemAccounts } from "../src/ledger/accounts.ts";
 import { audit } from "../src/ledger/audit.ts";
 import { fundBatch } from "../src/ledger/funding.ts";
-import { applyBatch, type LedgerOperationResult } from "../src/ledger/steps.ts";
+import { applyBatch } from "../src/ledger/steps.ts";
 import { createUser } from "../src/ledger/users.ts";
+import { answerOf, brokenChains, codesOf, dump, MIGRATIONS, openSchemaUpTo } from "./ledger-compare.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const STAMP = `${process.pid}_${Date.now()}`;
-const MIGRATIONS = join(import.meta.dirname, "..", "migrations");
 const MAX = Number.MAX_SAFE_INTEGER;
 const APPLICATION_NAME = "user-service-posts-test";
 
 let current: TestSchema | undefined;
 let baseline: TestSchema | undefined;
-let baseline_dir: string | undefined;
 
 const post = (transfer_id: string) => ({ op: "post", transfer_id }) as const satisfies LedgerOperation;
 const voiding = (transfer_id: string) => ({ op: "void", transfer_id }) as const satisfies LedgerOperation;
-
-/** An answer without its timestamps (two schemas cannot share those). */
-function answerOf(r: LedgerOperationResult): unknown {
-  if (!r.ok) return { code: r.code, message: r.message };
-  const { created_at: _c, updated_at: _u, ...hold } = r.hold;
-  return hold;
-}
-
-function codesOf(results: LedgerOperationResult[]): string[] {
-  return results.map((r) => (r.ok ? `ok:${r.hold.state}` : r.code));
-}
-
-/** Everything the ledger keeps, without timestamps, in id order. */
-async function dump(pool: Pool): Promise<Record<string, unknown[]>> {
-  const q = async (sql: string) => (await pool.query(sql)).rows;
-  return {
-    accounts: await q(
-      "SELECT id, kind, user_id, balance_minor, held_out_bound_minor FROM accounts ORDER BY id",
-    ),
-    holds: await q(
-      `SELECT transfer_id, source_user_id, dest_user_id, amount_minor, state, source_balance_before_minor,
-              dest_balance_before_minor FROM holds ORDER BY transfer_id`,
-    ),
-    postings: await q("SELECT id, kind, transfer_id, deposit_id FROM postings ORDER BY id"),
-    entries: await q(
-      "SELECT id, posting_id, account_id, amount_minor, balance_after_minor FROM entries ORDER BY id",
-    ),
-    refusals: await q(
-      "SELECT transfer_id, source_user_id, dest_user_id, amount_minor, result FROM hold_refusals ORDER BY transfer_id",
-    ),
-  };
-}
-
-/** Wallet entries whose balance after is not the wallet's previous one plus the entry's amount. */
-async function brokenChains(pool: Pool): Promise<unknown[]> {
-  const { rows } = await pool.query(
-    `SELECT e.id, e.account_id FROM (
-       SELECT e.id, e.account_id, e.balance_after_minor,
-              sum(e.amount_minor) OVER (PARTITION BY e.account_id ORDER BY e.id) AS running
-       FROM entries e JOIN accounts a ON a.id = e.account_id AND a.kind = 'wallet') e
-     WHERE e.balance_after_minor <> e.running`,
-  );
-  return rows;
-}
 
 /** Waits until a ledger_apply_batch call of this file's pools waits for a lock (bounded: 10 s). */
 async function waitingForLock(admin: Pool): Promise<void> {
@@ -233,13 +185,9 @@ describe("set-based posts on PostgreSQL", {
       migrations: MIGRATIONS,
     });
     // The ledger as it was before 007: every post its own ledger_post.
-    baseline_dir = await mkdtemp(join(tmpdir(), "user-service-migrations-"));
-    const files = (await readdir(MIGRATIONS)).filter((f) => /^00[1-6]_.+\.sql$/.test(f));
-    await Promise.all(files.map((f) => copyFile(join(MIGRATIONS, f), join(baseline_dir ?? "", f))));
-    baseline = await openTestSchema(BASE_URL, `user_service_posts_base_${STAMP}`, {
+    baseline = await openSchemaUpTo(BASE_URL, `user_service_posts_base_${STAMP}`, 6, {
       application_name: APPLICATION_NAME,
       pool_max: 4,
-      migrations: baseline_dir,
     });
     await assertSystemAccounts(current.pool);
     await assertSystemAccounts(baseline.pool);
@@ -248,7 +196,6 @@ describe("set-based posts on PostgreSQL", {
   after(async () => {
     await current?.drop();
     await baseline?.drop();
-    if (baseline_dir !== undefined) await rm(baseline_dir, { recursive: true, force: true });
   });
 
   it("answers, balances, bounds, holds and journal are those of one ledger_post per item", async () => {
