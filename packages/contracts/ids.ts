@@ -1,18 +1,17 @@
-import { randomBytes } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { z } from "zod";
 
 /**
  * UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits. Time-ordered ids keep
- * the primary-key index of the saga table append-mostly and sort transfers by creation.
+ * the primary-key index of the saga table append-mostly and sort transfers by creation. The
+ * random bits are a v4 UUID's (its 74 random bits in the same places, the version nibble made 7):
+ * Node draws those from a buffer it refills in bulk, where randomBytes(16) asked the kernel for
+ * every id (0.9% of transaction-service's busy time in a benchmark profile).
  */
 export function uuidv7(now_ms: number = Date.now()): string {
-  const bytes = randomBytes(16);
-  const ts = BigInt(now_ms);
-  for (let i = 0; i < 6; i++) bytes[i] = Number((ts >> BigInt(8 * (5 - i))) & 0xffn);
-  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x70; // version 7
-  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80; // RFC 4122 variant
-  const hex = bytes.toString("hex");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  const ms = now_ms.toString(16).padStart(12, "0");
+  const v4 = randomUUID();
+  return `${ms.slice(0, 8)}-${ms.slice(8, 12)}-7${v4.slice(15, 18)}-${v4.slice(19)}`;
 }
 
 /**

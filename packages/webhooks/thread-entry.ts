@@ -9,11 +9,11 @@ import { createPool } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import { startServiceTracing } from "#packages/tracing/service.ts";
 import { startDispatcher } from "./dispatcher.ts";
-import type { FromWorker, ThreadData, ToWorker } from "./thread.ts";
+import type { FromWorker, ToWorker, WorkerData } from "./thread.ts";
 
 assert(parentPort !== null, "thread-entry.ts runs as a worker thread only");
 const port = parentPort;
-const data = workerData as ThreadData;
+const data = workerData as WorkerData;
 const logger = createLogger(data.service, data.log_level).child({ thread: "webhooks", thread_id: threadId });
 const tracing = await startServiceTracing(data.service, logger);
 const pool = createPool(data.database_url, {
@@ -21,6 +21,7 @@ const pool = createPool(data.database_url, {
   application_name: `${data.service}-webhooks`,
 });
 const crashAfterSend = new Int32Array(data.crash_after_send);
+const wakePending = new Int32Array(data.wake_pending);
 const post = (message: FromWorker) => port.postMessage(message);
 
 const dispatcher = startDispatcher({
@@ -37,8 +38,11 @@ const dispatcher = startDispatcher({
 });
 
 port.on("message", (message: ToWorker) => {
-  if (message.type === "wake") dispatcher.wake();
-  else void stop();
+  if (message.type === "wake") {
+    // Taken before the claim the wake starts: a wake after this is posted again (see ThreadData).
+    Atomics.store(wakePending, data.index, 0);
+    dispatcher.wake();
+  } else void stop();
 });
 
 async function stop(): Promise<void> {

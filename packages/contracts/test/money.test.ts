@@ -35,6 +35,10 @@ describe("ids", () => {
     assert.ok(transferIdSchema.safeParse(a).success);
     assert.ok(a < b);
     assert.equal(a[14], "7");
+    assert.match(a[19] ?? "", /[89ab]/, "RFC 9562 variant");
+    assert.ok(a.startsWith("00000000-03e8-"), "48 bits of milliseconds first");
+    const many = Array.from({ length: 1_000 }, () => uuidv7(3_000));
+    assert.equal(new Set(many).size, many.length);
   });
 
   it("accepts only plain digits as a user id in a path", () => {

@@ -52,6 +52,7 @@ function startThread(
   results: DeliveryResult[],
   threadLogger: Logger = logger,
   threads = 1,
+  idle_poll_ms = 50,
 ): DispatcherThread {
   return startDispatcherThread({
     threads,
@@ -61,7 +62,7 @@ function startThread(
       concurrency_max: 8,
       endpoint_in_flight_max: 2,
       batch_max: 8,
-      idle_poll_ms: 50,
+      idle_poll_ms,
       lease_ms: 10_000,
       retry: { base_ms: 100, cap_ms: 1_000, window_ms: 60_000 },
     },
@@ -136,6 +137,25 @@ describe("the dispatcher thread", () => {
         [ids],
       );
       assert.equal(attempts.rows[0]?.n, 40, "one attempt per delivery");
+    } finally {
+      await thread.stop();
+    }
+  });
+
+  it("a wake posted while another is untaken is skipped, and no wake is lost", async () => {
+    // Claims only on wakes: the idle poll is longer than the test.
+    const thread = startThread([], logger, 2, 120_000);
+    try {
+      const enqueue = await endpointAt("/wakes");
+      const warm = await enqueue("wakes-warm-up");
+      thread.wake(2);
+      await until("the warm-up delivery", () => arrivals.has(warm), 30_000);
+      for (let round = 0; round < 20; round++) {
+        const id = await enqueue(`wakes-${round}`);
+        // A burst of wakes, most of them redundant, then nothing until the delivery is seen.
+        for (let i = 0; i < 50; i++) thread.wake(1);
+        await until(`delivery ${round} on a wake`, () => arrivals.has(id), 5_000);
+      }
     } finally {
       await thread.stop();
     }
