@@ -27,7 +27,7 @@
  */
 import { createHash, timingSafeEqual, webcrypto } from "node:crypto";
 import { isIP } from "node:net";
-import type { FastifyRequest } from "fastify";
+import type { FastifyReply, FastifyRequest } from "fastify";
 import { errors as joseErrors, jwtVerify, SignJWT } from "jose";
 import { z } from "zod";
 import { assert } from "#packages/runtime/assert.ts";
@@ -326,7 +326,10 @@ export class Authenticator {
    * valid credential, and a 401 for anything else (wrong scheme, unknown token, bad signature,
    * expired, revoked, wrong issuer/audience/type).
    */
-  async authenticate(header: string | undefined): Promise<Principal | null> {
+  async authenticate(
+    header: string | undefined,
+    alongside?: (principal: Principal) => Promise<void>,
+  ): Promise<Principal | null> {
     if (header === undefined || header === "") return null;
     const match = BEARER.exec(header);
     if (match?.[1] === undefined) {
@@ -339,14 +342,28 @@ export class Authenticator {
     for (const [index, expected] of this.#credentials.entries()) {
       if (sameSecret(given, expected)) matched = this.#kinds[index] ?? null;
     }
-    if (matched !== null) return { kind: matched };
+    if (matched !== null) {
+      const principal = { kind: matched };
+      await alongside?.(principal);
+      return principal;
+    }
     if (this.#key === null) throw unauthorized("invalid token", "invalid_token");
     const user = await this.#verifyUserToken(token, given.toString("base64"));
-    // Checked on every request, the cached tokens included: a revocation takes effect at once.
-    if (this.#versions !== null && user.version < (await this.#versions.current(user.user_id))) {
+    const principal: Principal = { kind: "user", user_id: user.user_id };
+    // Side by side: both may be a Redis round trip, and together they share one. A revoked token
+    // is refused (401) before anything `alongside` threw.
+    const [revoked, beside] = await Promise.allSettled([this.#revoked(user), alongside?.(principal)]);
+    if (revoked.status === "rejected") throw revoked.reason;
+    if (revoked.value) {
       throw unauthorized("token revoked (password changed or account locked); log in again", "invalid_token");
     }
-    return { kind: "user", user_id: user.user_id };
+    if (beside.status === "rejected") throw beside.reason;
+    return principal;
+  }
+
+  /** Checked on every request, the cached tokens included: a revocation takes effect at once. */
+  async #revoked(user: { user_id: number; version: number }): Promise<boolean> {
+    return this.#versions !== null && user.version < (await this.#versions.current(user.user_id));
   }
 
   async #verifyUserToken(token: string, cache_key: string): Promise<{ user_id: number; version: number }> {
@@ -403,6 +420,26 @@ export class Authenticator {
     assert(kinds.length > 0, "a guard accepts at least one kind of caller");
     return async (request: FastifyRequest): Promise<void> => {
       const principal = await this.authenticate(request.headers.authorization);
+      if (principal === null) throw unauthorized("authentication required", null);
+      if (!kinds.includes(principal.kind)) throw forbidden(refusalFor(principal.kind, kinds));
+      principals.set(request, principal);
+    };
+  }
+
+  /**
+   * As guard(), with `alongside` run for an admitted caller while their token's revocation is
+   * checked (a rate limit: see RateLimiter.guard). A caller of another kind gets its 403 and
+   * `alongside` never runs for them.
+   */
+  guardWith(
+    kinds: PrincipalKind[],
+    alongside: (principal: Principal, reply: FastifyReply) => Promise<void>,
+  ): (request: FastifyRequest, reply: FastifyReply) => Promise<void> {
+    assert(kinds.length > 0, "a guard accepts at least one kind of caller");
+    return async (request, reply) => {
+      const admitted = (principal: Principal) =>
+        kinds.includes(principal.kind) ? alongside(principal, reply) : Promise.resolve();
+      const principal = await this.authenticate(request.headers.authorization, admitted);
       if (principal === null) throw unauthorized("authentication required", null);
       if (!kinds.includes(principal.kind)) throw forbidden(refusalFor(principal.kind, kinds));
       principals.set(request, principal);

@@ -68,15 +68,13 @@ describe("per-user rate limit (real Redis)", {
     const auth = new Authenticator({ token_secret: "unit-test-secret-unit-test-secret-xx" });
     const token = (await auth.issueUserToken(77)).access_token;
     const rl = limiter(2, 5_000);
-    const guard = auth.guard("user");
-    const hook = rl.hook();
+    const hook = rl.guard(auth, "user");
     const headers: Record<string, string> = {};
     const reply = {
       headers: (h: Record<string, string>) => Object.assign(headers, h),
     } as unknown as FastifyReply;
     const send = async () => {
       const request = { headers: { authorization: `Bearer ${token}` } } as unknown as FastifyRequest;
-      await guard(request);
       await hook(request, reply);
     };
     await send();
@@ -103,8 +101,7 @@ describe("per-user rate limit (real Redis)", {
     const request = {
       headers: { authorization: "Bearer admin-token-for-the-unit-test" },
     } as unknown as FastifyRequest;
-    await auth.guard("admin")(request);
-    const hook = limiter(1, 60_000).hook();
+    const hook = limiter(1, 60_000).guard(auth, "admin");
     const reply = {
       headers: () => assert.fail("no rate-limit headers for the operator"),
     } as unknown as FastifyReply;
@@ -112,6 +109,69 @@ describe("per-user rate limit (real Redis)", {
     const off = limiter(0);
     assert.equal(off.enabled, false);
     assert.equal(await off.take("user:1"), null);
+  });
+});
+
+describe("the guard with the rate limit", () => {
+  const secret = "unit-test-secret-unit-test-secret-xx";
+  const reply = { headers: () => reply } as unknown as FastifyReply;
+  const requestWith = (token: string) =>
+    ({ headers: { authorization: `Bearer ${token}` } }) as unknown as FastifyRequest;
+
+  it("takes the count while the revocation is checked, not after it", async () => {
+    let releaseVersion: (version: number) => void = () => {};
+    const asked: string[] = [];
+    const versions = {
+      current: () => {
+        asked.push("version");
+        return new Promise<number>((resolve) => {
+          releaseVersion = resolve;
+        });
+      },
+    };
+    const redis = {
+      eval: async () => {
+        asked.push("count");
+        return 1;
+      },
+      del: async () => 0,
+    };
+    const auth = new Authenticator({ token_secret: secret }, versions);
+    const token = (await auth.issueUserToken(5)).access_token;
+    const rl = new RateLimiter(redis, { prefix: "x:", max: 10, window_ms: 1_000, timeout_ms: 1_000, logger });
+    const done = rl.guard(auth, "user")(requestWith(token), reply);
+    // The token's signature is checked first (WebCrypto, off the thread): wait for the version's question.
+    for (let i = 0; i < 400 && !asked.includes("version"); i++) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(asked.sort(), ["count", "version"], "both asked before the version is answered");
+    releaseVersion(0);
+    await done;
+  });
+
+  it("answers a revoked token 401 even when the limit also refuses it, and a 403 caller is not counted", async () => {
+    const counted: string[] = [];
+    const redis = {
+      eval: async (_script: string, options: { keys: string[] }) => {
+        counted.push(options.keys[0] ?? "");
+        return 1_000;
+      },
+      del: async () => 0,
+    };
+    const auth = new Authenticator({ token_secret: secret }, { current: async () => 1 });
+    const stale = (await auth.issueUserToken(6, 0)).access_token;
+    const rl = new RateLimiter(redis, { prefix: "x:", max: 10, window_ms: 1_000, timeout_ms: 1_000, logger });
+    await assert.rejects(rl.guard(auth, "user")(requestWith(stale), reply), (error: unknown) => {
+      assert.ok(error instanceof ApiError);
+      assert.equal(error.status, 401);
+      return true;
+    });
+    const current = (await auth.issueUserToken(6, 1)).access_token;
+    await assert.rejects(rl.guard(auth, "admin")(requestWith(current), reply), (error: unknown) => {
+      assert.ok(error instanceof ApiError);
+      assert.equal(error.status, 403);
+      return true;
+    });
+    assert.equal(counted.length, 1, "only the user route's request was counted");
   });
 });
 

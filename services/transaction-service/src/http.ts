@@ -95,14 +95,12 @@ type RouteDeps = {
   waiters: FinalStatusWaiters;
 };
 
-type RequestHook = ReturnType<RateLimiter["hook"]>;
+type RequestHook = ReturnType<RateLimiter["guard"]>;
 
 export function registerRoutes(app: HttpServer, deps: RouteDeps): void {
-  // Authentication first (before the body is read), then the per-user rate limit.
-  const limited = deps.limiter.hook();
-  const userOrAdmin = [deps.auth.guard("user", "admin"), limited];
-  registerSubmitRoute(app, deps, limited);
-  registerReadRoutes(app, deps, userOrAdmin);
+  // Authentication and the per-user rate limit, before the body is read.
+  registerSubmitRoute(app, deps, deps.limiter.guard(deps.auth, "user"));
+  registerReadRoutes(app, deps, deps.limiter.guard(deps.auth, "user", "admin"));
 }
 
 /** POST /transactions/transfer, and the 405 for its other methods. */
@@ -112,7 +110,7 @@ function registerSubmitRoute(app: HttpServer, deps: RouteDeps, limited: RequestH
     {
       // Only the owner's token spends from a wallet: the operator credential is refused (403)
       // here, so every debit is traceable to the user who authorised it.
-      onRequest: [deps.auth.guard("user"), limited],
+      onRequest: limited,
       schema: {
         summary: "Transfer from the caller's wallet to another user's (optional Idempotency-Key)",
         description:
@@ -162,7 +160,7 @@ function registerSubmitRoute(app: HttpServer, deps: RouteDeps, limited: RequestH
 }
 
 /** A transfer, and a user's transfers. */
-function registerReadRoutes(app: HttpServer, deps: RouteDeps, userOrAdmin: RequestHook[]): void {
+function registerReadRoutes(app: HttpServer, deps: RouteDeps, userOrAdmin: RequestHook): void {
   app.get(
     "/transactions/:id",
     {

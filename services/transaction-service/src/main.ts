@@ -342,7 +342,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
   });
   registerWebhookRoutes(app, {
     pool,
-    onRequest: [auth.guard("user"), limiter.hook()],
+    onRequest: [limiter.guard(auth, "user")],
     allow_private: config.WEBHOOK_ALLOW_PRIVATE,
     secret_grace_ms: config.WEBHOOK_SECRET_GRACE_MS,
     wake: () => saga.webhooks.wake(),

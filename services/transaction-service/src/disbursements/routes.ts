@@ -210,17 +210,19 @@ type DisbursementRouteDeps = {
   step_timeout_ms: number;
 };
 
-/** The request hooks the routes share: one rate-limit hook, and the payer-or-operator guard. */
+/** The request hooks the routes share, each a guard with the rate limit: the payer's, and payer-or-operator. */
 type DisbursementHooks = {
-  limited: ReturnType<RateLimiter["hook"]>;
-  userOrAdmin: Array<ReturnType<RateLimiter["hook"]>>;
+  limited: ReturnType<RateLimiter["guard"]>;
+  userOrAdmin: ReturnType<RateLimiter["guard"]>;
 };
 
 const idParams = z.strictObject({ id: transferIdSchema });
 
 export function registerDisbursementRoutes(app: HttpServer, deps: DisbursementRouteDeps): void {
-  const limited = deps.limiter.hook();
-  const hooks: DisbursementHooks = { limited, userOrAdmin: [deps.auth.guard("user", "admin"), limited] };
+  const hooks: DisbursementHooks = {
+    limited: deps.limiter.guard(deps.auth, "user"),
+    userOrAdmin: deps.limiter.guard(deps.auth, "user", "admin"),
+  };
   registerCreateRoute(app, deps, hooks);
   registerOneRoute(app, deps, hooks);
   registerItemsRoute(app, deps, hooks);
@@ -237,7 +239,7 @@ function registerCreateRoute(
     {
       // 1,000 items with 255-character references: above the listener's default limit.
       bodyLimit: 512 * 1024,
-      onRequest: [deps.auth.guard("user"), limited],
+      onRequest: limited,
       schema: {
         summary: `Pay up to ${DISBURSEMENT_ITEMS_MAX} users from the caller's wallet, funded all or nothing (Idempotency-Key required)`,
         description:
@@ -401,7 +403,7 @@ function registerListRoute(
   app.get(
     "/disbursements",
     {
-      onRequest: [deps.auth.guard("user"), limited],
+      onRequest: limited,
       schema: {
         summary: "The caller's disbursements, newest first",
         tags: ["disbursements"],
