@@ -31,6 +31,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import { errors as joseErrors, jwtVerify, SignJWT } from "jose";
 import { z } from "zod";
 import { assert } from "#packages/runtime/assert.ts";
+import { BoundedMap } from "#packages/runtime/bounded-map.ts";
 import { ApiError } from "./errors.ts";
 
 export type Principal =
@@ -273,7 +274,9 @@ export class Authenticator {
   readonly #ttl_s: number;
   readonly #versions: TokenVersions | null;
   /** Verified user tokens by their SHA-256, with their version and expiry. */
-  readonly #verified = new Map<string, { user_id: number; version: number; expires_at_ms: number }>();
+  readonly #verified = new BoundedMap<string, { user_id: number; version: number; expires_at_ms: number }>(
+    VERIFIED_CACHE_MAX,
+  );
 
   constructor(secrets: AuthSecrets, versions: TokenVersions | null = null) {
     for (const [kind, hex] of [
@@ -396,11 +399,6 @@ export class Authenticator {
         throw unauthorized("invalid token", "invalid_token");
       }
       const user_id = Number(sub);
-      if (this.#verified.size >= VERIFIED_CACHE_MAX) {
-        // Oldest first (a Map keeps insertion order): a bounded cache, never a leak.
-        const oldest = this.#verified.keys().next().value;
-        if (oldest !== undefined) this.#verified.delete(oldest);
-      }
       const entry = { user_id, version, expires_at_ms: (payload.exp as number) * 1000 };
       this.#verified.set(cache_key, entry);
       return entry;

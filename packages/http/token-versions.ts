@@ -15,6 +15,7 @@
  */
 
 import { assert } from "#packages/runtime/assert.ts";
+import { BoundedMap } from "#packages/runtime/bounded-map.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 import type { TokenVersions } from "./auth.ts";
 import { ApiError } from "./errors.ts";
@@ -74,12 +75,13 @@ export interface CachedTokenVersionOptions {
 export class CachedTokenVersions implements TokenVersions {
   readonly #redis: TokenVersionRedis;
   readonly #options: Required<CachedTokenVersionOptions>;
-  readonly #known = new Map<number, { version: number; read_at_ms: number }>();
+  readonly #known: BoundedMap<number, { version: number; read_at_ms: number }>;
   readonly #reading = new Map<number, Promise<number>>();
 
   constructor(redis: TokenVersionRedis, options: CachedTokenVersionOptions) {
     this.#redis = redis;
     this.#options = { entries_max: 100_000, ...options };
+    this.#known = new BoundedMap(this.#options.entries_max);
   }
 
   async current(user_id: number): Promise<number> {
@@ -108,11 +110,6 @@ export class CachedTokenVersions implements TokenVersions {
           headers: { "retry-after": "1" },
         },
       );
-    }
-    this.#known.delete(user_id);
-    if (this.#known.size >= this.#options.entries_max) {
-      const oldest = this.#known.keys().next().value;
-      if (oldest !== undefined) this.#known.delete(oldest);
     }
     this.#known.set(user_id, { version, read_at_ms });
     return version;

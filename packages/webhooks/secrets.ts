@@ -7,6 +7,7 @@
 import { randomBytes } from "node:crypto";
 import { Webhook } from "standardwebhooks";
 import { assert } from "#packages/runtime/assert.ts";
+import { BoundedMap } from "#packages/runtime/bounded-map.ts";
 
 const key_bytes = 32;
 
@@ -24,15 +25,13 @@ export interface SignedHeaders {
  * Signers by key, kept so that a burst to one endpoint decodes its key once, not once per event.
  * Bounded: past `signers_max` keys the oldest is dropped (it is made again if still in use).
  */
-const signers = new Map<string, Webhook>();
-const signers_max = 1_024;
+const signers = new BoundedMap<string, Webhook>(1_024);
 
 function signerOf(secret: string): Webhook {
   let signer = signers.get(secret);
   if (signer === undefined) {
     signer = new Webhook(secret);
     signers.set(secret, signer);
-    if (signers.size > signers_max) signers.delete(signers.keys().next().value as string);
   }
   return signer;
 }

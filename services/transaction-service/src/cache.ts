@@ -11,6 +11,7 @@
 import { statusRank, type TransferSnapshot } from "#packages/contracts/transfer.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { Batcher } from "#packages/runtime/batcher.ts";
+import { BoundedMap } from "#packages/runtime/bounded-map.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 
 /** The few Redis commands the cache uses (structural, so any node-redis client type fits). */
@@ -79,7 +80,7 @@ export class TransferCache {
   /** Write-through puts, several to a call when they come together (see PUT_BATCH_MAX). */
   readonly #puts: Batcher<TransferSnapshot, null>;
   /** Final transfers by lower-case id, in the order kept (see FINAL_LOCAL_MAX). */
-  readonly #finals = new Map<string, Readonly<TransferSnapshot>>();
+  readonly #finals: BoundedMap<string, Readonly<TransferSnapshot>>;
   readonly #final_local_max: number;
   /** Told of each read: which cache, and whether it was a hit (metrics). */
   onLookup: (cache: "transfer" | "list", hit: boolean) => void = () => {};
@@ -105,6 +106,7 @@ export class TransferCache {
     this.#ttl_list_ms = options.ttl_list_ms;
     this.#timeout_ms = options.timeout_ms;
     this.#final_local_max = options.final_local_max ?? FINAL_LOCAL_MAX;
+    this.#finals = new BoundedMap(Math.max(1, this.#final_local_max));
     this.#puts = new Batcher({
       name: "cache puts",
       batch_max: PUT_BATCH_MAX,
@@ -134,10 +136,6 @@ export class TransferCache {
     if (snapshot.status === "PENDING" || this.#final_local_max === 0) return;
     const key = snapshot.id.toLowerCase();
     if (this.#finals.has(key)) return;
-    if (this.#finals.size >= this.#final_local_max) {
-      const oldest = this.#finals.keys().next();
-      if (oldest.done !== true) this.#finals.delete(oldest.value);
-    }
     this.#finals.set(key, Object.freeze({ ...snapshot }));
   }
 
