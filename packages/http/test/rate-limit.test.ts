@@ -64,6 +64,43 @@ describe("per-user rate limit (real Redis)", {
     assert.ok(ttl > 0 && ttl <= 3_000, `ttl ${ttl}`);
   });
 
+  it("takes a busy subject's quota in growing leases: a few round trips, never past max", async () => {
+    let evals = 0;
+    const counting = {
+      eval: (script: string, options: { keys: string[]; arguments: string[] }) => {
+        evals += 1;
+        return redis.eval(script, options);
+      },
+      del: (key: string) => redis.del(key),
+    };
+    const t = 60_000 * 2_000_000 + 1_000;
+    const busy = new RateLimiter(counting, {
+      prefix,
+      max: 1_000_000,
+      window_ms: 60_000,
+      timeout_ms: 1_000,
+      logger,
+    });
+    for (let i = 0; i < 1_000; i++) assert.equal((await busy.take("user:busy", t))?.allowed, true);
+    // Leases of 1, 2, 4, ... 64, then 64 each: 7 + 14.
+    assert.ok(evals <= 25, `${evals} round trips for 1,000 requests`);
+
+    // Two instances, one count: exactly 100 through in the window, whatever the interleaving.
+    const a = new RateLimiter(redis, { prefix, max: 100, window_ms: 60_000, timeout_ms: 1_000, logger });
+    const b = new RateLimiter(redis, { prefix, max: 100, window_ms: 60_000, timeout_ms: 1_000, logger });
+    let through = 0;
+    for (let i = 0; i < 300; i++) {
+      const decision = await (i % 3 === 0 ? b : a).take("user:shared", t);
+      if (decision?.allowed === true) through += 1;
+    }
+    assert.ok(through <= 100 && through >= 100 - 2 * 6, `${through} let through of max 100`);
+    // Alone, and side by side: exactly max.
+    const alone = new RateLimiter(redis, { prefix, max: 40, window_ms: 60_000, timeout_ms: 1_000, logger });
+    const decisions = await Promise.all(Array.from({ length: 120 }, () => alone.take("user:burst", t)));
+    assert.equal(decisions.filter((d) => d?.allowed === true).length, 40);
+    assert.equal((await alone.take("user:burst", t))?.allowed, false);
+  });
+
   it("answers 429 with Retry-After and RateLimit headers through its hook", async () => {
     const auth = new Authenticator({ token_secret: "unit-test-secret-unit-test-secret-xx" });
     const token = (await auth.issueUserToken(77)).access_token;
