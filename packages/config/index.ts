@@ -65,6 +65,13 @@ export const credentialEnv = {
    * the next request after the answer is refused everywhere. The same value on both.
    */
   TOKEN_VERSION_CACHE_MS: env.int(1_000, 0, 10_000),
+  /**
+   * How long transaction-service waits for a token version from Redis before it refuses the
+   * request (503): a gate, so longer than a cache call's bound (a 100 ms stall of Redis under
+   * load refused requests). user-service waits as long again, after TOKEN_VERSION_CACHE_MS,
+   * before answering a change, for a read still in flight. The same value on both.
+   */
+  TOKEN_VERSION_TIMEOUT_MS: env.int(500, 5, 10_000),
 };
 
 /**

@@ -321,7 +321,7 @@ export async function createApp(deps: AppDeps): Promise<App> {
     new CachedTokenVersions(redis, {
       prefix: config.REDIS_KEY_PREFIX,
       cache_ms: config.TOKEN_VERSION_CACHE_MS,
-      timeout_ms: config.CACHE_TIMEOUT_MS,
+      timeout_ms: config.TOKEN_VERSION_TIMEOUT_MS,
     }),
   );
   // A copy serves transfers while its saga database answers: Kafka is behind the outbox, the

@@ -11,6 +11,7 @@ export const configShape = {
   AUTH_TOKEN_SECRET: credentialEnv.AUTH_TOKEN_SECRET,
   AUTH_TOKEN_TTL_S: credentialEnv.AUTH_TOKEN_TTL_S,
   TOKEN_VERSION_CACHE_MS: credentialEnv.TOKEN_VERSION_CACHE_MS,
+  TOKEN_VERSION_TIMEOUT_MS: credentialEnv.TOKEN_VERSION_TIMEOUT_MS,
   USER_SERVICE_PORT: env.port(8000),
   /** Internal listener (ledger steps, hold reads, audit); default USER_SERVICE_PORT + 1000. */
   USER_SERVICE_INTERNAL_PORT: env.optionalPort(),

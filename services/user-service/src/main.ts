@@ -96,6 +96,7 @@ export async function createApp(deps: AppDeps): Promise<{ listeners: Listeners }
       prefix: config.REDIS_KEY_PREFIX,
       timeout_ms: config.REDIS_TIMEOUT_MS,
       cache_ms: config.TOKEN_VERSION_CACHE_MS,
+      reader_timeout_ms: config.TOKEN_VERSION_TIMEOUT_MS,
       logger: log,
     }),
     limits: {

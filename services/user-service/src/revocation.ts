@@ -21,6 +21,8 @@ export interface RevocationOptions {
   timeout_ms: number;
   /** transaction-service's TOKEN_VERSION_CACHE_MS: how long its copies may lag. */
   cache_ms: number;
+  /** transaction-service's TOKEN_VERSION_TIMEOUT_MS: how long its read may still be in flight. */
+  reader_timeout_ms: number;
   logger: Logger;
 }
 
@@ -64,11 +66,11 @@ export class Revocations {
 
   /**
    * After a change committed: every copy transaction-service may hold was read before the write
-   * and expires within cache_ms (plus a read in flight, timeout_ms); only then is the change
+   * and expires within cache_ms (plus a read in flight, reader_timeout_ms); only then is the change
    * answered, so the next request after the answer is refused everywhere.
    */
   async settle(): Promise<void> {
-    await sleep(this.#options.cache_ms + this.#options.timeout_ms);
+    await sleep(this.#options.cache_ms + this.#options.reader_timeout_ms);
   }
 
   #read(user_id: number): Promise<number> {

@@ -54,7 +54,13 @@ function build(client: typeof redis, timeout_ms: number): Listeners {
       { current: (user_id) => tokenVersionOf(pool, user_id) },
     ),
     hasher: new PasswordHasher({ log2_n: 14, concurrency_max: 2, queue_max: 8 }),
-    revocations: new Revocations(client, { prefix: PREFIX, timeout_ms: 200, cache_ms: 0, logger }),
+    revocations: new Revocations(client, {
+      prefix: PREFIX,
+      timeout_ms: 200,
+      cache_ms: 0,
+      reader_timeout_ms: 200,
+      logger,
+    }),
     limits: { address: limiter(3, "client address"), username: limiter(10, "username") },
   });
   return listeners;

@@ -81,7 +81,13 @@ describe("POST /internal/transfers/batch", {
     const limiter = new RateLimiter(redis, { prefix: "", max: 0, window_ms: 1_000, timeout_ms: 100, logger });
     registerRoutes(listeners, {
       hasher: new PasswordHasher({ log2_n: 14, concurrency_max: 1, queue_max: 1 }),
-      revocations: new Revocations(redis, { prefix: "", timeout_ms: 100, cache_ms: 0, logger }),
+      revocations: new Revocations(redis, {
+        prefix: "",
+        timeout_ms: 100,
+        cache_ms: 0,
+        reader_timeout_ms: 100,
+        logger,
+      }),
       limits: { address: limiter, username: limiter },
       pool,
       auth: new Authenticator({
