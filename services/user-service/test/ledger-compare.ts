@@ -3,11 +3,13 @@
  * ledger as it was), and everything the ledger keeps, read back without timestamps, so that the
  * same calls on both schemas can be compared row by row.
  */
+import { randomUUID } from "node:crypto";
 import { copyFile, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Pool } from "#packages/pg/index.ts";
 import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
+import { assertSystemAccounts } from "../src/ledger/accounts.ts";
 import type { LedgerOperationResult } from "../src/ledger/steps.ts";
 
 export const MIGRATIONS = join(import.meta.dirname, "..", "migrations");
@@ -32,6 +34,29 @@ export async function openSchemaUpTo(
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * The two schemas a differential test compares, each with its system accounts: `current`, with
+ * every migration, and `baseline`, with the migrations up to `last` only.
+ */
+export async function openComparison(
+  base_url: string,
+  name: string,
+  last: number,
+  application_name: string,
+): Promise<{ current: TestSchema; baseline: TestSchema }> {
+  const options = { application_name, pool_max: 4 };
+  const current = await openTestSchema(base_url, `${name}_test`, { ...options, migrations: MIGRATIONS });
+  const baseline = await openSchemaUpTo(base_url, `${name}_base`, last, options);
+  await assertSystemAccounts(current.pool);
+  await assertSystemAccounts(baseline.pool);
+  return { current, baseline };
+}
+
+/** Transfer ids fixed once, so that both schemas see the same ones. */
+export function idsOf(n: number): string[] {
+  return Array.from({ length: n }, () => randomUUID());
 }
 
 /** An answer without its timestamps (two schemas cannot share those). */

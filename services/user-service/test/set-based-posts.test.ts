@@ -15,7 +15,15 @@ import { audit } from "../src/ledger/audit.ts";
 import { fundBatch } from "../src/ledger/funding.ts";
 import { applyBatch } from "../src/ledger/steps.ts";
 import { createUser } from "../src/ledger/users.ts";
-import { answerOf, brokenChains, codesOf, dump, MIGRATIONS, openSchemaUpTo } from "./ledger-compare.ts";
+import {
+  answerOf,
+  brokenChains,
+  codesOf,
+  dump,
+  idsOf,
+  MIGRATIONS,
+  openComparison,
+} from "./ledger-compare.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const STAMP = `${process.pid}_${Date.now()}`;
@@ -40,11 +48,6 @@ async function waitingForLock(admin: Pool): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   assert.fail("the call never waited for the lock");
-}
-
-/** The transfer ids of a run, fixed once so that both schemas see the same ones. */
-function idsOf(n: number): string[] {
-  return Array.from({ length: n }, () => randomUUID());
 }
 
 /**
@@ -179,18 +182,13 @@ describe("set-based posts on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_LEDGER_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    current = await openTestSchema(BASE_URL, `user_service_posts_test_${STAMP}`, {
-      application_name: APPLICATION_NAME,
-      pool_max: 4,
-      migrations: MIGRATIONS,
-    });
     // The ledger as it was before 007: every post its own ledger_post.
-    baseline = await openSchemaUpTo(BASE_URL, `user_service_posts_base_${STAMP}`, 6, {
-      application_name: APPLICATION_NAME,
-      pool_max: 4,
-    });
-    await assertSystemAccounts(current.pool);
-    await assertSystemAccounts(baseline.pool);
+    ({ current, baseline } = await openComparison(
+      BASE_URL,
+      `user_service_posts_${STAMP}`,
+      6,
+      APPLICATION_NAME,
+    ));
   });
 
   after(async () => {

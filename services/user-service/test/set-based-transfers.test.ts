@@ -10,12 +10,11 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { LedgerOperation } from "#packages/contracts/ledger.ts";
 import type { Pool } from "#packages/pg/index.ts";
-import { openTestSchema, type TestSchema } from "#packages/pg/test-schema.ts";
-import { assertSystemAccounts } from "../src/ledger/accounts.ts";
+import type { TestSchema } from "#packages/pg/test-schema.ts";
 import { audit } from "../src/ledger/audit.ts";
 import { applyBatch } from "../src/ledger/steps.ts";
 import { createUser } from "../src/ledger/users.ts";
-import { answerOf, brokenChains, codesOf, dump, MIGRATIONS, openSchemaUpTo } from "./ledger-compare.ts";
+import { answerOf, brokenChains, codesOf, dump, idsOf, openComparison } from "./ledger-compare.ts";
 
 const BASE_URL = process.env.TEST_LEDGER_DATABASE_URL ?? "";
 const STAMP = `${process.pid}_${Date.now()}`;
@@ -53,11 +52,6 @@ async function people(pool: Pool, prefix: string) {
 }
 
 type People = Awaited<ReturnType<typeof people>>;
-
-/** The transfer ids of the scenarios, fixed once so that both schemas see the same ones. */
-function idsOf(n: number): string[] {
-  return Array.from({ length: n }, () => randomUUID());
-}
 
 /**
  * Runs of transfers: a plain one (one pass), and each case that must go step by step, padded to
@@ -159,18 +153,13 @@ describe("set-based transfers on PostgreSQL", {
   skip: BASE_URL === "" ? "TEST_LEDGER_DATABASE_URL is not set" : false,
 }, () => {
   before(async () => {
-    current = await openTestSchema(BASE_URL, `user_service_transfers_test_${STAMP}`, {
-      application_name: APPLICATION_NAME,
-      pool_max: 4,
-      migrations: MIGRATIONS,
-    });
     // The ledger as it was before 009: every transfer its own ledger_transfer.
-    baseline = await openSchemaUpTo(BASE_URL, `user_service_transfers_base_${STAMP}`, 8, {
-      application_name: APPLICATION_NAME,
-      pool_max: 4,
-    });
-    await assertSystemAccounts(current.pool);
-    await assertSystemAccounts(baseline.pool);
+    ({ current, baseline } = await openComparison(
+      BASE_URL,
+      `user_service_transfers_${STAMP}`,
+      8,
+      APPLICATION_NAME,
+    ));
   });
 
   after(async () => {
