@@ -234,7 +234,11 @@ async function runPhase(
   });
 
   if (counted !== null) {
-    await countedRun(target, wallets.slice(0, mode.wallets_small), counted, service_pids, ledger, webhooks);
+    if (counted.kind === "rate") {
+      await rateRun(target, wallets.slice(0, mode.wallets_small), counted.count, mode, service_pids);
+    } else {
+      await countedRun(target, wallets.slice(0, mode.wallets_small), counted, service_pids, ledger, webhooks);
+    }
     api.close();
     await webhooks.close();
     await ledger.end();
@@ -447,8 +451,11 @@ const COUNTED_CONCURRENCY = 16;
 const IDLE_SAMPLE_S = 10;
 const COUNTED_WARMUP = 200;
 
-/** A counted run: N single transfers (`--count N`) or N disbursements of 1,000 items (`--batches N`). */
-export type CountedRun = { kind: "transfers" | "batches"; count: number };
+/**
+ * A counted run: N single transfers (`--count N`) or N disbursements of 1,000 items (`--batches N`);
+ * or an open loop at N transfers per second (`--rate N`) for the mode's case length.
+ */
+export type CountedRun = { kind: "transfers" | "batches" | "rate"; count: number };
 
 const COUNTED_BATCH_SIZE = 1_000;
 
@@ -556,6 +563,36 @@ async function countedRun(
   process.stdout.write(
     `COUNTED ${JSON.stringify({ kind: counted.kind, count: counted.count, finals: run.finals, per_transfer, commits_per_transfer, webhook })}\n`,
   );
+}
+
+/**
+ * `--rate N`: transfers arriving at N per second (an open loop, as the half-peak case), warmed up
+ * for the mode's warm-up, then measured for its case length: latency at a rate of one's choosing,
+ * and the CPU each process spent per transfer at that rate.
+ */
+async function rateRun(
+  target: LoadTarget,
+  wallets: number[],
+  rate_tps: number,
+  mode: Mode,
+  service_pids: ReadonlyMap<number, string>,
+): Promise<void> {
+  const mix: Mix = { wallets, hot_share: 0 };
+  const in_flight_max = Math.max(64, rate_tps);
+  await openLoop(target, mix, { rate_tps, duration_s: Math.max(2, mode.warmup_s), in_flight_max });
+  const before = sampleCpu(service_pids, data_dir);
+  const r = await openLoop(target, mix, { rate_tps, duration_s: mode.duration_s, in_flight_max });
+  const used_s = cpuSecondsBetween(before, sampleCpu(service_pids, data_dir));
+  say(
+    `${rate_tps} tps offered for ${mode.duration_s} s: POST p50 ${r.post.p50_ms} / p95 ${r.post.p95_ms} / p99 ${r.post.p99_ms} / max ${r.post.max_ms} ms; ` +
+      `done p50 ${r.completion.p50_ms} / p99 ${r.completion.p99_ms} ms; ${r.completed} completed, ${r.dropped} dropped, ${errorsSaid(r.errors, r.error_kinds)}`,
+  );
+  const finals = Math.max(1, r.completed + r.failed);
+  for (const group of Object.keys(used_s).sort()) {
+    say(
+      `  ${group.padEnd(32)} ${fmt(Math.round(((used_s[group] ?? 0) / finals) * 1e6)).padStart(8)} µs per transfer`,
+    );
+  }
 }
 
 /**
@@ -984,6 +1021,7 @@ async function main(): Promise<void> {
       phase: { type: "string", default: "run" },
       count: { type: "string" },
       batches: { type: "string" },
+      rate: { type: "string" },
       cluster: { type: "boolean", default: false },
       /** With --cluster: the stack this run drives, "single" or "cluster" (its own subfolder). */
       stack: { type: "string" },
@@ -1000,6 +1038,10 @@ async function main(): Promise<void> {
   ) {
     throw new Error("--batches takes a whole number of batches of 1,000 items, 1 to 1,000");
   }
+  const rate = values.rate === undefined ? null : Number(values.rate);
+  if (rate !== null && !(Number.isInteger(rate) && rate >= 1 && rate <= 100_000)) {
+    throw new Error("--rate takes a whole number of transfers per second, 1 to 100,000");
+  }
   const mode = modes[values.smoke ? "smoke" : values.quick ? "quick" : values.long ? "long" : "full"];
   const suffix = `${values.profile ? "-profile" : ""}${values.tracing ? "-tracing" : ""}${values.cluster ? "-cluster" : ""}`;
   const base_dir = resolve(
@@ -1013,7 +1055,9 @@ async function main(): Promise<void> {
       ? { kind: "transfers", count: counted }
       : batches_counted !== null
         ? { kind: "batches", count: batches_counted }
-        : null;
+        : rate !== null
+          ? { kind: "rate", count: rate }
+          : null;
   if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing, run);
   // A counted run has printed its figures: nothing to report.
   else if (values.phase === "report") {

@@ -3,9 +3,10 @@ import { assert } from "#packages/runtime/assert.ts";
  * Group commit for round trips: callers submit one item each and await its own result, while
  * the batcher sends whatever has queued up as one batch (one statement, one HTTP call, one
  * commit for many transfers). Nothing waits on a timer: an idle batcher runs an item at once
- * (a batch of one, no added latency); only while `in_flight_max` batches are already running
- * do new items queue, and the queue then leaves as the next batch. So batches grow with load,
- * which is when the saved round trips matter.
+ * (a batch of one, no added latency); while a batch runs, new items queue and leave together as
+ * the next batch when it ends. A second batch runs beside the first (up to `in_flight_max`) only
+ * once a full one waits, so side-by-side batches serve bursts rather than splitting a steady
+ * stream into batches of one. So batches grow with load, which is when the saved round trips matter.
  */
 
 export interface BatcherOptions<In, Out> {
@@ -13,7 +14,7 @@ export interface BatcherOptions<In, Out> {
   name: string;
   /** Most items in one batch. */
   batch_max: number;
-  /** Most batches running at once. */
+  /** Most batches running at once (beyond the first, only full ones). */
   in_flight_max: number;
   /** Most items waiting; a submit beyond it is refused at once (back-pressure, not an unbounded queue). */
   waiting_max: number;
@@ -67,6 +68,10 @@ export class Batcher<In, Out> {
 
   #pump(): void {
     while (this.#in_flight < this.#options.in_flight_max && this.#waiting.length > 0) {
+      // A batch beside one already running only when a full one waits: a partial batch sent at
+      // once beside a running one is mostly a batch of one, costing a round trip and a commit
+      // per item, while the items that queue behind the running batch leave together.
+      if (this.#in_flight > 0 && this.#waiting.length < this.#options.batch_max) return;
       this.#start(this.#take());
     }
   }

@@ -667,7 +667,7 @@ const usage = [
   "       scripts/run.sh engines up|down|status|restart <name>|kill9 <name>",
   "       scripts/run.sh test [--no-lint] [--keep-test-data] [--no-schemathesis] [--only <path text>]...",
   "       scripts/run.sh chaos [--transfers N] [--faults N] [--wallets N] [--concurrency N]",
-  "       scripts/run.sh bench [--smoke|--quick|--long] [--profile] [--tracing] [--cluster] [--count N] [--batches N] [--out DIR]",
+  "       scripts/run.sh bench [--smoke|--quick|--long] [--profile] [--tracing] [--cluster] [--count N] [--batches N] [--rate N] [--out DIR]",
   "       scripts/run.sh audit [--quiet]",
   "       scripts/run.sh dead-letters list|replay <id>|replay --all",
 ];
@@ -730,6 +730,7 @@ const commandArgs: Record<string, (args: string[]) => void> = {
       out: { type: "string" },
       count: { type: "string" },
       batches: { type: "string" },
+      rate: { type: "string" },
     }),
   audit: (args) => checkArgs("audit", args, { quiet: { type: "boolean" } }),
   "dead-letters": (args) => checkArgs("dead-letters", args, { all: { type: "boolean" } }, 2),

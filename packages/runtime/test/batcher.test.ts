@@ -46,16 +46,19 @@ describe("Batcher", () => {
     assert.deepEqual(await Promise.all(rest), [4, 6, 8]);
   });
 
-  it("keeps batches within batch_max and runs in_flight_max of them side by side", async () => {
+  it("keeps batches within batch_max and runs another beside a running one only when it is full", async () => {
     const { batcher, batches, release } = gated({ batch_max: 2, in_flight_max: 2 });
     const all = [1, 2, 3, 4, 5, 6].map((n) => batcher.submit(n));
-    assert.deepEqual(batches, [[1], [2]]);
+    // 2 waits for 1 alone; with 3 a full batch waits, and runs beside 1.
+    assert.deepEqual(batches, [[1], [2, 3]]);
     await release();
-    assert.deepEqual(batches, [[1], [2], [3, 4]]);
+    assert.deepEqual(batches, [[1], [2, 3], [4, 5]]);
     await release();
+    // 6 alone is a partial batch: it waits for [4, 5] rather than run beside it.
+    assert.deepEqual(batches, [[1], [2, 3], [4, 5]]);
     await release();
+    assert.deepEqual(batches, [[1], [2, 3], [4, 5], [6]]);
     await release();
-    assert.deepEqual(batches, [[1], [2], [3, 4], [5, 6]]);
     assert.deepEqual(await Promise.all(all), [2, 4, 6, 8, 10, 12]);
   });
 
