@@ -171,7 +171,7 @@ async function runPhase(
   out_dir: string,
   profiled: boolean,
   tracing: boolean,
-  counted: CountedRun | null = null,
+  counted: CountedRun | RateRun | null = null,
 ): Promise<void> {
   const started_at = new Date().toISOString();
   const transaction_url = required("TEST_TRANSACTION_SERVICE_URL");
@@ -235,7 +235,7 @@ async function runPhase(
 
   if (counted !== null) {
     if (counted.kind === "rate") {
-      await rateRun(target, wallets.slice(0, mode.wallets_small), counted.count, mode, service_pids);
+      await rateRun(target, wallets.slice(0, mode.wallets_small), counted.rate_tps, mode, service_pids);
     } else {
       await countedRun(target, wallets.slice(0, mode.wallets_small), counted, service_pids, ledger, webhooks);
     }
@@ -452,11 +452,10 @@ const COUNTED_CONCURRENCY = 16;
 const IDLE_SAMPLE_S = 10;
 const COUNTED_WARMUP = 200;
 
-/**
- * A counted run: N single transfers (`--count N`) or N disbursements of 1,000 items (`--batches N`);
- * or an open loop at N transfers per second (`--rate N`) for the mode's case length.
- */
-export type CountedRun = { kind: "transfers" | "batches" | "rate"; count: number };
+/** A counted run: N single transfers (`--count N`) or N disbursements of 1,000 items (`--batches N`). */
+export type CountedRun = { kind: "transfers" | "batches"; count: number };
+/** An open loop at `rate_tps` transfers per second (`--rate N`) for the mode's case length. */
+export type RateRun = { kind: "rate"; rate_tps: number };
 
 const COUNTED_BATCH_SIZE = 1_000;
 
@@ -1051,16 +1050,19 @@ async function main(): Promise<void> {
       (mode.name === "full" && suffix === "" ? "docs/benchmark" : `.data/bench/${mode.name}${suffix}`),
   );
   const out_dir = values.stack === undefined ? base_dir : join(base_dir, values.stack);
-  const run: CountedRun | null =
+  if ([counted, batches_counted, rate].filter((n) => n !== null).length > 1) {
+    throw new Error("--count, --batches and --rate are runs of their own: give one of them");
+  }
+  const run: CountedRun | RateRun | null =
     counted !== null
       ? { kind: "transfers", count: counted }
       : batches_counted !== null
         ? { kind: "batches", count: batches_counted }
         : rate !== null
-          ? { kind: "rate", count: rate }
+          ? { kind: "rate", rate_tps: rate }
           : null;
   if (values.phase === "run") await runPhase(mode, out_dir, values.profile, values.tracing, run);
-  // A counted run has printed its figures: nothing to report.
+  // A counted or rate run has printed its figures: nothing to report.
   else if (values.phase === "report") {
     if (run === null) await reportPhase(out_dir);
   } else if (values.phase === "compare") await compareStacks(base_dir);
