@@ -387,12 +387,13 @@ async function cmdTest(args: string[]): Promise<number> {
       const reporter = process.env.DPS_TEST_REPORTER || (process.stdout.isTTY ? "spec" : "tap");
       // One runner for unit and integration tests: one summary at the end. Integration tests share
       // one stack, so files run one at a time. A file whose tests are over (passed, failed or
-      // timed out) ends soon after even if something it started still runs, so one failure cannot
-      // hold the whole run until CI's deadline (test-exit.ts).
+      // timed out) ends even if something it started still runs, so one failure cannot hold the
+      // whole run until CI's deadline; test-exit.ts lets its reports reach the runner first.
       const { code } = await spawnChild(
         process.execPath,
         [
           "--test",
+          "--test-force-exit",
           "--import",
           join(repoRoot, "scripts", "stack", "test-exit.ts"),
           `--test-reporter=${reporter}`,
