@@ -416,12 +416,7 @@ export class Authenticator {
    */
   guard(...kinds: PrincipalKind[]) {
     assert(kinds.length > 0, "a guard accepts at least one kind of caller");
-    return async (request: FastifyRequest): Promise<void> => {
-      const principal = await this.authenticate(request.headers.authorization);
-      if (principal === null) throw unauthorized("authentication required", null);
-      if (!kinds.includes(principal.kind)) throw forbidden(refusalFor(principal.kind, kinds));
-      principals.set(request, principal);
-    };
+    return (request: FastifyRequest): Promise<void> => this.#admit(request, kinds);
   }
 
   /**
@@ -434,14 +429,24 @@ export class Authenticator {
     alongside: (principal: Principal, reply: FastifyReply) => Promise<void>,
   ): (request: FastifyRequest, reply: FastifyReply) => Promise<void> {
     assert(kinds.length > 0, "a guard accepts at least one kind of caller");
-    return async (request, reply) => {
-      const admitted = (principal: Principal) =>
-        kinds.includes(principal.kind) ? alongside(principal, reply) : Promise.resolve();
-      const principal = await this.authenticate(request.headers.authorization, admitted);
-      if (principal === null) throw unauthorized("authentication required", null);
-      if (!kinds.includes(principal.kind)) throw forbidden(refusalFor(principal.kind, kinds));
-      principals.set(request, principal);
-    };
+    return (request, reply) => this.#admit(request, kinds, (principal) => alongside(principal, reply));
+  }
+
+  /** The caller must be one of `kinds` (401, else 403); `alongside` runs only for an admitted one. */
+  async #admit(
+    request: FastifyRequest,
+    kinds: PrincipalKind[],
+    alongside?: (principal: Principal) => Promise<void>,
+  ): Promise<void> {
+    const admitted =
+      alongside === undefined
+        ? undefined
+        : (principal: Principal) =>
+            kinds.includes(principal.kind) ? alongside(principal) : Promise.resolve();
+    const principal = await this.authenticate(request.headers.authorization, admitted);
+    if (principal === null) throw unauthorized("authentication required", null);
+    if (!kinds.includes(principal.kind)) throw forbidden(refusalFor(principal.kind, kinds));
+    principals.set(request, principal);
   }
 
   /** onRequest hook for public routes that behave differently for some callers (401 only for a bad credential). */
