@@ -20,6 +20,7 @@ import {
   internalUrls,
   login,
   PASSWORD,
+  recordIn,
   settled,
   transfer,
   uniqueName,
@@ -234,7 +235,7 @@ describe("authorization", () => {
     const c = await createUser();
     const sent = await transfer({ source_user_id: a.id, dest_user_id: b.id, amount: 7 }, undefined, a.token);
     const id = sent.body.data.transaction.id;
-    await settled(id, a.token);
+    await recordIn(id, (await settled(id, a.token)).status);
 
     assertError(
       await call("GET", `${urls.user}/users/${a.id}`, { headers: bearer(c.token) }),

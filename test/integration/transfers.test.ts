@@ -214,7 +214,9 @@ describe("transfers", () => {
       );
       ids.push(answer.body.data.transaction.id);
     }
-    for (const id of ids) await settled(id, b.token);
+    // The list is the read side's: a transfer is in it once its record is written, which can
+    // come a moment after the transfer reads final.
+    for (const id of ids) await recordIn(id, (await settled(id, b.token)).status);
     const seen: string[] = [];
     let cursor: string | null = null;
     do {

@@ -64,6 +64,15 @@ for i = 1, #KEYS do
 end
 return dropped`;
 
+/**
+ * A lookup of one page of an owner's cached list: the page if cached, and the generation of the
+ * owner's lists it was looked up under (null when Redis did not answer). A page fetched after a
+ * miss is put under that generation, never the current one: when a change bumps the generation
+ * while the page is being fetched, the page may already be stale, and it must stay unreachable
+ * rather than be served as the new generation's until its TTL.
+ */
+export type ListLookup = { page: unknown | null; generation: string | null };
+
 /** Starts a new generation of each user's cached lists (KEYS: their generation keys). */
 const INCR_EACH = `
 for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
@@ -182,22 +191,29 @@ export class TransferCache {
     }
   }
 
-  async getList(user_id: number, page_key: string): Promise<unknown | null> {
-    const value = await this.#safe("get list", async () => {
+  /** A page of the user's transfers, if cached, and the generation it was looked up under. */
+  async getList(user_id: number, page_key: string): Promise<ListLookup> {
+    const found = await this.#safe("get list", async () => {
       const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
-      return this.#redis.get(this.#listKey(user_id, generation, page_key));
+      return { generation, value: await this.#redis.get(this.#listKey(user_id, generation, page_key)) };
     });
+    const value = found?.value;
     this.onLookup("list", typeof value === "string");
-    return typeof value === "string" ? (JSON.parse(value) as unknown) : null;
+    return {
+      page: typeof value === "string" ? (JSON.parse(value) as unknown) : null,
+      generation: found?.generation ?? null,
+    };
   }
 
-  async putList(user_id: number, page_key: string, body: unknown): Promise<void> {
-    await this.#safe("put list", async () => {
-      const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
-      await this.#redis.set(this.#listKey(user_id, generation, page_key), JSON.stringify(body), {
+  /** Puts a page fetched after `lookup` missed, under the generation the lookup saw. */
+  async putList(user_id: number, lookup: ListLookup, page_key: string, body: unknown): Promise<void> {
+    const generation = lookup.generation;
+    if (generation === null) return;
+    await this.#safe("put list", () =>
+      this.#redis.set(this.#listKey(user_id, generation, page_key), JSON.stringify(body), {
         PX: this.#ttl_list_ms,
-      });
-    });
+      }),
+    );
   }
 
   /** A transfer of these users changed: their cached lists are stale from now on. */

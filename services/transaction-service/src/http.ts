@@ -274,7 +274,8 @@ async function readPage(
   log: FastifyBaseLogger,
 ): Promise<Page> {
   const page_key = `${query.limit}:${query.cursor ?? ""}`;
-  const cached = listResponse.safeParse(await deps.cache.getList(user_id, page_key));
+  const lookup = await deps.cache.getList(user_id, page_key);
+  const cached = listResponse.safeParse(lookup.page);
   if (cached.success) return cached.data;
   const unavailable = new ApiError(
     503,
@@ -293,6 +294,6 @@ async function readPage(
     log.warn({ status: answer.status }, "query service error on list");
     throw unavailable;
   }
-  await deps.cache.putList(user_id, page_key, page.data);
+  await deps.cache.putList(user_id, lookup, page_key, page.data);
   return page.data;
 }

@@ -3,6 +3,8 @@
  * leave as one call, each entry still a compare-and-set by status rank (a PENDING put never
  * overwrites a COMPLETED entry), with the TTL of its status; an invalidation drops only entries
  * behind the saga's status and starts new generations of the users' lists, one call per chunk.
+ * A list page is cached under the generation its lookup saw, so a page fetched while a change
+ * landed is never served as the changed list's (payers' batch lists alike).
  * Final transfers are also kept in the process, a bounded number, and read from there.
  */
 import assert from "node:assert/strict";
@@ -12,6 +14,7 @@ import { createClient } from "redis";
 import type { TransferSnapshot } from "#packages/contracts/transfer.ts";
 import { createLogger } from "#packages/log/index.ts";
 import { PUT_BATCH_MAX, type Redis, TransferCache } from "../src/cache.ts";
+import { DisbursementCache } from "../src/disbursements/cache.ts";
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? "";
 const PREFIX = `${process.env.REDIS_KEY_PREFIX ?? ""}cache-test-${randomUUID()}:`;
@@ -121,13 +124,48 @@ describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_
     assert.deepEqual(await cache.getTransfer(level.id), level, "an entry at the saga's status stays");
 
     const users = [7_001, 7_002, 7_001];
-    await cache.putList(7_001, "page", { rows: 1 });
-    assert.deepEqual(await cache.getList(7_001, "page"), { rows: 1 });
+    await cache.putList(7_001, await cache.getList(7_001, "page"), "page", { rows: 1 });
+    assert.deepEqual((await cache.getList(7_001, "page")).page, { rows: 1 });
     evals = 0;
     await cache.touchUsers(users);
     assert.equal(evals, 1);
-    assert.equal(await cache.getList(7_001, "page"), null, "the list's generation moved on");
+    assert.equal((await cache.getList(7_001, "page")).page, null, "the list's generation moved on");
     assert.equal(await redis.get(`${PREFIX}user-transfers-gen:7002`), "1");
+  });
+
+  it("never serves a page fetched across a change as the changed list's (users' and payers' lists)", async () => {
+    const payers = new DisbursementCache(redis, {
+      prefix: PREFIX,
+      logger: createLogger("cache-test", "silent"),
+      ttl_pending_ms: TTL_PENDING_MS,
+      ttl_final_ms: TTL_FINAL_MS,
+      ttl_list_ms: 60_000,
+      timeout_ms: 5_000,
+    });
+    const lists = [
+      {
+        get: (page_key: string) => cache.getList(7_101, page_key),
+        put: cache.putList.bind(cache, 7_101),
+        touch: () => cache.touchUsers([7_101]),
+      },
+      {
+        get: (page_key: string) => payers.getList(7_102, page_key),
+        put: payers.putList.bind(payers, 7_102),
+        touch: () => payers.touchPayer(7_102),
+      },
+    ];
+    for (const list of lists) {
+      // A reader misses and asks the query service; the record lands and its event bumps the
+      // generation; the reader's page (from before the record) then comes back to be cached.
+      const missed = await list.get("20:");
+      assert.equal(missed.page, null);
+      await list.touch();
+      await list.put(missed, "20:", { rows: "before the change" });
+      assert.equal((await list.get("20:")).page, null, "a page older than the change is never served");
+      const fresh = await list.get("20:");
+      await list.put(fresh, "20:", { rows: "after the change" });
+      assert.deepEqual((await list.get("20:")).page, { rows: "after the change" });
+    }
   });
 
   it("keeps final transfers in the process, at most final_local_max, and never a pending one", async () => {

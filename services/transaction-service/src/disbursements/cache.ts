@@ -9,7 +9,7 @@
 import type { DisbursementSnapshot } from "#packages/contracts/disbursement.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
-import { type Redis, SET_IF_NEWER_MANY } from "../cache.ts";
+import { type ListLookup, type Redis, SET_IF_NEWER_MANY } from "../cache.ts";
 
 export interface DisbursementCacheOptions {
   prefix: string;
@@ -45,21 +45,28 @@ export class DisbursementCache {
     );
   }
 
-  async getList(user_id: number, page_key: string): Promise<unknown | null> {
-    const value = await this.#safe("get disbursement list", async () => {
+  /** A page of the payer's batches, if cached, and the generation it was looked up under (ListLookup). */
+  async getList(user_id: number, page_key: string): Promise<ListLookup> {
+    const found = await this.#safe("get disbursement list", async () => {
       const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
-      return this.#redis.get(this.#listKey(user_id, generation, page_key));
+      return { generation, value: await this.#redis.get(this.#listKey(user_id, generation, page_key)) };
     });
-    return typeof value === "string" ? (JSON.parse(value) as unknown) : null;
+    const value = found?.value;
+    return {
+      page: typeof value === "string" ? (JSON.parse(value) as unknown) : null,
+      generation: found?.generation ?? null,
+    };
   }
 
-  async putList(user_id: number, page_key: string, body: unknown): Promise<void> {
-    await this.#safe("put disbursement list", async () => {
-      const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
-      await this.#redis.set(this.#listKey(user_id, generation, page_key), JSON.stringify(body), {
+  /** Puts a page fetched after `lookup` missed, under the generation the lookup saw. */
+  async putList(user_id: number, lookup: ListLookup, page_key: string, body: unknown): Promise<void> {
+    const generation = lookup.generation;
+    if (generation === null) return;
+    await this.#safe("put disbursement list", () =>
+      this.#redis.set(this.#listKey(user_id, generation, page_key), JSON.stringify(body), {
         PX: this.#options.ttl_list_ms,
-      });
-    });
+      }),
+    );
   }
 
   /** A page of a settled batch's items (such pages never change; the TTL of final records). */

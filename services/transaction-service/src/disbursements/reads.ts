@@ -142,7 +142,8 @@ export class DisbursementReads {
     const cursor = query.cursor === undefined ? null : canonicalCursor(query.cursor);
     const canonical = cursor === null ? { limit: query.limit } : { limit: query.limit, cursor };
     const page_key = `${canonical.limit}:${canonical.cursor ?? ""}`;
-    const cached = disbursementPageSchema.safeParse(await this.#cache.getList(user_id, page_key));
+    const lookup = await this.#cache.getList(user_id, page_key);
+    const cached = disbursementPageSchema.safeParse(lookup.page);
     if (cached.success) return cached.data;
     const unavailable = new ApiError(503, "query_unavailable", "disbursements are temporarily unavailable", {
       headers: { "retry-after": "1" },
@@ -156,7 +157,7 @@ export class DisbursementReads {
       log.warn({ status: answer.status }, "query service error on disbursement list");
       throw unavailable;
     }
-    await this.#cache.putList(user_id, page_key, page.data);
+    await this.#cache.putList(user_id, lookup, page_key, page.data);
     return page.data;
   }
 
