@@ -11,9 +11,9 @@
  *   by the sends it delayed (coordinated omission).
  */
 import { randomUUID } from "node:crypto";
-import { Agent, request } from "node:http";
 import { createHistogram, type RecordableHistogram } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
+import { type Dispatcher, Pool } from "undici";
 import { assert } from "#packages/runtime/assert.ts";
 import { countError, type ErrorKinds, errorKind, statusKind } from "./errors.ts";
 
@@ -52,22 +52,24 @@ interface Answer {
   body: any;
 }
 
-/** A keep-alive HTTP/1.1 client for one base URL, with a timeout on every call. */
+/**
+ * A keep-alive HTTP/1.1 client for one base URL, with a timeout on every call: undici's Pool,
+ * which costs the load generator about a third less CPU per call than node:http's request and
+ * agent (and allocates less, so its own collector pauses less often), so that less of the
+ * machine goes to the client and less of a measured latency is the client's.
+ */
 export class ApiClient {
-  readonly #agent: Agent;
-  readonly #host: string;
-  readonly #port: number;
-  readonly #timeout_ms: number;
+  readonly #pool: Pool;
 
   constructor(base_url: string, sockets_max: number, timeout_ms: number) {
-    const url = new URL(base_url);
-    this.#host = url.hostname;
-    this.#port = Number(url.port);
-    this.#timeout_ms = timeout_ms;
-    this.#agent = new Agent({ keepAlive: true, maxSockets: sockets_max, maxFreeSockets: sockets_max });
+    this.#pool = new Pool(new URL(base_url).origin, {
+      connections: sockets_max,
+      headersTimeout: timeout_ms,
+      bodyTimeout: timeout_ms,
+    });
   }
 
-  call(
+  async call(
     method: "GET" | "POST",
     path: string,
     headers: Record<string, string>,
@@ -75,41 +77,37 @@ export class ApiClient {
   ): Promise<Answer> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const all = payload === undefined ? headers : { ...headers, "content-type": "application/json" };
-    return new Promise((resolve, reject) => {
-      const req = request(
-        { host: this.#host, port: this.#port, method, path, headers: all, agent: this.#agent },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (chunk: Buffer) => chunks.push(chunk));
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            try {
-              resolve({ status: res.statusCode ?? 0, body: text === "" ? null : JSON.parse(text) });
-            } catch {
-              // A proxy's own error page (HAProxy's 503, say) is HTML: counted by its status.
-              reject(
-                failure(
-                  `${method} ${path}: ${res.statusCode} with a body that is not JSON`,
-                  `${statusKind(res.statusCode ?? 0)} not JSON`,
-                ),
-              );
-            }
-          });
-          res.on("error", reject);
-        },
-      );
-      req.setTimeout(this.#timeout_ms, () =>
-        req.destroy(failure(`${method} ${path}: no answer in ${this.#timeout_ms} ms`, "TIMEOUT")),
-      );
-      req.on("error", reject);
-      req.end(payload);
+    let answer: Dispatcher.ResponseData;
+    try {
+      answer = await this.#pool.request({ method, path, headers: all, body: payload ?? null });
+    } catch (error) {
+      throw TIMEOUT_CODES.has(errorKind(error))
+        ? failure(`${method} ${path}: no answer in time`, "TIMEOUT")
+        : error;
+    }
+    const text = await answer.body.text().catch((error: unknown) => {
+      throw TIMEOUT_CODES.has(errorKind(error))
+        ? failure(`${method} ${path}: answer cut off`, "TIMEOUT")
+        : error;
     });
+    try {
+      return { status: answer.statusCode, body: text === "" ? null : JSON.parse(text) };
+    } catch {
+      // A proxy's own error page (HAProxy's 503, say) is HTML: counted by its status.
+      throw failure(
+        `${method} ${path}: ${answer.statusCode} with a body that is not JSON`,
+        `${statusKind(answer.statusCode)} not JSON`,
+      );
+    }
   }
 
   close(): void {
-    this.#agent.destroy();
+    void this.#pool.destroy();
   }
 }
+
+/** undici's codes for a call that ran out of time: counted as TIMEOUT, as before. */
+const TIMEOUT_CODES: ReadonlySet<string> = new Set(["UND_ERR_HEADERS_TIMEOUT", "UND_ERR_BODY_TIMEOUT"]);
 
 /** Who pays whom: uniform over the wallets, or with one hot wallet in a share of the transfers. */
 export interface Mix {
