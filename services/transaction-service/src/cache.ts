@@ -73,6 +73,43 @@ return dropped`;
  */
 export type ListLookup = { page: unknown | null; generation: string | null };
 
+/** Where an owner's cached list pages live: its generation's key, and a page's key in a generation. */
+export interface ListKeys {
+  generation: string;
+  page: (generation: string) => string;
+}
+
+/** Runs a Redis call, answering null when it fails or runs out of time (each cache's #safe). */
+type Guarded = <T>(what: string, fn: () => Promise<T>) => Promise<T | null>;
+
+/** A page of an owner's list under its current generation (users' transfers, payers' batches). */
+export async function lookUpListPage(redis: Redis, keys: ListKeys, guarded: Guarded): Promise<ListLookup> {
+  const found = await guarded("get list", async () => {
+    const generation = (await redis.get(keys.generation)) ?? "0";
+    return { generation, value: await redis.get(keys.page(generation)) };
+  });
+  const value = found?.value;
+  return {
+    page: typeof value === "string" ? (JSON.parse(value) as unknown) : null,
+    generation: found?.generation ?? null,
+  };
+}
+
+/** Puts a page fetched after `lookup` missed, under the generation the lookup saw. */
+export async function putListPage(
+  redis: Redis,
+  keys: ListKeys,
+  lookup: ListLookup,
+  body: unknown,
+  options: { ttl_ms: number; guarded: Guarded },
+): Promise<void> {
+  const generation = lookup.generation;
+  if (generation === null) return;
+  await options.guarded("put list", () =>
+    redis.set(keys.page(generation), JSON.stringify(body), { PX: options.ttl_ms }),
+  );
+}
+
 /** Starts a new generation of each user's cached lists (KEYS: their generation keys). */
 const INCR_EACH = `
 for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
@@ -193,27 +230,17 @@ export class TransferCache {
 
   /** A page of the user's transfers, if cached, and the generation it was looked up under. */
   async getList(user_id: number, page_key: string): Promise<ListLookup> {
-    const found = await this.#safe("get list", async () => {
-      const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
-      return { generation, value: await this.#redis.get(this.#listKey(user_id, generation, page_key)) };
-    });
-    const value = found?.value;
-    this.onLookup("list", typeof value === "string");
-    return {
-      page: typeof value === "string" ? (JSON.parse(value) as unknown) : null,
-      generation: found?.generation ?? null,
-    };
+    const lookup = await lookUpListPage(this.#redis, this.#listKeys(user_id, page_key), this.#guarded);
+    this.onLookup("list", lookup.page !== null);
+    return lookup;
   }
 
   /** Puts a page fetched after `lookup` missed, under the generation the lookup saw. */
   async putList(user_id: number, lookup: ListLookup, page_key: string, body: unknown): Promise<void> {
-    const generation = lookup.generation;
-    if (generation === null) return;
-    await this.#safe("put list", () =>
-      this.#redis.set(this.#listKey(user_id, generation, page_key), JSON.stringify(body), {
-        PX: this.#ttl_list_ms,
-      }),
-    );
+    await putListPage(this.#redis, this.#listKeys(user_id, page_key), lookup, body, {
+      ttl_ms: this.#ttl_list_ms,
+      guarded: this.#guarded,
+    });
   }
 
   /** A transfer of these users changed: their cached lists are stale from now on. */
@@ -237,9 +264,14 @@ export class TransferCache {
     return `${this.#prefix}user-transfers-gen:${user_id}`;
   }
 
-  #listKey(user_id: number, generation: string, page_key: string): string {
-    return `${this.#prefix}user-transfers:${user_id}:${generation}:${page_key}`;
+  #listKeys(user_id: number, page_key: string): ListKeys {
+    return {
+      generation: this.#generationKey(user_id),
+      page: (generation) => `${this.#prefix}user-transfers:${user_id}:${generation}:${page_key}`,
+    };
   }
+
+  readonly #guarded: Guarded = (what, fn) => this.#safe(what, fn);
 
   async #safe<T>(what: string, fn: () => Promise<T>): Promise<T | null> {
     try {

@@ -20,6 +20,15 @@ const REDIS_URL = process.env.TEST_REDIS_URL ?? "";
 const PREFIX = `${process.env.REDIS_KEY_PREFIX ?? ""}cache-test-${randomUUID()}:`;
 const TTL_PENDING_MS = 60_000;
 const TTL_FINAL_MS = 600_000;
+/** Both caches' options here. */
+const OPTIONS = {
+  prefix: PREFIX,
+  logger: createLogger("cache-test", "silent"),
+  ttl_pending_ms: TTL_PENDING_MS,
+  ttl_final_ms: TTL_FINAL_MS,
+  ttl_list_ms: 60_000,
+  timeout_ms: 5_000,
+};
 
 function snapshot(status: TransferSnapshot["status"], id = randomUUID()): TransferSnapshot {
   const at = new Date().toISOString();
@@ -59,17 +68,9 @@ describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_
         return redis.eval(script, options);
       },
     };
-    const options = {
-      prefix: PREFIX,
-      logger: createLogger("cache-test", "silent"),
-      ttl_pending_ms: TTL_PENDING_MS,
-      ttl_final_ms: TTL_FINAL_MS,
-      ttl_list_ms: 60_000,
-      timeout_ms: 5_000,
-    };
     // Redis alone, so that every read below asks it.
-    cache = new TransferCache(counting, { ...options, final_local_max: 0 });
-    keeping = new TransferCache(counting, { ...options, final_local_max: 2 });
+    cache = new TransferCache(counting, { ...OPTIONS, final_local_max: 0 });
+    keeping = new TransferCache(counting, { ...OPTIONS, final_local_max: 2 });
   });
   after(async () => {
     const keys = await redis.keys(`${PREFIX}*`);
@@ -134,14 +135,7 @@ describe("transfer cache write-through", { skip: REDIS_URL === "" ? "TEST_REDIS_
   });
 
   it("never serves a page fetched across a change as the changed list's (users' and payers' lists)", async () => {
-    const payers = new DisbursementCache(redis, {
-      prefix: PREFIX,
-      logger: createLogger("cache-test", "silent"),
-      ttl_pending_ms: TTL_PENDING_MS,
-      ttl_final_ms: TTL_FINAL_MS,
-      ttl_list_ms: 60_000,
-      timeout_ms: 5_000,
-    });
+    const payers = new DisbursementCache(redis, OPTIONS);
     const lists = [
       {
         get: (page_key: string) => cache.getList(7_101, page_key),

@@ -9,7 +9,14 @@
 import type { DisbursementSnapshot } from "#packages/contracts/disbursement.ts";
 import type { Logger } from "#packages/log/index.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
-import { type ListLookup, type Redis, SET_IF_NEWER_MANY } from "../cache.ts";
+import {
+  type ListKeys,
+  type ListLookup,
+  lookUpListPage,
+  putListPage,
+  type Redis,
+  SET_IF_NEWER_MANY,
+} from "../cache.ts";
 
 export interface DisbursementCacheOptions {
   prefix: string;
@@ -46,27 +53,16 @@ export class DisbursementCache {
   }
 
   /** A page of the payer's batches, if cached, and the generation it was looked up under (ListLookup). */
-  async getList(user_id: number, page_key: string): Promise<ListLookup> {
-    const found = await this.#safe("get disbursement list", async () => {
-      const generation = (await this.#redis.get(this.#generationKey(user_id))) ?? "0";
-      return { generation, value: await this.#redis.get(this.#listKey(user_id, generation, page_key)) };
-    });
-    const value = found?.value;
-    return {
-      page: typeof value === "string" ? (JSON.parse(value) as unknown) : null,
-      generation: found?.generation ?? null,
-    };
+  getList(user_id: number, page_key: string): Promise<ListLookup> {
+    return lookUpListPage(this.#redis, this.#listKeys(user_id, page_key), this.#guarded);
   }
 
   /** Puts a page fetched after `lookup` missed, under the generation the lookup saw. */
   async putList(user_id: number, lookup: ListLookup, page_key: string, body: unknown): Promise<void> {
-    const generation = lookup.generation;
-    if (generation === null) return;
-    await this.#safe("put disbursement list", () =>
-      this.#redis.set(this.#listKey(user_id, generation, page_key), JSON.stringify(body), {
-        PX: this.#options.ttl_list_ms,
-      }),
-    );
+    await putListPage(this.#redis, this.#listKeys(user_id, page_key), lookup, body, {
+      ttl_ms: this.#options.ttl_list_ms,
+      guarded: this.#guarded,
+    });
   }
 
   /** A page of a settled batch's items (such pages never change; the TTL of final records). */
@@ -100,9 +96,15 @@ export class DisbursementCache {
     return `${this.#options.prefix}payer-disbursements-gen:${user_id}`;
   }
 
-  #listKey(user_id: number, generation: string, page_key: string): string {
-    return `${this.#options.prefix}payer-disbursements:${user_id}:${generation}:${page_key}`;
+  #listKeys(user_id: number, page_key: string): ListKeys {
+    return {
+      generation: this.#generationKey(user_id),
+      page: (generation) => `${this.#options.prefix}payer-disbursements:${user_id}:${generation}:${page_key}`,
+    };
   }
+
+  readonly #guarded = <T>(what: string, fn: () => Promise<T>): Promise<T | null> =>
+    this.#safe(`${what} of disbursements`, fn);
 
   async #safe<T>(what: string, fn: () => Promise<T>): Promise<T | null> {
     try {
