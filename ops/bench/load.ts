@@ -81,14 +81,10 @@ export class ApiClient {
     try {
       answer = await this.#pool.request({ method, path, headers: all, body: payload ?? null });
     } catch (error) {
-      throw TIMEOUT_CODES.has(errorKind(error))
-        ? failure(`${method} ${path}: no answer in time`, "TIMEOUT")
-        : error;
+      throw asTimeout(error, `${method} ${path}: no answer in time`);
     }
     const text = await answer.body.text().catch((error: unknown) => {
-      throw TIMEOUT_CODES.has(errorKind(error))
-        ? failure(`${method} ${path}: answer cut off`, "TIMEOUT")
-        : error;
+      throw asTimeout(error, `${method} ${path}: answer cut off`);
     });
     try {
       return { status: answer.statusCode, body: text === "" ? null : JSON.parse(text) };
@@ -108,6 +104,10 @@ export class ApiClient {
 
 /** undici's codes for a call that ran out of time: counted as TIMEOUT, as before. */
 const TIMEOUT_CODES: ReadonlySet<string> = new Set(["UND_ERR_HEADERS_TIMEOUT", "UND_ERR_BODY_TIMEOUT"]);
+
+/** `error` as a TIMEOUT failure saying `message` when undici ran out of time, else unchanged. */
+const asTimeout = (error: unknown, message: string): unknown =>
+  TIMEOUT_CODES.has(errorKind(error)) ? failure(message, "TIMEOUT") : error;
 
 /** Who pays whom: uniform over the wallets, or with one hot wallet in a share of the transfers. */
 export interface Mix {
