@@ -48,6 +48,12 @@ export interface LoopOptions {
   tick(round: { healthy(): void }): Promise<TickResult>;
   /** The wait after an idle round, unless wake() is called. */
   idle_ms: number;
+  /**
+   * How long a round woken by wake() waits before it looks (default 0), so that work arriving
+   * over that time is taken in one round: for loops whose work can trail its cause a little (the
+   * outbox relay), fewer and fuller rounds cost less per item. A busy round's successor never waits.
+   */
+  gather_ms?: number;
   /** The wait after the n-th failure in a row (default: backoff_ms(n, 100, 5 000)). */
   retry_ms?: (failures: number) => number;
   /** Told about each failure (the loop's owner logs it). */
@@ -66,19 +72,23 @@ export function runLoop(options: LoopOptions): Loop {
   let pendingWake = false;
   let wakeUp: (() => void) | null = null;
 
-  /** Wait ms, or less if woken or stopped. */
+  const gather_ms = options.gather_ms ?? 0;
+  assert(gather_ms >= 0, `gather_ms ${gather_ms} must not be negative`);
+
+  /** Wait ms, or less if woken or stopped; true if a wake() ended it. */
   const wait = (ms: number, wakeable: boolean) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(finish, ms);
+    new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => finish(false), ms);
       timer.unref();
-      function finish() {
+      const onAbort = () => finish(false);
+      function finish(woken: boolean) {
         clearTimeout(timer);
-        options.signal.removeEventListener("abort", finish);
+        options.signal.removeEventListener("abort", onAbort);
         wakeUp = null;
-        resolve();
+        resolve(woken);
       }
-      options.signal.addEventListener("abort", finish, { once: true });
-      if (wakeable) wakeUp = finish;
+      options.signal.addEventListener("abort", onAbort, { once: true });
+      if (wakeable) wakeUp = () => finish(true);
     });
 
   const loop = async () => {
@@ -88,7 +98,10 @@ export function runLoop(options: LoopOptions): Loop {
         failures = 0;
       },
     };
+    let woken = false;
     while (!options.signal.aborted) {
+      if (woken && gather_ms > 0) await wait(gather_ms, false);
+      woken = false;
       pendingWake = false;
       let result: TickResult;
       try {
@@ -100,9 +113,9 @@ export function runLoop(options: LoopOptions): Loop {
         await wait(retry_ms(failures), false);
         continue;
       }
+      if (result === "busy" || options.signal.aborted) continue;
       // A wake during the round means work arrived after the round looked: look again.
-      if (result === "busy" || pendingWake || options.signal.aborted) continue;
-      await wait(options.idle_ms, true);
+      woken = pendingWake || (await wait(options.idle_ms, true));
     }
   };
 

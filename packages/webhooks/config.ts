@@ -24,6 +24,8 @@ export const webhookConfigShape = {
   WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: env.int(64, 1, 64),
   WEBHOOK_BATCH_MAX: env.int(100, 1, 1_000),
   WEBHOOK_IDLE_POLL_MS: env.int(1_000, 10, 60_000),
+  /** How long deliveries enqueued together may gather before they are claimed: fewer, fuller claims. */
+  WEBHOOK_GATHER_MS: env.int(50, 0, 1_000),
   /** How long delivered and failed deliveries (and their attempt logs) are kept. */
   WEBHOOK_RETENTION_MS: env.int(2_592_000_000, 60_000, 31_536_000_000),
   /** How long the previous signing secret keeps signing after a rotation. */
@@ -49,6 +51,7 @@ export interface WebhookConfig {
   WEBHOOK_ENDPOINT_IN_FLIGHT_MAX: number;
   WEBHOOK_BATCH_MAX: number;
   WEBHOOK_IDLE_POLL_MS: number;
+  WEBHOOK_GATHER_MS: number;
   WEBHOOK_RETENTION_MS: number;
 }
 
@@ -65,6 +68,7 @@ export function dispatcherSettings(config: WebhookConfig): DispatcherSettings {
     endpoint_in_flight_max: config.WEBHOOK_ENDPOINT_IN_FLIGHT_MAX,
     batch_max: config.WEBHOOK_BATCH_MAX,
     idle_poll_ms: config.WEBHOOK_IDLE_POLL_MS,
+    gather_ms: config.WEBHOOK_GATHER_MS,
     // Past the attempt's own timeout, time to record its outcome before another copy may take it.
     lease_ms: config.WEBHOOK_ATTEMPT_TIMEOUT_MS + 30_000,
     retention_ms: config.WEBHOOK_RETENTION_MS,

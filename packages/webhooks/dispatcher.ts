@@ -78,6 +78,11 @@ export interface DispatcherOptions {
   batch_max: number;
   /** Poll interval when nothing is due (wake() shortens it). */
   idle_poll_ms: number;
+  /**
+   * How long deliveries enqueued by a wake() may gather before the claim it starts (default 0):
+   * fewer, fuller claims. A claim that freed slots ask for never waits.
+   */
+  gather_ms?: number;
   /** How long a claimed row is left to its claimant before another copy may claim it; must exceed attempt_timeout_ms. */
   lease_ms: number;
   retry: RetryPolicy;
@@ -87,13 +92,18 @@ export interface DispatcherOptions {
   on_result?: (result: DeliveryResult) => void;
   /** Runs after a send its receiver answered with a 2xx, before that is recorded: a crash point for fault tests. */
   after_send?: (delivery_id: string) => void;
+  /** Runs right before each claim (a worker thread's main thread posts wakes again after it). */
+  before_claim?: () => void;
   user_agent?: string;
 }
 
 export type DeliveryResult = "delivered" | "failed" | "gave_up";
 
 /** The options that are plain values, without the engines and hooks: they can cross to a worker thread. */
-export type DispatcherSettings = Omit<DispatcherOptions, "pool" | "logger" | "on_result" | "after_send">;
+export type DispatcherSettings = Omit<
+  DispatcherOptions,
+  "pool" | "logger" | "on_result" | "after_send" | "before_claim"
+>;
 
 export interface Dispatcher {
   /**
@@ -147,6 +157,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   let total = 0;
   let stopped = false;
   let pendingWake = false;
+  let gatherNext = false; // an enqueue woke the loop: its company gathers before the claim
   let wakeUp: (() => void) | null = null;
   const running = new Set<Promise<void>>();
   const recordDelivered = deliveredRecorder(options);
@@ -157,6 +168,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   const wake = () => {
     waiting.enqueued();
     pendingWake = true;
+    gatherNext = true;
     wakeUp?.();
   };
   /** A slot came free: the rows leased ahead take it; a claim only once the endpoint's run low. */
@@ -184,22 +196,22 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
     running.add(task);
   };
 
+  const startOrWait = (row: Claimed) =>
+    total < options.concurrency_max && hasSlot(row) ? run(row) : waiting.add(row);
   const pruneWhenDue = pruner(options);
 
   const loop = async () => {
     let failures = 0;
     while (!stopped) {
       try {
-        pendingWake = false;
+        await readyToClaim(options, gatherNext);
+        gatherNext = pendingWake = false;
         const room = Math.min(options.batch_max, waiting.lease_max - total - waiting.size);
         const held = waiting.claiming(inFlight);
         const rows = room > 0 ? await claim(options, room, held, waiting.endpoint_lease_max) : [];
         failures = 0;
         waiting.claimed(held, rows, room);
-        for (const row of rows) {
-          if (total < options.concurrency_max && hasSlot(row)) run(row);
-          else waiting.add(row);
-        }
+        for (const row of rows) startOrWait(row);
         // A full claim may have left more due rows; otherwise wait for a wake (an enqueue, an
         // endpoint whose leased rows ran low) or the poll interval.
         if (rows.length > 0 && rows.length === room) continue;
@@ -230,6 +242,12 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
       attempt_options.connections.close();
     },
   };
+}
+
+/** Before a claim: an enqueue's company gathers (when one woke the loop), then before_claim runs. */
+async function readyToClaim(options: DispatcherOptions, gather: boolean): Promise<void> {
+  if (gather && (options.gather_ms ?? 0) > 0) await sleep(options.gather_ms ?? 0);
+  options.before_claim?.();
 }
 
 /** The options as attempts see them: with the kept-alive connections, at most one per slot. */

@@ -29,6 +29,9 @@ const dispatcher = startDispatcher({
   pool,
   logger,
   on_result: (result) => post({ type: "result", result }),
+  // Wakes the main thread posts while this one gathers or claims are redundant until the claim
+  // starts: the flag is taken then, so a commit after it is posted again (see ThreadData).
+  before_claim: () => Atomics.store(wakePending, data.index, 0),
   after_send: () => {
     if (Atomics.load(crashAfterSend, 0) !== 1) return;
     logger.fatal({ point: "after_webhook_send" }, "crash point reached: SIGKILL");
@@ -38,11 +41,8 @@ const dispatcher = startDispatcher({
 });
 
 port.on("message", (message: ToWorker) => {
-  if (message.type === "wake") {
-    // Taken before the claim the wake starts: a wake after this is posted again (see ThreadData).
-    Atomics.store(wakePending, data.index, 0);
-    dispatcher.wake();
-  } else void stop();
+  if (message.type === "wake") dispatcher.wake();
+  else void stop();
 });
 
 async function stop(): Promise<void> {

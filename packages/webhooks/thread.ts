@@ -56,8 +56,9 @@ export interface ThreadData {
   /** One Int32: 1 once the crash point after a send is armed. */
   crash_after_send: SharedArrayBuffer;
   /**
-   * One Int32 per worker: 1 while a wake posted to it is not yet taken. A wake then is redundant
-   * (the worker claims after taking it, so it sees every row committed before), and is not posted:
+   * One Int32 per worker: 1 while a wake posted to it is not yet taken (the worker takes it as the
+   * claim it starts begins, after the gather). A wake then is redundant (that claim sees every row
+   * committed before), and is not posted:
    * at the peak most transitions enqueue a delivery, and a postMessage each was 1.7% of
    * transaction-service's busy time.
    */

@@ -89,6 +89,40 @@ describe("runLoop", () => {
     await loop.done;
   });
 
+  it("with gather_ms, a woken round waits that long so wakes meanwhile share it; a busy round's successor never waits", async () => {
+    const stop = new AbortController();
+    const rounds: number[] = [];
+    let busy = false;
+    const loop = runLoop({
+      signal: stop.signal,
+      idle_ms: 60_000,
+      gather_ms: 100,
+      tick: async () => {
+        rounds.push(Date.now());
+        return busy && rounds.length < 4 ? "busy" : "idle";
+      },
+      onError: () => assert.fail("no failure"),
+    });
+    await sleep(20);
+    assert.equal(rounds.length, 1, "the first round runs at once");
+    const woken_ms = Date.now();
+    loop.wake();
+    await sleep(20);
+    loop.wake();
+    loop.wake();
+    assert.equal(rounds.length, 1, "woken, the loop gathers before it looks");
+    await sleep(150);
+    assert.equal(rounds.length, 2, "three wakes within the gather: one round");
+    assert.ok((rounds[1] as number) - woken_ms >= 95, "the round came after the gather");
+    busy = true;
+    loop.wake();
+    await sleep(150);
+    assert.equal(rounds.length, 4, "after a gather, busy rounds run back to back");
+    assert.ok((rounds[3] as number) - (rounds[2] as number) < 50, "no gather after a busy round");
+    stop.abort();
+    await loop.done;
+  });
+
   it("backs off after each failure, with the count of failures in a row, and resets it after a success", async () => {
     const stop = new AbortController();
     const outcomes = [false, false, true, false];

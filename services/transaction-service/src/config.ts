@@ -45,6 +45,11 @@ export const configShape = {
   SWEEP_INTERVAL_MS: env.int(1_000, 50, 60_000),
   SWEEP_BATCH_MAX: env.int(200, 1, 5_000),
   OUTBOX_BATCH_MAX: env.int(500, 1, 5_000),
+  /**
+   * How long the relay lets outbox rows gather after a commit wakes it: fewer, fuller rounds (and
+   * record packs) for a record that trails its transfer's answer by that much more.
+   */
+  OUTBOX_GATHER_MS: env.int(50, 0, 1_000),
   EVENT_BATCH_MAX: env.int(500, 1, 5_000),
   /**
    * Transfers of a batch of events handled at once: at least a pack of records (RECORD_PACK_MAX),

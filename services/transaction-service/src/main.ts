@@ -183,6 +183,7 @@ function startSaga(
     logger,
     batch_max: config.OUTBOX_BATCH_MAX,
     idle_poll_ms: 500,
+    gather_ms: config.OUTBOX_GATHER_MS,
     crashes: config.FAULT_INJECTION ? crashes : noCrashes,
     topic_roles: { commands: topics.commands },
   });

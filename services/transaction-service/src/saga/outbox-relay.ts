@@ -25,6 +25,8 @@ export function startOutboxRelay(options: {
   logger: Logger;
   batch_max: number;
   idle_poll_ms: number;
+  /** How long rows may gather after a wake before a round reads them (see runLoop). */
+  gather_ms?: number;
   crashes?: CrashHook;
   /** Topics named by role in rows the database writes itself ('@commands'), mapped to real names. */
   topic_roles?: Readonly<Record<string, string>>;
@@ -55,6 +57,7 @@ export function startOutboxRelay(options: {
   const loop = runLoop({
     signal: stop.signal,
     idle_ms: options.idle_poll_ms,
+    gather_ms: options.gather_ms ?? 0,
     onError: (error, failures) =>
       options.logger.warn({ err: error, failures }, "outbox relay failed; retrying"),
     // A full batch means more may be waiting; a partial one emptied the outbox as of its read,
