@@ -28,6 +28,13 @@ offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
+# The services' consumers ask for a 3 s session (a dead copy's partitions move within seconds);
+# the broker's default floor of 6 s would refuse them.
+group.min.session.timeout.ms=1000
+# A broker killed and started again is refused as a duplicate until its old session ends
+# (default 9 s); six heartbeats per 3 s session, as the consumers'.
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
 PROPERTIES
 # The client settings of the admin principal, for the healthcheck and the init job.
 cat >/tmp/admin.properties <<PROPERTIES

@@ -205,6 +205,7 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
     while (!stopped) {
       try {
         await readyToClaim(options, gatherNext);
+        if (stopped) break; // stopped while gathering: claim nothing more
         gatherNext = pendingWake = false;
         const room = Math.min(options.batch_max, waiting.lease_max - total - waiting.size);
         const held = waiting.claiming(inFlight);
@@ -217,11 +218,9 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
         if (rows.length > 0 && rows.length === room) continue;
         if (pendingWake || waiting.wantsClaim()) continue;
         await pruneWhenDue();
-        await new Promise<void>((resolve) => {
-          wakeUp = resolve;
-          setTimeout(resolve, options.idle_poll_ms).unref();
+        await wakeableSleep(options.idle_poll_ms, (wake) => {
+          wakeUp = wake;
         });
-        wakeUp = null;
       } catch (error) {
         failures += 1;
         options.logger.warn({ err: error, failures }, "webhook claim failed; retrying");
@@ -242,6 +241,14 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
       attempt_options.connections.close();
     },
   };
+}
+
+/** Resolves after ms, or once the function handed to `hold` is called (a wake); then hands it null. */
+function wakeableSleep(ms: number, hold: (wake: (() => void) | null) => void): Promise<void> {
+  return new Promise<void>((resolve) => {
+    hold(resolve);
+    setTimeout(resolve, ms).unref();
+  }).finally(() => hold(null));
 }
 
 /** Before a claim: an enqueue's company gathers (when one woke the loop), then before_claim runs. */
