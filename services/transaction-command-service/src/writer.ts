@@ -80,9 +80,18 @@ function isNetworkError(error: unknown): boolean {
   const name = (error as Error).name ?? "";
   const message = (error as Error).message ?? "";
   return (
-    /MongoNetwork|MongoServerSelection|MongoNotConnected/.test(name) ||
+    isClosedClient(error) ||
+    /MongoNetwork|MongoServerSelection|MongoPoolCleared/.test(name) ||
     /connection \d+ to .* (closed|timed out)/.test(message)
   );
+}
+
+/**
+ * A client that is closed: a reset whose reconnect failed (the store still down) leaves it so, and
+ * it never opens by itself, so it is reopened at the next failure rather than after a few.
+ */
+function isClosedClient(error: unknown): boolean {
+  return /MongoTopologyClosed|MongoNotConnected|MongoPoolClosed/.test((error as Error).name ?? "");
 }
 
 /** A write that did not finish in time (as opposed to a connection that broke or was refused). */
@@ -160,7 +169,7 @@ export function createRecordWriter(deps: WriterDeps) {
   /** Broken or stuck connections: after a few in a row, reopen them (a pool can stay broken after a restart). */
   async function noteNetworkFailure(error: unknown): Promise<void> {
     if (!isNetworkError(error)) return;
-    networkFailures += 1;
+    networkFailures += isClosedClient(error) ? NETWORK_FAILURES_BEFORE_RESET : 1;
     if (networkFailures < NETWORK_FAILURES_BEFORE_RESET || !deps.resetStore) return;
     deps.logger.warn(
       { err: error, failures: networkFailures },

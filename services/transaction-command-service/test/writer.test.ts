@@ -193,6 +193,20 @@ describe("record writer failure policy", () => {
     assert.ok(resets >= 3, `${resets} resets`);
   });
 
+  it("reopens a closed client at its first failure: a reset whose reconnect failed leaves it closed for good", async () => {
+    const closed = () => Object.assign(new Error("Topology is closed"), { name: "MongoTopologyClosedError" });
+    const { db } = fakeStore(new Set([idOf(1)]), closed);
+    (db as unknown as { command: () => Promise<never> }).command = async () => {
+      throw closed();
+    };
+    const { sent, producer } = fakeProducer();
+    let resets = 0;
+    const handle = writer(db, producer, { resetStore: async () => void resets++ });
+    for (let i = 0; i < 4; i++) await assert.rejects(handle([message(idOf(1))]));
+    assert.equal(sent.length, 0, "a closed client dead-letters nothing");
+    assert.equal(resets, 4, "every failure on a closed client reopens it");
+  });
+
   it("does not forget a failing command's attempts while other commands make progress", async () => {
     const poison = idOf(1000);
     const flaky = new Set<string>();
