@@ -299,7 +299,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
             ? `${options.control_url}/services/${target}/kill?signal=KILL`
             : `${options.control_url}/engines/${target}/${action}`;
         const t0 = Date.now();
-        // An engine restart answers once the engine is healthy again (Kafka takes ~15 s); a kill9
+        // An engine restart answers once the engine is healthy again (Kafka takes 6-8 s); a kill9
         // once it is dead, and waitHealthy() then waits for the watcher to bring it back.
         const answer = await call("POST", url, undefined, control, 120_000).catch(
           (error: Error) => ({ status: 0, body: error.message }) as Answer,

@@ -101,6 +101,7 @@ export function runLoop(options: LoopOptions): Loop {
     let woken = false;
     while (!options.signal.aborted) {
       if (woken && gather_ms > 0) await wait(gather_ms, false);
+      if (options.signal.aborted) break; // stopped while gathering: no round more
       woken = false;
       pendingWake = false;
       let result: TickResult;

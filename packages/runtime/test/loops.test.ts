@@ -119,8 +119,11 @@ describe("runLoop", () => {
     await sleep(150);
     assert.equal(rounds.length, 4, "after a gather, busy rounds run back to back");
     assert.ok((rounds[3] as number) - (rounds[2] as number) < 50, "no gather after a busy round");
+    loop.wake();
+    await sleep(20);
     stop.abort();
     await loop.done;
+    assert.equal(rounds.length, 4, "stopped while gathering: no round more");
   });
 
   it("backs off after each failure, with the count of failures in a row, and resets it after a success", async () => {

@@ -193,6 +193,38 @@ describe("webhooks: enqueue in the caller's transaction", () => {
   });
 });
 
+describe("webhooks: gathering enqueues", () => {
+  it("with gather_ms, enqueues that wake it within the gather are claimed together after it; a stop meanwhile claims nothing", async () => {
+    const payer = await endpoint("/gather");
+    const d = dispatcher({ gather_ms: 400, idle_poll_ms: 60_000 });
+    let stopped = false;
+    try {
+      await sleep(100); // the first, empty claim; then the idle wait
+      assert.equal(await enqueue([transferEvent("evt_gather_1", [payer.user])]), 1);
+      d.wake();
+      await sleep(150);
+      assert.equal(await enqueue([transferEvent("evt_gather_2", [payer.user])]), 1);
+      d.wake();
+      await sleep(100);
+      assert.equal(receiver.at("/gather").length, 0, "nothing is claimed while the wake's company gathers");
+      await until("both deliveries", () => receiver.at("/gather").length === 2);
+
+      assert.equal(await enqueue([transferEvent("evt_gather_3", [payer.user])]), 1);
+      d.wake();
+      await sleep(50);
+      await d.stop();
+      stopped = true;
+      assert.deepEqual(
+        (await deliveryState("evt_gather_3")).map((r) => [r.state, r.attempts]),
+        [["pending", 0]],
+        "stopped while gathering: not claimed, left for the next dispatcher",
+      );
+    } finally {
+      if (!stopped) await d.stop();
+    }
+  });
+});
+
 describe("webhooks: bounded events", () => {
   it("refuses an event whose data is over the bound, by name, and enqueues nothing of the call", async () => {
     const ep = await endpoint("/big");
