@@ -29,8 +29,8 @@ const dispatcher = startDispatcher({
   pool,
   logger,
   on_result: (result) => post({ type: "result", result }),
-  // Wakes the main thread posts while this one gathers or claims are redundant until the claim
-  // starts: the flag is taken then, so a commit after it is posted again (see ThreadData).
+  // Until the next claim starts, a wake is redundant (that claim sees the rows committed before
+  // it), so the main thread posts none: the flag is taken as the claim starts (see ThreadData).
   before_claim: () => Atomics.store(wakePending, data.index, 0),
   after_send: () => {
     if (Atomics.load(crashAfterSend, 0) !== 1) return;
