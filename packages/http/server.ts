@@ -19,6 +19,7 @@ import {
 import { z } from "zod";
 import type { Logger } from "#packages/log/index.ts";
 import { isTransientPgError } from "#packages/pg/index.ts";
+import { isMongoUnavailable } from "#packages/records/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import { withTimeout } from "#packages/runtime/index.ts";
 import { type Authenticator, principalOf } from "./auth.ts";
@@ -205,14 +206,7 @@ export function refuseMethod(
  */
 export function isEngineUnavailable(error: unknown): boolean {
   if (error instanceof UpstreamError) return true;
-  if (isTransientPgError(error)) return true;
-  const name = (error as { name?: unknown }).name;
-  return (
-    typeof name === "string" &&
-    /^Mongo(ServerSelection|Network|NetworkTimeout|NotConnected|TopologyClosed|PoolCleared|PoolClosed)Error$/.test(
-      name,
-    )
-  );
+  return isTransientPgError(error) || isMongoUnavailable(error);
 }
 
 export type HealthChecks = Record<string, () => Promise<unknown>>;

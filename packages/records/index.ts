@@ -30,6 +30,21 @@ export interface TransferDocument {
   reference?: string;
 }
 
+/**
+ * MongoDB did not answer or the client cannot reach it (unreachable, restarting, a pool or client
+ * closed): worth retrying later, never the request's or the record's fault. One list, for the
+ * HTTP layer's 503 and the record writer's outage handling alike.
+ */
+export function isMongoUnavailable(error: unknown): boolean {
+  const name = (error as { name?: unknown }).name;
+  return (
+    typeof name === "string" &&
+    /^Mongo(ServerSelection|Network|NetworkTimeout|NotConnected|TopologyClosed|PoolCleared|PoolClosed)Error$/.test(
+      name,
+    )
+  );
+}
+
 export function recordsCollection(db: Db): Collection<TransferDocument> {
   return db.collection<TransferDocument>(RECORDS_COLLECTION);
 }

@@ -35,6 +35,7 @@ import {
 } from "#packages/kafka/index.ts";
 import type { Logger } from "#packages/log/index.ts";
 import type { Metrics } from "#packages/metrics/index.ts";
+import { isMongoUnavailable } from "#packages/records/index.ts";
 import { InvariantError } from "#packages/runtime/assert.ts";
 import { type CrashHook, noCrashes } from "#packages/runtime/faults.ts";
 import {
@@ -77,12 +78,9 @@ const TIMEOUTS_BEFORE_SPLIT = 2;
 const ATTEMPTS_TRACKED_MAX = 10_000;
 
 function isNetworkError(error: unknown): boolean {
-  const name = (error as Error).name ?? "";
-  const message = (error as Error).message ?? "";
   return (
-    isClosedClient(error) ||
-    /MongoNetwork|MongoServerSelection|MongoPoolCleared/.test(name) ||
-    /connection \d+ to .* (closed|timed out)/.test(message)
+    isMongoUnavailable(error) ||
+    /connection \d+ to .* (closed|timed out)/.test((error as Error).message ?? "")
   );
 }
 
