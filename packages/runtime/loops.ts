@@ -61,8 +61,13 @@ export interface LoopOptions {
 }
 
 export interface Loop {
-  /** Work has arrived: end the idle wait, or run once more if a round is in progress. */
+  /** Work has arrived: end the idle wait (the round then gathers), or run once more if a round is in progress. */
   wake(): void;
+  /**
+   * End the idle wait now, without gathering: for work that is already there and waits on the
+   * round (a worker's freed slot). During a round it does nothing: the round's result decides.
+   */
+  wakeNow(): void;
   /** Settles once the loop has stopped. */
   done: Promise<void>;
 }
@@ -70,25 +75,25 @@ export interface Loop {
 export function runLoop(options: LoopOptions): Loop {
   const retry_ms = options.retry_ms ?? ((failures: number) => backoff_ms(failures, 100, 5_000));
   let pendingWake = false;
+  let gatherWanted = false;
   let wakeUp: (() => void) | null = null;
 
   const gather_ms = options.gather_ms ?? 0;
   assert(gather_ms >= 0, `gather_ms ${gather_ms} must not be negative`);
 
-  /** Wait ms, or less if woken or stopped; true if a wake() ended it. */
+  /** Wait ms, or less if stopped (or woken, when wakeable). */
   const wait = (ms: number, wakeable: boolean) =>
-    new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => finish(false), ms);
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(finish, ms);
       timer.unref();
-      const onAbort = () => finish(false);
-      function finish(woken: boolean) {
+      function finish() {
         clearTimeout(timer);
-        options.signal.removeEventListener("abort", onAbort);
+        options.signal.removeEventListener("abort", finish);
         wakeUp = null;
-        resolve(woken);
+        resolve();
       }
-      options.signal.addEventListener("abort", onAbort, { once: true });
-      if (wakeable) wakeUp = () => finish(true);
+      options.signal.addEventListener("abort", finish, { once: true });
+      if (wakeable) wakeUp = finish;
     });
 
   const loop = async () => {
@@ -98,11 +103,10 @@ export function runLoop(options: LoopOptions): Loop {
         failures = 0;
       },
     };
-    let woken = false;
     while (!options.signal.aborted) {
-      if (woken && gather_ms > 0) await wait(gather_ms, false);
+      if (gatherWanted && gather_ms > 0) await wait(gather_ms, false);
       if (options.signal.aborted) break; // stopped while gathering: no round more
-      woken = false;
+      gatherWanted = false;
       pendingWake = false;
       let result: TickResult;
       try {
@@ -114,15 +118,22 @@ export function runLoop(options: LoopOptions): Loop {
         await wait(retry_ms(failures), false);
         continue;
       }
-      if (result === "busy" || options.signal.aborted) continue;
+      if (result === "busy" || options.signal.aborted) {
+        gatherWanted = false; // a busy round's successor never waits
+        continue;
+      }
       // A wake during the round means work arrived after the round looked: look again.
-      woken = pendingWake || (await wait(options.idle_ms, true));
+      if (!pendingWake) await wait(options.idle_ms, true);
     }
   };
 
   return {
     wake() {
       pendingWake = true;
+      gatherWanted = true;
+      wakeUp?.();
+    },
+    wakeNow() {
       wakeUp?.();
     },
     done: loop(),

@@ -27,11 +27,11 @@
  */
 import http from "node:http";
 import https from "node:https";
-import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "#packages/log/index.ts";
 import { type Pool, type PoolClient, withTransaction } from "#packages/pg/index.ts";
 import { assert } from "#packages/runtime/assert.ts";
 import { backoff_ms, withTimeout } from "#packages/runtime/index.ts";
+import { runLoop } from "#packages/runtime/loops.ts";
 import { contextFromRow, injectHttpHeaders } from "#packages/tracing/carriers.ts";
 import { type Context, type Span, SpanStatusCode, traceFields, withSpan } from "#packages/tracing/index.ts";
 import { type AddressGuardOptions, checkUrl, pinnedLookup } from "./address-guard.ts";
@@ -155,27 +155,18 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
   assert(options.lease_ms > options.attempt_timeout_ms, "webhook lease_ms must exceed attempt_timeout_ms");
   const inFlight = new Map<string, number>();
   let total = 0;
-  let stopped = false;
-  let pendingWake = false;
-  let gatherNext = false; // an enqueue woke the loop: its company gathers before the claim
-  let wakeUp: (() => void) | null = null;
+  const stopping = new AbortController();
   const running = new Set<Promise<void>>();
   const recordDelivered = deliveredRecorder(options);
   const attempt_options = attemptOptionsOf(options);
   const waiting = new WaitingRows(options, (row) => total < options.concurrency_max && hasSlot(row));
   const hasSlot = (row: Claimed) => (inFlight.get(row.endpoint_id) ?? 0) < options.endpoint_in_flight_max;
 
-  const wake = () => {
-    waiting.enqueued();
-    pendingWake = true;
-    gatherNext = true;
-    wakeUp?.();
-  };
-  /** A slot came free: the rows leased ahead take it; a claim only once the endpoint's run low. */
+  /** A slot came free: the rows leased ahead take it; a claim (at once) only once the endpoint's run low. */
   const freed = (endpoint_id: string) => {
-    if (stopped) return;
+    if (stopping.signal.aborted) return;
     for (const row of waiting.startable()) run(row);
-    if (waiting.ranLow(endpoint_id)) wakeUp?.();
+    if (waiting.ranLow(endpoint_id)) loop.wakeNow();
   };
 
   const run = (row: Claimed) => {
@@ -200,61 +191,44 @@ export function startDispatcher(options: DispatcherOptions): Dispatcher {
     total < options.concurrency_max && hasSlot(row) ? run(row) : waiting.add(row);
   const pruneWhenDue = pruner(options);
 
-  const loop = async () => {
-    let failures = 0;
-    while (!stopped) {
-      try {
-        await readyToClaim(options, gatherNext);
-        if (stopped) break; // stopped while gathering: claim nothing more
-        gatherNext = pendingWake = false;
-        const room = Math.min(options.batch_max, waiting.lease_max - total - waiting.size);
-        const held = waiting.claiming(inFlight);
-        const rows = room > 0 ? await claim(options, room, held, waiting.endpoint_lease_max) : [];
-        failures = 0;
-        waiting.claimed(held, rows, room);
-        for (const row of rows) startOrWait(row);
-        // A full claim may have left more due rows; otherwise wait for a wake (an enqueue, an
-        // endpoint whose leased rows ran low) or the poll interval.
-        if (rows.length > 0 && rows.length === room) continue;
-        if (pendingWake || waiting.wantsClaim()) continue;
-        await pruneWhenDue();
-        await wakeableSleep(options.idle_poll_ms, (wake) => {
-          wakeUp = wake;
-        });
-      } catch (error) {
-        failures += 1;
-        options.logger.warn({ err: error, failures }, "webhook claim failed; retrying");
-        await sleep(backoff_ms(failures, 100, 5_000));
-      }
-    }
+  // One round claims what is due (room permitting) and starts it. A full claim may have left more
+  // due rows, and an endpoint whose leased rows ran low wants more: claim again at once. Otherwise
+  // wait for a wake (an enqueue, whose company gathers first) or the poll interval.
+  const loop = runLoop({
+    signal: stopping.signal,
+    idle_ms: options.idle_poll_ms,
+    gather_ms: options.gather_ms ?? 0,
+    tick: async () => {
+      options.before_claim?.();
+      const room = Math.min(options.batch_max, waiting.lease_max - total - waiting.size);
+      const held = waiting.claiming(inFlight);
+      const rows = room > 0 ? await claim(options, room, held, waiting.endpoint_lease_max) : [];
+      waiting.claimed(held, rows, room);
+      for (const row of rows) startOrWait(row);
+      if ((rows.length > 0 && rows.length === room) || waiting.wantsClaim()) return "busy";
+      await pruneWhenDue();
+      return "idle";
+    },
+    onError: (error, failures) =>
+      options.logger.warn({ err: error, failures }, "webhook claim failed; retrying"),
+  });
+  const done = (async () => {
+    await loop.done;
     while (running.size > 0) await Promise.allSettled([...running]);
     await waiting.release();
-  };
-  const done = loop();
+  })();
 
   return {
-    wake,
+    wake() {
+      waiting.enqueued();
+      loop.wake();
+    },
     async stop() {
-      stopped = true;
-      wakeUp?.();
+      stopping.abort();
       await done;
       attempt_options.connections.close();
     },
   };
-}
-
-/** Resolves after ms, or once the function handed to `hold` is called (a wake); then hands it null. */
-function wakeableSleep(ms: number, hold: (wake: (() => void) | null) => void): Promise<void> {
-  return new Promise<void>((resolve) => {
-    hold(resolve);
-    setTimeout(resolve, ms).unref();
-  }).finally(() => hold(null));
-}
-
-/** Before a claim: an enqueue's company gathers (when one woke the loop), then before_claim runs. */
-async function readyToClaim(options: DispatcherOptions, gather: boolean): Promise<void> {
-  if (gather && (options.gather_ms ?? 0) > 0) await sleep(options.gather_ms ?? 0);
-  options.before_claim?.();
 }
 
 /** The options as attempts see them: with the kept-alive connections, at most one per slot. */

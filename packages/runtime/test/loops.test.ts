@@ -126,6 +126,34 @@ describe("runLoop", () => {
     assert.equal(rounds.length, 4, "stopped while gathering: no round more");
   });
 
+  it("wakeNow ends the idle wait without gathering, and does nothing during a round", async () => {
+    const stop = new AbortController();
+    const rounds: number[] = [];
+    const loop = runLoop({
+      signal: stop.signal,
+      idle_ms: 60_000,
+      gather_ms: 1_000,
+      tick: async () => {
+        rounds.push(Date.now());
+        if (rounds.length === 1) {
+          await sleep(5);
+          loop.wakeNow(); // during the round: the idle result decides, so the loop waits
+        }
+        return "idle";
+      },
+      onError: () => assert.fail("no failure"),
+    });
+    await sleep(50);
+    assert.equal(rounds.length, 1, "a wakeNow during a round does not run another");
+    const woken_ms = Date.now();
+    loop.wakeNow();
+    await sleep(50);
+    assert.equal(rounds.length, 2, "a wakeNow in the idle wait runs a round");
+    assert.ok((rounds[1] as number) - woken_ms < 40, "without the gather");
+    stop.abort();
+    await loop.done;
+  });
+
   it("backs off after each failure, with the count of failures in a row, and resets it after a success", async () => {
     const stop = new AbortController();
     const outcomes = [false, false, true, false];
