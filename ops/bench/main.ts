@@ -34,6 +34,7 @@ import { renderBarChartPng, renderLineChartPng } from "./charts.ts";
 import { compareStacks } from "./cluster.ts";
 import { cpuPerTransfer_ms, cpuSecondsBetween, machineBusySeconds, sampleCpu } from "./cpu.ts";
 import { type ErrorKinds, errorKindsLines, errorsSaid, formatErrorKinds } from "./errors.ts";
+import { type ReportFigures, reportFigures } from "./figures.ts";
 import {
   ApiClient,
   cachedReads,
@@ -777,46 +778,6 @@ async function reportPhase(out_dir: string): Promise<void> {
   say(`report: ${relative(process.cwd(), join(out_dir, "report.md"))} (charts beside it)`);
   process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
 }
-
-/** The cases and ratios the report and the RESULT line are made of. */
-function reportFigures(results: Results) {
-  const peak = results.sweep.reduce((best, c) =>
-    c.ours.throughput_tps > best.ours.throughput_tps ? c : best,
-  );
-  const baseline_peak = results.sweep.reduce((best, c) =>
-    c.baseline.throughput_tps > best.baseline.throughput_tps ? c : best,
-  );
-  const small = results.sweep.find((c) => c.concurrency === peak.concurrency) ?? peak;
-  const large = results.scale[0];
-  const reference = results.scale_reference ?? small;
-  const cases = [
-    small,
-    results.hot,
-    ...(results.scale_reference === undefined ? [] : [reference]),
-    ...results.scale,
-  ];
-  const ratio = peak.ours.throughput_tps / baseline_peak.baseline.throughput_tps;
-  const hot_vs_uniform = results.hot.ours.throughput_tps / small.ours.throughput_tps;
-  const large_vs_small =
-    large === undefined ? null : large.ours.throughput_tps / reference.ours.throughput_tps;
-  const large_vs_peak = large === undefined ? null : large.ours.throughput_tps / small.ours.throughput_tps;
-  const half = results.half_rate.result;
-  return {
-    peak,
-    baseline_peak,
-    small,
-    large,
-    reference,
-    cases,
-    ratio,
-    hot_vs_uniform,
-    large_vs_small,
-    large_vs_peak,
-    half,
-  };
-}
-
-type ReportFigures = ReturnType<typeof reportFigures>;
 
 async function writeCharts(out_dir: string, results: Results, { peak, cases }: ReportFigures): Promise<void> {
   // Charts.
